@@ -1,0 +1,1 @@
+"""Commands for classification (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Commands for detection (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Commands for explanation (filled in by its issue)."""

@@ -1,0 +1,79 @@
+"""Where things live and the offline environment, read from environment variables.
+
+Every setting has an environment variable (documented in the README) and a default that works
+on a fresh clone: an embedded SQLite file under ``data/`` and the models shipped in ``models/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    models_dir: Path
+    cache_dir: Path
+    database_url: str
+    allow_downloads: bool
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data_dir = Path(os.environ.get("BLOODCELLS_DATA_DIR", PROJECT_DIR / "data")).resolve()
+        url = os.environ.get("BLOODCELLS_DATABASE_URL") or f"sqlite:///{data_dir / 'bloodcells.db'}"
+        return cls(
+            data_dir=data_dir,
+            models_dir=Path(os.environ.get("BLOODCELLS_MODELS_DIR", PROJECT_DIR / "models")).resolve(),
+            cache_dir=Path(os.environ.get("BLOODCELLS_CACHE_DIR", PROJECT_DIR / ".cache")).resolve(),
+            database_url=url,
+            allow_downloads=os.environ.get("BLOODCELLS_ALLOW_DOWNLOADS", "0").lower() in {"1", "true", "yes"},
+        )
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+def apply_offline_environment(current: Settings | None = None) -> None:
+    """Set the variables that keep ultralytics, timm/huggingface and albumentations offline.
+
+    Must run before those libraries are imported: ultralytics reads its settings and sets
+    OMP_NUM_THREADS=1 at import when it is unset, and would download Arial.ttf on the first
+    train unless the font is already in its config dir. Values the user set are kept.
+    """
+    current = current or settings()
+    yolo_dir = current.cache_dir / "ultralytics"
+    defaults = {
+        "YOLO_OFFLINE": "1",
+        "YOLO_AUTOINSTALL": "false",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "YOLO_CONFIG_DIR": str(yolo_dir),
+        "MPLCONFIGDIR": str(current.cache_dir / "matplotlib"),
+        "OMP_NUM_THREADS": str(os.cpu_count() or 1),
+        "TORCH_HOME": str(current.cache_dir / "torch"),
+    }
+    if not current.allow_downloads:
+        defaults["HF_HUB_OFFLINE"] = "1"
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    _install_yolo_font(Path(os.environ["YOLO_CONFIG_DIR"]))
+
+
+def _install_yolo_font(config_dir: Path) -> None:
+    """Copy matplotlib's DejaVu Sans to where ultralytics looks for Arial, so it never downloads one."""
+    font_dir = config_dir / "Ultralytics"
+    targets = [font_dir / "Arial.ttf", font_dir / "Arial.Unicode.ttf"]
+    if all(t.exists() for t in targets):
+        return
+    import matplotlib
+
+    source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    font_dir.mkdir(parents=True, exist_ok=True)
+    for target in targets:
+        if not target.exists():
+            shutil.copyfile(source, target)

@@ -1,0 +1,328 @@
+"""The Store: engine, transactions, schema migrations and the operations the app needs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from ..taxonomy import Tree
+from .schema import (
+    CHUNK_SIZE,
+    Analysis,
+    Blob,
+    BlobChunk,
+    CellType,
+    Detection,
+    Model,
+    ModelCellType,
+    ModelType,
+    Prediction,
+    Review,
+    utcnow,
+)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+class StoreError(RuntimeError):
+    """A storage failure worded for a lab user (the database is down, a value is too large...)."""
+
+
+def sha256_hex(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+@dataclass
+class PredictionRow:
+    """One classified cell, as the classifier hands it to the store."""
+    filename: str
+    code: str
+    path: str
+    confidence: float
+    level_confidences: dict
+    needs_review: bool
+    content: bytes | None = None
+
+
+@dataclass
+class DetectionRow:
+    """One detected box, as the detector hands it to the store."""
+    filename: str
+    class_code: str
+    score: float
+    box: tuple[float, float, float, float]
+    code: str | None = None
+    path: str | None = None
+    sub_confidence: float | None = None
+
+
+class Store:
+    """All database access. ``Store(url)``; ``upgrade()`` creates or migrates the schema."""
+
+    def __init__(self, url: str, **engine_options):
+        self.url = url
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        options = {"pool_pre_ping": True, **engine_options}
+        if parsed.get_backend_name() == "sqlite":
+            options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+        self.engine: Engine = create_engine(url, **options)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def display_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    # -- schema --------------------------------------------------------------------------
+    def upgrade(self, revision: str = "head") -> None:
+        """Create or upgrade the schema with Alembic."""
+        from alembic import command
+
+        with self._translate_errors():
+            command.upgrade(self._alembic_config(), revision)
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self._translate_errors(), self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def _alembic_config(self):
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["engine"] = self.engine
+        return config
+
+    def sync_cell_types(self, tree: Tree) -> None:
+        """Make the cell_types table hold every node of ``tree`` (idempotent)."""
+        with self.session() as session:
+            existing = {c.code: c for c in session.scalars(select(CellType))}
+            for node in tree.root.walk():
+                row = existing.get(node.code)
+                if row is None:
+                    row = existing[node.code] = CellType(code=node.code, name=node.name)
+                    session.add(row)
+                row.name = node.name
+                row.parent = existing[node.parent.code] if node.parent else None
+
+    # -- transactions --------------------------------------------------------------------
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with self._translate_errors(), self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _translate_errors(self):
+        try:
+            yield
+        except OperationalError as error:
+            raise StoreError(f"the database at {self.display_url} cannot be reached or refused "
+                             f"the operation: {_first_line(error.orig)}") from error
+        except DBAPIError as error:
+            if "max_allowed_packet" in str(error.orig):
+                raise StoreError("the database refused a value larger than its max_allowed_packet; "
+                                 "raise max_allowed_packet on the server") from error
+            raise StoreError(f"database error: {_first_line(error.orig)}") from error
+
+    def ping(self) -> None:
+        """Raise StoreError when the database cannot be reached."""
+        with self.session() as session:
+            session.execute(select(1))
+
+    # -- blobs ---------------------------------------------------------------------------
+    def put_blob(self, session: Session, content: bytes, media_type: str = "image") -> Blob:
+        """The blob holding ``content``, written once per sha256 (in chunks of 1 MiB)."""
+        digest = sha256_hex(content)
+        blob = session.scalar(select(Blob).where(Blob.sha256 == digest))
+        if blob is None:
+            blob = Blob(sha256=digest, size=len(content), media_type=media_type)
+            session.add(blob)
+            session.flush()
+            for seq, start in enumerate(range(0, max(len(content), 1), CHUNK_SIZE)):
+                session.add(BlobChunk(blob_id=blob.id, seq=seq, data=content[start:start + CHUNK_SIZE]))
+            session.flush()
+        return blob
+
+    def read_blob(self, blob_id: int | None = None, sha256: str | None = None) -> bytes:
+        with self.session() as session:
+            query = select(Blob.id, Blob.size)
+            query = query.where(Blob.id == blob_id) if blob_id is not None else query.where(Blob.sha256 == sha256)
+            found = session.execute(query).first()
+            if found is None:
+                raise KeyError(f"no stored content {blob_id or sha256}")
+            parts = session.scalars(select(BlobChunk.data).where(BlobChunk.blob_id == found.id)
+                                    .order_by(BlobChunk.seq))
+            content = b"".join(parts)
+        if len(content) != found.size:
+            raise StoreError(f"stored content {sha256 or blob_id} is incomplete "
+                             f"({len(content)} of {found.size} bytes)")
+        return content
+
+    # -- models --------------------------------------------------------------------------
+    def register_model(self, *, kind: str, architecture: str, weights_path: str, sha256: str,
+                       metrics: dict, tree: str | None = None, node_code: str | None = None,
+                       class_codes: Iterable[str] = ()) -> int:
+        """Record trained weights (idempotent by sha256); the newest per node is active."""
+        with self.session() as session:
+            existing = session.scalar(select(Model).where(Model.sha256 == sha256))
+            if existing is not None:
+                return existing.id
+            model_type = session.scalar(select(ModelType).where(ModelType.architecture == architecture))
+            if model_type is None:
+                model_type = ModelType(architecture=architecture, family=kind)
+                session.add(model_type)
+            for older in session.scalars(select(Model).where(Model.kind == kind, Model.tree == tree,
+                                                             Model.node_code == node_code)):
+                older.active = False
+            model = Model(kind=kind, tree=tree, node_code=node_code, model_type=model_type,
+                          weights_path=weights_path, sha256=sha256, metrics=metrics)
+            session.add(model)
+            session.flush()
+            cell_types = {c.code: c.id for c in session.scalars(select(CellType))}
+            for position, code in enumerate(class_codes):
+                if code in cell_types:
+                    session.add(ModelCellType(model_id=model.id, cell_type_id=cell_types[code],
+                                              position=position))
+            return model.id
+
+    def list_models(self, kind: str | None = None, active_only: bool = True) -> list[Model]:
+        with self.session() as session:
+            query = select(Model).options(selectinload(Model.model_type)).order_by(Model.id)
+            if kind:
+                query = query.where(Model.kind == kind)
+            if active_only:
+                query = query.where(Model.active.is_(True))
+            return list(session.scalars(query))
+
+    # -- analyses ------------------------------------------------------------------------
+    def start_analysis(self, name: str, kind: str, model_versions: dict | None = None) -> int:
+        """Record that an analysis began (status ``running``) and return its id."""
+        with self.session() as session:
+            analysis = Analysis(name=name, kind=kind, status="running", model_versions=model_versions or {})
+            session.add(analysis)
+            session.flush()
+            return analysis.id
+
+    def finish_analysis(self, analysis_id: int, *, predictions: Iterable[PredictionRow] = (),
+                        detections: Iterable[DetectionRow] = (), summary: dict | None = None) -> None:
+        """Store every result of an analysis and mark it done, all in one transaction."""
+        with self.session() as session:
+            analysis = session.get(Analysis, analysis_id)
+            if analysis is None:
+                raise StoreError(f"analysis {analysis_id} does not exist (deleted meanwhile?)")
+            blob_ids: dict[bytes, int] = {}
+            for row in predictions:
+                blob_id = self._blob_id(session, row.content, blob_ids)
+                session.add(Prediction(analysis_id=analysis_id, blob_id=blob_id, filename=row.filename,
+                                       code=row.code, path=row.path, confidence=float(row.confidence),
+                                       level_confidences=row.level_confidences,
+                                       needs_review=bool(row.needs_review)))
+            for row in detections:
+                x1, y1, x2, y2 = (float(v) for v in row.box)
+                session.add(Detection(analysis_id=analysis_id, filename=row.filename,
+                                      class_code=row.class_code, score=float(row.score),
+                                      x1=x1, y1=y1, x2=x2, y2=y2, code=row.code, path=row.path,
+                                      sub_confidence=row.sub_confidence))
+            analysis.status = "done"
+            analysis.summary = summary or {}
+            analysis.finished_at = utcnow()
+
+    def _blob_id(self, session: Session, content: bytes | None, seen: dict) -> int | None:
+        if content is None:
+            return None
+        key = sha256_hex(content)
+        if key not in seen:
+            seen[key] = self.put_blob(session, content).id
+        return seen[key]
+
+    def fail_analysis(self, analysis_id: int, error: str) -> None:
+        """Mark an analysis failed with its error; it keeps no partial results."""
+        with self.session() as session:
+            analysis = session.get(Analysis, analysis_id)
+            if analysis is not None:
+                session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
+                session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
+                analysis.status, analysis.error, analysis.finished_at = "failed", error[:4000], utcnow()
+
+    def list_analyses(self, kind: str | None = None, limit: int = 200) -> list[Analysis]:
+        with self.session() as session:
+            query = select(Analysis).order_by(Analysis.id.desc()).limit(limit)
+            if kind:
+                query = query.where(Analysis.kind == kind)
+            return list(session.scalars(query))
+
+    def get_analysis(self, analysis_id: int) -> Analysis:
+        """An analysis with its predictions (and their reviews) and detections loaded."""
+        with self.session() as session:
+            analysis = session.scalar(
+                select(Analysis).where(Analysis.id == analysis_id).options(
+                    selectinload(Analysis.predictions).selectinload(Prediction.reviews),
+                    selectinload(Analysis.detections)))
+            if analysis is None:
+                raise KeyError(f"no analysis {analysis_id}")
+            return analysis
+
+    def delete_analysis(self, analysis_id: int) -> None:
+        with self.session() as session:
+            prediction_ids = select(Prediction.id).where(Prediction.analysis_id == analysis_id)
+            session.execute(delete(Review).where(Review.prediction_id.in_(prediction_ids)))
+            session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
+            session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
+            session.execute(delete(Analysis).where(Analysis.id == analysis_id))
+
+    def count_rows(self, table) -> int:
+        with self.session() as session:
+            return session.scalar(select(func.count()).select_from(table))
+
+    # -- reviews -------------------------------------------------------------------------
+    def review(self, prediction_id: int, new_code: str, reviewer: str) -> Review:
+        """Confirm or correct a prediction; the change is kept with old and new label, who and when."""
+        with self.session() as session:
+            prediction = session.get(Prediction, prediction_id)
+            if prediction is None:
+                raise KeyError(f"no prediction {prediction_id}")
+            review = Review(prediction_id=prediction_id, old_code=prediction.final_code,
+                            new_code=new_code, reviewer=reviewer)
+            prediction.reviewed_code = new_code
+            session.add(review)
+            session.flush()
+            return review
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def _first_line(error: BaseException | None) -> str:
+    return str(error).strip().splitlines()[0] if error and str(error).strip() else type(error).__name__
+
+
+def open_store(url: str | None = None, upgrade: bool = True) -> Store:
+    """The store at ``url`` (default: BLOODCELLS_DATABASE_URL or the embedded SQLite file)."""
+    from ..settings import settings
+
+    store = Store(url or settings().database_url)
+    if upgrade:
+        store.upgrade()
+    return store

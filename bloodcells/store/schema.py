@@ -1,0 +1,183 @@
+"""The database schema: one typed ORM for SQLite and MySQL/MariaDB.
+
+Image content is stored once per sha256 as a ``Blob`` split into ``BlobChunk`` rows, so that
+no single statement comes near MySQL's ``max_allowed_packet`` (16 MB by default).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+CHUNK_SIZE = 1 << 20  # 1 MiB: far below MySQL's default 16 MB max_allowed_packet
+# MEDIUMBLOB on MySQL (16 MB); a plain BLOB there holds only 64 KB.
+ChunkBytes = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CellType(Base):
+    __tablename__ = "cell_types"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(16), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("cell_types.id"))
+    parent: Mapped[CellType | None] = relationship(remote_side="CellType.id")
+
+
+class Blob(Base):
+    """Image (or other file) content, stored once whatever number of rows refer to it."""
+    __tablename__ = "blobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    size: Mapped[int] = mapped_column(Integer)
+    media_type: Mapped[str] = mapped_column(String(64), default="application/octet-stream")
+    chunks: Mapped[list[BlobChunk]] = relationship(
+        order_by="BlobChunk.seq", cascade="all, delete-orphan", lazy="raise")
+
+
+class BlobChunk(Base):
+    __tablename__ = "blob_chunks"
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(ChunkBytes)
+
+
+class Cell(Base):
+    """A labelled single-cell image (training or reviewed data)."""
+    __tablename__ = "cells"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
+    label: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(255))
+    filename: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    blob: Mapped[Blob] = relationship()
+
+
+class ModelType(Base):
+    """An architecture (a timm or ultralytics model name)."""
+    __tablename__ = "model_types"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    architecture: Mapped[str] = mapped_column(String(128), unique=True)
+    family: Mapped[str] = mapped_column(String(32), default="classifier")
+
+
+class ModelCellType(Base):
+    """Which cell types a model outputs (its classes)."""
+    __tablename__ = "model_cell_types"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    cell_type_id: Mapped[int] = mapped_column(ForeignKey("cell_types.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Model(Base):
+    """Trained weights: one node of a classifier tree, or a detector."""
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("sha256", name="uq_models_sha256"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # "classifier" | "detector" | "attributes"
+    tree: Mapped[str | None] = mapped_column(String(64))
+    node_code: Mapped[str | None] = mapped_column(String(16))
+    model_type_id: Mapped[int] = mapped_column(ForeignKey("model_types.id"))
+    weights_path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    model_type: Mapped[ModelType] = relationship()
+    cell_types: Mapped[list[CellType]] = relationship(secondary="model_cell_types", viewonly=True)
+
+
+class Analysis(Base):
+    """One upload and what was computed from it."""
+    __tablename__ = "analyses"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(512))
+    kind: Mapped[str] = mapped_column(String(32))  # "classification" | "detection"
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|done|failed
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    model_versions: Mapped[dict] = mapped_column(JSON, default=dict)
+    summary: Mapped[dict] = mapped_column(JSON, default=dict)
+    predictions: Mapped[list[Prediction]] = relationship(
+        back_populates="analysis", cascade="all, delete-orphan", order_by="Prediction.id")
+    detections: Mapped[list[Detection]] = relationship(
+        back_populates="analysis", cascade="all, delete-orphan", order_by="Detection.id")
+
+
+class Prediction(Base):
+    """The tree's answer for one cell image of an analysis."""
+    __tablename__ = "predictions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
+    blob_id: Mapped[int | None] = mapped_column(ForeignKey("blobs.id"))
+    filename: Mapped[str] = mapped_column(String(512))
+    code: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(255))
+    confidence: Mapped[float] = mapped_column(Float)
+    level_confidences: Mapped[dict] = mapped_column(JSON, default=dict)
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    reviewed_code: Mapped[str | None] = mapped_column(String(16))
+    analysis: Mapped[Analysis] = relationship(back_populates="predictions")
+    reviews: Mapped[list[Review]] = relationship(
+        back_populates="prediction", cascade="all, delete-orphan", order_by="Review.id")
+
+    @property
+    def final_code(self) -> str:
+        return self.reviewed_code or self.code
+
+
+class Review(Base):
+    """One correction or confirmation by a lab user; never overwritten."""
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    old_code: Mapped[str] = mapped_column(String(16))
+    new_code: Mapped[str] = mapped_column(String(16))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    prediction: Mapped[Prediction] = relationship(back_populates="reviews")
+
+
+class Detection(Base):
+    """One box found on a smear field; white cells also carry the tree's answer."""
+    __tablename__ = "detections"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
+    blob_id: Mapped[int | None] = mapped_column(ForeignKey("blobs.id"))
+    filename: Mapped[str] = mapped_column(String(512))
+    class_code: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float] = mapped_column(Float)
+    y2: Mapped[float] = mapped_column(Float)
+    code: Mapped[str | None] = mapped_column(String(16))
+    path: Mapped[str | None] = mapped_column(String(255))
+    sub_confidence: Mapped[float | None] = mapped_column(Float)
+    analysis: Mapped[Analysis] = relationship(back_populates="detections")
+
+
+class Explanation(Base):
+    """A cached attribution map, keyed by what determines it."""
+    __tablename__ = "explanations"
+    __table_args__ = (UniqueConstraint("model_sha256", "image_sha256", "method", "settings_key",
+                                       name="uq_explanations_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(64))
+    settings_key: Mapped[str] = mapped_column(String(255))
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,70 @@
+"""Shared fixtures. Tests make their own data (bloodcells.synthetic) and never need ../shared."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+# Keep every test offline and away from the user's data before anything imports ultralytics.
+os.environ.setdefault("BLOODCELLS_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".cache"))
+from bloodcells.settings import apply_offline_environment  # noqa: E402
+
+apply_offline_environment()
+
+MYSQL_URL = os.environ.get("BLOODCELLS_TEST_MYSQL_URL")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(tmp_path, monkeypatch):
+    """Each test gets its own data folder and embedded database."""
+    monkeypatch.setenv("BLOODCELLS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("BLOODCELLS_DATABASE_URL", raising=False)
+
+
+def _mysql_database_url():
+    """A fresh, empty database on the test MySQL server; dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    server = make_url(MYSQL_URL)
+    name = f"bc_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.set(database=""), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
+def database_url(request, tmp_path):
+    """The URL of an empty database: SQLite always, MySQL/MariaDB when BLOODCELLS_TEST_MYSQL_URL is set."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    if not MYSQL_URL:
+        pytest.skip("BLOODCELLS_TEST_MYSQL_URL is not set")
+    yield from _mysql_database_url()
+
+
+@pytest.fixture
+def store(database_url):
+    from bloodcells.store import open_store
+    from bloodcells.taxonomy import default_tree
+
+    store = open_store(database_url)
+    store.sync_cell_types(default_tree())
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture
+def tree():
+    from bloodcells.taxonomy import default_tree
+
+    return default_tree()

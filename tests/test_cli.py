@@ -1,0 +1,40 @@
+import subprocess
+import sys
+
+from bloodcells.cli import main
+
+
+def test_help_lists_every_command():
+    result = subprocess.run([sys.executable, "-m", "bloodcells", "--help"], capture_output=True, text=True, check=True)
+    for name in ("train", "classify", "evaluate", "detect", "train-detector", "evaluate-detector", "explain",
+                 "db", "tree"):
+        assert name in result.stdout
+
+
+def test_tree_show_prints_the_tree(capsys):
+    assert main(["tree", "show"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("ALL")
+    assert any(line.startswith("        NEU  neutrophil") for line in lines)
+    assert any(line.startswith("          NGB  band neutrophil") for line in lines)
+
+
+def test_tree_resolve(capsys):
+    assert main(["tree", "resolve", "BNE"]) == 0
+    assert capsys.readouterr().out.split("\t")[2].strip() == "ALL/MYE/MYM/NEU/NGB"
+    assert main(["tree", "resolve", "pbc/ig/MMY_1.jpg"]) == 0
+    assert "ALL/MYE/MYI/MMZ" in capsys.readouterr().out
+
+
+def test_unknown_label_is_one_clear_line(capsys):
+    assert main(["tree", "resolve", "lymphocite"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown cell type label 'lymphocite'" in err and "lymphocyte" in err
+
+
+def test_db_init_creates_the_embedded_database(tmp_path, capsys):
+    assert main(["db", "init"]) == 0
+    assert (tmp_path / "data" / "bloodcells.db").exists()
+    assert main(["db", "current"]) == 0
+    assert capsys.readouterr().out.strip().endswith("0001")

@@ -1,0 +1,63 @@
+"""What every page needs: page config, the optional password, the shared store."""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+import streamlit as st
+
+from bloodcells.settings import apply_offline_environment, settings
+from bloodcells.store import Store, StoreError, open_store
+from bloodcells.taxonomy import default_tree
+
+apply_offline_environment()
+
+
+def page(title: str, icon: str = "🩸") -> None:
+    """Set up a page: config, password gate. Stops the script until the user is let in."""
+    st.set_page_config(page_title=f"{title} · bloodcells", page_icon=icon, layout="wide")
+    require_password()
+
+
+def _expected_password() -> str | None:
+    if os.environ.get("BLOODCELLS_PASSWORD"):
+        return os.environ["BLOODCELLS_PASSWORD"]
+    try:
+        return st.secrets.get("password")
+    except (FileNotFoundError, KeyError, st.errors.StreamlitSecretNotFoundError):
+        return None
+
+
+def require_password() -> None:
+    expected = _expected_password()
+    if not expected or st.session_state.get("authenticated"):
+        return
+    with st.form("login"):
+        given = st.text_input("Password", type="password")
+        if st.form_submit_button("Enter"):
+            if hmac.compare_digest(given.encode(), expected.encode()):
+                st.session_state["authenticated"] = True
+                st.rerun()
+            st.error("Wrong password.")
+    st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def _cached_store(url: str) -> Store:
+    store = open_store(url)
+    store.sync_cell_types(default_tree())
+    return store
+
+
+def get_store() -> Store | None:
+    """The shared store, or None after telling the user the database cannot be reached."""
+    url = settings().database_url
+    try:
+        store = _cached_store(url)
+        store.ping()
+        return store
+    except StoreError as error:
+        _cached_store.clear()  # so that the next run retries once the database is back
+        st.error(f"The database is not available: {error}")
+        return None
