@@ -16,8 +16,8 @@ def test_tree_show_prints_the_tree(capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].startswith("ALL")
-    assert any(line.startswith("        NEU  neutrophil") for line in lines)
-    assert any(line.startswith("          NGB  band neutrophil") for line in lines)
+    assert any(line.startswith("      NEU  neutrophil") for line in lines)
+    assert any(line.startswith("        NGB  band neutrophil") for line in lines)
 
 
 def test_tree_resolve(capsys):
