@@ -1,9 +1,123 @@
-"""Review page."""
+"""Review page: confirm or reclassify the cells of an analysis, one click per cell."""
 
 import streamlit as st
 
-from ui.common import page
+from bloodcells import report
+from bloodcells.taxonomy import default_tree
+from ui.common import page, require_store, reviewer_name
+from ui.results import cell_image_bytes
+
+PAGE_SIZE = 24  # cells shown per class before "Show more"
+QUICK_ALTERNATIVES = 2  # tree neighbours offered as one-click buttons beside "confirm" and "unidentified"
 
 page("Review")
 st.title("Review")
-st.info("This page is being built.")
+tree = default_tree()
+store = require_store()
+reviewer = reviewer_name()
+
+analyses = [a for a in store.list_analyses(kind="classification") if a.status == "done"]
+if not analyses:
+    st.info("There is nothing to review yet: classify a zip of cells first.")
+    st.page_link("pages/2_Classification.py", label="Classification", icon="🧫")
+    st.stop()
+ids = [a.id for a in analyses]
+names = {a.id: f"#{a.id} · {a.created_at:%Y-%m-%d %H:%M} · {a.name}" for a in analyses}
+remembered = st.session_state.get("analysis_id")
+chosen = st.selectbox("Analysis", ids, index=ids.index(remembered) if remembered in ids else 0,
+                      format_func=names.__getitem__, key="review_analysis")
+st.session_state["analysis_id"] = chosen
+try:
+    analysis = store.get_analysis(chosen)
+except KeyError:
+    st.warning(f"Analysis #{chosen} was deleted meanwhile.")
+    st.stop()
+predictions = analysis.predictions
+
+if not reviewer:
+    st.warning("Enter your name in the sidebar: each review records who made it.")
+
+
+def apply_review(prediction_id: int, code: str) -> None:
+    store.review(prediction_id, code, reviewer)
+
+
+def apply_other(prediction_id: int) -> None:
+    code = st.session_state[f"other_{prediction_id}"]
+    if code:
+        apply_review(prediction_id, code)
+
+
+# -- counts that follow the reviews ---------------------------------------------------------------
+before = {row.code: row.count for row in report.differential([p.code for p in predictions], tree)}
+now = {row.code: row.count for row in report.differential([p.final_code for p in predictions], tree)}
+done = sum(1 for p in predictions if p.reviews)
+summary, counts = st.columns([1, 3])
+summary.metric("Reviewed", f"{done} of {len(predictions)}")
+summary.metric("Needs review", sum(1 for p in predictions if p.needs_review and not p.reviews))
+counts.dataframe([{"code": code, "type": tree[code].name, "predicted": before.get(code, 0), "now": now.get(code, 0),
+                   "change": now.get(code, 0) - before.get(code, 0)}
+                  for code in (n.code for n in tree.root.walk()) if code in before or code in now],
+                 hide_index=True, key="review_counts")
+
+only_reviewed = st.toggle("Export only cells a person reviewed", value=True, key="export_reviewed_only")
+
+
+def corrected_labels() -> bytes:
+    fresh = store.get_analysis(analysis.id)
+    if only_reviewed:
+        fresh.predictions = [p for p in fresh.predictions if p.reviews]
+    return report.labelled_zip(report.reviewed_cells(store, fresh))
+
+
+st.download_button("Download corrected labels (class-folder zip for `bloodcells train`)", corrected_labels,
+                   file_name=f"labels-analysis-{analysis.id}.zip", mime="application/zip", on_click="ignore",
+                   icon="⬇️", key="export_labels", disabled=only_reviewed and done == 0)
+
+# -- the gallery, one group per predicted class ---------------------------------------------------
+show = st.segmented_control("Cells", ["needs review", "not reviewed yet", "all"],
+                            default="needs review" if any(p.needs_review for p in predictions) else "all",
+                            key="review_filter") or "all"
+selected = [p for p in predictions
+            if show == "all" or (show == "needs review" and p.needs_review) or (show == "not reviewed yet"
+                                                                               and not p.reviews)]
+if not selected:
+    st.success("No cell left in this view.")
+groups: dict[str, list] = {}
+for prediction in selected:
+    groups.setdefault(prediction.code, []).append(prediction)
+all_codes = [node.code for node in tree.root.walk() if node.parent is not None]
+
+
+def label(code: str) -> str:
+    return f"{code} · {tree[code].name.replace('_', ' ')}"
+
+
+for code in (node.code for node in tree.root.walk()):
+    if code not in groups:
+        continue
+    cells = groups[code]
+    st.subheader(f"Predicted {label(code)} ({len(cells)})")
+    shown = st.session_state.get(f"shown_{code}", PAGE_SIZE)
+    grid = st.columns(4)
+    for n, prediction in enumerate(cells[:shown]):
+        with grid[n % 4].container(border=True, key=f"cell_{prediction.id}"):
+            png = cell_image_bytes(store, prediction.blob_id, 128)
+            if png:
+                st.image(png, width=128)
+            final = prediction.final_code
+            status = f"**now {label(final)}**" if prediction.reviews else "not reviewed"
+            st.caption(f"{prediction.filename} · {prediction.confidence:.2f} · {status}")
+            alternatives = [c for c in report.review_choices(code, tree) if c != report.UNIDENTIFIED]
+            with st.container(horizontal=True, gap="small"):
+                for choice, text in [(code, f"✓ {code}"), *[(c, c) for c in alternatives[:QUICK_ALTERNATIVES]],
+                                     (report.UNIDENTIFIED, "unidentified")]:
+                    st.button(text, key=f"set_{prediction.id}_{choice}", help=label(choice), disabled=not reviewer,
+                              type="primary" if prediction.reviews and final == choice else "secondary",
+                              on_click=apply_review, args=(prediction.id, choice))
+            st.selectbox("Other type", [None, *all_codes], format_func=lambda c: "other…" if c is None else label(c),
+                         key=f"other_{prediction.id}", label_visibility="collapsed", disabled=not reviewer,
+                         on_change=apply_other, args=(prediction.id,))
+    if len(cells) > shown and st.button(f"Show more ({len(cells) - shown} left)", key=f"more_{code}"):
+        st.session_state[f"shown_{code}"] = shown + PAGE_SIZE
+        st.rerun()

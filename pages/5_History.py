@@ -1,9 +1,63 @@
-"""History page."""
+"""History page: past analyses from the database; open, download again, delete with confirmation."""
 
 import streamlit as st
 
-from ui.common import page
+from bloodcells import report
+from ui.common import page, require_store
+from ui.results import show_analysis
 
 page("History")
 st.title("History")
-st.info("This page is being built.")
+store = require_store()
+
+kind = st.segmented_control("Show", ["all", "classification", "detection"], default="all", key="history_kind")
+rows = report.analysis_overview(store, kind=None if kind in (None, "all") else kind)
+if not rows:
+    st.info("No analyses yet. Classify a zip of cells or detect cells on a smear field, and it will be listed here.")
+    st.page_link("pages/2_Classification.py", label="Classification", icon="🧫")
+    st.page_link("pages/1_Detection.py", label="Detection", icon="🔎")
+    st.stop()
+
+st.dataframe(rows, hide_index=True, key="history_table",
+             column_config={"id": st.column_config.NumberColumn("id", format="#%d"),
+                            "count": st.column_config.NumberColumn("cells / boxes")})
+
+labels = {row["id"]: f"#{row['id']} · {row['date']} · {row['kind']} · {row['name']} ({row['status']})" for row in rows}
+ids = list(labels)
+remembered = st.session_state.get("analysis_id")
+chosen = st.selectbox("Open", ids, index=ids.index(remembered) if remembered in ids else 0,
+                      format_func=labels.__getitem__, key="history_open")
+st.session_state["analysis_id"] = chosen
+try:
+    analysis = store.get_analysis(chosen)
+except KeyError:
+    st.warning(f"Analysis #{chosen} was deleted meanwhile.")
+    st.stop()
+
+header, actions = st.columns([4, 2])
+header.subheader(f"#{analysis.id} {analysis.name}")
+header.caption(f"{analysis.kind}, {analysis.created_at:%Y-%m-%d %H:%M} · models: "
+               f"{report.model_versions_text(analysis.model_versions) or 'not recorded'}")
+if analysis.kind == "classification" and analysis.status == "done":
+    actions.page_link("pages/4_Review.py", label="Review this analysis", icon="✅")
+
+confirming = st.session_state.get("confirm_delete") == analysis.id
+if not confirming:
+    if actions.button("Delete…", key="delete", icon="🗑️"):
+        st.session_state["confirm_delete"] = analysis.id
+        st.rerun()
+else:
+    st.warning(f"Delete analysis #{analysis.id} ({analysis.name}) with all its results and reviews? "
+               "This cannot be undone.")
+    yes, no = st.columns(2)
+    if yes.button(f"Yes, delete #{analysis.id}", type="primary", key="delete_confirmed"):
+        store.delete_analysis(analysis.id)
+        st.session_state.pop("confirm_delete", None)
+        st.session_state.pop("analysis_id", None)
+        st.toast(f"Analysis #{analysis.id} deleted.")
+        st.rerun()
+    if no.button("Cancel", key="delete_cancelled"):
+        st.session_state.pop("confirm_delete", None)
+        st.rerun()
+
+show_analysis(store, analysis)

@@ -61,3 +61,20 @@ def get_store() -> Store | None:
         _cached_store.clear()  # so that the next run retries once the database is back
         st.error(f"The database is not available: {error}")
         return None
+
+
+def require_store() -> Store:
+    """The shared store; stops the page (after saying why) when the database cannot be reached."""
+    store = get_store()
+    if store is None:
+        st.info("Check BLOODCELLS_DATABASE_URL and that the database server is running, then reload the page.")
+        st.stop()
+    return store
+
+
+def reviewer_name() -> str:
+    """Who is reviewing, asked once per session in the sidebar (every review records it)."""
+    name = st.sidebar.text_input("Your name (recorded with each review)",
+                                 value=st.session_state.get("reviewer", ""), max_chars=128)
+    st.session_state["reviewer"] = name.strip()
+    return st.session_state["reviewer"]

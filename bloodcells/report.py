@@ -1,0 +1,198 @@
+"""Summaries of an analysis that the app shows and exports: differential, ratios, CSV, label zips.
+
+Pure functions over cell-type codes and stored analyses (no streamlit), so that every figure a page
+shows is computed, and tested, here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import zipfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from .taxonomy import Tree, default_tree
+
+UNIDENTIFIED = "NIF"  # the tree's "not identifiable" leaf, the reviewer's "unidentified"
+
+
+@dataclass(frozen=True)
+class DifferentialRow:
+    code: str
+    name: str
+    path: str
+    count: int
+    percent: float
+
+
+def differential(codes: Iterable[str], tree: Tree | None = None) -> list[DifferentialRow]:
+    """Counts and percentages per cell type, in the tree's order (root to leaves, depth first)."""
+    tree = tree or default_tree()
+    counts = Counter(codes)
+    total = sum(counts.values())
+    order = {node.code: position for position, node in enumerate(tree.root.walk())}
+    unknown = sorted(set(counts) - set(order))
+    if unknown:
+        raise ValueError(f"codes not in tree {tree.name!r}: {', '.join(unknown)}")
+    return [DifferentialRow(code, tree[code].name, tree.path_codes(code), counts[code],
+                            100.0 * counts[code] / total)
+            for code in sorted(counts, key=order.__getitem__)]
+
+
+def subtree_count(codes: Iterable[str], tree: Tree, ancestor: str, exclude: Iterable[str] = ()) -> int:
+    """How many codes lie at or under ``ancestor`` but not at or under any of ``exclude``."""
+    top = tree[ancestor]
+    excluded = [tree[code] for code in exclude]
+    return sum(1 for code in codes
+               if tree.is_ancestor(top, tree[code]) and not any(tree.is_ancestor(e, tree[code]) for e in excluded))
+
+
+def myeloid_erythroid_ratio(codes: Iterable[str], tree: Tree | None = None) -> float | None:
+    """Granulocytes and their precursors over erythroid precursors (the marrow M:E ratio).
+
+    Monocytes sit under the myeloid lineage in the tree but, as in the usual definition of the
+    ratio, are not counted. None when there is no erythroid cell to divide by.
+    """
+    tree = tree or default_tree()
+    codes = list(codes)
+    erythroid = subtree_count(codes, tree, "ERY")
+    if erythroid == 0:
+        return None
+    return subtree_count(codes, tree, "MYE", exclude=["MON"]) / erythroid
+
+
+def sunburst_data(codes: Iterable[str], tree: Tree | None = None) -> dict[str, list]:
+    """``ids``, ``labels``, ``parents`` and ``values`` for a plotly sunburst (branchvalues="total").
+
+    Each node's value is the number of cells at or below it; the root is the centre. A cell the
+    tree could only place at an inner node (e.g. "neutrophil") counts there and in its ancestors.
+    """
+    tree = tree or default_tree()
+    totals: Counter[str] = Counter()
+    for code in codes:
+        for node in tree.path(code):
+            totals[node.code] += 1
+    data: dict[str, list] = {"ids": [], "labels": [], "parents": [], "values": []}
+    for node in tree.root.walk():
+        if totals[node.code]:
+            data["ids"].append(node.code)
+            data["labels"].append(node.name.replace("_", " "))
+            data["parents"].append(node.parent.code if node.parent else "")
+            data["values"].append(totals[node.code])
+    return data
+
+
+def review_choices(code: str, tree: Tree | None = None) -> list[str]:
+    """Every leaf, nearest in the tree to ``code`` first (siblings, then cousins...), then the rest.
+
+    The reviewer's one-click alternatives are the first few; "unidentified" is always offered
+    separately. Ties keep the tree's order.
+    """
+    tree = tree or default_tree()
+    chain = [node.code for node in tree.path(code)]
+
+    def distance(leaf) -> int:
+        leaf_chain = [node.code for node in tree.path(leaf.code)]
+        shared = 0
+        for mine, theirs in zip(chain, leaf_chain, strict=False):
+            if mine != theirs:
+                break
+            shared += 1
+        return len(chain) + len(leaf_chain) - 2 * shared
+
+    leaves = [leaf for leaf in tree.leaves() if leaf.code != code]
+    return [leaf.code for leaf in sorted(leaves, key=distance)]
+
+
+# -- stored analyses ----------------------------------------------------------------------------
+def prediction_records(analysis, tree: Tree | None = None) -> list[dict]:
+    """One row per classified cell of a stored analysis, with the reviewer's label where given."""
+    tree = tree or default_tree()
+    return [{"id": p.id, "file": p.filename, "code": p.code, "name": tree[p.code].name, "path": p.path,
+             "confidence": round(p.confidence, 4), "needs_review": p.needs_review,
+             "reviewed_code": p.reviewed_code or "", "final_code": p.final_code}
+            for p in analysis.predictions]
+
+
+def detection_records(analysis) -> list[dict]:
+    """One row per detected box of a stored analysis (white cells with the tree's answer)."""
+    return [{"file": d.filename, "class": d.class_code, "confidence": round(d.score, 4),
+             "x1": round(d.x1, 1), "y1": round(d.y1, 1), "x2": round(d.x2, 1), "y2": round(d.y2, 1),
+             "code": d.code or "", "path": d.path or "",
+             "sub_confidence": "" if d.sub_confidence is None else round(d.sub_confidence, 4)}
+            for d in analysis.detections]
+
+
+def analysis_counts(analysis) -> dict[str, int]:
+    """Cells per final label (classification) or boxes per class (detection)."""
+    if analysis.kind == "detection":
+        return dict(Counter(d.class_code for d in analysis.detections))
+    return dict(Counter(p.final_code for p in analysis.predictions))
+
+
+def records_csv(records: list[dict]) -> bytes:
+    """CSV (UTF-8, header from the first record) of a list of flat dicts."""
+    buffer = io.StringIO()
+    if records:
+        writer = csv.DictWriter(buffer, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    return buffer.getvalue().encode()
+
+
+def labelled_zip(cells: Iterable[tuple[str, str, bytes]]) -> bytes:
+    """A zip of ``<code>/<code>_<n>_<file name>`` members from (file name, code, content) triples.
+
+    The class folders are tree codes, and each file name starts with its own code, so that
+    ``bloodcells train`` reads back exactly the label given (a name such as ``BNE_1.jpg`` would
+    otherwise refine a reviewer's "neutrophil" to a band neutrophil).
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for n, (filename, code, content) in enumerate(cells):
+            base = re.sub(r"[^A-Za-z0-9._-]+", "-", PurePosixPath(filename.replace("\\", "/")).name)
+            archive.writestr(f"{code}/{code}_{n:05d}_{base}", content)
+    return buffer.getvalue()
+
+
+def analysis_overview(store, kind: str | None = None, limit: int = 200) -> list[dict]:
+    """The newest analyses, one row each: when, what, how many cells or boxes, which models."""
+    from sqlalchemy import func, select
+
+    from .store import Detection, Prediction, Review
+
+    analyses = store.list_analyses(kind=kind, limit=limit)
+    ids = [a.id for a in analyses]
+    with store.session() as session:
+        cells = dict(session.execute(select(Prediction.analysis_id, func.count()).where(
+            Prediction.analysis_id.in_(ids)).group_by(Prediction.analysis_id)).all())
+        flagged = dict(session.execute(select(Prediction.analysis_id, func.count()).where(
+            Prediction.analysis_id.in_(ids), Prediction.needs_review.is_(True)).group_by(Prediction.analysis_id)).all())
+        reviewed = dict(session.execute(select(Prediction.analysis_id, func.count(func.distinct(Prediction.id)))
+                                        .join(Review, Review.prediction_id == Prediction.id)
+                                        .where(Prediction.analysis_id.in_(ids))
+                                        .group_by(Prediction.analysis_id)).all())
+        boxes = dict(session.execute(select(Detection.analysis_id, func.count()).where(
+            Detection.analysis_id.in_(ids)).group_by(Detection.analysis_id)).all())
+    return [{"id": a.id, "date": a.created_at.strftime("%Y-%m-%d %H:%M"), "kind": a.kind, "name": a.name,
+             "status": a.status, "count": (boxes if a.kind == "detection" else cells).get(a.id, 0),
+             "needs review": flagged.get(a.id, 0), "reviewed": reviewed.get(a.id, 0),
+             "models": model_versions_text(a.model_versions), "error": a.error or ""}
+            for a in analyses]
+
+
+def model_versions_text(versions: dict | None) -> str:
+    """``ALL 1a2b3c4d, MYE 5e6f7a8b`` from {node: sha256}; nested values are shown as they are."""
+    return ", ".join(f"{node} {value[:8]}" if isinstance(value, str) else f"{node} {value}"
+                     for node, value in (versions or {}).items())
+
+
+def reviewed_cells(store, analysis) -> Iterable[tuple[str, str, bytes]]:
+    """(file name, final label, image content) for each stored cell of an analysis."""
+    for prediction in analysis.predictions:
+        if prediction.blob_id is not None:
+            yield prediction.filename, prediction.final_code, store.read_blob(prediction.blob_id)

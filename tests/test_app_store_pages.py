@@ -1,0 +1,138 @@
+"""AppTests of the pages that work from the database alone: Home, History, Review; the password gate
+and the database-down message."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from bloodcells.store import DetectionRow, PredictionRow, open_store
+from bloodcells.synthetic import cell_image, encode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    if page:
+        at.switch_page(f"pages/{page}.py")
+    return at
+
+
+@pytest.fixture
+def app_store(tmp_path, monkeypatch):
+    """The store the app opens (the test's own SQLite file)."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    monkeypatch.setenv("BLOODCELLS_DATABASE_URL", url)
+    store = open_store(url)
+    yield store
+    store.engine.dispose()
+
+
+def classified(store, codes, needs_review=(), name="cells.zip"):
+    analysis_id = store.start_analysis(name, "classification", {"ALL": "0123456789abcdef"})
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"{code}_{n}.png", code, "/".join(["ALL", code]), 0.5 if n in needs_review else 0.95, {},
+                      n in needs_review, encode(cell_image(code, n, 32)))
+        for n, code in enumerate(codes)])
+    return analysis_id
+
+
+def test_home_lists_the_modes_database_and_compute(app_store):
+    at = app().run()
+    assert not at.exception
+    labels = [link.label for link in at.get("page_link")]
+    assert any("Detection" in label for label in labels)
+    assert any("Classification" in label for label in labels)
+    assert any("Explanation" in label for label in labels)
+    text = " ".join(m.value for m in at.markdown)
+    assert "app.db" in text and "sqlite" in text
+    assert "Compute" in text
+
+
+def test_database_down_is_a_message_not_a_traceback(monkeypatch, tmp_path):
+    monkeypatch.setenv("BLOODCELLS_DATABASE_URL", "mysql+pymysql://nobody@127.0.0.1:1/none")
+    at = app("5_History").run()
+    assert not at.exception
+    assert any("database is not available" in e.value for e in at.error)
+
+
+def test_password_gate_on_every_page(app_store, monkeypatch):
+    monkeypatch.setenv("BLOODCELLS_PASSWORD", "s3cret")
+    classified(app_store, ["NGS"])
+    at = app("5_History").run()
+    assert not at.dataframe and at.text_input[0].label == "Password"
+    at.text_input[0].input("wrong")
+    at.button[0].click().run()
+    assert any("Wrong password" in e.value for e in at.error) and not at.dataframe
+    at.text_input[0].input("s3cret")
+    at.button[0].click().run()
+    assert not at.exception and at.dataframe  # History's table is shown once let in
+
+
+def test_history_lists_opens_and_deletes_with_confirmation(app_store):
+    first = classified(app_store, ["NGS", "NGS", "EBO", "MYB"], needs_review=[2])
+    detection = app_store.start_analysis("field.png", "detection", {"detector": "feedbeef"})
+    app_store.finish_analysis(detection, detections=[
+        DetectionRow("field.png", "WBC", 0.9, (1, 2, 30, 40), "NGS", "ALL/MYE/MYM/NEU/NGS", 0.8),
+        DetectionRow("field.png", "RBC", 0.8, (50, 50, 70, 70))])
+    at = app("5_History").run()
+    assert not at.exception
+    overview = at.dataframe[0].value
+    assert list(overview["id"]) == [detection, first]
+    assert list(overview["count"]) == [2, 4] and list(overview["needs review"]) == [0, 1]
+
+    at.selectbox(key="history_open").select(first).run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Cells"] == "4" and metrics["Needs review"] == "1"
+    assert metrics["Myeloid : erythroid"] == "3.00 : 1"
+    assert any(b.label == "Download CSV" for b in at.get("download_button"))
+    assert at.get("plotly_chart")
+
+    at.button(key="delete").click().run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    at.button(key="delete_cancelled").click().run()
+    assert len(app_store.list_analyses()) == 2
+    at.button(key="delete").click().run()
+    at.button(key="delete_confirmed").click().run()
+    assert not at.exception
+    assert [a.id for a in app_store.list_analyses()] == [detection]
+    assert list(at.dataframe[0].value["id"]) == [detection]
+    assert {m.label: m.value for m in at.metric}["WBC"] == "1"  # the detection opens now
+
+
+def test_history_with_nothing_stored_says_what_to_do(app_store):
+    at = app("5_History").run()
+    assert not at.exception
+    assert any("No analyses yet" in i.value for i in at.info)
+
+
+def test_review_reclassifies_with_one_click_and_counts_follow(app_store):
+    analysis_id = classified(app_store, ["NGS", "NGS", "LYT"], needs_review=[0])
+    at = app("4_Review").run()
+    assert not at.exception
+    assert any("Enter your name" in w.value for w in at.warning)
+    at.sidebar.text_input[0].input("Dr Who").run()
+    prediction = app_store.get_analysis(analysis_id).predictions[0]
+    at.button(key=f"set_{prediction.id}_NGB").click().run()  # the sibling is a one-click choice
+    assert not at.exception
+    counts = at.dataframe[0].value.set_index("code")
+    assert counts.loc["NGS", "predicted"] == 2 and counts.loc["NGS", "now"] == 1
+    assert counts.loc["NGB", "now"] == 1 and counts.loc["NGB", "change"] == 1
+    assert {m.label: m.value for m in at.metric}["Reviewed"] == "1 of 3"
+
+    at.segmented_control(key="review_filter").set_value("all").run()
+    lymphocyte = app_store.get_analysis(analysis_id).predictions[2]
+    at.button(key=f"set_{lymphocyte.id}_NIF").click().run()  # "unidentified"
+    at.selectbox(key=f"other_{prediction.id}").select("NEU").run()  # any node, from the full list
+    reviews = [(r.old_code, r.new_code, r.reviewer) for p in app_store.get_analysis(analysis_id).predictions
+               for r in p.reviews]
+    assert sorted(reviews) == [("LYT", "NIF", "Dr Who"), ("NGB", "NEU", "Dr Who"), ("NGS", "NGB", "Dr Who")]
+    counts = at.dataframe[0].value.set_index("code")
+    assert counts.loc["NIF", "now"] == 1 and counts.loc["LYT", "now"] == 0 and counts.loc["NEU", "now"] == 1
+
+
+def test_review_without_analyses_points_to_classification(app_store):
+    at = app("4_Review").run()
+    assert not at.exception
+    assert any("nothing to review" in i.value for i in at.info)

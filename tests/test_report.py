@@ -1,0 +1,81 @@
+"""The figures the app shows: differential, M:E ratio, sunburst, CSV and the class-folder zip."""
+
+import csv
+import io
+import zipfile
+
+import pytest
+
+from bloodcells import report
+from bloodcells.store import PredictionRow
+from bloodcells.synthetic import cell_image, encode
+
+
+def test_differential_counts_and_percentages_in_tree_order(tree):
+    rows = report.differential(["NGS", "LYT", "NGS", "EBO"], tree)
+    assert [r.code for r in rows] == ["EBO", "LYT", "NGS"]  # ERY before LYM before MYE in the tree
+    assert [r.count for r in rows] == [1, 1, 2]
+    assert [r.percent for r in rows] == [25.0, 25.0, 50.0]
+    assert rows[2].path == "ALL/MYE/MYM/NEU/NGS" and rows[2].name == "segmented neutrophil"
+
+
+def test_differential_rejects_codes_outside_the_tree(tree):
+    with pytest.raises(ValueError, match="XYZ"):
+        report.differential(["NGS", "XYZ"], tree)
+
+
+def test_myeloid_erythroid_ratio_leaves_out_monocytes(tree):
+    codes = ["NGS", "MYB", "BLA", "MON", "MON", "EBO", "PEB", "LYT"]
+    assert report.myeloid_erythroid_ratio(codes, tree) == pytest.approx(3 / 2)
+    assert report.myeloid_erythroid_ratio(["NGS"], tree) is None
+
+
+def test_sunburst_values_are_subtree_totals(tree):
+    data = report.sunburst_data(["NGS", "NGB", "NEU", "EBO"], tree)
+    values = dict(zip(data["ids"], data["values"], strict=True))
+    parents = dict(zip(data["ids"], data["parents"], strict=True))
+    assert values == {"ALL": 4, "ERY": 1, "EBO": 1, "MYE": 3, "MYM": 3, "NEU": 3, "NGB": 1, "NGS": 1}
+    assert parents["NGS"] == "NEU" and parents["ALL"] == ""
+    for node, value in values.items():  # plotly's branchvalues="total" needs parent >= sum(children)
+        assert value >= sum(v for child, v in values.items() if parents[child] == node)
+
+
+def test_review_choices_put_tree_neighbours_first(tree):
+    choices = report.review_choices("NGS", tree)
+    assert choices[0] == "NGB"  # the sibling
+    assert set(choices[1:4]) == {"BAS", "EOS", "MON"}  # the cousins under myeloid_mature
+    assert "NGS" not in choices and len(choices) == len(tree.leaves()) - 1
+
+
+def _stored_analysis(store, codes):
+    analysis_id = store.start_analysis("cells.zip", "classification", {"ALL": "abc"})
+    rows = [PredictionRow(f"{code}_{n}.png", code, "x", 0.9, {}, n == 0, encode(cell_image(code, n, 32)))
+            for n, code in enumerate(codes)]
+    store.finish_analysis(analysis_id, predictions=rows)
+    return store.get_analysis(analysis_id)
+
+
+def test_analysis_records_and_csv_follow_reviews(store, tree):
+    analysis = _stored_analysis(store, ["NGS", "LYT", "NGS"])
+    store.review(analysis.predictions[0].id, "NGB", "tester")
+    analysis = store.get_analysis(analysis.id)
+    assert report.analysis_counts(analysis) == {"NGB": 1, "LYT": 1, "NGS": 1}
+    records = report.prediction_records(analysis, tree)
+    assert [r["final_code"] for r in records] == ["NGB", "LYT", "NGS"]
+    parsed = list(csv.DictReader(io.StringIO(report.records_csv(records).decode())))
+    assert parsed[0]["reviewed_code"] == "NGB" and parsed[0]["code"] == "NGS"
+    assert len(parsed) == 3
+
+
+def test_labelled_zip_reads_back_with_the_reviewed_labels(store, tree):
+    from bloodcells.inputs import InputImage, iter_inputs
+
+    analysis = _stored_analysis(store, ["NGS", "LYT"])
+    store.review(analysis.predictions[0].id, "NEU", "tester")  # only sure it is a neutrophil
+    analysis = store.get_analysis(analysis.id)
+    content = report.labelled_zip(report.reviewed_cells(store, analysis))
+    members = [item for item in iter_inputs(content, "labels.zip") if isinstance(item, InputImage)]
+    labels = sorted(tree.label_for_file(item.name).code for item in members)
+    assert labels == ["LYT", "NEU"]
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        assert all(name.count("/") == 1 for name in archive.namelist())

@@ -1,0 +1,70 @@
+"""Trained models, loaded once per server process and shared by every session.
+
+A model that is missing (nothing trained yet), corrupt or not installed gives the page a message
+in words, never a traceback, and the other pages keep working.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from bloodcells.settings import settings
+
+NOT_TRAINED_HINT = {
+    "classifier": "Train one on the Training page, or with `bloodcells train --data FOLDER`.",
+    "detector": "Train one with `bloodcells train-detector --data FOLDER`.",
+}
+
+
+@st.cache_resource(show_spinner="Loading the classifier tree…")
+def _classifier(models_dir: str):
+    from bloodcells.classify import TreeClassifier
+
+    return TreeClassifier.load(models_dir=None)  # the settings' models dir; the argument keys the cache
+
+
+@st.cache_resource(show_spinner="Loading the detector…")
+def _detector(models_dir: str):
+    from bloodcells.detect import Detector
+
+    return Detector.load()
+
+
+def _load(kind: str, loader):
+    try:
+        return loader(str(settings().models_dir)), None
+    except ImportError as error:
+        return None, f"The {kind} is not part of this installation yet ({error})."
+    except (OSError, ValueError, RuntimeError, KeyError) as error:  # ModelFileError and friends
+        return None, f"No {kind} is available: {error}"
+
+
+def get_classifier(required: bool = True):
+    """The classifier tree, or None. When ``required``, a missing one stops the page with a message."""
+    classifier, problem = _load("classifier", _classifier)
+    if problem and required:
+        st.warning(problem)
+        st.info(NOT_TRAINED_HINT["classifier"])
+        st.stop()
+    return classifier
+
+
+def get_detector(required: bool = True):
+    """The detector, or None. When ``required``, a missing one stops the page with a message."""
+    detector, problem = _load("detector", _detector)
+    if problem and required:
+        st.warning(problem)
+        st.info(NOT_TRAINED_HINT["detector"])
+        st.stop()
+    return detector
+
+
+def model_problem(kind: str) -> str | None:
+    """Why the classifier or detector cannot be used, or None when it loads."""
+    return _load(kind, _classifier if kind == "classifier" else _detector)[1]
+
+
+def reload_models() -> None:
+    """Forget the loaded models so that the next page run loads the newly accepted ones."""
+    _classifier.clear()
+    _detector.clear()

@@ -1,0 +1,45 @@
+"""Progress bars for long work, and cancelling it cleanly.
+
+Streamlit stops a running script (the user pressed Stop, clicked Cancel or another widget) by
+raising a ``BaseException`` at the next Streamlit call, which in long work is the progress update.
+Package code only cleans up after ``Exception``s (``classify`` marks its analysis failed, so
+nothing half-stored remains), so the update turns the interruption into ``Cancelled`` for the
+package, and the page re-raises Streamlit's own exception once the package has cleaned up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import streamlit as st
+from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
+
+
+class Cancelled(Exception):
+    """The user stopped the page while long work was running."""
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int | None], None]]:
+    """Yield a ``progress(done, total)`` callback drawing a progress bar; the bar goes when done."""
+    bar = st.progress(0.0, text=label)
+    interruption: list[ScriptControlException] = []
+
+    def update(done: int, total: int | None) -> None:
+        fraction = min(done / total, 1.0) if total else 0.0
+        text = f"{label} {done} of {total}" if total else f"{label} {done}"
+        try:
+            bar.progress(fraction, text=text)
+        except ScriptControlException as error:
+            interruption.append(error)
+            raise Cancelled("cancelled by the user") from error
+
+    try:
+        yield update
+    except Cancelled:
+        if interruption:
+            raise interruption[0] from None
+        raise
+    finally:
+        bar.empty()

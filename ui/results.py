@@ -1,0 +1,161 @@
+"""How a stored analysis is shown: used right after it runs and again from History."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import Counter
+
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image
+
+from bloodcells import report
+from bloodcells.inputs import InputError, open_image
+from bloodcells.store import Store
+from bloodcells.taxonomy import default_tree
+
+THUMBNAIL_PX = 48
+MAX_THUMBNAILS = 2000  # beyond this the table shows names only: the page must stay responsive
+
+
+@st.cache_data(show_spinner=False, max_entries=20_000)
+def _cell_png(_store: Store, url: str, blob_id: int, size: int | None) -> bytes | None:
+    """``url`` (with ``blob_id``) keys the cache; the unhashed ``_store`` reads the content."""
+    try:
+        image = open_image(_store.read_blob(blob_id), f"stored image {blob_id}")
+    except (InputError, KeyError):
+        return None
+    if size:
+        image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def cell_image_bytes(store: Store, blob_id: int | None, size: int | None = None) -> bytes | None:
+    """A stored cell image as PNG, scaled to fit ``size`` pixels when given; None if unreadable."""
+    return None if blob_id is None else _cell_png(store, store.url, blob_id, size)
+
+
+def data_uri(png: bytes | None) -> str | None:
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}" if png else None
+
+
+def show_analysis(store: Store, analysis) -> None:
+    """Everything about one analysis, by kind."""
+    if analysis.status == "failed":
+        st.error(f"This analysis failed and holds no results: {analysis.error}")
+        return
+    if analysis.status == "running":
+        st.info("This analysis is still running (or was interrupted before it finished).")
+        return
+    if analysis.kind == "detection":
+        show_detection(analysis)
+    else:
+        show_classification(store, analysis)
+
+
+def show_classification(store: Store, analysis) -> None:
+    tree = default_tree()
+    records = report.prediction_records(analysis, tree)
+    if not records:
+        st.warning("No cell of this upload could be classified.")
+        return
+    codes = [r["final_code"] for r in records]
+    flagged = [r for r in records if r["needs_review"]]
+    ratio = report.myeloid_erythroid_ratio(codes, tree)
+    columns = st.columns(4)
+    columns[0].metric("Cells", len(records))
+    columns[1].metric("Needs review", len(flagged))
+    columns[2].metric("Reviewed", sum(1 for p in analysis.predictions if p.reviews))
+    columns[3].metric("Myeloid : erythroid", "n/a (no erythroid cells)" if ratio is None else f"{ratio:.2f} : 1")
+
+    left, right = st.columns([3, 2])
+    with left:
+        st.subheader("Differential")
+        show_differential(codes, key=f"percent-{analysis.id}")
+    with right:
+        st.plotly_chart(sunburst(codes), key=f"sunburst-{analysis.id}")
+
+    st.download_button("Download CSV", report.records_csv(records), file_name=f"analysis-{analysis.id}.csv",
+                       mime="text/csv", on_click="ignore", key=f"csv-{analysis.id}", icon="⬇️")
+    if flagged:
+        with st.expander(f"Needs review: {len(flagged)} cells under the confidence threshold", expanded=True):
+            st.page_link("pages/4_Review.py", label="Review them", icon="✅")
+            gallery(store, [p for p in analysis.predictions if p.needs_review][:60])
+    st.subheader("Cells")
+    st.dataframe(cell_table(store, analysis, records), hide_index=True, key=f"cells-{analysis.id}",
+                 column_config={"image": st.column_config.ImageColumn("image", width="small"),
+                                "confidence": st.column_config.ProgressColumn(
+                                    "confidence", min_value=0.0, max_value=1.0, format="%.2f")})
+
+
+def show_differential(codes: list[str], key: str) -> None:
+    percentages = st.toggle("Percentages", key=key)
+    rows = report.differential(codes)
+    st.dataframe([{"code": r.code, "type": r.name, "path": r.path,
+                   ("%" if percentages else "count"): round(r.percent, 1) if percentages else r.count}
+                  for r in rows], hide_index=True)
+
+
+def sunburst(codes: list[str]) -> go.Figure:
+    data = report.sunburst_data(codes)
+    figure = go.Figure(go.Sunburst(ids=data["ids"], labels=data["labels"], parents=data["parents"],
+                                   values=data["values"], branchvalues="total",
+                                   hovertemplate="%{label}: %{value} cells<extra></extra>"))
+    figure.update_layout(margin={"t": 10, "l": 0, "r": 0, "b": 10}, height=360)
+    return figure
+
+
+def cell_table(store: Store, analysis, records: list[dict]) -> list[dict]:
+    with_images = len(records) <= MAX_THUMBNAILS
+    if not with_images:
+        st.caption(f"{len(records)} cells: thumbnails are shown for uploads of up to {MAX_THUMBNAILS}.")
+    rows = []
+    for prediction, record in zip(analysis.predictions, records, strict=True):
+        image = (data_uri(cell_image_bytes(store, prediction.blob_id, THUMBNAIL_PX))
+                 if with_images else None)
+        rows.append({"image": image, "file": record["file"], "type": record["name"], "code": record["final_code"],
+                     "path": record["path"], "confidence": record["confidence"],
+                     "needs review": record["needs_review"], "reviewed": record["reviewed_code"]})
+    return rows
+
+
+def gallery(store: Store, predictions, columns: int = 8) -> None:
+    grid = st.columns(columns)
+    for n, prediction in enumerate(predictions):
+        png = cell_image_bytes(store, prediction.blob_id, 96)
+        with grid[n % columns]:
+            if png:
+                st.image(png, caption=f"{prediction.final_code} {prediction.confidence:.2f}")
+            else:
+                st.caption(f"{prediction.filename}: {prediction.final_code}")
+
+
+def show_detection(analysis) -> None:
+    records = report.detection_records(analysis)
+    if not records:
+        st.warning("No cell was found on these images.")
+        return
+    counts = Counter(r["class"] for r in records)
+    columns = st.columns(max(len(counts), 1) + 1)
+    columns[0].metric("Images", len({r["file"] for r in records}))
+    for column, (cls, count) in zip(columns[1:], sorted(counts.items()), strict=False):
+        column.metric(cls, count)
+    white = [r["code"] for r in records if r["code"]]
+    if white:
+        st.subheader("White-cell differential")
+        show_differential(white, key=f"wbc-percent-{analysis.id}")
+    st.download_button("Download CSV", report.records_csv(records), file_name=f"detections-{analysis.id}.csv",
+                       mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon="⬇️")
+    st.dataframe(records, hide_index=True, key=f"boxes-{analysis.id}")
+
+
+def open_upload_image(content: bytes, name: str) -> Image.Image | None:
+    """An uploaded image, or None after saying in words why it cannot be read."""
+    try:
+        return open_image(content, name)
+    except InputError as error:
+        st.error(str(error))
+        return None
