@@ -1,16 +1,20 @@
 """Reading what users upload: single images, folders and zips, safely and one file at a time.
 
-Every problem is reported per file (``InputProblem``) with its name and a plain reason, and the
-rest of the batch goes on. Zips are streamed member by member (memory does not grow with the
-number of members), never extracted to disk, and bounded against zip bombs.
+A problem with one file is reported (``InputProblem``) with its name and a plain reason, and the
+rest of the batch goes on; a problem with the whole input (not a zip, empty, no images, too many
+members) raises ``InputError`` naming it. Zips are streamed member by member and never
+extracted: nothing is written to disk, and memory is bounded by ``InputLimits`` (the zip's index
+and one member at a time) whatever the zip holds.
 """
 
 from __future__ import annotations
 
 import io
+import lzma
 import stat
-import warnings
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -18,16 +22,27 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
-MAX_IMAGE_PIXELS = 100_000_000  # 10k x 10k; Pillow's bomb check raises above twice this
+MAX_IMAGE_PIXELS = 100_000_000  # 10k x 10k
+# Pillow refuses more than twice its limit while opening (DecompressionBombError); open_image
+# refuses everything above the limit itself, before decoding.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+MAX_NAME_LENGTH = 512  # the store keeps file names of up to 512 characters
+ACCEPTED = f"accepted: {', '.join(sorted(IMAGE_SUFFIXES))}, .zip"
+
+# What reading a damaged zip member can raise besides BadZipFile (zlib/lzma errors are not OSErrors).
+_MEMBER_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError, zlib.error,
+                  lzma.LZMAError, struct.error)
 
 
 @dataclass(frozen=True)
-class ZipLimits:
-    max_members: int = 200_000
-    max_member_bytes: int = 256 * 1024 * 1024
-    max_total_bytes: int = 8 * 1024 * 1024 * 1024
-    max_ratio: float = 200.0  # uncompressed / compressed, per member
+class InputLimits:
+    """Bounds against zip bombs and oversized files (see docs/operations.md)."""
+    max_members: int = 200_000  # a Matek-sized (171k cells) export still fits
+    max_index_bytes: int = 48 * 1024 * 1024  # the zip's central directory, held in memory
+    max_file_bytes: int = 256 * 1024 * 1024  # one image, in a zip or on disk
+    max_total_bytes: int = 8 * 1024 * 1024 * 1024  # all members of one zip, uncompressed
+    max_ratio: float = 200.0  # uncompressed / compressed, per member ...
+    ratio_floor_bytes: int = 1024 * 1024  # ... once it is larger than this (tiny members are harmless)
 
 
 class InputError(ValueError):
@@ -54,100 +69,170 @@ def is_image_name(name: str) -> bool:
 
 
 def iter_inputs(source: str | Path | bytes, name: str | None = None,
-                limits: ZipLimits = ZipLimits()) -> Iterator[InputImage | InputProblem]:
+                limits: InputLimits = InputLimits()) -> Iterator[InputImage | InputProblem]:
     """Yield every image (as bytes) or problem in an image file, a folder (recursive) or a zip.
 
     ``source`` may be a path or the uploaded bytes themselves (then ``name`` says what it was).
+    Raises InputError for an input that holds no readable image at all.
     """
-    if isinstance(source, bytes | bytearray):
+    if isinstance(source, bytes | bytearray | memoryview):
         label = name or "upload"
-        if zipfile.is_zipfile(io.BytesIO(source)) or label.lower().endswith(".zip"):
-            yield from _iter_zip(io.BytesIO(source), label, limits)
+        content = bytes(source)
+        if label.lower().endswith(".zip") or zipfile.is_zipfile(io.BytesIO(content)):
+            yield from _iter_zip(io.BytesIO(content), label, limits)
+        elif name is not None and not is_image_name(name):
+            raise InputError(f"{label}: not an image or .zip ({ACCEPTED})")
+        elif not content:
+            raise InputError(f"{label}: the file is empty")
         else:
-            yield InputImage(label, bytes(source))
+            yield InputImage(label, content)
         return
     path = Path(source)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        yield from _iter_folder(path)
-    elif path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
-        with path.open("rb") as handle:
-            yield from _iter_zip(handle, path.name, limits)
+        yield from _iter_folder(path, limits)
+        return
+    label = name or path.name
+    if path.suffix.lower() == ".zip" or _is_zip_path(path):
+        try:
+            handle = path.open("rb")
+        except OSError as error:
+            raise InputError(f"{label}: cannot be opened ({error.strerror or error})") from error
+        with handle:
+            yield from _iter_zip(handle, label, limits)
     elif is_image_name(path.name):
-        yield InputImage(path.name, path.read_bytes())
+        item = _read_file(path, label, limits)
+        if isinstance(item, InputProblem):
+            raise InputError(str(item))
+        yield item
     else:
-        raise InputError(f"{path.name}: not an image, folder or .zip "
-                         f"(accepted: {', '.join(sorted(IMAGE_SUFFIXES))}, .zip)")
+        raise InputError(f"{label}: not an image, folder or .zip ({ACCEPTED})")
 
 
-def _iter_folder(root: Path) -> Iterator[InputImage | InputProblem]:
+def _is_zip_path(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _read_file(path: Path, name: str, limits: InputLimits) -> InputImage | InputProblem:
+    try:
+        size = path.stat().st_size
+        if size > limits.max_file_bytes:
+            return InputProblem(name, f"{size} bytes is over the limit of {limits.max_file_bytes} bytes")
+        if size == 0:
+            return InputProblem(name, "the file is empty")
+        return InputImage(name, path.read_bytes())
+    except OSError as error:
+        return InputProblem(name, f"cannot be read ({error.strerror or error})")
+
+
+def _iter_folder(root: Path, limits: InputLimits) -> Iterator[InputImage | InputProblem]:
+    """Every image under ``root``; symbolic links are reported, never followed (nothing outside it is read)."""
+    images = 0
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).as_posix()
         if path.is_symlink():
-            yield InputProblem(relative, "symbolic link skipped")
-        elif path.is_file() and is_image_name(path.name):
-            yield InputImage(relative, path.read_bytes())
+            yield InputProblem(relative, "symbolic link, skipped")
+        elif not path.is_file():
+            continue
+        elif path.suffix.lower() == ".zip":
+            yield InputProblem(relative, "zip inside a folder (not opened; upload it on its own)")
+        elif is_image_name(path.name):
+            item = _read_file(path, relative, limits)
+            images += isinstance(item, InputImage)
+            yield item
+    if images == 0:
+        raise InputError(f"{root.name or root}: the folder holds no readable images ({ACCEPTED})")
 
 
-def _iter_zip(handle, label: str, limits: ZipLimits) -> Iterator[InputImage | InputProblem]:
+def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | InputProblem]:
+    _check_zip_index(handle, label, limits)
     try:
         archive = zipfile.ZipFile(handle)
-    except zipfile.BadZipFile as error:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError) as error:
         raise InputError(f"{label}: not a readable zip file ({error})") from error
     with archive:
-        members = archive.infolist()
+        members = [info for info in archive.infolist() if not info.is_dir()]
         if len(members) > limits.max_members:
-            raise InputError(f"{label}: {len(members)} members is more than the limit of {limits.max_members}")
-        images = 0
+            raise InputError(f"{label}: {len(members)} files is more than the limit of {limits.max_members}")
+        if not members:
+            raise InputError(f"{label}: the zip is empty")
+        images = skipped_images = 0
         total = 0
         for info in members:
             name = info.filename
-            if info.is_dir():
+            if _is_noise(name):
                 continue
             problem = _member_problem(info, limits)
-            if problem is None and not is_image_name(name):
-                problem = ("nested zip (not opened)" if name.lower().endswith(".zip")
-                           else "not an image file (skipped)")
             if problem is None and total + info.file_size > limits.max_total_bytes:
-                problem = f"total uncompressed size would exceed {limits.max_total_bytes} bytes"
+                problem = f"the zip's total uncompressed size would exceed {limits.max_total_bytes} bytes"
+            if problem is None:
+                try:
+                    content = _read_member(archive, info, limits)
+                except _MEMBER_ERRORS as error:
+                    problem = f"cannot be read from the zip ({error or type(error).__name__})"
             if problem is not None:
-                if not _is_noise(name):
-                    yield InputProblem(f"{label}/{name}", problem)
-                continue
-            try:
-                content = _read_member(archive, info, limits)
-            except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, ValueError) as error:
-                yield InputProblem(f"{label}/{name}", f"cannot be read from the zip ({error})")
+                skipped_images += is_image_name(name)
+                yield InputProblem(f"{label}/{name}", problem)
                 continue
             total += len(content)
             images += 1
             yield InputImage(name, content)
         if images == 0:
-            raise InputError(f"{label}: the zip holds no images "
-                             f"(accepted: {', '.join(sorted(IMAGE_SUFFIXES))})")
+            reason = (f"none of its {skipped_images} images could be read (see the problems listed)"
+                      if skipped_images else f"it holds no images ({ACCEPTED})")
+            raise InputError(f"{label}: {reason}")
 
 
-def _member_problem(info: zipfile.ZipInfo, limits: ZipLimits) -> str | None:
+def _check_zip_index(handle, label: str, limits: InputLimits) -> None:
+    """Refuse a zip whose index is too large before zipfile reads it all into memory."""
+    try:
+        end_record = zipfile._EndRecData(handle)  # the record zipfile itself reads first
+    except OSError:
+        end_record = None
+    if not end_record:
+        raise InputError(f"{label}: not a zip file (no zip directory found; truncated or another format)")
+    declared, index_bytes = end_record[zipfile._ECD_ENTRIES_TOTAL], end_record[zipfile._ECD_SIZE]
+    if declared > limits.max_members:
+        raise InputError(f"{label}: {declared} files is more than the limit of {limits.max_members}")
+    if index_bytes > limits.max_index_bytes:
+        raise InputError(f"{label}: its directory of {index_bytes} bytes is over the limit of "
+                         f"{limits.max_index_bytes} bytes")
+    handle.seek(0)
+
+
+def _member_problem(info: zipfile.ZipInfo, limits: InputLimits) -> str | None:
     name = info.filename
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
         return "unsafe path (absolute or '..'), skipped"
     if stat.S_ISLNK(info.external_attr >> 16):
         return "symbolic link, skipped"
+    if name.lower().endswith(".zip"):
+        return "zip inside the zip (not opened; upload it on its own)"
+    if not is_image_name(name):
+        return f"not an image file, skipped ({ACCEPTED})"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"name longer than {MAX_NAME_LENGTH} characters, skipped"
     if info.flag_bits & 0x1:
-        return "encrypted, cannot be read"
-    if info.file_size > limits.max_member_bytes:
-        return f"{info.file_size} bytes uncompressed is over the limit of {limits.max_member_bytes}"
-    if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
-        return f"compression ratio {info.file_size / info.compress_size:.0f}:1 looks like a zip bomb"
+        return "encrypted (password-protected), cannot be read"
+    if info.file_size > limits.max_file_bytes:
+        return f"{info.file_size} bytes uncompressed is over the limit of {limits.max_file_bytes} bytes"
+    if info.file_size > limits.ratio_floor_bytes and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+        return (f"compression ratio {info.file_size / max(info.compress_size, 1):.0f}:1 is over "
+                f"{limits.max_ratio:.0f}:1 (looks like a zip bomb), skipped")
+    if info.file_size == 0:
+        return "the file is empty"
     return None
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ZipLimits) -> bytes:
-    """Read at most the declared size (+1 byte to catch a lying header)."""
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: InputLimits) -> bytes:
+    """The member's bytes; zipfile stops at the declared size and checks the CRC at the end."""
     with archive.open(info) as member:
-        content = member.read(min(info.file_size, limits.max_member_bytes) + 1)
+        content = member.read(min(info.file_size, limits.max_file_bytes) + 1)
     if len(content) > info.file_size:
         raise ValueError("member is larger than its header says")
     return content
@@ -163,36 +248,43 @@ def open_image(content: bytes, name: str = "image") -> Image.Image:
     """Decode image bytes into an upright 8-bit RGB image, or raise InputError naming the file.
 
     Handles EXIF rotation, palette, grayscale, RGBA (composited on white), CMYK and 16-bit or
-    float TIFFs (rescaled to 8 bits); refuses truncated files and decompression bombs.
+    float TIFFs (rescaled to 8 bits); refuses empty, truncated and damaged files and images of
+    more than MAX_IMAGE_PIXELS pixels (checked from the header, before decoding).
     """
+    if not content:
+        raise InputError(f"{name}: the file is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(content))
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise InputError(f"{name}: {image.width}x{image.height} pixels is over the limit of "
-                                 f"{MAX_IMAGE_PIXELS} pixels")
-            image.load()
-    except InputError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InputError(f"{name}: image too large ({error})") from error
+        image = Image.open(io.BytesIO(content))
+    except Image.DecompressionBombError as error:
+        raise InputError(f"{name}: image too large to open ({error})") from error
     except UnidentifiedImageError as error:
-        raise InputError(f"{name}: not a readable image") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"{name}: damaged or truncated image ({error})") from error
-    return to_rgb(ImageOps.exif_transpose(image))
+        raise InputError(f"{name}: not an image (the content is not in a format Pillow reads; "
+                         f"{ACCEPTED})") from error
+    except Exception as error:  # any decoder failure on user bytes is a damaged file, not a bug of ours
+        raise InputError(f"{name}: damaged image ({type(error).__name__}: {error})") from error
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{name}: {image.width}x{image.height} pixels is over the limit of "
+                         f"{MAX_IMAGE_PIXELS} pixels")
+    if image.width < 1 or image.height < 1:
+        raise InputError(f"{name}: the image has no pixels ({image.width}x{image.height})")
+    try:
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))
+    except Exception as error:  # as above: truncated data, bad EXIF, unsupported mode
+        raise InputError(f"{name}: damaged or truncated image ({type(error).__name__}: {error})") from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    """8-bit RGB: high-bit-depth and float images are rescaled, transparency is put on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         import numpy as np
 
         array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
+        finite = np.isfinite(array)
+        low, high = (float(array[finite].min()), float(array[finite].max())) if finite.any() else (0.0, 0.0)
+        scaled = np.where(finite, (array - low) / (high - low) * 255 if high > low else 0.0, 0.0)
         image = Image.fromarray(scaled.astype("uint8"))
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.has_transparency_data:
         image = image.convert("RGBA")
         canvas = Image.new("RGB", image.size, (255, 255, 255))
         canvas.paste(image, mask=image.getchannel("A"))

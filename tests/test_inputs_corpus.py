@@ -1,0 +1,479 @@
+"""A generated corpus of bad and odd uploads: every one is read, or refused with a message naming it.
+
+Each case is made here from bloodcells.synthetic cells (nothing is downloaded). Single files go
+through ``open_image`` and ``iter_inputs``; zips go through ``iter_inputs`` and, for every image it
+yields, ``open_image`` -- as the classify and detect paths do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bloodcells.inputs import (
+    MAX_IMAGE_PIXELS,
+    InputError,
+    InputImage,
+    InputLimits,
+    InputProblem,
+    iter_inputs,
+    open_image,
+)
+from bloodcells.synthetic import cell_image, encode
+
+pytestmark = [pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+              pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")]
+
+GOOD = encode(cell_image("NGS", 1, 32))
+
+
+def _save(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _cell(mode: str = "RGB", size: int = 32) -> Image.Image:
+    return cell_image("NGB", 2, size).convert(mode)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (what a decompression bomb looks like to Pillow)."""
+    signature, rest = GOOD[:8], GOOD[8:]
+    length, kind = struct.unpack(">I4s", rest[:8])
+    assert kind == b"IHDR"
+    body = struct.pack(">II", width, height) + rest[16:8 + length]
+    ihdr = struct.pack(">I", length) + b"IHDR" + body + struct.pack(">I", zlib.crc32(b"IHDR" + body))
+    return signature + ihdr + rest[12 + length:]
+
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    return _save(cell_image("NGS", 3, 48).crop((0, 0, 48, 24)), "JPEG", exif=exif)
+
+
+def _sixteen_bit_tiff() -> bytes:
+    return _save(Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60), "TIFF")
+
+
+def _float_tiff(with_nan: bool = False) -> bytes:
+    array = np.linspace(-3.5, 1e6, 32 * 32, dtype=np.float32).reshape(32, 32)
+    if with_nan:
+        array[0, :] = np.nan
+        array[1, :] = np.inf
+    return _save(Image.fromarray(array), "TIFF")
+
+
+def _multipage_tiff() -> bytes:
+    return _save(_cell(), "TIFF", save_all=True, append_images=[_cell("L")])
+
+
+def _corrupt_png() -> bytes:
+    data = bytearray(GOOD)
+    start = GOOD.index(b"IDAT") + 8
+    data[start:start + 16] = bytes(16)  # the deflate stream and its CRC no longer agree
+    return bytes(data)
+
+
+def _corrupt_jpeg() -> bytes:
+    data = bytearray(_save(_cell(), "JPEG"))
+    data[2:40] = b"\xff" * 38  # markers after SOI destroyed
+    return bytes(data)
+
+
+# -- single files -----------------------------------------------------------------------------
+@dataclass
+class FileCase:
+    name: str
+    content: bytes
+    error: str | None = None  # a fragment of the InputError message; None: must open
+    size: tuple[int, int] | None = None
+
+
+FILE_CASES = [
+    FileCase("rgb.png", GOOD, size=(32, 32)),
+    FileCase("rgb.jpg", _save(_cell(), "JPEG"), size=(32, 32)),
+    FileCase("one-pixel.png", _save(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"), size=(1, 1)),
+    FileCase("one-pixel.jpg", _save(Image.new("RGB", (1, 1)), "JPEG"), size=(1, 1)),
+    FileCase("one-pixel-16bit.tif", _save(Image.fromarray(np.array([[7]], dtype=np.uint16)), "TIFF"), size=(1, 1)),
+    FileCase("rgba.png", _save(_cell("RGBA"), "PNG")),
+    FileCase("la.png", _save(_cell("LA"), "PNG")),
+    FileCase("palette.png", _save(_cell("P"), "PNG")),
+    FileCase("palette-transparent.png", _save(_cell("P"), "PNG", transparency=0)),
+    FileCase("palette.gif", _save(_cell("P"), "GIF")),
+    FileCase("grayscale.png", _save(_cell("L"), "PNG")),
+    FileCase("bilevel.png", _save(_cell("1"), "PNG")),
+    FileCase("cmyk.jpg", _save(_cell("CMYK"), "JPEG")),
+    FileCase("cmyk.tif", _save(_cell("CMYK"), "TIFF")),
+    FileCase("sixteen-bit.png", _save(Image.fromarray(np.arange(1024, dtype=np.uint16).reshape(32, 32) * 50), "PNG")),
+    FileCase("sixteen-bit.tif", _sixteen_bit_tiff()),
+    FileCase("sixteen-bit-flat.tif", _save(Image.fromarray(np.full((8, 8), 999, np.uint16)), "TIFF")),
+    FileCase("thirty-two-bit.tif", _save(Image.fromarray(np.arange(64, dtype=np.int32).reshape(8, 8) * 10**6), "TIFF")),
+    FileCase("float.tif", _float_tiff()),
+    FileCase("float-nan-inf.tif", _float_tiff(with_nan=True)),
+    FileCase("multipage.tif", _multipage_tiff()),
+    FileCase("exif-rotated.jpg", _exif_rotated(), size=(24, 48)),
+    FileCase("bitmap.bmp", _save(_cell(), "BMP")),
+    FileCase("lossless.webp", _save(_cell(), "WEBP", lossless=True)),
+    FileCase("jpeg-named.png", _save(_cell(), "JPEG")),  # the content decides, not the suffix
+    FileCase("truncated.png", GOOD[: len(GOOD) // 2], "truncated"),
+    FileCase("truncated.jpg", _save(_cell(), "JPEG")[:300], "truncated"),
+    FileCase("corrupt-data.png", _corrupt_png(), "damaged"),
+    FileCase("corrupt-header.jpg", _corrupt_jpeg(), "image"),
+    FileCase("text-renamed.jpg", b"Patient 12, smear 3: see attached\n" * 20, "not an image"),
+    FileCase("html-renamed.png", b"<!doctype html><title>404</title>", "not an image"),
+    FileCase("random-bytes.tif", os.urandom(2048), "image"),
+    FileCase("empty.png", b"", "empty"),
+    FileCase("bomb-20000x20000.png", _png_header_only(20_000, 20_000), "too large"),
+    FileCase("over-limit-12000x12000.png", _png_header_only(12_000, 12_000), f"limit of {MAX_IMAGE_PIXELS}"),
+    FileCase("zero-width.png", _png_header_only(0, 10), "image"),
+]
+
+
+@pytest.mark.parametrize("case", FILE_CASES, ids=[c.name for c in FILE_CASES])
+def test_single_file_opens_or_is_refused_with_its_name(case):
+    if case.error is None:
+        image = open_image(case.content, case.name)
+        assert image.mode == "RGB"
+        if case.size:
+            assert image.size == case.size
+        assert np.asarray(image).dtype == np.uint8
+    else:
+        with pytest.raises(InputError) as raised:
+            open_image(case.content, case.name)
+        message = str(raised.value)
+        assert message.startswith(f"{case.name}: ")
+        assert case.error in message
+
+
+@pytest.mark.parametrize("case", FILE_CASES, ids=[c.name for c in FILE_CASES])
+def test_single_file_upload_goes_through_iter_inputs(case):
+    if not case.content:
+        with pytest.raises(InputError, match=f"^{case.name}: the file is empty"):
+            list(iter_inputs(case.content, case.name))
+        return
+    assert list(iter_inputs(case.content, case.name)) == [InputImage(case.name, case.content)]
+
+
+def test_transparency_is_composited_on_white():
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    image.putpixel((0, 0), (10, 20, 30, 255))
+    rgb = open_image(_save(image, "PNG"), "rgba.png")
+    assert rgb.getpixel((0, 0)) == (10, 20, 30)
+    assert rgb.getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_high_bit_depth_is_rescaled_not_clipped():
+    rgb = np.asarray(open_image(_sixteen_bit_tiff(), "sixteen-bit.tif"))
+    assert rgb.min() == 0 and rgb.max() == 255  # 0..61380 spread over 0..255, not saturated at 255
+    assert len(np.unique(rgb)) > 200
+
+
+def test_exif_rotation_is_applied():
+    upright = open_image(_exif_rotated(), "exif-rotated.jpg")
+    raw = Image.open(io.BytesIO(_exif_rotated()))
+    assert raw.size == (48, 24) and upright.size == (24, 48)
+
+
+def test_bomb_is_refused_before_decoding():
+    """A 20,000 x 20,000 header would need 1.2 GB to decode: it is refused from the header alone."""
+    import tracemalloc
+
+    tracemalloc.start()
+    with pytest.raises(InputError, match="too large"):
+        open_image(_png_header_only(20_000, 20_000), "bomb.png")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 5 * 1024 * 1024
+
+
+# -- zips ---------------------------------------------------------------------------------------
+@dataclass
+class Member:
+    name: str
+    content: bytes = GOOD
+    compress: int = zipfile.ZIP_DEFLATED
+    symlink: bool = False
+
+
+@dataclass
+class ZipCase:
+    name: str
+    members: list[Member]
+    problems: dict[str, str] = field(default_factory=dict)  # member name -> fragment of its problem
+    unreadable: dict[str, str] = field(default_factory=dict)  # yielded, but open_image refuses it
+    error: str | None = None  # the whole zip is refused (InputError) with this fragment
+    limits: InputLimits = InputLimits()
+    patch: object = None  # bytes -> bytes, applied to the finished zip
+
+
+def _zip(members: list[Member]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for member in members:
+            info = zipfile.ZipInfo(member.name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.compress_type = member.compress
+            if member.symlink:
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, member.content)
+    return buffer.getvalue()
+
+
+# (signature, offset of the field, offset of the name length, offset of the name) in a local
+# file header and in a central directory entry
+_HEADERS = ((b"PK\x03\x04", {"flags": 6, "method": 8}, 26, 30), (b"PK\x01\x02", {"flags": 8, "method": 10}, 28, 46))
+
+
+def _patch_header(name: str, field_name: str, change):
+    """Rewrite a 2-byte header field of member ``name``, in its local header and directory entry."""
+    encoded = name.encode()
+
+    def patch(data: bytes) -> bytes:
+        data = bytearray(data)
+        for signature, fields, length_at, name_at in _HEADERS:
+            at = data.find(signature)
+            while at >= 0:
+                length = struct.unpack("<H", data[at + length_at:at + length_at + 2])[0]
+                if data[at + name_at:at + name_at + length] == encoded:
+                    where = at + fields[field_name]
+                    value = struct.unpack("<H", data[where:where + 2])[0]
+                    data[where:where + 2] = struct.pack("<H", change(value))
+                at = data.find(signature, at + 4)
+        return bytes(data)
+    return patch
+
+
+def _set_flags(name: str, bits: int):
+    return _patch_header(name, "flags", lambda flags: flags | bits)
+
+
+def _set_method(name: str, method: int):
+    return _patch_header(name, "method", lambda _: method)
+
+
+def _corrupt_member_data(name: str):
+    """Overwrite the middle of member ``name``'s stored data (CRC or deflate stream breaks)."""
+    def patch(data: bytes) -> bytes:
+        data = bytearray(data)
+        start = data.index(name.encode()) + len(name) + 10
+        data[start:start + 40] = b"\x00\xff" * 20
+        return bytes(data)
+    return patch
+
+
+def _truncate(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _prepend_stub(data: bytes) -> bytes:
+    return b"#!/bin/sh\necho self-extracting\n" + data  # zipfile finds the directory from the end
+
+
+def _member_limit_zip(n: int) -> list[Member]:
+    return [Member(f"cell_{i}.png") for i in range(n)]
+
+
+ZIP_CASES = [
+    ZipCase("plain.zip", [Member("NEU/a.png"), Member("NEU/b.jpg", _save(_cell(), "JPEG"))]),
+    ZipCase("stored.zip", [Member("a.png", compress=zipfile.ZIP_STORED)]),
+    ZipCase("bzip2.zip", [Member("a.png", compress=zipfile.ZIP_BZIP2)]),
+    ZipCase("lzma.zip", [Member("a.png", compress=zipfile.ZIP_LZMA)]),
+    ZipCase("unicode-names.zip", [Member("Zellen/größe_µ.png"), Member("細胞/1.png")]),
+    ZipCase("duplicate-names.zip", [Member("same.png"), Member("same.png")]),
+    ZipCase("deep.zip", [Member("/".join(["d"] * 40) + "/deep.png")]),
+    ZipCase("self-extracting.zip", [Member("a.png")], patch=_prepend_stub),
+    ZipCase("mac-noise.zip", [Member("a.png"), Member("__MACOSX/._a.png", b"\x00\x05"), Member(".DS_Store", b"x")]),
+    ZipCase("zip-slip.zip", [Member("a.png"), Member("../../escaped.png")], {"../../escaped.png": "unsafe path"}),
+    ZipCase("absolute.zip", [Member("a.png"), Member("/etc/cron.d/x.png")], {"/etc/cron.d/x.png": "unsafe path"}),
+    ZipCase("windows-drive.zip", [Member("a.png"), Member("C:/Windows/x.png")], {"C:/Windows/x.png": "unsafe path"}),
+    ZipCase("backslash-slip.zip", [Member("a.png"), Member("..\\..\\x.png")], {"..\\..\\x.png": "unsafe path"}),
+    ZipCase("symlink.zip", [Member("a.png"), Member("link.png", b"/etc/passwd", symlink=True)],
+            {"link.png": "symbolic link"}),
+    ZipCase("nested.zip", [Member("a.png"), Member("inner.zip", _zip([Member("b.png")]))],
+            {"inner.zip": "zip inside the zip"}),
+    ZipCase("encrypted.zip", [Member("a.png"), Member("secret.png")], {"secret.png": "encrypted"},
+            patch=_set_flags("secret.png", 0x1)),
+    ZipCase("ratio-bomb.zip", [Member("a.png"), Member("bomb.png", bytes(4 * 1024 * 1024))],
+            {"bomb.png": "zip bomb"}),
+    ZipCase("member-too-large.zip", [Member("a.png"), Member("big.png", os.urandom(5000))],
+            {"big.png": "over the limit"}, limits=InputLimits(max_file_bytes=4096)),
+    ZipCase("total-too-large.zip", [Member("a.png"), Member("b.png", encode(cell_image("LYT", 0, 32)))],
+            {"b.png": "total uncompressed size"}, limits=InputLimits(max_total_bytes=len(GOOD) + 10)),
+    ZipCase("bad-crc.zip", [Member("a.png"), Member("broken.png", os.urandom(500), zipfile.ZIP_STORED)],
+            {"broken.png": "cannot be read"}, patch=_corrupt_member_data("broken.png")),
+    ZipCase("bad-deflate.zip", [Member("a.png"), Member("broken.png", bytes(range(256)) * 20)],
+            {"broken.png": "cannot be read"}, patch=_corrupt_member_data("broken.png")),
+    ZipCase("unknown-method.zip", [Member("a.png"), Member("odd.png")], {"odd.png": "cannot be read"},
+            patch=_set_method("odd.png", 99)),
+    ZipCase("long-name.zip", [Member("a.png"), Member("x" * 600 + ".png")], {"x" * 600 + ".png": "longer than"}),
+    ZipCase("mixed.zip", [Member("a.png"), Member("report.pdf", b"%PDF-1.4"), Member("labels.csv", b"a,b")],
+            {"report.pdf": "not an image", "labels.csv": "not an image"}),
+    ZipCase("empty-member.zip", [Member("a.png"), Member("zero.png", b"")], {"zero.png": "empty"}),
+    ZipCase("bad-images-inside.zip", [Member("a.png"), Member("text.jpg", b"not a picture"),
+                                      Member("half.png", GOOD[:100])],
+            unreadable={"text.jpg": "not an image", "half.png": "truncated"}),
+    ZipCase("bomb-image-inside.zip", [Member("a.png"), Member("huge.png", _png_header_only(20_000, 20_000))],
+            unreadable={"huge.png": "too large"}),
+    ZipCase("empty.zip", [], error="empty"),
+    ZipCase("only-folders.zip", [Member("NEU/", b"")], error="empty"),
+    ZipCase("only-text.zip", [Member("readme.txt", b"hi"), Member("data.csv", b"1")], error="holds no images"),
+    ZipCase("only-noise.zip", [Member("__MACOSX/._a.png", b"\x00")], error="holds no images"),
+    ZipCase("only-bad-members.zip", [Member("../a.png"), Member("b.png")], error="none of its 2 images",
+            patch=_set_flags("b.png", 0x1)),
+    ZipCase("too-many-members.zip", _member_limit_zip(11), error="more than the limit of 10",
+            limits=InputLimits(max_members=10)),
+    ZipCase("index-too-large.zip", _member_limit_zip(30), error="directory of", limits=InputLimits(max_index_bytes=500)),
+    ZipCase("truncated.zip", [Member("a.png"), Member("b.png")], error="not a zip file", patch=_truncate),
+]
+
+NOT_ZIPS = [
+    ("text-named.zip", b"this is not a zip\n" * 10),
+    ("png-named.zip", GOOD),
+    ("zero-bytes.zip", b""),
+    ("eocd-only.zip", b"PK\x05\x06" + b"\x00" * 18),  # an empty zip: a directory with no members
+    ("eocd-lying.zip", b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 5, 5, 460, 0, 0)),
+]
+
+
+def _build(case: ZipCase) -> bytes:
+    data = _zip(case.members)
+    return case.patch(data) if case.patch else data
+
+
+def _read_all(data: bytes, name: str, limits: InputLimits):
+    images, problems = [], []
+    for item in iter_inputs(data, name, limits):
+        (images if isinstance(item, InputImage) else problems).append(item)
+    return images, problems
+
+
+@pytest.mark.parametrize("case", ZIP_CASES, ids=[c.name for c in ZIP_CASES])
+def test_zip_corpus(case):
+    data = _build(case)
+    if case.error:
+        with pytest.raises(InputError) as raised:
+            _read_all(data, case.name, case.limits)
+        assert str(raised.value).startswith(f"{case.name}: ")
+        assert case.error in str(raised.value)
+        return
+    images, problems = _read_all(data, case.name, case.limits)
+    assert all(isinstance(p, InputProblem) for p in problems)
+    found = {p.name: p.problem for p in problems}
+    assert set(found) == {f"{case.name}/{member}" for member in case.problems}
+    for member, fragment in case.problems.items():
+        assert fragment in found[f"{case.name}/{member}"]
+    # The rest of the batch went on: every member that has no problem was read, whole.
+    expected = [m for m in case.members if m.name not in case.problems and not m.name.startswith("__MACOSX/")
+                and m.name != ".DS_Store"]
+    assert [(i.name, i.content) for i in images] == [(m.name, m.content) for m in expected]
+    for image in images:
+        if image.name in case.unreadable:
+            with pytest.raises(InputError, match=case.unreadable[image.name]) as raised:
+                open_image(image.content, image.name)
+            assert str(raised.value).startswith(f"{image.name}: ")
+        else:
+            assert open_image(image.content, image.name).mode == "RGB"
+
+
+@pytest.mark.parametrize(("name", "content"), NOT_ZIPS, ids=[n for n, _ in NOT_ZIPS])
+def test_a_non_zip_named_zip_is_refused_with_its_name(name, content, tmp_path):
+    for source in (content, tmp_path / name):
+        if isinstance(source, type(tmp_path)):
+            source.write_bytes(content)
+        with pytest.raises(InputError) as raised:
+            list(iter_inputs(source, name if isinstance(source, bytes) else None))
+        assert str(raised.value).startswith(f"{name}: ")
+
+
+def test_corpus_is_at_least_fifty_inputs():
+    assert len(FILE_CASES) + len(ZIP_CASES) + len(NOT_ZIPS) + len(FOLDER_CASES) >= 50
+
+
+# -- folders (the CLI reads them) ----------------------------------------------------------------
+def _folder_with_symlink_out(root):
+    (root / "a.png").write_bytes(GOOD)
+    outside = root.parent / "outside.png"
+    outside.write_bytes(GOOD)
+    (root / "link.png").symlink_to(outside)
+    (root / "linked-dir").symlink_to(root.parent, target_is_directory=True)
+    return {"link.png": "symbolic link", "linked-dir": "symbolic link"}
+
+
+def _folder_with_zip_and_text(root):
+    (root / "sub").mkdir()
+    (root / "sub" / "a.png").write_bytes(GOOD)
+    (root / "notes.txt").write_text("hello")
+    (root / "more.zip").write_bytes(_zip([Member("b.png")]))
+    (root / "empty.png").write_bytes(b"")
+    return {"more.zip": "zip inside a folder", "empty.png": "empty"}
+
+
+FOLDER_CASES = [_folder_with_symlink_out, _folder_with_zip_and_text]
+
+
+@pytest.mark.parametrize("make", FOLDER_CASES)
+def test_folder_reports_links_and_zips_and_reads_the_rest(make, tmp_path):
+    root = tmp_path / "upload"
+    root.mkdir()
+    expected = make(root)
+    images, problems = [], []
+    for item in iter_inputs(root):
+        (images if isinstance(item, InputImage) else problems).append(item)
+    assert {p.name: p.problem for p in problems}.keys() == expected.keys()
+    for problem in problems:
+        assert expected[problem.name] in problem.problem
+    assert [i.content for i in images] == [GOOD]
+
+
+def test_folder_without_images_is_refused(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "readme.txt").write_text("x")
+    with pytest.raises(InputError, match="^nothing: the folder holds no readable images"):
+        list(iter_inputs(tmp_path / "nothing"))
+
+
+def test_missing_and_unreadable_paths_are_named(tmp_path, monkeypatch):
+    with pytest.raises(InputError, match="no such file"):
+        list(iter_inputs(tmp_path / "absent.zip"))
+    locked = tmp_path / "locked.png"
+    locked.write_bytes(GOOD)
+
+    def refuse(path):  # what a file the app's user may not read does (tests run as root here)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(type(locked), "read_bytes", refuse)
+    with pytest.raises(InputError, match="^locked.png: cannot be read \\(Permission denied\\)"):
+        list(iter_inputs(locked))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.png").write_bytes(GOOD)
+    seen = []
+    with pytest.raises(InputError, match="^folder: the folder holds no readable images"):
+        for item in iter_inputs(tmp_path / "folder"):
+            seen.append(item)
+    assert seen == [InputProblem("a.png", "cannot be read (Permission denied)")]
+
+
+def test_reading_the_whole_corpus_writes_nothing(tmp_path, monkeypatch):
+    """Zips are never extracted: reading every malicious zip creates no file, here or next to it."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(str(p) for p in tmp_path.parent.rglob("*"))
+    for case in ZIP_CASES:
+        with contextlib.suppress(InputError):
+            for item in iter_inputs(_build(case), case.name, case.limits):
+                if isinstance(item, InputImage):
+                    with contextlib.suppress(InputError):
+                        open_image(item.content, item.name)
+    assert sorted(str(p) for p in tmp_path.parent.rglob("*")) == before
