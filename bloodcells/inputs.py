@@ -155,7 +155,7 @@ def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | 
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError) as error:
         raise InputError(f"{label}: not a readable zip file ({error})") from error
     with archive:
-        members = [info for info in archive.infolist() if not info.is_dir()]
+        members = [info for info in archive.infolist() if not info.filename.endswith("/")]  # not is_dir(): a name may be empty
         if len(members) > limits.max_members:
             raise InputError(f"{label}: {len(members)} files is more than the limit of {limits.max_members}")
         if not members:

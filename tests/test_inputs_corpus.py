@@ -319,6 +319,7 @@ ZIP_CASES = [
     ZipCase("long-name.zip", [Member("a.png"), Member("x" * 600 + ".png")], {"x" * 600 + ".png": "longer than"}),
     ZipCase("mixed.zip", [Member("a.png"), Member("report.pdf", b"%PDF-1.4"), Member("labels.csv", b"a,b")],
             {"report.pdf": "not an image", "labels.csv": "not an image"}),
+    ZipCase("nameless-member.zip", [Member("a.png"), Member("")], {"": "not an image"}),
     ZipCase("empty-member.zip", [Member("a.png"), Member("zero.png", b"")], {"zero.png": "empty"}),
     ZipCase("bad-images-inside.zip", [Member("a.png"), Member("text.jpg", b"not a picture"),
                                       Member("half.png", GOOD[:100])],
