@@ -20,6 +20,9 @@ _EXPORTS = {
     "Store": "store", "StoreError": "store", "open_store": "store",
     "iter_inputs": "inputs", "open_image": "inputs", "InputError": "inputs",
     "settings": "settings",
+    "create_model": "backbones", "TreeClassifier": "classify", "load_classifier": "classify",
+    "CellResult": "classify", "ModelFileError": "classify",
+    "train_tree": "train", "TrainConfig": "train",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -68,3 +68,29 @@ def tree():
     from bloodcells.taxonomy import default_tree
 
     return default_tree()
+
+
+# -- classification (owner: classification) ---------------------------------------------------
+TINY_TREE_CELLS = {"LYT": 40, "EOS": 40, "NGB": 40, "NGS": 40}
+
+
+def tiny_train_config(**changes):
+    """A tree of tiny models (timm's test_efficientnet, 32 px) that trains in seconds."""
+    from bloodcells.train import TrainConfig
+
+    options = dict(architecture="test_efficientnet", input_size=32, mode="scratch", cross_site=False,
+                   stain_norm=False, epochs=4, per_class=32, batch_size=16, patience=4, learning_rate=3e-3)
+    return TrainConfig(**{**options, **changes})
+
+
+@pytest.fixture(scope="session")
+def trained_models_dir(tmp_path_factory):
+    """A tiny trained tree (ALL -> LYM|MYE, MYE -> MYM, MYM -> NEU|EOS, NEU -> NGB|NGS) on generated
+    cells: models ALL, MYM and NEU; LYM and MYE have one child with data and always descend."""
+    from bloodcells.synthetic import write_cell_folders
+    from bloodcells.train import train_tree
+
+    root = tmp_path_factory.mktemp("tiny_tree")
+    write_cell_folders(root / "cells", TINY_TREE_CELLS, size=32)
+    train_tree([root / "cells"], root / "models", config=tiny_train_config(), log=lambda _text: None)
+    return root / "models"

@@ -1,1 +1,137 @@
-"""Commands for classification (filled in by its issue)."""
+"""Commands for classification: train, classify, evaluate."""
+
+from __future__ import annotations
+
+from . import CommandError, command
+
+
+def _tree_option(parser):
+    parser.add_argument("--tree", help="cell-type tree: bundled name or YAML file (default: default)")
+
+
+# -- train ------------------------------------------------------------------------------------
+def _train_args(parser):
+    from ..backbones import KNOWN_BACKBONES
+
+    parser.add_argument("--data", action="append", required=True, metavar="PATH",
+                        help="folder of class folders, .zip of the same, or CSV (path,label[,patient]); "
+                             "repeat to combine sources")
+    parser.add_argument("--out", help="models folder (default: models/classifier/<tree>)")
+    _tree_option(parser)
+    parser.add_argument("--backbone", default="mobilenetv3_small_100",
+                        help="any timm name; known here: " + ", ".join(KNOWN_BACKBONES))
+    parser.add_argument("--size", type=int, default=96, help="input size in pixels (default 96)")
+    parser.add_argument("--mode", default="scratch+aug",
+                        choices=["scratch", "scratch+aug", "pretrained", "pretrained+aug"])
+    parser.add_argument("--pretrained", metavar="CHECKPOINT",
+                        help="local pretrained weights file for the pretrained modes")
+    parser.add_argument("--no-cross-site", action="store_true",
+                        help="only the mild microscopy augmentation (no strong stain/colour/scale changes)")
+    parser.add_argument("--no-stain-norm", action="store_true", help="no per-image colour standardisation")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--patience", type=int, default=4, help="early stopping patience in epochs")
+    parser.add_argument("--min-per-class", type=int, default=1000,
+                        help="balancing: each child gets at least this many images per epoch (oversampled)")
+    parser.add_argument("--per-class", type=int, help="balancing: exactly this many images per child per epoch")
+    parser.add_argument("--nodes", help="train only these nodes (comma-separated codes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-register", action="store_true", help="do not record the models in the database")
+
+
+@command("train", "train the tree of cell classifiers (one model per inner node)", _train_args)
+def _train(args) -> int:
+    from ..backbones import PretrainedWeightsError
+    from ..train import TrainConfig, train_tree
+
+    config = TrainConfig(
+        architecture=args.backbone, input_size=args.size, mode=args.mode, pretrained_checkpoint=args.pretrained,
+        cross_site=not args.no_cross_site, stain_norm=not args.no_stain_norm, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
+        min_per_class=args.min_per_class, per_class=args.per_class, seed=args.seed,
+        nodes=args.nodes.split(",") if args.nodes else None)
+    store = None
+    if not args.no_register:
+        from ..store import open_store
+
+        store = open_store()
+    with _TqdmProgress("training") as progress:
+        try:
+            train_tree(args.data, args.out, tree=args.tree, config=config, store=store, progress=progress,
+                       log=progress.write)
+        except (PretrainedWeightsError, ValueError) as error:
+            raise CommandError(str(error)) from error
+    return 0
+
+
+class _TqdmProgress:
+    """A tqdm bar driven by the ``progress(done, total, text)`` callbacks."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+        self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, done: int, total: int | None, text: str = "") -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit=self.unit, dynamic_ncols=True)
+        if total is not None:
+            self.bar.total = total
+        self.bar.n = done
+        if text:
+            self.bar.set_postfix_str(text)
+        self.bar.refresh()
+
+    def write(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text)
+
+
+# -- classify ---------------------------------------------------------------------------------
+def _classify_args(parser):
+    parser.add_argument("input", help="a cell image, a folder of them (recursive) or a .zip")
+    parser.add_argument("--out", help="write file,code,name,path,confidence,needs_review to this CSV")
+    parser.add_argument("--models", help="models folder (default: models/classifier/default)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-store", action="store_true", help="do not record the analysis in the database")
+
+
+@command("classify", "classify single-cell images with the tree", _classify_args)
+def _classify(args) -> int:
+    from ..classify import ModelFileError, TreeClassifier, classify
+
+    try:
+        classifier = TreeClassifier.load(args.models)
+    except ModelFileError as error:
+        raise CommandError(str(error)) from error
+    store = None
+    if not args.no_store:
+        from ..store import open_store
+
+        store = open_store()
+    with _TqdmProgress("cells") as progress:
+        outcome = classify(args.input, classifier=classifier, store=store, progress=progress,
+                           batch_size=args.batch_size)
+    for problem in outcome.problems:
+        print(f"skipped {problem}")
+    counts = ", ".join(f"{code} {n}" for code, n in outcome.counts().items())
+    review = sum(row.result.needs_review for row in outcome.rows)
+    print(f"{len(outcome.rows)} cells: {counts}; {review} to review"
+          + (f"; analysis {outcome.analysis_id}" if outcome.analysis_id else ""))
+    if args.out:
+        print(f"written {outcome.write_csv(args.out)}")
+    else:
+        for filename, result in outcome.rows:
+            print(f"{filename}\t{result.code}\t{result.path}\t{result.confidence:.3f}"
+                  + ("\treview" if result.needs_review else ""))
+    return 0

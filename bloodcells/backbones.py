@@ -1,0 +1,73 @@
+"""Backbones for the per-node classifiers: one factory over ``timm.create_model``.
+
+Any timm architecture name works; ``KNOWN_BACKBONES`` lists the ones this project has used and
+compared. Pretrained ImageNet weights come from a local checkpoint file, or from the Hugging Face
+hub only when the user allows downloads (``BLOODCELLS_ALLOW_DOWNLOADS=1``): offline, asking for
+hub weights fails at once with a message that says how to provide them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# name -> what it is (shown by ``bloodcells train --help``)
+KNOWN_BACKBONES = {
+    "mobilenetv3_small_100": "MobileNetV3 small: fast on a CPU (the shipped models)",
+    "mobilenetv3_large_100": "MobileNetV3 large",
+    "resnext50_32x4d": "ResNeXt-50 32x4d",
+    "tf_efficientnetv2_s": "EfficientNetV2-S",
+    "coatnet_0_rw_224": "CoAtNet-0 (fixed input size: pass img_size when not 224)",
+}
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for but cannot be had."""
+
+
+def create_model(name: str, num_classes: int, *, pretrained: bool | str | Path = False,
+                 img_size: int | None = None):
+    """A timm model ``name`` with a fresh ``num_classes`` head.
+
+    ``pretrained``: False (from scratch), a path to a checkpoint file (timm/torch state dict or
+    safetensors; its classifier head is replaced), or True for the hub weights (needs
+    ``BLOODCELLS_ALLOW_DOWNLOADS=1``). ``img_size`` is passed to architectures whose input size
+    is fixed (attention models such as CoAtNet) when it differs from their default.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown backbone {name!r}" + (f"; similar timm names: {', '.join(close)}" if close else ""))
+    options: dict = {"num_classes": num_classes}
+    config = timm.models.get_pretrained_cfg(name)
+    if img_size and config is not None and getattr(config, "fixed_input_size", False) \
+            and tuple(config.input_size[-2:]) != (img_size, img_size):
+        options["img_size"] = img_size
+    if pretrained is False or pretrained is None:
+        return timm.create_model(name, pretrained=False, **options)
+    if pretrained is True:
+        from .settings import settings
+
+        if not settings().allow_downloads:
+            raise PretrainedWeightsError(
+                f"pretrained weights for {name} would be downloaded from the Hugging Face hub, and "
+                "downloads are off. Either pass a local checkpoint (--pretrained PATH/TO/weights.pth "
+                "or .safetensors, e.g. timm's file for this architecture), or allow downloads with "
+                "BLOODCELLS_ALLOW_DOWNLOADS=1.")
+        return timm.create_model(name, pretrained=True, **options)
+    checkpoint = Path(pretrained)
+    if not checkpoint.is_file():
+        raise PretrainedWeightsError(f"{checkpoint}: no such checkpoint file for the pretrained {name} weights")
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(checkpoint)},
+                                 **options)
+    except (RuntimeError, KeyError, ValueError, OSError) as error:
+        raise PretrainedWeightsError(f"{checkpoint}: cannot load as {name} weights ({error})") from error
+
+
+def default_input_size(name: str) -> int:
+    """The input size timm's pretrained configuration uses for ``name`` (224 when unknown)."""
+    import timm
+
+    config = timm.models.get_pretrained_cfg(name)
+    return int(config.input_size[-1]) if config is not None else 224

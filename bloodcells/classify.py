@@ -1,0 +1,352 @@
+"""Classifying cells with the tree of per-node models.
+
+On disk, a trained tree is a folder (default ``models/classifier/<tree>/``) holding
+``classifier.json`` (the manifest: trained nodes, single-child nodes that always descend, the
+calibrated review threshold, training configuration and data fingerprint), per trained node
+``<code>.safetensors`` (weights) and ``<code>.json`` (architecture, input size, normalisation,
+class codes in output order, metrics with the per-epoch history, sha256 of the weights), and
+``split.json`` (sha256 of the held-out test images, so evaluation never scores seen cells).
+``tree.yaml`` is the tree the models were trained for.
+
+Inference descends the tree in batches: all images through the root's model, then each group
+through its child's model, and so on. ``classify`` streams a folder or zip (memory stays flat:
+results are spooled to a temporary file until they are stored in one transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .data import to_tensor
+from .taxonomy import Tree, load_tree
+
+if TYPE_CHECKING:
+    import torch
+
+
+class ModelFileError(RuntimeError):
+    """A model file that is missing, altered or unreadable (the message names it)."""
+
+
+@dataclass
+class CellResult:
+    code: str
+    name: str
+    path: str  # node codes from the root, e.g. "ALL/MYE/MYM/NEU/NGS"
+    confidence: float  # product of the per-level probabilities
+    level_confidences: dict[str, float]  # node -> probability of the child it chose
+    needs_review: bool
+    probabilities: dict[str, dict[str, float]]  # node -> {child code: probability}
+
+
+class NodeModel:
+    """The classifier of one inner node: which child does a cell belong to?"""
+
+    def __init__(self, code: str, metadata: dict, module, path: Path):
+        self.code = code
+        self.classes: list[str] = list(metadata["classes"])
+        self.architecture: str = metadata["architecture"]
+        self.input_size: int = int(metadata["input_size"])
+        self.mean: tuple[float, ...] = tuple(metadata["mean"])
+        self.std: tuple[float, ...] = tuple(metadata["std"])
+        self.stain_norm: bool = bool(metadata.get("stain_norm", False))
+        self.sha256: str = metadata["sha256"]
+        self.path = path
+        self.module = module
+        self.metrics: dict = metadata.get("metrics", {})
+        self.metadata = metadata
+
+    @classmethod
+    def load(cls, metadata_file: Path) -> NodeModel:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from .backbones import create_model
+        from .store import sha256_hex
+
+        try:
+            metadata = json.loads(metadata_file.read_text())
+            weights = metadata_file.parent / metadata["weights"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelFileError(f"{metadata_file}: unreadable model metadata ({error})") from error
+        if not weights.is_file():
+            raise ModelFileError(f"{weights}: model weights missing")
+        if sha256_hex(weights.read_bytes()) != metadata.get("sha256"):
+            raise ModelFileError(f"{weights}: sha256 does not match {metadata_file.name} "
+                                 "(file altered or corrupt; retrain or restore it)")
+        module = create_model(metadata["architecture"], len(metadata["classes"]),
+                              img_size=int(metadata["input_size"]))
+        try:
+            module.load_state_dict(load_file(str(weights)))
+        except (SafetensorError, RuntimeError, OSError) as error:
+            raise ModelFileError(f"{weights}: cannot load into {metadata['architecture']} ({error})") from error
+        return cls(metadata["code"], metadata, module.float().eval(), weights)
+
+    def prepare(self, images: Sequence) -> np.ndarray:
+        """PIL images or uint8 arrays -> uint8 NHWC at this model's input size."""
+        from PIL import Image
+
+        size = self.input_size
+        arrays = []
+        for image in images:
+            if isinstance(image, np.ndarray):
+                if image.shape[:2] == (size, size):
+                    arrays.append(image)
+                    continue
+                image = Image.fromarray(image)
+            arrays.append(np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)))
+        return np.stack(arrays)
+
+    def preprocess(self, image) -> torch.Tensor:
+        """One PIL image -> the normalised tensor [3, H, W] this model takes."""
+        return to_tensor(self.prepare([image]), self.mean, self.std, self.stain_norm)[0]
+
+    def probabilities(self, images: Sequence, batch_size: int = 64) -> np.ndarray:
+        """Softmax over ``classes`` for each image (N x len(classes))."""
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = to_tensor(self.prepare(images[start:start + batch_size]), self.mean, self.std,
+                                  self.stain_norm)
+                out.append(torch.softmax(self.module(batch).float(), dim=1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+
+class TreeClassifier:
+    """The per-node models of one tree; ``classify_images`` descends it for a batch of cells."""
+
+    def __init__(self, tree: Tree, nodes: dict[str, NodeModel], manifest: dict, models_dir: Path):
+        self.tree = tree
+        self.nodes = nodes
+        self.manifest = manifest
+        self.models_dir = models_dir
+        self.passthrough: dict[str, str] = dict(manifest.get("passthrough", {}))
+        self.review_threshold: float = float(manifest.get("review_threshold", 0.0))
+        self.lock = threading.RLock()
+
+    @classmethod
+    def load(cls, models_dir: str | Path | None = None, tree: str | Tree | None = None) -> TreeClassifier:
+        """Load and verify (sha256) every model of a trained tree."""
+        models_dir = default_models_dir(tree if isinstance(tree, str) else None) if models_dir is None \
+            else Path(models_dir)
+        manifest_file = models_dir / "classifier.json"
+        if not manifest_file.is_file():
+            raise ModelFileError(f"{manifest_file}: no trained classifier here "
+                                 "(train one with `bloodcells train --data PATH` or `make models-classifier`)")
+        try:
+            manifest = json.loads(manifest_file.read_text())
+        except ValueError as error:
+            raise ModelFileError(f"{manifest_file}: unreadable ({error})") from error
+        if not isinstance(tree, Tree):
+            tree_file = models_dir / "tree.yaml"
+            tree = load_tree(tree_file if tree_file.is_file() else manifest["tree"])
+        nodes = {code: NodeModel.load(models_dir / f"{code}.json") for code in manifest["nodes"]}
+        unknown = [code for code in nodes if code not in tree]
+        if unknown:
+            raise ModelFileError(f"{manifest_file}: nodes {', '.join(unknown)} are not in tree {tree.name!r}")
+        return cls(tree, nodes, manifest, models_dir)
+
+    def versions(self) -> dict[str, str]:
+        return {code: node.sha256 for code, node in self.nodes.items()}
+
+    def classify_images(self, images: Sequence, batch_size: int = 64) -> list[CellResult]:
+        """Classify PIL images (or uint8 arrays); thread-safe."""
+        return self._descend(list(images), batch_size)
+
+    def classify_arrays(self, images: np.ndarray, batch_size: int = 64) -> list[CellResult]:
+        """Classify uint8 NHWC arrays (as the training cache holds them)."""
+        return self._descend(list(images), batch_size)
+
+    def _descend(self, images: list, batch_size: int) -> list[CellResult]:
+        count = len(images)
+        at = [self.tree.root.code] * count
+        chosen: list[dict[str, float]] = [{} for _ in range(count)]
+        probabilities: list[dict[str, dict[str, float]]] = [{} for _ in range(count)]
+        waiting = {self.tree.root.code: list(range(count))}
+        with self.lock:
+            while waiting:
+                code = next(iter(waiting))
+                members = waiting.pop(code)
+                if code in self.nodes:
+                    model = self.nodes[code]
+                    probs = model.probabilities([images[i] for i in members], batch_size)
+                    picks = [model.classes[k] for k in probs.argmax(1)]
+                    for i, row, pick in zip(members, probs, picks, strict=True):
+                        probabilities[i][code] = {c: float(p) for c, p in zip(model.classes, row, strict=True)}
+                        chosen[i][code] = float(row.max())
+                        at[i] = pick
+                elif code in self.passthrough:
+                    for i in members:
+                        chosen[i][code] = 1.0
+                        at[i] = self.passthrough[code]
+                else:
+                    continue  # no model below this node: the answer stays here
+                for i in members:
+                    if not self.tree[at[i]].is_leaf:
+                        waiting.setdefault(at[i], []).append(i)
+        results = []
+        for i in range(count):
+            confidence = float(np.prod(list(chosen[i].values()))) if chosen[i] else 0.0
+            node = self.tree[at[i]]
+            results.append(CellResult(code=node.code, name=node.name, path=self.tree.path_codes(node.code),
+                                      confidence=confidence, level_confidences=chosen[i],
+                                      needs_review=confidence < self.review_threshold,
+                                      probabilities=probabilities[i]))
+        return results
+
+
+def default_models_dir(tree_name: str | None = None) -> Path:
+    from .settings import settings
+
+    return settings().models_dir / "classifier" / (tree_name or "default")
+
+
+_CACHE: dict[tuple[str, int], TreeClassifier] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_classifier(models_dir: str | Path | None = None) -> TreeClassifier:
+    """The classifier in ``models_dir``, loaded once per process (reloaded when retrained)."""
+    folder = (Path(models_dir) if models_dir else default_models_dir()).resolve()
+    manifest = folder / "classifier.json"
+    key = (str(folder), manifest.stat().st_mtime_ns if manifest.is_file() else 0)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            for stale in [k for k in _CACHE if k[0] == key[0]]:
+                del _CACHE[stale]
+            _CACHE[key] = TreeClassifier.load(folder)
+        return _CACHE[key]
+
+
+# -- classifying uploads ----------------------------------------------------------------------
+@dataclass
+class ClassifiedCell:
+    filename: str
+    result: CellResult
+
+    def __iter__(self):  # ``for filename, result in outcome.rows``
+        return iter((self.filename, self.result))
+
+
+@dataclass
+class ClassificationResult:
+    rows: list[ClassifiedCell] = field(default_factory=list)
+    problems: list = field(default_factory=list)  # bloodcells.inputs.InputProblem
+    analysis_id: int | None = None
+
+    def counts(self) -> dict[str, int]:
+        """Cells per predicted cell type (code), most frequent first."""
+        return dict(Counter(row.result.code for row in self.rows).most_common())
+
+    def write_csv(self, path: str | Path) -> Path:
+        """``file,code,name,path,confidence,needs_review``, one row per image."""
+        import csv
+
+        path = Path(path)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "code", "name", "path", "confidence", "needs_review"])
+            for row in self.rows:
+                r = row.result
+                writer.writerow([row.filename, r.code, r.name, r.path, f"{r.confidence:.4f}",
+                                 str(r.needs_review).lower()])
+        return path
+
+
+def classify(source, *, classifier: TreeClassifier | None = None, store=None, name: str | None = None,
+             progress: Callable[[int, int | None], None] | None = None,
+             batch_size: int = 64) -> ClassificationResult:
+    """Classify every cell image in ``source`` (image, folder, zip, or uploaded bytes).
+
+    With a ``store``, the analysis is recorded (running -> done with every prediction and image,
+    or failed with its error). Images are read and classified ``batch_size`` at a time.
+    """
+    from .inputs import InputError, InputImage, InputProblem, iter_inputs, open_image
+    from .store import PredictionRow
+
+    classifier = classifier or load_classifier()
+    label = name or (Path(source).name if isinstance(source, str | Path) else "upload")
+    outcome = ClassificationResult()
+    total = _count_images(source)
+    if store is not None:
+        outcome.analysis_id = store.start_analysis(label, "classification", model_versions=classifier.versions())
+    try:
+        with tempfile.TemporaryFile() as spool:
+            batch: list[tuple[InputImage, object]] = []
+
+            def flush():
+                results = classifier.classify_images([image for _, image in batch], batch_size)
+                for (item, _), result in zip(batch, results, strict=True):
+                    outcome.rows.append(ClassifiedCell(item.name, result))
+                    if store is not None:
+                        pickle.dump(PredictionRow(item.name, result.code, result.path, result.confidence,
+                                                  result.level_confidences, result.needs_review, item.content),
+                                    spool)
+                batch.clear()
+                if progress:
+                    progress(len(outcome.rows), total)
+
+            for item in iter_inputs(source, name=name):
+                if isinstance(item, InputProblem):
+                    outcome.problems.append(item)
+                    continue
+                try:
+                    batch.append((item, open_image(item.content, item.name)))
+                except InputError as error:
+                    outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
+                    continue
+                if len(batch) >= batch_size:
+                    flush()
+            if batch:
+                flush()
+            if store is not None:
+                spool.seek(0)
+                store.finish_analysis(outcome.analysis_id, predictions=_unspool(spool), summary={
+                    "counts": outcome.counts(), "cells": len(outcome.rows),
+                    "needs_review": sum(r.result.needs_review for r in outcome.rows),
+                    "problems": [str(p) for p in outcome.problems][:200]})
+    except BaseException as error:
+        if store is not None and outcome.analysis_id is not None:
+            store.fail_analysis(outcome.analysis_id, f"{type(error).__name__}: {error}")
+        raise
+    return outcome
+
+
+def _unspool(spool) -> Iterator:
+    while True:
+        try:
+            yield pickle.load(spool)
+        except EOFError:
+            return
+
+
+def _count_images(source) -> int | None:
+    """How many images a folder or zip holds (cheap: names only), for progress bars."""
+    import zipfile
+
+    from .inputs import is_image_name
+
+    if isinstance(source, bytes | bytearray):
+        return None
+    path = Path(source)
+    try:
+        if path.is_dir():
+            return sum(1 for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return sum(1 for n in archive.namelist() if is_image_name(n) and not n.startswith("__MACOSX/"))
+    except OSError:
+        return None
+    return 1 if path.is_file() else None

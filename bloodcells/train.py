@@ -1,0 +1,391 @@
+"""Training the tree: one timm classifier per inner node, on labelled cells.
+
+``train_tree`` reads and decodes the data once, splits it 8/1/1 (the same split for every node,
+so a test image is never trained on anywhere in the tree), prints the per-node count table,
+trains every node that has at least two children with data (AdamW, cosine schedule, label
+smoothing, early stopping on validation loss, best checkpoint kept), calibrates the review
+threshold on validation cells and writes the models with their metadata (see ``classify`` for
+the format). Under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data import (
+    CellDataset,
+    augmentation,
+    balance_target,
+    balanced_indices,
+    count_table,
+    format_count_table,
+    load_dataset,
+    node_targets,
+    split_indices,
+    to_tensor,
+)
+from .taxonomy import TREES_DIR, Tree, load_tree
+
+MODES = {  # mode -> (pretrained weights, augment every image; otherwise only oversampled repeats)
+    "scratch": (False, False),
+    "scratch+aug": (False, True),
+    "pretrained": (True, False),
+    "pretrained+aug": (True, True),
+}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FORMAT_VERSION = 1
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class TrainConfig:
+    architecture: str = "mobilenetv3_small_100"
+    input_size: int = 96
+    mode: str = "scratch+aug"
+    pretrained_checkpoint: str | None = None  # local weights for the pretrained modes
+    cross_site: bool = True  # stronger stain/colour and scale augmentation
+    stain_norm: bool = True  # per-image colour standardisation before the network
+    epochs: int = 15
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    patience: int = 4
+    min_per_class: int = 1000
+    per_class: int | None = None
+    seed: int = 0
+    review_accuracy: float = 0.95  # needs_review below the confidence that keeps this accuracy
+    nodes: Sequence[str] | None = None  # train only these nodes (default: all that have data)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r} (modes: {', '.join(MODES)})")
+
+
+@dataclass
+class TrainReport:
+    out_dir: Path
+    nodes: dict[str, dict] = field(default_factory=dict)  # code -> metrics
+    passthrough: dict[str, str] = field(default_factory=dict)
+    count_table: str = ""
+    review_threshold: float = 0.0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+# -- distributed ------------------------------------------------------------------------------
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size())
+
+
+def _device():
+    import torch
+
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+# -- the tree ---------------------------------------------------------------------------------
+def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None, *,
+               tree: str | Path | Tree | None = None, config: TrainConfig | None = None,
+               store=None, progress: Progress | None = None, log: Callable[[str], None] = print) -> TrainReport:
+    """Train every inner node of ``tree`` that has data and write the models to ``out_dir``."""
+    import torch
+
+    config = config or TrainConfig()
+    tree_file = _tree_file(tree)
+    tree = tree if isinstance(tree, Tree) else load_tree(tree_file)
+    from .settings import settings
+
+    out_dir = Path(out_dir) if out_dir else settings().models_dir / "classifier" / tree.name
+    device = _device()
+    dist = _init_distributed(device)
+    say = log if dist.main else (lambda _text: None)
+    if device.type == "cpu" and dist.world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
+    started = time.perf_counter()
+    pretrained, _ = MODES[config.mode]
+    if pretrained:  # fail before the slow part when the weights cannot be had
+        from .backbones import create_model
+
+        create_model(config.architecture, 2, pretrained=config.pretrained_checkpoint or True,
+                     img_size=config.input_size)
+
+    say(f"reading {', '.join(map(str, sources))} (decoded once at {config.input_size} px)")
+    dataset = load_dataset(sources, tree, config.input_size)
+    for problem in dataset.problems:
+        say(f"skipped: {problem}")
+    splits = split_indices(dataset.labels, dataset.groups, seed=config.seed)
+    say(f"{len(dataset)} images: {len(splits['train'])} train, {len(splits['val'])} val, "
+        f"{len(splits['test'])} test" + (" (grouped by patient/slide)" if all(dataset.groups) else ""))
+    train_labels = [dataset.labels[i] for i in splits["train"]]
+    table = count_table(tree, train_labels)
+    targets_per_node = {code: balance_target(counts, config.min_per_class, config.per_class)
+                        for code, counts in table.items() if len(counts) > 1}
+    report = TrainReport(out_dir=out_dir, problems=dataset.problems)
+    report.count_table = format_count_table(tree, table, targets_per_node)
+    say("training images per node and child (train split):\n" + report.count_table)
+    report.passthrough = {code: next(iter(counts)) for code, counts in table.items() if len(counts) == 1}
+    to_train = [code for code in targets_per_node if not config.nodes or code in config.nodes]
+
+    staging = out_dir.with_name(out_dir.name + ".training")
+    if dist.main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    total_steps = len(to_train) * config.epochs
+    done_steps = 0
+    for code in to_train:
+        def step(epoch_text: str, _code=code):
+            nonlocal done_steps
+            done_steps += 1
+            if progress and dist.main:
+                progress(done_steps, total_steps, f"{_code}: {epoch_text}")
+
+        metrics, state = train_node(dataset, splits, tree, code, targets_per_node[code], config,
+                                    device, dist, say, step)
+        done_steps = to_train.index(code) * config.epochs + config.epochs
+        if dist.main:
+            _save_node(staging, code, state, metrics, config, dataset.fingerprint())
+        report.nodes[code] = metrics
+    if dist.world > 1:
+        import torch.distributed as torch_dist
+
+        torch_dist.barrier()
+    if not dist.main:
+        return report
+
+    manifest = {
+        "format": FORMAT_VERSION, "tree": tree.name, "nodes": to_train, "passthrough": report.passthrough,
+        "data_fingerprint": dataset.fingerprint(), "sources": [str(s) for s in sources],
+        "config": asdict(config), "count_table": report.count_table,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "review_threshold": 0.0, "review_accuracy": config.review_accuracy,
+    }
+    if tree_file is not None:
+        shutil.copyfile(tree_file, staging / "tree.yaml")
+    (staging / "split.json").write_text(json.dumps(
+        {"seed": config.seed, "test": sorted(dataset.digests[i] for i in splits["test"])}))
+    _write_json(staging / "classifier.json", manifest)
+    report.review_threshold = _calibrate(staging, dataset.subset(splits["val"]), config.review_accuracy)
+    manifest["review_threshold"] = report.review_threshold
+    _write_json(staging / "classifier.json", manifest)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    if store is not None:
+        _register(store, out_dir, tree)
+    report.seconds = time.perf_counter() - started
+    say(f"models written to {out_dir} in {report.seconds:.0f} s; review threshold "
+        f"{report.review_threshold:.3f} (keeps {config.review_accuracy:.0%} accuracy on validation cells)")
+    return report
+
+
+def _tree_file(tree) -> Path | None:
+    if tree is None or isinstance(tree, Tree):
+        return None if tree is not None else TREES_DIR / "default.yaml"
+    path = Path(tree)
+    return path if path.suffix in {".yaml", ".yml"} else TREES_DIR / f"{tree}.yaml"
+
+
+# -- one node ---------------------------------------------------------------------------------
+def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_child: int,
+               config: TrainConfig, device, dist: _Dist, log: Callable[[str], None],
+               step: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+    """Train the classifier of node ``code``; returns its metrics and best state dict."""
+    import torch
+    from torch import nn
+
+    from .backbones import create_model
+
+    all_targets = node_targets(tree, code, dataset.labels)
+    classes = [child.code for child in tree.children(code)
+               if child.code in {all_targets[i] for i in splits["train"] if i in all_targets}]
+    class_index = {c: n for n, c in enumerate(classes)}
+    train_targets = {i: all_targets[i] for i in splits["train"] if i in all_targets}
+    val_idx = np.asarray([i for i in splits["val"] if all_targets.get(i) in class_index], dtype=int)
+    val_y = np.asarray([class_index[all_targets[i]] for i in val_idx], dtype=int)
+
+    torch.manual_seed(config.seed)
+    pretrained, augment_all = MODES[config.mode]
+    model = create_model(config.architecture, len(classes),
+                         pretrained=(config.pretrained_checkpoint or True) if pretrained else False,
+                         img_size=config.input_size).to(device)
+    mean, std = _normalisation(model)
+    trained = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, config.epochs))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    augment = augmentation(config.input_size, cross_site=config.cross_site)
+
+    def batch_tensor(indices, repeats=None):
+        images = dataset.images[indices]
+        if repeats is not None:
+            images = np.stack([augment(image=img)["image"] if (augment_all or again) else img
+                               for img, again in zip(images, repeats, strict=True)])
+        return to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True)
+
+    history, best = [], {"val_loss": float("inf"), "epoch": 0, "state": None}
+    log(f"[{code}] {config.architecture} {config.input_size}px {config.mode}: classes {', '.join(classes)}; "
+        f"{per_child} per child per epoch, {len(val_idx)} validation cells")
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        rng = np.random.default_rng(config.seed * 1000 + epoch)
+        order, repeats = balanced_indices(train_targets, per_child, rng)
+        usable = len(order) - len(order) % dist.world
+        order, repeats = order[dist.rank:usable:dist.world], repeats[dist.rank:usable:dist.world]
+        trained.train()
+        seen, loss_sum, correct = 0, 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            indices = order[start:start + config.batch_size]
+            if len(indices) < 2:  # BatchNorm needs two samples
+                continue
+            x = batch_tensor(indices, repeats[start:start + config.batch_size])
+            y = torch.as_tensor([class_index[train_targets[i]] for i in indices], device=device)
+            with torch.autocast(device.type, enabled=amp):
+                logits = trained(x)
+                loss = loss_fn(logits, y)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            seen += len(indices)
+            loss_sum += loss.item() * len(indices)
+            correct += int((logits.argmax(1) == y).sum())
+        scheduler.step()
+        val_loss, val_acc = _validate(model, batch_tensor, val_idx, val_y, loss_fn, config.batch_size, device)
+        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                  "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started}
+        history.append(record)
+        log(f"[{code}] epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.3f} "
+            f"acc {record['train_accuracy']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f} "
+            f"({record['seconds']:.0f} s)")
+        if step:
+            step(f"epoch {epoch}/{config.epochs}")
+        if val_loss < best["val_loss"] - 1e-4:
+            best = {"val_loss": val_loss, "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        elif epoch - best["epoch"] >= config.patience:
+            log(f"[{code}] early stop: no better validation loss for {config.patience} epochs")
+            break
+    if best["state"] is None:  # no validation cells: keep the last weights
+        best["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    best_record = history[best["epoch"] - 1] if best["epoch"] else history[-1]
+    metrics = {"classes": classes, "mean": list(mean), "std": list(std), "best_epoch": best_record["epoch"],
+               "val_loss": best_record["val_loss"], "val_accuracy": best_record["val_accuracy"],
+               "history": history, "train_counts": {c: sum(1 for t in train_targets.values() if t == c)
+                                                    for c in classes},
+               "per_child_per_epoch": per_child}
+    return metrics, best["state"]
+
+
+def _normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    config = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(config.get("mean", IMAGENET_MEAN)), tuple(config.get("std", IMAGENET_STD))
+
+
+def _validate(model, batch_tensor, val_idx, val_y, loss_fn, batch_size, device) -> tuple[float, float]:
+    import torch
+
+    if len(val_idx) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(val_idx), batch_size):
+            x = batch_tensor(val_idx[start:start + batch_size])
+            y = torch.as_tensor(val_y[start:start + batch_size], device=device)
+            logits = model(x).float()
+            loss_sum += float(loss_fn(logits, y)) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+    return loss_sum / len(val_idx), correct / len(val_idx)
+
+
+# -- files ------------------------------------------------------------------------------------
+def _save_node(folder: Path, code: str, state: dict, metrics: dict, config: TrainConfig, fingerprint: str) -> None:
+    """``<code>.safetensors`` (float16: half the size, no accuracy change at inference) + ``<code>.json``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .store import sha256_hex
+
+    weights = folder / f"{code}.safetensors"
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(weights))
+    metadata = {
+        "code": code, "architecture": config.architecture, "input_size": config.input_size,
+        "classes": metrics["classes"], "mean": metrics["mean"], "std": metrics["std"],
+        "stain_norm": config.stain_norm, "weights": weights.name,
+        "sha256": sha256_hex(weights.read_bytes()), "data_fingerprint": fingerprint,
+        "mode": config.mode, "torch": torch.__version__,
+        "metrics": {k: v for k, v in metrics.items() if k not in {"classes", "mean", "std"}},
+    }
+    _write_json(folder / f"{code}.json", metadata)
+
+
+def _write_json(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=1, default=str) + "\n")
+
+
+def _calibrate(models_dir: Path, val: CellDataset, target_accuracy: float) -> float:
+    """The lowest confidence above which validation cells are classified with ``target_accuracy``."""
+    from .classify import TreeClassifier
+
+    if len(val) == 0:
+        return 0.0
+    classifier = TreeClassifier.load(models_dir)
+    results = classifier.classify_arrays(val.images)
+    tree = classifier.tree
+    # right: the predicted cell type is the label or lies below it (a coarse 'ig' label)
+    scored = sorted(((r.confidence, tree.is_ancestor(tree[label], tree[r.code]))
+                     for r, label in zip(results, val.labels, strict=True)), reverse=True)
+    threshold, correct = 1.0, 0
+    for n, (confidence, right) in enumerate(scored, start=1):
+        correct += right
+        if correct / n >= target_accuracy:
+            threshold = confidence
+    return float(threshold)
+
+
+def _register(store, models_dir: Path, tree: Tree) -> None:
+    for meta_file in sorted(models_dir.glob("*.json")):
+        metadata = json.loads(meta_file.read_text())
+        if "sha256" not in metadata:
+            continue
+        store.register_model(kind="classifier", architecture=metadata["architecture"],
+                             weights_path=str(models_dir / metadata["weights"]), sha256=metadata["sha256"],
+                             metrics={k: v for k, v in metadata["metrics"].items() if k != "history"},
+                             tree=tree.name, node_code=metadata["code"], class_codes=metadata["classes"])
