@@ -4,7 +4,9 @@ import platform
 
 import streamlit as st
 
+from bloodcells import report
 from ui.common import get_store, page
+from ui.models import get_classifier, get_detector, model_problem
 
 page("Home")
 st.title("bloodcells")
@@ -12,21 +14,41 @@ st.caption("Find, count, classify and explain blood and bone-marrow cells in mic
 
 st.subheader("Choose a mode")
 modes = st.columns(3)
-modes[0].page_link("pages/1_Detection.py", label="**Detection** — smear fields: find, count and type cells", icon="🔎")
-modes[1].page_link("pages/2_Classification.py", label="**Classification** — zips of single cells", icon="🧫")
-modes[2].page_link("pages/3_Explanation.py", label="**Explanation** — what the model looks at", icon="🔥")
+with modes[0].container(border=True):
+    st.page_link("pages/1_Detection.py", label="**Detection**", icon="🔎")
+    st.caption("Smear fields: find the white cells, red cells and platelets, count them, and type every "
+               "white cell through the tree.")
+with modes[1].container(border=True):
+    st.page_link("pages/2_Classification.py", label="**Classification**", icon="🧫")
+    st.caption("A zip of single-cell images: the differential count, ready to review and export.")
+with modes[2].container(border=True):
+    st.page_link("pages/3_Explanation.py", label="**Explanation**", icon="🔥")
+    st.caption("What each model of the tree looks at, level by level, and the cell's morphology in words.")
+others = st.columns(3)
+others[0].page_link("pages/4_Review.py", label="Review and correct an analysis", icon="✅")
+others[1].page_link("pages/5_History.py", label="History of analyses", icon="🗂️")
+others[2].page_link("pages/6_Training.py", label="Train new models (admin)", icon="🏋️")
+
+st.subheader("Models")
+classifier = get_classifier(required=False)
+if classifier is not None:
+    st.markdown(f"**Classifier tree** `{classifier.tree.name}`: {len(classifier.nodes)} trained nodes, "
+                f"review threshold {classifier.review_threshold:.2f}")
+    st.dataframe(report.classifier_overview(classifier), hide_index=True, key="classifier_models",
+                 column_config={"val accuracy": st.column_config.NumberColumn(format="%.3f")})
+else:
+    st.warning(f"Classifier: {model_problem('classifier')}")
+detector = get_detector(required=False)
+if detector is not None:
+    st.markdown("**Detector**")
+    st.dataframe([report.detector_overview(detector)], hide_index=True, key="detector_model")
+else:
+    st.warning(f"Detector: {model_problem('detector')}")
 
 st.subheader("System")
 store = get_store()
 if store is not None:
-    st.write(f"Database: `{store.display_url}` ({store.backend})")
-    models = store.list_models()
-    if models:
-        st.dataframe([{"kind": m.kind, "node": m.node_code, "architecture": m.model_type.architecture,
-                       "trained": m.created_at.strftime("%Y-%m-%d %H:%M"),
-                       "accuracy": m.metrics.get("test_accuracy")} for m in models], hide_index=True)
-    else:
-        st.info("No models are registered yet.")
+    st.markdown(f"Database: `{store.display_url}` ({store.backend})")
 try:
     import torch
 
@@ -34,4 +56,4 @@ try:
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 except ImportError:
     device = "CPU"
-st.write(f"Compute: {device}")
+st.markdown(f"Compute: {device}")

@@ -13,7 +13,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from .taxonomy import Tree, default_tree
 
@@ -106,6 +106,36 @@ def review_choices(code: str, tree: Tree | None = None) -> list[str]:
 
     leaves = [leaf for leaf in tree.leaves() if leaf.code != code]
     return [leaf.code for leaf in sorted(leaves, key=distance)]
+
+
+def classifier_overview(classifier) -> list[dict]:
+    """One row per trained node of a loaded tree: what it tells apart, how, how well, when."""
+    trained_at = classifier.manifest.get("trained_at", "")
+    return [{"node": code, "name": classifier.tree[code].name.replace("_", " "), "children": ", ".join(node.classes),
+             "architecture": node.architecture, "input px": node.input_size,
+             "val accuracy": node.metrics.get("val_accuracy"), "trained": trained_at, "sha256": node.sha256[:12]}
+            for code, node in classifier.nodes.items()]
+
+
+def detector_overview(detector) -> dict:
+    """The loaded detector: file, input size, when it was trained and its validation mAP50 (from the
+    ``metrics.json`` training writes beside the weights, when there is one)."""
+    import json
+    from datetime import UTC, datetime
+
+    path = Path(detector.path)
+    metrics_file = path.with_name("metrics.json")
+    validation = {}
+    if metrics_file.is_file():
+        try:
+            validation = json.loads(metrics_file.read_text()).get("val", {})
+        except ValueError:
+            validation = {}
+    map50 = {source: figures.get("overall", {}).get("mAP50") for source, figures in validation.items()}
+    return {"file": path.name, "classes": ", ".join(detector.classes.values()), "input px": detector.imgsz,
+            "trained": datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M"),
+            "val mAP50": ", ".join(f"{source} {value:.3f}" for source, value in map50.items() if value is not None),
+            "sha256": detector.sha256[:12]}
 
 
 # -- stored analyses ----------------------------------------------------------------------------

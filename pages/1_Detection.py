@@ -1,9 +1,73 @@
-"""Detection page."""
+"""Detection page: drop smear fields; see every cell boxed, counted, and the white cells typed."""
+
+import io
 
 import streamlit as st
 
-from ui.common import page
+from bloodcells.detect import CLASS_NAMES, DETECTOR_CLASSES, annotate, detect
+from bloodcells.inputs import InputImage, iter_inputs, open_image
+from ui.common import page, require_store
+from ui.models import get_classifier, get_detector
+from ui.progress import progress_bar
+from ui.results import show_analysis
+from ui.uploads import IMAGE_TYPES, upload_label, uploaded_source
+from ui.work import run_safely
+
+MAX_SHOWN_IMAGES = 50  # annotated images kept for display in the session; counts cover every image
 
 page("Detection")
 st.title("Detection")
-st.info("This page is being built.")
+st.caption("Drop smear field images (or a .zip of them). Every white cell, red cell and platelet is boxed "
+           "and counted; each white cell is typed through the classifier tree. Saved as an analysis.")
+store = require_store()
+detector = get_detector()
+classifier = get_classifier(required=False)
+if classifier is None:
+    st.info("No classifier tree is available, so white cells are counted but not typed.")
+
+files = st.file_uploader("Smear images", type=["zip", *IMAGE_TYPES], accept_multiple_files=True, key="smear_upload")
+if st.button("Detect", type="primary", disabled=not files, key="detect"):
+    st.button("Cancel", key="cancel_detect", on_click=st.session_state.update, args=({"cancelled": True},))
+    total = None if any(f.name.lower().endswith(".zip") for f in files) else len(files)
+    with run_safely("Detection") as outcome:
+        with uploaded_source(files) as source, progress_bar("Finding cells…") as progress:
+            result = detect(source, detector=detector, classifier=classifier or False, store=store,
+                            name=upload_label(files), progress=lambda done, _total: progress(done, total))
+            images = {item.name: item.content for item in iter_inputs(source)
+                      if isinstance(item, InputImage) and item.name in result.files[:MAX_SHOWN_IMAGES]}
+        outcome.update(result=result, images=images)
+    if outcome:
+        st.session_state["detection"] = outcome
+        st.session_state["analysis_id"] = outcome["result"].analysis_id
+
+if st.session_state.pop("cancelled", False):
+    st.info("Detection cancelled. Nothing half-done was kept: the analysis is marked as failed in History.")
+
+shown = st.session_state.get("detection")
+if not shown:
+    st.stop()
+result = shown["result"]
+st.success(f"Saved as analysis #{result.analysis_id}: {len(result.boxes)} cells on {len(result.files)} images.")
+if result.problems:
+    with st.expander(f"{len(result.problems)} files were skipped", icon="⚠️"):
+        st.write("\n".join(f"- {problem}" for problem in result.problems))
+if result.typing_skipped:
+    st.caption(f"White cells not typed: {result.typing_skipped}.")
+
+if shown["images"]:
+    picked, classes_column = st.columns([2, 3])
+    name = picked.selectbox("Image", list(shown["images"]), key="detection_image")
+    classes = classes_column.pills("Show", list(DETECTOR_CLASSES), selection_mode="multi",
+                                   default=list(DETECTOR_CLASSES), format_func=lambda c: CLASS_NAMES.get(c, c),
+                                   key="detection_classes")
+    boxes = [b for b in result.boxes if b.file == name]
+    annotated = annotate(open_image(shown["images"][name], name), boxes, classes=classes)
+    buffer = io.BytesIO()
+    annotated.save(buffer, format="PNG")
+    st.image(buffer.getvalue(), caption=f"{name}: " + ", ".join(
+        f"{count} {CLASS_NAMES.get(cls, cls)}" for cls, count in result.counts(name).items()))
+    st.download_button("Download annotated PNG", buffer.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-boxes.png",
+                       mime="image/png", on_click="ignore", key="download_png", icon="⬇️")
+
+st.subheader("Whole upload")
+show_analysis(store, store.get_analysis(result.analysis_id))

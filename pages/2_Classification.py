@@ -1,9 +1,45 @@
-"""Classification page."""
+"""Classification page: drop a zip (or images) of single cells; get the differential, saved as an analysis."""
 
 import streamlit as st
 
-from ui.common import page
+from bloodcells.classify import classify
+from ui.common import page, require_store
+from ui.models import get_classifier
+from ui.progress import progress_bar
+from ui.results import show_analysis
+from ui.uploads import IMAGE_TYPES, upload_label, uploaded_source
+from ui.work import run_safely
 
 page("Classification")
 st.title("Classification")
-st.info("This page is being built.")
+st.caption("Drop one .zip of single-cell images, or several images. Every cell goes down the tree of "
+           "models (lineage → stage → type); the result is saved as an analysis you can review later.")
+store = require_store()
+classifier = get_classifier()
+
+files = st.file_uploader("Cell images", type=["zip", *IMAGE_TYPES], accept_multiple_files=True, key="cells_upload")
+if st.button("Classify", type="primary", disabled=not files, key="classify"):
+    st.button("Cancel", key="cancel_classify", on_click=st.session_state.update, args=({"cancelled": True},))
+    with run_safely("Classification") as outcome:
+        with uploaded_source(files) as source, progress_bar("Classifying cells…") as progress:
+            result = classify(source, classifier=classifier, store=store, name=upload_label(files), progress=progress)
+        outcome.update(analysis_id=result.analysis_id, problems=[str(p) for p in result.problems])
+    if outcome:
+        st.session_state["classification"] = outcome
+        st.session_state["analysis_id"] = outcome["analysis_id"]
+
+if st.session_state.pop("cancelled", False):
+    st.info("Classification cancelled. Nothing half-done was kept: the analysis is marked as failed in History.")
+
+shown = st.session_state.get("classification")
+if shown:
+    try:
+        analysis = store.get_analysis(shown["analysis_id"])
+    except KeyError:
+        st.session_state.pop("classification")
+        st.stop()
+    st.success(f"Saved as analysis #{analysis.id} ({analysis.name}).")
+    if shown["problems"]:
+        with st.expander(f"{len(shown['problems'])} files were skipped", icon="⚠️"):
+            st.write("\n".join(f"- {problem}" for problem in shown["problems"]))
+    show_analysis(store, analysis)

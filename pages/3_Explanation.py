@@ -1,9 +1,90 @@
-"""Explanation page."""
+"""Explanation page: what a model of the tree looks at, per level, with the attributes in words."""
+
+import time
 
 import streamlit as st
 
-from ui.common import page
+from bloodcells.explain import METHODS, explain
+from ui.common import page, require_store
+from ui.models import get_classifier, predicted_attributes
+from ui.results import open_upload_image
+from ui.uploads import IMAGE_TYPES
+from ui.work import run_safely
+
+EVERY_LEVEL = "every level of the predicted path"
 
 page("Explanation")
 st.title("Explanation")
-st.info("This page is being built.")
+st.caption("Which pixels made each model of the tree choose its answer: one heatmap per level, "
+           "from the lineage down to the cell type.")
+store = require_store()
+classifier = get_classifier()
+tree = classifier.tree
+
+source = st.segmented_control("Cell", ["upload an image", "a cell from an analysis"], default="upload an image",
+                              key="explain_source") or "upload an image"
+image, image_name = None, None
+if source == "upload an image":
+    upload = st.file_uploader("Cell image", type=IMAGE_TYPES, key="explain_upload")
+    if upload is not None:
+        image, image_name = open_upload_image(upload.getvalue(), upload.name), upload.name
+else:
+    analyses = [a for a in store.list_analyses(kind="classification") if a.status == "done"]
+    if not analyses:
+        st.info("No classified cells yet: classify a zip first, or upload an image.")
+        st.stop()
+    chosen = st.selectbox("Analysis", analyses, format_func=lambda a: f"#{a.id} · {a.name}", key="explain_analysis")
+    cells = [p for p in store.get_analysis(chosen.id).predictions if p.blob_id is not None]
+    if not cells:
+        st.info("This analysis kept no images.")
+        st.stop()
+    cell = st.selectbox("Cell", cells, key="explain_cell",
+                        format_func=lambda p: f"{p.filename} · {p.final_code} ({p.confidence:.2f})")
+    image_name = cell.filename
+    image = open_upload_image(store.read_blob(cell.blob_id), cell.filename)
+
+nodes = [EVERY_LEVEL, *classifier.nodes]
+left, middle, right = st.columns(3)
+node = left.selectbox("Model (tree node)", nodes, key="explain_node",
+                      format_func=lambda code: code if code == EVERY_LEVEL else
+                      f"{code} · {tree[code].name.replace('_', ' ')} → {', '.join(classifier.nodes[code].classes)}")
+target = None
+if node != EVERY_LEVEL:
+    target = middle.selectbox("Explain the choice of", [None, *classifier.nodes[node].classes], key="explain_target",
+                              format_func=lambda c: "the predicted child" if c is None else f"{c} · {tree[c].name}")
+method = right.selectbox("Method", list(METHODS), format_func=lambda m: METHODS[m].title, key="explain_method")
+
+if image is None:
+    st.stop()
+if st.button("Explain", type="primary", key="explain"):
+    with run_safely("Explanation") as outcome:
+        started = time.perf_counter()
+        levels = explain(image, classifier, method=method, node=None if node == EVERY_LEVEL else node,
+                         target=target, store=store)
+        result = classifier.classify_images([image])[0]
+        outcome.update(levels=levels, result=result, image=image, name=image_name,
+                       seconds=time.perf_counter() - started,
+                       attributes=predicted_attributes(image, classifier))
+    if outcome:
+        st.session_state["explanation"] = outcome
+
+shown = st.session_state.get("explanation")
+if not shown:
+    st.image(image, caption=image_name, width=192)
+    st.stop()
+result = shown["result"]
+cell_column, maps_column = st.columns([1, 3])
+with cell_column:
+    st.image(shown["image"], caption=shown["name"], width=192)
+    st.markdown(f"**{result.name}** ({result.code})  \n`{result.path}`")
+    st.metric("Confidence", f"{result.confidence:.2f}")
+    st.metric("Time", f"{shown['seconds']:.2f} s")
+    st.subheader("Attributes")
+    if shown["attributes"]:
+        st.markdown("\n".join(f"- **{name}**: {value}" for name, value in shown["attributes"].items()))
+    else:
+        st.caption("No attribute model is available: the morphology in words appears once one is trained.")
+with maps_column:
+    columns = st.columns(max(len(shown["levels"]), 1))
+    for column, level in zip(columns, shown["levels"], strict=False):
+        column.image(level.overlay, caption=f"{level.node} → {level.target} ({level.seconds:.2f} s)")

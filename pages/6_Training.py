@@ -1,9 +1,97 @@
-"""Training page."""
+"""Training page (the lab's admin): train a new tree on labelled cells; accept it for every page."""
+
+import shutil
 
 import streamlit as st
 
-from ui.common import page
+from bloodcells.backbones import KNOWN_BACKBONES
+from bloodcells.taxonomy import default_tree
+from bloodcells.train import MODES, TrainConfig, train_tree
+from ui.common import page, require_store
+from ui.models import reload_models
+from ui.progress import progress_bar
+from ui.training import LiveCurves, accept_models, candidate_dir, curves
+from ui.uploads import uploaded_source
+from ui.work import run_safely
 
 page("Training")
 st.title("Training")
-st.info("This page is being built.")
+st.caption("Upload a .zip of class folders (one folder per cell type: tree codes such as `NGS`, or names "
+           "such as `neutrophil`, `lymphocyte`; the Review page exports exactly this). A new tree of models "
+           "is trained beside the one in use; accept it to make every page use it.")
+store = require_store()
+
+upload = st.file_uploader("Labelled cells (.zip of class folders)", type=["zip"], key="training_upload")
+left, middle, right = st.columns(3)
+backbone = left.selectbox("Backbone", [*KNOWN_BACKBONES, "other timm model…"], key="training_backbone",
+                          help="\n".join(f"- `{name}`: {text}" for name, text in KNOWN_BACKBONES.items()))
+if backbone == "other timm model…":
+    backbone = left.text_input("timm model name", key="training_timm_name").strip()
+mode = middle.segmented_control("Mode", list(MODES), default="scratch+aug", key="training_mode") or "scratch+aug"
+checkpoint = None
+if mode.startswith("pretrained"):
+    checkpoint = middle.text_input("Pretrained weights file (on the server)", key="training_checkpoint",
+                                   help="Nothing is downloaded: give timm's weights file for this backbone.") or None
+size = right.number_input("Input size (px)", 16, 512, 96, step=16, key="training_size")
+with st.expander("More settings"):
+    columns = st.columns(4)
+    epochs = columns[0].number_input("Epochs (at most)", 1, 200, 15, key="training_epochs")
+    min_per_class = columns[1].number_input("Images per child per epoch, at least", 1, 100_000, 1000,
+                                            key="training_min_per_class")
+    cross_site = columns[2].checkbox("Strong stain and scale augmentation", True, key="training_cross_site")
+    stain_norm = columns[3].checkbox("Colour standardisation", True, key="training_stain_norm")
+
+if st.button("Train", type="primary", disabled=not upload or not backbone, key="train"):
+    st.button("Cancel", key="cancel_training", on_click=st.session_state.update, args=({"cancelled": True},))
+    st.session_state.pop("training", None)
+    with run_safely("Training") as outcome:
+        config = TrainConfig(architecture=backbone, input_size=int(size), mode=mode, pretrained_checkpoint=checkpoint,
+                             epochs=int(epochs), min_per_class=int(min_per_class), cross_site=cross_site,
+                             stain_norm=stain_norm)
+        live = LiveCurves()
+        with uploaded_source([upload]) as source, progress_bar("Training…") as progress:
+            report = train_tree([source], candidate_dir(), tree=default_tree(), config=config, progress=progress,
+                                log=live)
+        outcome.update(report=report, config=config)
+    if outcome:
+        st.session_state["training"] = outcome
+
+if st.session_state.pop("cancelled", False):
+    st.info("Training cancelled. The models in use were not touched.")
+if "accepted" in st.session_state:
+    st.success(st.session_state.pop("accepted"))
+
+trained = st.session_state.get("training")
+if not trained:
+    st.stop()
+report = trained["report"]
+st.success(f"Trained {len(report.nodes)} node models in {report.seconds:.0f} s "
+           f"({trained['config'].architecture}, {trained['config'].mode}); review threshold {report.review_threshold:.2f}.")
+if report.problems:
+    with st.expander(f"{len(report.problems)} files were skipped", icon="⚠️"):
+        st.write("\n".join(f"- {problem}" for problem in report.problems))
+st.subheader("Per node")
+st.dataframe([{"node": code, "children": ", ".join(m["classes"]) if "classes" in m else "",
+               "best epoch": m["best_epoch"], "val accuracy": m["val_accuracy"], "val loss": m["val_loss"],
+               "training images": ", ".join(f"{c} {n}" for c, n in m["train_counts"].items())}
+              for code, m in report.nodes.items()], hide_index=True, key="training_nodes")
+history = {code: m["history"] for code, m in report.nodes.items()}
+left, right = st.columns(2)
+left.plotly_chart(curves(history, "loss"), key="final_loss")
+right.plotly_chart(curves(history, "accuracy"), key="final_accuracy")
+with st.expander("Images per node and child"):
+    st.code(report.count_table, language=None)
+
+accept, discard = st.columns(2)
+if accept.button("Accept: use these models everywhere", type="primary", key="accept_models"):
+    with run_safely("Accepting the models") as accepted:
+        accepted["target"] = accept_models(report.out_dir, default_tree().name, store)
+    if accepted:
+        reload_models()
+        st.session_state.pop("training")
+        st.session_state["accepted"] = f"The new models are in use ({accepted['target']}); the previous ones are kept beside them."
+        st.rerun()
+if discard.button("Discard", key="discard_models"):
+    shutil.rmtree(report.out_dir, ignore_errors=True)
+    st.session_state.pop("training")
+    st.rerun()

@@ -68,3 +68,15 @@ def reload_models() -> None:
     """Forget the loaded models so that the next page run loads the newly accepted ones."""
     _classifier.clear()
     _detector.clear()
+
+
+def predicted_attributes(image, classifier) -> dict[str, str]:
+    """The cell's morphology in words, or {} when no attribute model is installed or trained."""
+    try:
+        from bloodcells.morphology import predict_attributes
+    except ImportError:
+        return {}
+    try:
+        return predict_attributes(image, classifier)
+    except (OSError, ValueError, RuntimeError, KeyError):  # no attribute head trained yet
+        return {}

@@ -21,14 +21,15 @@ class Cancelled(Exception):
 
 
 @contextmanager
-def progress_bar(label: str) -> Iterator[Callable[[int, int | None], None]]:
-    """Yield a ``progress(done, total)`` callback drawing a progress bar; the bar goes when done."""
+def progress_bar(label: str) -> Iterator[Callable[..., None]]:
+    """Yield a ``progress(done, total, text="")`` callback drawing a progress bar; the bar goes when done."""
     bar = st.progress(0.0, text=label)
     interruption: list[ScriptControlException] = []
 
-    def update(done: int, total: int | None) -> None:
+    def update(done: int, total: int | None, detail: str = "") -> None:
         fraction = min(done / total, 1.0) if total else 0.0
         text = f"{label} {done} of {total}" if total else f"{label} {done}"
+        text += f" · {detail}" if detail else ""
         try:
             bar.progress(fraction, text=text)
         except ScriptControlException as error:

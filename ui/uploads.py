@@ -1,0 +1,61 @@
+"""Uploaded files, handed to ``bloodcells`` as files on disk in the app's scratch space.
+
+On disk, the package can count a zip's members for the progress bar and stream it member by
+member; the scratch folder lives under the data folder and goes when the work is done.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from bloodcells.inputs import IMAGE_SUFFIXES, InputError
+from bloodcells.settings import settings
+
+IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
+
+
+def _safe_name(name: str) -> str:
+    base = PurePosixPath(name.replace("\\", "/")).name
+    return base if base not in {"", ".", ".."} else "upload"
+
+
+def upload_label(files: Sequence) -> str:
+    """A name for the analysis: the zip's name, or the images' names."""
+    if len(files) == 1:
+        return files[0].name
+    shown = ", ".join(f.name for f in files[:3])
+    return f"{len(files)} images ({shown}{', …' if len(files) > 3 else ''})"
+
+
+@contextmanager
+def uploaded_source(files: Sequence) -> Iterator[Path]:
+    """One zip as a file, or several images as a folder; raises InputError on a mix or an odd type."""
+    if not files:
+        raise InputError("nothing was uploaded")
+    zips = [f for f in files if f.name.lower().endswith(".zip")]
+    others = [f.name for f in files if not f.name.lower().endswith(".zip")
+              and Path(f.name).suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        raise InputError(f"{', '.join(others)}: not an image or a .zip "
+                         f"(accepted: {', '.join(IMAGE_TYPES)}, zip)")
+    if zips and len(files) > 1:
+        raise InputError(f"{', '.join(f.name for f in zips)}: drop one .zip on its own, or several images")
+    scratch = settings().data_dir / "uploads"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        if zips:
+            path = Path(folder) / _safe_name(zips[0].name)
+            path.write_bytes(zips[0].getvalue())
+            yield path
+            return
+        images = Path(folder) / "images"
+        images.mkdir()
+        for n, upload in enumerate(files):
+            target = images / _safe_name(upload.name)
+            if target.exists():  # two uploads with one name: keep both
+                target = images / f"{target.stem}-{n}{target.suffix}"
+            target.write_bytes(upload.getvalue())
+        yield images

@@ -1,0 +1,35 @@
+"""Long work started from a page: every failure a user can cause becomes a message, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import streamlit as st
+
+from bloodcells.inputs import InputError
+from bloodcells.store import StoreError
+
+log = logging.getLogger("bloodcells.app")
+
+
+@contextmanager
+def run_safely(what: str) -> Iterator[dict]:
+    """Run the block; on failure show why and leave the yielded dict empty (so it reads as false).
+
+    Streamlit's own stop/rerun exceptions are not ``Exception``s and pass through untouched.
+    """
+    outcome: dict = {}
+    try:
+        yield outcome
+    except InputError as error:
+        outcome.clear()
+        st.error(f"{what}: {error}")
+    except StoreError as error:
+        outcome.clear()
+        st.error(f"The database is not available: {error}. Nothing was half-stored; try again when it is back.")
+    except Exception as error:  # a message in words for the user; the traceback goes to the server log
+        outcome.clear()
+        log.exception("%s failed", what)
+        st.error(f"{what} failed: {error}")
