@@ -1,0 +1,244 @@
+"""Explanations: the method registry on plain torch/timm modules, faithfulness, and the tree classifier."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from bloodcells.explain import (  # noqa: E402
+    METHODS,
+    ExplanationError,
+    attribute,
+    explain,
+    feature_layer,
+)
+
+# The class of a generated image is set by one region: a blue square at rows/columns 4-11, i.e. inside
+# the top-left quadrant (a quarter of the image). Grey noise and grey squares elsewhere carry nothing.
+QUADRANT = (slice(0, 16), slice(0, 16))
+
+
+def region_images(count: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(count, 1, 32, 32, generator=generator).repeat(1, 3, 1, 1) * 0.5
+    labels = torch.randint(0, 2, (count,), generator=generator)
+    for i in range(count):
+        if labels[i]:
+            images[i, :, 4:12, 4:12] = torch.tensor([0.1, 0.1, 0.9]).view(3, 1, 1)
+        for row, column in ((4, 20), (20, 4), (20, 20)):
+            images[i, :, row:row + 8, column:column + 8] = torch.rand(1, generator=generator)
+    return images, labels
+
+
+def tiny_cnn(classes: int = 2) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, classes))
+
+
+@pytest.fixture(scope="module")
+def region_model():
+    """A tiny CNN trained (seconds) to tell images with the blue square from those without."""
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    images, labels = region_images(256, seed=0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _epoch in range(8):
+        for start in range(0, len(images), 32):
+            loss = nn.functional.cross_entropy(model(images[start:start + 32]), labels[start:start + 32])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.eval()
+    test_images, test_labels = region_images(64, seed=1)
+    with torch.no_grad():
+        accuracy = (model(test_images).argmax(1) == test_labels).float().mean().item()
+    assert accuracy > 0.95, f"the region model did not learn ({accuracy:.2f})"
+    return model, test_images[test_labels == 1][:6]
+
+
+def quadrant_share(attribution: np.ndarray) -> float:
+    evidence = np.clip(attribution, 0, None)
+    return float(evidence[QUADRANT].sum() / evidence.sum())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "least"), [("gradcam", 0.75), ("integrated-gradients", 0.75),
+                                               ("occlusion", 0.75), ("saliency", 0.33)])
+def test_attribution_mass_falls_in_the_deciding_region(region_model, method, least):
+    model, images = region_model
+    shares = [quadrant_share(attribute(model, image[None], 1, method)) for image in images]
+    # The quadrant is a quarter of the image: a map that ignored the region would put ~25% there. Plain
+    # gradients (saliency) of a saturated model spread most, hence its lower bar.
+    assert np.mean(shares) > least, shares
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_randomised_weights_change_the_map(region_model, method):
+    from scipy.stats import spearmanr
+
+    model, images = region_model
+    randomised = copy.deepcopy(model)
+    torch.manual_seed(1)
+    for layer in randomised.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    trained_map = attribute(model, images[:1], 1, method)
+    random_map = attribute(randomised, images[:1], 1, method)
+    assert trained_map.shape == random_map.shape == (32, 32)
+    assert np.ptp(trained_map) > 0
+    # A randomised model's Grad-CAM can be all zero (no positive evidence at all): nothing left in common.
+    shared = 0.0 if np.ptp(random_map) == 0 else spearmanr(trained_map.ravel(), random_map.ravel()).statistic
+    assert shared < 0.5
+
+
+def test_feature_layer_is_the_last_spatial_stage():
+    import timm
+
+    resnet = timm.create_model("resnet10t", num_classes=3).eval()
+    mobilenet = timm.create_model("mobilenetv3_small_050", num_classes=3).eval()
+    sequential = tiny_cnn().eval()
+    inputs = torch.rand(1, 3, 64, 64)
+    assert feature_layer(resnet, inputs) == "layer4"
+    assert feature_layer(mobilenet, inputs) == "blocks"  # not conv_head, which runs after pooling
+    assert feature_layer(sequential, inputs[..., :32, :32]) == "5"  # the ReLU after the last conv
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_maps_a_timm_model_at_input_size(method):
+    import timm
+
+    model = timm.create_model("mobilenetv3_small_050", num_classes=3).eval()
+    model.requires_grad_(False)
+    inputs = torch.rand(1, 3, 48, 48)
+    attribution = attribute(model, inputs, 2, method)
+    assert attribution.shape == (48, 48)
+    assert np.isfinite(attribution).all() and np.abs(attribution).sum() > 0
+
+
+def test_unknown_method_and_setting_are_named():
+    model = tiny_cnn().eval()
+    with pytest.raises(ExplanationError, match="unknown explanation method 'lime'.*gradcam"):
+        attribute(model, torch.rand(1, 3, 32, 32), 0, "lime")
+    with pytest.raises(ExplanationError, match="occlusion has no setting n_steps"):
+        attribute(model, torch.rand(1, 3, 32, 32), 0, "occlusion", n_steps=3)
+
+
+def test_settings_change_the_integration():
+    model = tiny_cnn().eval()
+    inputs = torch.rand(1, 3, 32, 32)
+    few = attribute(model, inputs, 1, "integrated-gradients", n_steps=2)
+    many = attribute(model, inputs, 1, "integrated-gradients", n_steps=48, internal_batch_size=16)
+    with torch.no_grad():
+        gap = (model(inputs) - model(torch.zeros_like(inputs)))[0, 1].item()
+    # Completeness: with enough steps the attributions add up to the output's change from the baseline.
+    assert abs(many.sum() - gap) < 0.05 * abs(gap) + 1e-4
+    assert not np.allclose(few, many)
+
+
+# -- the tree classifier ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def classifier(trained_models_dir):
+    from bloodcells.classify import TreeClassifier
+
+    return TreeClassifier.load(trained_models_dir)
+
+
+def neutrophil():
+    from bloodcells.synthetic import cell_image
+
+    return cell_image("NGS", seed=901, size=32)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_one_map_per_level_of_the_predicted_path(classifier, method):
+    image = neutrophil()
+    path = classifier.classify_images([image])[0].path.split("/")
+    levels = explain(image, classifier, method=method)
+    expected = [(parent, child) for parent, child in zip(path, path[1:], strict=False) if parent in classifier.nodes]
+    assert [(e.node, e.target) for e in levels] == expected
+    for level in levels:
+        node_model = classifier.nodes[level.node]
+        assert level.attribution.shape == (node_model.input_size, node_model.input_size)
+        assert level.overlay.width >= 256 and level.overlay.height > level.overlay.width  # caption strip below
+        assert level.png()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert METHODS[method].title in level.caption and level.node in level.caption
+        assert level.target in level.caption and f"{level.seconds:.2f} s" in level.caption
+        assert 0 < level.probability <= 1
+
+
+def test_node_and_target_pick_the_level_and_class(classifier):
+    image = neutrophil()
+    only = explain(image, classifier, method="saliency", node="ALL")
+    assert [e.node for e in only] == ["ALL"]
+    chosen = explain(image, classifier, method="gradcam", node="ALL", target="EOS")
+    assert (chosen[0].node, chosen[0].target) == ("ALL", "MYE")
+    towards = explain(image, classifier, method="gradcam", target="NGB")
+    assert [(e.node, e.target) for e in towards] == [("ALL", "MYE"), ("MYM", "NEU"), ("NEU", "NGB")]
+    other = explain(image, classifier, method="gradcam", node="NEU", target="NGS")
+    assert not np.allclose(towards[-1].attribution, other[0].attribution)  # a different class, a different map
+
+
+def test_bad_node_or_target_is_named(classifier):
+    with pytest.raises(ExplanationError, match="node 'EOS' has no model"):
+        explain(neutrophil(), classifier, node="EOS")
+    with pytest.raises(ExplanationError, match="'LYT' is not below node 'MYM'"):
+        explain(neutrophil(), classifier, node="MYM", target="LYT")
+
+
+def test_maps_are_cached_in_the_store_by_model_image_method_and_settings(classifier, store):
+    from bloodcells.store import Explanation as ExplanationRow
+    from bloodcells.synthetic import encode
+
+    content = encode(neutrophil())
+    first = explain(content, classifier, method="occlusion", store=store)
+    assert not any(e.cached for e in first)
+    again = explain(content, classifier, method="occlusion", store=store)
+    assert all(e.cached for e in again)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.attribution, b.attribution)
+        assert "(cached)" in b.caption
+    assert store.count_rows(ExplanationRow) == len(first)
+    coarser = explain(content, classifier, method="occlusion", store=store, window=16, stride=16)
+    assert not any(e.cached for e in coarser)
+    assert store.count_rows(ExplanationRow) == 2 * len(first)
+
+
+def test_explaining_does_not_disturb_concurrent_classification(classifier):
+    from bloodcells.synthetic import cell_image
+
+    cells = [cell_image(code, seed, 32) for code in ("NGS", "NGB", "EOS", "LYT") for seed in range(4)]
+    expected = [(r.code, r.probabilities) for r in classifier.classify_images(cells)]
+    seen, errors = [], []
+
+    def classify_repeatedly():
+        try:
+            for _ in range(6):
+                seen.append([(r.code, r.probabilities) for r in classifier.classify_images(cells)])
+        except Exception as error:
+            errors.append(error)
+
+    def explain_repeatedly():
+        try:
+            for method in ("gradcam", "integrated-gradients", "gradcam", "occlusion"):
+                explain(cells[0], classifier, method=method)
+        except Exception as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=classify_repeatedly), threading.Thread(target=explain_repeatedly),
+               threading.Thread(target=explain_repeatedly)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(seen) == 6 and all(run == expected for run in seen)
+    for node_model in classifier.nodes.values():  # captum left no hooks on the shared modules
+        assert not any(m._forward_hooks or m._backward_hooks for m in node_model.module.modules())
