@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy import create_engine, delete, event, func, insert, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -30,6 +30,9 @@ from .schema import (
 )
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_BLOB_BATCH = 32  # images per blob transaction in finish_analysis
+_DEADLOCK_RETRIES = 3
+_MYSQL_DEADLOCK = 1213
 
 
 class StoreError(RuntimeError):
@@ -71,7 +74,12 @@ class Store:
         self.url = url
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreError(f"the database folder {folder} cannot be created "
+                                 f"({error.strerror or error})") from error
         options = {"pool_pre_ping": True, **engine_options}
         if parsed.get_backend_name() == "sqlite":
             options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
@@ -149,17 +157,43 @@ class Store:
 
     # -- blobs ---------------------------------------------------------------------------
     def put_blob(self, session: Session, content: bytes, media_type: str = "image") -> Blob:
-        """The blob holding ``content``, written once per sha256 (in chunks of 1 MiB)."""
+        """The blob holding ``content``, written once per sha256 (in chunks of 1 MiB).
+
+        Safe when sessions store the same content at once: the insert is ignored when another
+        transaction wrote that sha256 first (MySQL waits for it to commit; SQLite has one writer),
+        the locking read then sees it, and only the transaction that inserted it adds the chunks.
+        """
         digest = sha256_hex(content)
         blob = session.scalar(select(Blob).where(Blob.sha256 == digest))
-        if blob is None:
-            blob = Blob(sha256=digest, size=len(content), media_type=media_type)
-            session.add(blob)
-            session.flush()
+        if blob is not None:
+            return blob
+        inserted = session.connection().execute(
+            insert(Blob).values(sha256=digest, size=len(content), media_type=media_type)
+            .prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
+            .prefix_with("IGNORE", dialect="mariadb")).rowcount
+        blob = session.scalar(select(Blob).where(Blob.sha256 == digest).with_for_update(read=True)
+                              .execution_options(populate_existing=True))
+        if inserted:
             for seq, start in enumerate(range(0, max(len(content), 1), CHUNK_SIZE)):
                 session.add(BlobChunk(blob_id=blob.id, seq=seq, data=content[start:start + CHUNK_SIZE]))
             session.flush()
         return blob
+
+    def put_blobs(self, contents: dict[str, bytes]) -> dict[str, int]:
+        """Store ``{sha256: content}`` in a transaction of its own; returns ``{sha256: blob id}``.
+
+        Written in sha256 order, so that concurrent writers take their locks in one order; a
+        MySQL deadlock all the same is retried (the transaction is short and holds nothing else).
+        """
+        attempts = 0
+        while True:
+            try:
+                with self.session() as session:
+                    return {digest: self.put_blob(session, contents[digest]).id for digest in sorted(contents)}
+            except StoreError as error:
+                attempts += 1
+                if attempts == _DEADLOCK_RETRIES or not _is_deadlock(error.__cause__):
+                    raise
 
     def read_blob(self, blob_id: int | None = None, sha256: str | None = None) -> bytes:
         with self.session() as session:
@@ -223,17 +257,37 @@ class Store:
 
     def finish_analysis(self, analysis_id: int, *, predictions: Iterable[PredictionRow] = (),
                         detections: Iterable[DetectionRow] = (), summary: dict | None = None) -> None:
-        """Store every result of an analysis and mark it done, all in one transaction."""
+        """Store every result of an analysis and mark it done: all its predictions or none.
+
+        ``predictions`` are read once, as a stream. Their images go first, a batch at a time, in
+        transactions of their own (a blob is content-addressed and may be shared, so one stored
+        early is never half of anything); then every prediction, detection and the status in one
+        transaction. Only the small rows are held in memory meanwhile, never the images.
+        """
+        rows: list[tuple[PredictionRow, str | None]] = []
+        blob_ids: dict[str, int] = {}
+        pending: dict[str, bytes] = {}
+        for row in predictions:
+            digest = None
+            if row.content is not None:
+                digest = sha256_hex(row.content)
+                if digest not in blob_ids:
+                    pending[digest] = row.content
+                row = replace(row, content=None)
+            rows.append((row, digest))
+            if len(pending) >= _BLOB_BATCH:
+                blob_ids.update(self.put_blobs(pending))
+                pending = {}
+        if pending:
+            blob_ids.update(self.put_blobs(pending))
         with self.session() as session:
             analysis = session.get(Analysis, analysis_id)
             if analysis is None:
                 raise StoreError(f"analysis {analysis_id} does not exist (deleted meanwhile?)")
-            blob_ids: dict[bytes, int] = {}
-            for row in predictions:
-                blob_id = self._blob_id(session, row.content, blob_ids)
-                session.add(Prediction(analysis_id=analysis_id, blob_id=blob_id, filename=row.filename,
-                                       code=row.code, path=row.path, confidence=float(row.confidence),
-                                       level_confidences=row.level_confidences,
+            for row, digest in rows:
+                session.add(Prediction(analysis_id=analysis_id, blob_id=blob_ids[digest] if digest else None,
+                                       filename=row.filename, code=row.code, path=row.path,
+                                       confidence=float(row.confidence), level_confidences=row.level_confidences,
                                        needs_review=bool(row.needs_review)))
             for row in detections:
                 x1, y1, x2, y2 = (float(v) for v in row.box)
@@ -244,14 +298,6 @@ class Store:
             analysis.status = "done"
             analysis.summary = summary or {}
             analysis.finished_at = utcnow()
-
-    def _blob_id(self, session: Session, content: bytes | None, seen: dict) -> int | None:
-        if content is None:
-            return None
-        key = sha256_hex(content)
-        if key not in seen:
-            seen[key] = self.put_blob(session, content).id
-        return seen[key]
 
     def fail_analysis(self, analysis_id: int, error: str) -> None:
         """Mark an analysis failed with its error; it keeps no partial results."""
@@ -312,6 +358,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+def _is_deadlock(error: BaseException | None) -> bool:
+    orig = getattr(error, "orig", None)
+    return bool(getattr(orig, "args", None)) and orig.args[0] == _MYSQL_DEADLOCK
 
 
 def _first_line(error: BaseException | None) -> str:
