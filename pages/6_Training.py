@@ -52,6 +52,7 @@ if st.button("Train", type="primary", disabled=not upload or not backbone, key="
         with uploaded_source([upload]) as source, progress_bar("Training…") as progress:
             report = train_tree([source], candidate_dir(), tree=default_tree(), config=config, progress=progress,
                                 log=live)
+        live.clear()
         outcome.update(report=report, config=config)
     if outcome:
         st.session_state["training"] = outcome

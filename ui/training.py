@@ -53,6 +53,11 @@ class LiveCurves:
         self.loss.plotly_chart(curves(self.history, "loss"), key=f"live_loss_{epochs_done}")
         self.accuracy.plotly_chart(curves(self.history, "accuracy"), key=f"live_accuracy_{epochs_done}")
 
+    def clear(self) -> None:
+        """Remove the live view (the finished run's curves are drawn from its report)."""
+        for placeholder in (self.loss, self.accuracy, self.log):
+            placeholder.empty()
+
 
 def candidate_dir() -> Path:
     """A fresh folder for a training run's models, outside the models in use until accepted."""

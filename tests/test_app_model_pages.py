@@ -1,0 +1,159 @@
+"""AppTests of the pages that need trained models: Classification, Explanation, Training (Detection
+in test_app_detection.py), and their messages when no model is trained yet."""
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from bloodcells.store import open_store
+from bloodcells.synthetic import cell_image, encode, write_cell_zip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def app(page: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.switch_page(f"pages/{page}.py")
+    return at
+
+
+@pytest.fixture
+def models_root(tmp_path, monkeypatch, trained_models_dir):
+    """A models folder laid out as the app expects, holding the tiny trained tree."""
+    root = tmp_path / "models"
+    (root / "classifier").mkdir(parents=True)
+    (root / "classifier" / "default").symlink_to(trained_models_dir, target_is_directory=True)
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def app_store(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    monkeypatch.setenv("BLOODCELLS_DATABASE_URL", url)
+    store = open_store(url)
+    yield store
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize("page", ["1_Detection", "2_Classification", "3_Explanation"])
+def test_pages_say_when_no_model_is_trained(page, tmp_path, monkeypatch, app_store):
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "empty-models"))
+    at = app(page).run()
+    assert not at.exception
+    assert any("No classifier is available" in w.value or "No detector is available" in w.value for w in at.warning)
+    assert not at.file_uploader  # nothing to upload into until a model exists
+
+
+def test_home_lists_the_loaded_tree(models_root, app_store):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    nodes = at.dataframe[0].value
+    assert set(nodes["node"]) == {"ALL", "MYM", "NEU"}
+    assert nodes["val accuracy"].between(0, 1).all() and nodes["trained"].str.match(r"\d{4}-\d\d-\d\d").all()
+    assert any("No detector is available" in w.value for w in at.warning)
+
+
+def test_classification_of_a_zip_is_counted_and_saved(models_root, app_store, tmp_path):
+    cells = {"LYT": 3, "EOS": 2, "NGS": 3}
+    upload = write_cell_zip(tmp_path / "cells.zip", cells, size=32)
+    at = app("2_Classification").run()
+    assert at.button(key="classify").disabled
+    at.file_uploader[0].set_value(("cells.zip", upload.read_bytes(), "application/zip")).run()
+    at.button(key="classify").click().run()
+    assert not at.exception and not at.error
+    [analysis] = app_store.list_analyses()
+    assert analysis.status == "done" and analysis.name == "cells.zip"
+    assert any(f"analysis #{analysis.id}" in s.value for s in at.success)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Cells"] == "8"
+    stored = app_store.get_analysis(analysis.id).predictions
+    assert metrics["Needs review"] == str(sum(p.needs_review for p in stored))
+    differential = at.dataframe[0].value
+    assert differential["count"].sum() == 8
+    assert dict(zip(differential["code"], differential["count"], strict=True)) == {
+        code: sum(p.code == code for p in stored) for code in {p.code for p in stored}}
+    at.toggle(key=f"percent-{analysis.id}").set_value(True).run()
+    assert at.dataframe[0].value["%"].sum() == pytest.approx(100, abs=0.5)
+    cells_table = at.dataframe[-1].value
+    assert len(cells_table) == 8 and cells_table["image"].str.startswith("data:image/png;base64,").all()
+    assert any(b.label == "Download CSV" for b in at.get("download_button"))
+    assert at.get("plotly_chart")  # the sunburst
+
+
+def test_classification_of_several_images_and_bad_uploads(models_root, app_store, tmp_path):
+    images = [(f"cell{n}.png", encode(cell_image("NGS", n, 32)), "image/png") for n in range(3)]
+    at = app("2_Classification").run()
+    at.file_uploader[0].set_value([*images, ("broken.png", b"not an image", "image/png")]).run()
+    at.button(key="classify").click().run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Cells"] == "3"
+    assert any("broken.png" in e.value for e in at.get("expander")[0].markdown)  # skipped, and said so
+
+    empty = write_cell_zip(tmp_path / "empty.zip", {})
+    at.file_uploader[0].set_value(("empty.zip", empty.read_bytes(), "application/zip")).run()
+    at.button(key="classify").click().run()
+    assert not at.exception
+    assert any("empty.zip" in e.value for e in at.error)  # the reason, naming the file
+    assert [a.status for a in app_store.list_analyses()] == ["failed", "done"]  # nothing half-stored
+
+    at.file_uploader[0].set_value([("cells.zip", empty.read_bytes(), "application/zip"), images[0]]).run()
+    at.button(key="classify").click().run()
+    assert any("drop one .zip on its own" in e.value for e in at.error)
+
+
+def test_explanation_shows_a_heatmap_per_level(models_root, app_store):
+    at = app("3_Explanation").run()
+    assert not at.exception
+    at.file_uploader[0].set_value(("eos.png", encode(cell_image("EOS", 7, 32)), "image/png")).run()
+    at.button(key="explain").click().run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Time"].endswith(" s") and 0 <= float(metrics["Confidence"]) <= 1
+    levels = [image for image in at.image if "→" in (image.proto.imgs[0].caption or "")]
+    path = next(m.value for m in at.markdown if m.value.startswith("**")).split("`")[1].split("/")
+    trained = [code for code in path if code in {"ALL", "MYM", "NEU"}]
+    assert len(levels) == len(trained) >= 1  # one heatmap per level with a model on the predicted path
+
+    at.selectbox(key="explain_node").select("NEU").run()
+    at.selectbox(key="explain_target").select("NGB").run()
+    at.selectbox(key="explain_method").select("occlusion").run()
+    at.button(key="explain").click().run()
+    assert not at.exception
+    [level] = [image for image in at.image if "→" in (image.proto.imgs[0].caption or "")]
+    assert level.proto.imgs[0].caption.startswith("NEU → NGB")
+
+
+@pytest.mark.slow
+def test_training_trains_shows_metrics_and_accepts(tmp_path, monkeypatch, app_store):
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
+    upload = write_cell_zip(tmp_path / "labelled.zip", {"neutrophil": 12, "lymphocyte": 12}, size=32)
+    at = app("6_Training").run()
+    at.file_uploader[0].set_value(("labelled.zip", upload.read_bytes(), "application/zip"))
+    at.selectbox(key="training_backbone").select("other timm model…").run()
+    at.text_input(key="training_timm_name").input("test_efficientnet")
+    at.number_input(key="training_size").set_value(32)
+    at.number_input(key="training_epochs").set_value(2)
+    at.number_input(key="training_min_per_class").set_value(8)
+    at.segmented_control(key="training_mode").set_value("scratch")
+    at.checkbox(key="training_cross_site").uncheck()
+    at.run()
+    at.button(key="train").click().run()
+    assert not at.exception and not at.error
+    nodes = at.dataframe[0].value
+    assert list(nodes["node"]) == ["ALL"] and nodes.loc[0, "children"] == "LYM, MYE"
+    charts = {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
+    assert set(charts) == {"final_loss", "final_accuracy"}  # the live view made way for the finished curves
+    for chart in charts.values():
+        assert {trace["name"]: trace["x"] for trace in chart["data"]} == {"ALL train": [1, 2], "ALL val": [1, 2]}
+    assert not (tmp_path / "models" / "classifier" / "default").exists()  # not in use before it is accepted
+
+    at.button(key="accept_models").click().run()
+    assert not at.exception
+    assert (tmp_path / "models" / "classifier" / "default" / "classifier.json").is_file()
+    assert any("new models are in use" in s.value for s in at.success)
+    assert {m.node_code for m in app_store.list_models(kind="classifier")} == {"ALL"}
+    at.switch_page("pages/2_Classification.py").run()  # the other pages use them at once
+    assert not at.exception and not at.warning and at.file_uploader
