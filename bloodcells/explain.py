@@ -30,11 +30,14 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch import nn
+
+if TYPE_CHECKING:  # torch loads only when something is explained, so the registry is cheap to import
+    import torch
+    from torch import nn
 
 DISPLAY_SIZE = 256  # overlays are drawn at least this large (models often see 64-224 px)
 
@@ -62,6 +65,7 @@ class Method:
 
 def _gradcam(module, inputs, target, settings):
     from captum.attr import LayerGradCam
+    from torch import nn
 
     layer = module.get_submodule(settings["layer"] or feature_layer(module, inputs))
     cam = LayerGradCam(module, layer).attribute(inputs, target=target, relu_attributions=True)
@@ -80,6 +84,7 @@ def _integrated_gradients(module, inputs, target, settings):
 
 
 def _occlusion(module, inputs, target, settings):
+    import torch
     from captum.attr import Occlusion
 
     size = min(inputs.shape[-2:])
@@ -126,6 +131,8 @@ def feature_layer(module: nn.Module, inputs: torch.Tensor) -> str:
     larger than 1x1: containers finish after their children, so this is the whole last stage
     (``layer4`` of a ResNet, ``blocks`` of a MobileNetV3), not a 1x1 head conv after pooling.
     """
+    import torch
+
     cached = _FEATURE_LAYERS.get(module)
     if cached is not None:
         return cached
@@ -261,6 +268,8 @@ def explain(image: Image.Image | bytes | str | Path, classifier, *, method: str 
 
 
 def _explain_level(classifier, node_model, picture, digest, explainer, settings, target_code, store) -> Explanation:
+    import torch
+
     started = time.perf_counter()
     inputs = node_model.preprocess(picture).unsqueeze(0)
     private = _private_copy(node_model, classifier.lock)
@@ -289,6 +298,8 @@ def _explain_level(classifier, node_model, picture, digest, explainer, settings,
 
 def _denormalise(tensor: torch.Tensor, mean, std) -> Image.Image:
     """The image as the model saw it (after its resize and crop), for an overlay that lines up."""
+    import torch
+
     mean = torch.as_tensor(mean, dtype=tensor.dtype).view(-1, 1, 1)
     std = torch.as_tensor(std, dtype=tensor.dtype).view(-1, 1, 1)
     pixels = ((tensor * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

@@ -1,1 +1,115 @@
-"""Commands for explanation (filled in by its issue)."""
+"""Commands for explanation: ``explain`` (attribution maps) and ``train-attributes`` (morphology head)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from . import CommandError, command
+
+
+def _configure_explain(parser: argparse.ArgumentParser) -> None:
+    from ..explain import METHODS
+
+    parser.add_argument("image", type=Path, help="a single-cell image")
+    parser.add_argument("--method", default="gradcam", choices=list(METHODS),
+                        help="attribution method (default: gradcam)")
+    parser.add_argument("--node", help="explain this tree node's model only (default: every level of the "
+                                       "predicted path)")
+    parser.add_argument("--target", help="explain the choice of this cell type (default: the predicted one)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write: the overlays, one per level")
+    parser.add_argument("--models", type=Path, help="trained classifier folder (default: models/classifier/default)")
+    parser.add_argument("--steps", type=int, help="integrated-gradients: integration steps (default 32)")
+    parser.add_argument("--window", type=int, help="occlusion: window side in model pixels (default: input/4)")
+    parser.add_argument("--stride", type=int, help="occlusion: stride in model pixels (default: window/2)")
+    parser.add_argument("--cache", action="store_true",
+                        help="read and store maps in the database (BLOODCELLS_DATABASE_URL)")
+
+
+@command("explain", "show which pixels made each level of the tree choose its answer", _configure_explain)
+def explain_command(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ..classify import ModelFileError, load_classifier
+    from ..explain import METHODS, ExplanationError, explain
+
+    if not args.image.is_file():
+        raise CommandError(f"{args.image}: no such image")
+    if args.out.suffix.lower() != ".png":
+        raise CommandError(f"{args.out}: the output must be a .png file")
+    given = {"n_steps": args.steps, "window": args.window, "stride": args.stride}
+    settings = {name: value for name, value in given.items()
+                if value is not None and name in METHODS[args.method].defaults}
+    ignored = [name for name, value in given.items() if value is not None and name not in settings]
+    if ignored:
+        raise CommandError(f"{args.method} does not use {', '.join(ignored)}")
+    started = time.perf_counter()
+    try:
+        classifier = load_classifier(args.models)
+        loaded = time.perf_counter()
+        store = None
+        if args.cache:
+            from ..store import open_store
+
+            store = open_store()
+        levels = explain(args.image, classifier, method=args.method, node=args.node, target=args.target,
+                         store=store, **settings)
+    except (ModelFileError, ExplanationError) as error:
+        raise CommandError(str(error)) from error
+    finished = time.perf_counter()
+    sheet = Image.new("RGB", (sum(level.overlay.width for level in levels),
+                              max(level.overlay.height for level in levels)), "white")
+    left = 0
+    for level in levels:
+        sheet.paste(level.overlay, (left, 0))
+        left += level.overlay.width
+        print(f"{level.node} -> {level.target}  p={level.probability:.2f}  {level.seconds:.3f} s"
+              f"{'  (cached)' if level.cached else ''}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.out)
+    print(f"{args.method}: {len(levels)} level(s) explained in {finished - loaded:.2f} s "
+          f"(models loaded in {loaded - started:.2f} s); wrote {args.out}")
+    _print_attributes(args.image, classifier)
+    return 0
+
+
+def _print_attributes(image: Path, classifier) -> None:
+    """The morphology in words, when an attribute head for this classifier is installed."""
+    from ..morphology import AttributeHeadError, describe, predict_attributes
+
+    try:
+        attributes = predict_attributes(image, classifier)
+    except AttributeHeadError as error:
+        print(f"(no morphology: {error})")
+        return
+    print(f"morphology: {describe(attributes)}")
+
+
+def _configure_train_attributes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--csv", type=Path, required=True,
+                        help="attribute table (WBCAtt's pbc_attributes.csv: img_name, label, attributes..., path)")
+    parser.add_argument("--images", type=Path, help="folder the csv's paths are relative to (default: the csv's "
+                                                    "parent's parent, as in ../shared/datasets)")
+    parser.add_argument("--models", type=Path, help="trained classifier folder whose features are used")
+    parser.add_argument("--out", type=Path, help="where to write the head (default: models/attributes/default)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of images held out (default 0.2)")
+
+
+@command("train-attributes", "train the morphology attribute head on a classifier's features",
+         _configure_train_attributes)
+def train_attributes_command(args: argparse.Namespace) -> int:
+    from ..classify import ModelFileError, load_classifier
+    from ..morphology import AttributeDataError, train_attribute_head
+
+    try:
+        classifier = load_classifier(args.models)
+        head = train_attribute_head(args.csv, classifier, out_dir=args.out, images_root=args.images,
+                                    test_fraction=args.test_fraction, log=print)
+    except (ModelFileError, AttributeDataError) as error:
+        raise CommandError(str(error)) from error
+    for name, metrics in head.metrics["attributes"].items():
+        print(f"{name:28s} accuracy {metrics['accuracy']:.3f}  (majority {metrics['majority']:.3f}, "
+              f"n={metrics['test_images']})")
+    print(f"mean accuracy {head.metrics['mean_accuracy']:.3f}; wrote {head.path}")
+    return 0

@@ -1,0 +1,297 @@
+"""Morphology in words: cell size and shape, nucleus, N:C ratio, chromatin, cytoplasm and granules.
+
+An attribute head predicts WBCAtt's attributes (Tsutsui et al., NeurIPS 2023; one row per PBC white
+cell) from the shipped classifier's own features: the frozen backbones of the tree's node models
+are run on the cell, their pooled pre-logit features concatenated and standardised, and one
+logistic regression per attribute reads them. The head is small (a few hundred kB), trains in
+a minute on a CPU (``bloodcells train-attributes`` / ``make models-attributes``) and records the
+sha256 of every node model it was trained on, so it refuses to run on features of other weights.
+
+On disk (default ``models/attributes/default/``): ``attributes.json`` (attributes and their values,
+nodes and their sha256, held-out metrics) and ``attributes.npz`` (standardisation and weights).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Columns of the attribute table that are not attributes.
+ID_COLUMNS = ("img_name", "label", "path")
+
+
+class AttributeHeadError(RuntimeError):
+    """No usable attribute head: missing, unreadable, or trained on other classifier weights."""
+
+
+class AttributeDataError(ValueError):
+    """An attribute table (csv) that cannot be trained on; the message names the file and problem."""
+
+
+@dataclass
+class AttributeHead:
+    """One logistic regression per attribute over the classifier's concatenated node features."""
+    attributes: dict[str, list[str]]  # attribute -> its values, in the weights' row order
+    nodes: list[str]  # node models whose features are read, in order
+    node_sha256: dict[str, str]
+    feature_mean: np.ndarray
+    feature_scale: np.ndarray
+    weights: dict[str, tuple[np.ndarray, np.ndarray]]  # attribute -> (coef (k, d), intercept (k,))
+    metrics: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def check(self, classifier) -> None:
+        for code in self.nodes:
+            node = classifier.nodes.get(code)
+            if node is None or node.sha256 != self.node_sha256[code]:
+                found = "no such node" if node is None else f"sha256 {node.sha256[:12]}"
+                raise AttributeHeadError(
+                    f"{self.path or 'attribute head'}: trained on classifier node {code} with sha256 "
+                    f"{self.node_sha256[code][:12]}, the loaded classifier has {found}; "
+                    "retrain it with `make models-attributes` (bloodcells train-attributes)")
+
+    def predict_features(self, features: np.ndarray) -> list[dict[str, str]]:
+        standard = (features - self.feature_mean) / self.feature_scale
+        columns = {}
+        for name, values in self.attributes.items():
+            coef, intercept = self.weights[name]
+            if len(values) == 1:  # the training table held one value only
+                columns[name] = [values[0]] * len(features)
+                continue
+            scores = standard @ coef.T + intercept
+            picks = (scores[:, 0] > 0).astype(int) if coef.shape[0] == 1 else scores.argmax(1)
+            columns[name] = [values[k] for k in picks]
+        return [{name: columns[name][i] for name in self.attributes} for i in range(len(features))]
+
+    def save(self, out_dir: Path) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        arrays = {"feature_mean": self.feature_mean.astype(np.float32),
+                  "feature_scale": self.feature_scale.astype(np.float32)}
+        for n, name in enumerate(self.attributes):
+            arrays[f"coef_{n}"], arrays[f"intercept_{n}"] = (w.astype(np.float32) for w in self.weights[name])
+        np.savez_compressed(out_dir / "attributes.npz", **arrays)
+        meta = {"attributes": self.attributes, "nodes": self.nodes, "node_sha256": self.node_sha256,
+                "metrics": self.metrics}
+        self.path = out_dir / "attributes.json"
+        self.path.write_text(json.dumps(meta, indent=1) + "\n")
+        return self.path
+
+    @classmethod
+    def load(cls, path: Path) -> AttributeHead:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "attributes.json"
+        try:
+            meta = json.loads(path.read_text())
+            with np.load(path.with_suffix(".npz"), allow_pickle=False) as arrays:
+                weights = {name: (arrays[f"coef_{n}"], arrays[f"intercept_{n}"])
+                           for n, name in enumerate(meta["attributes"])}
+                return cls(attributes=meta["attributes"], nodes=meta["nodes"], node_sha256=meta["node_sha256"],
+                           feature_mean=arrays["feature_mean"], feature_scale=arrays["feature_scale"],
+                           weights=weights, metrics=meta.get("metrics", {}), path=path)
+        except FileNotFoundError as error:
+            raise AttributeHeadError(f"{error.filename}: no attribute head here "
+                                     "(train one with `make models-attributes`)") from error
+        except (OSError, ValueError, KeyError) as error:
+            raise AttributeHeadError(f"{path}: unreadable attribute head ({error})") from error
+
+
+def default_head_dir() -> Path:
+    from .settings import settings
+
+    return settings().models_dir / "attributes" / "default"
+
+
+def node_features(classifier, images: Sequence, nodes: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    """Pooled pre-logit features of each node model's backbone, concatenated: (N, sum of widths)."""
+    import torch
+
+    parts = []
+    with classifier.lock, torch.inference_mode():
+        for code in nodes:
+            node = classifier.nodes[code]
+            if not hasattr(node.module, "forward_head"):
+                raise AttributeHeadError(f"node {code}'s {node.architecture} has no timm forward_head")
+            chunks = []
+            for start in range(0, len(images), batch_size):
+                from .data import to_tensor
+
+                batch = to_tensor(node.prepare(images[start:start + batch_size]), node.mean, node.std,
+                                  node.stain_norm)
+                chunks.append(node.module.forward_head(node.module.forward_features(batch), pre_logits=True)
+                              .flatten(1).float().numpy())
+            parts.append(np.concatenate(chunks))
+    return np.concatenate(parts, axis=1)
+
+
+_HEADS: dict[tuple[str, int], AttributeHead] = {}
+_HEADS_LOCK = threading.Lock()
+
+
+def load_attribute_head(path: str | Path | None = None) -> AttributeHead:
+    """The head in ``path`` (default models/attributes/default), loaded once per process and version."""
+    folder = Path(path) if path else default_head_dir()
+    meta = folder / "attributes.json" if folder.is_dir() or not folder.suffix else folder
+    key = (str(meta.resolve()), meta.stat().st_mtime_ns if meta.is_file() else 0)
+    with _HEADS_LOCK:
+        if key not in _HEADS:
+            _HEADS[key] = AttributeHead.load(meta)
+        return _HEADS[key]
+
+
+def predict_attributes(image, classifier, head: AttributeHead | str | Path | None = None) -> dict[str, str]:
+    """The cell's morphology attributes, e.g. ``{"cell_size": "big", "nucleus_shape": "segmented-bilobed"}``.
+
+    ``image``: a PIL image, image bytes or a file path. Raises AttributeHeadError when no head fits
+    ``classifier``.
+    """
+    from PIL import Image
+
+    from .inputs import open_image
+
+    if not isinstance(head, AttributeHead):
+        head = load_attribute_head(head)
+    head.check(classifier)
+    if isinstance(image, str | Path):
+        image = open_image(Path(image).read_bytes(), str(image))
+    elif not isinstance(image, Image.Image):
+        image = open_image(image, "image")
+    return head.predict_features(node_features(classifier, [image.convert("RGB")], head.nodes))[0]
+
+
+# How each attribute reads in a sentence (WBCAtt's names and values).
+_PHRASES = {
+    "cell_size": "{} cell", "cell_shape": "{} outline", "nucleus_shape": "{} nucleus",
+    "nuclear_cytoplasmic_ratio": "{} N:C ratio", "chromatin_density": "{} packed chromatin",
+    "cytoplasm_vacuole": "vacuoles: {}", "cytoplasm_texture": "{} cytoplasm", "cytoplasm_colour": "{} cytoplasm colour",
+    "granule_type": "granules: {}", "granule_colour": "granule colour: {}", "granularity": "granular: {}",
+}
+
+
+def describe(attributes: dict[str, str]) -> str:
+    """The attributes as one line of words, e.g. 'big cell, round outline, segmented-bilobed nucleus, ...'."""
+    return ", ".join(_PHRASES.get(name, f"{name.replace('_', ' ')}: {{}}").format(value)
+                     for name, value in attributes.items())
+
+
+# -- training -----------------------------------------------------------------------------------
+def read_attribute_table(csv_path: Path, images_root: Path) -> tuple[list[dict], list[str]]:
+    """Rows of the table and its attribute columns; every image must exist."""
+    try:
+        with open(csv_path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            rows = list(reader)
+    except OSError as error:
+        raise AttributeDataError(f"{csv_path}: cannot read ({error.strerror or error})") from error
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise AttributeDataError(f"{csv_path}: not a readable csv ({error})") from error
+    missing = [c for c in ("path", "label") if c not in columns]
+    attributes = [c for c in columns if c not in ID_COLUMNS]
+    if missing or not attributes:
+        raise AttributeDataError(f"{csv_path}: needs columns path, label and at least one attribute "
+                                 f"(missing: {', '.join(missing) or 'attribute columns'})")
+    if not rows:
+        raise AttributeDataError(f"{csv_path}: no rows")
+    absent = [r["path"] for r in rows if not (images_root / r["path"]).is_file()]
+    if absent:
+        raise AttributeDataError(f"{csv_path}: {len(absent)} image(s) not found under {images_root}, "
+                                 f"e.g. {', '.join(absent[:3])}")
+    blank = [f"row {n + 2} ({r['path']}): {c}" for n, r in enumerate(rows) for c in attributes if not r[c]]
+    if blank:
+        raise AttributeDataError(f"{csv_path}: empty attribute value in {', '.join(blank[:3])}")
+    return rows, attributes
+
+
+def _held_out(rows: list[dict], digests: list[str], classifier, test_fraction: float, seed: int):
+    """Test rows: the classifier's own held-out images when they cover enough of the table (so neither
+    the backbone nor the head saw them), else a random share stratified by label."""
+    split_file = Path(classifier.models_dir) / "split.json"
+    if split_file.is_file():
+        held = set(json.loads(split_file.read_text()).get("test", []))
+        test = [i for i, d in enumerate(digests) if d in held]
+        if len(test) >= max(20, 0.05 * len(rows)):
+            return test, "the classifier's held-out test images (unseen by backbone and head)"
+    from sklearn.model_selection import train_test_split
+
+    indices = list(range(len(rows)))
+    _, test = train_test_split(indices, test_size=test_fraction, random_state=seed,
+                               stratify=[r["label"] for r in rows])
+    return sorted(test), f"a random {test_fraction:.0%} of the table, stratified by cell type"
+
+
+def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean recall over the values present in ``truth`` (a rare value counts as much as a common one)."""
+    recalls = [float((predicted[truth == v] == v).mean()) for v in set(truth)]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+def train_attribute_head(csv_path: str | Path, classifier, *, out_dir: str | Path | None = None,
+                         images_root: str | Path | None = None, nodes: Sequence[str] | None = None,
+                         test_fraction: float = 0.2, seed: int = 0,
+                         log: Callable[[str], None] | None = None) -> AttributeHead:
+    """Train one logistic regression per attribute on ``classifier``'s features, test it, save it.
+
+    ``images_root``: what the table's ``path`` column is relative to (default: the csv's folder's
+    parent, as WBCAtt's ``wbcatt/pbc_attributes.csv`` names ``pbc/...``). ``nodes``: the node models
+    whose features are read (default: all of them).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from .inputs import open_image
+    from .store import sha256_hex
+
+    say = log or (lambda _text: None)
+    csv_path = Path(csv_path)
+    root = Path(images_root) if images_root else csv_path.resolve().parent.parent
+    rows, attribute_names = read_attribute_table(csv_path, root)
+    nodes = list(nodes or classifier.nodes)
+    contents = [(root / r["path"]).read_bytes() for r in rows]
+    digests = [sha256_hex(c) for c in contents]
+    test, split_name = _held_out(rows, digests, classifier, test_fraction, seed)
+    test_set = set(test)
+    train = [i for i in range(len(rows)) if i not in test_set]
+    say(f"{len(rows)} cells, {len(attribute_names)} attributes; {len(train)} train, {len(test)} test ({split_name})")
+    # Decoded once at the largest input size the node models take, so memory stays small.
+    size = max(classifier.nodes[c].input_size for c in nodes)
+    images = [open_image(content, r["path"]).resize((size, size)) for content, r in zip(contents, rows, strict=True)]
+    say(f"features of node models {', '.join(nodes)}...")
+    features = node_features(classifier, images, nodes)
+    mean = features[train].mean(0)
+    scale = features[train].std(0) + 1e-6
+    standard = (features - mean) / scale
+    weights, attributes, metrics = {}, {}, {}
+    for name in attribute_names:
+        labels = np.asarray([r[name] for r in rows])
+        values = sorted(set(labels[train]))
+        if len(values) == 1:
+            coef, intercept = np.zeros((0, features.shape[1])), np.zeros(0)
+            predicted = np.full(len(test), values[0])
+        else:
+            # Strong L2 regularisation: thousands of features, a few thousand cells.
+            model = LogisticRegression(C=0.05, max_iter=2000)
+            model.fit(standard[train], labels[train])
+            values = [str(v) for v in model.classes_]
+            coef, intercept = model.coef_, model.intercept_
+            predicted = model.predict(standard[test])
+        truth = labels[test]
+        majority = max((truth == v).mean() for v in set(labels[train])) if len(test) else 0.0
+        metrics[name] = {"accuracy": float((predicted == truth).mean()) if len(test) else 0.0,
+                         "balanced_accuracy": _balanced_accuracy(truth, predicted),
+                         "majority": float(majority), "test_images": len(test)}
+        weights[name], attributes[name] = (np.asarray(coef), np.asarray(intercept)), values
+        say(f"{name}: accuracy {metrics[name]['accuracy']:.3f} (majority value {metrics[name]['majority']:.3f})")
+    head = AttributeHead(
+        attributes=attributes, nodes=nodes, node_sha256={c: classifier.nodes[c].sha256 for c in nodes},
+        feature_mean=mean, feature_scale=scale, weights=weights,
+        metrics={"attributes": metrics, "split": split_name, "train_images": len(train), "test_images": len(test),
+                 "mean_accuracy": float(np.mean([m["accuracy"] for m in metrics.values()])),
+                 "source": csv_path.name})
+    head.save(Path(out_dir) if out_dir else default_head_dir())
+    return head

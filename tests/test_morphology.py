@@ -1,0 +1,126 @@
+"""Morphology attributes: an attribute head trained on the tiny tree's features of generated cells."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from bloodcells.morphology import (
+    AttributeDataError,
+    AttributeHeadError,
+    describe,
+    load_attribute_head,
+    predict_attributes,
+    train_attribute_head,
+)
+
+# Attributes set by the cell type, as WBCAtt's are by the biology (one is constant, as WBCAtt's
+# "cytoplasm_vacuole" nearly is); names and values follow WBCAtt's table.
+ATTRIBUTES = {
+    "LYT": {"nucleus_shape": "unsegmented-round", "granularity": "no", "cytoplasm_vacuole": "no"},
+    "EOS": {"nucleus_shape": "segmented-bilobed", "granularity": "yes", "cytoplasm_vacuole": "no"},
+    "NGB": {"nucleus_shape": "unsegmented-band", "granularity": "yes", "cytoplasm_vacuole": "no"},
+    "NGS": {"nucleus_shape": "segmented-multilobed", "granularity": "yes", "cytoplasm_vacuole": "no"},
+}
+
+
+def write_attribute_table(root: Path, per_type: int = 24, start_seed: int = 1000) -> Path:
+    """``root/wbcatt/attributes.csv`` naming generated cells under ``root/pbc/<code>/``, like WBCAtt's."""
+    from bloodcells.synthetic import cell_image
+
+    table = root / "wbcatt" / "attributes.csv"
+    table.parent.mkdir(parents=True)
+    with table.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["img_name", "label", *ATTRIBUTES["LYT"], "path"])
+        for code, values in ATTRIBUTES.items():
+            (root / "pbc" / code).mkdir(parents=True)
+            for n in range(per_type):
+                relative = f"pbc/{code}/{code}_{n}.png"
+                cell_image(code, start_seed + n, 32).save(root / relative)
+                writer.writerow([f"{code}_{n}.png", code, *values.values(), relative])
+    return table
+
+
+@pytest.fixture(scope="module")
+def classifier(trained_models_dir):
+    from bloodcells.classify import TreeClassifier
+
+    return TreeClassifier.load(trained_models_dir)
+
+
+@pytest.fixture(scope="module")
+def head_dir(classifier, tmp_path_factory):
+    root = tmp_path_factory.mktemp("attributes")
+    train_attribute_head(write_attribute_table(root / "data"), classifier, out_dir=root / "head", test_fraction=0.25)
+    return root / "head"
+
+
+def test_head_learns_attributes_from_the_classifier_features(head_dir):
+    head = load_attribute_head(head_dir)
+    metrics = head.metrics["attributes"]
+    assert head.metrics["test_images"] == 24 and head.metrics["train_images"] == 72
+    assert "random 25%" in head.metrics["split"]
+    for name in ("nucleus_shape", "granularity"):
+        assert metrics[name]["test_images"] == 24
+        assert metrics[name]["accuracy"] >= 0.8 > metrics[name]["majority"], (name, metrics[name])
+    assert metrics["cytoplasm_vacuole"]["accuracy"] == 1.0 and head.attributes["cytoplasm_vacuole"] == ["no"]
+    assert head.nodes == list(head.node_sha256) and (head_dir / "attributes.npz").stat().st_size < 200_000
+
+
+def test_predict_attributes_for_unseen_cells(head_dir, classifier):
+    from bloodcells.synthetic import cell_image, encode
+
+    right = 0
+    for seed in range(5000, 5006):
+        predicted = predict_attributes(encode(cell_image("NGS", seed, 32)), classifier, head_dir)
+        assert set(predicted) == set(ATTRIBUTES["NGS"])
+        right += predicted == ATTRIBUTES["NGS"]
+    assert right >= 5
+    lymphocyte = predict_attributes(cell_image("LYT", 5000, 32), classifier, head_dir)
+    assert lymphocyte["granularity"] == "no"
+    assert describe(lymphocyte).startswith("unsegmented-round nucleus, granular: no")
+
+
+def test_head_refuses_other_classifier_weights(head_dir, classifier, tmp_path):
+    from bloodcells.synthetic import cell_image
+
+    meta = json.loads((head_dir / "attributes.json").read_text())
+    meta["node_sha256"]["ALL"] = "0" * 64
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    (altered / "attributes.json").write_text(json.dumps(meta))
+    (altered / "attributes.npz").write_bytes((head_dir / "attributes.npz").read_bytes())
+    with pytest.raises(AttributeHeadError, match="trained on classifier node ALL with sha256 000000000000"):
+        predict_attributes(cell_image("NGS", 1, 32), classifier, altered)
+    with pytest.raises(AttributeHeadError, match="no attribute head here"):
+        predict_attributes(cell_image("NGS", 1, 32), classifier, tmp_path / "nothing")
+
+
+def test_bad_tables_are_named(classifier, tmp_path):
+    table = write_attribute_table(tmp_path / "data", per_type=1)
+    lines = table.read_text().splitlines()
+    no_label = tmp_path / "no_label.csv"
+    no_label.write_text("\n".join(line.split(",", 2)[0] + "," + line.split(",", 2)[2] for line in lines))
+    with pytest.raises(AttributeDataError, match=r"no_label.csv: needs columns .*missing: label"):
+        train_attribute_head(no_label, classifier, images_root=tmp_path / "data", out_dir=tmp_path / "out")
+    (tmp_path / "data" / "pbc" / "EOS" / "EOS_0.png").unlink()
+    with pytest.raises(AttributeDataError, match=r"attributes.csv: 1 image\(s\) not found .*pbc/EOS/EOS_0.png"):
+        train_attribute_head(table, classifier, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_attributes_command(trained_models_dir, tmp_path, capsys):
+    from bloodcells.cli import main
+
+    table = write_attribute_table(tmp_path / "data", per_type=8)
+    status = main(["train-attributes", "--csv", str(table), "--models", str(trained_models_dir),
+                   "--out", str(tmp_path / "head"), "--test-fraction", "0.25"])
+    printed = capsys.readouterr().out
+    assert status == 0 and "nucleus_shape" in printed and "mean accuracy" in printed
+    assert (tmp_path / "head" / "attributes.json").is_file()
+    assert main(["train-attributes", "--csv", str(tmp_path / "none.csv"), "--models", str(trained_models_dir)]) == 2
+    assert "none.csv: cannot read" in capsys.readouterr().err
