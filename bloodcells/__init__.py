@@ -23,6 +23,8 @@ _EXPORTS = {
     "create_model": "backbones", "TreeClassifier": "classify", "load_classifier": "classify",
     "CellResult": "classify", "ModelFileError": "classify",
     "train_tree": "train", "TrainConfig": "train",
+    # explain() itself: ``from bloodcells.explain import explain`` (the submodule shares its name)
+    "METHODS": "explain", "predict_attributes": "morphology",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -111,7 +111,6 @@ METHODS: dict[str, Method] = {method.name: method for method in (
            True, _occlusion),
     Method("saliency", "Saliency", {}, False, _saliency),
 )}
-EXPLAINERS = METHODS
 
 
 def get_method(name: str) -> Method:

@@ -242,3 +242,44 @@ def test_explaining_does_not_disturb_concurrent_classification(classifier):
     assert len(seen) == 6 and all(run == expected for run in seen)
     for node_model in classifier.nodes.values():  # captum left no hooks on the shared modules
         assert not any(m._forward_hooks or m._backward_hooks for m in node_model.module.modules())
+
+
+def test_explain_command_writes_the_overlays_and_prints_the_time(trained_models_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from bloodcells.cli import main
+
+    image = tmp_path / "cell.png"
+    neutrophil().save(image)
+    out = tmp_path / "maps" / "cell_ig.png"
+    status = main(["explain", str(image), "--method", "integrated-gradients", "--steps", "8",
+                   "--models", str(trained_models_dir), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "integrated-gradients:" in printed and "explained in" in printed and " s " in printed
+    levels = [line for line in printed.splitlines() if " -> " in line]
+    assert levels and levels[0].startswith("ALL -> ")
+    with Image.open(out) as sheet:
+        assert sheet.width >= 256 * len(levels)
+    one = tmp_path / "one.png"
+    assert main(["explain", str(image), "--method", "occlusion", "--node", "NEU", "--target", "NGB", "--window", "8",
+                 "--models", str(trained_models_dir), "--out", str(one)]) == 0
+    assert "NEU -> NGB" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["missing.png", "--out", "x.png"], "missing.png: no such image"),
+    (["{image}", "--out", "x.jpg"], "x.jpg: the output must be a .png file"),
+    (["{image}", "--out", "x.png", "--method", "gradcam", "--steps", "4"], "gradcam does not use n_steps"),
+    (["{image}", "--out", "x.png", "--node", "LYT"], "node 'LYT' has no model"),
+    (["{image}", "--out", "x.png", "--target", "nonsense-cell"], "nonsense-cell"),
+])
+def test_explain_command_names_bad_input(trained_models_dir, tmp_path, capsys, arguments, message):
+    from bloodcells.cli import main
+
+    image = tmp_path / "cell.png"
+    neutrophil().save(image)
+    arguments = [a.format(image=image) for a in arguments]
+    assert main(["explain", *arguments, "--models", str(trained_models_dir)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("bloodcells explain: error:") and message in error
