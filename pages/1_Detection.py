@@ -7,7 +7,7 @@ import streamlit as st
 from bloodcells.detect import CLASS_NAMES, DETECTOR_CLASSES, annotate, detect
 from bloodcells.inputs import InputImage, iter_inputs, open_image
 from ui.common import page, require_store
-from ui.models import get_classifier, get_detector
+from ui.models import DEFAULT_BOX_CONFIDENCE, get_classifier, get_detector
 from ui.progress import progress_bar
 from ui.results import show_analysis
 from ui.uploads import IMAGE_TYPES, upload_label, uploaded_source
@@ -20,7 +20,10 @@ st.title("Detection")
 st.caption("Drop smear field images (or a .zip of them). Every white cell, red cell and platelet is boxed "
            "and counted; each white cell is typed through the classifier tree. Saved as an analysis.")
 store = require_store()
-detector = get_detector()
+confidence = st.sidebar.number_input("Minimum box confidence", 0.0, 1.0, DEFAULT_BOX_CONFIDENCE, step=0.05,
+                                     format="%.3f", key="box_confidence",
+                                     help="Boxes the detector is less sure of are left out.")
+detector = get_detector(confidence=confidence)
 classifier = get_classifier(required=False)
 if classifier is None:
     st.info("No classifier tree is available, so white cells are counted but not typed.")

@@ -79,11 +79,13 @@ with cell_column:
     st.markdown(f"**{result.name}** ({result.code})  \n`{result.path}`")
     st.metric("Confidence", f"{result.confidence:.2f}")
     st.metric("Time", f"{shown['seconds']:.2f} s")
-    st.subheader("Attributes")
-    if shown["attributes"]:
-        st.markdown("\n".join(f"- **{name}**: {value}" for name, value in shown["attributes"].items()))
+    st.subheader("Morphology")
+    attributes, text = shown["attributes"]
+    if attributes:
+        st.markdown(text.capitalize() + ".")
+        st.markdown("\n".join(f"- {name.replace('_', ' ')}: **{value}**" for name, value in attributes.items()))
     else:
-        st.caption("No attribute model is available: the morphology in words appears once one is trained.")
+        st.caption(f"No attributes in words: {text}")
 with maps_column:
     columns = st.columns(max(len(shown["levels"]), 1))
     for column, level in zip(columns, shown["levels"], strict=False):

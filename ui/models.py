@@ -23,16 +23,19 @@ def _classifier(models_dir: str):
     return TreeClassifier.load(models_dir=None)  # the settings' models dir; the argument keys the cache
 
 
-@st.cache_resource(show_spinner="Loading the detector…")
-def _detector(models_dir: str):
+DEFAULT_BOX_CONFIDENCE = 0.25
+
+
+@st.cache_resource(show_spinner="Loading the detector…", max_entries=4)
+def _detector(models_dir: str, confidence: float = DEFAULT_BOX_CONFIDENCE):
     from bloodcells.detect import Detector
 
-    return Detector.load()
+    return Detector.load(conf=confidence)
 
 
-def _load(kind: str, loader):
+def _load(kind: str, loader, *options):
     try:
-        return loader(str(settings().models_dir)), None
+        return loader(str(settings().models_dir), *options), None
     except ImportError as error:
         return None, f"The {kind} is not part of this installation yet ({error})."
     except (OSError, ValueError, RuntimeError, KeyError) as error:  # ModelFileError and friends
@@ -49,9 +52,10 @@ def get_classifier(required: bool = True):
     return classifier
 
 
-def get_detector(required: bool = True):
-    """The detector, or None. When ``required``, a missing one stops the page with a message."""
-    detector, problem = _load("detector", _detector)
+def get_detector(required: bool = True, confidence: float = DEFAULT_BOX_CONFIDENCE):
+    """The detector keeping boxes above ``confidence``, or None. When ``required``, a missing one stops
+    the page with a message."""
+    detector, problem = _load("detector", _detector, confidence)
     if problem and required:
         st.warning(problem)
         st.info(NOT_TRAINED_HINT["detector"])
@@ -70,13 +74,14 @@ def reload_models() -> None:
     _detector.clear()
 
 
-def predicted_attributes(image, classifier) -> dict[str, str]:
-    """The cell's morphology in words, or {} when no attribute model is installed or trained."""
+def predicted_attributes(image, classifier) -> tuple[dict[str, str], str]:
+    """The cell's morphology attributes and the sentence they make, or ({}, why there are none)."""
     try:
-        from bloodcells.morphology import predict_attributes
-    except ImportError:
-        return {}
+        from bloodcells.morphology import AttributeHeadError, describe, predict_attributes
+    except ImportError as error:
+        return {}, f"the morphology model is not part of this installation yet ({error})"
     try:
-        return predict_attributes(image, classifier)
-    except (OSError, ValueError, RuntimeError, KeyError):  # no attribute head trained yet
-        return {}
+        attributes = predict_attributes(image, classifier)
+    except AttributeHeadError as error:
+        return {}, str(error)
+    return attributes, describe(attributes)
