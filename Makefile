@@ -19,7 +19,7 @@ export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export OMP_NUM_THREADS ?= $(shell nproc)
 export STREAMLIT_BROWSER_GATHER_USAGE_STATS ?= false
 
-.PHONY: install run test lint models models-classifier models-detector bench clean
+.PHONY: install run test lint models models-classifier models-detector models-attributes bench clean
 
 install: $(STAMP)
 
@@ -43,7 +43,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-models: models-classifier models-detector
+models: models-classifier models-detector models-attributes
 
 # Reproduce the shipped models from ../shared/datasets (DATASETS=...); see README.
 models-classifier: install
@@ -51,6 +51,11 @@ models-classifier: install
 
 models-detector: install
 	@echo "models-detector: filled in by the detection work" && exit 1
+
+# The morphology head reads the shipped classifier's features: run after models-classifier.
+models-attributes: install
+	$(PY) -m bloodcells train-attributes --csv $(DATASETS)/wbcatt/pbc_attributes.csv \
+		--models models/classifier/default --out models/attributes/default
 
 bench: install
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
