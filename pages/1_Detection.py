@@ -52,7 +52,7 @@ if not shown:
 result = shown["result"]
 st.success(f"Saved as analysis #{result.analysis_id}: {len(result.boxes)} cells on {len(result.files)} images.")
 if result.problems:
-    with st.expander(f"{len(result.problems)} files were skipped", icon="⚠️"):
+    with st.expander(f"{len(result.problems)} files were skipped", icon=":material/warning:"):
         st.write("\n".join(f"- {problem}" for problem in result.problems))
 if result.typing_skipped:
     st.caption(f"White cells not typed: {result.typing_skipped}.")
@@ -70,7 +70,7 @@ if shown["images"]:
     st.image(buffer.getvalue(), caption=f"{name}: " + ", ".join(
         f"{count} {CLASS_NAMES.get(cls, cls)}" for cls, count in result.counts(name).items()))
     st.download_button("Download annotated PNG", buffer.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-boxes.png",
-                       mime="image/png", on_click="ignore", key="download_png", icon="⬇️")
+                       mime="image/png", on_click="ignore", key="download_png", icon=":material/download:")
 
 st.subheader("Whole upload")
 show_analysis(store, store.get_analysis(result.analysis_id))

@@ -40,6 +40,6 @@ if shown:
         st.stop()
     st.success(f"Saved as analysis #{analysis.id} ({analysis.name}).")
     if shown["problems"]:
-        with st.expander(f"{len(shown['problems'])} files were skipped", icon="⚠️"):
+        with st.expander(f"{len(shown['problems'])} files were skipped", icon=":material/warning:"):
             st.write("\n".join(f"- {problem}" for problem in shown["problems"]))
     show_analysis(store, analysis)

@@ -89,4 +89,4 @@ with cell_column:
 with maps_column:
     columns = st.columns(max(len(shown["levels"]), 1))
     for column, level in zip(columns, shown["levels"], strict=False):
-        column.image(level.overlay, caption=f"{level.node} → {level.target} ({level.seconds:.2f} s)")
+        column.image(level.overlay, caption=f"{tree[level.node].name} → {tree[level.target].name}".replace("_", " "))

@@ -4,7 +4,7 @@ import streamlit as st
 
 from bloodcells import report
 from bloodcells.taxonomy import default_tree
-from ui.common import page, require_store, reviewer_name
+from ui.common import link_to, page, require_store, reviewer_name
 from ui.results import cell_image_bytes
 
 PAGE_SIZE = 24  # cells shown per class before "Show more"
@@ -19,7 +19,7 @@ reviewer = reviewer_name()
 analyses = [a for a in store.list_analyses(kind="classification") if a.status == "done"]
 if not analyses:
     st.info("There is nothing to review yet: classify a zip of cells first.")
-    st.page_link("pages/2_Classification.py", label="Classification", icon="🧫")
+    link_to("pages/2_Classification.py")
     st.stop()
 ids = [a.id for a in analyses]
 names = {a.id: f"#{a.id} · {a.created_at:%Y-%m-%d %H:%M} · {a.name}" for a in analyses}
@@ -72,7 +72,7 @@ def corrected_labels() -> bytes:
 
 st.download_button("Download corrected labels (class-folder zip for `bloodcells train`)", corrected_labels,
                    file_name=f"labels-analysis-{analysis.id}.zip", mime="application/zip", on_click="ignore",
-                   icon="⬇️", key="export_labels", disabled=only_reviewed and done == 0)
+                   icon=":material/download:", key="export_labels", disabled=only_reviewed and done == 0)
 
 # -- the gallery, one group per predicted class ---------------------------------------------------
 show = st.segmented_control("Cells", ["needs review", "not reviewed yet", "all"],

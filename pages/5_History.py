@@ -3,7 +3,7 @@
 import streamlit as st
 
 from bloodcells import report
-from ui.common import page, require_store
+from ui.common import link_to, page, require_store
 from ui.results import show_analysis
 
 page("History")
@@ -14,8 +14,8 @@ kind = st.segmented_control("Show", ["all", "classification", "detection"], defa
 rows = report.analysis_overview(store, kind=None if kind in (None, "all") else kind)
 if not rows:
     st.info("No analyses yet. Classify a zip of cells or detect cells on a smear field, and it will be listed here.")
-    st.page_link("pages/2_Classification.py", label="Classification", icon="🧫")
-    st.page_link("pages/1_Detection.py", label="Detection", icon="🔎")
+    link_to("pages/2_Classification.py")
+    link_to("pages/1_Detection.py")
     st.stop()
 
 st.dataframe(rows, hide_index=True, key="history_table",
@@ -39,11 +39,11 @@ header.subheader(f"#{analysis.id} {analysis.name}")
 header.caption(f"{analysis.kind}, {analysis.created_at:%Y-%m-%d %H:%M} · models: "
                f"{report.model_versions_text(analysis.model_versions) or 'not recorded'}")
 if analysis.kind == "classification" and analysis.status == "done":
-    actions.page_link("pages/4_Review.py", label="Review this analysis", icon="✅")
+    link_to("pages/4_Review.py", "Review this analysis", actions)
 
 confirming = st.session_state.get("confirm_delete") == analysis.id
 if not confirming:
-    if actions.button("Delete…", key="delete", icon="🗑️"):
+    if actions.button("Delete…", key="delete", icon=":material/delete:"):
         st.session_state["confirm_delete"] = analysis.id
         st.rerun()
 else:

@@ -69,7 +69,7 @@ report = trained["report"]
 st.success(f"Trained {len(report.nodes)} node models in {report.seconds:.0f} s "
            f"({trained['config'].architecture}, {trained['config'].mode}); review threshold {report.review_threshold:.2f}.")
 if report.problems:
-    with st.expander(f"{len(report.problems)} files were skipped", icon="⚠️"):
+    with st.expander(f"{len(report.problems)} files were skipped", icon=":material/warning:"):
         st.write("\n".join(f"- {problem}" for problem in report.problems))
 st.subheader("Per node")
 st.dataframe([{"node": code, "children": ", ".join(m["classes"]) if "classes" in m else "",

@@ -123,7 +123,7 @@ def test_explanation_shows_a_heatmap_per_level(models_root, app_store):
     at.button(key="explain").click().run()
     assert not at.exception
     [level] = [image for image in at.image if "→" in (image.proto.imgs[0].caption or "")]
-    assert level.proto.imgs[0].caption.startswith("NEU → NGB")
+    assert level.proto.imgs[0].caption == "neutrophil → band neutrophil"
 
 
 @pytest.mark.slow

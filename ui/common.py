@@ -13,6 +13,24 @@ from bloodcells.taxonomy import default_tree
 
 apply_offline_environment()
 
+# Every page, in menu order: file -> (title, icon). Material icons ship with Streamlit's frontend,
+# so they show on any machine (emoji need a colour emoji font on the user's side).
+PAGES = {
+    "pages/0_Home.py": ("Home", ":material/home:"),
+    "pages/1_Detection.py": ("Detection", ":material/center_focus_strong:"),
+    "pages/2_Classification.py": ("Classification", ":material/account_tree:"),
+    "pages/3_Explanation.py": ("Explanation", ":material/local_fire_department:"),
+    "pages/4_Review.py": ("Review", ":material/fact_check:"),
+    "pages/5_History.py": ("History", ":material/history:"),
+    "pages/6_Training.py": ("Training", ":material/model_training:"),
+}
+
+
+def link_to(path: str, label: str | None = None, where=st) -> None:
+    """A link to one of the app's pages, with its menu icon."""
+    title, icon = PAGES[path]
+    where.page_link(path, label=label or title, icon=icon)
+
 
 def page(title: str, icon: str = "🩸") -> None:
     """Set up a page: config, password gate. Stops the script until the user is let in."""

@@ -14,6 +14,7 @@ from bloodcells import report
 from bloodcells.inputs import InputError, open_image
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
+from ui.common import link_to
 
 THUMBNAIL_PX = 48
 MAX_THUMBNAILS = 2000  # beyond this the table shows names only: the page must stay responsive
@@ -69,7 +70,9 @@ def show_classification(store: Store, analysis) -> None:
     columns[0].metric("Cells", len(records))
     columns[1].metric("Needs review", len(flagged))
     columns[2].metric("Reviewed", sum(1 for p in analysis.predictions if p.reviews))
-    columns[3].metric("Myeloid : erythroid", "n/a (no erythroid cells)" if ratio is None else f"{ratio:.2f} : 1")
+    columns[3].metric("Myeloid : erythroid", "–" if ratio is None else f"{ratio:.2f} : 1",
+                      help="Granulocytes and their precursors over erythroid precursors (monocytes not counted)."
+                      + (" No erythroid cell was found, so there is no ratio." if ratio is None else ""))
 
     left, right = st.columns([3, 2])
     with left:
@@ -79,10 +82,10 @@ def show_classification(store: Store, analysis) -> None:
         st.plotly_chart(sunburst(codes), key=f"sunburst-{analysis.id}")
 
     st.download_button("Download CSV", report.records_csv(records), file_name=f"analysis-{analysis.id}.csv",
-                       mime="text/csv", on_click="ignore", key=f"csv-{analysis.id}", icon="⬇️")
+                       mime="text/csv", on_click="ignore", key=f"csv-{analysis.id}", icon=":material/download:")
     if flagged:
         with st.expander(f"Needs review: {len(flagged)} cells under the confidence threshold", expanded=True):
-            st.page_link("pages/4_Review.py", label="Review them", icon="✅")
+            link_to("pages/4_Review.py", "Review them")
             gallery(store, [p for p in analysis.predictions if p.needs_review][:60])
     st.subheader("Cells")
     st.dataframe(cell_table(store, analysis, records), hide_index=True, key=f"cells-{analysis.id}",
@@ -148,7 +151,7 @@ def show_detection(analysis) -> None:
         st.subheader("White-cell differential")
         show_differential(white, key=f"wbc-percent-{analysis.id}")
     st.download_button("Download CSV", report.records_csv(records), file_name=f"detections-{analysis.id}.csv",
-                       mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon="⬇️")
+                       mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon=":material/download:")
     st.dataframe(records, hide_index=True, key=f"boxes-{analysis.id}")
 
 

@@ -1,0 +1,179 @@
+"""The app in a real browser: Debian's chromium driven by Playwright against `make run`'s server.
+
+One server per module (tiny trained models, its own data folder); each test opens its own page.
+Screenshots go to test-artifacts/ (they are what a user sees: look at them).
+"""
+
+import base64
+import csv
+import io
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_make_run import free_port, wait_for_health
+
+from bloodcells.store import PredictionRow, open_store
+from bloodcells.synthetic import cell_image, encode, smear_field, write_cell_zip
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_MS = 180_000  # the machine is shared: model loading and inference can be slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, trained_models_dir, trained_detector):
+    """`make run` on a free port, with the tiny models and a fresh data folder."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (CI installs Debian's chromium)")
+    root = tmp_path_factory.mktemp("browser")
+    models = root / "models"
+    shutil.copytree(trained_models_dir, models / "classifier" / "default")
+    shutil.copytree(trained_detector.parent, models / "detector")
+    env = {**os.environ, "BLOODCELLS_DATA_DIR": str(root / "data"), "BLOODCELLS_MODELS_DIR": str(models)}
+    env.pop("BLOODCELLS_DATABASE_URL", None)
+    env.pop("BLOODCELLS_PASSWORD", None)
+    port = free_port()
+    process = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_health(port, process)
+        yield {"url": f"http://127.0.0.1:{port}", "database": f"sqlite:///{root / 'data' / 'bloodcells.db'}"}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    """A fresh tab; its last view is saved as test-artifacts/<test name>.png, passed or failed."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
+    tab = context.new_page()
+    tab.set_default_timeout(TIMEOUT_MS)
+    yield tab
+    ARTIFACTS.mkdir(exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def open_page(page, server, path: str) -> None:
+    page.goto(f"{server['url']}/{path}")
+    page.get_by_role("heading", level=1).first.wait_for()
+
+
+def drop_file(page, name: str, content: bytes, mime: str) -> None:
+    """Drag a file onto the file uploader, as a user does (a drop event carrying the file)."""
+    zone = page.get_by_test_id("stFileUploaderDropzone").first
+    data = page.evaluate_handle(
+        """([name, b64, mime]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, {type: mime}));
+            return transfer;
+        }""", [name, base64.b64encode(content).decode(), mime])
+    zone.dispatch_event("dragenter", {"dataTransfer": data})
+    zone.dispatch_event("drop", {"dataTransfer": data})
+    page.get_by_text(name).first.wait_for()
+
+
+def metric(page, label: str):
+    """The value of the metric labelled ``label``."""
+    label_element = page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
+    return page.get_by_test_id("stMetric").filter(has=label_element).get_by_test_id("stMetricValue").first
+
+
+def test_classification_drag_a_zip_see_counts_and_download(page, server, tmp_path):
+    from playwright.sync_api import expect
+
+    upload = write_cell_zip(tmp_path / "cells.zip", {"LYT": 3, "EOS": 3, "NGS": 3}, size=32)
+    open_page(page, server, "Classification")
+    drop_file(page, "cells.zip", upload.read_bytes(), "application/zip")
+    page.get_by_role("button", name="Classify").click()
+    expect(page.get_by_text("Saved as analysis #")).to_be_visible()
+    expect(metric(page, "Cells")).to_have_text("9")
+    expect(page.get_by_text("Differential")).to_be_visible()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert len(rows) == 9 and {r["file"].split("/")[0] for r in rows} == {"LYT", "EOS", "NGS"}
+    page.get_by_test_id("stPlotlyChart").first.wait_for()
+
+
+def test_review_one_click_changes_the_count(page, server):
+    from playwright.sync_api import expect
+
+    store = open_store(server["database"])
+    analysis_id = store.start_analysis("reviewed.zip", "classification", {"ALL": "0" * 64})
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"NGS_{n}.png", "NGS", "ALL/MYE/MYM/NEU/NGS", 0.4, {}, True, encode(cell_image("NGS", n, 64)))
+        for n in range(3)])
+    store.engine.dispose()
+    open_page(page, server, "Review")
+    page.get_by_role("combobox").first.click()
+    page.get_by_role("option", name=f"#{analysis_id} ").click()
+    page.get_by_label("Your name").fill("Dr Browser")
+    page.get_by_label("Your name").press("Enter")
+    expect(metric(page, "Reviewed")).to_have_text("0 of 3")
+    page.get_by_role("button", name="NGB", exact=True).first.click()
+    expect(metric(page, "Reviewed")).to_have_text("1 of 3")
+    counts = page.get_by_test_id("stDataFrame").first
+    expect(counts).to_contain_text("band neutrophil")
+    store = open_store(server["database"])
+    reviews = [(r.old_code, r.new_code, r.reviewer) for p in store.get_analysis(analysis_id).predictions
+               for r in p.reviews]
+    store.engine.dispose()
+    assert reviews == [("NGS", "NGB", "Dr Browser")]
+
+
+def test_detection_upload_a_smear_see_boxes(page, server):
+    from playwright.sync_api import expect
+
+    field, boxes = smear_field(320, 240, seed=3)
+    open_page(page, server, "Detection")
+    confidence = page.get_by_label("Minimum box confidence", exact=True)
+    confidence.fill("0.001")  # the 1-epoch test detector is unsure of everything
+    confidence.press("Enter")
+    drop_file(page, "field.png", encode(field), "image/png")
+    page.get_by_role("button", name="Detect", exact=True).click()
+    expect(page.get_by_text("Saved as analysis #")).to_be_visible()
+    annotated = page.get_by_test_id("stImage").filter(has_text="field.png")
+    expect(annotated).to_be_visible()
+    expect(page.get_by_role("button", name="Download annotated PNG")).to_be_visible()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download annotated PNG").click()
+    from PIL import Image
+
+    drawn = Image.open(download.value.path()).convert("RGB")
+    assert drawn.size == field.size and drawn.tobytes() != field.tobytes()  # boxes were drawn on it
+
+
+def test_explanation_shows_a_heatmap(page, server):
+    from playwright.sync_api import expect
+
+    open_page(page, server, "Explanation")
+    drop_file(page, "eosinophil.png", encode(cell_image("EOS", 3, 64)), "image/png")
+    page.get_by_role("button", name="Explain", exact=True).click()
+    expect(page.get_by_text("Morphology")).to_be_visible()
+    heatmaps = page.get_by_test_id("stImage").filter(has_text="→")
+    expect(heatmaps.first).to_be_visible()
+    assert heatmaps.count() >= 1
+    expect(metric(page, "Time")).to_contain_text(" s")
