@@ -110,6 +110,28 @@ def iter_inputs(source: str | Path | bytes, name: str | None = None,
         raise InputError(f"{label}: not an image, folder or .zip ({ACCEPTED})")
 
 
+def count_images(source: str | Path | bytes, limits: InputLimits = InputLimits()) -> int | None:
+    """How many images ``iter_inputs(source)`` will look at (names only, for progress bars), or None
+    when that cannot be told cheaply; never raises (reading the source reports its problems)."""
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            handle = io.BytesIO(source)
+        elif Path(source).is_dir():
+            return sum(1 for p in Path(source).rglob("*")
+                       if p.is_file() and not p.is_symlink() and is_image_name(p.name))
+        elif _is_zip_path(Path(source)):
+            handle = Path(source).open("rb")  # noqa: SIM115 (closed by the with below)
+        else:
+            return 1 if Path(source).is_file() else None
+        with handle:
+            _check_zip_index(handle, "upload", limits)
+            with zipfile.ZipFile(handle) as archive:
+                return sum(1 for info in archive.infolist() if is_image_name(info.filename)
+                           and not _is_noise(info.filename) and _member_problem(info, limits) is None)
+    except (InputError, *_MEMBER_ERRORS, NotImplementedError):
+        return None
+
+
 def _is_zip_path(path: Path) -> bool:
     try:
         return zipfile.is_zipfile(path)
@@ -215,6 +237,8 @@ def _member_problem(info: zipfile.ZipInfo, limits: InputLimits) -> str | None:
         return "zip inside the zip (not opened; upload it on its own)"
     if not is_image_name(name):
         return f"not an image file, skipped ({ACCEPTED})"
+    if any(ord(character) < 32 for character in name):
+        return "name contains control characters, skipped"
     if len(name) > MAX_NAME_LENGTH:
         return f"name longer than {MAX_NAME_LENGTH} characters, skipped"
     if info.flag_bits & 0x1:
@@ -254,10 +278,10 @@ def open_image(content: bytes, name: str = "image") -> Image.Image:
     if not content:
         raise InputError(f"{name}: the file is empty")
     try:
-        image = Image.open(io.BytesIO(content))
+        image = _pillow_open()(io.BytesIO(content))
     except Image.DecompressionBombError as error:
         raise InputError(f"{name}: image too large to open ({error})") from error
-    except UnidentifiedImageError as error:
+    except (UnidentifiedImageError, ImportError) as error:  # ImportError: see _pillow_open
         raise InputError(f"{name}: not an image (the content is not in a format Pillow reads; "
                          f"{ACCEPTED})") from error
     except Exception as error:  # any decoder failure on user bytes is a damaged file, not a bug of ours
@@ -272,6 +296,20 @@ def open_image(content: bytes, name: str = "image") -> Image.Image:
         return to_rgb(ImageOps.exif_transpose(image))
     except Exception as error:  # as above: truncated data, bad EXIF, unsupported mode
         raise InputError(f"{name}: damaged or truncated image ({type(error).__name__}: {error})") from error
+
+
+def _pillow_open():
+    """Pillow's own ``Image.open``.
+
+    Importing ultralytics replaces ``PIL.Image.open`` with a wrapper that, for any file Pillow
+    cannot identify, tries to install and import pi-heif (offline: ModuleNotFoundError, and a
+    warning per file). The wrapper keeps Pillow's function as ``_image_open``; without it, the
+    ImportError is read as "not an image" all the same.
+    """
+    opener = Image.open
+    if getattr(opener, "__module__", Image.__name__) != Image.__name__:
+        opener = getattr(opener, "__globals__", {}).get("_image_open", opener)
+    return opener
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -26,6 +26,7 @@ from bloodcells.inputs import (
     InputImage,
     InputLimits,
     InputProblem,
+    count_images,
     iter_inputs,
     open_image,
 )
@@ -186,6 +187,22 @@ def test_exif_rotation_is_applied():
     assert raw.size == (48, 24) and upright.size == (24, 48)
 
 
+def test_text_is_not_an_image_after_ultralytics_patched_pillow(monkeypatch):
+    """ultralytics wraps Image.open to fetch a HEIF plugin for unknown files; offline that must not
+    turn "not an image" into an import error, nor try to install anything for each such file."""
+    pytest.importorskip("ultralytics.utils.patches")
+    import ultralytics.utils.checks
+    from PIL import Image as pillow
+
+    assert pillow.open.__module__ != "PIL.Image"  # the patch is in place
+    installs = []
+    monkeypatch.setattr(ultralytics.utils.checks, "check_requirements", lambda *a, **k: installs.append(a))
+    with pytest.raises(InputError, match="^notes.jpg: not an image"):
+        open_image(b"a text file renamed .jpg", "notes.jpg")
+    assert installs == []
+    assert open_image(GOOD, "rgb.png").mode == "RGB"
+
+
 def test_bomb_is_refused_before_decoding():
     """A 20,000 x 20,000 header would need 1.2 GB to decode: it is refused from the header alone."""
     import tracemalloc
@@ -319,6 +336,8 @@ ZIP_CASES = [
     ZipCase("long-name.zip", [Member("a.png"), Member("x" * 600 + ".png")], {"x" * 600 + ".png": "longer than"}),
     ZipCase("mixed.zip", [Member("a.png"), Member("report.pdf", b"%PDF-1.4"), Member("labels.csv", b"a,b")],
             {"report.pdf": "not an image", "labels.csv": "not an image"}),
+    ZipCase("control-characters.zip", [Member("a.png"), Member("bad\nname\t.png")],
+            {"bad\nname\t.png": "control characters"}),
     ZipCase("nameless-member.zip", [Member("a.png"), Member("")], {"": "not an image"}),
     ZipCase("empty-member.zip", [Member("a.png"), Member("zero.png", b"")], {"zero.png": "empty"}),
     ZipCase("bad-images-inside.zip", [Member("a.png"), Member("text.jpg", b"not a picture"),
@@ -362,13 +381,16 @@ def _read_all(data: bytes, name: str, limits: InputLimits):
 @pytest.mark.parametrize("case", ZIP_CASES, ids=[c.name for c in ZIP_CASES])
 def test_zip_corpus(case):
     data = _build(case)
+    counted = count_images(data, case.limits)  # for progress bars: never raises
     if case.error:
+        assert counted in (None, 0)
         with pytest.raises(InputError) as raised:
             _read_all(data, case.name, case.limits)
         assert str(raised.value).startswith(f"{case.name}: ")
         assert case.error in str(raised.value)
         return
     images, problems = _read_all(data, case.name, case.limits)
+    assert len(images) <= counted <= len(images) + len(problems)
     assert all(isinstance(p, InputProblem) for p in problems)
     found = {p.name: p.problem for p in problems}
     assert set(found) == {f"{case.name}/{member}" for member in case.problems}

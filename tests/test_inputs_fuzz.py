@@ -16,7 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bloodcells.inputs import InputError, InputImage, InputLimits, InputProblem, iter_inputs, open_image
+from bloodcells.inputs import (
+    InputError,
+    InputImage,
+    InputLimits,
+    InputProblem,
+    count_images,
+    iter_inputs,
+    open_image,
+)
 from bloodcells.synthetic import cell_image, encode
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning"),
@@ -62,6 +70,8 @@ def _damaged(data: bytes, changes, truncate: float | None) -> bytes:
 
 
 def _consume(data: bytes, label: str = "fuzz.zip") -> tuple[int, int]:
+    counted = count_images(data, LIMITS)
+    assert counted is None or counted >= 0
     images = problems = 0
     try:
         for item in iter_inputs(data, label, LIMITS):
