@@ -45,6 +45,18 @@ class AttributeHead:
     weights: dict[str, tuple[np.ndarray, np.ndarray]]  # attribute -> (coef (k, d), intercept (k,))
     metrics: dict = field(default_factory=dict)
     path: Path | None = None
+    backbone: str | None = None  # a classifier folder of its own, relative to the head, instead of the caller's
+
+    def feature_source(self, classifier):
+        """The classifier whose features the head reads: its own backbone when it has one."""
+        if self.backbone is None:
+            return classifier
+        from .classify import ModelFileError, load_classifier
+
+        try:
+            return load_classifier(self.path.parent / self.backbone)
+        except ModelFileError as error:
+            raise AttributeHeadError(f"{self.path}: its backbone is unusable ({error})") from error
 
     def check(self, classifier) -> None:
         for code in self.nodes:
@@ -77,7 +89,7 @@ class AttributeHead:
             arrays[f"coef_{n}"], arrays[f"intercept_{n}"] = (w.astype(np.float32) for w in self.weights[name])
         np.savez_compressed(out_dir / "attributes.npz", **arrays)
         meta = {"attributes": self.attributes, "nodes": self.nodes, "node_sha256": self.node_sha256,
-                "metrics": self.metrics}
+                "backbone": self.backbone, "metrics": self.metrics}
         self.path = out_dir / "attributes.json"
         self.path.write_text(json.dumps(meta, indent=1) + "\n")
         return self.path
@@ -94,7 +106,8 @@ class AttributeHead:
                            for n, name in enumerate(meta["attributes"])}
                 return cls(attributes=meta["attributes"], nodes=meta["nodes"], node_sha256=meta["node_sha256"],
                            feature_mean=arrays["feature_mean"], feature_scale=arrays["feature_scale"],
-                           weights=weights, metrics=meta.get("metrics", {}), path=path)
+                           weights=weights, metrics=meta.get("metrics", {}), path=path,
+                           backbone=meta.get("backbone"))
         except FileNotFoundError as error:
             raise AttributeHeadError(f"{error.filename}: no attribute head here "
                                      "(train one with `make models-attributes`)") from error
@@ -157,6 +170,7 @@ def predict_attributes(image, classifier, head: AttributeHead | str | Path | Non
 
     if not isinstance(head, AttributeHead):
         head = load_attribute_head(head)
+    classifier = head.feature_source(classifier)
     head.check(classifier)
     if isinstance(image, str | Path):
         image = open_image(Path(image).read_bytes(), str(image))
@@ -216,7 +230,7 @@ def _held_out(rows: list[dict], digests: list[str], classifier, test_fraction: f
     if split_file.is_file():
         held = set(json.loads(split_file.read_text()).get("test", []))
         test = [i for i, d in enumerate(digests) if d in held]
-        if len(test) >= max(20, 0.05 * len(rows)):
+        if len(test) >= max(5, 0.05 * len(rows)):
             return test, "the classifier's held-out test images (unseen by backbone and head)"
     from sklearn.model_selection import train_test_split
 
@@ -234,13 +248,14 @@ def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
 
 def train_attribute_head(csv_path: str | Path, classifier, *, out_dir: str | Path | None = None,
                          images_root: str | Path | None = None, nodes: Sequence[str] | None = None,
-                         test_fraction: float = 0.2, seed: int = 0,
+                         test_fraction: float = 0.2, seed: int = 0, backbone: str | None = None,
                          log: Callable[[str], None] | None = None) -> AttributeHead:
     """Train one logistic regression per attribute on ``classifier``'s features, test it, save it.
 
     ``images_root``: what the table's ``path`` column is relative to (default: the csv's folder's
     parent, as WBCAtt's ``wbcatt/pbc_attributes.csv`` names ``pbc/...``). ``nodes``: the node models
-    whose features are read (default: all of them).
+    whose features are read (default: all of them). ``backbone``: set when ``classifier`` is the head's
+    own (see ``train_own_backbone``): its folder relative to ``out_dir``.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -289,9 +304,41 @@ def train_attribute_head(csv_path: str | Path, classifier, *, out_dir: str | Pat
         say(f"{name}: accuracy {metrics[name]['accuracy']:.3f} (majority value {metrics[name]['majority']:.3f})")
     head = AttributeHead(
         attributes=attributes, nodes=nodes, node_sha256={c: classifier.nodes[c].sha256 for c in nodes},
-        feature_mean=mean, feature_scale=scale, weights=weights,
+        feature_mean=mean, feature_scale=scale, weights=weights, backbone=backbone,
         metrics={"attributes": metrics, "split": split_name, "train_images": len(train), "test_images": len(test),
                  "mean_accuracy": float(np.mean([m["accuracy"] for m in metrics.values()])),
                  "source": csv_path.name})
     head.save(Path(out_dir) if out_dir else default_head_dir())
     return head
+
+
+def train_own_backbone(csv_path: str | Path, out_dir: str | Path | None = None, *,
+                       images_root: str | Path | None = None, config=None,
+                       log: Callable[[str], None] | None = None) -> AttributeHead:
+    """An attribute head with a small backbone of its own, for when no trained classifier fits.
+
+    The backbone is a tree classifier (``bloodcells.train.train_tree``) trained on the table's own
+    images and cell-type labels, into ``out_dir/backbone``; its held-out test images are the head's
+    test images, so the reported accuracy is on cells neither part saw.
+    """
+    import tempfile
+
+    from .classify import TreeClassifier
+    from .train import TrainConfig, train_tree
+
+    say = log or (lambda _text: None)
+    csv_path = Path(csv_path)
+    root = Path(images_root) if images_root else csv_path.resolve().parent.parent
+    rows, _ = read_attribute_table(csv_path, root)
+    out_dir = Path(out_dir) if out_dir else default_head_dir()
+    config = config or TrainConfig(architecture="mobilenetv3_small_050", input_size=64, epochs=6, patience=3,
+                                   min_per_class=300, cross_site=False)
+    with tempfile.TemporaryDirectory() as folder:
+        labels = Path(folder) / "labels.csv"  # the training reader's format: path, label
+        with labels.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label"])
+            writer.writerows([str((root / r["path"]).resolve()), r["label"]] for r in rows)
+        train_tree([labels], out_dir / "backbone", config=config, log=say)
+    return train_attribute_head(csv_path, TreeClassifier.load(out_dir / "backbone"), out_dir=out_dir,
+                                images_root=root, backbone="backbone", log=say)

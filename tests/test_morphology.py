@@ -15,6 +15,7 @@ from bloodcells.morphology import (
     load_attribute_head,
     predict_attributes,
     train_attribute_head,
+    train_own_backbone,
 )
 
 # Attributes set by the cell type, as WBCAtt's are by the biology (one is constant, as WBCAtt's
@@ -124,3 +125,20 @@ def test_train_attributes_command(trained_models_dir, tmp_path, capsys):
     assert (tmp_path / "head" / "attributes.json").is_file()
     assert main(["train-attributes", "--csv", str(tmp_path / "none.csv"), "--models", str(trained_models_dir)]) == 2
     assert "none.csv: cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_head_with_its_own_backbone(tmp_path, classifier):
+    from bloodcells.synthetic import cell_image
+    from bloodcells.train import TrainConfig
+
+    table = write_attribute_table(tmp_path / "data", per_type=20)
+    tiny = TrainConfig(architecture="test_efficientnet", input_size=32, mode="scratch", cross_site=False,
+                       stain_norm=False, epochs=3, per_class=24, batch_size=16, patience=3, learning_rate=3e-3)
+    head = train_own_backbone(table, tmp_path / "head", config=tiny)
+    assert (tmp_path / "head" / "backbone" / "classifier.json").is_file() and head.backbone == "backbone"
+    # Its test cells are the backbone's own held-out ones: neither part trained on them.
+    assert head.metrics["split"].startswith("the classifier's held-out") and head.metrics["test_images"] >= 8
+    # The caller's classifier is not used: the head reads its own backbone's features.
+    predicted = predict_attributes(cell_image("EOS", 7000, 32), classifier, tmp_path / "head")
+    assert set(predicted) == set(ATTRIBUTES["EOS"])

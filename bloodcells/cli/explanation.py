@@ -94,18 +94,23 @@ def _configure_train_attributes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=Path, help="trained classifier folder whose features are used")
     parser.add_argument("--out", type=Path, help="where to write the head (default: models/attributes/default)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of images held out (default 0.2)")
+    parser.add_argument("--own-backbone", action="store_true",
+                        help="train a small backbone of the head's own on the table's images (into OUT/backbone) "
+                             "instead of reading the classifier's features")
 
 
 @command("train-attributes", "train the morphology attribute head on a classifier's features",
          _configure_train_attributes)
 def train_attributes_command(args: argparse.Namespace) -> int:
     from ..classify import ModelFileError, load_classifier
-    from ..morphology import AttributeDataError, train_attribute_head
+    from ..morphology import AttributeDataError, train_attribute_head, train_own_backbone
 
     try:
-        classifier = load_classifier(args.models)
-        head = train_attribute_head(args.csv, classifier, out_dir=args.out, images_root=args.images,
-                                    test_fraction=args.test_fraction, log=print)
+        if args.own_backbone:
+            head = train_own_backbone(args.csv, args.out, images_root=args.images, log=print)
+        else:
+            head = train_attribute_head(args.csv, load_classifier(args.models), out_dir=args.out,
+                                        images_root=args.images, test_fraction=args.test_fraction, log=print)
     except (ModelFileError, AttributeDataError) as error:
         raise CommandError(str(error)) from error
     for name, metrics in head.metrics["attributes"].items():
