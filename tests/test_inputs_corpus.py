@@ -289,6 +289,29 @@ def _corrupt_member_data(name: str):
     return patch
 
 
+class _Unseekable(io.RawIOBase):
+    """A write-only stream, like a pipe: zipfile then writes data descriptors (flag bit 3)."""
+
+    def __init__(self):
+        self.buffer = io.BytesIO()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        return self.buffer.write(data)
+
+
+def _streamed(data: bytes) -> bytes:
+    """The same members, written as a streaming zip tool writes them (sizes after the data, zip64)."""
+    target = _Unseekable()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            with source.open(info) as member, out.open(info.filename, "w", force_zip64=True) as copy:
+                copy.write(member.read())
+    return target.buffer.getvalue()
+
+
 def _truncate(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
@@ -310,6 +333,7 @@ ZIP_CASES = [
     ZipCase("duplicate-names.zip", [Member("same.png"), Member("same.png")]),
     ZipCase("deep.zip", [Member("/".join(["d"] * 40) + "/deep.png")]),
     ZipCase("self-extracting.zip", [Member("a.png")], patch=_prepend_stub),
+    ZipCase("streamed-zip64.zip", [Member("a.png"), Member("NEU/b.png")], patch=_streamed),
     ZipCase("mac-noise.zip", [Member("a.png"), Member("__MACOSX/._a.png", b"\x00\x05"), Member(".DS_Store", b"x")]),
     ZipCase("zip-slip.zip", [Member("a.png"), Member("../../escaped.png")], {"../../escaped.png": "unsafe path"}),
     ZipCase("absolute.zip", [Member("a.png"), Member("/etc/cron.d/x.png")], {"/etc/cron.d/x.png": "unsafe path"}),
