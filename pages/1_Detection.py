@@ -8,7 +8,7 @@ from bloodcells.detect import CLASS_NAMES, DETECTOR_CLASSES, annotate, detect
 from bloodcells.inputs import InputImage, iter_inputs, open_image
 from ui.common import page, require_store
 from ui.models import DEFAULT_BOX_CONFIDENCE, get_classifier, get_detector
-from ui.progress import progress_bar
+from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis
 from ui.uploads import IMAGE_TYPES, upload_label, uploaded_source
 from ui.work import run_safely
@@ -30,9 +30,8 @@ if classifier is None:
 
 files = st.file_uploader("Smear images", type=["zip", *IMAGE_TYPES], accept_multiple_files=True, key="smear_upload")
 if st.button("Detect", type="primary", disabled=not files, key="detect"):
-    st.button("Cancel", key="cancel_detect", on_click=st.session_state.update, args=({"cancelled": True},))
     total = None if any(f.name.lower().endswith(".zip") for f in files) else len(files)
-    with run_safely("Detection") as outcome:
+    with cancel_button("cancel_detect"), run_safely("Detection") as outcome:
         with uploaded_source(files) as source, progress_bar("Finding cells…") as progress:
             result = detect(source, detector=detector, classifier=classifier or False, store=store,
                             name=upload_label(files), progress=lambda done, _total: progress(done, total))
@@ -50,7 +49,8 @@ shown = st.session_state.get("detection")
 if not shown:
     st.stop()
 result = shown["result"]
-st.success(f"Saved as analysis #{result.analysis_id}: {len(result.boxes)} cells on {len(result.files)} images.")
+st.success(f"Saved as analysis #{result.analysis_id}: {len(result.boxes)} cells on {len(result.files)} "
+           f"image{'s' if len(result.files) != 1 else ''}.")
 if result.problems:
     with st.expander(f"{len(result.problems)} files were skipped", icon=":material/warning:"):
         st.write("\n".join(f"- {problem}" for problem in result.problems))
@@ -67,7 +67,7 @@ if shown["images"]:
     annotated = annotate(open_image(shown["images"][name], name), boxes, classes=classes)
     buffer = io.BytesIO()
     annotated.save(buffer, format="PNG")
-    st.image(buffer.getvalue(), caption=f"{name}: " + ", ".join(
+    st.image(buffer.getvalue(), width="stretch" if annotated.width < 900 else "content", caption=f"{name}: " + ", ".join(
         f"{count} {CLASS_NAMES.get(cls, cls)}" for cls, count in result.counts(name).items()))
     st.download_button("Download annotated PNG", buffer.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-boxes.png",
                        mime="image/png", on_click="ignore", key="download_png", icon=":material/download:")

@@ -5,7 +5,7 @@ import streamlit as st
 from bloodcells.classify import classify
 from ui.common import page, require_store
 from ui.models import get_classifier
-from ui.progress import progress_bar
+from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis
 from ui.uploads import IMAGE_TYPES, upload_label, uploaded_source
 from ui.work import run_safely
@@ -19,8 +19,7 @@ classifier = get_classifier()
 
 files = st.file_uploader("Cell images", type=["zip", *IMAGE_TYPES], accept_multiple_files=True, key="cells_upload")
 if st.button("Classify", type="primary", disabled=not files, key="classify"):
-    st.button("Cancel", key="cancel_classify", on_click=st.session_state.update, args=({"cancelled": True},))
-    with run_safely("Classification") as outcome:
+    with cancel_button("cancel_classify"), run_safely("Classification") as outcome:
         with uploaded_source(files) as source, progress_bar("Classifying cells…") as progress:
             result = classify(source, classifier=classifier, store=store, name=upload_label(files), progress=progress)
         outcome.update(analysis_id=result.analysis_id, problems=[str(p) for p in result.problems])

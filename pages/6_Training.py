@@ -5,12 +5,13 @@ import shutil
 import streamlit as st
 
 from bloodcells.backbones import KNOWN_BACKBONES
+from bloodcells.evaluate import evaluate
 from bloodcells.taxonomy import default_tree
 from bloodcells.train import MODES, TrainConfig, train_tree
 from ui.common import page, require_store
 from ui.models import reload_models
-from ui.progress import progress_bar
-from ui.training import LiveCurves, accept_models, candidate_dir, curves
+from ui.progress import cancel_button, progress_bar
+from ui.training import LiveCurves, accept_models, candidate_dir, confusion_heatmap, curves
 from ui.uploads import uploaded_source
 from ui.work import run_safely
 
@@ -42,9 +43,8 @@ with st.expander("More settings"):
     stain_norm = columns[3].checkbox("Colour standardisation", True, key="training_stain_norm")
 
 if st.button("Train", type="primary", disabled=not upload or not backbone, key="train"):
-    st.button("Cancel", key="cancel_training", on_click=st.session_state.update, args=({"cancelled": True},))
     st.session_state.pop("training", None)
-    with run_safely("Training") as outcome:
+    with cancel_button("cancel_training"), run_safely("Training") as outcome:
         config = TrainConfig(architecture=backbone, input_size=int(size), mode=mode, pretrained_checkpoint=checkpoint,
                              epochs=int(epochs), min_per_class=int(min_per_class), cross_site=cross_site,
                              stain_norm=stain_norm)
@@ -52,8 +52,10 @@ if st.button("Train", type="primary", disabled=not upload or not backbone, key="
         with uploaded_source([upload]) as source, progress_bar("Training…") as progress:
             report = train_tree([source], candidate_dir(), tree=default_tree(), config=config, progress=progress,
                                 log=live)
+            # Scored on the uploaded cells the models never saw (the split keeps them apart).
+            evaluation = evaluate([source], report.out_dir, log=lambda _line: None)
         live.clear()
-        outcome.update(report=report, config=config)
+        outcome.update(report=report, config=config, evaluation=evaluation)
     if outcome:
         st.session_state["training"] = outcome
 
@@ -65,21 +67,35 @@ if "accepted" in st.session_state:
 trained = st.session_state.get("training")
 if not trained:
     st.stop()
-report = trained["report"]
+report, evaluation = trained["report"], trained["evaluation"]
 st.success(f"Trained {len(report.nodes)} node models in {report.seconds:.0f} s "
            f"({trained['config'].architecture}, {trained['config'].mode}); review threshold {report.review_threshold:.2f}.")
 if report.problems:
     with st.expander(f"{len(report.problems)} files were skipped", icon=":material/warning:"):
         st.write("\n".join(f"- {problem}" for problem in report.problems))
 st.subheader("Per node")
-st.dataframe([{"node": code, "children": ", ".join(m["classes"]) if "classes" in m else "",
-               "best epoch": m["best_epoch"], "val accuracy": m["val_accuracy"], "val loss": m["val_loss"],
+st.dataframe([{"node": code, "children": ", ".join(m["classes"]), "best epoch": m["best_epoch"],
+               "val accuracy": m["val_accuracy"], "val loss": m["val_loss"],
+               "test accuracy": evaluation.nodes[code].accuracy if code in evaluation.nodes else None,
+               "test macro-F1": evaluation.nodes[code].macro_f1 if code in evaluation.nodes else None,
                "training images": ", ".join(f"{c} {n}" for c, n in m["train_counts"].items())}
-              for code, m in report.nodes.items()], hide_index=True, key="training_nodes")
+              for code, m in report.nodes.items()], hide_index=True, key="training_nodes",
+             column_config={name: st.column_config.NumberColumn(format="%.3f")
+                            for name in ("val accuracy", "val loss", "test accuracy", "test macro-F1")})
 history = {code: m["history"] for code, m in report.nodes.items()}
 left, right = st.columns(2)
 left.plotly_chart(curves(history, "loss"), key="final_loss")
 right.plotly_chart(curves(history, "accuracy"), key="final_accuracy")
+st.subheader("Confusion matrix")
+matrices = {"whole tree (leaf level)": evaluation.tree} if evaluation.tree and evaluation.tree.truth else {}
+matrices |= {f"node {code}": scores for code, scores in evaluation.nodes.items() if scores.truth}
+if matrices:
+    shown_matrix = st.selectbox("Of", list(matrices), key="training_matrix")
+    scores = matrices[shown_matrix]
+    st.caption(f"{len(scores.truth)} held-out cells: accuracy {scores.accuracy:.3f}, macro-F1 {scores.macro_f1:.3f}")
+    st.plotly_chart(confusion_heatmap(scores, default_tree()), key="confusion_matrix")
+else:
+    st.info("No held-out cells were left to score (upload more cells per type for a test split).")
 with st.expander("Images per node and child"):
     st.code(report.count_table, language=None)
 

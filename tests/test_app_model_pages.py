@@ -145,8 +145,11 @@ def test_training_trains_shows_metrics_and_accepts(tmp_path, monkeypatch, app_st
     nodes = at.dataframe[0].value
     assert list(nodes["node"]) == ["ALL"] and nodes.loc[0, "children"] == "LYM, MYE"
     charts = {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
-    assert set(charts) == {"final_loss", "final_accuracy"}  # the live view made way for the finished curves
-    for chart in charts.values():
+    assert {"final_loss", "final_accuracy"} <= set(charts)  # the live view made way for the finished curves
+    assert not any(key.startswith("live") for key in charts)
+    matrix = charts["confusion_matrix"]["data"][0]
+    assert matrix["type"] == "heatmap" and sum(map(sum, matrix["z"])) >= 1  # held-out cells were scored
+    for chart in (charts["final_loss"], charts["final_accuracy"]):
         assert {trace["name"]: trace["x"] for trace in chart["data"]} == {"ALL train": [1, 2], "ALL val": [1, 2]}
     assert not (tmp_path / "models" / "classifier" / "default").exists()  # not in use before it is accepted
 

@@ -118,6 +118,23 @@ def test_classification_drag_a_zip_see_counts_and_download(page, server, tmp_pat
     page.get_by_test_id("stPlotlyChart").first.wait_for()
 
 
+def test_classification_cancel_keeps_nothing_half_stored(page, server, tmp_path):
+    from playwright.sync_api import expect
+
+    upload = write_cell_zip(tmp_path / "many.zip", {"LYT": 1500, "NGS": 1500}, size=24)
+    open_page(page, server, "Classification")
+    drop_file(page, "many.zip", upload.read_bytes(), "application/zip")
+    page.get_by_role("button", name="Classify").click()
+    expect(page.get_by_test_id("stProgress")).to_be_visible()
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_text("Classification cancelled")).to_be_visible()
+    store = open_store(server["database"])
+    cancelled = [a for a in store.list_analyses() if a.name == "many.zip"]
+    assert [(a.status, "cancelled" in (a.error or "")) for a in cancelled] == [("failed", True)]
+    assert not store.get_analysis(cancelled[0].id).predictions  # no partial results
+    store.engine.dispose()
+
+
 def test_review_one_click_changes_the_count(page, server):
     from playwright.sync_api import expect
 

@@ -16,6 +16,19 @@ import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 
+@contextmanager
+def cancel_button(key: str) -> Iterator[None]:
+    """A Cancel button shown while the block runs. Clicking it reruns the page, which stops the work
+    at its next progress update, and sets ``st.session_state["cancelled"]`` for the page to say so."""
+    slot = st.empty()
+    slot.button("Cancel", key=key, icon=":material/stop_circle:", on_click=st.session_state.update,
+                args=({"cancelled": True},))
+    try:
+        yield
+    finally:
+        slot.empty()
+
+
 class Cancelled(Exception):
     """The user stopped the page while long work was running."""
 

@@ -11,6 +11,7 @@ import streamlit as st
 from PIL import Image
 
 from bloodcells import report
+from bloodcells.detect import CLASS_NAMES, DETECTOR_CLASSES
 from bloodcells.inputs import InputError, open_image
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
@@ -142,10 +143,11 @@ def show_detection(analysis) -> None:
         st.warning("No cell was found on these images.")
         return
     counts = Counter(r["class"] for r in records)
-    columns = st.columns(max(len(counts), 1) + 1)
+    classes = [*DETECTOR_CLASSES, *sorted(set(counts) - set(DETECTOR_CLASSES))]
+    columns = st.columns(len(classes) + 1)
     columns[0].metric("Images", len({r["file"] for r in records}))
-    for column, (cls, count) in zip(columns[1:], sorted(counts.items()), strict=False):
-        column.metric(cls, count)
+    for column, cls in zip(columns[1:], classes, strict=True):
+        column.metric(cls, counts[cls], help=CLASS_NAMES.get(cls))
     white = [r["code"] for r in records if r["code"]]
     if white:
         st.subheader("White-cell differential")

@@ -59,6 +59,17 @@ class LiveCurves:
             placeholder.empty()
 
 
+def confusion_heatmap(scores, tree) -> go.Figure:
+    """Rows: the true type; columns: the predicted one; each cell the number of held-out cells."""
+    names = [f"{code} · {tree[code].name}".replace("_", " ") for code in scores.labels]
+    counts = scores.matrix.tolist()
+    figure = go.Figure(go.Heatmap(z=counts, x=names, y=names, colorscale="Reds", text=counts, texttemplate="%{text}",
+                                  hovertemplate="true %{y}<br>predicted %{x}<br>%{z} cells<extra></extra>"))
+    figure.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                         height=180 + 40 * len(names), margin={"t": 10, "b": 10, "l": 10, "r": 10})
+    return figure
+
+
 def candidate_dir() -> Path:
     """A fresh folder for a training run's models, outside the models in use until accepted."""
     folder = settings().data_dir / "training" / time.strftime("%Y%m%d-%H%M%S")
