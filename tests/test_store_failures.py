@@ -153,6 +153,25 @@ def test_connection_lost_while_storing_predictions(store):
     assert _predictions_of(store, again) == 20
 
 
+def test_failure_that_cannot_be_recorded_is_recorded_when_the_database_is_back(store):
+    """Lost again while marking the analysis failed: the next transaction records it, never 'running' for ever."""
+    analysis_id = store.start_analysis("lost-twice.zip", "classification")
+    with _connection_lost_at(store, "INSERT INTO predictions"), pytest.raises(StoreError):
+        store.finish_analysis(analysis_id, predictions=_rows(5))
+    with _connection_lost_at(store, "DELETE FROM predictions"), pytest.raises(StoreError):
+        store.fail_analysis(analysis_id, "StoreError: the database was lost")
+    done = store.start_analysis("finished-elsewhere.zip", "classification")
+    with _connection_lost_at(store, "DELETE FROM predictions"), pytest.raises(StoreError):
+        store.fail_analysis(done, "a stale failure")
+    other_process = Store(store.url)
+    other_process.finish_analysis(done, predictions=_rows(2))
+    other_process.engine.dispose()
+    analysis = store.get_analysis(analysis_id)  # this transaction first records the failures
+    assert (analysis.status, analysis.error, analysis.predictions) == ("failed", "StoreError: the database was lost", [])
+    finished = store.get_analysis(done)  # a failure recorded late never overrides a finished analysis
+    assert (finished.status, finished.error, len(finished.predictions)) == ("done", None, 2)
+
+
 def test_connection_lost_while_storing_images(store):
     """Cut in the second batch of images: the first batch stays whole, no prediction is stored."""
     analysis_id = store.start_analysis("lost-images.zip", "classification")
@@ -314,11 +333,13 @@ def test_database_down_then_back(database_url, outage):
     with pytest.raises(StoreError, match="cannot be reached"):
         store.finish_analysis(analysis_id, predictions=_rows(10))
     with pytest.raises(StoreError):
-        store.fail_analysis(analysis_id, "lost")
+        store.fail_analysis(analysis_id, "StoreError: lost")
     outage.restore()
-    assert _predictions_of(store, analysis_id) == 0  # nothing half-written
-    store.finish_analysis(analysis_id, predictions=_rows(10))  # the same Store recovers
-    assert store.get_analysis(analysis_id).status == "done" and _predictions_of(store, analysis_id) == 10
+    analysis = store.get_analysis(analysis_id)  # the same Store recovers, and records the failure first
+    assert (analysis.status, analysis.error, analysis.predictions) == ("failed", "StoreError: lost", [])
+    again = store.start_analysis("after-outage.zip", "classification")
+    store.finish_analysis(again, predictions=_rows(10))
+    assert store.get_analysis(again).status == "done" and _predictions_of(store, again) == 10
     store.engine.dispose()
 
 

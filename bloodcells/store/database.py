@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -87,6 +88,10 @@ class Store:
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Failures that could not be recorded because the database was lost: written by the next
+        # session once it is back, so that no analysis stays "running" for ever.
+        self._unrecorded_failures: dict[int, str] = {}
+        self._failures_lock = threading.Lock()
 
     @property
     def display_url(self) -> str:
@@ -134,6 +139,8 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises."""
+        if self._unrecorded_failures:
+            self._record_failures()
         with self._translate_errors(), self._sessions() as session, session.begin():
             yield session
 
@@ -300,13 +307,35 @@ class Store:
             analysis.finished_at = utcnow()
 
     def fail_analysis(self, analysis_id: int, error: str) -> None:
-        """Mark an analysis failed with its error; it keeps no partial results."""
-        with self.session() as session:
+        """Mark an analysis failed with its error; it keeps no partial results.
+
+        When the database cannot be reached, the failure is kept and written by this Store's next
+        transaction once it is back (and StoreError is raised as usual).
+        """
+        try:
+            self._fail(analysis_id, error)
+        except StoreError:
+            with self._failures_lock:
+                self._unrecorded_failures[analysis_id] = error
+            raise
+
+    def _fail(self, analysis_id: int, error: str, only_running: bool = False) -> None:
+        with self._translate_errors(), self._sessions() as session, session.begin():
             analysis = session.get(Analysis, analysis_id)
-            if analysis is not None:
+            if analysis is not None and (analysis.status == "running" or not only_running):
                 session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
                 session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
                 analysis.status, analysis.error, analysis.finished_at = "failed", error[:4000], utcnow()
+
+    def _record_failures(self) -> None:
+        with self._failures_lock:
+            pending, self._unrecorded_failures = self._unrecorded_failures, {}
+        for analysis_id, error in pending.items():
+            try:
+                self._fail(analysis_id, error, only_running=True)  # unless finished meanwhile
+            except StoreError:  # still unreachable: kept for the next transaction
+                with self._failures_lock:
+                    self._unrecorded_failures.setdefault(analysis_id, error)
 
     def list_analyses(self, kind: str | None = None, limit: int = 200) -> list[Analysis]:
         with self.session() as session:
