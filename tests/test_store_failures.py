@@ -106,6 +106,41 @@ def test_concurrent_analyses_storing_the_same_images_all_succeed(store):
             assert store.read_blob(blob_id=prediction.blob_id) == expected[prediction.filename]
 
 
+def test_a_deadlock_storing_images_is_retried(store, monkeypatch):
+    """MySQL may pick a blob transaction as a deadlock victim (1213): it is short, so it is run again."""
+    from sqlalchemy.exc import OperationalError
+
+    original, calls = store.put_blob, []
+
+    def deadlocked_once(session, content, media_type="image"):
+        calls.append(content)
+        if len(calls) == 2:
+            raise OperationalError("INSERT INTO blobs", {}, Exception(1213, "Deadlock found when trying to get lock"))
+        return original(session, content, media_type)
+
+    monkeypatch.setattr(store, "put_blob", deadlocked_once)
+    analysis_id = store.start_analysis("deadlock.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=_rows(5))
+    assert len(calls) == 5 + 2  # the batch ran again from its start
+    assert _predictions_of(store, analysis_id) == 5 and store.count_rows(Blob) == 5 and _blobs_are_whole(store)
+
+
+def test_other_database_errors_are_not_retried(store, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    calls = []
+
+    def refused(session, content, media_type="image"):
+        calls.append(content)
+        raise OperationalError("INSERT INTO blobs", {}, Exception(1045, "Access denied"))
+
+    monkeypatch.setattr(store, "put_blob", refused)
+    analysis_id = store.start_analysis("refused.zip", "classification")
+    with pytest.raises(StoreError, match="Access denied"):
+        store.finish_analysis(analysis_id, predictions=_rows(3))
+    assert len(calls) == 1 and _predictions_of(store, analysis_id) == 0
+
+
 # -- connection lost mid-run -------------------------------------------------------------------------
 @contextmanager
 def _connection_lost_at(store: Store, statement: str, occurrence: int = 1):
