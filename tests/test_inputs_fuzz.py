@@ -28,7 +28,8 @@ from bloodcells.inputs import (
 from bloodcells.synthetic import cell_image, encode
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning"),
-              pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")]
+              pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+              pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")]  # damaged TIFF tags
 
 GOOD = encode(cell_image("MON", 0, 24))
 LIMITS = InputLimits(max_members=20, max_file_bytes=64 * 1024, max_total_bytes=256 * 1024,
@@ -157,3 +158,29 @@ def test_index_of_many_members_is_bounded_before_parsing(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 256 * 1024  # parsing 3000 entries would take ~1.8 MB
+
+
+# -- images --------------------------------------------------------------------------------------
+def _formats() -> dict[str, bytes]:
+    from PIL import Image
+
+    cell = cell_image("EOS", 1, 24)
+    encoded = {fmt: encode(cell, fmt) for fmt in ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")}
+    encoded["TIFF-16"] = encode(Image.new("I;16", (12, 12), 3000), "TIFF")
+    encoded["PNG-RGBA"] = encode(cell.convert("RGBA"), "PNG")
+    return encoded
+
+
+IMAGES = _formats()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fmt=st.sampled_from(sorted(IMAGES)), changes=damage, truncate=st.none() | st.floats(0, 1))
+def test_damaged_images_only_ever_raise_input_error(fmt, changes, truncate):
+    data = _damaged(IMAGES[fmt], changes, truncate)
+    try:
+        image = open_image(data, f"cell.{fmt.lower()}")
+    except InputError as error:
+        assert str(error).startswith(f"cell.{fmt.lower()}: ")
+    else:
+        assert image.mode == "RGB" and image.width * image.height >= 1
