@@ -192,8 +192,9 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
     }
     if tree_file is not None:
         shutil.copyfile(tree_file, staging / "tree.yaml")
-    (staging / "split.json").write_text(json.dumps(
-        {"seed": config.seed, "test": sorted(dataset.digests[i] for i in splits["test"])}))
+    _write_json(staging / "split.json", {  # so evaluation scores only cells training never saw
+        "seed": config.seed, "test": sorted(dataset.digests[i] for i in splits["test"]),
+        "seen": sorted(dataset.digests[i][:16] for i in (*splits["train"], *splits["val"]))})
     _write_json(staging / "classifier.json", manifest)
     report.review_threshold = _calibrate(staging, dataset.subset(splits["val"]), config.review_accuracy)
     manifest["review_threshold"] = report.review_threshold
@@ -250,11 +251,13 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    augment = augmentation(config.input_size, cross_site=config.cross_site)
+    augment = None  # built on first use: albumentations is slow to import and often not needed
 
     def batch_tensor(indices, repeats=None):
+        nonlocal augment
         images = dataset.images[indices]
-        if repeats is not None:
+        if repeats is not None and (augment_all or repeats.any()):
+            augment = augment or augmentation(config.input_size, cross_site=config.cross_site)
             images = np.stack([augment(image=img)["image"] if (augment_all or again) else img
                                for img, again in zip(images, repeats, strict=True)])
         return to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True)

@@ -79,7 +79,7 @@ def tiny_train_config(**changes):
     from bloodcells.train import TrainConfig
 
     options = dict(architecture="test_efficientnet", input_size=32, mode="scratch", cross_site=False,
-                   stain_norm=False, epochs=4, per_class=32, batch_size=16, patience=4, learning_rate=3e-3)
+                   stain_norm=False, epochs=6, per_class=48, batch_size=16, patience=6, learning_rate=3e-3)
     return TrainConfig(**{**options, **changes})
 
 
@@ -94,3 +94,19 @@ def trained_models_dir(tmp_path_factory):
     write_cell_folders(root / "cells", TINY_TREE_CELLS, size=32)
     train_tree([root / "cells"], root / "models", config=tiny_train_config(), log=lambda _text: None)
     return root / "models"
+
+
+# -- detection (owner: detection) -------------------------------------------------------------
+@pytest.fixture(scope="session")
+def trained_detector(tmp_path_factory):
+    """The weights (``.../models/detector/detector.pt``) of a tiny YOLO trained 1 epoch on generated
+    smear fields; ``trained_detector.parents[1]`` works as BLOODCELLS_MODELS_DIR. It finds boxes
+    only with a very low confidence threshold: good for plumbing, not for accuracy."""
+    from bloodcells.detect import train_detector
+    from bloodcells.synthetic import write_yolo_dataset
+
+    root = tmp_path_factory.mktemp("tiny_detector")
+    write_yolo_dataset(root / "fields", n_train=4, n_val=2, size=(128, 96))
+    trained = train_detector(root / "fields", epochs=1, imgsz=64, batch=4, workers=0, cache=False,
+                             out=root / "models" / "detector", work_dir=root / "work", verbose=False)
+    return trained.path

@@ -10,17 +10,13 @@ def _tree_option(parser):
 
 
 # -- train ------------------------------------------------------------------------------------
-def _train_args(parser):
+def _training_options(parser):
+    """Options that shape a training run (train, and the experiments of evaluate)."""
     from ..backbones import KNOWN_BACKBONES
 
-    parser.add_argument("--data", action="append", required=True, metavar="PATH",
-                        help="folder of class folders, .zip of the same, or CSV (path,label[,patient]); "
-                             "repeat to combine sources")
-    parser.add_argument("--out", help="models folder (default: models/classifier/<tree>)")
-    _tree_option(parser)
     parser.add_argument("--backbone", default="mobilenetv3_small_100",
                         help="any timm name; known here: " + ", ".join(KNOWN_BACKBONES))
-    parser.add_argument("--size", type=int, default=96, help="input size in pixels (default 96)")
+    parser.add_argument("--size", type=int, default=64, help="input size in pixels (default 64)")
     parser.add_argument("--mode", default="scratch+aug",
                         choices=["scratch", "scratch+aug", "pretrained", "pretrained+aug"])
     parser.add_argument("--pretrained", metavar="CHECKPOINT",
@@ -28,35 +24,54 @@ def _train_args(parser):
     parser.add_argument("--no-cross-site", action="store_true",
                         help="only the mild microscopy augmentation (no strong stain/colour/scale changes)")
     parser.add_argument("--no-stain-norm", action="store_true", help="no per-image colour standardisation")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--patience", type=int, default=4, help="early stopping patience in epochs")
     parser.add_argument("--min-per-class", type=int, default=1000,
                         help="balancing: each child gets at least this many images per epoch (oversampled)")
     parser.add_argument("--per-class", type=int, help="balancing: exactly this many images per child per epoch")
-    parser.add_argument("--nodes", help="train only these nodes (comma-separated codes)")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _config(args):
+    from ..train import TrainConfig
+
+    try:
+        return TrainConfig(
+            architecture=args.backbone, input_size=args.size, mode=args.mode,
+            pretrained_checkpoint=args.pretrained, cross_site=not args.no_cross_site,
+            stain_norm=not args.no_stain_norm, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.lr, patience=args.patience, min_per_class=args.min_per_class,
+            per_class=args.per_class, seed=args.seed, nodes=getattr(args, "nodes", None))
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+
+
+def _train_args(parser):
+    parser.add_argument("--data", action="append", required=True, metavar="PATH",
+                        help="folder of class folders, .zip of the same, or CSV (path,label[,patient]); "
+                             "repeat to combine sources")
+    parser.add_argument("--out", help="models folder (default: models/classifier/<tree>)")
+    _tree_option(parser)
+    _training_options(parser)
+    parser.add_argument("--nodes", type=lambda text: text.split(","),
+                        help="train only these nodes (comma-separated codes)")
     parser.add_argument("--no-register", action="store_true", help="do not record the models in the database")
 
 
 @command("train", "train the tree of cell classifiers (one model per inner node)", _train_args)
 def _train(args) -> int:
     from ..backbones import PretrainedWeightsError
-    from ..train import TrainConfig, train_tree
+    from ..train import train_tree
 
-    config = TrainConfig(
-        architecture=args.backbone, input_size=args.size, mode=args.mode, pretrained_checkpoint=args.pretrained,
-        cross_site=not args.no_cross_site, stain_norm=not args.no_stain_norm, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience,
-        min_per_class=args.min_per_class, per_class=args.per_class, seed=args.seed,
-        nodes=args.nodes.split(",") if args.nodes else None)
+    config = _config(args)
     store = None
     if not args.no_register:
         from ..store import open_store
 
         store = open_store()
-    with _TqdmProgress("training") as progress:
+    with _TqdmProgress("epochs") as progress:
         try:
             train_tree(args.data, args.out, tree=args.tree, config=config, store=store, progress=progress,
                        log=progress.write)
@@ -134,4 +149,45 @@ def _classify(args) -> int:
         for filename, result in outcome.rows:
             print(f"{filename}\t{result.code}\t{result.path}\t{result.confidence:.3f}"
                   + ("\treview" if result.needs_review else ""))
+    return 0
+
+
+# -- evaluate ---------------------------------------------------------------------------------
+def _evaluate_args(parser):
+    parser.add_argument("--data", action="append", required=True, metavar="PATH",
+                        help="labelled cells (as for train); repeat to combine")
+    parser.add_argument("--models", help="models folder (default: models/classifier/default)")
+    parser.add_argument("--out", help="write confusion matrices (CSV, PNG) and training curves (PNG) here")
+    parser.add_argument("--all", action="store_true",
+                        help="score every cell, also those training used (default: only unseen cells)")
+    parser.add_argument("--compare", action="store_true",
+                        help="train every --backbones x --modes on --data and print accuracy per node")
+    parser.add_argument("--backbones", type=lambda text: text.split(","),
+                        default=["mobilenetv3_small_100", "mobilenetv3_large_100"])
+    parser.add_argument("--modes", type=lambda text: text.split(","), default=["scratch", "scratch+aug"])
+    parser.add_argument("--cross-site", action="store_true",
+                        help="with two --data sites: train on each alone, score the cell types they share "
+                             "on the other")
+    _tree_option(parser)
+    _training_options(parser)
+
+
+@command("evaluate", "score a trained tree on labelled cells; compare backbones; measure cross-site accuracy",
+         _evaluate_args)
+def _evaluate(args) -> int:
+    from ..classify import ModelFileError
+    from ..evaluate import compare, cross_site, evaluate, format_comparison
+
+    if args.cross_site:
+        if len(args.data) != 2:
+            raise CommandError("--cross-site needs exactly two --data sites")
+        cross_site(args.data[0], args.data[1], _config(args), tree=args.tree)
+        return 0
+    if args.compare:
+        print(format_comparison(compare(args.data, args.backbones, args.modes, _config(args), tree=args.tree)))
+        return 0
+    try:
+        evaluate(args.data, args.models, out_dir=args.out, unseen_only=not args.all)
+    except ModelFileError as error:
+        raise CommandError(str(error)) from error
     return 0

@@ -1,0 +1,275 @@
+"""Evaluating a trained tree: per node and whole tree, per data source, across sites.
+
+``evaluate`` scores only cells the models never saw (``split.json`` lists what training used),
+prints accuracy, macro-F1 and a classification report per node and for the whole tree at leaf
+level (also per source, e.g. PBC and Matek apart), and writes confusion matrices (CSV and PNG)
+and training curves (PNG). ``compare`` trains backbones x modes and tabulates accuracy per node;
+``cross_site`` trains on one source alone and scores the cell types it shares with another.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .classify import TreeClassifier
+from .data import load_dataset, node_targets
+
+
+@dataclass
+class Scores:
+    """Scores of one classifier (a node, or the whole tree at leaf level) on labelled cells."""
+    name: str
+    labels: list[str]
+    truth: list[str]
+    predicted: list[str]
+    accuracy: float = 0.0
+    macro_f1: float = 0.0
+    per_class: dict[str, float] = field(default_factory=dict)  # recall = accuracy on that class
+    report: str = ""
+    matrix: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, name: str, truth: Sequence[str], predicted: Sequence[str], order: Sequence[str]) -> Scores:
+        from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+        labels = [c for c in order if c in set(truth) | set(predicted)]
+        scores = cls(name, labels, list(truth), list(predicted))
+        if not truth:
+            return scores
+        present = [c for c in labels if c in set(truth)]
+        scores.accuracy = float(accuracy_score(truth, predicted))
+        scores.macro_f1 = float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0))
+        scores.report = classification_report(truth, predicted, labels=labels, zero_division=0, digits=3)
+        scores.matrix = confusion_matrix(truth, predicted, labels=labels)
+        for code in present:
+            mine = [p for t, p in zip(truth, predicted, strict=True) if t == code]
+            scores.per_class[code] = sum(p == code for p in mine) / len(mine)
+        return scores
+
+    def summary(self) -> str:
+        return f"{self.name:<24} n={len(self.truth):<6} accuracy {self.accuracy:.3f}  macro-F1 {self.macro_f1:.3f}"
+
+
+@dataclass
+class Evaluation:
+    nodes: dict[str, Scores] = field(default_factory=dict)
+    tree: Scores | None = None
+    by_source: dict[str, Scores] = field(default_factory=dict)
+    cells: int = 0
+    skipped_seen: int = 0
+    files: list[Path] = field(default_factory=list)
+
+
+def evaluate(sources: Sequence[str | Path], models_dir: str | Path | None = None, *,
+             out_dir: str | Path | None = None, unseen_only: bool = True, restrict_to: Sequence[str] | None = None,
+             classifier: TreeClassifier | None = None, log: Callable[[str], None] = print) -> Evaluation:
+    """Score the tree in ``models_dir`` on labelled ``sources`` (only unseen cells by default)."""
+    classifier = classifier or TreeClassifier.load(models_dir)
+    tree = classifier.tree
+    size = max((node.input_size for node in classifier.nodes.values()), default=64)
+    dataset = load_dataset(sources, tree, size)
+    keep = np.arange(len(dataset))
+    outcome = Evaluation()
+    seen = _seen_digests(classifier.models_dir) if unseen_only else set()
+    if seen:
+        keep = np.asarray([i for i in keep if dataset.digests[i][:16] not in seen], dtype=int)
+        outcome.skipped_seen = len(dataset) - len(keep)
+    if restrict_to:
+        allowed = set(restrict_to)
+        keep = np.asarray([i for i in keep if dataset.labels[i] in allowed], dtype=int)
+    dataset = dataset.subset(keep)
+    outcome.cells = len(dataset)
+    if not len(dataset):
+        log("no unseen labelled cells to evaluate")
+        return outcome
+    order = [node.code for node in tree.root.walk()]
+    results = classifier.classify_arrays(dataset.images)
+    for code, model in classifier.nodes.items():
+        targets = node_targets(tree, code, dataset.labels)
+        if not targets:
+            continue
+        members = sorted(targets)
+        probabilities = model.probabilities([dataset.images[i] for i in members])
+        predicted = [model.classes[k] for k in probabilities.argmax(1)]
+        outcome.nodes[code] = Scores.of(code, [targets[i] for i in members], predicted, order)
+    leaf = [i for i, label in enumerate(dataset.labels) if tree[label].is_leaf]
+    outcome.tree = Scores.of("tree (leaf level)", [dataset.labels[i] for i in leaf],
+                             [results[i].code for i in leaf], order)
+    for source in sorted(set(dataset.sources)):
+        mine = [i for i in leaf if dataset.sources[i] == source]
+        outcome.by_source[source] = Scores.of(source, [dataset.labels[i] for i in mine],
+                                              [results[i].code for i in mine], order)
+    _print(outcome, log)
+    if out_dir:
+        outcome.files = _write_outputs(outcome, classifier, Path(out_dir))
+        log("written: " + ", ".join(str(f) for f in outcome.files))
+    return outcome
+
+
+def _seen_digests(models_dir: Path) -> set[str]:
+    split = models_dir / "split.json"
+    return set(json.loads(split.read_text()).get("seen", [])) if split.is_file() else set()
+
+
+def _print(outcome: Evaluation, log) -> None:
+    log(f"{outcome.cells} unseen cells" + (f" ({outcome.skipped_seen} used in training left out)"
+                                           if outcome.skipped_seen else ""))
+    log("per node (each node's model alone, on the cells below it):")
+    for scores in outcome.nodes.values():
+        log("  " + scores.summary())
+    log("whole tree, leaf level:\n  " + outcome.tree.summary())
+    log(outcome.tree.report)
+    for scores in outcome.by_source.values():
+        per_class = ", ".join(f"{c} {a:.2f}" for c, a in scores.per_class.items())
+        log(f"  {scores.summary()}\n    accuracy per class: {per_class}")
+
+
+def _write_outputs(outcome: Evaluation, classifier: TreeClassifier, out_dir: Path) -> list[Path]:
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for key, scores in [("tree", outcome.tree), *outcome.nodes.items()]:
+        if scores is None or scores.matrix is None:
+            continue
+        table = out_dir / f"confusion_{key}.csv"
+        with table.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["true \\ predicted", *scores.labels])
+            for label, row in zip(scores.labels, scores.matrix, strict=True):
+                writer.writerow([label, *row.tolist()])
+        figure, axes = plt.subplots(figsize=(1.2 + 0.5 * len(scores.labels), 1 + 0.5 * len(scores.labels)))
+        axes.imshow(scores.matrix, cmap="Blues")
+        axes.set_xticks(range(len(scores.labels)), scores.labels, rotation=90)
+        axes.set_yticks(range(len(scores.labels)), scores.labels)
+        for (r, c), value in np.ndenumerate(scores.matrix):
+            if value:
+                axes.text(c, r, str(value), ha="center", va="center", fontsize=7)
+        axes.set_xlabel("predicted")
+        axes.set_ylabel("true")
+        axes.set_title(f"{scores.name}: accuracy {scores.accuracy:.3f}")
+        figure.tight_layout()
+        figure.savefig(out_dir / f"confusion_{key}.png", dpi=110)
+        plt.close(figure)
+        files += [table, out_dir / f"confusion_{key}.png"]
+    histories = {code: node.metrics.get("history", []) for code, node in classifier.nodes.items()}
+    if any(histories.values()):
+        figure, grid = plt.subplots(2, len(histories), figsize=(3 * len(histories), 5), squeeze=False)
+        for column, (code, history) in enumerate(histories.items()):
+            epochs = [h["epoch"] for h in history]
+            for row, metric in enumerate(("loss", "accuracy")):
+                axes = grid[row][column]
+                axes.plot(epochs, [h[f"train_{metric}"] for h in history], label="train")
+                axes.plot(epochs, [h[f"val_{metric}"] for h in history], label="validation")
+                axes.set_title(f"{code} {metric}")
+                axes.set_xlabel("epoch")
+        grid[0][0].legend()
+        figure.tight_layout()
+        figure.savefig(out_dir / "training_curves.png", dpi=100)
+        plt.close(figure)
+        files.append(out_dir / "training_curves.png")
+    return files
+
+
+# -- experiments ------------------------------------------------------------------------------
+@dataclass
+class ComparisonRow:
+    backbone: str
+    mode: str
+    node_accuracy: dict[str, float]
+    tree_accuracy: float
+    error: str | None = None
+
+
+def compare(sources: Sequence[str | Path], backbones: Sequence[str], modes: Sequence[str], config, *,
+            tree=None, work_dir: str | Path | None = None, log: Callable[[str], None] = print) -> list[ComparisonRow]:
+    """Train every backbone x mode on ``sources`` and score each on the held-out test cells."""
+    from .backbones import PretrainedWeightsError
+    from .train import train_tree
+
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(work_dir or scratch)
+        for backbone in backbones:
+            for mode in modes:
+                folder = base / f"{backbone}-{mode.replace('+', '-')}"
+                try:
+                    train_tree(sources, folder, tree=tree, config=replace(config, architecture=backbone, mode=mode),
+                               log=lambda _text: None)
+                except PretrainedWeightsError as error:
+                    rows.append(ComparisonRow(backbone, mode, {}, float("nan"), str(error).split(".")[0]))
+                    log(f"{backbone} {mode}: skipped ({rows[-1].error})")
+                    continue
+                scores = evaluate(sources, folder, log=lambda _text: None)
+                rows.append(ComparisonRow(backbone, mode, {c: s.accuracy for c, s in scores.nodes.items()},
+                                          scores.tree.accuracy if scores.tree else float("nan")))
+                log(f"{backbone} {mode}: tree accuracy {rows[-1].tree_accuracy:.3f}")
+    return rows
+
+
+def format_comparison(rows: Sequence[ComparisonRow]) -> str:
+    nodes = sorted({code for row in rows for code in row.node_accuracy})
+    header = f"{'backbone':<24} {'mode':<15} " + " ".join(f"{c:>6}" for c in nodes) + "   tree"
+    lines = [header]
+    for row in rows:
+        cells = " ".join(f"{row.node_accuracy[c]:>6.3f}" if c in row.node_accuracy else f"{'-':>6}" for c in nodes)
+        lines.append(f"{row.backbone:<24} {row.mode:<15} {cells} {row.tree_accuracy:>6.3f}"
+                     + (f"   ({row.error})" if row.error else ""))
+    return "\n".join(lines)
+
+
+@dataclass
+class CrossSite:
+    trained_on: str
+    tested_on: str
+    shared: list[str]
+    home: Evaluation  # unseen cells of the training site
+    away: Evaluation  # the other site's cells of the shared types
+
+
+def cross_site(site_a: str | Path, site_b: str | Path, config, *, tree=None, work_dir: str | Path | None = None,
+               log: Callable[[str], None] = print) -> list[CrossSite]:
+    """Train on each site alone; score it on its own unseen cells and on the other site's shared types."""
+    from .taxonomy import load_tree
+    from .train import train_tree
+
+    tree_obj = load_tree(tree) if not hasattr(tree, "nodes") else tree
+    labels = {str(site): set(load_dataset([site], tree_obj, 8).labels) for site in (site_a, site_b)}
+    shared = sorted(code for code in labels[str(site_a)] & labels[str(site_b)] if tree_obj[code].is_leaf)
+    log(f"cell types both sites share: {', '.join(shared)}")
+    outcomes = []
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(work_dir or scratch)
+        for home, away in ((site_a, site_b), (site_a, site_b)[::-1]):
+            folder = base / f"trained-on-{Path(home).name}"
+            log(f"training on {home} alone")
+            train_tree([home], folder, tree=tree, config=config, log=lambda _text: None)
+            home_scores = evaluate([home], folder, restrict_to=shared, log=lambda _text: None)
+            away_scores = evaluate([away], folder, restrict_to=shared, log=lambda _text: None)
+            outcomes.append(CrossSite(Path(home).name, Path(away).name, shared, home_scores, away_scores))
+            log(format_cross_site(outcomes[-1]))
+    return outcomes
+
+
+def format_cross_site(result: CrossSite) -> str:
+    def line(label, scores: Evaluation):
+        tree = scores.tree
+        if tree is None:
+            return f"  {label}: no cells"
+        per_class = ", ".join(f"{c} {a:.2f}" for c, a in tree.per_class.items())
+        return f"  {label}: accuracy {tree.accuracy:.3f} macro-F1 {tree.macro_f1:.3f} (n={len(tree.truth)}; {per_class})"
+
+    return (f"trained on {result.trained_on}, shared types {', '.join(result.shared)}:\n"
+            + line(f"{result.trained_on} (unseen, same site)", result.home) + "\n"
+            + line(f"{result.tested_on} (other site)", result.away))

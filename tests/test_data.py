@@ -1,0 +1,155 @@
+"""Training data: sources, labels through the tree, count table, splits, balancing, augmentation."""
+
+from __future__ import annotations
+
+import zipfile
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from bloodcells.data import (
+    balance_target,
+    balanced_indices,
+    count_table,
+    format_count_table,
+    load_dataset,
+    node_targets,
+    split_indices,
+    to_tensor,
+)
+from bloodcells.inputs import InputError
+from bloodcells.synthetic import cell_image, write_cell_folders, write_cell_zip
+from bloodcells.taxonomy import UnknownLabelError
+
+
+def test_folders_at_any_depth_zip_and_csv_resolve_through_the_tree(tree, tmp_path):
+    # PBC-style: folder names and file-name prefixes, nested two levels down
+    pbc = tmp_path / "pbc"
+    for folder, stem in [("site1/neutrophil", "BNE_1"), ("site1/neutrophil", "SNE_2"), ("site2/ig", "MY_3"),
+                         ("site2/ig", "IG_4"), ("site2/basophil", "BA_5")]:
+        (pbc / folder).mkdir(parents=True, exist_ok=True)
+        cell_image(stem, 0, 40).save(pbc / folder / f"{stem}.jpg")
+    matek = write_cell_zip(tmp_path / "matek.zip", {"NGS": 2, "LYT": 1}, size=40)
+    table = tmp_path / "labels.csv"
+    cell_image("x", 0, 40).save(tmp_path / "a.png")
+    cell_image("y", 0, 40).save(tmp_path / "b.png")
+    table.write_text("path,label,patient\na.png,eosinophil,p1\nb.png,PMY,p2\n")
+    dataset = load_dataset([pbc, matek, table], tree, size=24)
+    found = dict(zip(dataset.names, dataset.labels, strict=True))
+    assert found["site1/neutrophil/BNE_1.jpg"] == "NGB"
+    assert found["site1/neutrophil/SNE_2.jpg"] == "NGS"
+    assert found["site2/ig/MY_3.jpg"] == "MYB"
+    assert found["site2/ig/IG_4.jpg"] == "MYI"  # a bare 'ig' stops at the inner node
+    assert found["site2/basophil/BA_5.jpg"] == "BAS"
+    assert Counter(dataset.labels)["NGS"] == 3 and found["LYT/LYT_00000.png"] == "LYT"
+    assert found["a.png"] == "EOS" and found["b.png"] == "PMO"
+    assert dataset.groups[-2:] == ["p1", "p2"] and dataset.sources[-1] == "labels.csv"
+    assert dataset.images.shape == (len(dataset), 24, 24, 3) and dataset.images.dtype == np.uint8
+    assert len(dataset.fingerprint()) == 64
+    assert dataset.fingerprint() == load_dataset([pbc, matek, table], tree, size=24).fingerprint()
+
+
+def test_unknown_labels_and_bad_files_name_the_file(tree, tmp_path):
+    write_cell_folders(tmp_path / "cells", {"LYT": 2}, size=24)
+    (tmp_path / "cells" / "LYT" / "LYT_broken.png").write_bytes(b"not an image")
+    dataset = load_dataset([tmp_path / "cells"], tree, size=16)
+    assert len(dataset) == 2 and any("LYT_broken.png" in p for p in dataset.problems)
+    write_cell_folders(tmp_path / "odd", {"martian": 1}, size=24)
+    with pytest.raises(UnknownLabelError, match="martian"):
+        load_dataset([tmp_path / "odd"], tree, size=16)
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("file,kind\nx.png,LYT\n")
+    with pytest.raises(InputError, match="bad.csv.*'path' and 'label'"):
+        load_dataset([bad_csv], tree, size=16)
+    with pytest.raises(InputError, match="nowhere"):
+        load_dataset([tmp_path / "nowhere"], tree, size=16)
+
+
+def test_coarse_labels_train_only_the_nodes_above(tree):
+    labels = ["NGS", "NGB", "MYI", "MYB", "LYT", "MYE"]
+    assert node_targets(tree, "ALL", labels) == {0: "MYE", 1: "MYE", 2: "MYE", 3: "MYE", 4: "LYM", 5: "MYE"}
+    assert node_targets(tree, "MYE", labels) == {0: "MYM", 1: "MYM", 2: "MYI", 3: "MYI"}  # not 5
+    assert node_targets(tree, "MYI", labels) == {3: "MYB"}  # the bare MYI label stops above
+    table = count_table(tree, labels)
+    assert table["NEU"] == Counter({"NGS": 1, "NGB": 1})
+    assert "MYI" in table and table["MYI"] == Counter({"MYB": 1})
+    text = format_count_table(tree, table, {"NEU": 7})
+    assert "ALL/MYE/MYM/NEU  -> 7 per child" in text and "one child only" in text
+
+
+def test_split_is_stratified_deterministic_and_disjoint():
+    labels = ["A"] * 100 + ["B"] * 50 + ["C"] * 20
+    first = split_indices(labels, seed=3)
+    assert {k: v.tolist() for k, v in first.items()} == {k: v.tolist() for k, v in split_indices(labels, seed=3).items()}
+    assert {k: v.tolist() for k, v in first.items()} != {k: v.tolist() for k, v in split_indices(labels, seed=4).items()}
+    everything = np.concatenate(list(first.values()))
+    assert sorted(everything.tolist()) == list(range(len(labels)))
+    for part, share in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        counts = Counter(labels[i] for i in first[part])
+        for label, total in Counter(labels).items():
+            assert abs(counts[label] - share * total) <= 1.5, (part, label, counts)
+
+
+def test_grouped_split_keeps_each_patient_in_one_split():
+    rng = np.random.default_rng(0)
+    patients = [f"p{n}" for n in range(30)]
+    groups = [patients[i % 30] for i in range(300)]
+    labels = [["A", "B", "C"][int(rng.integers(3))] for _ in range(300)]
+    splits = split_indices(labels, groups, seed=0)
+    where = {}
+    for part, indices in splits.items():
+        for i in indices:
+            assert where.setdefault(groups[i], part) == part, f"patient {groups[i]} in two splits"
+    assert {len(set(where.values()))} == {3}
+
+
+def test_balancing_undersamples_and_oversamples_to_the_target():
+    assert balance_target(Counter({"a": 50, "b": 500}), min_per_class=10) == 50
+    assert balance_target(Counter({"a": 50, "b": 500}), min_per_class=1000) == 1000
+    assert balance_target(Counter({"a": 50, "b": 500}), per_class=80) == 80
+    targets = {i: "big" for i in range(500)} | {i: "small" for i in range(500, 530)}
+    order, repeats = balanced_indices(targets, 100, np.random.default_rng(0))
+    kinds = Counter(targets[i] for i in order)
+    assert kinds == Counter({"big": 100, "small": 100})
+    small = [i for i in order if targets[i] == "small"]
+    assert set(small) == set(range(500, 530))  # every small image is used, then repeated
+    assert repeats.sum() == 70 and all(targets[i] == "small" for i in order[repeats])
+    big = [i for i in order if targets[i] == "big"]
+    assert len(set(big)) == 100  # undersampling draws without replacement
+    again, _ = balanced_indices(targets, 100, np.random.default_rng(1))
+    assert set(again) != set(order)  # a fresh draw each epoch
+
+
+def test_augmentation_changes_pixels_but_keeps_shape():
+    from bloodcells.data import augmentation
+
+    image = np.asarray(cell_image("NGS", 0, 48))
+    for cross_site in (False, True):
+        pipeline = augmentation(48, cross_site=cross_site)
+        out = [pipeline(image=image)["image"] for _ in range(4)]
+        assert all(o.shape == image.shape and o.dtype == np.uint8 for o in out)
+        assert any(not np.array_equal(o, image) for o in out)
+
+
+def test_per_image_normalisation_removes_a_colour_cast():
+    image = np.asarray(cell_image("EOS", 0, 32)).astype(np.int16)
+    bluer = np.clip(image + np.array([-30, -10, 40]), 0, 255).astype(np.uint8)
+    plain = to_tensor(np.stack([image.astype(np.uint8), bluer]), (0.5,) * 3, (0.5,) * 3, per_image=False)
+    normed = to_tensor(np.stack([image.astype(np.uint8), bluer]), (0.5,) * 3, (0.5,) * 3, per_image=True)
+    assert (normed[0] - normed[1]).abs().mean() < 0.2 * (plain[0] - plain[1]).abs().mean()
+
+
+def test_zip_of_class_folders_is_a_source(tree, tmp_path):
+    archive = tmp_path / "cells.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("deep/er/eosinophil/e1.png", _png("EOS"))
+        handle.writestr("deep/er/MON/m1.png", _png("MON"))
+    dataset = load_dataset([archive], tree, size=16)
+    assert sorted(dataset.labels) == ["EOS", "MON"] and set(dataset.sources) == {"cells.zip"}
+
+
+def _png(code: str) -> bytes:
+    from bloodcells.synthetic import encode
+
+    return encode(cell_image(code, 0, 24))
