@@ -97,6 +97,7 @@ for code in (node.code for node in tree.root.walk()):
     if code not in groups:
         continue
     cells = groups[code]
+    alternatives = [c for c in report.review_choices(code, tree) if c != report.UNIDENTIFIED][:QUICK_ALTERNATIVES]
     st.subheader(f"Predicted {label(code)} ({len(cells)})")
     shown = st.session_state.get(f"shown_{code}", PAGE_SIZE)
     grid = st.columns(4)
@@ -108,9 +109,8 @@ for code in (node.code for node in tree.root.walk()):
             final = prediction.final_code
             status = f"**now {label(final)}**" if prediction.reviews else "not reviewed"
             st.caption(f"{prediction.filename} · {prediction.confidence:.2f} · {status}")
-            alternatives = [c for c in report.review_choices(code, tree) if c != report.UNIDENTIFIED]
             with st.container(horizontal=True, gap="small"):
-                for choice, text in [(code, f"✓ {code}"), *[(c, c) for c in alternatives[:QUICK_ALTERNATIVES]],
+                for choice, text in [(code, f"✓ {code}"), *[(c, c) for c in alternatives],
                                      (report.UNIDENTIFIED, "unidentified")]:
                     st.button(text, key=f"set_{prediction.id}_{choice}", help=label(choice), disabled=not reviewer,
                               type="primary" if prediction.reviews and final == choice else "secondary",

@@ -15,6 +15,9 @@ from ui.training import LiveCurves, accept_models, candidate_dir, confusion_heat
 from ui.uploads import uploaded_source
 from ui.work import run_safely
 
+MODE_TEXT = {"scratch": "from scratch", "scratch+aug": "from scratch, every image augmented",
+             "pretrained": "from pretrained weights", "pretrained+aug": "from pretrained weights, every image augmented"}
+
 page("Training")
 st.title("Training")
 st.caption("Upload a .zip of class folders (one folder per cell type: tree codes such as `NGS`, or names "
@@ -28,7 +31,8 @@ backbone = left.selectbox("Backbone", [*KNOWN_BACKBONES, "other timm model…"],
                           help="\n".join(f"- `{name}`: {text}" for name, text in KNOWN_BACKBONES.items()))
 if backbone == "other timm model…":
     backbone = left.text_input("timm model name", key="training_timm_name").strip()
-mode = middle.segmented_control("Mode", list(MODES), default="scratch+aug", key="training_mode") or "scratch+aug"
+mode = middle.selectbox("Mode", list(MODES), index=list(MODES).index("scratch+aug"), key="training_mode",
+                        format_func=lambda m: f"{m} ({MODE_TEXT.get(m, m)})")
 checkpoint = None
 if mode.startswith("pretrained"):
     checkpoint = middle.text_input("Pretrained weights file (on the server)", key="training_checkpoint",

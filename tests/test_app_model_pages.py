@@ -137,7 +137,7 @@ def test_training_trains_shows_metrics_and_accepts(tmp_path, monkeypatch, app_st
     at.number_input(key="training_size").set_value(32)
     at.number_input(key="training_epochs").set_value(2)
     at.number_input(key="training_min_per_class").set_value(8)
-    at.segmented_control(key="training_mode").set_value("scratch")
+    at.selectbox(key="training_mode").select("scratch")
     at.checkbox(key="training_cross_site").uncheck()
     at.run()
     at.button(key="train").click().run()

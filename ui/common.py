@@ -13,10 +13,11 @@ from bloodcells.taxonomy import default_tree
 
 apply_offline_environment()
 
-# Every page, in menu order: file -> (title, icon). Material icons ship with Streamlit's frontend,
-# so they show on any machine (emoji need a colour emoji font on the user's side).
+# Every page, in menu order: file -> (title, icon). The menu is drawn by ``page()`` (Streamlit's own
+# would call the home page "app", after its file). Material icons ship with Streamlit's frontend, so
+# they show on any machine (emoji need a colour emoji font on the user's side).
 PAGES = {
-    "pages/0_Home.py": ("Home", ":material/home:"),
+    "app.py": ("Home", ":material/home:"),
     "pages/1_Detection.py": ("Detection", ":material/center_focus_strong:"),
     "pages/2_Classification.py": ("Classification", ":material/account_tree:"),
     "pages/3_Explanation.py": ("Explanation", ":material/local_fire_department:"),
@@ -35,6 +36,10 @@ def link_to(path: str, label: str | None = None, where=st) -> None:
 def page(title: str, icon: str = "🩸") -> None:
     """Set up a page: config, password gate. Stops the script until the user is let in."""
     st.set_page_config(page_title=f"{title} · bloodcells", page_icon=icon, layout="wide")
+    with st.sidebar:
+        for path in PAGES:
+            link_to(path)
+        st.divider()
     require_password()
 
 
