@@ -1,6 +1,7 @@
 """Sessions classifying different zips at once, as Streamlit runs them: threads of one process sharing
 one ``load_classifier()`` model and one Store. Every session gets exactly its own results: every
-row (file, cell type, confidence, stored image) is checked against a one-at-a-time reference.
+row (file, cell type, confidence, stored image) is checked against a one-at-a-time reference, while
+one more session's damaged upload fails on its own.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import zipfile
 
 import pytest
 
-from bloodcells.inputs import open_image
+from bloodcells.inputs import InputError, open_image
 from bloodcells.synthetic import cell_image, encode
 
 CODES = ("LYT", "EOS", "NGB", "NGS")
@@ -54,12 +55,26 @@ def test_concurrent_sessions_get_exactly_their_own_results(sessions, store, trai
         except Exception as error:  # reported below with the session number
             errors[k] = repr(error)
 
+    broken = {}
+
+    def broken_session() -> None:
+        """Another user drops a damaged zip at the same moment: only their analysis fails."""
+        try:
+            classify(b"PK\x03\x04 truncated", name="broken.zip", classifier=load_classifier(trained_models_dir),
+                     store=store)
+        except InputError as error:
+            broken["error"] = str(error)
+
     threads = [threading.Thread(target=session, args=(k,)) for k in range(sessions)]
+    threads.append(threading.Thread(target=broken_session))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
     assert errors == {}
+    assert broken["error"].startswith("broken.zip: ")
+    (failed,) = [a for a in store.list_analyses() if a.name == "broken.zip"]
+    assert failed.status == "failed" and "broken.zip" in failed.error
     assert len({id(model) for model in models.values()}) == 1  # one shared model cache
     assert len({outcome.analysis_id for outcome in outcomes.values()}) == sessions
 
