@@ -78,6 +78,14 @@ def test_installs_the_real_requirements_and_the_package():
         assert _ignored(secret), f"{secret} must stay out of the image"
 
 
+def test_requirements_bring_a_setuptools_that_builds_the_package():
+    """The editable install runs without build isolation: the venv's own setuptools builds it, and a
+    fresh Python 3.11 venv has 65.x, which rejects pyproject's SPDX license string (PEP 639: >= 77)."""
+    assert re.search(r'^license = "[^"]+"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    pinned = re.search(r"^setuptools==(\d+)\.", (ROOT / "requirements.txt").read_text(), re.M)
+    assert pinned and int(pinned.group(1)) >= 77
+
+
 def test_runs_as_a_non_root_user_that_it_creates():
     (user,) = _all("USER")
     assert user not in {"root", "0"}
