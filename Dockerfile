@@ -29,6 +29,7 @@ WORKDIR /app
 
 COPY requirements.txt pyproject.toml ./
 RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --upgrade pip \
     && /opt/venv/bin/pip install --extra-index-url "${TORCH_INDEX}" -r requirements.txt
 ENV PATH=/opt/venv/bin:$PATH
 COPY --chown=bloodcells:bloodcells . .
