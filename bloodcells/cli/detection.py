@@ -1,1 +1,127 @@
-"""Commands for detection (filled in by its issue)."""
+"""Commands for detection: train-detector, evaluate-detector, detect."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import CommandError, command
+
+
+def _configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, action="append", required=True,
+                        help="YOLO dataset (data.yaml or its folder) or Pascal VOC folder; repeat to combine")
+    parser.add_argument("--model", default="yolo11n.yaml",
+                        help="ultralytics model config (trained from scratch) or a local .pt (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--hours", type=float, default=None,
+                        help="stop after this many hours (epochs are re-planned to fit)")
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--no-cache", action="store_true", help="do not cache the images in RAM")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for detector.pt and metrics.json (default models/detector)")
+
+
+@command("train-detector", "Train the YOLO cell detector (white cells, red cells, platelets).", _configure_train)
+def train_detector_command(args: argparse.Namespace) -> int:
+    from ..detect import DatasetError, train_detector
+
+    try:
+        trained = train_detector(args.data, model=args.model, epochs=args.epochs, hours=args.hours,
+                                 imgsz=args.imgsz, batch=args.batch, workers=args.workers,
+                                 cache=False if args.no_cache else "ram", patience=args.patience, out=args.out)
+    except DatasetError as error:
+        raise CommandError(str(error)) from error
+    print(f"wrote {trained.path}")
+    for tag, metrics in trained.metrics.items():
+        print(f"== val: {tag}")
+        _print_metrics(metrics)
+    return 0
+
+
+def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="YOLO dataset or Pascal VOC folder")
+    parser.add_argument("--model", type=Path, default=None, help="detector weights (default models/detector/*.pt)")
+    parser.add_argument("--split", default="val", choices=["train", "val"])
+    parser.add_argument("--imgsz", type=int, default=None, help="default: the size it was trained at")
+
+
+@command("evaluate-detector", "Precision, recall, mAP50 and mAP50-95 per class on a labelled dataset.",
+         _configure_evaluate)
+def evaluate_detector_command(args: argparse.Namespace) -> int:
+    from ..detect import DatasetError, evaluate_detector
+
+    try:
+        metrics = evaluate_detector(args.data, model=args.model, imgsz=args.imgsz, split=args.split)
+    except DatasetError as error:
+        raise CommandError(str(error)) from error
+    _print_metrics(metrics)
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    print(f"{'class':<8}{'boxes':>8}{'P':>8}{'R':>8}{'mAP50':>8}{'mAP50-95':>10}")
+    rows = [*metrics["classes"].items(), ("all", metrics["overall"])]
+    for name, row in rows:
+        count = row.get("instances", "")
+        print(f"{name:<8}{count!s:>8}{row['precision']:>8.3f}{row['recall']:>8.3f}{row['mAP50']:>8.3f}"
+              f"{row['mAP50-95']:>10.3f}")
+
+
+def _configure_detect(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="a smear-field image, a folder of them (recursive) or a .zip")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="CSV: file,class,confidence,x1,y1,x2,y2,code,path,sub_confidence")
+    parser.add_argument("--annotated", type=Path, default=None, metavar="DIR",
+                        help="also write each image with its boxes drawn (PNG) into DIR")
+    parser.add_argument("--model", type=Path, default=None, help="detector weights (default models/detector/*.pt)")
+    parser.add_argument("--classifier", type=Path, default=None, metavar="DIR",
+                        help="classifier tree for the white cells (default models/classifier/default)")
+    parser.add_argument("--no-typing", action="store_true", help="do not classify the white cells")
+    parser.add_argument("--conf", type=float, default=0.25, help="minimum box confidence (default %(default)s)")
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="tile images larger than this by a quarter (default: twice the model input)")
+    parser.add_argument("--no-store", action="store_true", help="do not record the analysis in the database")
+
+
+@command("detect", "Find and count cells on smear fields; type the white cells with the classifier tree.",
+         _configure_detect)
+def detect_command(args: argparse.Namespace) -> int:
+    from ..classify import ModelFileError, TreeClassifier
+    from ..detect import Detector, DetectorFileError, detect
+
+    try:
+        detector = Detector.load(args.model, conf=args.conf, tile_size=args.tile_size)
+        classifier = False if args.no_typing else (TreeClassifier.load(args.classifier) if args.classifier
+                                                    else None)
+    except (DetectorFileError, ModelFileError) as error:
+        raise CommandError(str(error)) from error
+    store = None
+    if not args.no_store:
+        from ..store import open_store
+
+        store = open_store()
+    result = detect(args.input, detector=detector, classifier=classifier, store=store,
+                    annotate_to=args.annotated)
+    result.write_csv(args.out)
+    for problem in result.problems:
+        print(f"skipped {problem}")
+    if result.typing_skipped:
+        print(f"white cells not typed: {result.typing_skipped}")
+    for file in result.files:
+        print(f"{file}: {_counts_line(result.counts(file), result.differential(file))}")
+    print(f"all {len(result.files)} images: {_counts_line(result.counts(), result.differential())}"
+          + (f"; analysis {result.analysis_id}" if result.analysis_id else ""))
+    print(f"written {args.out}" + (f" and annotated images in {args.annotated}" if args.annotated else ""))
+    return 0
+
+
+def _counts_line(counts: dict[str, int], differential: dict[str, dict]) -> str:
+    text = ", ".join(f"{code} {n}" for code, n in counts.items())
+    if differential:
+        text += " | white cells: " + ", ".join(f"{code} {row['count']} ({row['percent']:.1f}%)"
+                                              for code, row in differential.items())
+    return text

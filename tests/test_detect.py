@@ -1,0 +1,319 @@
+"""Detection: dataset conversion, tiling and border merging, counting, typing white cells, storing."""
+
+from __future__ import annotations
+
+import shutil
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bloodcells.detect import (
+    DETECTOR_CLASSES,
+    DatasetError,
+    DetectedBox,
+    Detector,
+    DetectorFileError,
+    annotate,
+    canonical_class,
+    detect,
+    merge_tiles,
+    plan_tiles,
+    prepare_dataset,
+)
+from bloodcells.synthetic import (
+    BACKGROUND,
+    PLATELET_COLOUR,
+    RBC_COLOUR,
+    smear_field,
+    write_voc_dataset,
+    write_yolo_dataset,
+)
+
+
+# -- a detector for generated fields: finds the discs by colour ---------------------------------
+class DiscDetector(Detector):
+    """Finds generated discs as connected regions that differ from the background; the class
+    follows the disc's colour. Tiles and merges exactly like the YOLO detector (only
+    ``predict`` differs), so what it counts is what the tiling logic makes of whole and cut cells."""
+
+    def __init__(self, tile_size: int = 640, overlap: int = 200):
+        import threading
+
+        self.tile_size, self.overlap, self.sha256, self.lock = tile_size, overlap, "disc-detector", threading.RLock()
+        self.tiles_seen: list[tuple[int, int]] = []
+
+    def predict(self, images, file=""):
+        from scipy import ndimage
+
+        found = []
+        for image in images:
+            self.tiles_seen.append(image.size)
+            pixels = np.asarray(image).astype(int)
+            regions, _ = ndimage.label(np.abs(pixels - BACKGROUND).max(axis=2) > 25)
+            boxes = []
+            for index, region in enumerate(ndimage.find_objects(regions), 1):
+                ys, xs = region
+                if (xs.stop - xs.start) * (ys.stop - ys.start) < 16:
+                    continue  # anti-aliasing specks
+                colour = np.median(pixels[region][regions[region] == index], axis=0)
+                distance = {cls: np.abs(colour - ref).sum() for cls, ref in (("RBC", RBC_COLOUR),
+                                                                           ("PLT", PLATELET_COLOUR))}
+                cls = min(distance, key=distance.get)
+                boxes.append(DetectedBox(file, cls if distance[cls] < 30 else "WBC", 0.9,
+                                         xs.start, ys.start, xs.stop, ys.stop))
+            found.append(boxes)
+        return found
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+# -- datasets -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "code"), [("WBC", "WBC"), ("white blood cell", "WBC"), ("RBC", "RBC"),
+                                            ("red_cell", "RBC"), ("Platelets", "PLT"), ("PC", "PLT"),
+                                            ("platelet", "PLT"), ("neutrophil", None)])
+def test_class_names_of_other_datasets_map_onto_ours(name, code):
+    assert canonical_class(name) == code
+
+
+def test_voc_folder_becomes_a_yolo_dataset_in_our_classes(tmp_path):
+    voc = write_voc_dataset(tmp_path / "voc", n_train=3, n_val=2, size=(160, 120))
+    prepared = prepare_dataset(voc, tmp_path / "yolo")
+    assert prepared.counts["train"]["images"] == 3 and prepared.counts["val"]["images"] == 2
+    spec = __import__("yaml").safe_load(prepared.yaml_path.read_text())
+    assert spec["names"] == dict(enumerate(DETECTOR_CLASSES))
+    for split in ("train", "val"):
+        stems = (voc / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        for stem in stems:
+            labels = next((tmp_path / "yolo" / "labels" / split).rglob(f"*_{stem}.txt"))
+            got = sorted(tuple(round(float(v), 4) for v in line.split()) for line in labels.read_text().splitlines())
+            expected = []
+            for obj in ElementTree.parse(voc / "Annotations" / f"{stem}.xml").getroot().iter("object"):
+                x1, y1, x2, y2 = (float(obj.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                expected.append((DETECTOR_CLASSES.index(canonical_class(obj.findtext("name"))),
+                                 round((x1 + x2) / 320, 4), round((y1 + y2) / 240, 4),
+                                 round((x2 - x1) / 160, 4), round((y2 - y1) / 120, 4)))
+            assert got == sorted(expected)
+            image = next((tmp_path / "yolo" / "images" / split).rglob(f"*_{stem}.jpg"))
+            assert image.read_bytes() == (voc / "JPEGImages" / f"{stem}.jpg").read_bytes()
+
+
+def test_yolo_dataset_with_another_class_order_is_relabelled(tmp_path):
+    write_yolo_dataset(tmp_path / "src", n_train=2, n_val=1, size=(128, 96))
+    order = ["Platelets", "WBC", "RBC"]  # rewrite the source as if its ids were in this order
+    source_names = ["WBC", "RBC", "Platelets"]
+    for label in (tmp_path / "src" / "labels").rglob("*.txt"):
+        label.write_text("".join(f"{order.index(source_names[int(line.split()[0])])} {line.split(' ', 1)[1]}\n"
+                                 for line in label.read_text().splitlines()))
+    (tmp_path / "src" / "data.yaml").write_text(
+        "path: .\ntrain: images/train\nval: images/val\nnames: [Platelets, WBC, RBC]\n")
+    prepared = prepare_dataset(tmp_path / "src", tmp_path / "out")
+    original = (tmp_path / "src" / "labels" / "train" / "field_000.txt").read_text().splitlines()
+    converted = next((tmp_path / "out" / "labels" / "train").rglob("*field_000.txt")).read_text().splitlines()
+    assert [DETECTOR_CLASSES[int(c.split()[0])] for c in converted] == \
+        [canonical_class(order[int(o.split()[0])]) for o in original]
+    assert prepared.counts["train"]["images"] == 2
+
+
+def test_training_images_identical_to_validation_images_are_left_out(tmp_path):
+    write_yolo_dataset(tmp_path / "src", n_train=3, n_val=2, size=(128, 96))
+    # the same field published twice: once in val, once again in train under another name
+    shutil.copyfile(tmp_path / "src" / "images" / "val" / "field_000.jpg",
+                    tmp_path / "src" / "images" / "train" / "copy_of_val.jpg")
+    prepared = prepare_dataset(tmp_path / "src", tmp_path / "out")
+    assert prepared.counts["train"] == {"images": 3, "skipped_duplicates": 0, "skipped_leaks": 1}
+    assert not list((tmp_path / "out" / "images" / "train").rglob("*copy_of_val*"))
+
+
+def test_unknown_class_names_are_an_error_naming_the_file(tmp_path):
+    voc = write_voc_dataset(tmp_path / "voc", n_train=1, n_val=0, size=(128, 96))
+    xml = next((voc / "Annotations").glob("*.xml"))
+    xml.write_text(xml.read_text().replace("<name>RBC</name>", "<name>Neutrophil</name>", 1))
+    with pytest.raises(DatasetError, match=rf"{xml.name}.*Neutrophil"):
+        prepare_dataset(voc, tmp_path / "out")
+    with pytest.raises(DatasetError, match="neither a YOLO dataset"):
+        prepare_dataset(tmp_path, tmp_path / "out2")
+
+
+# -- tiling -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("width", "height"), [(4000, 3000), (1401, 641), (640, 480), (700, 2000)])
+def test_tiles_cover_the_image_and_overlap(width, height):
+    tile, overlap = 640, 160
+    tiles = plan_tiles(width, height, tile, overlap)
+    covered = np.zeros((height, width), bool)
+    for t in tiles:
+        assert t.x >= 0 and t.y >= 0 and t.x + t.width <= width and t.y + t.height <= height
+        covered[t.y:t.y + t.height, t.x:t.x + t.width] = True
+    assert covered.all()
+    xs = sorted({t.x for t in tiles})
+    assert all(b - a <= tile - overlap for a, b in zip(xs, xs[1:], strict=False))
+    assert max(t.x + t.width for t in tiles) == width
+
+
+def test_a_cell_across_a_tile_border_is_counted_once():
+    image, truth = smear_field(1400, 1050, n_wbc=6, n_rbc=40, n_platelets=12, seed=3)
+    detector = DiscDetector(tile_size=640, overlap=200)
+    tiles = plan_tiles(*image.size, 640, 200)
+    inner_edges_x = {t.x for t in tiles if t.x > 0} | {t.x + t.width for t in tiles if t.x + t.width < 1400}
+    cut = [b for b in truth if any(b.x1 < x < b.x2 for x in inner_edges_x)]
+    assert cut, "the field should have cells lying across a tile border"
+    # every tile on its own sees the cut cells, partly or whole: the raw tile boxes overcount
+    raw = detector.predict([image.crop((t.x, t.y, t.x + t.width, t.y + t.height)) for t in tiles])
+    assert sum(len(boxes) for boxes in raw) > len(truth)
+
+    boxes = detector.find(image, "field.png")
+    assert len(detector.tiles_seen) > len(tiles)  # find() tiled the image itself
+    assert len(boxes) == len(truth)
+    for cell in truth:  # generated cells never overlap: each box centre lies in its own cell
+        matches = [b for b in boxes if cell.x1 < (b.x1 + b.x2) / 2 < cell.x2 and cell.y1 < (b.y1 + b.y2) / 2 < cell.y2]
+        assert len(matches) == 1 and matches[0].class_code == canonical_class(cell.cls)
+
+
+def test_merge_keeps_the_whole_view_of_a_cut_cell_and_one_copy_of_a_doubly_seen_one():
+    tiles = plan_tiles(1000, 500, 600, 200)  # x = 0 and 400, overlap 400..600
+    left = [DetectedBox("f", "WBC", 0.7, 520, 100, 600, 180),  # cut by the left tile's right edge
+            DetectedBox("f", "RBC", 0.8, 420, 300, 470, 350)]  # whole, in the overlap
+    right = [DetectedBox("f", "WBC", 0.9, 520, 100, 640, 190),  # the same cell, whole
+             DetectedBox("f", "RBC", 0.6, 421, 301, 471, 351),
+             DetectedBox("f", "RBC", 0.6, 430, 100, 480, 150)]  # another cell
+    merged = merge_tiles([left, right], tiles, 1000, 500)
+    assert sorted((b.class_code, b.confidence, b.x1) for b in merged) == [
+        ("RBC", 0.6, 430), ("RBC", 0.8, 420), ("WBC", 0.9, 520)]
+
+
+# -- detect: counts, typing, storage --------------------------------------------------------------
+def _fields(folder, count=2, codes=("NGS",), size=(480, 360)):
+    folder.mkdir(parents=True, exist_ok=True)
+    truths = {}
+    for n in range(count):
+        image, truth = smear_field(*size, n_wbc=3, n_rbc=10, n_platelets=3, seed=40 + n, wbc_codes=codes)
+        image.save(folder / f"field_{n}.png")
+        truths[f"field_{n}.png"] = truth
+    return truths
+
+
+def test_detect_counts_per_image_and_per_upload_and_stores_them(tmp_path, store):
+    truths = _fields(tmp_path / "upload")
+    (tmp_path / "upload" / "broken.png").write_bytes(b"not an image")
+    result = detect(tmp_path / "upload", detector=DiscDetector(), classifier=False, store=store, name="slides")
+
+    assert [p.name for p in result.problems] == ["broken.png"]
+    assert result.typing_skipped == "white-cell typing switched off"
+    for file, truth in truths.items():
+        assert result.counts(file) == {code: sum(canonical_class(b.cls) == code for b in truth)
+                                       for code in DETECTOR_CLASSES}
+    assert result.counts() == {code: sum(result.counts(f)[code] for f in truths) for code in DETECTOR_CLASSES}
+
+    analysis = store.get_analysis(result.analysis_id)
+    assert (analysis.name, analysis.kind, analysis.status) == ("slides", "detection", "done")
+    assert analysis.model_versions == {"detector": "disc-detector"}
+    stored = sorted((d.filename, d.class_code, round(d.x1, 1), round(d.y2, 1)) for d in analysis.detections)
+    assert stored == sorted((b.file, b.class_code, round(b.x1, 1), round(b.y2, 1)) for b in result.boxes)
+    assert analysis.summary["counts"] == result.counts()
+    assert analysis.summary["per_image"]["field_1.png"]["counts"] == result.counts("field_1.png")
+
+
+def test_a_failing_detection_is_stored_as_failed_without_boxes(tmp_path, store):
+    _fields(tmp_path / "upload", count=2)
+
+    class FailsOnSecondImage(DiscDetector):
+        def find(self, image, file="", batch=16):
+            if file == "field_1.png":
+                raise RuntimeError("out of memory")
+            return super().find(image, file, batch)
+
+    with pytest.raises(RuntimeError):
+        detect(tmp_path / "upload", detector=FailsOnSecondImage(), classifier=False, store=store)
+    analysis = store.list_analyses(kind="detection")[0]
+    assert analysis.status == "failed" and "out of memory" in analysis.error
+    assert store.get_analysis(analysis.id).detections == []
+
+
+def test_white_cells_are_typed_through_the_classifier_tree(tmp_path, trained_models_dir, store):
+    from bloodcells.classify import load_classifier
+
+    classifier = load_classifier(trained_models_dir)
+    codes = ("LYT", "EOS", "NGS")
+    truths = _fields(tmp_path / "upload", count=3, codes=codes)
+    result = detect(tmp_path / "upload", detector=DiscDetector(), classifier=classifier, store=store)
+
+    white = [b for b in result.boxes if b.class_code == "WBC"]
+    assert len(white) == sum(b.cls == "WBC" for truth in truths.values() for b in truth)
+    assert result.typing_skipped is None
+    assert all(b.code and b.path.endswith(b.code) and 0 < b.sub_confidence <= 1 for b in white)
+    assert all(b.code is None for b in result.boxes if b.class_code != "WBC")
+    # most white cells come back as the type they were generated as
+    right = [b.code == _generated_code(truths[b.file], b, codes) for b in white]
+    assert sum(right) >= 0.6 * len(right)
+
+    differential = result.differential()
+    assert sum(v["count"] for v in differential.values()) == len(white)
+    assert sum(v["percent"] for v in differential.values()) == pytest.approx(100, abs=0.2)
+    stored = store.get_analysis(result.analysis_id)
+    assert sorted((d.code, d.path) for d in stored.detections if d.class_code == "WBC") == \
+        sorted((b.code, b.path) for b in white)
+    assert stored.summary["differential"] == differential
+    assert set(stored.model_versions) == {"detector", *(f"classifier:{c}" for c in classifier.versions())}
+
+
+def _generated_code(truth, box, codes) -> str:
+    """The type smear_field gave the white cell under ``box``: the n-th white cell placed
+    (counting from 1) gets ``codes[n % len(codes)]``."""
+    whites = [b for b in truth if b.cls == "WBC"]
+    nearest = max(range(len(whites)), key=lambda i: _iou(box.xyxy, (whites[i].x1, whites[i].y1, whites[i].x2,
+                                                                    whites[i].y2)))
+    return codes[(nearest + 1) % len(codes)]
+
+
+def test_without_a_classifier_detection_still_works_and_says_typing_was_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "no-models"))
+    _fields(tmp_path / "upload", count=1)
+    result = detect(tmp_path / "upload", detector=DiscDetector())
+    assert result.counts()["WBC"] == 3
+    assert "no classifier" in result.typing_skipped and "classifier.json" in result.typing_skipped
+    assert all(b.code is None for b in result.boxes)
+
+
+def test_annotate_draws_each_class_in_its_colour():
+    from bloodcells.detect import CLASS_COLOURS
+
+    image = Image.new("RGB", (200, 100), (255, 255, 255))
+    boxes = [DetectedBox("f", "WBC", 0.9, 10, 30, 60, 80, code="NGS", path="ALL/MYE/MYM/NEU/NGS",
+                         sub_confidence=0.8),
+             DetectedBox("f", "RBC", 0.7, 120, 40, 170, 90)]
+    drawn = annotate(image, boxes)
+    assert drawn.size == image.size and image.getpixel((10, 60)) == (255, 255, 255)
+    assert drawn.getpixel((10, 60)) == CLASS_COLOURS["WBC"]
+    assert drawn.getpixel((170, 70)) == CLASS_COLOURS["RBC"]
+    only_red = annotate(image, boxes, classes=["RBC"])
+    assert only_red.getpixel((10, 60)) == (255, 255, 255)
+
+
+def test_damaged_detector_weights_are_named(tmp_path):
+    weights = tmp_path / "detector.pt"
+    weights.write_bytes(b"garbage")
+    with pytest.raises(DetectorFileError, match="detector.pt"):
+        Detector.load(weights)
+    with pytest.raises(DetectorFileError, match="missing"):
+        Detector.load(tmp_path / "absent.pt")
+
+
+# -- the real YOLO path -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_trained_yolo_detector_finds_boxes_and_tiles_large_images(trained_detector, tmp_path):
+    detector = Detector.load(trained_detector, conf=0.001)
+    assert detector.imgsz == 64 and set(detector.classes.values()) == set(DETECTOR_CLASSES)
+    small, _ = smear_field(160, 120, seed=7)
+    large, _ = smear_field(700, 400, seed=8)
+    for image in (small, large):
+        boxes = detector.find(image, "x.png")
+        assert boxes, "a very low threshold always yields boxes"
+        assert all(0 <= b.x1 < b.x2 <= image.width + 1 and 0 <= b.y1 < b.y2 <= image.height + 1 for b in boxes)
+        assert {b.class_code for b in boxes} <= set(DETECTOR_CLASSES)
+    assert detector.needs_tiles(*large.size) and not detector.needs_tiles(*small.size)

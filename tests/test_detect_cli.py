@@ -1,0 +1,107 @@
+"""The detection commands, and training that never reaches the network."""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import socket
+
+import pytest
+from PIL import Image
+
+from bloodcells.cli import main
+from bloodcells.detect import DETECTOR_CLASSES, train_detector
+from bloodcells.synthetic import smear_field, write_voc_dataset, write_yolo_dataset
+
+
+def _outbound(address) -> bool:
+    """Whether a socket address leaves this machine (AF_UNIX paths and loopback do not)."""
+    if not isinstance(address, tuple):
+        return False
+    try:
+        return not ipaddress.ip_address(address[0]).is_loopback
+    except ValueError:  # a host name: resolving it would be the first step out
+        return address[0] != "localhost"
+
+
+@pytest.mark.slow
+def test_training_attempts_no_outbound_connection(tmp_path, monkeypatch):
+    attempts = []
+    real_connect, real_connect_ex, real_getaddrinfo = (socket.socket.connect, socket.socket.connect_ex,
+                                                       socket.getaddrinfo)
+
+    def connect(self, address):
+        if _outbound(address):
+            attempts.append(("connect", address))
+            raise OSError("network blocked by the test")
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        if _outbound(address):
+            attempts.append(("connect_ex", address))
+            return 101  # ENETUNREACH
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in (None, "localhost") and _outbound((host, 0)):
+            attempts.append(("getaddrinfo", host))
+            raise socket.gaierror("name resolution blocked by the test")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    voc = write_voc_dataset(tmp_path / "voc", n_train=2, n_val=1, size=(96, 64))
+    trained = train_detector(voc, epochs=1, imgsz=64, batch=2, workers=0, cache=False, out=tmp_path / "out",
+                             work_dir=tmp_path / "work", verbose=False)
+    assert trained.path.is_file() and (tmp_path / "out" / "metrics.json").is_file()
+    assert set(trained.metrics["voc"]["classes"]) <= set(DETECTOR_CLASSES)
+    assert attempts == []
+
+
+@pytest.mark.slow
+def test_detect_command_writes_rows_counts_and_annotated_images(trained_detector, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "no-models"))  # no classifier here
+    for n in range(2):
+        smear_field(160, 120, seed=n)[0].save(tmp_path / f"field_{n}.png")
+    out = tmp_path / "detections.csv"
+    code = main(["detect", str(tmp_path), "--out", str(out), "--annotated", str(tmp_path / "drawn"),
+                 "--model", str(trained_detector), "--conf", "0.001"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["file", "class", "confidence", "x1", "y1", "x2", "y2", "code", "path",
+                             "sub_confidence"]
+    assert {r["file"] for r in rows} == {"field_0.png", "field_1.png"}
+    assert all(r["code"] == "" for r in rows)
+    assert "white cells not typed" in printed
+    total = ", ".join(f"{c} {sum(r['class'] == c for r in rows)}" for c in DETECTOR_CLASSES)
+    assert f"all 2 images: {total}" in printed
+    for n in range(2):
+        drawn = Image.open(tmp_path / "drawn" / f"field_{n}.png")
+        assert drawn.size == (160, 120)
+
+
+@pytest.mark.slow
+def test_evaluate_detector_command_prints_each_class_and_overall(trained_detector, tmp_path, capsys):
+    voc = write_voc_dataset(tmp_path / "voc", n_train=0, n_val=2, size=(128, 96))
+    assert main(["evaluate-detector", "--data", str(voc), "--model", str(trained_detector)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [line for line in lines if line.split() and line.split()[0] in {*DETECTOR_CLASSES, "all"}]
+    assert [line.split()[0] for line in table] == [*DETECTOR_CLASSES, "all"]
+    assert "mAP50-95" in "\n".join(lines)
+    assert all(0 <= float(v) <= 1 for line in table for v in line.split()[-4:])
+
+
+def test_detector_commands_name_what_is_wrong(tmp_path, capsys):
+    assert main(["train-detector", "--data", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such file or folder" in capsys.readouterr().err
+    write_yolo_dataset(tmp_path / "yolo", n_train=1, n_val=1, size=(64, 48))
+    assert main(["train-detector", "--data", str(tmp_path / "yolo"), "--model", "yolo11n.pt"]) == 2
+    assert "nothing is downloaded" in capsys.readouterr().err
+    field = tmp_path / "field.png"
+    smear_field(64, 48)[0].save(field)
+    assert main(["detect", str(field), "--out", str(tmp_path / "d.csv"),
+                 "--model", str(tmp_path / "absent.pt")]) == 2
+    assert "absent.pt: detector weights missing" in capsys.readouterr().err
