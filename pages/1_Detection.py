@@ -10,7 +10,7 @@ from ui.common import page, require_store
 from ui.models import DEFAULT_BOX_CONFIDENCE, get_classifier, get_detector
 from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis
-from ui.uploads import IMAGE_TYPES, upload_label, uploaded_source
+from ui.uploads import ACCEPTED, upload_label, uploaded_source
 from ui.work import run_safely
 
 MAX_SHOWN_IMAGES = 50  # annotated images kept for display in the session; counts cover every image
@@ -28,7 +28,7 @@ classifier = get_classifier(required=False)
 if classifier is None:
     st.info("No classifier tree is available, so white cells are counted but not typed.")
 
-files = st.file_uploader("Smear images", type=["zip", *IMAGE_TYPES], accept_multiple_files=True, key="smear_upload")
+files = st.file_uploader("Smear images", accept_multiple_files=True, key="smear_upload", help=ACCEPTED)
 if st.button("Detect", type="primary", disabled=not files, key="detect"):
     total = None if any(f.name.lower().endswith(".zip") for f in files) else len(files)
     with cancel_button("cancel_detect"), run_safely("Detection") as outcome:

@@ -7,7 +7,7 @@ from ui.common import page, require_store
 from ui.models import get_classifier
 from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis
-from ui.uploads import IMAGE_TYPES, upload_label, uploaded_source
+from ui.uploads import ACCEPTED, upload_label, uploaded_source
 from ui.work import run_safely
 
 page("Classification")
@@ -17,7 +17,7 @@ st.caption("Drop one .zip of single-cell images, or several images. Every cell g
 store = require_store()
 classifier = get_classifier()
 
-files = st.file_uploader("Cell images", type=["zip", *IMAGE_TYPES], accept_multiple_files=True, key="cells_upload")
+files = st.file_uploader("Cell images", accept_multiple_files=True, key="cells_upload", help=ACCEPTED)
 if st.button("Classify", type="primary", disabled=not files, key="classify"):
     with cancel_button("cancel_classify"), run_safely("Classification") as outcome:
         with uploaded_source(files) as source, progress_bar("Classifying cells…") as progress:

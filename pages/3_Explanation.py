@@ -8,7 +8,7 @@ from bloodcells.explain import METHODS, explain
 from ui.common import page, require_store
 from ui.models import get_classifier, predicted_attributes
 from ui.results import open_upload_image
-from ui.uploads import IMAGE_TYPES
+from ui.uploads import ACCEPTED
 from ui.work import run_safely
 
 EVERY_LEVEL = "every level of the predicted path"
@@ -25,7 +25,7 @@ source = st.segmented_control("Cell", ["upload an image", "a cell from an analys
                               key="explain_source") or "upload an image"
 image, image_name = None, None
 if source == "upload an image":
-    upload = st.file_uploader("Cell image", type=IMAGE_TYPES, key="explain_upload")
+    upload = st.file_uploader("Cell image", key="explain_upload", help=ACCEPTED.replace(".zip, ", ""))
     if upload is not None:
         image, image_name = open_upload_image(upload.getvalue(), upload.name), upload.name
 else:

@@ -25,7 +25,7 @@ st.caption("Upload a .zip of class folders (one folder per cell type: tree codes
            "is trained beside the one in use; accept it to make every page use it.")
 store = require_store()
 
-upload = st.file_uploader("Labelled cells (.zip of class folders)", type=["zip"], key="training_upload")
+upload = st.file_uploader("Labelled cells (.zip of class folders)", key="training_upload")
 left, middle, right = st.columns(3)
 backbone = left.selectbox("Backbone", [*KNOWN_BACKBONES, "other timm model…"], key="training_backbone",
                           help="\n".join(f"- `{name}`: {text}" for name, text in KNOWN_BACKBONES.items()))
@@ -53,7 +53,7 @@ if st.button("Train", type="primary", disabled=not upload or not backbone, key="
                              epochs=int(epochs), min_per_class=int(min_per_class), cross_site=cross_site,
                              stain_norm=stain_norm)
         live = LiveCurves()
-        with uploaded_source([upload]) as source, progress_bar("Training…") as progress:
+        with uploaded_source([upload], zip_only=True) as source, progress_bar("Training…") as progress:
             report = train_tree([source], candidate_dir(), tree=default_tree(), config=config, progress=progress,
                                 log=live)
             # Scored on the uploaded cells the models never saw (the split keeps them apart).

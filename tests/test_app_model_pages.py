@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from bloodcells.store import open_store
+from bloodcells.store import PredictionRow, open_store
 from bloodcells.synthetic import cell_image, encode, write_cell_zip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +103,12 @@ def test_classification_of_several_images_and_bad_uploads(models_root, app_store
     at.button(key="classify").click().run()
     assert any("drop one .zip on its own" in e.value for e in at.error)
 
+    at.file_uploader[0].set_value(("notes.txt", b"not cells", "text/plain")).run()  # wrong file type
+    at.button(key="classify").click().run()
+    assert not at.exception
+    assert any("notes.txt: not an image or a .zip" in e.value for e in at.error)
+    assert len(app_store.list_analyses()) == 2  # nothing started
+
 
 def test_explanation_shows_a_heatmap_per_level(models_root, app_store):
     at = app("3_Explanation").run()
@@ -124,6 +130,25 @@ def test_explanation_shows_a_heatmap_per_level(models_root, app_store):
     assert not at.exception
     [level] = [image for image in at.image if "→" in (image.proto.imgs[0].caption or "")]
     assert level.proto.imgs[0].caption == "neutrophil → band neutrophil"
+
+
+def test_explanation_of_a_stored_cell_and_of_a_bad_file(models_root, app_store):
+    analysis_id = app_store.start_analysis("stored.zip", "classification")
+    app_store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"NGB_{n}.png", "NGB", "ALL/MYE/MYM/NEU/NGB", 0.9, {}, False, encode(cell_image("NGB", n, 32)))
+        for n in range(2)])
+    at = app("3_Explanation").run()
+    at.file_uploader[0].set_value(("cell.png", b"not a picture", "image/png")).run()
+    assert not at.exception
+    assert any(e.value.startswith("cell.png: not") for e in at.error)  # the file and the reason
+    at.segmented_control(key="explain_source").set_value("a cell from an analysis").run()
+    cell = app_store.get_analysis(analysis_id).predictions[1]
+    at.selectbox(key="explain_cell").set_value(cell)
+    at.selectbox(key="explain_method").select("saliency").run()
+    at.button(key="explain").click().run()
+    assert not at.exception and not at.error
+    assert any(image.proto.imgs[0].caption == "NGB_1.png" for image in at.image)  # the stored cell is shown
+    assert [image for image in at.image if "→" in (image.proto.imgs[0].caption or "")]
 
 
 @pytest.mark.slow

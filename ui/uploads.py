@@ -15,6 +15,9 @@ from bloodcells.inputs import IMAGE_SUFFIXES, InputError
 from bloodcells.settings import settings
 
 IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
+# The uploaders take any file: Streamlit's own type filter would answer a wrong file with a traceback
+# on the server side, where uploaded_source and open_image answer with the file's name and the reason.
+ACCEPTED = f"Accepted: .zip, {', '.join('.' + t for t in IMAGE_TYPES)}"
 
 
 def _safe_name(name: str) -> str:
@@ -31,10 +34,12 @@ def upload_label(files: Sequence) -> str:
 
 
 @contextmanager
-def uploaded_source(files: Sequence) -> Iterator[Path]:
+def uploaded_source(files: Sequence, zip_only: bool = False) -> Iterator[Path]:
     """One zip as a file, or several images as a folder; raises InputError on a mix or an odd type."""
     if not files:
         raise InputError("nothing was uploaded")
+    if zip_only and not (len(files) == 1 and files[0].name.lower().endswith(".zip")):
+        raise InputError(f"{', '.join(f.name for f in files)}: upload one .zip of class folders")
     zips = [f for f in files if f.name.lower().endswith(".zip")]
     others = [f.name for f in files if not f.name.lower().endswith(".zip")
               and Path(f.name).suffix.lower() not in IMAGE_SUFFIXES]
