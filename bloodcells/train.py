@@ -132,6 +132,8 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
     say = log if dist.main else (lambda _text: None)
     if device.type == "cpu" and dist.world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
+    if dist.world > 1:
+        say(f"DistributedDataParallel over {dist.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'})")
     started = time.perf_counter()
     pretrained, _ = MODES[config.mode]
     if pretrained:  # fail before the slow part when the weights cannot be had
@@ -291,6 +293,12 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
             correct += int((logits.argmax(1) == y).sum())
         scheduler.step()
         val_loss, val_acc = _validate(model, batch_tensor, val_idx, val_y, loss_fn, config.batch_size, device)
+        if dist.world > 1:  # ranks' BatchNorm statistics differ slightly: rank 0 decides for all
+            import torch.distributed as torch_dist
+
+            shared = torch.tensor([val_loss, val_acc], device=device)
+            torch_dist.broadcast(shared, src=0)
+            val_loss, val_acc = (float(v) for v in shared)
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started}
         history.append(record)

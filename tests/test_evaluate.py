@@ -1,0 +1,64 @@
+"""Evaluation: per node and whole tree, unseen cells only, files, comparison and cross-site tables."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import TINY_TREE_CELLS, tiny_train_config
+
+from bloodcells.evaluate import compare, cross_site, evaluate, format_comparison, format_cross_site
+from bloodcells.synthetic import write_cell_folders
+
+
+def test_scores_per_node_tree_and_source_with_files(trained_models_dir, tmp_path):
+    write_cell_folders(tmp_path / "fresh", TINY_TREE_CELLS | {"LYT": 8}, size=32, start_seed=900)
+    lines = []
+    result = evaluate([tmp_path / "fresh"], trained_models_dir, out_dir=tmp_path / "report", log=lines.append)
+    assert result.cells == sum(TINY_TREE_CELLS.values()) - 40 + 8 and result.skipped_seen == 0
+    assert set(result.nodes) == {"ALL", "MYM", "NEU"}
+    neu = result.nodes["NEU"]
+    assert set(neu.truth) == {"NGB", "NGS"} and len(neu.truth) == 80
+    assert neu.accuracy == pytest.approx(sum(t == p for t, p in zip(neu.truth, neu.predicted, strict=True)) / 80)
+    tree = result.tree
+    assert len(tree.truth) == result.cells and 0 <= tree.macro_f1 <= 1
+    assert tree.accuracy > 0.5  # far above chance (1/4) on a learnable toy problem
+    assert set(result.by_source) == {"fresh"} and result.by_source["fresh"].accuracy == tree.accuracy
+    assert "precision" in tree.report and any("macro-F1" in line for line in lines)
+    rows = list(csv.reader((tmp_path / "report" / "confusion_tree.csv").open()))
+    assert rows[0][1:] == tree.labels
+    assert sum(int(v) for row in rows[1:] for v in row[1:]) == result.cells
+    for name in ("confusion_tree.png", "confusion_NEU.png", "training_curves.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cells_used_in_training_are_left_out(trained_models_dir):
+    import json
+
+    cells = trained_models_dir.parent / "cells"
+    result = evaluate([cells], trained_models_dir, log=lambda _text: None)
+    split = json.loads((trained_models_dir / "split.json").read_text())
+    assert result.skipped_seen == len(split["seen"])
+    assert result.cells == len(split["test"])
+    everything = evaluate([cells], trained_models_dir, unseen_only=False, log=lambda _text: None)
+    assert everything.cells == sum(TINY_TREE_CELLS.values())
+
+
+@pytest.mark.slow
+def test_comparison_and_cross_site_tables(tmp_path):
+    write_cell_folders(tmp_path / "site_a", {"LYT": 12, "EOS": 12, "MON": 12}, size=24)
+    write_cell_folders(tmp_path / "site_b", {"LYT": 12, "EOS": 12, "BLA": 12}, size=24, start_seed=50)
+    config = tiny_train_config(epochs=1, per_class=8, input_size=24)
+    rows = compare([tmp_path / "site_a"], ["test_efficientnet"], ["scratch", "pretrained"], config,
+                   log=lambda _text: None)
+    assert [(r.backbone, r.mode) for r in rows] == [("test_efficientnet", "scratch"),
+                                                     ("test_efficientnet", "pretrained")]
+    assert set(rows[0].node_accuracy) == {"ALL", "MYM"} and rows[1].error
+    table = format_comparison(rows)
+    assert "test_efficientnet" in table and "ALL" in table.splitlines()[0]
+    results = cross_site(tmp_path / "site_a", tmp_path / "site_b", config, log=lambda _text: None)
+    assert [(r.trained_on, r.tested_on) for r in results] == [("site_a", "site_b"), ("site_b", "site_a")]
+    assert results[0].shared == ["EOS", "LYT"]
+    away = results[0].away.tree
+    assert set(away.truth) == {"EOS", "LYT"} and len(away.truth) == 24  # all of site b's shared cells
+    assert "other site" in format_cross_site(results[0])
