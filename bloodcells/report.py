@@ -110,7 +110,8 @@ def review_choices(code: str, tree: Tree | None = None) -> list[str]:
 
 def classifier_overview(classifier) -> list[dict]:
     """One row per trained node of a loaded tree: what it tells apart, how, how well, when."""
-    trained_at = classifier.manifest.get("trained_at", "")
+    stamp = classifier.manifest.get("trained_at", "")  # ISO 8601 in UTC, e.g. 2026-11-22T00:50:46Z
+    trained_at = f"{stamp[:16].replace('T', ' ')} UTC" if stamp else ""
     return [{"node": code, "name": classifier.tree[code].name.replace("_", " "), "children": ", ".join(node.classes),
              "architecture": node.architecture, "input px": node.input_size,
              "val accuracy": node.metrics.get("val_accuracy"), "trained": trained_at, "sha256": node.sha256[:12]}

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,9 @@ def browser():
 @pytest.fixture
 def page(browser, server, request):
     """A fresh tab; its last view is saved as test-artifacts/<test name>.png, passed or failed."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
     context = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
     tab = context.new_page()
     tab.set_default_timeout(TIMEOUT_MS)
@@ -129,7 +133,10 @@ def test_classification_cancel_keeps_nothing_half_stored(page, server, tmp_path)
     page.get_by_role("button", name="Cancel").click()
     expect(page.get_by_text("Classification cancelled")).to_be_visible()
     store = open_store(server["database"])
-    cancelled = [a for a in store.list_analyses() if a.name == "many.zip"]
+    deadline = time.time() + 60  # the stopped run cleans up in its own thread, beside the new run
+    while (cancelled := [a for a in store.list_analyses() if a.name == "many.zip"])[0].status == "running" \
+            and time.time() < deadline:
+        time.sleep(0.5)
     assert [(a.status, "cancelled" in (a.error or "")) for a in cancelled] == [("failed", True)]
     assert not store.get_analysis(cancelled[0].id).predictions  # no partial results
     store.engine.dispose()
