@@ -1,14 +1,14 @@
 """Explanation speed: time per method per cell, and the ratio to captum's defaults in the same run.
 
-Uses the shipped classifier (models/classifier/default) when it is there, else a freshly created
-model of the shipped architecture and input size (mobilenetv3_small_100, 96 px). The cell is a
+Uses the shipped classifier (models/classifier/default, or --models DIR) when it is there, else a
+freshly created model of the shipped architecture and input size (mobilenetv3_small_100, 64 px). The cell is a
 real PBC neutrophil from ../shared/datasets when present, else a generated one.
 
 Captum's defaults, on the same model and image: IntegratedGradients with n_steps=50 evaluated one
 step at a time (internal_batch_size=1); Occlusion with a 16x16 window, stride 8, one perturbation
 per forward pass. The source system took about 120 s per image.
 
-    .venv/bin/python bench/bench_explain.py [--repeats 5]
+    .venv/bin/python bench/bench_explain.py [--repeats 5] [--models DIR]
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ def cell_image():
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", type=Path, help="a trained classifier folder (default: the shipped one)")
+    parser.add_argument("--size", type=int, default=64, help="input size of the fresh model when none is found")
     args = parser.parse_args()
     apply_offline_environment()
     import torch
@@ -65,7 +67,7 @@ def main() -> int:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     image, image_name = cell_image()
-    models_dir = settings().models_dir / "classifier" / "default"
+    models_dir = args.models or settings().models_dir / "classifier" / "default"
     classifier = None
     if (models_dir / "classifier.json").is_file():
         from bloodcells.classify import TreeClassifier
@@ -74,7 +76,7 @@ def main() -> int:
         node = classifier.nodes[classifier.tree.root.code]
         module, inputs = node.module, node.preprocess(image).unsqueeze(0)
         explained = _private_copy(node, classifier.lock).module
-        what = f"shipped {node.architecture} node {node.code} at {node.input_size} px"
+        what = f"{models_dir}: {node.architecture} node {node.code} at {node.input_size} px"
     else:
         import numpy as np
 
@@ -82,9 +84,10 @@ def main() -> int:
         from bloodcells.data import to_tensor
 
         module = create_model("mobilenetv3_small_100", 5).eval()
-        inputs = to_tensor(np.asarray(image.resize((96, 96)))[None], (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        inputs = to_tensor(np.asarray(image.resize((args.size, args.size)))[None], (0.485, 0.456, 0.406),
+                           (0.229, 0.224, 0.225))
         explained = copy.deepcopy(module).requires_grad_(False)
-        what = "fresh mobilenetv3_small_100 at 96 px (no shipped classifier found)"
+        what = f"fresh mobilenetv3_small_100 at {args.size} px (no classifier in {models_dir})"
     with torch.no_grad():
         target = int(module(inputs).argmax())
     print(f"model: {what}; image: {image_name}; torch threads: {torch.get_num_threads()}; "
