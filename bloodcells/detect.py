@@ -39,6 +39,10 @@ class DatasetError(ValueError):
     """A training or evaluation dataset that cannot be used; the message names the file."""
 
 
+class DetectorFileError(RuntimeError):
+    """Detector weights that are missing or cannot be loaded (the message names the file)."""
+
+
 def canonical_class(name: str) -> str | None:
     """Our detector class for a dataset's class name (``Platelets`` -> ``PLT``), or None."""
     folded = " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
@@ -364,16 +368,12 @@ def default_detector_path() -> Path:
     folder = settings().models_dir / "detector"
     found = sorted(folder.glob("*.pt"))
     if not found:
-        raise FileNotFoundError(f"{folder}: no detector weights (*.pt); train one with "
+        raise DetectorFileError(f"{folder}: no detector weights (*.pt); train one with "
                                 "'bloodcells train-detector --data PATH' or 'make models-detector'")
     return found[0]
 
 
 # -- finding cells -----------------------------------------------------------------------------
-class DetectorFileError(RuntimeError):
-    """Detector weights that are missing or cannot be loaded (the message names the file)."""
-
-
 @dataclass(frozen=True)
 class Tile:
     x: int
@@ -539,8 +539,9 @@ class Detector:
         return merge_tiles(per_tile, tiles, width, height)
 
 
-def cell_crop(image, box: DetectedBox, margin: float = 0.15):
-    """A square crop centred on the box with some background around it, like single-cell images."""
+def cell_crop(image, box: DetectedBox, margin: float = 0.35):
+    """A square crop centred on the box, framed like single-cell images (PBC's cells span ~60% of
+    the image): the classifier tree was trained on those, and tighter crops lose its accuracy."""
     side = max(box.x2 - box.x1, box.y2 - box.y1) * (1 + 2 * margin)
     cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
     left, top = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))

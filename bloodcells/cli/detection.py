@@ -52,11 +52,11 @@ def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
 @command("evaluate-detector", "Precision, recall, mAP50 and mAP50-95 per class on a labelled dataset.",
          _configure_evaluate)
 def evaluate_detector_command(args: argparse.Namespace) -> int:
-    from ..detect import DatasetError, evaluate_detector
+    from ..detect import DatasetError, DetectorFileError, evaluate_detector
 
     try:
         metrics = evaluate_detector(args.data, model=args.model, imgsz=args.imgsz, split=args.split)
-    except DatasetError as error:
+    except (DatasetError, DetectorFileError) as error:
         raise CommandError(str(error)) from error
     _print_metrics(metrics)
     return 0
