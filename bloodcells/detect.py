@@ -429,44 +429,39 @@ def merge_tiles(per_tile: list[list[DetectedBox]], tiles: list[Tile], width: int
     the same class from another tile covers at least half of it and is whole or larger (that
     tile saw more of the cell). Whole cells inside an overlap are found twice; the less confident copy goes.
     """
-    candidates = []  # (box, tile index, cut by an inner edge)
-    for index, (boxes, tile) in enumerate(zip(per_tile, tiles, strict=True)):
-        inner = (tile.x > 0, tile.y > 0, tile.x + tile.width < width, tile.y + tile.height < height)
-        for box in boxes:
-            cut = ((inner[0] and box.x1 <= tile.x + edge) or (inner[1] and box.y1 <= tile.y + edge)
-                   or (inner[2] and box.x2 >= tile.x + tile.width - edge)
-                   or (inner[3] and box.y2 >= tile.y + tile.height - edge))
-            candidates.append((box, index, cut))
-    whole = [c for c in candidates if not c[2]]
-    kept = list(whole)
-    for box, index, _ in (c for c in candidates if c[2]):
-        seen_better = any(other.class_code == box.class_code and other_index != index
-                          and (not other_cut or _area(other) > _area(box))
-                          and _intersection(box, other) >= 0.5 * _area(box)
-                          for other, other_index, other_cut in candidates)
-        if not seen_better:
-            kept.append((box, index, True))
-    kept.sort(key=lambda c: (c[2], -c[0].confidence))  # whole cells first, then the most confident
-    merged: list[tuple[DetectedBox, int]] = []
-    for box, index, _ in kept:
-        if not any(other.class_code == box.class_code and other_index != index and _iou(box, other) > iou
-                   for other, other_index in merged):
-            merged.append((box, index))
-    return [box for box, _ in merged]
+    import numpy as np
 
+    boxes = [box for tile_boxes in per_tile for box in tile_boxes]
+    if not boxes:
+        return []
+    tile_of = np.array([index for index, tile_boxes in enumerate(per_tile) for _ in tile_boxes])
+    xyxy = np.array([box.xyxy for box in boxes], dtype=float)
+    classes = np.array([box.class_code for box in boxes])
+    confidence = np.array([box.confidence for box in boxes])
+    bounds = np.array([(t.x, t.y, t.x + t.width, t.y + t.height) for t in tiles], dtype=float)[tile_of]
+    inner = bounds > 0
+    inner[:, 2:] = bounds[:, 2:] < (width, height)
+    cut = (inner & np.concatenate([xyxy[:, :2] <= bounds[:, :2] + edge, xyxy[:, 2:] >= bounds[:, 2:] - edge],
+                                  axis=1)).any(axis=1)
+    area = (xyxy[:, 2] - xyxy[:, 0]).clip(0) * (xyxy[:, 3] - xyxy[:, 1]).clip(0)
 
-def _area(box: DetectedBox) -> float:
-    return max(0.0, box.x2 - box.x1) * max(0.0, box.y2 - box.y1)
+    def intersection(i: int, others: np.ndarray) -> np.ndarray:
+        low = np.maximum(xyxy[others, :2], xyxy[i, :2])
+        high = np.minimum(xyxy[others, 2:], xyxy[i, 2:])
+        return (high - low).clip(0).prod(axis=1)
 
-
-def _intersection(a: DetectedBox, b: DetectedBox) -> float:
-    return max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1)) * max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-
-
-def _iou(a: DetectedBox, b: DetectedBox) -> float:
-    inter = _intersection(a, b)
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
+    keep = ~cut
+    for i in np.flatnonzero(cut):  # vectorised over the other boxes: tiled fields hold thousands
+        better = np.flatnonzero((classes == classes[i]) & (tile_of != tile_of[i]) & (~cut | (area > area[i])))
+        keep[i] = not (intersection(i, better) >= 0.5 * area[i]).any()
+    order = sorted(np.flatnonzero(keep), key=lambda i: (cut[i], -confidence[i]))  # whole, most confident first
+    taken = np.zeros(len(boxes), bool)
+    for i in order:
+        rivals = np.flatnonzero(taken & (classes == classes[i]) & (tile_of != tile_of[i]))
+        overlap = intersection(i, rivals)
+        if not (overlap / (area[rivals] + area[i] - overlap).clip(1e-9) > iou).any():
+            taken[i] = True
+    return [boxes[i] for i in np.flatnonzero(taken)]
 
 
 class Detector:
