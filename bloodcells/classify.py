@@ -171,17 +171,22 @@ class TreeClassifier:
 
     def _descend(self, images: list, batch_size: int) -> list[CellResult]:
         count = len(images)
+        if not count:
+            return []
         at = [self.tree.root.code] * count
         chosen: list[dict[str, float]] = [{} for _ in range(count)]
         probabilities: list[dict[str, dict[str, float]]] = [{} for _ in range(count)]
         waiting = {self.tree.root.code: list(range(count))}
+        resized: dict[int, np.ndarray] = {}  # input size -> every image resized once, shared by the nodes
         with self.lock:
             while waiting:
                 code = next(iter(waiting))
                 members = waiting.pop(code)
                 if code in self.nodes:
                     model = self.nodes[code]
-                    probs = model.probabilities([images[i] for i in members], batch_size)
+                    if model.input_size not in resized:
+                        resized[model.input_size] = model.prepare(images)
+                    probs = model.probabilities(resized[model.input_size][members], batch_size)
                     picks = [model.classes[k] for k in probs.argmax(1)]
                     for i, row, pick in zip(members, probs, picks, strict=True):
                         probabilities[i][code] = {c: float(p) for c, p in zip(model.classes, row, strict=True)}
