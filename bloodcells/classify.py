@@ -278,13 +278,13 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
     With a ``store``, the analysis is recorded (running -> done with every prediction and image,
     or failed with its error). Images are read and classified ``batch_size`` at a time.
     """
-    from .inputs import InputError, InputImage, InputProblem, iter_inputs, open_image
+    from .inputs import InputError, InputImage, InputProblem, count_images, iter_inputs, open_image
     from .store import PredictionRow
 
     classifier = classifier or load_classifier()
     label = name or (Path(source).name if isinstance(source, str | Path) else "upload")
     outcome = ClassificationResult()
-    total = _count_images(source)
+    total = count_images(source)
     if store is not None:
         outcome.analysis_id = store.start_analysis(label, "classification", model_versions=classifier.versions())
     try:
@@ -336,22 +336,3 @@ def _unspool(spool) -> Iterator:
         except EOFError:
             return
 
-
-def _count_images(source) -> int | None:
-    """How many images a folder or zip holds (cheap: names only), for progress bars."""
-    import zipfile
-
-    from .inputs import is_image_name
-
-    if isinstance(source, bytes | bytearray):
-        return None
-    path = Path(source)
-    try:
-        if path.is_dir():
-            return sum(1 for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                return sum(1 for n in archive.namelist() if is_image_name(n) and not n.startswith("__MACOSX/"))
-    except OSError:
-        return None
-    return 1 if path.is_file() else None

@@ -141,9 +141,6 @@ def test_cli_refuses_an_unreadable_upload_in_one_line(trained_models_dir, tmp_pa
     assert len(error.splitlines()) == 1 and name in error and "Traceback" not in error
 
 
-@pytest.mark.xfail(strict=True, raises=zipfile.BadZipFile,
-                   reason="bloodcells.classify._count_images opens the zip itself and lets BadZipFile escape; "
-                          "it should use bloodcells.inputs.count_images (never raises)")
 def test_cli_refuses_a_zip_with_a_damaged_directory(trained_models_dir, tmp_path, capsys):
     from bloodcells.cli import main
 
