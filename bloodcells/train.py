@@ -205,7 +205,7 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
     if store is not None:
-        _register(store, out_dir, tree)
+        register_models(store, out_dir, tree)
     report.seconds = time.perf_counter() - started
     say(f"models written to {out_dir} in {report.seconds:.0f} s; review threshold "
         f"{report.review_threshold:.3f} (keeps {config.review_accuracy:.0%} accuracy on validation cells)")
@@ -391,7 +391,8 @@ def _calibrate(models_dir: Path, val: CellDataset, target_accuracy: float) -> fl
     return float(threshold)
 
 
-def _register(store, models_dir: Path, tree: Tree) -> None:
+def register_models(store, models_dir: Path, tree: Tree) -> None:
+    """Record every node model of a trained tree folder in the database (idempotent by sha256)."""
     for meta_file in sorted(models_dir.glob("*.json")):
         metadata = json.loads(meta_file.read_text())
         if "sha256" not in metadata:

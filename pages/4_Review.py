@@ -4,7 +4,7 @@ import streamlit as st
 
 from bloodcells import report
 from bloodcells.taxonomy import default_tree
-from ui.common import link_to, page, require_store, reviewer_name
+from ui.common import choose_analysis, link_to, page, require_store, reviewer_name
 from ui.results import cell_image_bytes
 
 PAGE_SIZE = 24  # cells shown per class before "Show more"
@@ -21,17 +21,8 @@ if not analyses:
     st.info("There is nothing to review yet: classify a zip of cells first.")
     link_to("pages/2_Classification.py")
     st.stop()
-ids = [a.id for a in analyses]
-names = {a.id: f"#{a.id} · {a.created_at:%Y-%m-%d %H:%M} · {a.name}" for a in analyses}
-remembered = st.session_state.get("analysis_id")
-chosen = st.selectbox("Analysis", ids, index=ids.index(remembered) if remembered in ids else 0,
-                      format_func=names.__getitem__, key="review_analysis")
-st.session_state["analysis_id"] = chosen
-try:
-    analysis = store.get_analysis(chosen)
-except KeyError:
-    st.warning(f"Analysis #{chosen} was deleted meanwhile.")
-    st.stop()
+analysis = choose_analysis(store, {a.id: f"#{a.id} · {a.created_at:%Y-%m-%d %H:%M} · {a.name}" for a in analyses},
+                           "Analysis", "review_analysis")
 predictions = analysis.predictions
 
 if not reviewer:

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from bloodcells import report
-from ui.common import link_to, page, require_store
+from ui.common import choose_analysis, link_to, page, require_store
 from ui.results import show_analysis
 
 page("History")
@@ -23,16 +23,7 @@ st.dataframe(rows, hide_index=True, key="history_table",
                             "count": st.column_config.NumberColumn("cells / boxes")})
 
 labels = {row["id"]: f"#{row['id']} · {row['date']} · {row['kind']} · {row['name']} ({row['status']})" for row in rows}
-ids = list(labels)
-remembered = st.session_state.get("analysis_id")
-chosen = st.selectbox("Open", ids, index=ids.index(remembered) if remembered in ids else 0,
-                      format_func=labels.__getitem__, key="history_open")
-st.session_state["analysis_id"] = chosen
-try:
-    analysis = store.get_analysis(chosen)
-except KeyError:
-    st.warning(f"Analysis #{chosen} was deleted meanwhile.")
-    st.stop()
+analysis = choose_analysis(store, labels, "Open", "history_open")
 
 header, actions = st.columns([4, 2])
 header.subheader(f"#{analysis.id} {analysis.name}")

@@ -64,6 +64,18 @@ def store(database_url):
 
 
 @pytest.fixture
+def app_store(tmp_path, monkeypatch):
+    """The store the Streamlit app opens in AppTests: the test's own SQLite file."""
+    from bloodcells.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    monkeypatch.setenv("BLOODCELLS_DATABASE_URL", url)
+    store = open_store(url)
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture
 def tree():
     from bloodcells.taxonomy import default_tree
 
@@ -79,7 +91,7 @@ def tiny_train_config(**changes):
     from bloodcells.train import TrainConfig
 
     options = dict(architecture="test_efficientnet", input_size=32, mode="scratch", cross_site=False,
-                   stain_norm=False, epochs=6, per_class=48, batch_size=16, patience=6, learning_rate=3e-3)
+                   stain_norm=False, epochs=10, per_class=48, batch_size=16, patience=6, learning_rate=3e-3)
     return TrainConfig(**{**options, **changes})
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from bloodcells.store import PredictionRow, open_store
+from bloodcells.store import PredictionRow
 from bloodcells.synthetic import cell_image, encode, write_cell_zip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,15 +27,6 @@ def models_root(tmp_path, monkeypatch, trained_models_dir):
     (root / "classifier" / "default").symlink_to(trained_models_dir, target_is_directory=True)
     monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(root))
     return root
-
-
-@pytest.fixture
-def app_store(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    monkeypatch.setenv("BLOODCELLS_DATABASE_URL", url)
-    store = open_store(url)
-    yield store
-    store.engine.dispose()
 
 
 @pytest.mark.parametrize("page", ["1_Detection", "2_Classification", "3_Explanation"])

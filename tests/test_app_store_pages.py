@@ -3,10 +3,9 @@ and the database-down message."""
 
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
-from bloodcells.store import DetectionRow, PredictionRow, open_store
+from bloodcells.store import DetectionRow, PredictionRow
 from bloodcells.synthetic import cell_image, encode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,16 +16,6 @@ def app(page: str | None = None) -> AppTest:
     if page:
         at.switch_page(f"pages/{page}.py")
     return at
-
-
-@pytest.fixture
-def app_store(tmp_path, monkeypatch):
-    """The store the app opens (the test's own SQLite file)."""
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    monkeypatch.setenv("BLOODCELLS_DATABASE_URL", url)
-    store = open_store(url)
-    yield store
-    store.engine.dispose()
 
 
 def classified(store, codes, needs_review=(), name="cells.zip"):

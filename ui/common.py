@@ -101,3 +101,18 @@ def reviewer_name() -> str:
                                  value=st.session_state.get("reviewer", ""), max_chars=128)
     st.session_state["reviewer"] = name.strip()
     return st.session_state["reviewer"]
+
+
+def choose_analysis(store: Store, labels: dict[int, str], prompt: str, key: str):
+    """A select box over analyses (id -> label) that remembers the choice across pages; returns the
+    chosen analysis, or stops the page with a warning when it was deleted meanwhile."""
+    ids = list(labels)
+    remembered = st.session_state.get("analysis_id")
+    chosen = st.selectbox(prompt, ids, index=ids.index(remembered) if remembered in ids else 0,
+                          format_func=labels.__getitem__, key=key)
+    st.session_state["analysis_id"] = chosen
+    try:
+        return store.get_analysis(chosen)
+    except KeyError:
+        st.warning(f"Analysis #{chosen} was deleted meanwhile.")
+        st.stop()

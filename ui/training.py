@@ -84,7 +84,7 @@ def accept_models(candidate: Path, tree_name: str, store) -> Path:
     so a failure half-way leaves the models in use untouched.
     """
     from bloodcells.classify import TreeClassifier
-    from bloodcells.train import _register  # TODO(train): a public registration function
+    from bloodcells.train import register_models
 
     target = settings().models_dir / "classifier" / tree_name
     incoming = target.with_name(f"{tree_name}.incoming")
@@ -97,5 +97,5 @@ def accept_models(candidate: Path, tree_name: str, store) -> Path:
         target.rename(previous)
     incoming.rename(target)
     if store is not None:
-        _register(store, target, classifier.tree)
+        register_models(store, target, classifier.tree)
     return target
