@@ -507,9 +507,17 @@ class Detector:
         """Boxes for each PIL image, one ultralytics call for all of them (no tiling)."""
         if not images:
             return []
+        import torch
+
         with self.lock:
-            results = self.yolo.predict(images, imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=1000,
-                                        device=_device(), verbose=False)
+            # ultralytics' device selection sets torch's (process-wide) thread count to cores - 1,
+            # which would halve every later CPU inference in this process on a 2-core server.
+            threads = torch.get_num_threads()
+            try:
+                results = self.yolo.predict(images, imgsz=self.imgsz, conf=self.conf, iou=self.iou, max_det=1000,
+                                            device=_device(), verbose=False)
+            finally:
+                torch.set_num_threads(threads)
         found = []
         for result in results:
             boxes = result.boxes

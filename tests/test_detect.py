@@ -306,6 +306,19 @@ def test_damaged_detector_weights_are_named(tmp_path):
 
 
 # -- the real YOLO path -----------------------------------------------------------------------------
+def test_detecting_leaves_torch_thread_count_alone(trained_detector):
+    """ultralytics sets torch's process-wide threads to cores - 1; the app's classifiers share them."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        Detector.load(trained_detector, conf=0.001).find(smear_field(160, 120, seed=3)[0], "x.png")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 def test_trained_yolo_detector_finds_boxes_and_tiles_large_images(trained_detector, tmp_path):
     detector = Detector.load(trained_detector, conf=0.001)
