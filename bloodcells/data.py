@@ -225,7 +225,7 @@ def balanced_indices(targets: dict[int, str], target: int, rng: np.random.Genera
 
 
 # -- augmentation -----------------------------------------------------------------------------
-def augmentation(size: int, cross_site: bool = False):
+def augmentation(cross_site: bool = False):
     """Albumentations pipeline for microscopy cells.
 
     Always: rotation by any angle, flips, gamma, brightness/contrast, blur or sharpen, a mild

@@ -259,7 +259,7 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
         nonlocal augment
         images = dataset.images[indices]
         if repeats is not None and (augment_all or repeats.any()):
-            augment = augment or augmentation(config.input_size, cross_site=config.cross_site)
+            augment = augment or augmentation(cross_site=config.cross_site)
             images = np.stack([augment(image=img)["image"] if (augment_all or again) else img
                                for img, again in zip(images, repeats, strict=True)])
         return to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True)

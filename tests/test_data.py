@@ -126,7 +126,7 @@ def test_augmentation_changes_pixels_but_keeps_shape():
 
     image = np.asarray(cell_image("NGS", 0, 48))
     for cross_site in (False, True):
-        pipeline = augmentation(48, cross_site=cross_site)
+        pipeline = augmentation(cross_site=cross_site)
         out = [pipeline(image=image)["image"] for _ in range(4)]
         assert all(o.shape == image.shape and o.dtype == np.uint8 for o in out)
         assert any(not np.array_equal(o, image) for o in out)
