@@ -71,3 +71,45 @@ def default_input_size(name: str) -> int:
 
     config = timm.models.get_pretrained_cfg(name)
     return int(config.input_size[-1]) if config is not None else 224
+
+
+def node_network(backbone, groups: list[int], children: int):
+    """Wrap ``backbone`` (one output per fine label) so that it answers for a node's ``children``.
+
+    ``groups[f]`` is the child that fine label ``f`` lies under. See ``NodeNetwork``.
+    """
+    import torch
+    from torch import nn
+
+    class NodeNetwork(nn.Module):
+        """A node's classifier that learns the finer cell types below its children.
+
+        A child such as "immature myeloid" spans blasts to metamyelocytes: one target for such
+        different cells is hard to learn from scratch, the cell types themselves are not. The
+        backbone scores the fine labels; a child's score is the log-sum-exp of its fine labels'
+        logits, so its softmax probability is the sum of theirs. ``forward`` gives the children's
+        scores (what classification and explanations use); ``backbone`` gives the fine ones.
+        """
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = backbone
+            membership = torch.zeros(children, len(groups), dtype=torch.bool)
+            membership[torch.as_tensor(groups), torch.arange(len(groups))] = True
+            self.register_buffer("membership", membership, persistent=False)
+
+        def forward(self, inputs):
+            return self.group(self.backbone(inputs))
+
+        def group(self, fine_logits):
+            """Fine labels' logits (N x F) -> the children's scores (N x C)."""
+            masked = fine_logits.unsqueeze(1).masked_fill(~self.membership, float("-inf"))
+            return torch.logsumexp(masked, dim=2)
+
+        def forward_features(self, inputs):
+            return self.backbone.forward_features(inputs)
+
+        def forward_head(self, features, pre_logits: bool = False):
+            return self.backbone.forward_head(features, pre_logits=pre_logits)
+
+    return NodeNetwork()

@@ -71,7 +71,7 @@ class NodeModel:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from .backbones import create_model
+        from .backbones import create_model, node_network
         from .store import sha256_hex
 
         try:
@@ -84,11 +84,13 @@ class NodeModel:
         if sha256_hex(weights.read_bytes()) != metadata.get("sha256"):
             raise ModelFileError(f"{weights}: sha256 does not match {metadata_file.name} "
                                  "(file altered or corrupt; retrain or restore it)")
-        module = create_model(metadata["architecture"], len(metadata["classes"]),
-                              img_size=int(metadata["input_size"]))
+        classes = list(metadata["classes"])
+        outputs = metadata.get("outputs") or {code: code for code in classes}  # label -> child it lies under
         try:
-            module.load_state_dict(load_file(str(weights)))
-        except (SafetensorError, RuntimeError, OSError) as error:
+            backbone = create_model(metadata["architecture"], len(outputs), img_size=int(metadata["input_size"]))
+            backbone.load_state_dict(load_file(str(weights)))
+            module = node_network(backbone, [classes.index(child) for child in outputs.values()], len(classes))
+        except (SafetensorError, RuntimeError, OSError, ValueError) as error:
             raise ModelFileError(f"{weights}: cannot load into {metadata['architecture']} ({error})") from error
         return cls(metadata["code"], metadata, module.float().eval(), weights)
 

@@ -11,6 +11,7 @@ the format). Under ``torchrun`` it trains with DistributedDataParallel (gloo on 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -227,29 +228,41 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
     import torch
     from torch import nn
 
-    from .backbones import create_model
+    from .backbones import create_model, node_network
 
     all_targets = node_targets(tree, code, dataset.labels)
     classes = [child.code for child in tree.children(code)
                if child.code in {all_targets[i] for i in splits["train"] if i in all_targets}]
     class_index = {c: n for n, c in enumerate(classes)}
     train_targets = {i: all_targets[i] for i in splits["train"] if i in all_targets}
+    # the network learns the labels themselves (the cell types below each child) and answers for
+    # the children by summing their probabilities (backbones.node_network)
+    outputs = {label: child for child in classes
+               for label in sorted({dataset.labels[i] for i, c in train_targets.items() if c == child})}
+    output_index = {label: n for n, label in enumerate(outputs)}
+    children_of_outputs = torch.as_tensor([class_index[child] for child in outputs.values()], device=device)
     val_idx = np.asarray([i for i in splits["val"] if all_targets.get(i) in class_index], dtype=int)
     val_y = np.asarray([class_index[all_targets[i]] for i in val_idx], dtype=int)
 
     torch.manual_seed(config.seed)
     pretrained, augment_all = MODES[config.mode]
-    model = create_model(config.architecture, len(classes),
-                         pretrained=(config.pretrained_checkpoint or True) if pretrained else False,
-                         img_size=config.input_size).to(device)
-    mean, std = _normalisation(model)
-    trained = model
+    backbone = create_model(config.architecture, len(outputs),
+                            pretrained=(config.pretrained_checkpoint or True) if pretrained else False,
+                            img_size=config.input_size)
+    model = node_network(backbone, children_of_outputs.tolist(), len(classes)).to(device)
+    mean, std = _normalisation(backbone)
+    trained = backbone
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        trained = DistributedDataParallel(backbone, device_ids=[device.index] if device.type == "cuda" else None)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, config.epochs))
+    # cosine schedule per step, after one epoch of linear warm-up: from scratch, the first
+    # full-rate steps can throw the weights far off
+    steps_per_epoch = max(1, -(-per_child * len(classes) // (dist.world * config.batch_size)))
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / steps_per_epoch)
+                                                  * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -265,8 +278,9 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
         return to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True)
 
     history, best = [], {"val_loss": float("inf"), "epoch": 0, "state": None}
-    log(f"[{code}] {config.architecture} {config.input_size}px {config.mode}: classes {', '.join(classes)}; "
-        f"{per_child} per child per epoch, {len(val_idx)} validation cells")
+    log(f"[{code}] {config.architecture} {config.input_size}px {config.mode}: classes {', '.join(classes)} "
+        f"(learning {len(outputs)} labels: {', '.join(outputs)}); {per_child} per child per epoch, "
+        f"{len(val_idx)} validation cells")
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         rng = np.random.default_rng(config.seed * 1000 + epoch)
@@ -280,7 +294,7 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
             if len(indices) < 2:  # BatchNorm needs two samples
                 continue
             x = batch_tensor(indices, repeats[start:start + config.batch_size])
-            y = torch.as_tensor([class_index[train_targets[i]] for i in indices], device=device)
+            y = torch.as_tensor([output_index[dataset.labels[i]] for i in indices], device=device)
             with torch.autocast(device.type, enabled=amp):
                 logits = trained(x)
                 loss = loss_fn(logits, y)
@@ -288,10 +302,10 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
             scaler.scale(loss).backward()
             scaler.step(optimiser)
             scaler.update()
+            scheduler.step()
             seen += len(indices)
             loss_sum += loss.item() * len(indices)
-            correct += int((logits.argmax(1) == y).sum())
-        scheduler.step()
+            correct += int((model.group(logits.detach().float()).argmax(1) == children_of_outputs[y]).sum())
         val_loss, val_acc = _validate(model, batch_tensor, val_idx, val_y, loss_fn, config.batch_size, device)
         if dist.world > 1:  # ranks' BatchNorm statistics differ slightly: rank 0 decides for all
             import torch.distributed as torch_dist
@@ -309,14 +323,14 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
             step(f"epoch {epoch}/{config.epochs}")
         if val_loss < best["val_loss"] - 1e-4:
             best = {"val_loss": val_loss, "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                    "state": {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}}
         elif epoch - best["epoch"] >= config.patience:
             log(f"[{code}] early stop: no better validation loss for {config.patience} epochs")
             break
     if best["state"] is None:  # no validation cells: keep the last weights
-        best["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        best["state"] = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
     best_record = history[best["epoch"] - 1] if best["epoch"] else history[-1]
-    metrics = {"classes": classes, "mean": list(mean), "std": list(std), "best_epoch": best_record["epoch"],
+    metrics = {"classes": classes, "outputs": outputs, "mean": list(mean), "std": list(std), "best_epoch": best_record["epoch"],
                "val_loss": best_record["val_loss"], "val_accuracy": best_record["val_accuracy"],
                "history": history, "train_counts": {c: sum(1 for t in train_targets.values() if t == c)
                                                     for c in classes},
@@ -358,11 +372,11 @@ def _save_node(folder: Path, code: str, state: dict, metrics: dict, config: Trai
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(weights))
     metadata = {
         "code": code, "architecture": config.architecture, "input_size": config.input_size,
-        "classes": metrics["classes"], "mean": metrics["mean"], "std": metrics["std"],
+        "classes": metrics["classes"], "outputs": metrics["outputs"], "mean": metrics["mean"], "std": metrics["std"],
         "stain_norm": config.stain_norm, "weights": weights.name,
         "sha256": sha256_hex(weights.read_bytes()), "data_fingerprint": fingerprint,
         "mode": config.mode, "torch": torch.__version__,
-        "metrics": {k: v for k, v in metrics.items() if k not in {"classes", "mean", "std"}},
+        "metrics": {k: v for k, v in metrics.items() if k not in {"classes", "outputs", "mean", "std"}},
     }
     _write_json(folder / f"{code}.json", metadata)
 

@@ -32,6 +32,27 @@ def test_models_and_metadata_on_disk(trained_models_dir):
         best = min(history, key=lambda h: h["val_loss"])
         assert meta["metrics"]["best_epoch"] == best["epoch"]
     assert json.loads((trained_models_dir / "NEU.json").read_text())["classes"] == ["NGB", "NGS"]
+    # a node learns the cell types below its children: ALL tells LYM from MYE by learning LYT, EOS, NGB, NGS
+    root = json.loads((trained_models_dir / "ALL.json").read_text())
+    assert root["classes"] == ["LYM", "MYE"]
+    assert root["outputs"] == {"LYT": "LYM", "EOS": "MYE", "NGB": "MYE", "NGS": "MYE"}
+
+
+def test_node_network_sums_the_fine_labels_of_each_child():
+    import torch
+
+    from bloodcells.backbones import node_network
+
+    backbone = create_model("test_efficientnet", 4).eval()
+    network = node_network(backbone, [0, 1, 1, 1], 2).eval()  # fine labels 1-3 lie under child 1
+    images = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        fine = torch.softmax(backbone(images), dim=1)
+        children = torch.softmax(network(images), dim=1)
+    assert torch.allclose(children[:, 0], fine[:, 0], atol=1e-5)
+    assert torch.allclose(children[:, 1], fine[:, 1:].sum(1), atol=1e-5)
+    features = network.forward_head(network.forward_features(images), pre_logits=True)
+    assert features.shape == (5, backbone.num_features)
 
 
 def test_training_registers_models_and_reports_progress(store, tmp_path):
