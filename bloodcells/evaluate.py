@@ -61,6 +61,7 @@ class Evaluation:
     nodes: dict[str, Scores] = field(default_factory=dict)
     tree: Scores | None = None
     by_source: dict[str, Scores] = field(default_factory=dict)
+    merged: dict[str, Scores] = field(default_factory=dict)  # per source, cell types merged up to ``at``
     cells: int = 0
     skipped_seen: int = 0
     files: list[Path] = field(default_factory=list)
@@ -68,10 +69,16 @@ class Evaluation:
 
 def evaluate(sources: Sequence[str | Path], models_dir: str | Path | None = None, *,
              out_dir: str | Path | None = None, unseen_only: bool = True, restrict_to: Sequence[str] | None = None,
-             classifier: TreeClassifier | None = None, log: Callable[[str], None] = print) -> Evaluation:
-    """Score the tree in ``models_dir`` on labelled ``sources`` (only unseen cells by default)."""
+             classifier: TreeClassifier | None = None, at: Sequence[str] | None = None,
+             log: Callable[[str], None] = print) -> Evaluation:
+    """Score the tree in ``models_dir`` on labelled ``sources`` (only unseen cells by default).
+
+    ``at``: tree codes to score again with every cell type merged into the listed code above it
+    (e.g. PBC's eight classes: a myelocyte called a metamyelocyte is right as "ig", MYI).
+    """
     classifier = classifier or TreeClassifier.load(models_dir)
     tree = classifier.tree
+    merge = _merger(tree, at) if at else None  # before the slow part: an unknown code fails at once
     size = max((node.input_size for node in classifier.nodes.values()), default=64)
     dataset = load_dataset(sources, tree, size)
     keep = np.arange(len(dataset))
@@ -105,11 +112,27 @@ def evaluate(sources: Sequence[str | Path], models_dir: str | Path | None = None
         mine = [i for i in leaf if dataset.sources[i] == source]
         outcome.by_source[source] = Scores.of(source, [dataset.labels[i] for i in mine],
                                               [results[i].code for i in mine], order)
+        if merge:
+            outcome.merged[source] = Scores.of(f"{source} at {','.join(at)}",
+                                               [merge(dataset.labels[i]) for i in mine],
+                                               [merge(results[i].code) for i in mine], order)
     _print(outcome, log)
     if out_dir:
         outcome.files = _write_outputs(outcome, classifier, Path(out_dir))
         log("written: " + ", ".join(str(f) for f in outcome.files))
     return outcome
+
+
+def _merger(tree, at: Sequence[str]) -> Callable[[str], str]:
+    """code -> the nearest of ``at`` on its path from the root (the code itself if none)."""
+    unknown = [code for code in at if code not in tree]
+    if unknown:
+        raise ValueError(f"--at: {', '.join(unknown)} not in tree {tree.name!r}")
+    wanted = set(at)
+
+    def merge(code: str) -> str:
+        return next((node.code for node in reversed(tree.path(code)) if node.code in wanted), code)
+    return merge
 
 
 def _seen_digests(models_dir: Path) -> set[str]:
@@ -126,6 +149,9 @@ def _print(outcome: Evaluation, log) -> None:
     log("whole tree, leaf level:\n  " + outcome.tree.summary())
     log(outcome.tree.report)
     for scores in outcome.by_source.values():
+        per_class = ", ".join(f"{c} {a:.2f}" for c, a in scores.per_class.items())
+        log(f"  {scores.summary()}\n    accuracy per class: {per_class}")
+    for scores in outcome.merged.values():
         per_class = ", ".join(f"{c} {a:.2f}" for c, a in scores.per_class.items())
         log(f"  {scores.summary()}\n    accuracy per class: {per_class}")
 

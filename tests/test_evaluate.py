@@ -32,6 +32,20 @@ def test_scores_per_node_tree_and_source_with_files(trained_models_dir, tmp_path
         assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_scores_with_cell_types_merged_up_the_tree(trained_models_dir, tmp_path):
+    write_cell_folders(tmp_path / "fresh", TINY_TREE_CELLS, size=32, start_seed=700)
+    result = evaluate([tmp_path / "fresh"], trained_models_dir, at=["NEU", "LYT"], log=lambda _text: None)
+    leaf, merged = result.by_source["fresh"], result.merged["fresh"]
+    assert set(merged.truth) == {"NEU", "LYT", "EOS"}  # NGB and NGS become NEU; EOS is under no code given
+    assert merged.truth.count("NEU") == leaf.truth.count("NGB") + leaf.truth.count("NGS")
+    band_as_segmented = sum(t == "NGB" and p == "NGS" for t, p in zip(leaf.truth, leaf.predicted, strict=True))
+    wrong = sum(t != p for t, p in zip(leaf.truth, leaf.predicted, strict=True))
+    assert round(merged.accuracy * len(merged.truth)) == len(leaf.truth) - wrong + band_as_segmented \
+        + sum(t == "NGS" and p == "NGB" for t, p in zip(leaf.truth, leaf.predicted, strict=True))
+    with pytest.raises(ValueError, match="XYZ not in tree"):
+        evaluate([tmp_path / "fresh"], trained_models_dir, at=["XYZ"], log=lambda _text: None)
+
+
 def test_cells_used_in_training_are_left_out(trained_models_dir):
     import json
 

@@ -160,6 +160,9 @@ def _evaluate_args(parser):
     parser.add_argument("--out", help="write confusion matrices (CSV, PNG) and training curves (PNG) here")
     parser.add_argument("--all", action="store_true",
                         help="score every cell, also those training used (default: only unseen cells)")
+    parser.add_argument("--at", type=lambda text: text.split(","), metavar="CODES",
+                        help="also score each source with cell types merged into these codes "
+                             "(e.g. PBC's classes: EBO,LYT,MYI,NEU,BAS,EOS,MON,PLT)")
     parser.add_argument("--compare", action="store_true",
                         help="train every --backbones x --modes on --data and print accuracy per node")
     parser.add_argument("--backbones", type=lambda text: text.split(","),
@@ -187,7 +190,7 @@ def _evaluate(args) -> int:
         print(format_comparison(compare(args.data, args.backbones, args.modes, _config(args), tree=args.tree)))
         return 0
     try:
-        evaluate(args.data, args.models, out_dir=args.out, unseen_only=not args.all)
-    except ModelFileError as error:
+        evaluate(args.data, args.models, out_dir=args.out, unseen_only=not args.all, at=args.at)
+    except (ModelFileError, ValueError) as error:
         raise CommandError(str(error)) from error
     return 0
