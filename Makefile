@@ -49,8 +49,8 @@ models: models-classifier models-detector models-attributes
 # The default tree, trained from scratch on PBC + Matek together (docs/classification.md).
 models-classifier: install
 	$(PY) -m bloodcells train --data $(DATASETS)/pbc --data $(DATASETS)/matek \
-		--out models/classifier/default --backbone mobilenetv3_small_100 --size 64 \
-		--epochs 12 --per-class 300 --patience 4 --batch-size 32 --lr 1e-3 --no-cross-site --no-stain-norm
+		--out models/classifier/default --backbone mobilenetv3_small_100 --size 128 \
+		--epochs 24 --per-class 600 --patience 8 --batch-size 64 --lr 2e-3 --no-cross-site --no-stain-norm
 
 # The shipped detector: YOLO11n from scratch on TXL-PBC + BCCD train (val images' twins left out),
 # bounded by DETECTOR_HOURS of training on this CPU (epochs actually run: models/detector/metrics.json).
