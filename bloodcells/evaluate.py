@@ -148,10 +148,7 @@ def _print(outcome: Evaluation, log) -> None:
         log("  " + scores.summary())
     log("whole tree, leaf level:\n  " + outcome.tree.summary())
     log(outcome.tree.report)
-    for scores in outcome.by_source.values():
-        per_class = ", ".join(f"{c} {a:.2f}" for c, a in scores.per_class.items())
-        log(f"  {scores.summary()}\n    accuracy per class: {per_class}")
-    for scores in outcome.merged.values():
+    for scores in (*outcome.by_source.values(), *outcome.merged.values()):
         per_class = ", ".join(f"{c} {a:.2f}" for c, a in scores.per_class.items())
         log(f"  {scores.summary()}\n    accuracy per class: {per_class}")
 
