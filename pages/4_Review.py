@@ -89,6 +89,10 @@ for code in (node.code for node in tree.root.walk()):
         continue
     cells = groups[code]
     alternatives = [c for c in report.review_choices(code, tree) if c != report.UNIDENTIFIED][:QUICK_ALTERNATIVES]
+    # one button per distinct code (the widget keys hold it): a cell predicted "unidentified" gets
+    # its "✓" and no second "unidentified" button
+    choices = {code: f"✓ {code}"} | {c: c for c in alternatives if c != code}
+    choices.setdefault(report.UNIDENTIFIED, "unidentified")
     st.subheader(f"Predicted {label(code)} ({len(cells)})")
     shown = st.session_state.get(f"shown_{code}", PAGE_SIZE)
     grid = st.columns(4)
@@ -101,8 +105,7 @@ for code in (node.code for node in tree.root.walk()):
             status = f"**now {label(final)}**" if prediction.reviews else "not reviewed"
             st.caption(f"{prediction.filename} · {prediction.confidence:.2f} · {status}")
             with st.container(horizontal=True, gap="small"):
-                for choice, text in [(code, f"✓ {code}"), *[(c, c) for c in alternatives],
-                                     (report.UNIDENTIFIED, "unidentified")]:
+                for choice, text in choices.items():
                     st.button(text, key=f"set_{prediction.id}_{choice}", help=label(choice), disabled=not reviewer,
                               type="primary" if prediction.reviews and final == choice else "secondary",
                               on_click=apply_review, args=(prediction.id, choice))

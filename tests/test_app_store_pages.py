@@ -125,3 +125,22 @@ def test_review_without_analyses_points_to_classification(app_store):
     at = app("4_Review").run()
     assert not at.exception
     assert any("nothing to review" in i.value for i in at.info)
+
+
+def test_review_of_not_identifiable_cells_renders_and_stores_a_reclassification(app_store):
+    """Regression: a cell predicted NIF gave two buttons keyed ``set_<id>_NIF`` ("✓ NIF" and
+    "unidentified") and the whole Review page stopped with StreamlitDuplicateElementKey."""
+    analysis_id = classified(app_store, ["NIF", "NIF", "NGS"], needs_review=[0, 1])
+    at = app("4_Review").run()
+    assert not at.exception
+    at.sidebar.text_input[0].input("Dr Who").run()
+    assert not at.exception
+    unidentified = app_store.get_analysis(analysis_id).predictions[0]
+    buttons = [b for b in at.button if b.key and b.key.startswith(f"set_{unidentified.id}_")]
+    assert [b.label for b in buttons].count("✓ NIF") == 1 and "unidentified" not in [b.label for b in buttons]
+    alternative = next(b for b in buttons if b.label != "✓ NIF")
+    alternative.click().run()
+    assert not at.exception
+    [stored] = app_store.get_analysis(analysis_id).predictions[0].reviews
+    assert (stored.old_code, stored.new_code, stored.reviewer) == ("NIF", alternative.label, "Dr Who")
+    assert at.dataframe[0].value.set_index("code").loc["NIF", "now"] == 1

@@ -142,29 +142,41 @@ def test_classification_cancel_keeps_nothing_half_stored(page, server, tmp_path)
     store.engine.dispose()
 
 
-def test_review_one_click_changes_the_count(page, server):
+def stored_analysis(server, code: str, path: str, cells: int) -> int:
+    store = open_store(server["database"])
+    analysis_id = store.start_analysis(f"{code}-cells.zip", "classification", {"ALL": "0" * 64})
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"{code}_{n}.png", code, path, 0.4, {}, True, encode(cell_image("NGS", n, 64)))
+        for n in range(cells)])
+    store.engine.dispose()
+    return analysis_id
+
+
+def review_one_cell(page, server, analysis_id: int, button: str) -> list[tuple]:
+    """Open the analysis on Review as Dr Browser, click ``button`` once; the reviews stored after."""
     from playwright.sync_api import expect
 
-    store = open_store(server["database"])
-    analysis_id = store.start_analysis("reviewed.zip", "classification", {"ALL": "0" * 64})
-    store.finish_analysis(analysis_id, predictions=[
-        PredictionRow(f"NGS_{n}.png", "NGS", "ALL/MYE/MYM/NEU/NGS", 0.4, {}, True, encode(cell_image("NGS", n, 64)))
-        for n in range(3)])
-    store.engine.dispose()
     open_page(page, server, "Review")
     page.get_by_role("combobox").first.click()
     page.get_by_role("option", name=f"#{analysis_id} ").click()
     page.get_by_label("Your name").fill("Dr Browser")
     page.get_by_label("Your name").press("Enter")
     expect(metric(page, "Reviewed")).to_have_text("0 of 3")
-    page.get_by_role("button", name="NGB", exact=True).first.click()
+    page.get_by_role("button", name=button, exact=True).first.click()
     expect(metric(page, "Reviewed")).to_have_text("1 of 3")
-    counts = page.get_by_test_id("stDataFrame").first
-    expect(counts).to_contain_text("band neutrophil")
     store = open_store(server["database"])
     reviews = [(r.old_code, r.new_code, r.reviewer) for p in store.get_analysis(analysis_id).predictions
                for r in p.reviews]
     store.engine.dispose()
+    return reviews
+
+
+def test_review_one_click_changes_the_count(page, server):
+    from playwright.sync_api import expect
+
+    analysis_id = stored_analysis(server, "NGS", "ALL/MYE/MYM/NEU/NGS", 3)
+    reviews = review_one_cell(page, server, analysis_id, "NGB")
+    expect(page.get_by_test_id("stDataFrame").first).to_contain_text("band neutrophil")
     assert reviews == [("NGS", "NGB", "Dr Browser")]
 
 
@@ -201,3 +213,13 @@ def test_explanation_shows_a_heatmap(page, server):
     expect(heatmaps.first).to_be_visible()
     assert heatmaps.count() >= 1
     expect(metric(page, "Time")).to_contain_text(" s")
+
+
+def test_review_of_not_identifiable_cells(page, server):
+    """Regression (#12): cells predicted NIF stopped the page with a duplicate widget key."""
+    from playwright.sync_api import expect
+
+    analysis_id = stored_analysis(server, "NIF", "ALL/ABN/NIF", 3)
+    reviews = review_one_cell(page, server, analysis_id, "OTH")  # the nearest other type, one click
+    expect(page.get_by_text("StreamlitDuplicateElementKey")).to_have_count(0)
+    assert reviews == [("NIF", "OTH", "Dr Browser")]
