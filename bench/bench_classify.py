@@ -60,21 +60,27 @@ def models_dir(scratch: Path) -> tuple[Path, str]:
 
 
 def tree_against_flat(classifier, images, repeats: int = 3) -> tuple[float, float]:
-    """Seconds for the tree and for one flat model over all leaves (same backbone and input size)."""
+    """Seconds for the tree and for one flat model over all leaves (same backbone and input size:
+    for a tree of heads on a shared trunk, the trunk with one head over all leaves)."""
+    from torch import nn
+
     from bloodcells.backbones import create_model
-    from bloodcells.classify import NodeModel
+    from bloodcells.classify import TRUNK_BATCH, NodeModel
+    from bloodcells.heads import trunk_with_head
 
     root = classifier.nodes[classifier.tree.root.code]
     leaves = [leaf.code for leaf in classifier.tree.leaves()]
-    flat = NodeModel("flat", {**root.metadata, "classes": leaves},
-                     create_model(root.architecture, len(leaves), img_size=root.input_size).eval(), root.path)
+    network = trunk_with_head(root.trunk, nn.Linear(root.trunk.num_features, len(leaves))) \
+        if root.trunk is not None else create_model(root.architecture, len(leaves), img_size=root.input_size)
+    flat = NodeModel("flat", {**root.metadata, "classes": leaves}, network.eval(), root.path)
+    batch_size = TRUNK_BATCH if root.trunk is not None else 64
     tree_seconds, flat_seconds = [], []
     for _ in range(repeats):
         started = time.perf_counter()
         classifier.classify_images(images)
         tree_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
-        flat.probabilities(images)
+        flat.probabilities(images, batch_size)
         flat_seconds.append(time.perf_counter() - started)
     return min(tree_seconds), min(flat_seconds)
 

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     import torch
 
 
+TRUNK_BATCH = 32  # EfficientNet-Lite runs fastest on a CPU in batches this size (cache-bound beyond)
+
+
 class ModelFileError(RuntimeError):
     """A model file that is missing, altered or unreadable (the message names it)."""
 
@@ -65,14 +68,18 @@ class NodeModel:
         self.module = module
         self.metrics: dict = metadata.get("metrics", {})
         self.metadata = metadata
+        self.trunk = None  # the shared trunk module when this node is a head on it (bloodcells.heads)
 
     @classmethod
-    def load(cls, metadata_file: Path) -> NodeModel:
+    def load(cls, metadata_file: Path, trunk=None) -> NodeModel:
+        """A node's model; ``trunk`` (module, metadata): the shared trunk its head sits on, if any."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         from .backbones import create_model, node_network
+        from .heads import trunk_with_head
         from .store import sha256_hex
+        from .train import network_sha256
 
         try:
             metadata = json.loads(metadata_file.read_text())
@@ -81,18 +88,41 @@ class NodeModel:
             raise ModelFileError(f"{metadata_file}: unreadable model metadata ({error})") from error
         if not weights.is_file():
             raise ModelFileError(f"{weights}: model weights missing")
-        if sha256_hex(weights.read_bytes()) != metadata.get("sha256"):
+        if metadata.get("trunk") and trunk is None:
+            raise ModelFileError(f"{metadata_file}: a head on the trunk {metadata['trunk']}, which is not loaded")
+        digest = sha256_hex(weights.read_bytes())
+        expected = metadata.get("weights_sha256") if trunk else metadata.get("sha256")
+        if digest != expected or (trunk and network_sha256(trunk[1]["sha256"], digest) != metadata.get("sha256")):
             raise ModelFileError(f"{weights}: sha256 does not match {metadata_file.name} "
                                  "(file altered or corrupt; retrain or restore it)")
         classes = list(metadata["classes"])
         outputs = metadata.get("outputs") or {code: code for code in classes}  # label -> child it lies under
         try:
-            backbone = create_model(metadata["architecture"], len(outputs), img_size=int(metadata["input_size"]))
-            backbone.load_state_dict(load_file(str(weights)))
+            if trunk:
+                from torch import nn
+
+                head = nn.Linear(trunk[0].num_features, len(outputs))
+                head.load_state_dict(load_file(str(weights)))
+                backbone = trunk_with_head(trunk[0], head)
+            else:
+                backbone = create_model(metadata["architecture"], len(outputs), img_size=int(metadata["input_size"]))
+                backbone.load_state_dict(load_file(str(weights)))
             module = node_network(backbone, [classes.index(child) for child in outputs.values()], len(classes))
         except (SafetensorError, RuntimeError, OSError, ValueError) as error:
             raise ModelFileError(f"{weights}: cannot load into {metadata['architecture']} ({error})") from error
-        return cls(metadata["code"], metadata, module.float().eval(), weights)
+        import torch
+
+        module = module.float().eval().to(memory_format=torch.channels_last)  # faster convolutions on a CPU
+        node = cls(metadata["code"], metadata, module, weights)
+        node.trunk = trunk[0] if trunk else None
+        return node
+
+    def head_probabilities(self, features) -> np.ndarray:
+        """Softmax over ``classes`` from the shared trunk's pooled ``features`` (N x D tensor)."""
+        import torch
+
+        with torch.inference_mode():
+            return torch.softmax(self.module.group(self.module.backbone.head(features)).float(), dim=1).numpy()
 
     def prepare(self, images: Sequence) -> np.ndarray:
         """PIL images or uint8 arrays -> uint8 NHWC at this model's input size."""
@@ -121,7 +151,7 @@ class NodeModel:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = to_tensor(self.prepare(images[start:start + batch_size]), self.mean, self.std,
-                                  self.stain_norm)
+                                  self.stain_norm).to(memory_format=torch.channels_last)
                 out.append(torch.softmax(self.module(batch).float(), dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
@@ -154,11 +184,21 @@ class TreeClassifier:
         if not isinstance(tree, Tree):
             tree_file = models_dir / "tree.yaml"
             tree = load_tree(tree_file if tree_file.is_file() else manifest["tree"])
-        nodes = {code: NodeModel.load(models_dir / f"{code}.json") for code in manifest["nodes"]}
+        trunk = None
+        if manifest.get("trunk"):
+            from .heads import load_trunk
+
+            trunk = load_trunk(models_dir, manifest["trunk"])
+        nodes = {code: NodeModel.load(models_dir / f"{code}.json", trunk) for code in manifest["nodes"]}
         unknown = [code for code in nodes if code not in tree]
         if unknown:
             raise ModelFileError(f"{manifest_file}: nodes {', '.join(unknown)} are not in tree {tree.name!r}")
         return cls(tree, nodes, manifest, models_dir)
+
+    @property
+    def input_size(self) -> int:
+        """The largest input size of the tree's models (images are never needed larger)."""
+        return max((node.input_size for node in self.nodes.values()), default=64)
 
     def versions(self) -> dict[str, str]:
         return {code: node.sha256 for code, node in self.nodes.items()}
@@ -172,6 +212,10 @@ class TreeClassifier:
         return self._descend(list(images), batch_size)
 
     def _descend(self, images: list, batch_size: int) -> list[CellResult]:
+        import torch
+
+        from .heads import features
+
         count = len(images)
         if not count:
             return []
@@ -180,6 +224,7 @@ class TreeClassifier:
         probabilities: list[dict[str, dict[str, float]]] = [{} for _ in range(count)]
         waiting = {self.tree.root.code: list(range(count))}
         resized: dict[int, np.ndarray] = {}  # input size -> every image resized once, shared by the nodes
+        shared: dict[str, torch.Tensor] = {}  # the shared trunk's features of every image
         with self.lock:
             while waiting:
                 code = next(iter(waiting))
@@ -188,7 +233,14 @@ class TreeClassifier:
                     model = self.nodes[code]
                     if model.input_size not in resized:
                         resized[model.input_size] = model.prepare(images)
-                    probs = model.probabilities(resized[model.input_size][members], batch_size)
+                    if model.trunk is not None:  # one trunk pass per cell, shared by every head
+                        if "trunk" not in shared:
+                            shared["trunk"] = torch.from_numpy(features(
+                                model.trunk, resized[model.input_size], model.mean, model.std, model.stain_norm,
+                                TRUNK_BATCH))
+                        probs = model.head_probabilities(shared["trunk"][members])
+                    else:
+                        probs = model.probabilities(resized[model.input_size][members], batch_size)
                     picks = [model.classes[k] for k in probs.argmax(1)]
                     for i, row, pick in zip(members, probs, picks, strict=True):
                         probabilities[i][code] = {c: float(p) for c, p in zip(model.classes, row, strict=True)}
@@ -310,7 +362,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
                     outcome.problems.append(item)
                     continue
                 try:
-                    batch.append((item, open_image(item.content, item.name)))
+                    batch.append((item, open_image(item.content, item.name, at_least=classifier.input_size)))
                 except InputError as error:
                     outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
                     continue

@@ -64,6 +64,8 @@ class Evaluation:
     merged: dict[str, Scores] = field(default_factory=dict)  # per source, cell types merged up to ``at``
     cells: int = 0
     skipped_seen: int = 0
+    flagged: float = float("nan")  # share of leaf-labelled cells below the review threshold
+    unflagged_accuracy: float = float("nan")  # accuracy of the cells not flagged for review
     files: list[Path] = field(default_factory=list)
 
 
@@ -79,8 +81,7 @@ def evaluate(sources: Sequence[str | Path], models_dir: str | Path | None = None
     classifier = classifier or TreeClassifier.load(models_dir)
     tree = classifier.tree
     merge = _merger(tree, at) if at else None  # before the slow part: an unknown code fails at once
-    size = max((node.input_size for node in classifier.nodes.values()), default=64)
-    dataset = load_dataset(sources, tree, size)
+    dataset = load_dataset(sources, tree, classifier.input_size)
     keep = np.arange(len(dataset))
     outcome = Evaluation()
     seen = _seen_digests(classifier.models_dir) if unseen_only else set()
@@ -108,6 +109,11 @@ def evaluate(sources: Sequence[str | Path], models_dir: str | Path | None = None
     leaf = [i for i, label in enumerate(dataset.labels) if tree[label].is_leaf]
     outcome.tree = Scores.of("tree (leaf level)", [dataset.labels[i] for i in leaf],
                              [results[i].code for i in leaf], order)
+    if leaf:
+        trusted = [i for i in leaf if not results[i].needs_review]
+        outcome.flagged = 1 - len(trusted) / len(leaf)
+        if trusted:
+            outcome.unflagged_accuracy = float(np.mean([results[i].code == dataset.labels[i] for i in trusted]))
     for source in sorted(set(dataset.sources)):
         mine = [i for i in leaf if dataset.sources[i] == source]
         outcome.by_source[source] = Scores.of(source, [dataset.labels[i] for i in mine],
@@ -147,6 +153,8 @@ def _print(outcome: Evaluation, log) -> None:
     for scores in outcome.nodes.values():
         log("  " + scores.summary())
     log("whole tree, leaf level:\n  " + outcome.tree.summary())
+    log(f"  review: {outcome.flagged:.1%} of cells flagged; cells not flagged are "
+        f"{outcome.unflagged_accuracy:.1%} correct")
     log(outcome.tree.report)
     for scores in (*outcome.by_source.values(), *outcome.merged.values()):
         per_class = ", ".join(f"{c} {a:.2f}" for c, a in scores.per_class.items())
@@ -213,6 +221,7 @@ class ComparisonRow:
     node_accuracy: dict[str, float]
     tree_accuracy: float
     error: str | None = None
+    seconds: float = float("nan")  # training time
 
 
 def compare(sources: Sequence[str | Path], backbones: Sequence[str], modes: Sequence[str], config, *,
@@ -228,26 +237,29 @@ def compare(sources: Sequence[str | Path], backbones: Sequence[str], modes: Sequ
             for mode in modes:
                 folder = base / f"{backbone}-{mode.replace('+', '-')}"
                 try:
-                    train_tree(sources, folder, tree=tree, config=replace(config, architecture=backbone, mode=mode),
-                               log=lambda _text: None)
+                    trained = train_tree(sources, folder, tree=tree,
+                                         config=replace(config, architecture=backbone, mode=mode),
+                                         log=lambda _text: None)
                 except PretrainedWeightsError as error:
                     rows.append(ComparisonRow(backbone, mode, {}, float("nan"), str(error).split(".")[0]))
                     log(f"{backbone} {mode}: skipped ({rows[-1].error})")
                     continue
                 scores = evaluate(sources, folder, log=lambda _text: None)
                 rows.append(ComparisonRow(backbone, mode, {c: s.accuracy for c, s in scores.nodes.items()},
-                                          scores.tree.accuracy if scores.tree else float("nan")))
-                log(f"{backbone} {mode}: tree accuracy {rows[-1].tree_accuracy:.3f}")
+                                          scores.tree.accuracy if scores.tree else float("nan"),
+                                          seconds=trained.seconds))
+                log(f"{backbone} {mode}: tree accuracy {rows[-1].tree_accuracy:.3f} "
+                    f"({trained.seconds / 60:.1f} min)")
     return rows
 
 
 def format_comparison(rows: Sequence[ComparisonRow]) -> str:
     nodes = sorted({code for row in rows for code in row.node_accuracy})
-    header = f"{'backbone':<24} {'mode':<15} " + " ".join(f"{c:>6}" for c in nodes) + "   tree"
+    header = f"{'backbone':<24} {'mode':<15} " + " ".join(f"{c:>6}" for c in nodes) + "   tree  train min"
     lines = [header]
     for row in rows:
         cells = " ".join(f"{row.node_accuracy[c]:>6.3f}" if c in row.node_accuracy else f"{'-':>6}" for c in nodes)
-        lines.append(f"{row.backbone:<24} {row.mode:<15} {cells} {row.tree_accuracy:>6.3f}"
+        lines.append(f"{row.backbone:<24} {row.mode:<15} {cells} {row.tree_accuracy:>6.3f} {row.seconds / 60:>10.1f}"
                      + (f"   ({row.error})" if row.error else ""))
     return "\n".join(lines)
 

