@@ -21,7 +21,9 @@ apply_offline_environment()
 
 from PIL import Image  # noqa: E402
 
-from bloodcells.detect import Detector, _default_classifier, detect, plan_tiles  # noqa: E402
+from bloodcells.detection import DEFAULT_BOX_CONFIDENCE, Detector, detect  # noqa: E402
+from bloodcells.detection.pipeline import _default_classifier  # noqa: E402
+from bloodcells.detection.tiling import plan_tiles  # noqa: E402
 from bloodcells.synthetic import smear_field  # noqa: E402
 
 FIELDS = 8
@@ -69,12 +71,12 @@ def main() -> int:
 
         def bare():
             for image in images:
-                yolo.predict(image, imgsz=detector.imgsz, conf=detector.conf, iou=detector.iou, max_det=1000,
+                yolo.predict(image, imgsz=detector.imgsz, conf=DEFAULT_BOX_CONFIDENCE, iou=detector.iou, max_det=1000,
                              device="cpu", verbose=False)
 
         runs = {"bare ultralytics predict": bare,
-                "detect (detection alone)": lambda: detect(folder, detector=detector, classifier=False),
-                "4000x3000 tiled image": lambda: detect(big, detector=detector, classifier=False)}
+                "detect (detection alone)": lambda: detect(folder, detector=detector, type_white_cells=False),
+                "4000x3000 tiled image": lambda: detect(big, detector=detector, type_white_cells=False)}
         if classifier is not None:
             runs["detect-then-classify"] = lambda: detect(folder, detector=detector, classifier=classifier)
         for run in runs.values():  # warm up (first-call allocations, lazy imports)

@@ -25,9 +25,8 @@ _EXPORTS = {
     "train_tree": "train", "TrainConfig": "train",
     # explain() itself: ``from bloodcells.explain import explain`` (the submodule shares its name)
     "METHODS": "explain", "predict_attributes": "morphology",
-    # detect() itself: ``from bloodcells.detect import detect`` (the submodule shares its name)
-    "Detector": "detect", "DetectionResult": "detect", "DetectedBox": "detect", "annotate": "detect",
-    "train_detector": "detect", "evaluate_detector": "detect",
+    "detect": "detection", "Detector": "detection", "DetectionResult": "detection", "DetectedBox": "detection",
+    "annotate": "detection", "train_detector": "detection", "evaluate_detector": "detection",
 }
 
 __all__ = sorted(_EXPORTS)

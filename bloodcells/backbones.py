@@ -13,8 +13,6 @@ from pathlib import Path
 
 from .pretrained import PACKAGED_WEIGHTS, PretrainedWeightsError, load_packaged_weights, packaged_weights_file
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 # name -> what it is (shown by ``bloodcells train --help``)
 KNOWN_BACKBONES = {
     "efficientnet_lite0": "EfficientNet-Lite0: ImageNet weights ship in a package (the shipped trunk)",
@@ -76,9 +74,12 @@ def create_model(name: str, num_classes: int, *, pretrained: bool | str | Path =
 
 
 def normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean and std a timm model's inputs are normalised with (its pretrained configuration's)."""
-    config = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(config.get("mean", IMAGENET_MEAN)), tuple(config.get("std", IMAGENET_STD))
+    """The mean and std a timm model's inputs are normalised with (its pretrained configuration's,
+    else ImageNet's)."""
+    from timm.data import resolve_model_data_config
+
+    config = resolve_model_data_config(model)
+    return tuple(config["mean"]), tuple(config["std"])
 
 
 def default_input_size(name: str) -> int:

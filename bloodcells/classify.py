@@ -78,7 +78,7 @@ class NodeModel:
 
         from .backbones import create_model, node_network
         from .heads import trunk_with_head
-        from .store import sha256_hex
+        from .store import sha256_file
         from .train import network_sha256
 
         try:
@@ -90,7 +90,7 @@ class NodeModel:
             raise ModelFileError(f"{weights}: model weights missing")
         if metadata.get("trunk") and trunk is None:
             raise ModelFileError(f"{metadata_file}: a head on the trunk {metadata['trunk']}, which is not loaded")
-        digest = sha256_hex(weights.read_bytes())
+        digest = sha256_file(weights)
         expected = metadata.get("weights_sha256") if trunk else metadata.get("sha256")
         if digest != expected or (trunk and network_sha256(trunk[1]["sha256"], digest) != metadata.get("sha256")):
             raise ModelFileError(f"{weights}: sha256 does not match {metadata_file.name} "
@@ -101,8 +101,9 @@ class NodeModel:
             if trunk:
                 from torch import nn
 
-                head = nn.Linear(trunk[0].num_features, len(outputs))
-                head.load_state_dict(load_file(str(weights)))
+                state = load_file(str(weights))
+                head = nn.Linear(state["weight"].shape[1], len(outputs))  # the trunk's pooled width
+                head.load_state_dict(state)
                 backbone = trunk_with_head(trunk[0], head)
             else:
                 backbone = create_model(metadata["architecture"], len(outputs), img_size=int(metadata["input_size"]))
@@ -267,26 +268,18 @@ class TreeClassifier:
 
 
 def default_models_dir(tree_name: str | None = None) -> Path:
-    from .settings import settings
+    """The folder of the tree in use: the version promoted last (see ``versions``), else the shipped one."""
+    from .versions import current_dir
 
-    return settings().models_dir / "classifier" / (tree_name or "default")
-
-
-_CACHE: dict[tuple[str, int], TreeClassifier] = {}
-_CACHE_LOCK = threading.Lock()
+    return current_dir(tree_name or "default")
 
 
 def load_classifier(models_dir: str | Path | None = None) -> TreeClassifier:
     """The classifier in ``models_dir``, loaded once per process (reloaded when retrained)."""
-    folder = (Path(models_dir) if models_dir else default_models_dir()).resolve()
-    manifest = folder / "classifier.json"
-    key = (str(folder), manifest.stat().st_mtime_ns if manifest.is_file() else 0)
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            for stale in [k for k in _CACHE if k[0] == key[0]]:
-                del _CACHE[stale]
-            _CACHE[key] = TreeClassifier.load(folder)
-        return _CACHE[key]
+    from .caching import load_version
+
+    folder = Path(models_dir) if models_dir else default_models_dir()
+    return load_version(TreeClassifier.load, folder, folder / "classifier.json")
 
 
 # -- classifying uploads ----------------------------------------------------------------------
@@ -333,53 +326,48 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
     or failed with its error). Images are read and classified ``batch_size`` at a time.
     """
     from .inputs import InputError, InputImage, InputProblem, count_images, iter_inputs, open_image
-    from .store import PredictionRow
+    from .store import PredictionRow, record_analysis
 
     classifier = classifier or load_classifier()
     label = name or (Path(source).name if isinstance(source, str | Path) else "upload")
     outcome = ClassificationResult()
     total = count_images(source)
-    if store is not None:
-        outcome.analysis_id = store.start_analysis(label, "classification", model_versions=classifier.versions())
-    try:
-        with tempfile.TemporaryFile() as spool:
-            batch: list[tuple[InputImage, object]] = []
+    # the spool is closed after the analysis block, whose end stores the predictions read back from it
+    with (tempfile.TemporaryFile() as spool,
+          record_analysis(store, label, "classification", classifier.versions()) as run):
+        outcome.analysis_id = run.id
+        batch: list[tuple[InputImage, object]] = []
 
-            def flush():
-                results = classifier.classify_images([image for _, image in batch], batch_size)
-                for (item, _), result in zip(batch, results, strict=True):
-                    outcome.rows.append(ClassifiedCell(item.name, result))
-                    if store is not None:
-                        pickle.dump(PredictionRow(item.name, result.code, result.path, result.confidence,
-                                                  result.level_confidences, result.needs_review, item.content),
-                                    spool)
-                batch.clear()
-                if progress:
-                    progress(len(outcome.rows), total)
+        def flush():
+            results = classifier.classify_images([image for _, image in batch], batch_size)
+            for (item, _), result in zip(batch, results, strict=True):
+                outcome.rows.append(ClassifiedCell(item.name, result))
+                if store is not None:
+                    pickle.dump(PredictionRow(item.name, result.code, result.path, result.confidence,
+                                              result.level_confidences, result.needs_review, item.content),
+                                spool)
+            batch.clear()
+            if progress:
+                progress(len(outcome.rows), total)
 
-            for item in iter_inputs(source, name=name):
-                if isinstance(item, InputProblem):
-                    outcome.problems.append(item)
-                    continue
-                try:
-                    batch.append((item, open_image(item.content, item.name, at_least=classifier.input_size)))
-                except InputError as error:
-                    outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
-                    continue
-                if len(batch) >= batch_size:
-                    flush()
-            if batch:
+        for item in iter_inputs(source, name=name):
+            if isinstance(item, InputProblem):
+                outcome.problems.append(item)
+                continue
+            try:
+                batch.append((item, open_image(item.content, item.name, at_least=classifier.input_size)))
+            except InputError as error:
+                outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
+                continue
+            if len(batch) >= batch_size:
                 flush()
-            if store is not None:
-                spool.seek(0)
-                store.finish_analysis(outcome.analysis_id, predictions=_unspool(spool), summary={
-                    "counts": outcome.counts(), "cells": len(outcome.rows),
-                    "needs_review": sum(r.result.needs_review for r in outcome.rows),
-                    "problems": [str(p) for p in outcome.problems][:200]})
-    except BaseException as error:
-        if store is not None and outcome.analysis_id is not None:
-            store.fail_analysis(outcome.analysis_id, f"{type(error).__name__}: {error}")
-        raise
+        if batch:
+            flush()
+        spool.seek(0)
+        run.predictions = _unspool(spool)
+        run.summary = {"counts": outcome.counts(), "cells": len(outcome.rows),
+                       "needs_review": sum(r.result.needs_review for r in outcome.rows),
+                       "problems": [str(p) for p in outcome.problems][:200]}
     return outcome
 
 

@@ -9,7 +9,6 @@ resized once per run into one uint8 array that all nodes and epochs share.
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,10 +40,10 @@ class CellDataset:
 
     def fingerprint(self) -> str:
         """sha256 over the (content, label) pairs: the same data gives the same fingerprint."""
-        digest = hashlib.sha256()
-        for pair in sorted(zip(self.digests, self.labels, strict=True)):
-            digest.update(f"{pair[0]}:{pair[1]}\n".encode())
-        return digest.hexdigest()
+        from .store import sha256_hex
+
+        pairs = sorted(zip(self.digests, self.labels, strict=True))
+        return sha256_hex("".join(f"{digest}:{label}\n" for digest, label in pairs).encode())
 
     def subset(self, indices: Sequence[int]) -> CellDataset:
         pick = list(indices)
@@ -96,6 +95,8 @@ def load_dataset(sources: Iterable[str | Path], tree: Tree, size: int,
     """Read, label, decode and resize every image of ``sources`` once."""
     from PIL import Image
 
+    from .store import sha256_hex
+
     names, labels, origins, groups, digests, images, problems = [], [], [], [], [], [], []
     for source in map(Path, sources):
         if not source.exists():
@@ -106,7 +107,7 @@ def load_dataset(sources: Iterable[str | Path], tree: Tree, size: int,
                 continue
             name, code, content, group = entry
             try:
-                image = open_image(content, f"{source.name}/{name}")
+                image = open_image(content, f"{source.name}/{name}", at_least=size)  # decoded as classify does
             except InputError as error:
                 problems.append(str(error))
                 continue
@@ -115,7 +116,7 @@ def load_dataset(sources: Iterable[str | Path], tree: Tree, size: int,
             labels.append(code)
             origins.append(source.name)
             groups.append(group)
-            digests.append(hashlib.sha256(content).hexdigest())
+            digests.append(sha256_hex(content))
             if progress:
                 progress(len(images), None)
     if not images:

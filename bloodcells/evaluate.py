@@ -36,7 +36,7 @@ class Scores:
 
     @classmethod
     def of(cls, name: str, truth: Sequence[str], predicted: Sequence[str], order: Sequence[str]) -> Scores:
-        from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+        from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, recall_score
 
         labels = [c for c in order if c in set(truth) | set(predicted)]
         scores = cls(name, labels, list(truth), list(predicted))
@@ -47,9 +47,8 @@ class Scores:
         scores.macro_f1 = float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0))
         scores.report = classification_report(truth, predicted, labels=labels, zero_division=0, digits=3)
         scores.matrix = confusion_matrix(truth, predicted, labels=labels)
-        for code in present:
-            mine = [p for t, p in zip(truth, predicted, strict=True) if t == code]
-            scores.per_class[code] = sum(p == code for p in mine) / len(mine)
+        recalls = recall_score(truth, predicted, labels=present, average=None)
+        scores.per_class = {code: float(recall) for code, recall in zip(present, recalls, strict=True)}
         return scores
 
     def summary(self) -> str:

@@ -22,18 +22,20 @@ its own lock, so concurrent classification is neither disturbed nor blocked.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
+import math
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .inputs import open_any
 
 if TYPE_CHECKING:  # torch loads only when something is explained, so the registry is cheap to import
     import torch
@@ -120,15 +122,42 @@ def get_method(name: str) -> Method:
         raise ExplanationError(f"unknown explanation method {name!r} (methods: {', '.join(METHODS)})") from None
 
 
-_FEATURE_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def feature_layer(module: nn.Module, inputs: torch.Tensor) -> str:
     """Name of the submodule that outputs the network's last spatial feature map (its last conv stage).
 
-    Found by running ``inputs`` once and keeping the last module to finish with an (N, C, H, W) output
-    larger than 1x1: containers finish after their children, so this is the whole last stage
-    (``layer4`` of a ResNet, ``blocks`` of a MobileNetV3), not a 1x1 head conv after pooling.
+    For a timm model, or a module that wraps one (a node's ``backbone.trunk``), the deepest stage in
+    timm's ``feature_info`` whose output is larger than 1x1 at this input size; for other modules,
+    the one ``_last_spatial_output`` finds by running ``inputs``.
+    """
+    return _timm_stage(module, inputs) or _last_spatial_output(module, inputs)
+
+
+def _timm_stage(module: nn.Module, inputs: torch.Tensor) -> str | None:
+    """The deepest timm ``feature_info`` stage with more than 1x1 outputs, named within ``module``;
+    None when ``module`` holds no timm model or every stage is 1x1 at this input size."""
+    side = min(inputs.shape[-2:])
+    for prefix, sub in module.named_modules():  # outermost first: the timm model, not a part of it
+        stages = getattr(sub, "feature_info", None)
+        if isinstance(stages, list):  # timm models list their stages' output modules and strides
+            # A stage whose grid does not tile the input (112 px at a stride of 32: 3.5 cells, padded
+            # to 4) has border cells made mostly of padding, and Grad-CAM lights them up: the
+            # deepest stage that tiles the input exactly is preferred.
+            tiling = [stage["module"] for stage in stages
+                      if side % stage["reduction"] == 0 and side // stage["reduction"] > 1]
+            spatial = tiling or [stage["module"] for stage in stages if math.ceil(side / stage["reduction"]) > 1]
+            if not spatial:
+                return None
+            return f"{prefix}.{spatial[-1]}" if prefix else spatial[-1]
+    return None
+
+
+_FEATURE_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _last_spatial_output(module: nn.Module, inputs: torch.Tensor) -> str:
+    """The last submodule to finish with an (N, C, H, W) output larger than 1x1 when ``inputs`` run
+    once: containers finish after their children, so this is a whole last stage rather than its last
+    layer, and never a 1x1 head conv after pooling. Cached per module.
     """
     import torch
 
@@ -208,22 +237,14 @@ def _private_copy(node_model, shared_lock) -> _PrivateCopy:
 
 def image_sha256(image: Image.Image | bytes | str | Path) -> str:
     """sha256 of the file content (as the store keys images), or of the pixels of an in-memory image."""
+    from .store import sha256_file, sha256_hex
+
     if isinstance(image, bytes):
-        return hashlib.sha256(image).hexdigest()
+        return sha256_hex(image)
     if isinstance(image, str | Path):
-        return hashlib.sha256(Path(image).read_bytes()).hexdigest()
+        return sha256_file(image)
     rgb = image.convert("RGB")
-    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
-
-
-def _open(image: Image.Image | bytes | str | Path) -> Image.Image:
-    from .inputs import open_image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, str | Path):
-        return open_image(Path(image).read_bytes(), str(image))
-    return open_image(image, "image")
+    return sha256_hex(f"{rgb.size}".encode() + rgb.tobytes())
 
 
 def _levels(classifier, picture: Image.Image, node: str | None, target: str | None) -> list[tuple[str, str | None]]:
@@ -257,7 +278,7 @@ def explain(image: Image.Image | bytes | str | Path, classifier, *, method: str 
     """
     explainer = get_method(method)
     resolved = explainer.settings(settings)
-    picture = _open(image)
+    picture = open_any(image)
     digest = image_sha256(image)
     explanations = []
     for node_code, target_code in _levels(classifier, picture, node, target):
@@ -352,32 +373,12 @@ def settings_key(settings: dict, target: str) -> str:
 
 def cached_attribution(store, key: CacheKey) -> np.ndarray | None:
     """The map stored under ``key``, or None."""
-    from sqlalchemy import select
-
-    from .store import Explanation as ExplanationRow
-
-    with store.session() as session:
-        blob_id = session.scalar(select(ExplanationRow.blob_id).where(
-            ExplanationRow.model_sha256 == key.model_sha256, ExplanationRow.image_sha256 == key.image_sha256,
-            ExplanationRow.method == key.method, ExplanationRow.settings_key == key.settings_key))
-    if blob_id is None:
-        return None
-    return np.load(io.BytesIO(store.read_blob(blob_id=blob_id)), allow_pickle=False)
+    content = store.get_explanation(**asdict(key))
+    return None if content is None else np.load(io.BytesIO(content), allow_pickle=False)
 
 
 def save_attribution(store, key: CacheKey, attribution: np.ndarray) -> None:
     """Store ``attribution`` under ``key`` (a map another session stored first is kept)."""
-    from sqlalchemy import select
-
-    from .store import Explanation as ExplanationRow
-
     buffer = io.BytesIO()
     np.save(buffer, attribution.astype(np.float32), allow_pickle=False)
-    with store.session() as session:
-        exists = session.scalar(select(ExplanationRow.id).where(
-            ExplanationRow.model_sha256 == key.model_sha256, ExplanationRow.image_sha256 == key.image_sha256,
-            ExplanationRow.method == key.method, ExplanationRow.settings_key == key.settings_key))
-        if exists is None:
-            blob = store.put_blob(session, buffer.getvalue(), media_type="application/x-npy")
-            session.add(ExplanationRow(model_sha256=key.model_sha256, image_sha256=key.image_sha256,
-                                       method=key.method, settings_key=key.settings_key, blob_id=blob.id))
+    store.put_explanation(buffer.getvalue(), **asdict(key))

@@ -63,7 +63,12 @@ def features(trunk, images: np.ndarray, mean, std, stain_norm: bool, batch_size:
             batch = to_tensor(images[start:start + batch_size], mean, std, stain_norm)
             batch = batch.to(device or "cpu", memory_format=torch.channels_last)
             out.append(trunk(batch).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, trunk.num_features), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, pooled_width(trunk)), np.float32)
+
+
+def pooled_width(trunk) -> int:
+    """Width of the trunk's pooled features: after MobileNetV3's head convolution, not before it."""
+    return getattr(trunk, "head_hidden_size", None) or trunk.num_features
 
 
 def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, int], config, device,
@@ -148,12 +153,12 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
 
 
 def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[str, int], config, device,
-                 dist, log: Callable[[str], None], progress, folder: Path,
+                 dist, log: Callable[[str], None], progress, on_epoch, folder: Path,
                  fingerprint: str) -> tuple[dict, dict[str, dict]]:
     """Fine-tune the trunk on every label, then a head per node in ``codes``; write them to ``folder``.
 
     Returns the trunk's metrics and code -> the head's metrics. ``progress(done, total, text)``: one
-    step per trunk epoch and per head.
+    step per trunk epoch and per head; ``on_epoch(TRUNK, record)`` after each epoch of the trunk.
     """
     import torch
 
@@ -170,8 +175,13 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
     trunk_view = labels_view(tree, dataset, splits["train"])
     per_label = config.per_class or max(config.min_per_class // 4, 1)
     log(f"[{TRUNK}] {config.architecture} learns {len(trunk_view.classes)} labels, {per_label} per label per epoch")
+    def trunk_epoch(record: dict) -> None:
+        step(TRUNK, f"epoch {record['epoch']}/{config.epochs}")
+        if on_epoch:
+            on_epoch(TRUNK, record)
+
     trunk_metrics, trunk_state = fit_network(trunk_view, dataset, splits, per_label, config, device, dist, log,
-                                             lambda text: step(TRUNK, text))
+                                             trunk_epoch)
     done = config.epochs  # early stopping skips epochs: the heads' steps follow on
     if not dist.main:
         return trunk_metrics, {}
@@ -199,7 +209,7 @@ def load_trunk(models_dir: Path, metadata_file: str):
 
     from .backbones import create_model
     from .classify import ModelFileError
-    from .store import sha256_hex
+    from .store import sha256_file
 
     path = models_dir / metadata_file
     try:
@@ -209,7 +219,7 @@ def load_trunk(models_dir: Path, metadata_file: str):
         raise ModelFileError(f"{path}: unreadable trunk metadata ({error})") from error
     if not weights.is_file():
         raise ModelFileError(f"{weights}: trunk weights missing")
-    if sha256_hex(weights.read_bytes()) != metadata.get("sha256"):
+    if sha256_file(weights) != metadata.get("sha256"):
         raise ModelFileError(f"{weights}: sha256 does not match {path.name} (file altered or corrupt; retrain "
                              "or restore it)")
     try:

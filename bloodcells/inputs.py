@@ -302,6 +302,15 @@ def open_image(content: bytes, name: str = "image", at_least: int | None = None)
         raise InputError(f"{name}: damaged or truncated image ({type(error).__name__}: {error})") from error
 
 
+def open_any(image: Image.Image | bytes | str | Path) -> Image.Image:
+    """An RGB image from a PIL image, image bytes or an image file's path (decoded by ``open_image``)."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, str | Path):
+        return open_image(Path(image).read_bytes(), str(image))
+    return open_image(image)
+
+
 def _pillow_open():
     """Pillow's own ``Image.open``.
 

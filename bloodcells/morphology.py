@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,19 +149,13 @@ def node_features(classifier, images: Sequence, nodes: Sequence[str], batch_size
     return np.concatenate(parts, axis=1)
 
 
-_HEADS: dict[tuple[str, int], AttributeHead] = {}
-_HEADS_LOCK = threading.Lock()
-
-
 def load_attribute_head(path: str | Path | None = None) -> AttributeHead:
     """The head in ``path`` (default models/attributes/default), loaded once per process and version."""
+    from .caching import load_version
+
     folder = Path(path) if path else default_head_dir()
     meta = folder / "attributes.json" if folder.is_dir() or not folder.suffix else folder
-    key = (str(meta.resolve()), meta.stat().st_mtime_ns if meta.is_file() else 0)
-    with _HEADS_LOCK:
-        if key not in _HEADS:
-            _HEADS[key] = AttributeHead.load(meta)
-        return _HEADS[key]
+    return load_version(AttributeHead.load, meta, meta)
 
 
 def predict_attributes(image, classifier, head: AttributeHead | str | Path | None = None) -> dict[str, str]:
@@ -171,19 +164,13 @@ def predict_attributes(image, classifier, head: AttributeHead | str | Path | Non
     ``image``: a PIL image, image bytes or a file path. Raises AttributeHeadError when no head fits
     ``classifier``.
     """
-    from PIL import Image
-
-    from .inputs import open_image
+    from .inputs import open_any
 
     if not isinstance(head, AttributeHead):
         head = load_attribute_head(head)
     classifier = head.feature_source(classifier)
     head.check(classifier)
-    if isinstance(image, str | Path):
-        image = open_image(Path(image).read_bytes(), str(image))
-    elif not isinstance(image, Image.Image):
-        image = open_image(image, "image")
-    return head.predict_features(node_features(classifier, [image.convert("RGB")], head.nodes))[0]
+    return head.predict_features(node_features(classifier, [open_any(image)], head.nodes))[0]
 
 
 # How each attribute reads in a sentence (WBCAtt's names and values).
@@ -247,29 +234,11 @@ def _held_out(rows: list[dict], digests: list[str], classifier, test_fraction: f
     return sorted(test), f"a random {test_fraction:.0%} of the table, stratified by cell type"
 
 
-def _regularisation(features: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    """The L2 strength (C) that predicts a validation sixth of the training cells best.
-
-    Thousands of features and a few thousand cells: without strong regularisation the regression
-    overfits and, on a lopsided attribute, does worse than always answering the common value.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    order = np.random.default_rng(seed).permutation(len(labels))
-    held, fit = order[: len(order) // 6], order[len(order) // 6:]
-    if len(set(labels[fit])) < 2 or not len(held):
-        return 0.01
-    scores = {}
-    for strength in (0.001, 0.005, 0.02, 0.1):
-        model = LogisticRegression(C=strength, max_iter=2000).fit(features[fit], labels[fit])
-        scores[strength] = float((model.predict(features[held]) == labels[held]).mean())
-    return max(scores, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
-
-
-def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """Mean recall over the values present in ``truth`` (a rare value counts as much as a common one)."""
-    recalls = [float((predicted[truth == v] == v).mean()) for v in set(truth)]
-    return float(np.mean(recalls)) if recalls else 0.0
+# The L2 strengths (C) cross-validated per attribute, strongest first (ties go to the first). Thousands
+# of features and a few thousand cells: without strong regularisation the regression overfits and,
+# on a lopsided attribute, does worse than always answering the common value.
+STRENGTHS = (0.001, 0.005, 0.02, 0.1)
+FOLDS = 5  # each strength is scored on every fifth of the training cells, trained on the rest
 
 
 def train_attribute_head(csv_path: str | Path, classifier, *, out_dir: str | Path | None = None,
@@ -283,7 +252,13 @@ def train_attribute_head(csv_path: str | Path, classifier, *, out_dir: str | Pat
     whose features are read (default: all of them). ``backbone``: set when ``classifier`` is the head's
     own (see ``train_own_backbone``): its folder relative to ``out_dir``.
     """
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.dummy import DummyClassifier
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     from .inputs import open_image
     from .store import sha256_hex
@@ -304,33 +279,35 @@ def train_attribute_head(csv_path: str | Path, classifier, *, out_dir: str | Pat
     images = [open_image(content, r["path"]).resize((size, size)) for content, r in zip(contents, rows, strict=True)]
     say(f"features of node models {', '.join(nodes)}...")
     features = node_features(classifier, images, nodes)
-    mean = features[train].mean(0)
-    scale = features[train].std(0) + 1e-6
-    standard = (features - mean) / scale
+    # Fitted once and frozen in every attribute's pipeline: the head keeps one mean and scale for all.
+    scaler = StandardScaler().fit(features[train])
+    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
     weights, attributes, metrics = {}, {}, {}
     for name in attribute_names:
         labels = np.asarray([r[name] for r in rows])
+        majority = DummyClassifier(strategy="most_frequent").fit(features[train], labels[train])
         values = sorted(set(labels[train]))
-        if len(values) == 1:
+        if len(values) == 1:  # nothing to learn: the head answers that value (see predict_features)
+            model, strength = majority, None
             coef, intercept = np.zeros((0, features.shape[1])), np.zeros(0)
-            predicted = np.full(len(test), values[0])
         else:
-            model = LogisticRegression(C=_regularisation(standard[train], labels[train], seed), max_iter=2000)
-            model.fit(standard[train], labels[train])
-            values = [str(v) for v in model.classes_]
-            coef, intercept = model.coef_, model.intercept_
-            predicted = model.predict(standard[test])
+            model = make_pipeline(FrozenEstimator(scaler), LogisticRegressionCV(
+                Cs=STRENGTHS, l1_ratios=(0.0,), cv=folds, scoring="accuracy", max_iter=2000,
+                use_legacy_attributes=False))  # l1_ratio 0: an L2 penalty
+            regression = model.fit(features[train], labels[train])[-1]
+            values = [str(v) for v in regression.classes_]
+            coef, intercept, strength = regression.coef_, regression.intercept_, float(regression.C_)
         truth = labels[test]
-        majority = max((truth == v).mean() for v in set(labels[train])) if len(test) else 0.0
-        metrics[name] = {"accuracy": float((predicted == truth).mean()) if len(test) else 0.0,
-                         "balanced_accuracy": _balanced_accuracy(truth, predicted),
-                         "C": float(model.C) if len(values) > 1 else None,
-                         "majority": float(majority), "test_images": len(test)}
+        predicted = model.predict(features[test])
+        metrics[name] = {"accuracy": float(accuracy_score(truth, predicted)),
+                         "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
+                         "C": strength, "majority": float(accuracy_score(truth, majority.predict(features[test]))),
+                         "test_images": len(test)}
         weights[name], attributes[name] = (np.asarray(coef), np.asarray(intercept)), values
         say(f"{name}: accuracy {metrics[name]['accuracy']:.3f} (majority value {metrics[name]['majority']:.3f})")
     head = AttributeHead(
         attributes=attributes, nodes=nodes, node_sha256={c: classifier.nodes[c].sha256 for c in nodes},
-        feature_mean=mean, feature_scale=scale, weights=weights, backbone=backbone,
+        feature_mean=scaler.mean_, feature_scale=scaler.scale_, weights=weights, backbone=backbone,
         metrics={"attributes": metrics, "split": split_name, "train_images": len(train), "test_images": len(test),
                  "mean_accuracy": float(np.mean([m["accuracy"] for m in metrics.values()])),
                  "source": csv_path.name})

@@ -192,26 +192,11 @@ def labelled_zip(cells: Iterable[tuple[str, str, bytes]]) -> bytes:
 
 def analysis_overview(store, kind: str | None = None, limit: int = 200) -> list[dict]:
     """The newest analyses, one row each: when, what, how many cells or boxes, which models."""
-    from sqlalchemy import func, select
-
-    from .store import Detection, Prediction, Review
-
     analyses = store.list_analyses(kind=kind, limit=limit)
-    ids = [a.id for a in analyses]
-    with store.session() as session:
-        cells = dict(session.execute(select(Prediction.analysis_id, func.count()).where(
-            Prediction.analysis_id.in_(ids)).group_by(Prediction.analysis_id)).all())
-        flagged = dict(session.execute(select(Prediction.analysis_id, func.count()).where(
-            Prediction.analysis_id.in_(ids), Prediction.needs_review.is_(True)).group_by(Prediction.analysis_id)).all())
-        reviewed = dict(session.execute(select(Prediction.analysis_id, func.count(func.distinct(Prediction.id)))
-                                        .join(Review, Review.prediction_id == Prediction.id)
-                                        .where(Prediction.analysis_id.in_(ids))
-                                        .group_by(Prediction.analysis_id)).all())
-        boxes = dict(session.execute(select(Detection.analysis_id, func.count()).where(
-            Detection.analysis_id.in_(ids)).group_by(Detection.analysis_id)).all())
+    counts = store.result_counts(a.id for a in analyses)
     return [{"id": a.id, "date": a.created_at.strftime("%Y-%m-%d %H:%M"), "kind": a.kind, "name": a.name,
-             "status": a.status, "count": (boxes if a.kind == "detection" else cells).get(a.id, 0),
-             "needs review": flagged.get(a.id, 0), "reviewed": reviewed.get(a.id, 0),
+             "status": a.status, "count": counts[a.id].boxes if a.kind == "detection" else counts[a.id].cells,
+             "needs review": counts[a.id].needs_review, "reviewed": counts[a.id].reviewed,
              "models": model_versions_text(a.model_versions), "error": a.error or ""}
             for a in analyses]
 

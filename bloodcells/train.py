@@ -45,6 +45,7 @@ MODES = {  # mode -> (pretrained weights, augment every image; otherwise only ov
 FORMAT_VERSION = 1
 
 Progress = Callable[[int, int, str], None]
+EpochCallback = Callable[[str, dict], None]  # (network name, that epoch's record)
 
 
 @dataclass
@@ -121,8 +122,13 @@ def _device():
 # -- the tree ---------------------------------------------------------------------------------
 def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None, *,
                tree: str | Path | Tree | None = None, config: TrainConfig | None = None,
-               store=None, progress: Progress | None = None, log: Callable[[str], None] = print) -> TrainReport:
-    """Train every inner node of ``tree`` that has data and write the models to ``out_dir``."""
+               store=None, progress: Progress | None = None, log: Callable[[str], None] = print,
+               on_epoch: EpochCallback | None = None) -> TrainReport:
+    """Train every inner node of ``tree`` that has data and write the models to ``out_dir``.
+
+    ``on_epoch(network, record)`` follows each epoch of each network (a node's, or the shared trunk)
+    with its record: epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds.
+    """
     import torch
 
     config = config or TrainConfig()
@@ -170,11 +176,11 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
     if config.shared_trunk:
         from .heads import train_shared
 
-        report.trunk, report.nodes = train_shared(dataset, splits, tree, to_train, targets_per_node, config, device, dist, say,
-                                    progress, staging, dataset.fingerprint())
+        report.trunk, report.nodes = train_shared(dataset, splits, tree, to_train, targets_per_node, config, device,
+                                                  dist, say, progress, on_epoch, staging, dataset.fingerprint())
     else:
         _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, say, progress,
-                          staging, report)
+                          on_epoch, staging, report)
     if dist.world > 1:
         import torch.distributed as torch_dist
 
@@ -211,16 +217,18 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
 
 
 def _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, say, progress,
-                      staging, report) -> None:
+                      on_epoch, staging, report) -> None:
     """A network of its own for each node in ``to_train``."""
     total_steps = len(to_train) * config.epochs
     done_steps = 0
     for code in to_train:
-        def step(epoch_text: str, _code=code):
+        def step(record: dict, _code=code):
             nonlocal done_steps
             done_steps += 1
-            if progress and dist.main:
-                progress(done_steps, total_steps, f"{_code}: {epoch_text}")
+            if progress:
+                progress(done_steps, total_steps, f"{_code}: epoch {record['epoch']}/{config.epochs}")
+            if on_epoch:
+                on_epoch(_code, record)
 
         metrics, state = train_node(dataset, splits, tree, code, targets_per_node[code], config,
                                     device, dist, say, step)
@@ -274,7 +282,7 @@ def labels_view(tree: Tree, dataset: CellDataset, train: np.ndarray) -> NodeView
 
 def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_child: int,
                config: TrainConfig, device, dist: _Dist, log: Callable[[str], None],
-               step: Callable[[str], None] | None = None) -> tuple[dict, dict]:
+               step: Callable[[dict], None] | None = None) -> tuple[dict, dict]:
     """Train the classifier of node ``code``; returns its metrics and best state dict."""
     return fit_network(node_view(tree, code, dataset, splits["train"]), dataset, splits, per_child, config,
                        device, dist, log, step)
@@ -282,8 +290,12 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
 
 def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: int, config: TrainConfig,
                 device, dist: _Dist, log: Callable[[str], None],
-                step: Callable[[str], None] | None = None) -> tuple[dict, dict]:
-    """Train a fresh ``config.architecture`` on ``view``; returns its metrics and best state dict."""
+                step: Callable[[dict], None] | None = None) -> tuple[dict, dict]:
+    """Train a fresh ``config.architecture`` on ``view``; returns its metrics and best state dict.
+
+    ``step(record)`` follows each epoch (on the main process) with a copy of its record: epoch,
+    train_loss, train_accuracy, val_loss, val_accuracy, seconds.
+    """
     import torch
     from torch import nn
 
@@ -374,8 +386,8 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
         log(f"[{code}] epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.3f} "
             f"acc {record['train_accuracy']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f} "
             f"({record['seconds']:.0f} s)")
-        if step:
-            step(f"epoch {epoch}/{config.epochs}")
+        if step and dist.main:
+            step(dict(record))
         if val_loss < best["val_loss"] - 1e-4:
             best = {"val_loss": val_loss, "epoch": epoch,
                     "state": {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}}
@@ -422,11 +434,11 @@ def save_node(folder: Path, code: str, state: dict, metrics: dict, config: Train
     import torch
     from safetensors.torch import save_file
 
-    from .store import sha256_hex
+    from .store import sha256_file
 
     weights = folder / f"{code}.safetensors"
     save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(weights))
-    digest = sha256_hex(weights.read_bytes())
+    digest = sha256_file(weights)
     metadata = {
         "code": code, "architecture": config.architecture, "input_size": config.input_size,
         "classes": metrics["classes"], "outputs": metrics["outputs"], "mean": metrics["mean"], "std": metrics["std"],

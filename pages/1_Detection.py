@@ -4,10 +4,10 @@ import io
 
 import streamlit as st
 
-from bloodcells.detect import CLASS_NAMES, DETECTOR_CLASSES, annotate, detect
+from bloodcells.detection import CLASS_NAMES, DEFAULT_BOX_CONFIDENCE, DETECTOR_CLASSES, annotate, detect
 from bloodcells.inputs import InputImage, iter_inputs, open_image
 from ui.common import page, require_store
-from ui.models import DEFAULT_BOX_CONFIDENCE, get_classifier, get_detector
+from ui.models import get_classifier, get_detector
 from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis
 from ui.uploads import ACCEPTED, upload_label, uploaded_source
@@ -23,7 +23,7 @@ store = require_store()
 confidence = st.sidebar.number_input("Minimum box confidence", 0.0, 1.0, DEFAULT_BOX_CONFIDENCE, step=0.05,
                                      format="%.3f", key="box_confidence",
                                      help="Boxes the detector is less sure of are left out.")
-detector = get_detector(confidence=confidence)
+detector = get_detector()
 classifier = get_classifier(required=False)
 if classifier is None:
     st.info("No classifier tree is available, so white cells are counted but not typed.")
@@ -33,7 +33,8 @@ if st.button("Detect", type="primary", disabled=not files, key="detect"):
     total = None if any(f.name.lower().endswith(".zip") for f in files) else len(files)
     with cancel_button("cancel_detect"), run_safely("Detection") as outcome:
         with uploaded_source(files) as source, progress_bar("Finding cells…") as progress:
-            result = detect(source, detector=detector, classifier=classifier or False, store=store,
+            result = detect(source, detector=detector, classifier=classifier,
+                            type_white_cells=classifier is not None, confidence=confidence, store=store,
                             name=upload_label(files), progress=lambda done, _total: progress(done, total))
             images = {item.name: item.content for item in iter_inputs(source)
                       if isinstance(item, InputImage) and item.name in result.files[:MAX_SHOWN_IMAGES]}

@@ -8,10 +8,11 @@ from bloodcells.backbones import KNOWN_BACKBONES
 from bloodcells.evaluate import evaluate
 from bloodcells.taxonomy import default_tree
 from bloodcells.train import MODES, TrainConfig, train_tree
+from bloodcells.versions import candidate_dir, promote
 from ui.common import page, require_store
 from ui.models import reload_models
 from ui.progress import cancel_button, progress_bar
-from ui.training import LiveCurves, accept_models, candidate_dir, confusion_heatmap, curves
+from ui.training import LiveCurves, confusion_heatmap, curves
 from ui.uploads import uploaded_source
 from ui.work import run_safely
 
@@ -59,7 +60,7 @@ if st.button("Train", type="primary", disabled=not upload or not backbone, key="
         live = LiveCurves()
         with uploaded_source([upload], zip_only=True) as source, progress_bar("Training…") as progress:
             report = train_tree([source], candidate_dir(), tree=default_tree(), config=config, progress=progress,
-                                log=live)
+                                log=live.log, on_epoch=live.on_epoch)
             # Scored on the uploaded cells the models never saw (the split keeps them apart).
             evaluation = evaluate([source], report.out_dir, log=lambda _line: None)
         live.clear()
@@ -111,11 +112,12 @@ with st.expander("Images per node and child"):
 accept, discard = st.columns(2)
 if accept.button("Accept: use these models everywhere", type="primary", key="accept_models"):
     with run_safely("Accepting the models") as accepted:
-        accepted["target"] = accept_models(report.out_dir, default_tree().name, store)
+        accepted["version"] = promote(report.out_dir, default_tree().name, store)
     if accepted:
         reload_models()
         st.session_state.pop("training")
-        st.session_state["accepted"] = f"The new models are in use ({accepted['target']}); the previous ones are kept beside them."
+        st.session_state["accepted"] = (f"The new models are in use (version {accepted['version'].name}); "
+                                        "the previous ones are kept for rollback.")
         st.rerun()
 if discard.button("Discard", key="discard_models"):
     shutil.rmtree(report.out_dir, ignore_errors=True)

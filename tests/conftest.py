@@ -114,7 +114,7 @@ def trained_detector(tmp_path_factory):
     """The weights (``.../models/detector/detector.pt``) of a tiny YOLO trained 1 epoch on generated
     smear fields; ``trained_detector.parents[1]`` works as BLOODCELLS_MODELS_DIR. It finds boxes
     only with a very low confidence threshold: good for plumbing, not for accuracy."""
-    from bloodcells.detect import train_detector
+    from bloodcells.detection import train_detector
     from bloodcells.synthetic import write_yolo_dataset
 
     root = tmp_path_factory.mktemp("tiny_detector")

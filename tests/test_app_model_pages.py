@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from bloodcells.classify import default_models_dir
 from bloodcells.store import PredictionRow
 from bloodcells.synthetic import cell_image, encode, write_cell_zip
 
@@ -175,8 +176,9 @@ def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monke
 
     at.button(key="accept_models").click().run()
     assert not at.exception
-    assert (tmp_path / "models" / "classifier" / "default" / "classifier.json").is_file()
-    assert any("new models are in use" in s.value for s in at.success)
+    in_use = default_models_dir()  # a new version, beside the (here absent) shipped folder
+    assert in_use.parent == tmp_path / "models" / "classifier" / "versions" and (in_use / "classifier.json").is_file()
+    assert any("new models are in use" in s.value and in_use.name in s.value for s in at.success)
     assert {m.node_code for m in app_store.list_models(kind="classifier")} == {"ALL"}
     at.switch_page("pages/2_Classification.py").run()  # the other pages use them at once
     assert not at.exception and not at.warning and at.file_uploader

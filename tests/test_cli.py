@@ -37,4 +37,9 @@ def test_db_init_creates_the_embedded_database(tmp_path, capsys):
     assert main(["db", "init"]) == 0
     assert (tmp_path / "data" / "bloodcells.db").exists()
     assert main(["db", "current"]) == 0
-    assert capsys.readouterr().out.strip().endswith("0001")
+    from alembic.script import ScriptDirectory
+
+    from bloodcells.store import open_store
+
+    head = ScriptDirectory.from_config(open_store(upgrade=False)._alembic_config()).get_current_head()
+    assert head >= "0002" and capsys.readouterr().out.strip().endswith(head)  # upgraded to the newest

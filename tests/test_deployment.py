@@ -1,46 +1,92 @@
-"""Dockerfile and docker-compose.yml: Docker cannot run here, so the files are parsed and checked to
-reference what really exists (the app's entry point, a real `bloodcells` command, the health path,
-the requirements file, a non-root user, the data volume, a database URL the Store accepts).
+"""Dockerfile and docker-compose.yml. The Dockerfile is parsed into its instructions and checked for
+what the image must do: a CPU base unless told otherwise, requirements installed before the source
+is copied (so a code change rebuilds from there), real entry points, a non-root user, a health check
+on the served port and the offline environment; where a Docker engine answers, the image is also
+built and inspected. docker-compose.yml is checked to reference what really exists.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 import re
 import shlex
+import shutil
+import string
+import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# What keeps ultralytics, albumentations and the Hugging Face hub from going online (as
+# bloodcells.settings.apply_offline_environment sets them outside the image).
+OFFLINE = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def _instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    found = []
-    for line in text.splitlines():
+    """(INSTRUCTION, arguments) of the Dockerfile as Docker reads it: comment lines dropped (also
+    inside a continued instruction), a line ending in a backslash continued on the next."""
+    found, pending = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
         line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            found.append((keyword.upper(), rest.strip()))
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + line).partition(" ")
+        found.append((keyword.upper(), arguments.strip()))
+        pending = ""
     return found
 
 
 def _all(keyword: str) -> list[str]:
-    return [rest for word, rest in _instructions() if word == keyword]
+    return [arguments for word, arguments in _instructions() if word == keyword]
 
 
-def _args() -> dict[str, str]:
-    return dict(arg.split("=", 1) for arg in _all("ARG") if "=" in arg)
+def _position(keyword: str, matches=lambda _arguments: True) -> int:
+    """Index of the only instruction ``keyword`` whose arguments ``matches``."""
+    (index,) = [n for n, (word, arguments) in enumerate(_instructions()) if word == keyword and matches(arguments)]
+    return index
 
 
-def _exec_form(keyword: str) -> list[str]:
-    import json
+def _variables(keyword: str) -> dict[str, str]:
+    """ARG defaults or ENV values: every ``NAME=value`` of every such instruction."""
+    return dict(pair.split("=", 1) for arguments in _all(keyword) for pair in shlex.split(arguments) if "=" in pair)
 
-    (value,) = _all(keyword)
-    return json.loads(value)
+
+def _commands(script: str) -> list[list[str]]:
+    """The simple commands of a shell line (split at ``&&``, ``||`` and ``;``), each as its words."""
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands = [[]]
+    for token in lexer:
+        if token in {"&&", "||", ";"}:
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return [words for words in commands if words]
+
+
+def _pip_installs(arguments: str) -> list[list[str]]:
+    """The ``pip install`` commands of a RUN, each without its ``pip install`` words."""
+    return [words[words.index("install") + 1:] for words in _commands(arguments)
+            if Path(words[0]).name == "pip" and "install" in words]
+
+
+def _copied(arguments: str) -> list[str]:
+    """The sources a COPY copies (its --flags and destination left out)."""
+    words = [word for word in shlex.split(arguments) if not word.startswith("--")]
+    return words[:-1]
+
+
+def _exposed_port() -> str:
+    (port,) = _all("EXPOSE")
+    return port
 
 
 def _ignored(path: str) -> bool:
@@ -53,24 +99,30 @@ def _ignored(path: str) -> bool:
 
 
 def test_cpu_base_by_default_cuda_by_argument():
-    args = _args()
-    assert _all("FROM") == ["${BASE_IMAGE}"]
-    base = args["BASE_IMAGE"]
-    assert base.startswith("python:") and "cuda" not in base
-    version = tuple(int(part) for part in re.match(r"python:(\d+)\.(\d+)", base).groups())
+    args = _variables("ARG")
+    (base,) = _all("FROM")
+    image = string.Template(base).substitute(args)  # the build's default, --build-arg BASE_IMAGE changes it
+    assert image.startswith("python:") and "cuda" not in image
+    assert _position("ARG", lambda a: a.startswith("BASE_IMAGE=")) < _position("FROM")
+    version = tuple(int(part) for part in re.match(r"python:(\d+)\.(\d+)", image).groups())
     required = re.search(r'requires-python = ">=(\d+)\.(\d+)"', (ROOT / "pyproject.toml").read_text()).groups()
     assert version >= tuple(int(part) for part in required)
-    assert args["TORCH_INDEX"].endswith("/whl/cpu")  # CPU torch wheels unless a CUDA index is given
-    header = (ROOT / "Dockerfile").read_text().split("ARG BASE_IMAGE")[0]
-    assert "--build-arg BASE_IMAGE=nvidia/cuda" in header and "--build-arg TORCH_INDEX=" in header
+    # CPU torch wheels unless a CUDA index is given; declared after FROM, where the RUN steps see it
+    assert args["TORCH_INDEX"].endswith("/whl/cpu")
+    assert _position("ARG", lambda a: a.startswith("TORCH_INDEX=")) > _position("FROM")
+    (requirements,) = [words for run in _all("RUN") for words in _pip_installs(run) if "-r" in words]
+    assert requirements[requirements.index("--extra-index-url") + 1] == "${TORCH_INDEX}"
 
 
-def test_installs_the_real_requirements_and_the_package():
-    copied = " ".join(_all("COPY"))
-    assert "requirements.txt" in copied and "pyproject.toml" in copied
-    runs = " ".join(_all("RUN"))
-    assert "-r requirements.txt" in runs and '--extra-index-url "${TORCH_INDEX}"' in runs
-    assert "pip install --no-deps --no-build-isolation -e ." in runs  # as `make install` does
+def test_requirements_are_installed_before_the_source_is_copied():
+    def installs(*words: str):
+        return lambda arguments: any(set(words) <= set(install) for install in _pip_installs(arguments))
+
+    copy_requirements = _position("COPY", lambda a: set(_copied(a)) == {"requirements.txt", "pyproject.toml"})
+    install_requirements = _position("RUN", installs("-r", "requirements.txt"))
+    copy_source = _position("COPY", lambda a: _copied(a) == ["."])
+    install_package = _position("RUN", installs("--no-deps", "--no-build-isolation", "-e", "."))  # as `make install`
+    assert copy_requirements < install_requirements < copy_source < install_package
     for needed in ("requirements.txt", "pyproject.toml", "app.py", "bloodcells", "pages", "ui", "models"):
         assert (ROOT / needed).exists(), needed
         assert not _ignored(needed), f"{needed} must reach the image"
@@ -89,40 +141,94 @@ def test_requirements_bring_a_setuptools_that_builds_the_package():
 def test_runs_as_a_non_root_user_that_it_creates():
     (user,) = _all("USER")
     assert user not in {"root", "0"}
-    assert re.search(rf"useradd\b[^&]*\b{user}\b", " ".join(_all("RUN")))
+    created = [words for run in _all("RUN") for words in _commands(run) if words[0] == "useradd"]
+    assert [words[-1] for words in created] == [user]
     order = [word for word, _ in _instructions()]
-    assert order.index("USER") > max(i for i, word in enumerate(order) if word == "RUN")  # nothing runs as root after
+    # nothing runs as root after it, and the app starts as that user
+    assert max(n for n, word in enumerate(order) if word == "RUN") < order.index("USER") < order.index("CMD")
+    assert "ENTRYPOINT" not in order
 
 
 def test_command_uses_real_entry_points():
     from bloodcells.cli import _load_commands, build_parser
 
-    command = _exec_form("CMD")
-    assert command[:2] == ["sh", "-c"]
-    steps = [shlex.split(step) for step in command[2].split("&&")]
-    assert steps[0][0] == "bloodcells"
+    (command,) = _all("CMD")
+    shell, flag, script = json.loads(command)  # exec form: no shell around the shell that runs the steps
+    assert (shell, flag) == ("sh", "-c")
+    migrate, serve = _commands(script)
+    assert migrate[0] == "bloodcells"
     _load_commands()
-    parsed = build_parser().parse_args(steps[0][1:])  # `bloodcells db upgrade` is a real command
+    parsed = build_parser().parse_args(migrate[1:])  # `bloodcells db upgrade` is a real command
     assert (parsed.command, parsed.action) == ("db", "upgrade")
-    serve = steps[1]
     assert serve[:3] == ["exec", "streamlit", "run"]
-    assert (ROOT / serve[3]).is_file() and serve[3] == "app.py"
+    assert serve[3] == "app.py" and (ROOT / serve[3]).is_file()
     options = dict(zip(serve[4::2], serve[5::2], strict=False))
     assert options["--server.address"] == "0.0.0.0"
-    assert options["--server.port"] in _all("EXPOSE")
+    assert options["--server.port"] == _exposed_port()
 
 
 def test_healthcheck_asks_streamlit_health_on_the_served_port():
     (health,) = _all("HEALTHCHECK")
-    (port,) = _all("EXPOSE")
-    assert f"http://127.0.0.1:{port}/_stcore/health" in health
-    assert "curl" in health and "curl" in " ".join(_all("RUN"))
+    words = shlex.split(health)
+    options, command = words[:words.index("CMD")], " ".join(words[words.index("CMD") + 1:])
+    assert all(option.startswith("--") for option in options)
+    (curl, *flags, url), failure = _commands(command)
+    fails_on_http_errors = any(flag == "--fail" or re.fullmatch(r"-[a-zA-Z]*f[a-zA-Z]*", flag) for flag in flags)
+    assert curl == "curl" and fails_on_http_errors and failure == ["exit", "1"]
+    address = urlsplit(url)
+    assert (address.hostname, str(address.port), address.path) == ("127.0.0.1", _exposed_port(), "/_stcore/health")
+    # curl is installed by the apt-get step, which takes its packages from a variable it sets
+    (apt,) = [run for run in _all("RUN") if any(words[:2] == ["apt-get", "install"] for words in _commands(run))]
+    assert curl in [package for words in _commands(apt) for word in words for package in word.split("=")[-1].split()]
 
 
-def test_data_folder_is_the_volume():
-    env = " ".join(_all("ENV"))
-    assert "BLOODCELLS_DATA_DIR=/data" in env
-    assert _all("VOLUME") == ['["/data"]']
+def test_offline_environment_and_the_data_volume():
+    env = _variables("ENV")
+    assert {name: env.get(name) for name in OFFLINE} == OFFLINE
+    assert env["BLOODCELLS_DATA_DIR"] == "/data" and json.loads(_all("VOLUME")[0]) == ["/data"]
+    (workdir,) = _all("WORKDIR")
+    assert env["BLOODCELLS_MODELS_DIR"] == f"{workdir}/models"  # the shipped models, copied with the source
+
+
+def _docker_engine_problem() -> str | None:
+    """Why no Docker engine can build here, or None when one answers."""
+    if shutil.which("docker") is None:
+        return "no docker command"
+    try:
+        answer = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "`docker info` did not answer within 60 s"
+    if answer.returncode != 0:
+        said = (answer.stderr or answer.stdout).strip().splitlines()
+        return f"`docker info` failed: {said[-1] if said else f'exit status {answer.returncode}'}"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # downloads and installs torch and the other requirements
+def test_the_image_builds_and_runs_as_described():
+    problem = _docker_engine_problem()
+    if problem:
+        pytest.skip(f"no Docker engine to build the image with ({problem})")
+    tag = f"bloodcells-test:{os.getpid()}"
+    subprocess.run(["docker", "build", "--tag", tag, str(ROOT)], check=True)
+    try:
+        inspected = subprocess.run(["docker", "image", "inspect", tag], capture_output=True, text=True, check=True)
+        config = json.loads(inspected.stdout)[0]["Config"]
+        (user,) = _all("USER")
+        assert config["User"] == user
+        assert f"{_exposed_port()}/tcp" in config["ExposedPorts"]
+        assert "/_stcore/health" in " ".join(config["Healthcheck"]["Test"])
+        env = dict(pair.split("=", 1) for pair in config["Env"])
+        assert {name: env.get(name) for name in OFFLINE} == OFFLINE
+        # the entry points and curl are installed, and the container runs as that user, not root
+        ran = subprocess.run(["docker", "run", "--rm", tag, "sh", "-c", "bloodcells --help >/dev/null "
+                              "&& streamlit version && command -v curl && id -u"],
+                             capture_output=True, text=True, timeout=300)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.split()[-1] != "0"
+    finally:
+        subprocess.run(["docker", "image", "rm", "--force", tag], capture_output=True)
 
 
 # -- docker-compose.yml ------------------------------------------------------------------------------
@@ -166,8 +272,7 @@ def test_compose_app_reaches_that_database(compose):
 
 def test_compose_app_serves_and_keeps_data_in_a_volume(compose):
     app = compose["services"]["app"]
-    (port,) = _all("EXPOSE")
-    assert any(mapping.endswith(f":{port}") for mapping in app["ports"])
+    assert any(mapping.endswith(f":{_exposed_port()}") for mapping in app["ports"])
     volume, target = app["volumes"][0].split(":")
     assert target == "/data" and volume in compose["volumes"]
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodcells.detect import (
+from bloodcells.detection import (
+    DEFAULT_BOX_CONFIDENCE,
     DETECTOR_CLASSES,
     DatasetError,
     DetectedBox,
@@ -18,10 +19,9 @@ from bloodcells.detect import (
     annotate,
     canonical_class,
     detect,
-    merge_tiles,
-    plan_tiles,
     prepare_dataset,
 )
+from bloodcells.detection.tiling import merge_tiles, plan_tiles
 from bloodcells.synthetic import (
     BACKGROUND,
     PLATELET_COLOUR,
@@ -43,11 +43,13 @@ class DiscDetector(Detector):
 
         self.tile_size, self.overlap, self.sha256, self.lock = tile_size, overlap, "disc-detector", threading.RLock()
         self.tiles_seen: list[tuple[int, int]] = []
+        self.confidences_seen: set[float] = set()
 
-    def predict(self, images, file=""):
+    def predict(self, images, file="", *, confidence=DEFAULT_BOX_CONFIDENCE):
         from scipy import ndimage
 
         found = []
+        self.confidences_seen.add(confidence)
         for image in images:
             self.tiles_seen.append(image.size)
             pixels = np.asarray(image).astype(int)
@@ -201,7 +203,7 @@ def _fields(folder, count=2, codes=("NGS",), size=(480, 360)):
 def test_detect_counts_per_image_and_per_upload_and_stores_them(tmp_path, store):
     truths = _fields(tmp_path / "upload")
     (tmp_path / "upload" / "broken.png").write_bytes(b"not an image")
-    result = detect(tmp_path / "upload", detector=DiscDetector(), classifier=False, store=store, name="slides")
+    result = detect(tmp_path / "upload", detector=DiscDetector(), type_white_cells=False, store=store, name="slides")
 
     assert [p.name for p in result.problems] == ["broken.png"]
     assert result.typing_skipped == "white-cell typing switched off"
@@ -223,16 +225,37 @@ def test_a_failing_detection_is_stored_as_failed_without_boxes(tmp_path, store):
     _fields(tmp_path / "upload", count=2)
 
     class FailsOnSecondImage(DiscDetector):
-        def find(self, image, file="", batch=16):
+        def find(self, image, file="", **options):
             if file == "field_1.png":
                 raise RuntimeError("out of memory")
-            return super().find(image, file, batch)
+            return super().find(image, file, **options)
 
     with pytest.raises(RuntimeError):
-        detect(tmp_path / "upload", detector=FailsOnSecondImage(), classifier=False, store=store)
+        detect(tmp_path / "upload", detector=FailsOnSecondImage(), type_white_cells=False, store=store)
     analysis = store.list_analyses(kind="detection")[0]
     assert analysis.status == "failed" and "out of memory" in analysis.error
     assert store.get_analysis(analysis.id).detections == []
+
+
+def test_the_minimum_box_confidence_is_passed_on_each_call(tmp_path):
+    _fields(tmp_path / "upload", count=1)
+    detector = DiscDetector()
+    detect(tmp_path / "upload", detector=detector, type_white_cells=False)
+    detect(tmp_path / "upload", detector=detector, type_white_cells=False, confidence=0.6)
+    assert detector.confidences_seen == {DEFAULT_BOX_CONFIDENCE, 0.6}
+
+
+def test_switching_typing_off_leaves_a_given_classifier_unused(tmp_path):
+    class Unusable:
+        def versions(self):
+            raise AssertionError("typing is off: the classifier must not be asked")
+
+        classify_images = versions
+
+    _fields(tmp_path / "upload", count=1)
+    result = detect(tmp_path / "upload", detector=DiscDetector(), classifier=Unusable(), type_white_cells=False)
+    assert result.typing_skipped == "white-cell typing switched off"
+    assert result.counts()["WBC"] == 3 and all(b.code is None for b in result.boxes)
 
 
 def test_white_cells_are_typed_through_the_classifier_tree(tmp_path, trained_models_dir, store):
@@ -282,7 +305,7 @@ def test_without_a_classifier_detection_still_works_and_says_typing_was_skipped(
 
 
 def test_annotate_draws_each_class_in_its_colour():
-    from bloodcells.detect import CLASS_COLOURS
+    from bloodcells.detection.drawing import CLASS_COLOURS
 
     image = Image.new("RGB", (200, 100), (255, 255, 255))
     boxes = [DetectedBox("f", "WBC", 0.9, 10, 30, 60, 80, code="NGS", path="ALL/MYE/MYM/NEU/NGS",
@@ -313,7 +336,7 @@ def test_detecting_leaves_torch_thread_count_alone(trained_detector):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        Detector.load(trained_detector, conf=0.001).find(smear_field(160, 120, seed=3)[0], "x.png")
+        Detector.load(trained_detector).find(smear_field(160, 120, seed=3)[0], "x.png", confidence=0.001)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -321,13 +344,24 @@ def test_detecting_leaves_torch_thread_count_alone(trained_detector):
 
 @pytest.mark.slow
 def test_trained_yolo_detector_finds_boxes_and_tiles_large_images(trained_detector, tmp_path):
-    detector = Detector.load(trained_detector, conf=0.001)
+    detector = Detector.load(trained_detector)
     assert detector.imgsz == 64 and set(detector.classes.values()) == set(DETECTOR_CLASSES)
     small, _ = smear_field(160, 120, seed=7)
     large, _ = smear_field(700, 400, seed=8)
     for image in (small, large):
-        boxes = detector.find(image, "x.png")
+        boxes = detector.find(image, "x.png", confidence=0.001)
         assert boxes, "a very low threshold always yields boxes"
         assert all(0 <= b.x1 < b.x2 <= image.width + 1 and 0 <= b.y1 < b.y2 <= image.height + 1 for b in boxes)
         assert {b.class_code for b in boxes} <= set(DETECTOR_CLASSES)
     assert detector.needs_tiles(*large.size) and not detector.needs_tiles(*small.size)
+
+
+def test_one_loaded_yolo_detector_keeps_each_calls_minimum_confidence(trained_detector):
+    detector = Detector.load(trained_detector)
+    field, _ = smear_field(160, 120, seed=7)
+    everything = detector.find(field, "x.png", confidence=0.001)
+    threshold = sorted(b.confidence for b in everything)[len(everything) // 2]  # the median box's confidence
+    sure = detector.find(field, "x.png", confidence=threshold)
+    assert sure and all(b.confidence >= threshold for b in sure)
+    assert len(sure) < len(everything)
+    assert len(detector.find(field, "x.png", confidence=0.001)) == len(everything)  # nothing kept between calls

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from bloodcells.cli import main
-from bloodcells.detect import DETECTOR_CLASSES, train_detector
+from bloodcells.detection import DETECTOR_CLASSES, train_detector
 from bloodcells.synthetic import smear_field, write_voc_dataset, write_yolo_dataset
 
 

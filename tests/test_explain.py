@@ -7,11 +7,10 @@ import threading
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-
-from bloodcells.explain import (  # noqa: E402
+from bloodcells.explain import (
     METHODS,
     ExplanationError,
     attribute,
@@ -102,13 +101,22 @@ def test_randomised_weights_change_the_map(region_model, method):
 def test_feature_layer_is_the_last_spatial_stage():
     import timm
 
+    from bloodcells.backbones import node_network
+    from bloodcells.heads import pooled_width, trunk_with_head
+
     resnet = timm.create_model("resnet10t", num_classes=3).eval()
-    mobilenet = timm.create_model("mobilenetv3_small_050", num_classes=3).eval()
-    sequential = tiny_cnn().eval()
+    mobilenet = timm.create_model("mobilenetv3_small_050", num_classes=0).eval()
     inputs = torch.rand(1, 3, 64, 64)
+    # timm models: the last stage of their feature_info with more than 1x1 outputs (64 px / 32 = 2x2)
     assert feature_layer(resnet, inputs) == "layer4"
-    assert feature_layer(mobilenet, inputs) == "blocks"  # not conv_head, which runs after pooling
-    assert feature_layer(sequential, inputs[..., :32, :32]) == "5"  # the ReLU after the last conv
+    assert feature_layer(mobilenet, inputs) == "blocks.5"  # not conv_head, which runs after pooling
+    assert feature_layer(mobilenet, inputs[..., :32, :32]) == "blocks.3"  # blocks.5 would be 1x1
+    # a node's network around a shared trunk: the trunk's stage, named within the network
+    node = node_network(trunk_with_head(mobilenet, nn.Linear(pooled_width(mobilenet), 3)), [0, 1, 1], 2).eval()
+    assert feature_layer(node, inputs) == "backbone.trunk.blocks.5"
+    assert node.get_submodule("backbone.trunk.blocks.5") is mobilenet.blocks[5]
+    # plain torch modules: found by a forward pass
+    assert feature_layer(tiny_cnn().eval(), inputs[..., :32, :32]) == "5"  # the ReLU after the last conv
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -158,11 +158,12 @@ def test_cli_refuses_a_zip_with_a_damaged_directory(trained_models_dir, tmp_path
 
 @pytest.mark.slow
 def test_detect_reports_every_bad_member_and_detects_in_the_rest(trained_detector, tmp_path):
-    from bloodcells.detect import Detector, detect
+    from bloodcells.detection import Detector, detect
 
     upload = _hostile_zip(tmp_path / "hostile.zip")
     annotated = tmp_path / "annotated"
-    outcome = detect(upload, detector=Detector.load(trained_detector), classifier=False, annotate_to=annotated)
+    outcome = detect(upload, detector=Detector.load(trained_detector), type_white_cells=False,
+                     annotate_to=annotated)
     assert outcome.files == list(GOOD_CELLS)
     _check_report({p.name: p.problem for p in outcome.problems}, "hostile.zip")
     written = {p.relative_to(annotated).as_posix() for p in annotated.rglob("*.png")}

@@ -7,7 +7,7 @@ import zipfile
 import pytest
 
 from bloodcells import report
-from bloodcells.store import PredictionRow
+from bloodcells.store import DetectionRow, PredictionRow
 from bloodcells.synthetic import cell_image, encode
 
 
@@ -79,3 +79,15 @@ def test_labelled_zip_reads_back_with_the_reviewed_labels(store, tree):
     assert labels == ["LYT", "NEU"]
     with zipfile.ZipFile(io.BytesIO(content)) as archive:
         assert all(name.count("/") == 1 for name in archive.namelist())
+
+
+def test_analysis_overview_counts_cells_flags_reviews_and_boxes(store):
+    cells = _stored_analysis(store, ["NGS", "LYT", "NGS"])  # the first cell needs review
+    store.review(cells.predictions[1].id, "LYT", "tester")
+    field = store.start_analysis("field.jpg", "detection")
+    store.finish_analysis(field, detections=[DetectionRow("field.jpg", "RBC", 0.8, (0, 0, 9, 9))] * 2)
+    rows = {row["id"]: row for row in report.analysis_overview(store)}
+    assert {key: rows[cells.id][key] for key in ("kind", "count", "needs review", "reviewed", "models")} == {
+        "kind": "classification", "count": 3, "needs review": 1, "reviewed": 1, "models": "ALL abc"}
+    assert (rows[field]["kind"], rows[field]["count"], rows[field]["reviewed"]) == ("detection", 2, 0)
+    assert [row["id"] for row in report.analysis_overview(store, kind="detection")] == [field]

@@ -1,7 +1,10 @@
 """The storage suite: runs on SQLite, and on MySQL/MariaDB when BLOODCELLS_TEST_MYSQL_URL is set."""
 
+import threading
+from datetime import datetime
+
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import event, inspect, select, text
 
 from bloodcells.store import (
     Analysis,
@@ -9,9 +12,13 @@ from bloodcells.store import (
     CellType,
     Detection,
     DetectionRow,
+    Explanation,
     Prediction,
     PredictionRow,
+    Store,
     StoreError,
+    record_analysis,
+    sha256_file,
     sha256_hex,
 )
 from bloodcells.store.schema import CHUNK_SIZE
@@ -19,10 +26,60 @@ from bloodcells.store.schema import CHUNK_SIZE
 
 def test_schema_created_by_migrations(store):
     tables = set(inspect(store.engine).get_table_names())
-    assert {"cell_types", "cells", "blobs", "blob_chunks", "model_types", "models", "model_cell_types",
+    assert {"cell_types", "blobs", "blob_chunks", "model_types", "models", "model_cell_types",
             "analyses", "predictions", "reviews", "detections", "explanations", "alembic_version"} <= tables
     assert store.current_revision() is not None
     store.upgrade()  # idempotent
+
+
+def _insert_at_revision_0001(store: Store) -> None:
+    """One analysis with a stored cell, a review and a detection, written as 0001's schema accepts
+    them (with a row in ``cells`` and a detection's ``blob_id``, which 0002 drops)."""
+    statements = [
+        "INSERT INTO analyses (id, name, kind, status, created_at, model_versions, summary) "
+        "VALUES (1, 'old.zip', 'classification', 'done', :now, '{\"ALL\": \"abc\"}', '{}')",
+        "INSERT INTO blobs (id, sha256, size, media_type) VALUES (1, :sha256, 9, 'image')",
+        "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (1, 0, :content)",
+        "INSERT INTO predictions (id, analysis_id, blob_id, filename, code, path, confidence, level_confidences, "
+        "needs_review, reviewed_code) VALUES (1, 1, 1, 'cell.png', 'NGS', 'ALL/MYE/MYM/NEU/NGS', 0.9, '{}', 1, 'NGB')",
+        "INSERT INTO reviews (prediction_id, old_code, new_code, reviewer, created_at) "
+        "VALUES (1, 'NGS', 'NGB', 'dr.a', :now)",
+        "INSERT INTO detections (analysis_id, blob_id, filename, class_code, score, x1, y1, x2, y2) "
+        "VALUES (1, 1, 'field.jpg', 'WBC', 0.8, 1, 2, 30, 40)",
+        "INSERT INTO cells (blob_id, label, source, filename, created_at) VALUES (1, 'NGS', 'lab', 'cell.png', :now)",
+    ]
+    values = {"now": datetime(2026, 11, 1, 12, 0), "sha256": sha256_hex(b"old image"), "content": b"old image"}
+    with store.engine.begin() as connection:
+        for statement in statements:
+            connection.execute(text(statement), values)
+
+
+def _unused_schema(store: Store) -> tuple[bool, bool]:
+    """Whether the ``cells`` table and the ``detections.blob_id`` column exist."""
+    schema = inspect(store.engine)
+    return "cells" in schema.get_table_names(), "blob_id" in {c["name"] for c in schema.get_columns("detections")}
+
+
+def test_migration_0002_keeps_the_data_and_drops_the_unused_schema(database_url):
+    from alembic import command
+
+    store = Store(database_url)
+    store.upgrade("0001")
+    _insert_at_revision_0001(store)
+    store.upgrade()
+    assert store.current_revision() == "0002"
+    assert _unused_schema(store) == (False, False)
+    analysis = store.get_analysis(1)
+    assert (analysis.name, analysis.status, analysis.model_versions) == ("old.zip", "done", {"ALL": "abc"})
+    assert [(p.filename, p.final_code, p.needs_review) for p in analysis.predictions] == [("cell.png", "NGB", True)]
+    assert [(r.old_code, r.new_code) for r in analysis.predictions[0].reviews] == [("NGS", "NGB")]
+    assert [(d.class_code, d.x2) for d in analysis.detections] == [("WBC", 30.0)]
+    assert store.read_blob(blob_id=analysis.predictions[0].blob_id) == b"old image"
+    command.downgrade(store._alembic_config(), "0001")  # recreates them (empty) and upgrades again
+    assert _unused_schema(store) == (True, True)
+    store.upgrade()
+    assert _unused_schema(store) == (False, False) and len(store.get_analysis(1).detections) == 1
+    store.engine.dispose()
 
 
 def test_cell_types_mirror_the_tree(store, tree):
@@ -84,6 +141,58 @@ def test_a_failed_write_leaves_nothing_half_stored(store):
     assert analysis.predictions == []
 
 
+def test_an_analysis_block_stores_what_its_run_finishes_with(store):
+    with store.analysis("field.jpg", "detection", {"detector": "abc"}) as run:
+        assert store.get_analysis(run.id).status == "running"
+        run.detections = [DetectionRow("field.jpg", "WBC", 0.9, (1, 2, 30, 40), code="LYT", path="ALL/LYM/LYT")]
+        run.predictions = iter(_rows(4))  # a stream, read once
+        run.summary = {"counts": {"WBC": 1}}
+    analysis = store.get_analysis(run.id)
+    assert (analysis.name, analysis.kind, analysis.status) == ("field.jpg", "detection", "done")
+    assert analysis.model_versions == {"detector": "abc"} and analysis.summary == {"counts": {"WBC": 1}}
+    assert [(d.class_code, d.code) for d in analysis.detections] == [("WBC", "LYT")]
+    assert len(analysis.predictions) == 4 and analysis.finished_at is not None
+
+
+class _Stopped(BaseException):
+    """Like Streamlit's stop and rerun exceptions: not an ``Exception``."""
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the model crashed on cell 41"), KeyboardInterrupt("Ctrl-C"),
+                                   _Stopped("the page was stopped")], ids=["exception", "ctrl-c", "base-exception"])
+def test_an_analysis_block_that_raises_is_marked_failed_and_the_error_re_raised(store, error):
+    with pytest.raises(type(error)) as raised, store.analysis("upload.zip", "classification") as run:
+        run.predictions = _rows(3)
+        raise error
+    assert raised.value is error
+    analysis = store.get_analysis(run.id)
+    assert analysis.status == "failed" and analysis.error == f"{type(error).__name__}: {error}"
+    assert analysis.predictions == [] and analysis.finished_at is not None
+    assert store.count_rows(Prediction) == 0
+
+
+def test_an_analysis_whose_results_cannot_be_stored_is_marked_failed(store):
+    rows = _rows(3) + [PredictionRow(filename="cell_3.png", code=None, path="p", confidence=1.0,  # NOT NULL
+                                     level_confidences={}, needs_review=False)]
+    with pytest.raises(StoreError), store.analysis("bad.zip", "classification") as run:
+        run.predictions = rows
+    analysis = store.get_analysis(run.id)
+    assert analysis.status == "failed" and analysis.error.startswith("StoreError: ")
+    assert store.count_rows(Prediction) == 0
+
+
+def test_without_a_store_an_analysis_run_records_nothing():
+    with record_analysis(None, "upload.zip", "classification", {"ALL": "abc"}) as run:
+        run.predictions = _rows(2)
+    assert run.id is None
+
+
+def test_a_files_sha256_is_that_of_its_content(tmp_path):
+    content = bytes(range(256)) * 5000
+    (tmp_path / "weights.pt").write_bytes(content)
+    assert sha256_file(tmp_path / "weights.pt") == sha256_hex(content)
+
+
 def test_reviews_keep_old_and_new_label_who_and_when(store):
     analysis_id = store.start_analysis("a.zip", "classification")
     store.finish_analysis(analysis_id, predictions=_rows(2))
@@ -120,9 +229,74 @@ def test_models_are_registered_once_and_newest_is_active(store):
     assert active[0].model_type.architecture == "mobilenetv3_small_100"
 
 
-def test_unreachable_database_gives_a_clear_error():
-    from bloodcells.store import Store
+def test_result_counts_per_analysis(store):
+    cells = store.start_analysis("a.zip", "classification")
+    store.finish_analysis(cells, predictions=_rows(5))  # cells 0, 2 and 4 need review
+    first, second = store.get_analysis(cells).predictions[:2]
+    store.review(first.id, "NGB", "dr.a")
+    store.review(first.id, "NIF", "dr.b")  # a cell reviewed twice counts once
+    store.review(second.id, "NGS", "dr.a")
+    boxes = store.start_analysis("field.jpg", "detection")
+    store.finish_analysis(boxes, detections=[DetectionRow("field.jpg", "RBC", 0.8, (0, 0, 9, 9))] * 3)
+    empty = store.start_analysis("empty.zip", "classification")
+    counts = store.result_counts([cells, boxes, empty])
+    assert (counts[cells].cells, counts[cells].needs_review, counts[cells].reviewed) == (5, 3, 2)
+    assert (counts[boxes].boxes, counts[boxes].cells) == (3, 0)
+    assert vars(counts[empty]) == {"cells": 0, "needs_review": 0, "reviewed": 0, "boxes": 0}
+    assert store.result_counts([]) == {}
 
+
+EXPLANATION_KEY = {"model_sha256": "a" * 64, "image_sha256": "b" * 64, "method": "gradcam",
+                   "settings_key": "target=NGS;layer=None"}
+
+
+def test_explanations_are_cached_by_key(store):
+    assert store.get_explanation(**EXPLANATION_KEY) is None
+    store.put_explanation(b"map", **EXPLANATION_KEY)
+    assert store.get_explanation(**EXPLANATION_KEY) == b"map"
+    assert store.get_explanation(**{**EXPLANATION_KEY, "method": "saliency"}) is None
+    store.put_explanation(b"another map", **EXPLANATION_KEY)  # the map stored first is kept
+    assert store.get_explanation(**EXPLANATION_KEY) == b"map" and store.count_rows(Explanation) == 1
+
+
+@pytest.mark.parametrize("second_map", [b"the same map", b"a map computed apart"])
+def test_two_writers_caching_the_same_explanation_both_succeed(database_url, second_map):
+    """Two processes explain the same cell at once: both missed the cache, both save; neither fails."""
+    first, second = Store(database_url), Store(database_url)
+    first.upgrade()
+    first_writing, second_done = threading.Event(), threading.Event()
+
+    def hold_first_writer(_conn, _cursor, statement, *_):
+        # The first writer found no map and is about to write its own: the second writes meanwhile.
+        if statement.lstrip().upper().startswith("INSERT") and not first_writing.is_set():
+            first_writing.set()
+            second_done.wait(30)
+
+    event.listen(first.engine, "before_cursor_execute", hold_first_writer)
+    errors = []
+
+    def write_first():
+        try:
+            first.put_explanation(b"the same map", **EXPLANATION_KEY)
+        except StoreError as error:
+            errors.append(error)
+
+    writer = threading.Thread(target=write_first)
+    writer.start()
+    try:
+        assert first_writing.wait(30)
+        second.put_explanation(second_map, **EXPLANATION_KEY)
+    finally:
+        second_done.set()
+        writer.join()
+    assert errors == []
+    assert first.count_rows(Explanation) == 1
+    assert first.get_explanation(**EXPLANATION_KEY) == second_map  # the map committed first is kept
+    first.engine.dispose()
+    second.engine.dispose()
+
+
+def test_unreachable_database_gives_a_clear_error():
     store = Store("mysql+pymysql://root@127.0.0.1:1/nothing")  # a closed port
     with pytest.raises(StoreError, match="cannot be reached"):
         store.ping()

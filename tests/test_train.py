@@ -73,17 +73,36 @@ def test_training_registers_models_and_reports_progress(store, tmp_path):
     assert store.count_rows(Model) == 2
 
 
-def test_early_stopping_keeps_the_best_epoch(tmp_path):
+@pytest.mark.parametrize("shared_trunk", [False, True], ids=["network per node", "shared trunk"])
+def test_on_epoch_gets_every_epoch_of_every_network(tmp_path, shared_trunk):
     from bloodcells.train import train_tree
 
-    write_cell_folders(tmp_path / "cells", {"LYT": 12, "EOS": 12}, size=24)
+    write_cell_folders(tmp_path / "cells", {"LYT": 12, "EOS": 12, "MON": 12}, size=24)
+    epochs: dict[str, list[dict]] = {}
     report = train_tree([tmp_path / "cells"], tmp_path / "models", log=lambda _text: None,
-                        config=tiny_train_config(epochs=8, patience=1, per_class=8, input_size=24,
-                                                 learning_rate=0.1))
-    history = report.nodes["ALL"]["history"]
-    best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
-    assert len(history) == best + 2 or len(history) == 8  # stopped one epoch after the best, or ran out
-    assert report.nodes["ALL"]["best_epoch"] == best + 1
+                        on_epoch=lambda network, record: epochs.setdefault(network, []).append(record),
+                        config=tiny_train_config(epochs=2, per_class=8, input_size=24, shared_trunk=shared_trunk))
+    trained = {"trunk": report.trunk} if shared_trunk else report.nodes  # what trains epoch by epoch
+    assert epochs == {network: metrics["history"] for network, metrics in trained.items()}
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+    from bloodcells.synthetic import cell_image
+    from bloodcells.train import train_tree
+
+    # Labels that are pure noise: both folders hold lymphocytes, so what the network learns of the
+    # training cells' labels does not carry over and the validation loss cannot keep falling.
+    for folder, first_seed in (("LYT", 0), ("EOS", 1000)):
+        (tmp_path / "cells" / folder).mkdir(parents=True)
+        for n in range(20):
+            cell_image("LYT", first_seed + n, 24).save(tmp_path / "cells" / folder / f"{n}.png")
+    epochs, patience = 12, 2
+    report = train_tree([tmp_path / "cells"], tmp_path / "models", log=lambda _text: None,
+                        config=tiny_train_config(epochs=epochs, patience=patience, per_class=8, input_size=24))
+    metrics = report.nodes["ALL"]
+    best = min(metrics["history"], key=lambda record: record["val_loss"])
+    assert len(metrics["history"]) == best["epoch"] + patience < epochs  # stopped, patience epochs after the best
+    assert (metrics["best_epoch"], metrics["val_loss"]) == (best["epoch"], best["val_loss"])
 
 
 def test_pretrained_without_downloads_fails_fast_with_advice(monkeypatch, tmp_path):
@@ -140,7 +159,9 @@ def test_cli_train_classify_round_trip(tmp_path, monkeypatch):
                  "--backbone", "test_efficientnet", "--out", str(tmp_path / "m2")]) == 2
 
 
-def test_shared_trunk_heads_per_node_classify_in_one_pass(tmp_path):
+# MobileNetV3 pools before its head convolution: its pooled width (1024) is not num_features (576)
+@pytest.mark.parametrize("architecture", ["test_efficientnet", "mobilenetv3_small_050"])
+def test_shared_trunk_heads_per_node_classify_in_one_pass(architecture, tmp_path):
     """One trunk learns every cell type; each node's head is its own classifier on the trunk's
     features. The one-pass descent gives the same answers as each node's full network, and a
     changed trunk file is refused."""
@@ -152,7 +173,7 @@ def test_shared_trunk_heads_per_node_classify_in_one_pass(tmp_path):
 
     write_cell_folders(tmp_path / "cells", TINY_TREE_CELLS, size=32)
     report = train_tree([tmp_path / "cells"], tmp_path / "models", log=lambda _text: None,
-                        config=tiny_train_config(shared_trunk=True, head_views=2))
+                        config=tiny_train_config(architecture=architecture, shared_trunk=True, head_views=2))
     assert report.trunk["classes"] == ["EOS", "LYT", "NGB", "NGS"] and set(report.nodes) == {"ALL", "MYM", "NEU"}
     classifier = TreeClassifier.load(tmp_path / "models")
     trunks = {id(node.trunk) for node in classifier.nodes.values()}

@@ -23,19 +23,16 @@ def _classifier(models_dir: str):
     return TreeClassifier.load(models_dir=None)  # the settings' models dir; the argument keys the cache
 
 
-DEFAULT_BOX_CONFIDENCE = 0.25
+@st.cache_resource(show_spinner="Loading the detector…")
+def _detector(models_dir: str):
+    from bloodcells.detection import Detector
+
+    return Detector.load()  # the settings' models dir; the argument keys the cache
 
 
-@st.cache_resource(show_spinner="Loading the detector…", max_entries=4)
-def _detector(models_dir: str, confidence: float = DEFAULT_BOX_CONFIDENCE):
-    from bloodcells.detect import Detector
-
-    return Detector.load(conf=confidence)
-
-
-def _load(kind: str, loader, *options):
+def _load(kind: str, loader):
     try:
-        return loader(str(settings().models_dir), *options), None
+        return loader(str(settings().models_dir)), None
     except ImportError as error:
         return None, f"The {kind} is not part of this installation yet ({error})."
     except (OSError, ValueError, RuntimeError, KeyError) as error:  # ModelFileError and friends
@@ -52,10 +49,9 @@ def get_classifier(required: bool = True):
     return classifier
 
 
-def get_detector(required: bool = True, confidence: float = DEFAULT_BOX_CONFIDENCE):
-    """The detector keeping boxes above ``confidence``, or None. When ``required``, a missing one stops
-    the page with a message."""
-    detector, problem = _load("detector", _detector, confidence)
+def get_detector(required: bool = True):
+    """The detector, or None. When ``required``, a missing one stops the page with a message."""
+    detector, problem = _load("detector", _detector)
     if problem and required:
         st.warning(problem)
         st.info(NOT_TRAINED_HINT["detector"])

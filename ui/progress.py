@@ -1,10 +1,15 @@
 """Progress bars for long work, and cancelling it cleanly.
 
 Streamlit stops a running script (the user pressed Stop, clicked Cancel or another widget) by
-raising a ``BaseException`` at the next Streamlit call, which in long work is the progress update.
-Package code only cleans up after ``Exception``s (``classify`` marks its analysis failed, so
-nothing half-stored remains), so the update turns the interruption into ``Cancelled`` for the
-package, and the page re-raises Streamlit's own exception once the package has cleaned up.
+raising a ``ScriptControlException``, a ``BaseException``, at the script's next Streamlit call,
+which in long work is usually the progress update. The package's clean-up runs on any exception,
+``BaseException`` included: classification and detection mark their analysis failed with the
+error (nothing half-stored remains), and ``with`` blocks remove spools and uploads. The update
+raises ``Cancelled`` (an ``Exception``) instead, so that the work unwinds with an error that says
+what happened (a cancelled analysis reads "Cancelled: cancelled by the user"), and
+``progress_bar`` re-raises Streamlit's own exception once it has, for Streamlit to stop or rerun.
+An interruption at another Streamlit call (a live chart) unwinds as Streamlit's exception itself:
+the same clean-up runs, and the error names that exception.
 """
 
 from __future__ import annotations

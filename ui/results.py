@@ -11,7 +11,7 @@ import streamlit as st
 from PIL import Image
 
 from bloodcells import report
-from bloodcells.detect import CLASS_NAMES, DETECTOR_CLASSES
+from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES
 from bloodcells.inputs import InputError, open_image
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree

@@ -36,6 +36,9 @@ def _training_options(parser):
     parser.add_argument("--shared-trunk", action="store_true",
                         help="one network for the whole tree, fine-tuned on every cell type, with a head "
                              "per node trained on that node's data (one network pass per cell)")
+    parser.add_argument("--review-accuracy", type=float, default=0.97,
+                        help="cells below the confidence that keeps this accuracy on validation cells are "
+                             "flagged for review (default 0.97)")
     parser.add_argument("--head-views", type=int, default=3,
                         help="shared trunk: each training cell as it is plus this many - 1 augmented views")
 
@@ -50,7 +53,7 @@ def _config(args):
             stain_norm=not args.no_stain_norm, epochs=args.epochs, batch_size=args.batch_size,
             learning_rate=args.lr, patience=args.patience, min_per_class=args.min_per_class,
             per_class=args.per_class, seed=args.seed, nodes=getattr(args, "nodes", None),
-            shared_trunk=args.shared_trunk, head_views=args.head_views)
+            shared_trunk=args.shared_trunk, head_views=args.head_views, review_accuracy=args.review_accuracy)
     except ValueError as error:
         raise CommandError(str(error)) from error
 

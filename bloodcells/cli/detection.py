@@ -27,7 +27,7 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 
 @command("train-detector", "Train the YOLO cell detector (white cells, red cells, platelets).", _configure_train)
 def train_detector_command(args: argparse.Namespace) -> int:
-    from ..detect import DatasetError, train_detector
+    from ..detection import DatasetError, train_detector
 
     try:
         trained = train_detector(args.data, model=args.model, epochs=args.epochs, hours=args.hours,
@@ -52,7 +52,7 @@ def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
 @command("evaluate-detector", "Precision, recall, mAP50 and mAP50-95 per class on a labelled dataset.",
          _configure_evaluate)
 def evaluate_detector_command(args: argparse.Namespace) -> int:
-    from ..detect import DatasetError, DetectorFileError, evaluate_detector
+    from ..detection import DatasetError, DetectorFileError, evaluate_detector
 
     try:
         metrics = evaluate_detector(args.data, model=args.model, imgsz=args.imgsz, split=args.split)
@@ -72,6 +72,8 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _configure_detect(parser: argparse.ArgumentParser) -> None:
+    from ..detection import DEFAULT_BOX_CONFIDENCE
+
     parser.add_argument("input", help="a smear-field image, a folder of them (recursive) or a .zip")
     parser.add_argument("--out", type=Path, required=True,
                         help="CSV: file,class,confidence,x1,y1,x2,y2,code,path,sub_confidence")
@@ -81,7 +83,8 @@ def _configure_detect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classifier", type=Path, default=None, metavar="DIR",
                         help="classifier tree for the white cells (default models/classifier/default)")
     parser.add_argument("--no-typing", action="store_true", help="do not classify the white cells")
-    parser.add_argument("--conf", type=float, default=0.25, help="minimum box confidence (default %(default)s)")
+    parser.add_argument("--conf", type=float, default=DEFAULT_BOX_CONFIDENCE,
+                        help="minimum box confidence (default %(default)s)")
     parser.add_argument("--tile-size", type=int, default=None,
                         help="tile images larger than this by a quarter (default: twice the model input)")
     parser.add_argument("--no-store", action="store_true", help="do not record the analysis in the database")
@@ -91,12 +94,11 @@ def _configure_detect(parser: argparse.ArgumentParser) -> None:
          _configure_detect)
 def detect_command(args: argparse.Namespace) -> int:
     from ..classify import ModelFileError, TreeClassifier
-    from ..detect import Detector, DetectorFileError, detect
+    from ..detection import Detector, DetectorFileError, detect
 
     try:
-        detector = Detector.load(args.model, conf=args.conf, tile_size=args.tile_size)
-        classifier = False if args.no_typing else (TreeClassifier.load(args.classifier) if args.classifier
-                                                    else None)
+        detector = Detector.load(args.model, tile_size=args.tile_size)
+        classifier = TreeClassifier.load(args.classifier) if args.classifier and not args.no_typing else None
     except (DetectorFileError, ModelFileError) as error:
         raise CommandError(str(error)) from error
     store = None
@@ -104,8 +106,8 @@ def detect_command(args: argparse.Namespace) -> int:
         from ..store import open_store
 
         store = open_store()
-    result = detect(args.input, detector=detector, classifier=classifier, store=store,
-                    annotate_to=args.annotated)
+    result = detect(args.input, detector=detector, classifier=classifier, type_white_cells=not args.no_typing,
+                    confidence=args.conf, store=store, annotate_to=args.annotated)
     result.write_csv(args.out)
     for problem in result.problems:
         print(f"skipped {problem}")

@@ -1,11 +1,11 @@
 """Storage: SQLAlchemy models and the Store that reads and writes them."""
 
-from .database import DetectionRow, PredictionRow, Store, StoreError, open_store, sha256_hex
+from .database import Store, StoreError, open_store, record_analysis
+from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_file, sha256_hex
 from .schema import (
                      Analysis,
                      Blob,
                      BlobChunk,
-                     Cell,
                      CellType,
                      Detection,
                      Explanation,
@@ -16,6 +16,6 @@ from .schema import (
                      Review,
 )
 
-__all__ = ["Analysis", "Blob", "BlobChunk", "Cell", "CellType", "Detection", "DetectionRow",
+__all__ = ["Analysis", "AnalysisRun", "Blob", "BlobChunk", "CellType", "Detection", "DetectionRow",
            "Explanation", "Model", "ModelCellType", "ModelType", "Prediction", "PredictionRow",
-           "Review", "Store", "StoreError", "open_store", "sha256_hex"]
+           "ResultCounts", "Review", "Store", "StoreError", "open_store", "record_analysis", "sha256_file", "sha256_hex"]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from sqlalchemy import create_engine, delete, event, func, insert, select
@@ -15,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..taxonomy import Tree
+from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_hex
 from .schema import (
     CHUNK_SIZE,
     Analysis,
@@ -22,6 +22,7 @@ from .schema import (
     BlobChunk,
     CellType,
     Detection,
+    Explanation,
     Model,
     ModelCellType,
     ModelType,
@@ -38,34 +39,6 @@ _MYSQL_DEADLOCK = 1213
 
 class StoreError(RuntimeError):
     """A storage failure worded for a lab user (the database is down, a value is too large...)."""
-
-
-def sha256_hex(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
-
-
-@dataclass
-class PredictionRow:
-    """One classified cell, as the classifier hands it to the store."""
-    filename: str
-    code: str
-    path: str
-    confidence: float
-    level_confidences: dict
-    needs_review: bool
-    content: bytes | None = None
-
-
-@dataclass
-class DetectionRow:
-    """One detected box, as the detector hands it to the store."""
-    filename: str
-    class_code: str
-    score: float
-    box: tuple[float, float, float, float]
-    code: str | None = None
-    path: str | None = None
-    sub_confidence: float | None = None
 
 
 class Store:
@@ -175,9 +148,7 @@ class Store:
         if blob is not None:
             return blob
         inserted = session.connection().execute(
-            insert(Blob).values(sha256=digest, size=len(content), media_type=media_type)
-            .prefix_with("OR IGNORE", dialect="sqlite").prefix_with("IGNORE", dialect="mysql")
-            .prefix_with("IGNORE", dialect="mariadb")).rowcount
+            _insert_or_ignore(Blob, sha256=digest, size=len(content), media_type=media_type)).rowcount
         blob = session.scalar(select(Blob).where(Blob.sha256 == digest).with_for_update(read=True)
                               .execution_options(populate_existing=True))
         if inserted:
@@ -216,6 +187,28 @@ class Store:
             raise StoreError(f"stored content {sha256 or blob_id} is incomplete "
                              f"({len(content)} of {found.size} bytes)")
         return content
+
+    # -- explanations ----------------------------------------------------------------------
+    def get_explanation(self, *, model_sha256: str, image_sha256: str, method: str, settings_key: str) -> bytes | None:
+        """The content of the attribution map cached under this key, or None."""
+        with self.session() as session:
+            blob_id = session.scalar(select(Explanation.blob_id).where(
+                Explanation.model_sha256 == model_sha256, Explanation.image_sha256 == image_sha256,
+                Explanation.method == method, Explanation.settings_key == settings_key))
+        return None if blob_id is None else self.read_blob(blob_id=blob_id)
+
+    def put_explanation(self, content: bytes, *, model_sha256: str, image_sha256: str, method: str,
+                        settings_key: str) -> None:
+        """Cache an attribution map's ``content`` under its key; a map stored first under that key is kept.
+
+        Two processes explaining the same cell at once both get here after a cache miss: the row is
+        inserted or ignored on its unique key, so neither fails (as in ``put_blob``).
+        """
+        with self.session() as session:
+            blob = self.put_blob(session, content, media_type="application/x-npy")
+            session.connection().execute(_insert_or_ignore(
+                Explanation, model_sha256=model_sha256, image_sha256=image_sha256, method=method,
+                settings_key=settings_key, blob_id=blob.id))
 
     # -- models --------------------------------------------------------------------------
     def register_model(self, *, kind: str, architecture: str, weights_path: str, sha256: str,
@@ -261,6 +254,20 @@ class Store:
             session.add(analysis)
             session.flush()
             return analysis.id
+
+    @contextmanager
+    def analysis(self, name: str, kind: str, model_versions: dict | None = None) -> Iterator[AnalysisRun]:
+        """Record the analysis the block runs: ``running`` from the start; ``done`` with the run's
+        results when the block ends (all of them or none); ``failed`` with the error on any exception,
+        cancellation and Ctrl-C included, so that none stays ``running``. The error is re-raised."""
+        run = AnalysisRun(self.start_analysis(name, kind, model_versions))
+        try:
+            yield run
+            self.finish_analysis(run.id, predictions=run.predictions, detections=run.detections,
+                                 summary=run.summary)
+        except BaseException as error:
+            self.fail_analysis(run.id, f"{type(error).__name__}: {error}")
+            raise
 
     def finish_analysis(self, analysis_id: int, *, predictions: Iterable[PredictionRow] = (),
                         detections: Iterable[DetectionRow] = (), summary: dict | None = None) -> None:
@@ -363,6 +370,24 @@ class Store:
             session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
             session.execute(delete(Analysis).where(Analysis.id == analysis_id))
 
+    def result_counts(self, analysis_ids: Iterable[int]) -> dict[int, ResultCounts]:
+        """What each of ``analysis_ids`` holds (zeros for one with no results), counted in the database."""
+        ids = list(analysis_ids)
+        counts = {analysis_id: ResultCounts() for analysis_id in ids}
+        by_analysis = {
+            "cells": select(Prediction.analysis_id, func.count()).where(Prediction.analysis_id.in_(ids)),
+            "needs_review": select(Prediction.analysis_id, func.count()).where(
+                Prediction.analysis_id.in_(ids), Prediction.needs_review.is_(True)),
+            "reviewed": select(Prediction.analysis_id, func.count(func.distinct(Prediction.id)))
+            .join(Review, Review.prediction_id == Prediction.id).where(Prediction.analysis_id.in_(ids)),
+            "boxes": select(Detection.analysis_id, func.count()).where(Detection.analysis_id.in_(ids)),
+        }
+        with self.session() as session:
+            for name, query in by_analysis.items():
+                for analysis_id, count in session.execute(query.group_by(query.selected_columns[0])):
+                    setattr(counts[analysis_id], name, count)
+        return counts
+
     def count_rows(self, table) -> int:
         with self.session() as session:
             return session.scalar(select(func.count()).select_from(table))
@@ -382,6 +407,12 @@ class Store:
             return review
 
 
+def _insert_or_ignore(table, **values):
+    """An INSERT that does nothing when a unique key already holds the row (another writer was first)."""
+    return (insert(table).values(**values).prefix_with("OR IGNORE", dialect="sqlite")
+            .prefix_with("IGNORE", dialect="mysql").prefix_with("IGNORE", dialect="mariadb"))
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -396,6 +427,12 @@ def _is_deadlock(error: BaseException | None) -> bool:
 
 def _first_line(error: BaseException | None) -> str:
     return str(error).strip().splitlines()[0] if error and str(error).strip() else type(error).__name__
+
+
+def record_analysis(store: Store | None, name: str, kind: str,
+                    model_versions: dict | None = None) -> AbstractContextManager[AnalysisRun]:
+    """``store.analysis(...)``, or without a store a run that records nothing (its ``id`` is None)."""
+    return store.analysis(name, kind, model_versions) if store is not None else nullcontext(AnalysisRun(None))
 
 
 def open_store(url: str | None = None, upgrade: bool = True) -> Store:

@@ -52,18 +52,6 @@ class BlobChunk(Base):
     data: Mapped[bytes] = mapped_column(ChunkBytes)
 
 
-class Cell(Base):
-    """A labelled single-cell image (training or reviewed data)."""
-    __tablename__ = "cells"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
-    label: Mapped[str] = mapped_column(String(16))
-    source: Mapped[str] = mapped_column(String(255))
-    filename: Mapped[str] = mapped_column(String(512))
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    blob: Mapped[Blob] = relationship()
-
-
 class ModelType(Base):
     """An architecture (a timm or ultralytics model name)."""
     __tablename__ = "model_types"
@@ -155,7 +143,6 @@ class Detection(Base):
     __tablename__ = "detections"
     id: Mapped[int] = mapped_column(primary_key=True)
     analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
-    blob_id: Mapped[int | None] = mapped_column(ForeignKey("blobs.id"))
     filename: Mapped[str] = mapped_column(String(512))
     class_code: Mapped[str] = mapped_column(String(16))
     score: Mapped[float] = mapped_column(Float)

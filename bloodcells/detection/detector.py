@@ -1,0 +1,111 @@
+"""The trained YOLO cell detector: loading its weights and finding cells on a field, tiled when large."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from ..settings import settings
+from .boxes import DetectedBox, canonical_class
+from .tiling import merge_tiles, plan_tiles
+from .yolo import load_yolo, torch_device, trained_input_size
+
+DEFAULT_BOX_CONFIDENCE = 0.25  # ultralytics' own default
+
+
+class DetectorFileError(RuntimeError):
+    """Detector weights that are missing or cannot be loaded (the message names the file)."""
+
+
+def default_detector_path() -> Path:
+    """The shipped weights: the first ``*.pt`` in ``models/detector``."""
+    folder = settings().models_dir / "detector"
+    found = sorted(folder.glob("*.pt"))
+    if not found:
+        raise DetectorFileError(f"{folder}: no detector weights (*.pt); train one with "
+                                "'bloodcells train-detector --data PATH' or 'make models-detector'")
+    return found[0]
+
+
+class Detector:
+    """A trained YOLO cell detector; ``find`` tiles large images. Thread-safe: one instance serves
+    every caller, each with its own minimum box confidence."""
+
+    def __init__(self, yolo, path: Path, sha256: str, imgsz: int, tile_size: int | None = None,
+                 overlap: int | None = None, iou: float = 0.6):
+        self.yolo = yolo
+        self.path = path
+        self.sha256 = sha256
+        self.imgsz = imgsz
+        self.classes = {int(i): canonical_class(name) or str(name) for i, name in yolo.names.items()}
+        # Tiles as large as the fields the model was trained on (~1.5-2x its input), overlapping
+        # by more than the largest cell, so every cell lies whole inside at least one tile.
+        self.tile_size = tile_size or 2 * imgsz
+        self.overlap = overlap if overlap is not None else self.tile_size // 4
+        self.iou = iou
+        # ultralytics keeps one predictor per model and sets each call's options (conf among them) on
+        # it: calls must not overlap
+        self.lock = threading.RLock()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **options) -> Detector:
+        """The detector in ``path`` (default: ``models/detector/*.pt``)."""
+        from ..store import sha256_file
+
+        path = Path(path) if path else default_detector_path()
+        if not path.is_file():
+            raise DetectorFileError(f"{path}: detector weights missing")
+        try:
+            yolo = load_yolo(path)
+        except Exception as error:  # ultralytics raises many kinds for a damaged or foreign file
+            raise DetectorFileError(f"{path}: cannot be loaded as a YOLO detector ({error})") from error
+        if yolo.task != "detect":
+            raise DetectorFileError(f"{path}: a YOLO {yolo.task} model, not a detector")
+        return cls(yolo, path, sha256_file(path), trained_input_size(yolo), **options)
+
+    def needs_tiles(self, width: int, height: int) -> bool:
+        """Larger than a tile and a quarter: shrinking it to the model input would lose small cells."""
+        return max(width, height) > 1.25 * self.tile_size
+
+    def predict(self, images: list, file: str = "", *,
+                confidence: float = DEFAULT_BOX_CONFIDENCE) -> list[list[DetectedBox]]:
+        """Boxes of at least ``confidence`` for each PIL image, one ultralytics call for all of them
+        (no tiling)."""
+        if not images:
+            return []
+        import torch
+
+        with self.lock:
+            # ultralytics' device selection sets torch's (process-wide) thread count to cores - 1,
+            # which would halve every later CPU inference in this process on a 2-core server.
+            threads = torch.get_num_threads()
+            try:
+                results = self.yolo.predict(images, imgsz=self.imgsz, conf=confidence, iou=self.iou, max_det=1000,
+                                            device=torch_device(), verbose=False)
+            finally:
+                torch.set_num_threads(threads)
+        found = []
+        for result in results:
+            boxes = result.boxes
+            found.append([DetectedBox(file, self.classes[int(c)], float(s), *map(float, xyxy))
+                          for xyxy, s, c in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist(),
+                                                strict=True)])
+        return found
+
+    def find(self, image, file: str = "", *, confidence: float = DEFAULT_BOX_CONFIDENCE,
+             batch: int = 16) -> list[DetectedBox]:
+        """Every cell found with at least ``confidence`` on one PIL image; large images are tiled and
+        the tiles merged."""
+        width, height = image.size
+        if not self.needs_tiles(width, height):
+            return self.predict([image], file, confidence=confidence)[0]
+        tiles = plan_tiles(width, height, self.tile_size, self.overlap)
+        per_tile = []
+        for start in range(0, len(tiles), batch):
+            chunk = tiles[start:start + batch]
+            crops = [image.crop((t.x, t.y, t.x + t.width, t.y + t.height)) for t in chunk]
+            for tile, boxes in zip(chunk, self.predict(crops, file, confidence=confidence), strict=True):
+                per_tile.append([DetectedBox(b.file, b.class_code, b.confidence, b.x1 + tile.x, b.y1 + tile.y,
+                                             b.x2 + tile.x, b.y2 + tile.y) for b in boxes])
+        return merge_tiles(per_tile, tiles, width, height)
+

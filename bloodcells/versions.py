@@ -1,0 +1,181 @@
+"""Versions of a classifier tree: promoting a newly trained one, switching back, and which is in use.
+
+Layout under ``<models_dir>/classifier/``::
+
+    default/                         the shipped tree (in git): in use while nothing was promoted
+    versions/20261123T101500Z-1a2b3c4d/   one folder per promoted tree, never changed afterwards
+    default.current                  {"version": "20261123T101500Z-1a2b3c4d", "history": [null]}
+
+A version id is the UTC time of its promotion and the start of the sha256 of its files. The
+pointer file ``<tree>.current`` names the version in use (null: the shipped folder) and the ones
+in use before it, most recent last, for ``rollback``. Every switch first loads the folder it
+switches to (``TreeClassifier.load`` verifies every file's sha256), then replaces the pointer
+with ``os.replace``: readers see the old pointer or the new one, and either names a complete tree.
+No folder is moved or deleted, so the trees in use before stay available.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from .classify import ModelFileError, TreeClassifier
+from .settings import settings
+
+
+def candidate_dir() -> Path:
+    """A fresh folder for a training run's models (in the data folder): not in use until promoted."""
+    folder = settings().data_dir / "training" / time.strftime("%Y%m%d-%H%M%S")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def shipped_dir(tree_name: str) -> Path:
+    """The tree's folder that ships with the app, used while no version is promoted."""
+    return settings().models_dir / "classifier" / tree_name
+
+
+def versions_dir() -> Path:
+    return settings().models_dir / "classifier" / "versions"
+
+
+def current_version(tree_name: str) -> str | None:
+    """The id of the version in use, or None when it is the shipped folder."""
+    return _read_pointer(tree_name)["version"]
+
+
+def current_dir(tree_name: str) -> Path:
+    """The folder of the tree in use."""
+    return _folder(tree_name, current_version(tree_name))
+
+
+def list_versions(tree_name: str) -> list[str]:
+    """The ids of the promoted versions of ``tree_name``, oldest first."""
+    root = versions_dir()
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        manifest = folder / "classifier.json"
+        if folder.name.startswith(".") or not manifest.is_file():  # a promotion still copying
+            continue
+        if json.loads(manifest.read_text()).get("tree") == tree_name:
+            found.append(folder.name)
+    return sorted(found)  # ids start with the time of promotion
+
+
+def promote(candidate: str | Path, tree_name: str, store=None) -> Path:
+    """Make the trained tree in folder ``candidate`` the one in use; returns its version folder.
+
+    The candidate is copied to a hidden folder under ``versions/`` and loaded from there (every
+    file's sha256 verified) before the pointer switches to it: a copy that fails to load raises
+    and leaves the tree in use as it was. With ``store``, its models are registered first, so that
+    a database failure switches nothing either (registering is idempotent: accepting again works).
+    """
+    root = versions_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".incoming-{uuid.uuid4().hex}"
+    try:
+        shutil.copytree(candidate, staging)
+        classifier = _load(staging, tree_name)
+        target = root / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{_files_sha256(staging)[:8]}"
+        if target.is_dir():  # the same files promoted within the same second: that version is this one
+            shutil.rmtree(staging)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if store is not None:
+        from .train import register_models
+
+        register_models(store, target, classifier.tree)
+    _switch(tree_name, target.name)
+    return target
+
+
+def use_version(tree_name: str, version: str | None) -> Path:
+    """Put ``version`` (an id from ``list_versions``; None: the shipped folder) in use, after loading
+    it; the one in use before is kept for ``rollback``. Returns its folder."""
+    if version is not None and version not in list_versions(tree_name):
+        raise ValueError(f"tree {tree_name!r} has no version {version!r} "
+                         f"(versions: {', '.join(list_versions(tree_name)) or 'none'})")
+    folder = _folder(tree_name, version)
+    _load(folder, tree_name)
+    _switch(tree_name, version)
+    return folder
+
+
+def rollback(tree_name: str) -> Path:
+    """Put back the version in use before the current one (after loading it); returns its folder."""
+    state = _read_pointer(tree_name)
+    if not state["history"]:
+        raise ValueError(f"tree {tree_name!r} has no earlier version to roll back to")
+    previous = state["history"][-1]
+    folder = _folder(tree_name, previous)
+    _load(folder, tree_name)
+    _write_pointer(tree_name, {"version": previous, "history": state["history"][:-1]})
+    return folder
+
+
+def _folder(tree_name: str, version: str | None) -> Path:
+    return shipped_dir(tree_name) if version is None else versions_dir() / version
+
+
+def _load(folder: Path, tree_name: str) -> TreeClassifier:
+    classifier = TreeClassifier.load(folder)
+    if classifier.tree.name != tree_name:
+        raise ModelFileError(f"{folder}: its models are for tree {classifier.tree.name!r}, not {tree_name!r}")
+    return classifier
+
+
+def _files_sha256(folder: Path) -> str:
+    """One sha256 over every file's relative path and content."""
+    from .store import sha256_file
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _pointer_file(tree_name: str) -> Path:
+    return settings().models_dir / "classifier" / f"{tree_name}.current"
+
+
+def _read_pointer(tree_name: str) -> dict:
+    pointer = _pointer_file(tree_name)
+    if not pointer.is_file():
+        return {"version": None, "history": []}
+    try:
+        state = json.loads(pointer.read_text())
+        return {"version": state["version"], "history": list(state["history"])}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelFileError(f"{pointer}: unreadable ({error}); delete it to use {shipped_dir(tree_name)}") from error
+
+
+def _switch(tree_name: str, version: str | None) -> None:
+    state = _read_pointer(tree_name)
+    if version != state["version"]:
+        _write_pointer(tree_name, {"version": version, "history": [*state["history"], state["version"]]})
+
+
+def _write_pointer(tree_name: str, state: dict) -> None:
+    """Replace the pointer file atomically: written in full to a temporary file beside it, then renamed."""
+    pointer = _pointer_file(tree_name)
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    temporary = pointer.with_name(f".{pointer.name}.{uuid.uuid4().hex}")
+    try:
+        with temporary.open("x") as file:
+            json.dump(state, file)
+            file.flush()
+            os.fsync(file.fileno())  # the content is on disk before the name points at it
+        os.replace(temporary, pointer)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,157 @@
+"""Versions of the classifier tree: promotion verifies before it switches, the pointer always names a
+complete tree, rollback returns to the one in use before, and the shipped folder serves without one."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from bloodcells import versions
+from bloodcells.classify import ModelFileError, TreeClassifier, default_models_dir
+
+TREE = "default"
+
+
+@pytest.fixture
+def models(trained_models_dir, tmp_path, monkeypatch) -> Path:
+    """A models folder whose shipped tree is a copy of the tiny trained one."""
+    root = tmp_path / "models"
+    shutil.copytree(trained_models_dir, root / "classifier" / TREE)
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(root))
+    return root
+
+
+def candidate(trained_models_dir, tmp_path, name: str) -> Path:
+    """A trained tree apart from the models (as the Training page makes one), its files unlike any other's."""
+    folder = tmp_path / "training" / name
+    shutil.copytree(trained_models_dir, folder)
+    manifest = json.loads((folder / "classifier.json").read_text())
+    manifest["trained_at"] = name
+    (folder / "classifier.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def pointer(models: Path) -> Path:
+    return models / "classifier" / f"{TREE}.current"
+
+
+def test_the_shipped_folder_is_used_without_a_pointer(models):
+    assert not pointer(models).exists()
+    assert versions.current_version(TREE) is None and versions.list_versions(TREE) == []
+    assert default_models_dir() == models / "classifier" / TREE
+    assert TreeClassifier.load().models_dir == models / "classifier" / TREE
+
+
+def test_promotion_puts_a_verified_copy_in_use(models, trained_models_dir, tmp_path):
+    new = candidate(trained_models_dir, tmp_path, "run-1")
+    folder = versions.promote(new, TREE)
+    assert folder.parent == models / "classifier" / "versions"
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", folder.name)  # UTC time of promotion, files' sha256
+    assert versions.current_version(TREE) == folder.name and versions.list_versions(TREE) == [folder.name]
+    assert default_models_dir() == folder
+    assert TreeClassifier.load().manifest["trained_at"] == "run-1"
+    assert new.is_dir() and (models / "classifier" / TREE / "classifier.json").is_file()  # both untouched
+    assert not list(folder.parent.glob(".*"))  # nothing left half-copied
+
+
+@pytest.mark.parametrize("damage", ["weights", "manifest", "other tree"])
+def test_a_candidate_that_fails_to_load_leaves_the_tree_in_use(models, trained_models_dir, tmp_path, damage):
+    in_use = versions.promote(candidate(trained_models_dir, tmp_path, "good"), TREE)
+    before = pointer(models).read_bytes()
+    broken = candidate(trained_models_dir, tmp_path, "broken")
+    tree_name = TREE
+    if damage == "weights":
+        weights = sorted(broken.glob("*.safetensors"))[0]
+        content = bytearray(weights.read_bytes())
+        content[len(content) // 2] ^= 0xFF
+        weights.write_bytes(bytes(content))
+    elif damage == "manifest":
+        (broken / "classifier.json").write_text("{ not json")
+    else:
+        tree_name = "marrow"  # a tree of another name must not take this one's place
+    with pytest.raises(ModelFileError):
+        versions.promote(broken, tree_name)
+    assert pointer(models).read_bytes() == before and default_models_dir() == in_use
+    assert versions.list_versions(TREE) == [in_use.name]
+    assert not list(in_use.parent.glob(".*"))  # the rejected copy is gone
+
+
+def test_rollback_returns_to_the_tree_in_use_before(models, trained_models_dir, tmp_path):
+    shipped = default_models_dir()
+    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
+    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
+    assert versions.list_versions(TREE) == sorted([first.name, second.name])
+    assert versions.rollback(TREE) == first and default_models_dir() == first
+    assert TreeClassifier.load().manifest["trained_at"] == "run-1"
+    assert versions.rollback(TREE) == shipped and versions.current_version(TREE) is None
+    with pytest.raises(ValueError, match="no earlier version"):
+        versions.rollback(TREE)
+    assert versions.list_versions(TREE) == sorted([first.name, second.name])  # every version stays available
+
+
+def test_use_version_switches_to_a_listed_version_and_back(models, trained_models_dir, tmp_path):
+    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
+    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
+    assert versions.use_version(TREE, first.name) == first and default_models_dir() == first
+    with pytest.raises(ValueError, match="no version 'nonsense'"):
+        versions.use_version(TREE, "nonsense")
+    assert default_models_dir() == first
+    assert versions.use_version(TREE, None) == models / "classifier" / TREE
+    assert versions.rollback(TREE) == first and versions.rollback(TREE) == second
+
+
+def test_a_version_damaged_after_promotion_is_not_switched_to(models, trained_models_dir, tmp_path):
+    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
+    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
+    sorted(first.glob("*.safetensors"))[0].unlink()
+    with pytest.raises(ModelFileError):
+        versions.rollback(TREE)
+    assert default_models_dir() == second
+
+
+def test_the_pointer_always_names_a_complete_tree_while_promoting(models, trained_models_dir, tmp_path):
+    candidates = [candidate(trained_models_dir, tmp_path, f"run-{n}") for n in range(4)]
+    reads, incomplete, done = [], [], threading.Event()
+
+    def read_while_promoting():
+        while not done.is_set():
+            try:
+                folder = default_models_dir()
+                manifest = json.loads((folder / "classifier.json").read_text())
+                missing = [code for code in manifest["nodes"] if not (folder / f"{code}.json").is_file()]
+            except (OSError, ValueError) as error:  # no folder, or a file read half-written
+                incomplete.append(error)
+                continue
+            reads.append(folder)
+            if missing:
+                incomplete.append((folder, missing))
+
+    reader = threading.Thread(target=read_while_promoting)
+    reader.start()
+    try:
+        for new in candidates:
+            versions.promote(new, TREE)
+        versions.rollback(TREE)
+    finally:
+        done.set()
+        reader.join()
+    assert incomplete == [] and len(set(reads)) > 1  # it read while the tree in use changed
+
+
+def test_promotion_registers_the_models_in_the_store(models, trained_models_dir, tmp_path, store):
+    folder = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, store=store)
+    registered = store.list_models(kind="classifier")
+    nodes = json.loads((folder / "classifier.json").read_text())["nodes"]
+    assert {m.node_code for m in registered} == set(nodes)
+    assert all(Path(m.weights_path).parent == folder for m in registered)
+
+
+def test_an_unreadable_pointer_is_named(models):
+    pointer(models).write_text("not json")
+    with pytest.raises(ModelFileError, match=r"default\.current: unreadable"):
+        default_models_dir()
