@@ -1,0 +1,91 @@
+"""What a training run is asked to do (TrainConfig, modes), what it reports, and where it runs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODES = {  # mode -> (pretrained weights, augment every image; otherwise only oversampled repeats)
+    "scratch": (False, False),
+    "scratch+aug": (False, True),
+    "pretrained": (True, False),
+    "pretrained+aug": (True, True),
+}
+FORMAT_VERSION = 1
+
+Progress = Callable[[int, int, str], None]
+EpochCallback = Callable[[str, dict], None]  # (network name, that epoch's record)
+
+
+@dataclass
+class TrainConfig:
+    architecture: str = "mobilenetv3_small_100"
+    input_size: int = 96
+    mode: str = "scratch+aug"
+    pretrained_checkpoint: str | None = None  # local weights for the pretrained modes
+    cross_site: bool = True  # stronger stain/colour and scale augmentation
+    stain_norm: bool = True  # per-image colour standardisation before the network
+    epochs: int = 15
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    patience: int = 4
+    min_per_class: int = 1000
+    per_class: int | None = None
+    seed: int = 0
+    review_accuracy: float = 0.97  # needs_review below the confidence that keeps this accuracy
+    nodes: Sequence[str] | None = None  # train only these nodes (default: all that have data)
+    shared_trunk: bool = False  # one network for all nodes, a head per node (bloodcells.heads)
+    head_views: int = 3  # shared trunk: features of each training cell as it is + augmented views
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r} (modes: {', '.join(MODES)})")
+
+
+@dataclass
+class TrainReport:
+    out_dir: Path
+    nodes: dict[str, dict] = field(default_factory=dict)  # code -> metrics
+    trunk: dict | None = None  # the shared trunk's metrics, when the nodes share one
+    passthrough: dict[str, str] = field(default_factory=dict)
+    count_table: str = ""
+    review_threshold: float = 0.0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device) -> Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def pick_device():
+    import torch
+
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.setpick_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+

@@ -1,0 +1,91 @@
+"""A trained tree on disk: node files, their versions, the review threshold, registration."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..data import CellDataset
+from ..taxonomy import Tree
+from .config import TrainConfig
+
+
+def save_node(folder: Path, code: str, state: dict, metrics: dict, config: TrainConfig, fingerprint: str,
+              trunk: Path | None = None) -> Path:
+    """``<code>.safetensors`` (float16: half the size, no accuracy change at inference) + ``<code>.json``.
+
+    With ``trunk`` (the shared trunk's metadata file), ``state`` is a head on that trunk, and the
+    node's ``sha256`` covers both files: it names the whole network that answers for the node.
+    Returns the metadata file.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from ..store import sha256_file
+
+    weights = folder / f"{code}.safetensors"
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(weights))
+    digest = sha256_file(weights)
+    metadata = {
+        "code": code, "architecture": config.architecture, "input_size": config.input_size,
+        "classes": metrics["classes"], "outputs": metrics["outputs"], "mean": metrics["mean"], "std": metrics["std"],
+        "stain_norm": config.stain_norm, "weights": weights.name, "sha256": digest, "data_fingerprint": fingerprint,
+        "mode": config.mode, "torch": torch.__version__,
+        "metrics": {k: v for k, v in metrics.items() if k not in {"classes", "outputs", "mean", "std"}},
+    }
+    if trunk is not None:
+        trunk_sha256 = json.loads(trunk.read_text())["sha256"]
+        metadata |= {"trunk": trunk.name, "weights_sha256": digest, "sha256": network_sha256(trunk_sha256, digest)}
+    write_json(folder / f"{code}.json", metadata)
+    return folder / f"{code}.json"
+
+
+def network_sha256(trunk_sha256: str, head_sha256: str) -> str:
+    """The version of a node that is a head on a shared trunk: changes when either file does."""
+    from ..store import sha256_hex
+
+    return sha256_hex(f"{trunk_sha256}:{head_sha256}".encode())
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=1, default=str) + "\n")
+
+
+def calibrate_review_threshold(models_dir: Path, val: CellDataset, target_accuracy: float) -> float:
+    """The review threshold of the tree in ``models_dir``, from its answers on validation cells."""
+    from ..classify import TreeClassifier
+
+    if len(val) == 0:
+        return 0.0
+    classifier = TreeClassifier.load(models_dir)
+    results = classifier.classify_arrays(val.images)
+    tree = classifier.tree
+    # right: the predicted cell type is the label or lies below it (a coarse 'ig' label)
+    return review_threshold([r.confidence for r in results],
+                            [tree.is_ancestor(tree[label], tree[r.code]) for r, label in zip(results, val.labels,
+                                                                                             strict=True)],
+                            target_accuracy)
+
+
+def review_threshold(confidences: Sequence[float], correct: Sequence[bool], target_accuracy: float) -> float:
+    """The lowest confidence such that the cells at or above it are right ``target_accuracy`` of
+    the time (1.0 when no such confidence exists: every cell goes to review)."""
+    order = np.argsort(-np.asarray(confidences, dtype=float), kind="stable")
+    ranked = np.asarray(confidences, dtype=float)[order]
+    accuracy_above = np.cumsum(np.asarray(correct, dtype=float)[order]) / np.arange(1, len(order) + 1)
+    meets = np.flatnonzero(accuracy_above >= target_accuracy)
+    return float(ranked[meets[-1]]) if len(meets) else 1.0
+
+
+def register_models(store, models_dir: Path, tree: Tree) -> None:
+    """Record every node model of a trained tree folder in the database (idempotent by sha256)."""
+    manifest = json.loads((models_dir / "classifier.json").read_text())
+    for code in manifest["nodes"]:  # a shared trunk is part of each node's version, not a model apart
+        metadata = json.loads((models_dir / f"{code}.json").read_text())
+        store.register_model(kind="classifier", architecture=metadata["architecture"],
+                             weights_path=str(models_dir / metadata["weights"]), sha256=metadata["sha256"],
+                             metrics={k: v for k, v in metadata["metrics"].items() if k != "history"},
+                             tree=tree.name, node_code=metadata["code"], class_codes=metadata["classes"])

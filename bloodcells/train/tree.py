@@ -1,0 +1,159 @@
+"""``train_tree``: the whole tree, from labelled sources to a models folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from ..data import (
+    balance_target,
+    count_table,
+    format_count_table,
+    load_dataset,
+    split_indices,
+)
+from ..heads import TRUNK
+from ..taxonomy import TREES_DIR, Tree, load_tree
+from .config import (
+    FORMAT_VERSION,
+    MODES,
+    EpochCallback,
+    Progress,
+    TrainConfig,
+    TrainReport,
+    init_distributed,
+    pick_device,
+)
+from .files import calibrate_review_threshold, register_models, save_node, write_json
+from .network import train_node
+
+
+def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None, *,
+               tree: str | Path | Tree | None = None, config: TrainConfig | None = None,
+               store=None, progress: Progress | None = None, log: Callable[[str], None] = print,
+               on_epoch: EpochCallback | None = None) -> TrainReport:
+    """Train every inner node of ``tree`` that has data and write the models to ``out_dir``.
+
+    ``on_epoch(network, record)`` follows each epoch of each network (a node's, or the shared trunk)
+    with its record: epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds.
+    """
+    import torch
+
+    config = config or TrainConfig()
+    tree_file = _tree_file(tree)
+    tree = tree if isinstance(tree, Tree) else load_tree(tree_file)
+    from ..settings import settings
+
+    out_dir = Path(out_dir) if out_dir else settings().models_dir / "classifier" / tree.name
+    device = pick_device()
+    dist = init_distributed(device)
+    say = log if dist.main else (lambda _text: None)
+    if device.type == "cpu" and dist.world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
+    if dist.world > 1:
+        say(f"DistributedDataParallel over {dist.world} processes ({'nccl' if device.type == 'cuda' else 'gloo'})")
+    started = time.perf_counter()
+    pretrained, _ = MODES[config.mode]
+    if pretrained:  # fail before the slow part when the weights cannot be had
+        from ..backbones import create_model
+
+        create_model(config.architecture, 2, pretrained=config.pretrained_checkpoint or True,
+                     img_size=config.input_size)
+
+    say(f"reading {', '.join(map(str, sources))} (decoded once at {config.input_size} px)")
+    dataset = load_dataset(sources, tree, config.input_size)
+    for problem in dataset.problems:
+        say(f"skipped: {problem}")
+    splits = split_indices(dataset.labels, dataset.groups, seed=config.seed)
+    say(f"{len(dataset)} images: {len(splits['train'])} train, {len(splits['val'])} val, "
+        f"{len(splits['test'])} test" + (" (grouped by patient/slide)" if all(dataset.groups) else ""))
+    train_labels = [dataset.labels[i] for i in splits["train"]]
+    table = count_table(tree, train_labels)
+    targets_per_node = {code: balance_target(counts, config.min_per_class, config.per_class)
+                        for code, counts in table.items() if len(counts) > 1}
+    report = TrainReport(out_dir=out_dir, problems=dataset.problems)
+    report.count_table = format_count_table(tree, table, targets_per_node)
+    say("training images per node and child (train split):\n" + report.count_table)
+    report.passthrough = {code: next(iter(counts)) for code, counts in table.items() if len(counts) == 1}
+    to_train = [code for code in targets_per_node if not config.nodes or code in config.nodes]
+
+    staging = out_dir.with_name(out_dir.name + ".training")
+    if dist.main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    if config.shared_trunk:
+        from ..heads import train_shared
+
+        report.trunk, report.nodes = train_shared(dataset, splits, tree, to_train, targets_per_node, config, device,
+                                                  dist, say, progress, on_epoch, staging, dataset.fingerprint())
+    else:
+        _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, say, progress,
+                          on_epoch, staging, report)
+    if dist.world > 1:
+        import torch.distributed as torch_dist
+
+        torch_dist.barrier()
+    if not dist.main:
+        return report
+
+    manifest = {
+        "format": FORMAT_VERSION, "tree": tree.name, "nodes": to_train, "passthrough": report.passthrough,
+        "trunk": f"{TRUNK}.json" if config.shared_trunk else None,
+        "data_fingerprint": dataset.fingerprint(), "sources": [str(s) for s in sources],
+        "config": asdict(config), "count_table": report.count_table,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "review_threshold": 0.0, "review_accuracy": config.review_accuracy,
+    }
+    if tree_file is not None:
+        shutil.copyfile(tree_file, staging / "tree.yaml")
+    write_json(staging / "split.json", {  # so evaluation scores only cells training never saw
+        "seed": config.seed, "test": sorted(dataset.digests[i] for i in splits["test"]),
+        "seen": sorted(dataset.digests[i][:16] for i in (*splits["train"], *splits["val"]))})
+    write_json(staging / "classifier.json", manifest)
+    report.review_threshold = calibrate_review_threshold(staging, dataset.subset(splits["val"]), config.review_accuracy)
+    manifest["review_threshold"] = report.review_threshold
+    write_json(staging / "classifier.json", manifest)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    if store is not None:
+        register_models(store, out_dir, tree)
+    report.seconds = time.perf_counter() - started
+    say(f"models written to {out_dir} in {report.seconds:.0f} s; review threshold "
+        f"{report.review_threshold:.3f} (keeps {config.review_accuracy:.0%} accuracy on validation cells)")
+    return report
+
+
+def _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, say, progress,
+                      on_epoch, staging, report) -> None:
+    """A network of its own for each node in ``to_train``."""
+    total_steps = len(to_train) * config.epochs
+    done_steps = 0
+    for code in to_train:
+        def step(record: dict, _code=code):
+            nonlocal done_steps
+            done_steps += 1
+            if progress:
+                progress(done_steps, total_steps, f"{_code}: epoch {record['epoch']}/{config.epochs}")
+            if on_epoch:
+                on_epoch(_code, record)
+
+        metrics, state = train_node(dataset, splits, tree, code, targets_per_node[code], config,
+                                    device, dist, say, step)
+        done_steps = to_train.index(code) * config.epochs + config.epochs
+        if dist.main:
+            save_node(staging, code, state, metrics, config, dataset.fingerprint())
+        report.nodes[code] = metrics
+
+
+def _tree_file(tree) -> Path | None:
+    if tree is None or isinstance(tree, Tree):
+        return None if tree is not None else TREES_DIR / "default.yaml"
+    path = Path(tree)
+    return path if path.suffix in {".yaml", ".yml"} else TREES_DIR / f"{tree}.yaml"
+
+
