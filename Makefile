@@ -61,7 +61,7 @@ models-classifier: install
 models-compare: install
 	$(PY) -m bloodcells evaluate --compare --data $(DATASETS)/pbc --data $(DATASETS)/matek \
 		--backbones mobilenetv3_small_100,efficientnet_lite0 --modes scratch,scratch+aug,pretrained,pretrained+aug \
-		--shared-trunk --size 96 --epochs 4 --per-class 120 --patience 4 --batch-size 32 --lr 1e-3 \
+		--shared-trunk --size 96 --epochs 4 --per-class 150 --patience 4 --batch-size 32 --lr 1e-3 \
 		--no-stain-norm --head-views 2
 
 # Leave one source out: the shipped recipe trained on PBC alone and on Matek alone, each scored on

@@ -66,11 +66,11 @@ def tree_against_flat(classifier, images, repeats: int = 3) -> tuple[float, floa
 
     from bloodcells.backbones import create_model
     from bloodcells.classify import TRUNK_BATCH, NodeModel
-    from bloodcells.heads import trunk_with_head
+    from bloodcells.heads import pooled_width, trunk_with_head
 
     root = classifier.nodes[classifier.tree.root.code]
     leaves = [leaf.code for leaf in classifier.tree.leaves()]
-    network = trunk_with_head(root.trunk, nn.Linear(root.trunk.num_features, len(leaves))) \
+    network = trunk_with_head(root.trunk, nn.Linear(pooled_width(root.trunk), len(leaves))) \
         if root.trunk is not None else create_model(root.architecture, len(leaves), img_size=root.input_size)
     flat = NodeModel("flat", {**root.metadata, "classes": leaves}, network.eval(), root.path)
     batch_size = TRUNK_BATCH if root.trunk is not None else 64

@@ -144,16 +144,21 @@ class NodeModel:
         """One PIL image -> the normalised tensor [3, H, W] this model takes."""
         return to_tensor(self.prepare([image]), self.mean, self.std, self.stain_norm)[0]
 
-    def probabilities(self, images: Sequence, batch_size: int = 64) -> np.ndarray:
-        """Softmax over ``classes`` for each image (N x len(classes))."""
+    def probabilities(self, images: Sequence, batch_size: int = 64, flips: bool = False) -> np.ndarray:
+        """Softmax over ``classes`` for each image (N x len(classes)); ``flips``: the mean over
+        the four flips of each image."""
         import torch
+
+        from .heads import FLIPS
 
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = to_tensor(self.prepare(images[start:start + batch_size]), self.mean, self.std,
                                   self.stain_norm).to(memory_format=torch.channels_last)
-                out.append(torch.softmax(self.module(batch).float(), dim=1).numpy())
+                views = [batch.flip(dims) if dims else batch for dims in (FLIPS if flips else ((),))]
+                out.append((sum(torch.softmax(self.module(view).float(), dim=1) for view in views)
+                            / len(views)).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
 
@@ -204,15 +209,17 @@ class TreeClassifier:
     def versions(self) -> dict[str, str]:
         return {code: node.sha256 for code, node in self.nodes.items()}
 
-    def classify_images(self, images: Sequence, batch_size: int = 64) -> list[CellResult]:
-        """Classify PIL images (or uint8 arrays); thread-safe."""
-        return self._descend(list(images), batch_size)
+    def classify_images(self, images: Sequence, batch_size: int = 64, flips: bool = False) -> list[CellResult]:
+        """Classify PIL images (or uint8 arrays); thread-safe. ``flips``: test-time augmentation,
+        the shared trunk's features averaged over the four flips of each cell (about 3x slower;
+        on the shipped tree's test cells leaf accuracy 0.810 -> 0.839, Matek 0.714 -> 0.760)."""
+        return self._descend(list(images), batch_size, flips)
 
-    def classify_arrays(self, images: np.ndarray, batch_size: int = 64) -> list[CellResult]:
+    def classify_arrays(self, images: np.ndarray, batch_size: int = 64, flips: bool = False) -> list[CellResult]:
         """Classify uint8 NHWC arrays (as the training cache holds them)."""
-        return self._descend(list(images), batch_size)
+        return self._descend(list(images), batch_size, flips)
 
-    def _descend(self, images: list, batch_size: int) -> list[CellResult]:
+    def _descend(self, images: list, batch_size: int, flips: bool = False) -> list[CellResult]:
         import torch
 
         from .heads import features
@@ -238,10 +245,10 @@ class TreeClassifier:
                         if "trunk" not in shared:
                             shared["trunk"] = torch.from_numpy(features(
                                 model.trunk, resized[model.input_size], model.mean, model.std, model.stain_norm,
-                                TRUNK_BATCH))
+                                TRUNK_BATCH, flips=flips))
                         probs = model.head_probabilities(shared["trunk"][members])
                     else:
-                        probs = model.probabilities(resized[model.input_size][members], batch_size)
+                        probs = model.probabilities(resized[model.input_size][members], batch_size, flips)
                     picks = [model.classes[k] for k in probs.argmax(1)]
                     for i, row, pick in zip(members, probs, picks, strict=True):
                         probabilities[i][code] = {c: float(p) for c, p in zip(model.classes, row, strict=True)}
@@ -319,7 +326,7 @@ class ClassificationResult:
 
 def classify(source, *, classifier: TreeClassifier | None = None, store=None, name: str | None = None,
              progress: Callable[[int, int | None], None] | None = None,
-             batch_size: int = 64) -> ClassificationResult:
+             batch_size: int = 64, flips: bool = False) -> ClassificationResult:
     """Classify every cell image in ``source`` (image, folder, zip, or uploaded bytes).
 
     With a ``store``, the analysis is recorded (running -> done with every prediction and image,
@@ -339,7 +346,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
         batch: list[tuple[InputImage, object]] = []
 
         def flush():
-            results = classifier.classify_images([image for _, image in batch], batch_size)
+            results = classifier.classify_images([image for _, image in batch], batch_size, flips)
             for (item, _), result in zip(batch, results, strict=True):
                 outcome.rows.append(ClassifiedCell(item.name, result))
                 if store is not None:

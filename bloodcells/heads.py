@@ -53,8 +53,13 @@ def trunk_with_head(trunk, head):
     return TrunkWithHead()
 
 
-def features(trunk, images: np.ndarray, mean, std, stain_norm: bool, batch_size: int = 32, device=None) -> np.ndarray:
-    """The trunk's pooled features (N x D, float32) of uint8 NHWC ``images``."""
+FLIPS = ((), (3,), (2,), (2, 3))  # as it is, left-right, up-down, both: a cell has no up or left
+
+
+def features(trunk, images: np.ndarray, mean, std, stain_norm: bool, batch_size: int = 32, device=None,
+             flips: bool = False) -> np.ndarray:
+    """The trunk's pooled features (N x D, float32) of uint8 NHWC ``images``; with ``flips``, their
+    mean over the four flips of each image (test-time augmentation: 4x the time)."""
     import torch
 
     out = []
@@ -62,7 +67,9 @@ def features(trunk, images: np.ndarray, mean, std, stain_norm: bool, batch_size:
         for start in range(0, len(images), batch_size):
             batch = to_tensor(images[start:start + batch_size], mean, std, stain_norm)
             batch = batch.to(device or "cpu", memory_format=torch.channels_last)
-            out.append(trunk(batch).float().cpu().numpy())
+            pooled = sum(trunk(batch.flip(dims) if dims else batch) for dims in FLIPS) / len(FLIPS) \
+                if flips else trunk(batch)
+            out.append(pooled.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, pooled_width(trunk)), np.float32)
 
 

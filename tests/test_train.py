@@ -207,3 +207,27 @@ def test_review_threshold_keeps_the_asked_accuracy_above_it():
     assert review_threshold(confidences, correct, 0.5) == 0.50
     assert review_threshold(confidences[::-1], correct[::-1], 0.8) == 0.70  # order does not matter
     assert review_threshold([0.9, 0.8], [False, False], 0.5) == 1.0  # nothing is good enough: review all
+
+
+def test_test_time_flips_make_the_answer_the_same_for_a_flipped_cell(tmp_path):
+    """With ``flips`` a cell and its mirror images get the same probabilities at every node (the
+    average runs over the same four views), for heads on a trunk and for networks per node."""
+    import numpy as np
+
+    from bloodcells.classify import TreeClassifier
+    from bloodcells.synthetic import cell_image
+    from bloodcells.train import train_tree
+
+    write_cell_folders(tmp_path / "cells", TINY_TREE_CELLS, size=32)
+    for shared in (True, False):
+        train_tree([tmp_path / "cells"], tmp_path / f"models-{shared}", log=lambda _text: None,
+                   config=tiny_train_config(shared_trunk=shared, epochs=3, head_views=1))
+        classifier = TreeClassifier.load(tmp_path / f"models-{shared}")
+        cell = np.asarray(cell_image("EOS", 7, 32))
+        mirrors = [cell, cell[:, ::-1], cell[::-1], cell[::-1, ::-1]]
+        averaged = classifier.classify_arrays(np.stack(mirrors), flips=True)
+        for result in averaged[1:]:
+            assert result.code == averaged[0].code
+            for node, probabilities in averaged[0].probabilities.items():
+                np.testing.assert_allclose(list(result.probabilities[node].values()),
+                                           list(probabilities.values()), atol=1e-4)

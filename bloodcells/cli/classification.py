@@ -128,6 +128,9 @@ def _classify_args(parser):
     parser.add_argument("--out", help="write file,code,name,path,confidence,needs_review to this CSV")
     parser.add_argument("--models", help="models folder (default: models/classifier/default)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--flips", action="store_true",
+                        help="test-time augmentation: average over the four flips of each cell (about 3x "
+                             "slower, a few points more accurate: docs/classification.md)")
     parser.add_argument("--no-store", action="store_true", help="do not record the analysis in the database")
 
 
@@ -146,7 +149,7 @@ def _classify(args) -> int:
         store = open_store()
     with _TqdmProgress("cells") as progress:
         outcome = classify(args.input, classifier=classifier, store=store, progress=progress,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, flips=args.flips)
     for problem in outcome.problems:
         print(f"skipped {problem}")
     counts = ", ".join(f"{code} {n}" for code, n in outcome.counts().items())

@@ -1,0 +1,105 @@
+"""Guards on the shipped models, scored on real cells they never saw (``../shared/datasets``).
+
+Where the datasets are absent the tests skip and say so; CI has them, so there a retrain that
+makes the shipped tree worse fails here. Floors are the figures in docs/classification.md minus
+a small margin (two or three points: 630 test cells move by about one point per six cells).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("DATASETS", ROOT.parent / "shared" / "datasets"))
+SHIPPED = ROOT / "models" / "classifier" / "default"
+PBC_CLASSES = ["EBO", "LYT", "MYI", "NEU", "BAS", "EOS", "MON", "PLT"]  # PBC's own eight: ig = MYI
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (DATASETS / "pbc").is_dir() or not (DATASETS / "matek").is_dir(),
+                       reason=f"{DATASETS} with pbc/ and matek/ is not here: the shipped models' scores are "
+                              "guarded where the shared datasets are (CI)"),
+]
+
+# What the shipped tree must keep on its recorded test split (docs/classification.md).
+FLOORS = {"pbc_8_accuracy": 0.95, "pbc_8_macro_f1": 0.95, "matek_accuracy": 0.68, "leaf_accuracy": 0.78,
+          "unflagged_accuracy": 0.94, "flagged_at_most": 0.58,
+          # measured 0.20 (the cell covers 0.15 of the image): below issue #11's goal of 0.6
+          "gradcam_inside_cell": 0.17}
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    from bloodcells.evaluate import evaluate
+
+    return evaluate([DATASETS / "pbc", DATASETS / "matek"], SHIPPED, at=PBC_CLASSES, log=lambda _text: None)
+
+
+def test_the_test_split_is_the_recorded_one(evaluation):
+    recorded = json.loads((SHIPPED / "split.json").read_text())["test"]
+    assert evaluation.cells == len(recorded) and evaluation.skipped_seen > 10 * evaluation.cells // 2
+
+
+def test_shipped_tree_keeps_its_accuracy(evaluation):
+    pbc, matek = evaluation.merged["pbc"], evaluation.by_source["matek"]
+    assert pbc.accuracy >= FLOORS["pbc_8_accuracy"], pbc.per_class
+    assert pbc.macro_f1 >= FLOORS["pbc_8_macro_f1"], pbc.per_class
+    assert matek.accuracy >= FLOORS["matek_accuracy"], matek.per_class
+    assert evaluation.tree.accuracy >= FLOORS["leaf_accuracy"], evaluation.tree.per_class
+
+
+def test_cells_not_flagged_for_review_are_right(evaluation):
+    assert evaluation.unflagged_accuracy >= FLOORS["unflagged_accuracy"]
+    assert evaluation.flagged <= FLOORS["flagged_at_most"]
+
+
+def stained_cell_mask(image: np.ndarray) -> np.ndarray:
+    """The stained white cell of a May-Grünwald-Giemsa image: purple (blue over green) and darker
+    than the background, grown by a few pixels to take in the cytoplasm's rim."""
+    from scipy import ndimage
+
+    rgb = image.astype(float)
+    purple = (rgb[..., 2] - rgb[..., 1] > 25) & (rgb.mean(-1) < 200)
+    grown = ndimage.binary_dilation(purple, iterations=max(1, image.shape[0] // 28))
+    labelled, count = ndimage.label(grown)
+    if not count:
+        return grown
+    centre = labelled[image.shape[0] // 4: 3 * image.shape[0] // 4, image.shape[1] // 4: 3 * image.shape[1] // 4]
+    keep = np.bincount(centre[centre > 0].ravel(), minlength=count + 1).argmax()  # the centred cell
+    return labelled == keep
+
+
+def test_gradcam_looks_at_the_cell(evaluation):
+    """On unseen PBC cells, the share of the root's Grad-CAM mass on the stained cell, against the
+    share of the image the cell covers. (PBC only: a Matek cell fills most of its image, on a lilac
+    background a colour threshold cannot tell from cytoplasm, so the measure would say little.)"""
+    from PIL import Image
+
+    from bloodcells.classify import load_classifier
+    from bloodcells.explain import explain
+
+    classifier = load_classifier(SHIPPED)
+    recorded = set(json.loads((SHIPPED / "split.json").read_text())["test"])
+    from bloodcells.store import sha256_hex
+
+    files = [p for p in sorted((DATASETS / "pbc").rglob("*.jpg")) if sha256_hex(p.read_bytes()) in recorded]
+    picked = files[:: max(1, len(files) // 40)][:40]
+    inside, area = [], []
+    for path in picked:
+        [explanation] = explain(path, classifier, method="gradcam", node=classifier.tree.root.code)
+        size = explanation.attribution.shape
+        mask = stained_cell_mask(np.asarray(Image.open(path).convert("RGB").resize(size[::-1])))
+        mass = np.clip(explanation.attribution, 0, None)
+        if mass.sum() > 0 and mask.any():
+            inside.append(float(mass[mask].sum() / mass.sum()))
+            area.append(float(mask.mean()))
+    print(f"Grad-CAM mass inside the stained cell: {np.mean(inside):.3f} over {len(inside)} unseen cells; "
+          f"the cell covers {np.mean(area):.3f} of the image")
+    assert len(inside) >= 30
+    assert np.mean(inside) >= FLOORS["gradcam_inside_cell"]
+    assert np.mean(inside) > np.mean(area) + 0.02
