@@ -232,7 +232,7 @@ class TreeClassifier:
         probabilities: list[dict[str, dict[str, float]]] = [{} for _ in range(count)]
         waiting = {self.tree.root.code: list(range(count))}
         resized: dict[int, np.ndarray] = {}  # input size -> every image resized once, shared by the nodes
-        shared: dict[str, torch.Tensor] = {}  # the shared trunk's features of every image
+        trunk_features: torch.Tensor | None = None  # the shared trunk's, of every image, computed once
         with self.lock:
             while waiting:
                 code = next(iter(waiting))
@@ -242,11 +242,11 @@ class TreeClassifier:
                     if model.input_size not in resized:
                         resized[model.input_size] = model.prepare(images)
                     if model.trunk is not None:  # one trunk pass per cell, shared by every head
-                        if "trunk" not in shared:
-                            shared["trunk"] = torch.from_numpy(features(
+                        if trunk_features is None:
+                            trunk_features = torch.from_numpy(features(
                                 model.trunk, resized[model.input_size], model.mean, model.std, model.stain_norm,
                                 TRUNK_BATCH, flips=flips))
-                        probs = model.head_probabilities(shared["trunk"][members])
+                        probs = model.head_probabilities(trunk_features[members])
                     else:
                         probs = model.probabilities(resized[model.input_size][members], batch_size, flips)
                     picks = [model.classes[k] for k in probs.argmax(1)]
