@@ -5,7 +5,7 @@ import streamlit as st
 from bloodcells import report
 from bloodcells.taxonomy import default_tree
 from ui.common import choose_analysis, link_to, page, require_store, reviewer_name
-from ui.results import cell_image_bytes
+from ui.results import cell_image_bytes, signout_report
 
 PAGE_SIZE = 24  # cells shown per class before "Show more"
 QUICK_ALTERNATIVES = 2  # tree neighbours offered as one-click buttons beside "confirm" and "unidentified"
@@ -61,6 +61,7 @@ def corrected_labels() -> bytes:
     return report.labelled_zip(report.reviewed_cells(store, fresh))
 
 
+signout_report(store, analysis)
 st.download_button("Download corrected labels (class-folder zip for `bloodcells train`)", corrected_labels,
                    file_name=f"labels-analysis-{analysis.id}.zip", mime="application/zip", on_click="ignore",
                    icon=":material/download:", key="export_labels", disabled=only_reviewed and done == 0)

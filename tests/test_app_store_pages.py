@@ -144,3 +144,12 @@ def test_review_of_not_identifiable_cells_renders_and_stores_a_reclassification(
     [stored] = app_store.get_analysis(analysis_id).predictions[0].reviews
     assert (stored.old_code, stored.new_code, stored.reviewer) == ("NIF", alternative.label, "Dr Who")
     assert at.dataframe[0].value.set_index("code").loc["NIF", "now"] == 1
+
+
+def test_history_and_review_offer_the_report_to_sign(app_store):
+    classified(app_store, ["NGS", "EBO", "LYT"], needs_review=[1])
+    for page in ("5_History", "4_Review"):
+        at = app(page).run()
+        assert not at.exception
+        assert any(b.label == "Download report (PDF)" for b in at.get("download_button")), page
+        assert at.selectbox(key=f"report-target-{app_store.list_analyses()[0].id}").value == 200

@@ -223,3 +223,21 @@ def test_review_of_not_identifiable_cells(page, server):
     reviews = review_one_cell(page, server, analysis_id, "OTH")  # the nearest other type, one click
     expect(page.get_by_text("StreamlitDuplicateElementKey")).to_have_count(0)
     assert reviews == [("NIF", "OTH", "Dr Browser")]
+
+
+def test_review_downloads_the_report_to_sign(page, server):
+    """The PDF a haematologist signs, downloaded from Review and read back."""
+    from pypdf import PdfReader
+
+    analysis_id = stored_analysis(server, "NGS", "ALL/MYE/MYM/NEU/NGS", 3)
+    open_page(page, server, "Review")
+    page.get_by_role("combobox").first.click()
+    page.get_by_role("option", name=f"#{analysis_id} ").click()
+    page.get_by_text("Report to sign (PDF)").click()
+    page.get_by_role("textbox", name="Category").fill("peripheral blood")
+    page.get_by_role("textbox", name="Category").press("Enter")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download report (PDF)").click()
+    text = "\n".join(p.extract_text() for p in PdfReader(download.value.path()).pages)
+    assert "Segmented neutrophils" in text and "peripheral blood" in text
+    assert "3 of a 200-cell target" in text and "Flagged, not reviewed 3" in text

@@ -53,7 +53,7 @@ def show_analysis(store: Store, analysis) -> None:
         st.info("This analysis is still running (or was interrupted before it finished).")
         return
     if analysis.kind == "detection":
-        show_detection(analysis)
+        show_detection(store, analysis)
     else:
         show_classification(store, analysis)
 
@@ -84,6 +84,7 @@ def show_classification(store: Store, analysis) -> None:
 
     st.download_button("Download CSV", report.records_csv(records), file_name=f"analysis-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"csv-{analysis.id}", icon=":material/download:")
+    signout_report(store, analysis)
     if flagged:
         with st.expander(f"Needs review: {len(flagged)} cells under the confidence threshold", expanded=True):
             link_to("pages/4_Review.py", "Review them")
@@ -137,7 +138,7 @@ def gallery(store: Store, predictions, columns: int = 8) -> None:
                 st.caption(f"{prediction.filename}: {prediction.final_code}")
 
 
-def show_detection(analysis) -> None:
+def show_detection(store: Store, analysis) -> None:
     records = report.detection_records(analysis)
     if not records:
         st.warning("No cell was found on these images.")
@@ -154,7 +155,31 @@ def show_detection(analysis) -> None:
         show_differential(white, key=f"wbc-percent-{analysis.id}")
     st.download_button("Download CSV", report.records_csv(records), file_name=f"detections-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon=":material/download:")
+    if white:
+        signout_report(store, analysis)
     st.dataframe(records, hide_index=True, key=f"boxes-{analysis.id}")
+
+
+def signout_report(store: Store, analysis) -> None:
+    """The differential to sign, as a PDF: the white-cell count, target, category and comment first."""
+    from bloodcells.signout import TARGETS, build_report, to_pdf
+
+    with st.expander("Report to sign (PDF)", icon=":material/description:"):
+        left, middle = st.columns(2)
+        wbc = left.number_input("White-cell count (10^9/L), for absolute counts", 0.0, 999.0, 0.0, step=0.1,
+                                key=f"report-wbc-{analysis.id}", help="Leave at 0 when not known.")
+        target = middle.selectbox("Cells to count", TARGETS, index=TARGETS.index(200), key=f"report-target-{analysis.id}")
+        category = st.text_input("Category", key=f"report-category-{analysis.id}",
+                                 help="e.g. bone marrow, peripheral blood. No patient names or identifiers.")
+        comment = st.text_area("Comment", key=f"report-comment-{analysis.id}", help="No patient names or identifiers.")
+
+        def pdf() -> bytes:  # made when the button is clicked, not on every rerun of the page
+            return to_pdf(build_report(store, analysis.id, white_cell_count=wbc or None, target=target,
+                                       category=category, comment=comment))
+
+        st.download_button("Download report (PDF)", pdf, file_name=f"differential-{analysis.id}.pdf",
+                           mime="application/pdf", on_click="ignore", key=f"report-pdf-{analysis.id}",
+                           icon=":material/download:")
 
 
 def open_upload_image(content: bytes, name: str) -> Image.Image | None:

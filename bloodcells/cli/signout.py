@@ -1,0 +1,41 @@
+"""``bloodcells report``: the signed-off differential of one analysis, as PDF or HTML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import CommandError, command
+
+
+def _report_args(parser):
+    from ..signout import TARGETS
+
+    parser.add_argument("analysis", type=int, metavar="ANALYSIS_ID", help="the analysis (see History)")
+    parser.add_argument("--out", required=True, help="FILE.pdf or FILE.html")
+    parser.add_argument("--wbc", type=float, metavar="COUNT",
+                        help="the white-cell count in 10^9/L, for absolute counts (e.g. 7.5)")
+    parser.add_argument("--target", type=int, default=200, choices=TARGETS, help="cells to count (default 200)")
+    parser.add_argument("--category", default="", help="a category for the count log (no patient identifiers)")
+    parser.add_argument("--comment", default="", help="a free comment (no patient identifiers)")
+
+
+@command("report", "write the differential report of an analysis (PDF or HTML)", _report_args)
+def _report(args) -> int:
+    from ..signout import ReportError, build_report, to_html, to_pdf
+    from ..store import open_store
+
+    out = Path(args.out)
+    if out.suffix.lower() not in {".pdf", ".html", ".htm"}:
+        raise CommandError(f"{out}: the report is written as .pdf or .html")
+    try:
+        report = build_report(open_store(), args.analysis, white_cell_count=args.wbc, target=args.target,
+                              category=args.category, comment=args.comment)
+    except ReportError as error:
+        raise CommandError(str(error)) from error
+    if out.suffix.lower() == ".pdf":
+        out.write_bytes(to_pdf(report))
+    else:
+        out.write_text(to_html(report), encoding="utf-8")
+    print(f"written {out}: {report.counted} cells counted (target {report.target}), "
+          f"{report.unreviewed_flagged} flagged cells not reviewed")
+    return 0

@@ -1,0 +1,96 @@
+"""The clinical report: clinical order, denominators, absolute counts, PDF text read back, CLI."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from bloodcells.signout import ReportError, build_report, clinical_rows, to_html, to_pdf
+from bloodcells.store import DetectionRow, PredictionRow
+from bloodcells.synthetic import cell_image, encode
+
+
+def pdf_text(content: bytes) -> str:
+    from pypdf import PdfReader
+
+    return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(content)).pages)
+
+
+def test_rows_follow_the_clinical_order_and_leave_non_white_cells_out_of_the_denominator(tree):
+    codes = ["NGS"] * 6 + ["NGB"] * 2 + ["BLA"] + ["LYI"] + ["EBO"] * 2 + ["LYT"] * 3 + ["HAC"] \
+        + ["PLT"] * 5 + ["NIF"] * 4 + ["KSC"]
+    rows, apart, counted = clinical_rows(codes, tree, white_cell_count=8.0)
+    assert [row.label for row in rows][:6] == ["Blasts", "Promyelocytes", "Myelocytes", "Metamyelocytes",
+                                               "Band neutrophils", "Segmented neutrophils"]
+    assert [row.label for row in rows][-3:] == ["Plasma cells", "Erythroblasts", "Others"]
+    by_label = {row.label: row for row in rows}
+    assert counted == 16  # 6 + 2 + 2 blasts + 2 + 3 + 1 hairy cell; platelets, NIF, smudge apart
+    assert by_label["Blasts"].count == 2 and by_label["Others"].count == 1
+    assert by_label["Segmented neutrophils"].percent == 38  # 6/16 = 37.5 -> whole number
+    assert by_label["Segmented neutrophils"].per_litre == pytest.approx(3.0)  # 8.0 x 6/16
+    assert {row.label: row.count for row in apart} == {"Platelets": 5, "Smudge cells": 1, "Not identifiable": 4}
+    with pytest.raises(ReportError, match="XYZ"):
+        clinical_rows(["XYZ"], tree)
+
+
+def test_report_of_a_reviewed_classification_reads_back_from_the_pdf(store):
+    analysis_id = store.start_analysis("marrow.zip", "classification", {"ALL": "abcdef0123456789"})
+    codes = ["NGS", "NGS", "EBO", "BLA", "NIF", "LYT"]
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"c{n}.png", code, "ALL", 0.4 if n < 3 else 0.99, {}, n < 3, encode(cell_image(code, n, 32)))
+        for n, code in enumerate(codes)])
+    first = store.get_analysis(analysis_id).predictions[0]
+    store.review(first.id, "MYB", "Dr Who")  # NGS -> myelocyte: the report counts the reviewed label
+    report = build_report(store, analysis_id, white_cell_count=5.0, target=100, category="marrow",
+                          comment="Hypercellular.")
+    assert report.counted == 5 and report.unreviewed_flagged == 2 and len(report.gallery) == 2
+    assert report.reviewers == ["Dr Who"] and report.me_ratio == pytest.approx(3.0)  # MYB, NGS, BLA : EBO
+    text = pdf_text(to_pdf(report))
+    for expected in ("Differential count", f"#{analysis_id} marrow.zip", "Myelocytes", "Segmented neutrophils",
+                     "5 of a 100-cell target (not reached: 95 short)", "3.00 : 1", "Dr Who", "ALL abcdef01",
+                     "Not identifiable: 1", "Hypercellular.", "marrow", "Flagged cells not yet reviewed"):
+        assert expected in text, expected
+    assert "patient" not in text.lower()
+    page = to_html(report)
+    assert "Myelocytes" in page and "data:image/png;base64," in page and "Hypercellular." in page
+
+
+def test_detection_reports_count_the_typed_white_cells(store):
+    analysis_id = store.start_analysis("field.png", "detection", {"detector": "feedbeef"})
+    store.finish_analysis(analysis_id, detections=[
+        DetectionRow("field.png", "WBC", 0.9, (0, 0, 9, 9), "MON", "ALL/MYE/MYM/MON", 0.8),
+        DetectionRow("field.png", "WBC", 0.9, (10, 0, 19, 9), "LYT", "ALL/LYM/LYT", 0.8),
+        DetectionRow("field.png", "RBC", 0.9, (20, 0, 29, 9))])
+    report = build_report(store, analysis_id)
+    assert report.counted == 2 and {r.label: r.percent for r in report.rows}["Monocytes"] == 50
+
+
+def test_bad_requests_are_named(store):
+    with pytest.raises(ReportError, match="#999 does not exist"):
+        build_report(store, 999)
+    failed = store.start_analysis("x.zip", "classification", {})
+    store.fail_analysis(failed, "InputError: nope")
+    with pytest.raises(ReportError, match="is failed"):
+        build_report(store, failed)
+    done = store.start_analysis("y.zip", "classification", {})
+    store.finish_analysis(done, predictions=[])
+    with pytest.raises(ReportError, match="target 150"):
+        build_report(store, done, target=150)
+    with pytest.raises(ReportError, match="10\\^9/L"):
+        build_report(store, done, white_cell_count=7500)
+
+
+def test_cli_writes_pdf_and_html(app_store, tmp_path, capsys):
+    from bloodcells.cli import main
+
+    analysis_id = app_store.start_analysis("cells.zip", "classification", {})
+    app_store.finish_analysis(analysis_id, predictions=[
+        PredictionRow("a.png", "EOS", "ALL", 0.99, {}, False, encode(cell_image("EOS", 1, 32)))])
+    assert main(["report", str(analysis_id), "--out", str(tmp_path / "r.pdf"), "--wbc", "6"]) == 0
+    assert "Eosinophils" in pdf_text((tmp_path / "r.pdf").read_bytes())
+    assert main(["report", str(analysis_id), "--out", str(tmp_path / "r.html")]) == 0
+    assert "Eosinophils" in (tmp_path / "r.html").read_text()
+    assert main(["report", str(analysis_id), "--out", str(tmp_path / "r.docx")]) == 2
+    assert main(["report", "12345", "--out", str(tmp_path / "x.pdf")]) == 2
+    assert "does not exist" in capsys.readouterr().err
