@@ -41,6 +41,30 @@ class ModelFileError(RuntimeError):
     """A model file that is missing, altered or unreadable (the message names it)."""
 
 
+def read_verified(metadata_file: Path) -> tuple[dict, Path, dict]:
+    """A model's metadata, its weights file and their tensors, once the file's sha256 matches the
+    metadata's (``weights_sha256`` for a head on a shared trunk, else ``sha256``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .store import sha256_file
+
+    try:
+        metadata = json.loads(metadata_file.read_text())
+        weights = metadata_file.parent / metadata["weights"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelFileError(f"{metadata_file}: unreadable model metadata ({error})") from error
+    if not weights.is_file():
+        raise ModelFileError(f"{weights}: model weights missing")
+    if sha256_file(weights) != metadata.get("weights_sha256", metadata.get("sha256")):
+        raise ModelFileError(f"{weights}: sha256 does not match {metadata_file.name} "
+                             "(file altered or corrupt; retrain or restore it)")
+    try:
+        return metadata, weights, load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise ModelFileError(f"{weights}: unreadable weights ({error})") from error
+
+
 @dataclass
 class CellResult:
     code: str
@@ -73,43 +97,30 @@ class NodeModel:
     @classmethod
     def load(cls, metadata_file: Path, trunk=None) -> NodeModel:
         """A node's model; ``trunk`` (module, metadata): the shared trunk its head sits on, if any."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         from .backbones import create_model, node_network
         from .heads import trunk_with_head
-        from .store import sha256_file
         from .train import network_sha256
 
-        try:
-            metadata = json.loads(metadata_file.read_text())
-            weights = metadata_file.parent / metadata["weights"]
-        except (OSError, ValueError, KeyError) as error:
-            raise ModelFileError(f"{metadata_file}: unreadable model metadata ({error})") from error
-        if not weights.is_file():
-            raise ModelFileError(f"{weights}: model weights missing")
+        metadata, weights, state = read_verified(metadata_file)
         if metadata.get("trunk") and trunk is None:
             raise ModelFileError(f"{metadata_file}: a head on the trunk {metadata['trunk']}, which is not loaded")
-        digest = sha256_file(weights)
-        expected = metadata.get("weights_sha256") if trunk else metadata.get("sha256")
-        if digest != expected or (trunk and network_sha256(trunk[1]["sha256"], digest) != metadata.get("sha256")):
-            raise ModelFileError(f"{weights}: sha256 does not match {metadata_file.name} "
-                                 "(file altered or corrupt; retrain or restore it)")
+        if trunk and network_sha256(trunk[1]["sha256"], metadata["weights_sha256"]) != metadata.get("sha256"):
+            raise ModelFileError(f"{metadata_file}: its sha256 is not that of its head on this trunk "
+                                 "(files altered or mixed; retrain or restore them)")
         classes = list(metadata["classes"])
         outputs = metadata.get("outputs") or {code: code for code in classes}  # label -> child it lies under
         try:
             if trunk:
                 from torch import nn
 
-                state = load_file(str(weights))
                 head = nn.Linear(state["weight"].shape[1], len(outputs))  # the trunk's pooled width
                 head.load_state_dict(state)
                 backbone = trunk_with_head(trunk[0], head)
             else:
                 backbone = create_model(metadata["architecture"], len(outputs), img_size=int(metadata["input_size"]))
-                backbone.load_state_dict(load_file(str(weights)))
+                backbone.load_state_dict(state)
             module = node_network(backbone, [classes.index(child) for child in outputs.values()], len(classes))
-        except (SafetensorError, RuntimeError, OSError, ValueError) as error:
+        except (RuntimeError, ValueError) as error:
             raise ModelFileError(f"{weights}: cannot load into {metadata['architecture']} ({error})") from error
         import torch
 

@@ -14,7 +14,6 @@ validation loss. On disk: ``trunk.safetensors`` + ``trunk.json`` beside the usua
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -211,28 +210,14 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
 
 def load_trunk(models_dir: Path, metadata_file: str):
     """The trunk of a tree folder (verified by sha256) and its metadata."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from .backbones import create_model
-    from .classify import ModelFileError
-    from .store import sha256_file
+    from .classify import ModelFileError, read_verified
 
-    path = models_dir / metadata_file
-    try:
-        metadata = json.loads(path.read_text())
-        weights = models_dir / metadata["weights"]
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelFileError(f"{path}: unreadable trunk metadata ({error})") from error
-    if not weights.is_file():
-        raise ModelFileError(f"{weights}: trunk weights missing")
-    if sha256_file(weights) != metadata.get("sha256"):
-        raise ModelFileError(f"{weights}: sha256 does not match {path.name} (file altered or corrupt; retrain "
-                             "or restore it)")
+    metadata, weights, state = read_verified(models_dir / metadata_file)
     try:
         trunk = create_model(metadata["architecture"], 0, img_size=int(metadata["input_size"]))
-        trunk.load_state_dict(load_file(str(weights)))
-    except (SafetensorError, RuntimeError, OSError, ValueError) as error:
+        trunk.load_state_dict(state)
+    except (RuntimeError, ValueError) as error:
         raise ModelFileError(f"{weights}: cannot load into {metadata['architecture']} ({error})") from error
     import torch
 

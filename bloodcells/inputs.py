@@ -341,3 +341,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
         canvas.paste(image, mask=image.getchannel("A"))
         return canvas
     return image.convert("RGB")
+
+
+def thumbnail_png(content: bytes, name: str = "image", size: int | None = None) -> bytes:
+    """Image bytes as PNG, shrunk to fit ``size`` x ``size`` pixels when given (InputError if unreadable)."""
+    image = open_image(content, name)
+    if size:
+        image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

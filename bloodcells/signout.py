@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from .inputs import thumbnail_png
 from .report import model_versions_text, myeloid_erythroid_ratio
 from .taxonomy import Tree, default_tree
 
@@ -181,7 +182,7 @@ def to_html(report: ClinicalReport) -> str:
     table = ("<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body))
     apart = "".join(f"<li>{escape(row.label)}: {row.count}</li>" for row in report.apart) or "<li>none</li>"
-    gallery = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(_png(content)).decode()}" '
+    gallery = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(thumbnail_png(content, "cell", 128)).decode()}" '
                       f'width="96"><figcaption>{escape(name)} ({escape(code)})</figcaption></figure>'
                       for name, code, content in report.gallery)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Differential, analysis "
@@ -230,7 +231,7 @@ def to_pdf(report: ClinicalReport) -> bytes:
         top, size = pdf.get_y(), 24
         for n, (_name, code, content) in enumerate(report.gallery):
             x, y = pdf.l_margin + (n % 7) * (size + 3), top + (n // 7) * (size + 7)
-            pdf.image(io.BytesIO(_png(content)), x=x, y=y, w=size, h=size)
+            pdf.image(io.BytesIO(thumbnail_png(content, "cell", 128)), x=x, y=y, w=size, h=size)
             pdf.set_xy(x, y + size)
             pdf.set_font("Helvetica", size=7)
             pdf.cell(size, 4, text(code))
@@ -242,14 +243,3 @@ def to_pdf(report: ClinicalReport) -> bytes:
         pdf.set_font("Helvetica", size=9)
         pdf.multi_cell(0, 5, text(report.comment), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
-
-
-def _png(content: bytes) -> bytes:
-    """A stored cell image as a small PNG (any format Pillow reads)."""
-    from .inputs import open_image
-
-    image = open_image(content, "cell")
-    image.thumbnail((128, 128))
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()

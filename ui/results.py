@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 from collections import Counter
 
 import plotly.graph_objects as go
@@ -12,7 +11,7 @@ from PIL import Image
 
 from bloodcells import report
 from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES
-from bloodcells.inputs import InputError, open_image
+from bloodcells.inputs import InputError, open_image, thumbnail_png
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to
@@ -25,14 +24,9 @@ MAX_THUMBNAILS = 2000  # beyond this the table shows names only: the page must s
 def _cell_png(_store: Store, url: str, blob_id: int, size: int | None) -> bytes | None:
     """``url`` (with ``blob_id``) keys the cache; the unhashed ``_store`` reads the content."""
     try:
-        image = open_image(_store.read_blob(blob_id), f"stored image {blob_id}")
+        return thumbnail_png(_store.read_blob(blob_id), f"stored image {blob_id}", size)
     except (InputError, KeyError):
         return None
-    if size:
-        image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def cell_image_bytes(store: Store, blob_id: int | None, size: int | None = None) -> bytes | None:
