@@ -32,3 +32,19 @@ def test_torchrun_two_cpu_processes_train_one_tree(tmp_path):
     assert len(history) == 2 and history[0]["train_loss"] > 0
     (result,) = classifier.classify_images([cell_image("EOS", 99, 24)])
     assert result.path.startswith("ALL/")
+
+
+def test_pick_device_takes_the_local_rank_gpu_when_cuda_is_there(monkeypatch):
+    """Regression: a renaming slip (``torch.cuda.setpick_device``) made every GPU training crash."""
+    import torch
+
+    from bloodcells.train.config import pick_device
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert pick_device() == torch.device("cuda", 1)
+    assert chosen == [1]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device() == torch.device("cpu")

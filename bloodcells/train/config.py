@@ -84,7 +84,7 @@ def pick_device():
 
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.setpick_device(local)
+        torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
 
