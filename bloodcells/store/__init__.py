@@ -1,6 +1,7 @@
 """Storage: SQLAlchemy models and the Store that reads and writes them."""
 
 from .database import Store, StoreError, open_store, record_analysis
+from .reviews import AnalysisLocked, ReviewError
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_file, sha256_hex
 from .schema import (
                      Analysis,
@@ -14,8 +15,9 @@ from .schema import (
                      ModelType,
                      Prediction,
                      Review,
+                     Signoff,
 )
 
-__all__ = ["Analysis", "AnalysisRun", "Blob", "BlobChunk", "CellType", "Detection", "DetectionRow",
+__all__ = ["Analysis", "AnalysisLocked", "AnalysisRun", "Blob", "BlobChunk", "CellType", "Detection", "DetectionRow",
            "Explanation", "Model", "ModelCellType", "ModelType", "Prediction", "PredictionRow",
-           "ResultCounts", "Review", "Store", "StoreError", "open_store", "record_analysis", "sha256_file", "sha256_hex"]
+           "ResultCounts", "Review", "ReviewError", "Signoff", "Store", "StoreError", "open_store", "record_analysis", "sha256_file", "sha256_hex"]

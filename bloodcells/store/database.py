@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..taxonomy import Tree
+from .reviews import ReviewStore
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_hex
 from .schema import (
     CHUNK_SIZE,
@@ -28,6 +29,7 @@ from .schema import (
     ModelType,
     Prediction,
     Review,
+    Signoff,
     utcnow,
 )
 
@@ -41,8 +43,9 @@ class StoreError(RuntimeError):
     """A storage failure worded for a lab user (the database is down, a value is too large...)."""
 
 
-class Store:
-    """All database access. ``Store(url)``; ``upgrade()`` creates or migrates the schema."""
+class Store(ReviewStore):
+    """All database access. ``Store(url)``; ``upgrade()`` creates or migrates the schema; reviews and
+    sign-offs come from ``ReviewStore``."""
 
     def __init__(self, url: str, **engine_options):
         self.url = url
@@ -352,12 +355,12 @@ class Store:
             return list(session.scalars(query))
 
     def get_analysis(self, analysis_id: int) -> Analysis:
-        """An analysis with its predictions (and their reviews) and detections loaded."""
+        """An analysis with its predictions (and their reviews), detections and sign-offs loaded."""
         with self.session() as session:
             analysis = session.scalar(
                 select(Analysis).where(Analysis.id == analysis_id).options(
                     selectinload(Analysis.predictions).selectinload(Prediction.reviews),
-                    selectinload(Analysis.detections)))
+                    selectinload(Analysis.detections), selectinload(Analysis.signoffs)))
             if analysis is None:
                 raise KeyError(f"no analysis {analysis_id}")
             return analysis
@@ -366,6 +369,7 @@ class Store:
         with self.session() as session:
             prediction_ids = select(Prediction.id).where(Prediction.analysis_id == analysis_id)
             session.execute(delete(Review).where(Review.prediction_id.in_(prediction_ids)))
+            session.execute(delete(Signoff).where(Signoff.analysis_id == analysis_id))
             session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
             session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
             session.execute(delete(Analysis).where(Analysis.id == analysis_id))
@@ -380,6 +384,8 @@ class Store:
                 Prediction.analysis_id.in_(ids), Prediction.needs_review.is_(True)),
             "reviewed": select(Prediction.analysis_id, func.count(func.distinct(Prediction.id)))
             .join(Review, Review.prediction_id == Prediction.id).where(Prediction.analysis_id.in_(ids)),
+            "amendments": select(Prediction.analysis_id, func.count()).join(Review, Review.prediction_id == Prediction.id)
+            .where(Prediction.analysis_id.in_(ids), Review.reopening_id.is_not(None)),
             "boxes": select(Detection.analysis_id, func.count()).where(Detection.analysis_id.in_(ids)),
         }
         with self.session() as session:
@@ -391,20 +397,6 @@ class Store:
     def count_rows(self, table) -> int:
         with self.session() as session:
             return session.scalar(select(func.count()).select_from(table))
-
-    # -- reviews -------------------------------------------------------------------------
-    def review(self, prediction_id: int, new_code: str, reviewer: str) -> Review:
-        """Confirm or correct a prediction; the change is kept with old and new label, who and when."""
-        with self.session() as session:
-            prediction = session.get(Prediction, prediction_id)
-            if prediction is None:
-                raise KeyError(f"no prediction {prediction_id}")
-            review = Review(prediction_id=prediction_id, old_code=prediction.final_code,
-                            new_code=new_code, reviewer=reviewer)
-            prediction.reviewed_code = new_code
-            session.add(review)
-            session.flush()
-            return review
 
 
 def _insert_or_ignore(table, **values):

@@ -102,6 +102,14 @@ class Analysis(Base):
         back_populates="analysis", cascade="all, delete-orphan", order_by="Prediction.id")
     detections: Mapped[list[Detection]] = relationship(
         back_populates="analysis", cascade="all, delete-orphan", order_by="Detection.id")
+    signoffs: Mapped[list[Signoff]] = relationship(
+        back_populates="analysis", cascade="all, delete-orphan", order_by="Signoff.id")
+
+    @property
+    def signed_off(self) -> Signoff | None:
+        """The sign-off in force (the analysis is locked), or None when never signed or reopened since."""
+        last = self.signoffs[-1] if self.signoffs else None
+        return last if last is not None and last.action == SIGNED else None
 
 
 class Prediction(Base):
@@ -135,7 +143,28 @@ class Review(Base):
     new_code: Mapped[str] = mapped_column(String(16))
     reviewer: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # the reopening this change was made under: set for the amendments of a signed-off analysis
+    # (an id, not a time, tells them apart: MySQL's DATETIME keeps whole seconds)
+    reopening_id: Mapped[int | None] = mapped_column(ForeignKey("signoffs.id", ondelete="CASCADE"))
     prediction: Mapped[Prediction] = relationship(back_populates="reviews")
+
+
+SIGNED, REOPENED = "signed", "reopened"
+
+
+class Signoff(Base):
+    """A person signing off an analysis's differential (it is locked) or reopening it to amend it."""
+    __tablename__ = "signoffs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # SIGNED | REOPENED
+    person: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    category: Mapped[str] = mapped_column(String(128), default="")  # for the count log; never a patient
+    comment: Mapped[str] = mapped_column(Text, default="")  # the report's comment, or why it was reopened
+    target: Mapped[int | None] = mapped_column(Integer)  # cells to count (100/200/400) when signed
+    white_cell_count: Mapped[float | None] = mapped_column(Float)  # 10^9/L, when given for absolute counts
+    analysis: Mapped[Analysis] = relationship(back_populates="signoffs")
 
 
 class Detection(Base):

@@ -1,0 +1,147 @@
+"""Reviews and sign-offs: who changed a cell's label or signed a differential, and when.
+
+Nothing here is ever overwritten. A signed-off analysis is locked: a review is refused until
+someone reopens it, and each review made while it is reopened carries that reopening's id, so
+the amendments after a sign-off can be told apart from the review that came before it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .schema import REOPENED, SIGNED, Analysis, Detection, Prediction, Review, Signoff
+
+NAME_LENGTH = 128  # Review.reviewer, Signoff.person and Signoff.category are String(128)
+
+
+class ReviewError(ValueError):
+    """A review or sign-off that cannot be made; the message says why, in a lab user's words."""
+
+
+class AnalysisLocked(ReviewError):
+    """The analysis is signed off: reopen it before changing a cell."""
+
+
+def _person(name: str, role: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise ReviewError(f"a {role} needs the name of the person making it")
+    if len(name) > NAME_LENGTH:
+        raise ReviewError(f"the {role}'s name is longer than {NAME_LENGTH} characters")
+    return name
+
+
+def _last_signoff(session: Session, analysis_id: int) -> Signoff | None:
+    """The newest sign-off or reopening of an analysis. The analysis row is locked first (MySQL), so
+    that a review and a sign-off of one analysis never interleave."""
+    session.execute(select(Analysis.id).where(Analysis.id == analysis_id).with_for_update())
+    return session.scalar(select(Signoff).where(Signoff.analysis_id == analysis_id)
+                          .order_by(Signoff.id.desc()).limit(1))
+
+
+def _when(signoff: Signoff) -> str:
+    return f"{signoff.person} on {signoff.created_at:%Y-%m-%d %H:%M} UTC"
+
+
+class ReviewStore:
+    """The Store's review and sign-off operations (``Store`` inherits them; they use its sessions)."""
+
+    def review(self, prediction_id: int, new_code: str, reviewer: str) -> Review:
+        """Confirm or correct a prediction; the change is kept with old and new label, who and when.
+
+        Refused (AnalysisLocked) while the analysis is signed off; marked as an amendment while it
+        is reopened.
+        """
+        reviewer = _person(reviewer, "review")
+        with self.session() as session:
+            prediction = session.get(Prediction, prediction_id)
+            if prediction is None:
+                raise KeyError(f"no prediction {prediction_id}")
+            last = _last_signoff(session, prediction.analysis_id)
+            if last is not None and last.action == SIGNED:
+                raise AnalysisLocked(f"analysis #{prediction.analysis_id} was signed off by {_when(last)}: "
+                                     "reopen it to amend it")
+            review = Review(prediction_id=prediction_id, old_code=prediction.final_code, new_code=new_code,
+                            reviewer=reviewer, reopening_id=last.id if last is not None else None)
+            prediction.reviewed_code = new_code
+            session.add(review)
+            session.flush()
+            return review
+
+    def sign_off(self, analysis_id: int, person: str, *, category: str = "", comment: str = "",
+                 target: int | None = None, white_cell_count: float | None = None) -> Signoff:
+        """Sign off a finished analysis's differential: who, when, the count log's category and the
+        report's comment, target and white-cell count. The analysis is locked until reopened."""
+        person = _person(person, "sign-off")
+        category = (category or "").strip()
+        if len(category) > NAME_LENGTH:
+            raise ReviewError(f"the category is longer than {NAME_LENGTH} characters")
+        with self.session() as session:
+            analysis = session.get(Analysis, analysis_id)
+            if analysis is None:
+                raise ReviewError(f"analysis #{analysis_id} does not exist")
+            if analysis.status != "done":
+                raise ReviewError(f"analysis #{analysis_id} is {analysis.status}: only a finished analysis "
+                                  "can be signed off")
+            last = _last_signoff(session, analysis_id)
+            if last is not None and last.action == SIGNED:
+                raise ReviewError(f"analysis #{analysis_id} is already signed off by {_when(last)}")
+            signoff = Signoff(analysis_id=analysis_id, action=SIGNED, person=person, category=category,
+                              comment=(comment or "").strip(), target=target, white_cell_count=white_cell_count)
+            session.add(signoff)
+            session.flush()
+            return signoff
+
+    def reopen(self, analysis_id: int, person: str, reason: str = "") -> Signoff:
+        """Reopen a signed-off analysis so that its cells can be changed again (an amendment)."""
+        person = _person(person, "reopening")
+        with self.session() as session:
+            last = _last_signoff(session, analysis_id)
+            if last is None or last.action != SIGNED:
+                raise ReviewError(f"analysis #{analysis_id} is not signed off: there is nothing to reopen")
+            reopening = Signoff(analysis_id=analysis_id, action=REOPENED, person=person,
+                                comment=(reason or "").strip())
+            session.add(reopening)
+            session.flush()
+            return reopening
+
+    def signoffs(self, analysis_ids: Iterable[int]) -> dict[int, list[Signoff]]:
+        """Each analysis's sign-offs and reopenings, oldest first (an empty list when never signed)."""
+        ids = list(analysis_ids)
+        found: dict[int, list[Signoff]] = {analysis_id: [] for analysis_id in ids}
+        with self.session() as session:
+            for signoff in session.scalars(select(Signoff).where(Signoff.analysis_id.in_(ids)).order_by(Signoff.id)):
+                found[signoff.analysis_id].append(signoff)
+        return found
+
+    def reviewers(self, analysis_ids: Iterable[int]) -> dict[int, list[str]]:
+        """Who reviewed cells of each analysis, sorted."""
+        ids = list(analysis_ids)
+        found: dict[int, list[str]] = {analysis_id: [] for analysis_id in ids}
+        query = (select(Prediction.analysis_id, Review.reviewer).join(Review, Review.prediction_id == Prediction.id)
+                 .where(Prediction.analysis_id.in_(ids)).distinct().order_by(Review.reviewer))
+        with self.session() as session:
+            for analysis_id, reviewer in session.execute(query):
+                found[analysis_id].append(reviewer)
+        return found
+
+    def final_code_counts(self, analysis_ids: Iterable[int]) -> dict[int, Counter[str]]:
+        """Cells per final label (the reviewer's where given) of each analysis; for a detection, its
+        white cells per type. Counted in the database: no prediction is loaded."""
+        ids = list(analysis_ids)
+        counts: dict[int, Counter[str]] = {analysis_id: Counter() for analysis_id in ids}
+        final = func.coalesce(Prediction.reviewed_code, Prediction.code)
+        queries = [select(Prediction.analysis_id, final, func.count()).where(Prediction.analysis_id.in_(ids))
+                   .group_by(Prediction.analysis_id, final),
+                   select(Detection.analysis_id, Detection.code, func.count())
+                   .where(Detection.analysis_id.in_(ids), Detection.code.is_not(None))
+                   .group_by(Detection.analysis_id, Detection.code)]
+        with self.session() as session:
+            for query in queries:
+                for analysis_id, code, count in session.execute(query):
+                    counts[analysis_id][code] += count
+        return counts

@@ -1,0 +1,107 @@
+"""Sign-off, reopening and amendments in the store (SQLite, and MySQL/MariaDB when
+BLOODCELLS_TEST_MYSQL_URL is set)."""
+
+from collections import Counter
+
+import pytest
+from sqlalchemy import inspect
+from test_store import head_revision
+
+from bloodcells.store import AnalysisLocked, DetectionRow, PredictionRow, ReviewError, Signoff, Store
+
+
+def classified(store, codes, name="cells.zip") -> int:
+    analysis_id = store.start_analysis(name, "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow(f"c{n}.png", code, "ALL", 0.9, {}, False)
+                                                    for n, code in enumerate(codes)])
+    return analysis_id
+
+
+def test_a_signed_analysis_is_locked_until_reopened_and_later_reviews_are_amendments(store):
+    analysis_id = classified(store, ["NGS", "NGS", "LYT"])
+    first, second, _ = store.get_analysis(analysis_id).predictions
+    before = store.review(first.id, "NGB", "dr.a")
+    signed = store.sign_off(analysis_id, " dr.a ", category="peripheral blood", comment="Normal.", target=100,
+                            white_cell_count=6.5)
+    assert (signed.action, signed.person, signed.category, signed.target, signed.white_cell_count) == \
+        ("signed", "dr.a", "peripheral blood", 100, 6.5)
+    assert store.get_analysis(analysis_id).signed_off.id == signed.id
+
+    with pytest.raises(AnalysisLocked, match=f"#{analysis_id} was signed off by dr.a on .* reopen it"):
+        store.review(second.id, "MON", "dr.b")
+    assert store.get_analysis(analysis_id).predictions[1].reviews == []  # nothing was written
+
+    reopened = store.reopen(analysis_id, "dr.b", reason="a band counted as segmented")
+    assert store.get_analysis(analysis_id).signed_off is None
+    amendment = store.review(second.id, "NGB", "dr.b")
+    undone = store.review(first.id, "NGS", "dr.b")
+    assert (before.reopening_id, amendment.reopening_id, undone.reopening_id) == (None, reopened.id, reopened.id)
+    store.sign_off(analysis_id, "dr.b", category="peripheral blood")
+
+    events = store.signoffs([analysis_id])[analysis_id]
+    assert [(e.action, e.person, e.comment) for e in events] == [
+        ("signed", "dr.a", "Normal."), ("reopened", "dr.b", "a band counted as segmented"), ("signed", "dr.b", "")]
+    assert events[0].created_at <= events[1].created_at <= events[2].created_at
+    assert store.result_counts([analysis_id])[analysis_id].amendments == 2
+    assert store.reviewers([analysis_id]) == {analysis_id: ["dr.a", "dr.b"]}
+    assert store.final_code_counts([analysis_id]) == {analysis_id: Counter({"NGS": 1, "NGB": 1, "LYT": 1})}
+    first_again = store.get_analysis(analysis_id).predictions[0]
+    assert [(r.old_code, r.new_code) for r in first_again.reviews] == [("NGS", "NGB"), ("NGB", "NGS")]  # all kept
+
+
+def test_bad_sign_offs_are_refused_with_the_reason(store):
+    analysis_id = classified(store, ["NGS"])
+    with pytest.raises(ReviewError, match="needs the name"):
+        store.sign_off(analysis_id, "  ")
+    with pytest.raises(ReviewError, match="needs the name"):
+        store.review(store.get_analysis(analysis_id).predictions[0].id, "NGB", "")
+    with pytest.raises(ReviewError, match="category is longer than 128"):
+        store.sign_off(analysis_id, "dr.a", category="x" * 129)
+    with pytest.raises(ReviewError, match="not signed off: there is nothing to reopen"):
+        store.reopen(analysis_id, "dr.a")
+    store.sign_off(analysis_id, "dr.a")
+    with pytest.raises(ReviewError, match="already signed off by dr.a"):
+        store.sign_off(analysis_id, "dr.b")
+    with pytest.raises(ReviewError, match="#999 does not exist"):
+        store.sign_off(999, "dr.a")
+    failed = store.start_analysis("broken.zip", "classification")
+    store.fail_analysis(failed, "InputError: not a zip")
+    with pytest.raises(ReviewError, match="is failed: only a finished analysis"):
+        store.sign_off(failed, "dr.a")
+    assert [e.action for e in store.signoffs([analysis_id, failed])[analysis_id]] == ["signed"]
+
+
+def test_counts_of_detections_and_deleting_a_signed_analysis(store):
+    boxes = store.start_analysis("field.png", "detection")
+    store.finish_analysis(boxes, detections=[
+        DetectionRow("field.png", "WBC", 0.9, (0, 0, 9, 9), "MON", "ALL/MYE/MYM/MON"),
+        DetectionRow("field.png", "WBC", 0.9, (9, 0, 19, 9), "MON", "ALL/MYE/MYM/MON"),
+        DetectionRow("field.png", "RBC", 0.9, (0, 9, 9, 19))])
+    assert store.final_code_counts([boxes]) == {boxes: Counter({"MON": 2})}
+    store.sign_off(boxes, "dr.a")
+    store.reopen(boxes, "dr.b")
+    store.delete_analysis(boxes)
+    assert store.count_rows(Signoff) == 0 and store.signoffs([boxes]) == {boxes: []}
+
+
+def test_migration_0003_adds_sign_offs_and_keeps_the_reviews(database_url):
+    from alembic import command
+
+    store = Store(database_url)
+    store.upgrade("0002")
+    analysis_id = classified(store, ["NGS"])  # analyses and predictions are written as 0002 has them
+    with store.engine.begin() as connection:  # and a review without the column 0003 adds
+        connection.exec_driver_sql("INSERT INTO reviews (prediction_id, old_code, new_code, reviewer, created_at) "
+                                   "SELECT id, code, 'NGB', 'dr.a', '2026-11-01 12:00:00' FROM predictions")
+    store.upgrade()
+    assert store.current_revision() == head_revision(store)
+    [review] = store.get_analysis(analysis_id).predictions[0].reviews
+    assert (review.old_code, review.new_code, review.reviewer, review.reopening_id) == ("NGS", "NGB", "dr.a", None)
+    store.sign_off(analysis_id, "dr.a")
+    command.downgrade(store._alembic_config(), "0002")
+    assert "signoffs" not in inspect(store.engine).get_table_names()
+    assert "reopening_id" not in {c["name"] for c in inspect(store.engine).get_columns("reviews")}
+    store.upgrade()
+    assert store.signoffs([analysis_id]) == {analysis_id: []}
+    assert len(store.get_analysis(analysis_id).predictions[0].reviews) == 1
+    store.engine.dispose()
