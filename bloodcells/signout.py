@@ -5,8 +5,10 @@ whole-number percentages over the cells counted (platelets, smudge cells, not-id
 and artefacts are listed apart and left out of the denominator), absolute counts when the user
 gives the white-cell count, the myeloid:erythroid ratio, the cells counted against a 100/200/400
 target, the flagged cells nobody reviewed yet with a small gallery of them, the models'
-versions, the reviewers and the time. There is no field for a patient's name or identifier, by
-design: the report names the analysis, a category and a free comment.
+versions, the reviewers and the time; its sign-offs, and once a signed analysis was reopened and
+changed, "Amended" with every change made after the first sign-off (old and new type, who, when).
+There is no field for a patient's name or identifier, by design: the report names the analysis, a
+category and a free comment.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import UTC, datetime
 
 from .inputs import thumbnail_png
 from .report import model_versions_text, myeloid_erythroid_ratio
+from .store.schema import REOPENED, SIGNED
 from .taxonomy import Tree, default_tree
 
 # (row label, tree codes counted in it), in the order a differential is written
@@ -45,8 +48,41 @@ TARGETS = (100, 200, 400)  # the usual manual differential counts (CLSI H20)
 GALLERY_CELLS = 12
 
 
+# an analysis's status in the count log: SIGNED and REOPENED as its last sign-off, or these
+NOT_SIGNED, AMENDED = "not signed", "amended"
+
+
 class ReportError(ValueError):
     """An analysis that cannot be reported (the message says why)."""
+
+
+def signoff_status(signoffs, amendments: int) -> str:
+    """``not signed``, ``signed``, ``reopened`` (open to amend now) or ``amended`` (signed again after
+    cells were changed), from an analysis's sign-offs (oldest first) and its number of amendments."""
+    if not signoffs:
+        return NOT_SIGNED
+    if signoffs[-1].action == REOPENED:
+        return REOPENED
+    return AMENDED if amendments else SIGNED
+
+
+@dataclass
+class Event:
+    """A sign-off or reopening, as the report lists it."""
+    action: str
+    person: str
+    at: datetime
+    note: str = ""  # the comment of a sign-off, the reason for a reopening
+
+
+@dataclass
+class Amendment:
+    """A change made to a cell after the analysis was first signed off."""
+    at: datetime
+    reviewer: str
+    cell: str
+    old_code: str
+    new_code: str
 
 
 @dataclass
@@ -76,6 +112,9 @@ class ClinicalReport:
     category: str = ""
     comment: str = ""
     gallery: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file, code, image) of flagged cells
+    status: str = NOT_SIGNED
+    signoffs: list[Event] = field(default_factory=list)
+    amendments: list[Amendment] = field(default_factory=list)
     made_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -112,20 +151,31 @@ def clinical_rows(codes: Iterable[str], tree: Tree | None = None,
     return rows, [row for row in apart if row.count], counted
 
 
-def build_report(store, analysis_id: int, *, white_cell_count: float | None = None, target: int = 200,
-                 category: str = "", comment: str = "", tree: Tree | None = None) -> ClinicalReport:
-    """The report of a finished analysis: its cells' final labels (a reviewer's label where given)."""
+def build_report(store, analysis_id: int, *, white_cell_count: float | None = None, target: int | None = None,
+                 category: str | None = None, comment: str | None = None, tree: Tree | None = None) -> ClinicalReport:
+    """The report of a finished analysis: its cells' final labels (a reviewer's label where given).
+
+    The white-cell count, target, category and comment not given are those of the latest sign-off
+    (the target defaults to 200 cells).
+    """
     tree = tree or default_tree()
-    if target not in TARGETS:
-        raise ReportError(f"target {target}: a differential counts {', '.join(map(str, TARGETS))} cells")
-    if white_cell_count is not None and not 0 < white_cell_count < 1000:
-        raise ReportError(f"white-cell count {white_cell_count}: give it in 10^9/L (e.g. 7.5)")
     try:
         analysis = store.get_analysis(analysis_id)
     except KeyError:
         raise ReportError(f"analysis #{analysis_id} does not exist") from None
     if analysis.status != "done":
         raise ReportError(f"analysis #{analysis_id} is {analysis.status}: only a finished analysis has a report")
+    signed = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)
+    if signed is not None:
+        white_cell_count = signed.white_cell_count if white_cell_count is None else white_cell_count
+        target = signed.target if target is None else target
+        category = signed.category if category is None else category
+        comment = signed.comment if comment is None else comment
+    target = 200 if target is None else target
+    if target not in TARGETS:
+        raise ReportError(f"target {target}: a differential counts {', '.join(map(str, TARGETS))} cells")
+    if white_cell_count is not None and not 0 < white_cell_count < 1000:
+        raise ReportError(f"white-cell count {white_cell_count}: give it in 10^9/L (e.g. 7.5)")
     if analysis.kind == "detection":
         codes = [d.code for d in analysis.detections if d.code]
         flagged, gallery_source = 0, []
@@ -134,16 +184,21 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         codes = [p.final_code for p in analysis.predictions]
         unreviewed = [p for p in analysis.predictions if p.needs_review and not p.reviews]
         flagged, gallery_source = len(unreviewed), unreviewed[:GALLERY_CELLS]
-        reviews = [r for p in analysis.predictions for r in p.reviews]
+        reviews = [(p, r) for p in analysis.predictions for r in p.reviews]
+    amendments = sorted((Amendment(r.created_at, r.reviewer, p.filename, r.old_code, r.new_code)
+                         for p, r in reviews if r.reopening_id is not None), key=lambda a: a.at)
     rows, apart, counted = clinical_rows(codes, tree, white_cell_count)
     gallery = [(p.filename, p.code, store.read_blob(p.blob_id)) for p in gallery_source if p.blob_id is not None]
     return ClinicalReport(
         analysis_id=analysis.id, name=analysis.name, kind=analysis.kind, created_at=analysis.created_at, rows=rows,
         apart=apart, counted=counted, target=target, me_ratio=myeloid_erythroid_ratio(codes, tree),
-        unreviewed_flagged=flagged, reviewers=sorted({r.reviewer for r in reviews}),
-        reviewed_at=max((r.created_at for r in reviews), default=None),
+        unreviewed_flagged=flagged, reviewers=sorted({r.reviewer for _, r in reviews}),
+        reviewed_at=max((r.created_at for _, r in reviews), default=None),
         model_versions=model_versions_text(analysis.model_versions), white_cell_count=white_cell_count,
-        category=category.strip(), comment=comment.strip(), gallery=gallery)
+        category=(category or "").strip(), comment=(comment or "").strip(), gallery=gallery,
+        status=signoff_status(analysis.signoffs, len(amendments)),
+        signoffs=[Event(s.action, s.person, s.created_at, s.comment) for s in analysis.signoffs],
+        amendments=amendments)
 
 
 def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
@@ -151,6 +206,7 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
     reached = "reached" if report.counted >= report.target else f"not reached: {report.target - report.counted} short"
     return [
         ("Analysis", f"#{report.analysis_id} {report.name} ({report.kind}, {report.created_at:%Y-%m-%d %H:%M} UTC)"),
+        ("Status", _status_text(report)),
         ("Category", report.category or "-"),
         ("Cells counted", f"{report.counted} of a {report.target}-cell target ({reached})"),
         ("Myeloid : erythroid", "-" if report.me_ratio is None else f"{report.me_ratio:.2f} : 1"),
@@ -163,6 +219,32 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
     ]
 
 
+def _status_text(report: ClinicalReport) -> str:
+    if not report.signoffs:
+        return "Not signed off"
+    last = report.signoffs[-1]
+    when = f"{last.person} on {last.at:%Y-%m-%d %H:%M} UTC"
+    return {SIGNED: f"Signed off by {when}", AMENDED: f"Amended: signed off again by {when}",
+            REOPENED: f"Reopened to amend by {when}; not signed off again"}[report.status]
+
+
+def _title(report: ClinicalReport) -> str:
+    return "Differential count - AMENDED" if report.status == AMENDED else "Differential count"
+
+
+def _signoff_lines(report: ClinicalReport) -> list[str]:
+    """The sign-offs and reopenings, oldest first, one line each."""
+    return [f"{e.at:%Y-%m-%d %H:%M} UTC  {e.action} by {e.person}" + (f": {e.note}" if e.note else "")
+            for e in report.signoffs]
+
+
+def _amendment_table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
+    """The audit trail of the changes made after the first sign-off."""
+    return (["When (UTC)", "By", "Cell", "Change"],
+            [[f"{a.at:%Y-%m-%d %H:%M}", a.reviewer, a.cell, f"{a.old_code} -> {a.new_code}"]
+             for a in report.amendments])
+
+
 def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
     header = ["Cell type", "Count", "%"] + (["x 10^9/L"] if report.white_cell_count is not None else [])
     body = [[row.label, str(row.count), "-" if row.percent is None else str(row.percent)]
@@ -172,26 +254,33 @@ def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def _html_table(header: list[str], body: list[list[str]]) -> str:
+    escape = html.escape
+    return ("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body) + "</table>")
+
+
 def to_html(report: ClinicalReport) -> str:
     """A self-contained HTML page (gallery images inline)."""
     import base64
 
     escape = html.escape
-    header, body = _table(report)
     facts = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _facts(report))
-    table = ("<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
-             + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body))
     apart = "".join(f"<li>{escape(row.label)}: {row.count}</li>" for row in report.apart) or "<li>none</li>"
     gallery = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(thumbnail_png(content, "cell", 128)).decode()}" '
                       f'width="96"><figcaption>{escape(name)} ({escape(code)})</figcaption></figure>'
                       for name, code, content in report.gallery)
+    signoffs = "".join(f"<li>{escape(line)}</li>" for line in _signoff_lines(report))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Differential, analysis "
             f"#{report.analysis_id}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
             f"text-align:left}}figure{{display:inline-block;margin:4px}}</style></head><body>"
-            f"<h1>Differential count</h1><table>{facts}</table><h2>Differential</h2><table>{table}</table>"
-            f"<h2>Not in the count</h2><ul>{apart}</ul>"
+            f"<h1>{escape(_title(report))}</h1><table>{facts}</table>"
+            f"<h2>Differential</h2>{_html_table(*_table(report))}<h2>Not in the count</h2><ul>{apart}</ul>"
             + (f"<h2>Flagged cells not yet reviewed</h2>{gallery}" if gallery else "")
             + (f"<h2>Comment</h2><p>{escape(report.comment)}</p>" if report.comment else "")
+            + (f"<h2>Sign-off</h2><ul>{signoffs}</ul>" if signoffs else "")
+            + (f"<h2>Changes after the first sign-off</h2>{_html_table(*_amendment_table(report))}"
+               if report.amendments else "")
             + "</body></html>")
 
 
@@ -202,32 +291,38 @@ def to_pdf(report: ClinicalReport) -> bytes:
     def text(value: str) -> str:  # core fonts are Latin-1: anything else becomes '?'
         return value.encode("latin-1", "replace").decode("latin-1")
 
+    def section(title: str) -> None:
+        pdf.ln(2)
+        pdf.set_font("Helvetica", "B", 10)
+        pdf.cell(0, 6, text(title), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", size=9)
+
+    def paragraph(value: str) -> None:
+        pdf.multi_cell(0, 5, text(value), new_x="LMARGIN", new_y="NEXT")
+
+    def table(header: list[str], body: list[list[str]], widths: tuple[int, ...]) -> None:
+        with pdf.table(col_widths=widths, text_align="LEFT", width=sum(widths)) as grid:
+            for values in [header, *body]:
+                line = grid.row()
+                for value in values:
+                    line.cell(text(value))
+
     pdf = FPDF(format="A4")
     pdf.set_auto_page_break(True, margin=15)
     pdf.add_page()
     pdf.set_font("Helvetica", "B", 15)
-    pdf.cell(0, 9, "Differential count", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(0, 9, _title(report), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", size=9)
     for label, value in _facts(report):
         pdf.cell(42, 5, text(label))
-        pdf.multi_cell(0, 5, text(value), new_x="LMARGIN", new_y="NEXT")
+        paragraph(value)
     pdf.ln(3)
     header, body = _table(report)
-    with pdf.table(col_widths=(60, 25, 20, 30)[:len(header)], text_align="LEFT", width=40 * len(header)) as table:
-        for values in [header, *body]:
-            line = table.row()
-            for value in values:
-                line.cell(text(value))
-    pdf.ln(3)
-    pdf.set_font("Helvetica", "B", 10)
-    pdf.cell(0, 6, "Not in the count", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", size=9)
-    pdf.multi_cell(0, 5, text(", ".join(f"{row.label}: {row.count}" for row in report.apart) or "none"),
-                   new_x="LMARGIN", new_y="NEXT")
+    table(header, body, (60, 25, 20, 30)[:len(header)])
+    section("Not in the count")
+    paragraph(", ".join(f"{row.label}: {row.count}" for row in report.apart) or "none")
     if report.gallery:
-        pdf.ln(2)
-        pdf.set_font("Helvetica", "B", 10)
-        pdf.cell(0, 6, "Flagged cells not yet reviewed", new_x="LMARGIN", new_y="NEXT")
+        section("Flagged cells not yet reviewed")
         top, size = pdf.get_y(), 24
         for n, (_name, code, content) in enumerate(report.gallery):
             x, y = pdf.l_margin + (n % 7) * (size + 3), top + (n // 7) * (size + 7)
@@ -236,10 +331,15 @@ def to_pdf(report: ClinicalReport) -> bytes:
             pdf.set_font("Helvetica", size=7)
             pdf.cell(size, 4, text(code))
         pdf.set_xy(pdf.l_margin, top + (len(report.gallery) + 6) // 7 * (size + 7))
-    if report.comment:
-        pdf.ln(2)
-        pdf.set_font("Helvetica", "B", 10)
-        pdf.cell(0, 6, "Comment", new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", size=9)
-        pdf.multi_cell(0, 5, text(report.comment), new_x="LMARGIN", new_y="NEXT")
+    if report.comment:
+        section("Comment")
+        paragraph(report.comment)
+    if report.signoffs:
+        section("Sign-off")
+        for line in _signoff_lines(report):
+            paragraph(line)
+    if report.amendments:
+        section("Changes after the first sign-off")
+        table(*_amendment_table(report), (32, 35, 70, 40))
     return bytes(pdf.output())

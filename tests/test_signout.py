@@ -94,3 +94,37 @@ def test_cli_writes_pdf_and_html(app_store, tmp_path, capsys):
     assert main(["report", str(analysis_id), "--out", str(tmp_path / "r.docx")]) == 2
     assert main(["report", "12345", "--out", str(tmp_path / "x.pdf")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_amended_report_says_so_with_the_changes_after_the_first_sign_off(store):
+    analysis_id = store.start_analysis("blood.zip", "classification", {})
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"c{n}.png", code, "ALL", 0.99, {}, False) for n, code in enumerate(["NGS", "NGS", "LYT"])])
+    first, second, _ = store.get_analysis(analysis_id).predictions
+    store.review(first.id, "NGB", "Dr Who")  # before the sign-off: a review, not an amendment
+    store.sign_off(analysis_id, "Dr Who", category="peripheral blood", comment="Left shift.", target=100,
+                   white_cell_count=4.0)
+    signed = build_report(store, analysis_id)
+    assert (signed.status, signed.category, signed.comment, signed.target, signed.white_cell_count) == \
+        ("signed", "peripheral blood", "Left shift.", 100, 4.0)  # what was signed, unless given
+    text = pdf_text(to_pdf(signed))
+    assert "Signed off by Dr Who on" in text and "AMENDED" not in text and "Changes after" not in text
+
+    store.reopen(analysis_id, "Dr No", reason="second look")
+    store.review(second.id, "MON", "Dr No")
+    reopened = build_report(store, analysis_id, category="marrow")
+    assert reopened.status == "reopened" and reopened.category == "marrow"
+    assert "Reopened to amend by Dr No" in pdf_text(to_pdf(reopened))
+
+    store.sign_off(analysis_id, "Dr No", category="peripheral blood")
+    amended = build_report(store, analysis_id)
+    assert amended.status == "amended"
+    assert [(a.reviewer, a.cell, a.old_code, a.new_code) for a in amended.amendments] == [("Dr No", "c1.png", "NGS", "MON")]
+    text = pdf_text(to_pdf(amended))
+    for expected in ("Differential count - AMENDED", "Amended: signed off again by Dr No on",
+                     "signed by Dr Who: Left shift.", "reopened by Dr No: second look", "signed by Dr No",
+                     "Changes after the first sign-off", "c1.png", "NGS -> MON", "Monocytes"):
+        assert expected in text, expected
+    assert text.index("signed by Dr Who") < text.index("reopened by Dr No") < text.rindex("signed by Dr No")
+    page = to_html(amended)
+    assert "Differential count - AMENDED" in page and "NGS -&gt; MON" in page and "second look" in page

@@ -14,9 +14,10 @@ def _report_args(parser):
     parser.add_argument("--out", required=True, help="FILE.pdf or FILE.html")
     parser.add_argument("--wbc", type=float, metavar="COUNT",
                         help="the white-cell count in 10^9/L, for absolute counts (e.g. 7.5)")
-    parser.add_argument("--target", type=int, default=200, choices=TARGETS, help="cells to count (default 200)")
-    parser.add_argument("--category", default="", help="a category for the count log (no patient identifiers)")
-    parser.add_argument("--comment", default="", help="a free comment (no patient identifiers)")
+    parser.add_argument("--target", type=int, choices=TARGETS,
+                        help="cells to count (default: the sign-off's, else 200)")
+    parser.add_argument("--category", help="a category (default: the sign-off's; no patient identifiers)")
+    parser.add_argument("--comment", help="a free comment (default: the sign-off's; no patient identifiers)")
 
 
 @command("report", "write the differential report of an analysis (PDF or HTML)", _report_args)
