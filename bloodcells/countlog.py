@@ -1,0 +1,89 @@
+"""The count log: past differentials, one row each, filtered by category, date and person, as a table
+and CSV (History shows it). No patient field: an analysis is named by its upload and a category.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from .report import records_csv
+from .signout import APART, CLINICAL_ORDER, OTHERS, SIGNED, clinical_rows, signoff_status
+from .taxonomy import Tree, default_tree
+
+NO_CATEGORY = "(no category)"  # how an analysis never signed with a category is filtered and shown
+COUNT_COLUMNS = [label for label, _ in CLINICAL_ORDER] + [OTHERS] + [label for label, _ in APART]
+
+
+@dataclass
+class LogEntry:
+    """One past differential."""
+    analysis_id: int
+    created_at: datetime
+    name: str
+    kind: str
+    category: str
+    reviewers: list[str]  # who changed or confirmed its cells
+    signers: list[str]  # who signed it off
+    status: str  # bloodcells.signout.signoff_status
+    signed_at: datetime | None  # its latest sign-off
+    counted: int  # cells in the differential (platelets, smudge, not identifiable, artefacts apart)
+    counts: dict[str, int]  # every COUNT_COLUMNS label
+
+    @property
+    def people(self) -> set[str]:
+        return {*self.reviewers, *self.signers}
+
+
+def count_log(store, tree: Tree | None = None, limit: int = 5000) -> list[LogEntry]:
+    """Every finished analysis with a differential (cells, or white cells typed on smear fields),
+    newest first: its category and status from its sign-offs, its counts in clinical order."""
+    tree = tree or default_tree()
+    analyses = [a for a in store.list_analyses(limit=limit) if a.status == "done"]
+    ids = [a.id for a in analyses]
+    codes, signoffs = store.final_code_counts(ids), store.signoffs(ids)
+    reviewers, results = store.reviewers(ids), store.result_counts(ids)
+    entries = []
+    for analysis in analyses:
+        if not codes[analysis.id]:
+            continue
+        rows, apart, counted = clinical_rows(codes[analysis.id].elements(), tree)
+        events = signoffs[analysis.id]
+        signed = [e for e in events if e.action == SIGNED]
+        entries.append(LogEntry(
+            analysis_id=analysis.id, created_at=analysis.created_at, name=analysis.name, kind=analysis.kind,
+            category=signed[-1].category if signed and signed[-1].category else NO_CATEGORY,
+            reviewers=reviewers[analysis.id], signers=sorted({e.person for e in signed}),
+            status=signoff_status(events, results[analysis.id].amendments),
+            signed_at=signed[-1].created_at if signed else None, counted=counted,
+            counts=dict.fromkeys(COUNT_COLUMNS, 0) | {row.label: row.count for row in [*rows, *apart]}))
+    return entries
+
+
+def filter_log(entries: Iterable[LogEntry], *, categories: Iterable[str] = (), start: date | None = None,
+               end: date | None = None, people: Iterable[str] = ()) -> list[LogEntry]:
+    """The entries in any of ``categories``, made from ``start`` to ``end`` (inclusive dates), that
+    any of ``people`` reviewed or signed; an empty choice does not filter."""
+    if start and end and start > end:
+        raise ValueError(f"the dates run backwards: {start} is after {end}")
+    categories, people = set(categories), set(people)
+    return [e for e in entries
+            if (not categories or e.category in categories)
+            and (start is None or e.created_at.date() >= start) and (end is None or e.created_at.date() <= end)
+            and (not people or e.people & people)]
+
+
+def log_rows(entries: Iterable[LogEntry]) -> list[dict]:
+    """The count log's table (and CSV): one flat row per entry, counts in clinical order."""
+    return [{"id": e.analysis_id, "date": f"{e.created_at:%Y-%m-%d %H:%M}", "name": e.name, "kind": e.kind,
+             "category": e.category, "reviewers": ", ".join(e.reviewers), "signed by": ", ".join(e.signers),
+             "status": e.status, "signed": f"{e.signed_at:%Y-%m-%d %H:%M}" if e.signed_at else "",
+             "cells counted": e.counted, **{label: e.counts[label] for label in COUNT_COLUMNS}}
+            for e in entries]
+
+
+def log_csv(entries: Iterable[LogEntry]) -> bytes:
+    """The count log as CSV (UTF-8, one header row), the columns of ``log_rows``."""
+    return records_csv(log_rows(entries))
+

@@ -1,0 +1,83 @@
+"""The count log: entries from stored analyses, filters, the table in clinical order and its CSV."""
+
+import csv
+import io
+from datetime import date, datetime
+
+import pytest
+from sqlalchemy import update
+
+from bloodcells.countlog import COUNT_COLUMNS, NO_CATEGORY, count_log, filter_log, log_csv, log_rows
+from bloodcells.store import Analysis, DetectionRow, PredictionRow
+
+
+def classified(store, codes, name, day: date) -> int:
+    analysis_id = store.start_analysis(name, "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow(f"c{n}.png", code, "ALL", 0.9, {}, False)
+                                                    for n, code in enumerate(codes)])
+    with store.session() as session:  # as if it had been counted that day
+        session.execute(update(Analysis).where(Analysis.id == analysis_id)
+                        .values(created_at=datetime.combine(day, datetime.min.time())))
+    return analysis_id
+
+
+@pytest.fixture
+def logged(store):
+    """Four differentials: signed, amended, never signed, and white cells typed on a smear field."""
+    marrow = classified(store, ["BLA", "PMO", "EBO", "EBO", "PLT"], "marrow.zip", date(2026, 11, 2))
+    store.sign_off(marrow, "Dr A", category="bone marrow")
+    blood = classified(store, ["NGS", "NGS", "LYT", "NIF"], "blood.zip", date(2026, 11, 10))
+    store.sign_off(blood, "Dr A", category="peripheral blood")
+    store.reopen(blood, "Dr B")
+    store.review(store.get_analysis(blood).predictions[3].id, "MON", "Dr B")
+    store.sign_off(blood, "Dr B", category="peripheral blood")
+    draft = classified(store, ["LYT"], "draft.zip", date(2026, 11, 20))
+    store.review(store.get_analysis(draft).predictions[0].id, "PLM", "Dr C")
+    field = store.start_analysis("field.png", "detection")
+    store.finish_analysis(field, detections=[DetectionRow("field.png", "WBC", 0.9, (0, 0, 9, 9), "EOS", "ALL"),
+                                             DetectionRow("field.png", "RBC", 0.9, (9, 0, 19, 9))])
+    store.start_analysis("never finished.zip", "classification")
+    return {"marrow": marrow, "blood": blood, "draft": draft, "field": field}
+
+
+def test_entries_carry_category_status_people_and_clinical_counts(store, logged):
+    entries = {e.analysis_id: e for e in count_log(store)}
+    assert list(entries) == [logged["field"], logged["draft"], logged["blood"], logged["marrow"]]  # newest first
+    marrow, blood, draft = entries[logged["marrow"]], entries[logged["blood"]], entries[logged["draft"]]
+    assert (marrow.category, marrow.status, marrow.signers, marrow.counted) == ("bone marrow", "signed", ["Dr A"], 4)
+    assert marrow.counts["Blasts"] == 1 and marrow.counts["Erythroblasts"] == 2 and marrow.counts["Platelets"] == 1
+    assert (blood.status, blood.reviewers, blood.signers) == ("amended", ["Dr B"], ["Dr A", "Dr B"])
+    assert blood.counts["Monocytes"] == 1 and blood.counts["Not identifiable"] == 0 and blood.counted == 4
+    assert (draft.category, draft.status, draft.signed_at, draft.reviewers) == (NO_CATEGORY, "not signed", None, ["Dr C"])
+    assert entries[logged["field"]].counts["Eosinophils"] == 1 and entries[logged["field"]].kind == "detection"
+
+
+def test_filters_by_category_dates_and_person(store, logged):
+    entries = count_log(store)
+
+    def ids(**filters):
+        return {e.analysis_id for e in filter_log(entries, **filters)}
+
+    assert ids(categories=["bone marrow"]) == {logged["marrow"]}
+    assert ids(categories=["bone marrow", "peripheral blood"]) == {logged["marrow"], logged["blood"]}
+    assert ids(start=date(2026, 11, 2), end=date(2026, 11, 10)) == {logged["marrow"], logged["blood"]}  # inclusive
+    assert ids(start=date(2026, 11, 3), end=date(2026, 11, 20)) == {logged["blood"], logged["draft"]}
+    assert ids(people=["Dr A"]) == {logged["marrow"], logged["blood"]}  # signed, not reviewed
+    assert ids(people=["Dr C"], categories=[NO_CATEGORY]) == {logged["draft"]}
+    assert ids(people=["Dr A"], categories=[NO_CATEGORY]) == set()
+    assert len(ids()) == 4
+    with pytest.raises(ValueError, match="dates run backwards: 2026-11-20 is after 2026-11-01"):
+        filter_log(entries, start=date(2026, 11, 20), end=date(2026, 11, 1))
+
+
+def test_table_and_csv_list_counts_in_clinical_order(store, logged):
+    entries = filter_log(count_log(store), categories=["peripheral blood"])
+    [row] = log_rows(entries)
+    assert list(row)[:10] == ["id", "date", "name", "kind", "category", "reviewers", "signed by", "status", "signed",
+                              "cells counted"]
+    assert list(row)[10:] == COUNT_COLUMNS and COUNT_COLUMNS[:2] == ["Blasts", "Promyelocytes"]
+    assert (row["date"], row["signed by"], row["status"], row["Segmented neutrophils"]) == \
+        ("2026-11-10 00:00", "Dr A, Dr B", "amended", 2)
+    [read_back] = csv.DictReader(io.StringIO(log_csv(entries).decode()))
+    assert read_back["name"] == "blood.zip" and read_back["Monocytes"] == "1" and read_back["cells counted"] == "4"
+    assert "patient" not in log_csv(entries).decode().lower()
