@@ -68,11 +68,11 @@ def signoff_status(signoffs, amendments: int) -> str:
 
 @dataclass
 class Event:
-    """A sign-off or reopening, as the report lists it."""
+    """A sign-off or reopening, as the report lists it (the fields of a stored ``Signoff``)."""
     action: str
     person: str
-    at: datetime
-    note: str = ""  # the comment of a sign-off, the reason for a reopening
+    created_at: datetime
+    comment: str = ""  # the comment of a sign-off, the reason for a reopening
 
 
 @dataclass
@@ -223,7 +223,7 @@ def _status_text(report: ClinicalReport) -> str:
     if not report.signoffs:
         return "Not signed off"
     last = report.signoffs[-1]
-    when = f"{last.person} on {last.at:%Y-%m-%d %H:%M} UTC"
+    when = f"{last.person} on {last.created_at:%Y-%m-%d %H:%M} UTC"
     return {SIGNED: f"Signed off by {when}", AMENDED: f"Amended: signed off again by {when}",
             REOPENED: f"Reopened to amend by {when}; not signed off again"}[report.status]
 
@@ -232,10 +232,10 @@ def _title(report: ClinicalReport) -> str:
     return "Differential count - AMENDED" if report.status == AMENDED else "Differential count"
 
 
-def _signoff_lines(report: ClinicalReport) -> list[str]:
-    """The sign-offs and reopenings, oldest first, one line each."""
-    return [f"{e.at:%Y-%m-%d %H:%M} UTC  {e.action} by {e.person}" + (f": {e.note}" if e.note else "")
-            for e in report.signoffs]
+def signoff_lines(signoffs) -> list[str]:
+    """Stored sign-offs and reopenings (oldest first), one line each: when, what, who, the note."""
+    return [f"{s.created_at:%Y-%m-%d %H:%M} UTC  {s.action} by {s.person}" + (f": {s.comment}" if s.comment else "")
+            for s in signoffs]
 
 
 def _amendment_table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
@@ -270,7 +270,7 @@ def to_html(report: ClinicalReport) -> str:
     gallery = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(thumbnail_png(content, "cell", 128)).decode()}" '
                       f'width="96"><figcaption>{escape(name)} ({escape(code)})</figcaption></figure>'
                       for name, code, content in report.gallery)
-    signoffs = "".join(f"<li>{escape(line)}</li>" for line in _signoff_lines(report))
+    signoffs = "".join(f"<li>{escape(line)}</li>" for line in signoff_lines(report.signoffs))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Differential, analysis "
             f"#{report.analysis_id}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
             f"text-align:left}}figure{{display:inline-block;margin:4px}}</style></head><body>"
@@ -337,7 +337,7 @@ def to_pdf(report: ClinicalReport) -> bytes:
         paragraph(report.comment)
     if report.signoffs:
         section("Sign-off")
-        for line in _signoff_lines(report):
+        for line in signoff_lines(report.signoffs):
             paragraph(line)
     if report.amendments:
         section("Changes after the first sign-off")

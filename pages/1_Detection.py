@@ -6,7 +6,7 @@ import streamlit as st
 
 from bloodcells.detection import CLASS_NAMES, DEFAULT_BOX_CONFIDENCE, DETECTOR_CLASSES, annotate, detect
 from bloodcells.inputs import InputImage, iter_inputs, open_image
-from ui.common import page, require_store
+from ui.common import page, require_store, reviewer_name
 from ui.models import get_classifier, get_detector
 from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis
@@ -20,6 +20,7 @@ st.title("Detection")
 st.caption("Drop smear field images (or a .zip of them). Every white cell, red cell and platelet is boxed "
            "and counted; each white cell is typed through the classifier tree. Saved as an analysis.")
 store = require_store()
+reviewer_name()  # who signs off or reopens an analysis shown here
 confidence = st.sidebar.number_input("Minimum box confidence", 0.0, 1.0, DEFAULT_BOX_CONFIDENCE, step=0.05,
                                      format="%.3f", key="box_confidence",
                                      help="Boxes the detector is less sure of are left out.")

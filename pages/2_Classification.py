@@ -3,7 +3,7 @@
 import streamlit as st
 
 from bloodcells.classify import classify
-from ui.common import page, require_store
+from ui.common import page, require_store, reviewer_name
 from ui.models import get_classifier
 from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis
@@ -15,6 +15,7 @@ st.title("Classification")
 st.caption("Drop one .zip of single-cell images, or several images. Every cell goes down the tree of "
            "models (lineage → stage → type); the result is saved as an analysis you can review later.")
 store = require_store()
+reviewer_name()  # who signs off or reopens an analysis shown here
 classifier = get_classifier()
 
 files = st.file_uploader("Cell images", accept_multiple_files=True, key="cells_upload", help=ACCEPTED)

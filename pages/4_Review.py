@@ -1,11 +1,13 @@
-"""Review page: confirm or reclassify the cells of an analysis, one click per cell."""
+"""Review page: confirm or reclassify the cells of an analysis, one click or one key per cell; sign off."""
 
 import streamlit as st
 
 from bloodcells import report
 from bloodcells.taxonomy import default_tree
 from ui.common import choose_analysis, link_to, page, require_store, reviewer_name
-from ui.results import cell_image_bytes, signout_report
+from ui.keyboard_review import keyboard_review
+from ui.results import cell_image_bytes
+from ui.signoff import attempt, locked_notice, show_refusal, signoff_panel
 
 PAGE_SIZE = 24  # cells shown per class before "Show more"
 QUICK_ALTERNATIVES = 2  # tree neighbours offered as one-click buttons beside "confirm" and "unidentified"
@@ -24,13 +26,16 @@ if not analyses:
 analysis = choose_analysis(store, {a.id: f"#{a.id} · {a.created_at:%Y-%m-%d %H:%M} · {a.name}" for a in analyses},
                            "Analysis", "review_analysis")
 predictions = analysis.predictions
+locked = analysis.signed_off is not None
 
 if not reviewer:
     st.warning("Enter your name in the sidebar: each review records who made it.")
+show_refusal()
+locked_notice(analysis)
 
 
 def apply_review(prediction_id: int, code: str) -> None:
-    store.review(prediction_id, code, reviewer)
+    attempt(store.review, prediction_id, code, reviewer)
 
 
 def apply_other(prediction_id: int) -> None:
@@ -61,20 +66,28 @@ def corrected_labels() -> bytes:
     return report.labelled_zip(report.reviewed_cells(store, fresh))
 
 
-signout_report(store, analysis)
+signoff_panel(store, analysis)
 st.download_button("Download corrected labels (class-folder zip for `bloodcells train`)", corrected_labels,
                    file_name=f"labels-analysis-{analysis.id}.zip", mime="application/zip", on_click="ignore",
                    icon=":material/download:", key="export_labels", disabled=only_reviewed and done == 0)
 
-# -- the gallery, one group per predicted class ---------------------------------------------------
-show = st.segmented_control("Cells", ["needs review", "not reviewed yet", "all"],
-                            default="needs review" if any(p.needs_review for p in predictions) else "all",
-                            key="review_filter") or "all"
-selected = [p for p in predictions
+# -- the cells, grouped by predicted class: a gallery (mouse) or one at a time (keyboard) ----------
+filters, modes = st.columns([3, 2])
+show = filters.segmented_control("Cells", ["needs review", "not reviewed yet", "all"],
+                                 default="needs review" if any(p.needs_review for p in predictions) else "all",
+                                 key="review_filter") or "all"
+mode = modes.segmented_control("Review with", ["mouse", "keyboard"], default="mouse", key="review_mode",
+                               help="Keyboard: one cell at a time, a key per cell type, ← → to move.") or "mouse"
+tree_order = {node.code: n for n, node in enumerate(tree.root.walk())}
+ordered = sorted(predictions, key=lambda p: (tree_order[p.code], p.id))
+selected = [p for p in ordered
             if show == "all" or (show == "needs review" and p.needs_review) or (show == "not reviewed yet"
                                                                                and not p.reviews)]
 if not selected:
     st.success("No cell left in this view.")
+if mode == "keyboard":
+    keyboard_review(store, analysis, ordered, selected, reviewer, tree, locked)
+    st.stop()
 groups: dict[str, list] = {}
 for prediction in selected:
     groups.setdefault(prediction.code, []).append(prediction)
@@ -107,11 +120,12 @@ for code in (node.code for node in tree.root.walk()):
             st.caption(f"{prediction.filename} · {prediction.confidence:.2f} · {status}")
             with st.container(horizontal=True, gap="small"):
                 for choice, text in choices.items():
-                    st.button(text, key=f"set_{prediction.id}_{choice}", help=label(choice), disabled=not reviewer,
+                    st.button(text, key=f"set_{prediction.id}_{choice}", help=label(choice),
+                              disabled=not reviewer or locked,
                               type="primary" if prediction.reviews and final == choice else "secondary",
                               on_click=apply_review, args=(prediction.id, choice))
             st.selectbox("Other type", [None, *all_codes], format_func=lambda c: "other…" if c is None else label(c),
-                         key=f"other_{prediction.id}", label_visibility="collapsed", disabled=not reviewer,
+                         key=f"other_{prediction.id}", label_visibility="collapsed", disabled=not reviewer or locked,
                          on_change=apply_other, args=(prediction.id,))
     if len(cells) > shown and st.button(f"Show more ({len(cells) - shown} left)", key=f"more_{code}"):
         st.session_state[f"shown_{code}"] = shown + PAGE_SIZE

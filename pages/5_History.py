@@ -1,15 +1,23 @@
-"""History page: past analyses from the database; open, download again, delete with confirmation."""
+"""History page: past analyses from the database (open, download again, delete with confirmation), and the
+count log of past differentials (filter, CSV)."""
 
 import streamlit as st
 
 from bloodcells import report
-from ui.common import choose_analysis, link_to, page, require_store
+from ui.common import choose_analysis, link_to, page, require_store, reviewer_name
+from ui.countlog import show_count_log
 from ui.results import show_analysis
 
 page("History")
 st.title("History")
 store = require_store()
+reviewer_name()  # who signs off or reopens an analysis shown here
 
+view = st.segmented_control("View", ["analyses", "count log"], default="analyses", key="history_view",
+                            help="Count log: past differentials by category, date and reviewer, as CSV.") or "analyses"
+if view == "count log":
+    show_count_log(store)
+    st.stop()
 kind = st.segmented_control("Show", ["all", "classification", "detection"], default="all", key="history_kind")
 rows = report.analysis_overview(store, kind=None if kind in (None, "all") else kind)
 if not rows:

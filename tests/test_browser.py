@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,16 +30,15 @@ CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 180_000  # the machine is shared: model loading and inference can be slow
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, trained_models_dir, trained_detector):
-    """`make run` on a free port, with the tiny models and a fresh data folder."""
+@contextmanager
+def make_run(root: Path, models: Path | None = None) -> Iterator[dict]:
+    """`make run` on a free port with its own data folder under ``root`` (and ``models`` when given):
+    the server's URL and database."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (CI installs Debian's chromium)")
-    root = tmp_path_factory.mktemp("browser")
-    models = root / "models"
-    shutil.copytree(trained_models_dir, models / "classifier" / "default")
-    shutil.copytree(trained_detector.parent, models / "detector")
-    env = {**os.environ, "BLOODCELLS_DATA_DIR": str(root / "data"), "BLOODCELLS_MODELS_DIR": str(models)}
+    env = {**os.environ, "BLOODCELLS_DATA_DIR": str(root / "data")}
+    if models is not None:
+        env["BLOODCELLS_MODELS_DIR"] = str(models)
     env.pop("BLOODCELLS_DATABASE_URL", None)
     env.pop("BLOODCELLS_PASSWORD", None)
     port = free_port()
@@ -49,6 +50,17 @@ def server(tmp_path_factory, trained_models_dir, trained_detector):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, trained_models_dir, trained_detector):
+    """`make run` with the tiny models and a fresh data folder."""
+    root = tmp_path_factory.mktemp("browser")
+    models = root / "models"
+    shutil.copytree(trained_models_dir, models / "classifier" / "default")
+    shutil.copytree(trained_detector.parent, models / "detector")
+    with make_run(root, models) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +245,7 @@ def test_review_downloads_the_report_to_sign(page, server):
     open_page(page, server, "Review")
     page.get_by_role("combobox").first.click()
     page.get_by_role("option", name=f"#{analysis_id} ").click()
-    page.get_by_text("Report to sign (PDF)").click()
+    page.get_by_text("Sign-off and report (PDF)").click()
     page.get_by_role("textbox", name="Category").fill("peripheral blood")
     page.get_by_role("textbox", name="Category").press("Enter")
     with page.expect_download() as download:

@@ -96,8 +96,8 @@ def require_store() -> Store:
 
 
 def reviewer_name() -> str:
-    """Who is reviewing, asked once per session in the sidebar (every review records it)."""
-    name = st.sidebar.text_input("Your name (recorded with each review)",
+    """Who is reviewing, asked once per session in the sidebar (every review and sign-off records it)."""
+    name = st.sidebar.text_input("Your name (recorded with each review and sign-off)",
                                  value=st.session_state.get("reviewer", ""), max_chars=128)
     st.session_state["reviewer"] = name.strip()
     return st.session_state["reviewer"]

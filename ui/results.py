@@ -15,6 +15,7 @@ from bloodcells.inputs import InputError, open_image, thumbnail_png
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to
+from ui.signoff import signoff_panel
 
 THUMBNAIL_PX = 48
 MAX_THUMBNAILS = 2000  # beyond this the table shows names only: the page must stay responsive
@@ -78,7 +79,7 @@ def show_classification(store: Store, analysis) -> None:
 
     st.download_button("Download CSV", report.records_csv(records), file_name=f"analysis-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"csv-{analysis.id}", icon=":material/download:")
-    signout_report(store, analysis)
+    signoff_panel(store, analysis)
     if flagged:
         with st.expander(f"Needs review: {len(flagged)} cells under the confidence threshold", expanded=True):
             link_to("pages/4_Review.py", "Review them")
@@ -150,30 +151,8 @@ def show_detection(store: Store, analysis) -> None:
     st.download_button("Download CSV", report.records_csv(records), file_name=f"detections-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon=":material/download:")
     if white:
-        signout_report(store, analysis)
+        signoff_panel(store, analysis)
     st.dataframe(records, hide_index=True, key=f"boxes-{analysis.id}")
-
-
-def signout_report(store: Store, analysis) -> None:
-    """The differential to sign, as a PDF: the white-cell count, target, category and comment first."""
-    from bloodcells.signout import TARGETS, build_report, to_pdf
-
-    with st.expander("Report to sign (PDF)", icon=":material/description:"):
-        left, middle = st.columns(2)
-        wbc = left.number_input("White-cell count (10^9/L), for absolute counts", 0.0, 999.0, 0.0, step=0.1,
-                                key=f"report-wbc-{analysis.id}", help="Leave at 0 when not known.")
-        target = middle.selectbox("Cells to count", TARGETS, index=TARGETS.index(200), key=f"report-target-{analysis.id}")
-        category = st.text_input("Category", key=f"report-category-{analysis.id}",
-                                 help="e.g. bone marrow, peripheral blood. No patient names or identifiers.")
-        comment = st.text_area("Comment", key=f"report-comment-{analysis.id}", help="No patient names or identifiers.")
-
-        def pdf() -> bytes:  # made when the button is clicked, not on every rerun of the page
-            return to_pdf(build_report(store, analysis.id, white_cell_count=wbc or None, target=target,
-                                       category=category, comment=comment))
-
-        st.download_button("Download report (PDF)", pdf, file_name=f"differential-{analysis.id}.pdf",
-                           mime="application/pdf", on_click="ignore", key=f"report-pdf-{analysis.id}",
-                           icon=":material/download:")
 
 
 def open_upload_image(content: bytes, name: str) -> Image.Image | None:

@@ -1,0 +1,146 @@
+"""AppTests of keyboard review, sign-off, reopening to amend, and History's count log."""
+
+import csv
+import io
+
+from test_app_store_pages import app, classified
+
+
+def reviews_of(store, analysis_id):
+    return [(r.old_code, r.new_code, r.reviewer, r.reopening_id is not None)
+            for p in store.get_analysis(analysis_id).predictions for r in p.reviews]
+
+
+def review_page_as(name: str):
+    at = app("4_Review").run()
+    at.sidebar.text_input[0].input(name).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_sign_off_locks_the_cells_until_reopened_and_changes_after_are_amendments(app_store):
+    analysis_id = classified(app_store, ["NGS", "NGS", "LYT"], needs_review=[0])
+    first = app_store.get_analysis(analysis_id).predictions[0]
+    at = review_page_as("Dr Who")
+    assert any("1 flagged cells are not reviewed yet" in w.value for w in at.warning)
+    at.text_input(key=f"report-category-{analysis_id}").input("peripheral blood")
+    at.text_area(key=f"report-comment-{analysis_id}").input("Normal film.")
+    at.button(key=f"sign-{analysis_id}").click().run()
+    assert not at.exception, at.exception
+    [signed] = app_store.signoffs([analysis_id])[analysis_id]
+    assert (signed.action, signed.person, signed.category, signed.comment, signed.target) == \
+        ("signed", "Dr Who", "peripheral blood", "Normal film.", 200)
+    assert any("Signed off by Dr Who" in i.value and "locked" in i.value for i in at.info)
+    assert at.button(key=f"set_{first.id}_NGB").disabled and at.selectbox(key=f"other_{first.id}").disabled
+    assert "signed" in at.expander[0].label
+
+    at.text_input(key=f"reopen-reason-{analysis_id}").input("band cells missed")
+    at.button(key=f"reopen-{analysis_id}").click().run()
+    assert not at.button(key=f"set_{first.id}_NGB").disabled and "reopened" in at.expander[0].label
+    at.button(key=f"set_{first.id}_NGB").click().run()
+    assert reviews_of(app_store, analysis_id) == [("NGS", "NGB", "Dr Who", True)]
+    assert at.text_input(key=f"report-category-{analysis_id}").value == "peripheral blood"  # kept from the sign-off
+    sign_again = at.button(key=f"sign-{analysis_id}")
+    assert sign_again.label == "Sign off the amended differential"
+    sign_again.click().run()
+    assert [(e.action, e.comment) for e in app_store.signoffs([analysis_id])[analysis_id]] == [
+        ("signed", "Normal film."), ("reopened", "band cells missed"), ("signed", "Normal film.")]
+    assert "amended" in at.expander[0].label and at.button(key=f"set_{first.id}_NGB").disabled
+
+
+def test_a_review_refused_because_another_user_signed_meanwhile_is_a_message(app_store):
+    analysis_id = classified(app_store, ["NGS", "LYT"], needs_review=[0])
+    first = app_store.get_analysis(analysis_id).predictions[0]
+    at = review_page_as("Dr Who")
+    app_store.sign_off(analysis_id, "Dr Other")  # after the page was drawn with its buttons enabled
+    at.button(key=f"set_{first.id}_NGB").click().run()
+    assert not at.exception
+    assert any("signed off by Dr Other" in e.value and "reopen it to amend" in e.value for e in at.error)
+    assert reviews_of(app_store, analysis_id) == []
+
+
+def test_keyboard_review_reclassifies_moves_and_undoes(app_store):
+    analysis_id = classified(app_store, ["NGS", "NGS", "NGS"], needs_review=[0, 1, 2])
+    at = review_page_as("Dr Key")
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    assert not at.exception, at.exception
+    assert at.button(key="keyboard_key_5").label == "NGB · band neutrophil"
+    assert at.button(key="keyboard_key_5").proto.shortcut == "5"
+    assert at.button(key="keyboard_key_U").proto.shortcut == "u" and at.button(key="keyboard_previous").disabled
+    assert (at.button(key="keyboard_previous").proto.shortcut, at.button(key="keyboard_next").proto.shortcut,
+            at.button(key="keyboard_undo").proto.shortcut) == ("left", "right", "backspace")
+    assert any("Cell **1 of 3**" in m.value for m in at.markdown)
+
+    at.button(key="keyboard_key_5").click().run()  # band neutrophil, then the next cell
+    assert any("Cell **2 of 3**" in m.value for m in at.markdown)
+    at.button(key="keyboard_key_U").click().run()  # unidentified
+    assert [p.final_code for p in app_store.get_analysis(analysis_id).predictions] == ["NGB", "NIF", "NGS"]
+    at.button(key="keyboard_undo").click().run()  # back on the second cell, its type restored
+    assert any("Cell **2 of 3**" in m.value for m in at.markdown)
+    assert [(r.old_code, r.new_code) for r in app_store.get_analysis(analysis_id).predictions[1].reviews] == [
+        ("NGS", "NIF"), ("NIF", "NGS")]  # the audit trail keeps the change and its undoing
+    at.button(key="keyboard_next").click().run()
+    assert any("Cell **3 of 3**" in m.value for m in at.markdown) and at.button(key="keyboard_next").disabled
+    at.button(key="keyboard_previous").click().run()
+    assert any("Cell **2 of 3**" in m.value for m in at.markdown)
+    assert {r[2] for r in reviews_of(app_store, analysis_id)} == {"Dr Key"}
+
+
+def test_keyboard_layout_can_be_changed_and_a_wrong_one_is_refused(app_store):
+    classified(app_store, ["LYT", "LYT"])
+    at = review_page_as("Dr Key")
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    at.text_area(key="review_keys_text").input("1: BLA\n1: NGS\nQ: XYZ\nC: LYT")
+    at.button(key="review_keys_apply").click().run()
+    [error] = at.error
+    assert "line 2: key 1 is already BLA (line 1)" in error.value and "XYZ is not a cell type" in error.value
+    assert "key C cannot be used" in error.value
+    assert at.button(key="keyboard_key_6")  # the default layout stays in use
+    at.text_area(key="review_keys_text").input("Q: NGS\nW: LYT")
+    at.button(key="review_keys_apply").click().run()
+    assert not at.exception and not at.error
+    assert [b.key for b in at.button if b.key and b.key.startswith("keyboard_key_")] == ["keyboard_key_Q",
+                                                                                        "keyboard_key_W"]
+    at.button(key="review_keys_reset").click().run()
+    assert at.button(key="keyboard_key_6").label == "NGS · segmented neutrophil"
+
+
+def test_keyboard_keys_are_disabled_on_a_signed_analysis(app_store):
+    analysis_id = classified(app_store, ["LYT"])
+    app_store.sign_off(analysis_id, "Dr Who")
+    at = review_page_as("Dr Key")
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    assert at.button(key="keyboard_key_0").disabled
+
+
+def test_history_count_log_filters_and_downloads(app_store):
+    marrow = classified(app_store, ["BLA", "EBO", "EBO"], name="marrow.zip")
+    app_store.sign_off(marrow, "Dr A", category="bone marrow")
+    blood = classified(app_store, ["NGS", "LYT"], name="blood.zip")
+    app_store.sign_off(blood, "Dr B", category="peripheral blood")
+    classified(app_store, ["LYT"], name="draft.zip")
+    at = app("5_History").run()
+    at.segmented_control(key="history_view").set_value("count log").run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["draft.zip", "blood.zip", "marrow.zip"]
+    assert list(table["status"]) == ["not signed", "signed", "signed"]
+    assert list(table.columns[:3]) == ["id", "date", "name"] and "Erythroblasts" in table.columns
+    at.multiselect(key="log_category").select("bone marrow").run()
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["marrow.zip"] and list(table["Erythroblasts"]) == [2]
+    at.multiselect(key="log_category").unselect("bone marrow").run()
+    at.multiselect(key="log_person").select("Dr B").run()
+    assert list(at.dataframe[0].value["name"]) == ["blood.zip"]
+    assert any("1 of 3 differentials" in c.value for c in at.caption)
+    assert at.get("download_button")[0].label == "Download count log (CSV)"
+
+
+def test_count_log_csv_reads_back(app_store):
+    from bloodcells.countlog import count_log, log_csv
+
+    analysis_id = classified(app_store, ["MON", "MON", "LYT"])
+    app_store.sign_off(analysis_id, "Dr A", category="peripheral blood")
+    [row] = csv.DictReader(io.StringIO(log_csv(count_log(app_store)).decode()))
+    assert (row["category"], row["Monocytes"], row["Lymphocytes"], row["signed by"]) == \
+        ("peripheral blood", "2", "1", "Dr A")

@@ -1,0 +1,157 @@
+"""Keyboard review, sign-off, amendment and the count log in a real browser (Debian's chromium via
+Playwright against `make run`). Review needs no model, so this module's server has none of its own.
+
+Screenshots go to test-artifacts/ (look at them: the key layout must be readable).
+"""
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+import test_browser
+from test_browser import ARTIFACTS, make_run, metric, open_page, stored_analysis
+
+from bloodcells.store import open_store
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+browser, page = test_browser.browser, test_browser.page  # the same chromium and tabs, this module's server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with make_run(tmp_path_factory.mktemp("browser-review")) as running:
+        yield running
+
+
+def cells_of(server, analysis_id: int) -> list[tuple[str, list[tuple]]]:
+    """(final code, [(old, new, reviewer, amendment?)]) per cell, from the database."""
+    store = open_store(server["database"])
+    try:
+        return [(p.final_code, [(r.old_code, r.new_code, r.reviewer, r.reopening_id is not None) for r in p.reviews])
+                for p in store.get_analysis(analysis_id).predictions]
+    finally:
+        store.engine.dispose()
+
+
+def open_review(page, server, analysis_id: int, name: str) -> None:
+    open_page(page, server, "Review")
+    page.get_by_role("combobox").first.click()
+    page.get_by_role("option", name=f"#{analysis_id} ").click()
+    page.get_by_label("Your name").fill(name)
+    page.get_by_label("Your name").press("Enter")
+
+
+def keyboard_mode(page) -> None:
+    """Switch Review to keyboard mode and take the focus out of any text box (keys typed there are text)."""
+    from playwright.sync_api import expect
+
+    page.get_by_test_id("stButtonGroup").get_by_text("keyboard", exact=True).click()
+    expect(page.get_by_text("Cell 1 of ")).to_be_visible()
+    page.get_by_role("heading", level=1).click()
+
+
+def settled(page) -> None:
+    """Wait until the page's script has finished running (its widgets are those of the new run)."""
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
+
+
+def press(page, key: str, then: str) -> None:
+    """Press ``key`` as a user does and wait until ``then`` shows and the page has run to its end."""
+    from playwright.sync_api import expect
+
+    page.keyboard.press(key)
+    expect(page.get_by_text(then)).to_be_visible()
+    settled(page)
+
+
+def panel(page):
+    """The sign-off panel, opened."""
+    header = page.get_by_test_id("stExpander").filter(has_text="Sign-off and report (PDF)")
+    if not header.get_by_role("button", name="Download report (PDF)").is_visible():
+        header.get_by_text("Sign-off and report (PDF)").click()
+    return header
+
+
+def test_keyboard_review_with_keys_arrows_and_undo(page, server):
+    from playwright.sync_api import expect
+
+    analysis_id = stored_analysis(server, "NGS", "ALL/MYE/MYM/NEU/NGS", 4)
+    open_review(page, server, analysis_id, "Dr Keys")
+    keyboard_mode(page)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "keyboard_review_layout.png"), full_page=True)
+    press(page, "5", then="Cell 2 of 4")  # band neutrophil, and on to the next cell
+    press(page, "u", then="Cell 3 of 4")  # unidentified
+    assert [code for code, _ in cells_of(server, analysis_id)] == ["NGB", "NIF", "NGS", "NGS"]
+    press(page, "Backspace", then="Cell 2 of 4")  # undo: back on that cell, its type restored
+    press(page, "ArrowRight", then="Cell 3 of 4")
+    press(page, "ArrowLeft", then="Cell 2 of 4")
+    press(page, "ArrowLeft", then="Cell 1 of 4")
+    expect(page.get_by_text("now NGB · band neutrophil")).to_be_visible()
+    cells = cells_of(server, analysis_id)
+    assert [code for code, _ in cells] == ["NGB", "NGS", "NGS", "NGS"]
+    assert cells[0][1] == [("NGS", "NGB", "Dr Keys", False)]
+    assert cells[1][1] == [("NGS", "NIF", "Dr Keys", False), ("NIF", "NGS", "Dr Keys", False)]  # both kept
+    expect(metric(page, "Reviewed")).to_have_text("2 of 4")
+    page.screenshot(path=str(ARTIFACTS / "keyboard_review_after_keys.png"), full_page=True)
+
+
+def test_sign_off_locks_keys_reopen_amend_and_the_report_says_amended(page, server):
+    from playwright.sync_api import expect
+    from pypdf import PdfReader
+
+    analysis_id = stored_analysis(server, "NGS", "ALL/MYE/MYM/NEU/NGS", 3)
+    open_review(page, server, analysis_id, "Dr Sign")
+    signing = panel(page)
+    signing.get_by_role("textbox", name="Category").fill("peripheral blood")
+    signing.get_by_role("button", name="Sign off", exact=True).click()
+    expect(page.get_by_text("Signed off by Dr Sign")).to_be_visible()
+    settled(page)
+    keyboard_mode(page)
+    page.keyboard.press("5")  # locked: the key does nothing
+    expect(page.get_by_test_id("stButton").filter(has_text="NGB · band neutrophil").get_by_role("button")).to_be_disabled()
+    page.screenshot(path=str(ARTIFACTS / "keyboard_review_locked.png"), full_page=True)
+    assert [reviews for _, reviews in cells_of(server, analysis_id)] == [[], [], []]
+
+    reopening = panel(page)
+    reopening.get_by_role("textbox", name="Reason for reopening").fill("a band was missed")
+    reopening.get_by_role("button", name="Reopen to amend").click()
+    expect(page.get_by_text("Signed off by Dr Sign")).to_have_count(0)
+    settled(page)
+    page.get_by_role("heading", level=1).click()
+    press(page, "5", then="Cell 2 of 3")
+    assert cells_of(server, analysis_id)[0] == ("NGB", [("NGS", "NGB", "Dr Sign", True)])
+    panel(page).get_by_role("button", name="Sign off the amended differential").click()
+    expect(page.get_by_text("Signed off by Dr Sign")).to_be_visible()
+    settled(page)
+    with page.expect_download() as download:
+        panel(page).get_by_role("button", name="Download report (PDF)").click()
+    text = "\n".join(p.extract_text() for p in PdfReader(download.value.path()).pages)
+    for expected in ("Differential count - AMENDED", "Amended: signed off again by Dr Sign", "peripheral blood",
+                     "reopened by Dr Sign: a band was missed", "Changes after the first sign-off", "NGS -> NGB"):
+        assert expected in text, expected
+    page.screenshot(path=str(ARTIFACTS / "review_signed_amended.png"), full_page=True)
+
+
+def test_count_log_filters_and_downloads_csv(page, server):
+    from playwright.sync_api import expect
+
+    store = open_store(server["database"])
+    marrow = stored_analysis(server, "EBO", "ALL/ERY/EBO", 2)
+    store.sign_off(marrow, "Dr Marrow", category="bone marrow")
+    stored_analysis(server, "LYT", "ALL/LYM/LYT", 1)
+    store.engine.dispose()
+    open_page(page, server, "History")
+    page.get_by_test_id("stButtonGroup").get_by_text("count log", exact=True).click()
+    page.get_by_text("Category", exact=True).wait_for()
+    page.get_by_test_id("stMultiSelect").filter(has_text="Category").click()
+    page.get_by_role("option", name="bone marrow").click()
+    page.keyboard.press("Escape")
+    expect(page.get_by_text("1 of ")).to_be_visible()
+    settled(page)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download count log (CSV)").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [(r["id"], r["category"], r["signed by"], r["status"], r["Erythroblasts"]) for r in rows] == [
+        (str(marrow), "bone marrow", "Dr Marrow", "signed", "2")]

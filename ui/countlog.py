@@ -1,0 +1,35 @@
+"""History's count log: past differentials filtered by category, date and person, and their CSV."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from bloodcells.countlog import count_log, filter_log, log_csv, log_rows
+from bloodcells.store import Store
+
+
+def show_count_log(store: Store) -> None:
+    entries = count_log(store)
+    if not entries:
+        st.info("No differential yet: classify cells (or type white cells on smear fields) and sign them off.")
+        return
+    categories, person, dates = st.columns([2, 2, 2])
+    chosen_categories = categories.multiselect("Category", sorted({e.category for e in entries}), key="log_category",
+                                               placeholder="every category")
+    chosen_people = person.multiselect("Reviewer", sorted(set().union(*(e.people for e in entries))), key="log_person",
+                                       placeholder="anyone", help="Who reviewed cells or signed it off.")
+    first, last = min(e.created_at.date() for e in entries), max(e.created_at.date() for e in entries)
+    period = dates.date_input("Dates", (first, last), key="log_dates", help="When the analysis was made (inclusive).")
+    start, end = (tuple(period) + (None, None))[:2] if isinstance(period, tuple | list) else (period, period)
+    try:
+        shown = filter_log(entries, categories=chosen_categories, start=start, end=end, people=chosen_people)
+    except ValueError as error:
+        st.error(str(error))
+        return
+    st.caption(f"{len(shown)} of {len(entries)} differentials · "
+               + " · ".join(f"{status} {sum(1 for e in shown if e.status == status)}"
+                            for status in ("signed", "amended", "reopened", "not signed")))
+    st.dataframe(log_rows(shown), hide_index=True, key="count_log_table",
+                 column_config={"id": st.column_config.NumberColumn("id", format="#%d")})
+    st.download_button("Download count log (CSV)", log_csv(shown), file_name="count-log.csv", mime="text/csv",
+                       on_click="ignore", key="count_log_csv", icon=":material/download:", disabled=not shown)

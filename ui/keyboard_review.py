@@ -1,0 +1,125 @@
+"""Keyboard review: one cell at a time, large, with its neighbours; a key per cell type.
+
+Each key is a Streamlit button with that key as its ``shortcut``: pressing it reclassifies the
+current cell (a review, with who and when) and moves to the next one. ← and → move, Backspace undoes
+this session's last change by recording a new review that restores the old type (the audit trail
+keeps both). The layout comes from ``bloodcells.keyboard``; a user may change it for the session.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from bloodcells.keyboard import (
+    NEXT,
+    PREVIOUS,
+    UNDO,
+    KeyLayoutError,
+    current_position,
+    default_layout,
+    layout_text,
+    parse_layout,
+)
+from bloodcells.store import Store
+from bloodcells.taxonomy import Tree
+from ui.results import cell_image_bytes
+from ui.signoff import attempt
+
+LAYOUT = "review_keys"  # session key: this user's layout, {KEY: code}
+NEIGHBOURS = 2  # cells shown on each side of the current one
+KEYS_PER_ROW = 4  # wide enough for "NGS · segmented neutrophil" and its key
+
+
+def key_layout() -> dict[str, str]:
+    return st.session_state.get(LAYOUT) or default_layout()
+
+
+def _cursor_key(analysis_id: int) -> str:
+    return f"keyboard_cell_{analysis_id}"
+
+
+def _undo_key(analysis_id: int) -> str:
+    return f"keyboard_undo_{analysis_id}"
+
+
+def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: str, tree: Tree,
+                    locked: bool) -> None:
+    """Review ``shown`` (predictions, in ``order``'s order) one by one with the keyboard."""
+    layout = key_layout()
+    layout_settings(tree)
+    if not shown:
+        return
+    cursor, undo = _cursor_key(analysis.id), _undo_key(analysis.id)
+    index = current_position([p.id for p in order], [p.id for p in shown], st.session_state.get(cursor))
+    cell = shown[index]
+    st.session_state[cursor] = cell.id
+    following = shown[index + 1].id if index + 1 < len(shown) else cell.id
+    disabled = locked or not reviewer
+
+    def name(code: str) -> str:
+        return tree[code].name.replace("_", " ")
+
+    def classify(code: str) -> None:
+        review = attempt(store.review, cell.id, code, reviewer)
+        if review is not None:
+            st.session_state.setdefault(undo, []).append((cell.id, review.old_code))
+            st.session_state[cursor] = following
+
+    def undo_last() -> None:
+        prediction_id, before = st.session_state[undo].pop()
+        attempt(store.review, prediction_id, before, reviewer)
+        st.session_state[cursor] = prediction_id
+
+    def move(prediction_id: int) -> None:
+        st.session_state[cursor] = prediction_id
+
+    images = st.columns([1] * NEIGHBOURS + [3] + [1] * NEIGHBOURS, vertical_alignment="center")
+    for offset, column in zip(range(-NEIGHBOURS, NEIGHBOURS + 1), images, strict=True):
+        if not 0 <= index + offset < len(shown):
+            continue
+        neighbour = shown[index + offset]
+        png = cell_image_bytes(store, neighbour.blob_id, 256 if offset == 0 else 96)
+        with column:
+            if png:
+                st.image(png, width=256 if offset == 0 else 96)
+            if offset == 0:
+                now = f"**now {cell.final_code} · {name(cell.final_code)}**" if cell.reviews else "not reviewed"
+                st.markdown(f"Cell **{index + 1} of {len(shown)}** · {cell.filename}  \n"
+                            f"predicted {cell.code} · {name(cell.code)} ({cell.confidence:.2f}) · {now}")
+            else:
+                st.caption(f"{neighbour.final_code} · {neighbour.filename}")
+
+    with st.container(horizontal=True, key="keyboard_navigation"):
+        st.button("Previous", key="keyboard_previous", icon=":material/arrow_back:", shortcut=PREVIOUS,
+                  disabled=index == 0, on_click=move, args=(shown[max(index - 1, 0)].id,))
+        st.button("Next", key="keyboard_next", icon=":material/arrow_forward:", shortcut=NEXT,
+                  disabled=index + 1 == len(shown), on_click=move, args=(following,))
+        st.button("Undo my last change", key="keyboard_undo", icon=":material/undo:", shortcut=UNDO,
+                  disabled=disabled or not st.session_state.get(undo), on_click=undo_last,
+                  help="Records a review that restores the type the cell had before (both stay in the audit trail).")
+    entries = list(layout.items())
+    for start in range(0, len(entries), KEYS_PER_ROW):
+        row = st.columns(KEYS_PER_ROW)
+        for column, (key, code) in zip(row, entries[start:start + KEYS_PER_ROW], strict=False):
+            column.button(f"{code} · {name(code)}", key=f"keyboard_key_{key}", shortcut=key, disabled=disabled,
+                          type="primary" if cell.reviews and cell.final_code == code else "secondary",
+                          on_click=classify, args=(code,), width="stretch")
+
+
+def layout_settings(tree: Tree) -> None:
+    """Change the key layout for this session: lines of KEY: CODE, checked before use."""
+    with st.expander("Key layout", icon=":material/keyboard:"):
+        st.caption(f"One line per key: `KEY: CODE` (a letter or digit, not C or R, which Streamlit keeps). "
+                   f"{PREVIOUS} and {NEXT} arrows move, {UNDO} undoes your last change.")
+        text = st.text_area("Keys", layout_text(key_layout(), tree), height=240, key="review_keys_text")
+        apply, reset = st.columns(2)
+        if apply.button("Use this layout", key="review_keys_apply"):
+            try:
+                st.session_state[LAYOUT] = parse_layout(text, tree)
+                st.rerun()
+            except KeyLayoutError as error:
+                st.error(f"This layout cannot be used: {error}")
+        if reset.button("Default layout", key="review_keys_reset"):
+            st.session_state.pop(LAYOUT, None)
+            st.session_state.pop("review_keys_text", None)
+            st.rerun()

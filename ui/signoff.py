@@ -1,0 +1,96 @@
+"""Signing off a differential (which locks its cells), reopening it to amend, and its report as PDF."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from bloodcells.signout import AMENDED, REOPENED, TARGETS, build_report, signoff_lines, signoff_status, to_pdf
+from bloodcells.store import ReviewError, Store, StoreError
+from bloodcells.store.schema import SIGNED
+
+REFUSAL = "review_refusal"  # session key: why the last review or sign-off was refused
+
+
+def attempt(action: Callable, *args, **kwargs):
+    """Run a store action from a widget callback and return its result. Callbacks run before the page
+    is drawn, so a refusal (the analysis was signed off meanwhile, no name...) is kept for
+    ``show_refusal`` to show, and None returned."""
+    try:
+        return action(*args, **kwargs)
+    except (ReviewError, StoreError) as error:
+        st.session_state[REFUSAL] = str(error)
+        return None
+
+
+def show_refusal() -> None:
+    if message := st.session_state.pop(REFUSAL, None):
+        st.error(message)
+
+
+def amendments(analysis) -> int:
+    """How many cell changes were made while the analysis was reopened after a sign-off."""
+    return sum(1 for p in analysis.predictions for r in p.reviews if r.reopening_id is not None)
+
+
+def locked_notice(analysis) -> None:
+    """Say that a signed-off analysis's cells are locked, and where to reopen it."""
+    if signed := analysis.signed_off:
+        st.info(f"Signed off by {signed.person} on {signed.created_at:%Y-%m-%d %H:%M} UTC: its cells are locked. "
+                "To change them, **Reopen to amend** under *Sign-off and report*.", icon=":material/lock:")
+
+
+def signoff_panel(store: Store, analysis) -> None:
+    """Sign off (white-cell count, target, category, comment), or reopen a signed analysis; the PDF."""
+    person = st.session_state.get("reviewer", "")
+    signed = analysis.signed_off
+    status = signoff_status(analysis.signoffs, amendments(analysis))
+    key = analysis.id
+    with st.expander(f"Sign-off and report (PDF) · {status}", icon=":material/description:"):
+        show_refusal()
+        if analysis.signoffs:
+            st.caption("  \n".join(signoff_lines(analysis.signoffs)))
+        if not person:
+            st.caption("Enter your name in the sidebar to sign off or reopen.")
+        if signed is not None:
+            st.text_input("Reason for reopening", key=f"reopen-reason-{key}", help="Kept with the reopening.")
+            st.button("Reopen to amend", key=f"reopen-{key}", icon=":material/lock_open:", disabled=not person,
+                      on_click=lambda: attempt(store.reopen, analysis.id, person,
+                                               st.session_state[f"reopen-reason-{key}"]))
+
+            def pdf() -> bytes:  # what was signed: its count, target, category and comment
+                return to_pdf(build_report(store, analysis.id))
+        else:
+            last = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)
+            left, middle = st.columns(2)
+            wbc = left.number_input("White-cell count (10^9/L), for absolute counts", 0.0, 999.0,
+                                    (last.white_cell_count or 0.0) if last else 0.0, step=0.1, key=f"report-wbc-{key}",
+                                    help="Leave at 0 when not known.")
+            target = middle.selectbox("Cells to count", TARGETS, key=f"report-target-{key}",
+                                      index=TARGETS.index(last.target if last and last.target in TARGETS else 200))
+            category = st.text_input("Category", last.category if last else "", key=f"report-category-{key}",
+                                     help="e.g. bone marrow, peripheral blood. No patient names or identifiers.")
+            comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}",
+                                   help="No patient names or identifiers.")
+            if analysis.kind == "classification" and (flagged := sum(
+                    1 for p in analysis.predictions if p.needs_review and not p.reviews)):
+                st.warning(f"{flagged} flagged cells are not reviewed yet.")
+
+            def sign() -> None:  # the inputs as they are at the click, which may follow an edit without Enter
+                state = st.session_state
+                attempt(store.sign_off, analysis.id, person, category=state[f"report-category-{key}"],
+                        comment=state[f"report-comment-{key}"], target=state[f"report-target-{key}"],
+                        white_cell_count=state[f"report-wbc-{key}"] or None)
+
+            st.button("Sign off the amended differential" if status == REOPENED else "Sign off", type="primary",
+                      key=f"sign-{key}", icon=":material/verified:", disabled=not person, on_click=sign,
+                      help="Records who and when with the category and comment; the cells are locked until reopened.")
+
+            def pdf() -> bytes:  # made when the button is clicked, not on every rerun of the page
+                return to_pdf(build_report(store, analysis.id, white_cell_count=wbc or None, target=target,
+                                           category=category, comment=comment))
+
+        st.download_button("Download report (PDF)", pdf, file_name=f"differential-{analysis.id}"
+                           f"{'-amended' if status == AMENDED else ''}.pdf", mime="application/pdf", on_click="ignore",
+                           key=f"report-pdf-{key}", icon=":material/download:")
