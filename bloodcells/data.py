@@ -45,6 +45,16 @@ class CellDataset:
         pairs = sorted(zip(self.digests, self.labels, strict=True))
         return sha256_hex("".join(f"{digest}:{label}\n" for digest, label in pairs).encode())
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[CellDataset]) -> CellDataset:
+        """One dataset of ``parts`` in order (all decoded at the same size)."""
+        if len({part.size for part in parts}) != 1:
+            raise ValueError(f"cannot join cells decoded at different sizes: {sorted({p.size for p in parts})}")
+        return cls([n for p in parts for n in p.names], [x for p in parts for x in p.labels],
+                   [x for p in parts for x in p.sources], [x for p in parts for x in p.groups],
+                   [x for p in parts for x in p.digests], np.concatenate([p.images for p in parts]), parts[0].size,
+                   [x for p in parts for x in p.problems])
+
     def subset(self, indices: Sequence[int]) -> CellDataset:
         pick = list(indices)
         return CellDataset([self.names[i] for i in pick], [self.labels[i] for i in pick],

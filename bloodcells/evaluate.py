@@ -82,19 +82,31 @@ def evaluate(sources: Sequence[str | Path], models_dir: str | Path | None = None
     merge = _merger(tree, at) if at else None  # before the slow part: an unknown code fails at once
     dataset = load_dataset(sources, tree, classifier.input_size)
     keep = np.arange(len(dataset))
-    outcome = Evaluation()
     seen = _seen_digests(classifier.models_dir) if unseen_only else set()
     if seen:
         keep = np.asarray([i for i in keep if dataset.digests[i][:16] not in seen], dtype=int)
-        outcome.skipped_seen = len(dataset) - len(keep)
+    skipped_seen = len(dataset) - len(keep)
     if restrict_to:
         allowed = set(restrict_to)
         keep = np.asarray([i for i in keep if dataset.labels[i] in allowed], dtype=int)
     dataset = dataset.subset(keep)
-    outcome.cells = len(dataset)
     if not len(dataset):
         log("no unseen labelled cells to evaluate")
-        return outcome
+        return Evaluation(skipped_seen=skipped_seen)
+    outcome = replace(score(classifier, dataset, merge, at), skipped_seen=skipped_seen)
+    _print(outcome, log)
+    if out_dir:
+        outcome.files = _write_outputs(outcome, classifier, Path(out_dir))
+        log("written: " + ", ".join(str(f) for f in outcome.files))
+    return outcome
+
+
+def score(classifier: TreeClassifier, dataset, merge: Callable[[str], str] | None = None,
+          at: Sequence[str] = ()) -> Evaluation:
+    """Scores of ``classifier`` on the labelled cells of ``dataset``: per node, the whole tree at
+    leaf level, per source (and merged up to ``at`` with ``merge``), the share flagged for review."""
+    tree = classifier.tree
+    outcome = Evaluation(cells=len(dataset))
     order = [node.code for node in tree.root.walk()]
     results = classifier.classify_arrays(dataset.images)
     for code, model in classifier.nodes.items():
@@ -121,10 +133,6 @@ def evaluate(sources: Sequence[str | Path], models_dir: str | Path | None = None
             outcome.merged[source] = Scores.of(f"{source} at {','.join(at)}",
                                                [merge(dataset.labels[i]) for i in mine],
                                                [merge(results[i].code) for i in mine], order)
-    _print(outcome, log)
-    if out_dir:
-        outcome.files = _write_outputs(outcome, classifier, Path(out_dir))
-        log("written: " + ", ".join(str(f) for f in outcome.files))
     return outcome
 
 

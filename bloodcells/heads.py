@@ -160,11 +160,13 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
 
 def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[str, int], config, device,
                  dist, log: Callable[[str], None], progress, on_epoch, folder: Path,
-                 fingerprint: str) -> tuple[dict, dict[str, dict]]:
+                 fingerprint: str, initial_trunk: dict | None = None) -> tuple[dict, dict[str, dict]]:
     """Fine-tune the trunk on every label, then a head per node in ``codes``; write them to ``folder``.
 
     Returns the trunk's metrics and code -> the head's metrics. ``progress(done, total, text)``: one
     step per trunk epoch and per head; ``on_epoch(TRUNK, record)`` after each epoch of the trunk.
+    ``initial_trunk``: a trained trunk's weights to start from (adapting a tree to a new lab);
+    with ``config.epochs`` 0 it is kept as it is and only the heads learn.
     """
     import torch
 
@@ -186,18 +188,24 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
         if on_epoch:
             on_epoch(TRUNK, record)
 
-    trunk_metrics, trunk_state = fit_network(trunk_view, dataset, splits, per_label, config, device, dist, log,
-                                             trunk_epoch)
+    if config.epochs or initial_trunk is None:
+        trunk_metrics, trunk_state = fit_network(trunk_view, dataset, splits, per_label, config, device, dist, log,
+                                                 trunk_epoch, initial=initial_trunk)
+    else:
+        log(f"[{TRUNK}] kept as it was: only the heads learn")
+        trunk_metrics = {"classes": trunk_view.classes, "outputs": trunk_view.outputs, "history": []}
+        trunk_state = initial_trunk
     done = config.epochs  # early stopping skips epochs: the heads' steps follow on
     if not dist.main:
         return trunk_metrics, {}
-    from .backbones import create_model
+    from .backbones import create_model, normalisation
 
     trunk = create_model(config.architecture, 0, img_size=config.input_size)
     classifier = trunk.pretrained_cfg.get("classifier", "classifier")
     trunk_state = {k: v for k, v in trunk_state.items() if not k.startswith(f"{classifier}.")}
     trunk.load_state_dict(trunk_state)
     trunk = trunk.to(device).to(memory_format=torch.channels_last)
+    trunk_metrics = dict(zip(("mean", "std"), map(list, normalisation(trunk)), strict=True)) | trunk_metrics
     trunk_file = save_node(folder, TRUNK, trunk_state, trunk_metrics, config, fingerprint)
     views = {code: node_view(tree, code, dataset, splits["train"]) for code in codes}
     metrics = {}

@@ -11,7 +11,7 @@ import io
 import math
 import random
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,16 +55,29 @@ def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
+def other_lab(image: Image.Image) -> Image.Image:
+    """The cell as another lab's stain and camera show it: colours rotated (red->green->blue->red),
+    lower magnification (the cell a third smaller, on the same background)."""
+    red, green, blue = image.split()
+    recoloured = Image.merge("RGB", (blue, red, green))
+    small = recoloured.resize((round(image.width * 0.67), round(image.height * 0.67)), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", image.size, recoloured.getpixel((0, 0)))
+    canvas.paste(small, ((image.width - small.width) // 2, (image.height - small.height) // 2))
+    return canvas
+
+
 def write_cell_folders(root: Path, counts: dict[str, int], size: int = 64, fmt: str = "png",
-                       start_seed: int = 0) -> list[Path]:
-    """``root/<label>/<label>_<n>.<fmt>`` for each label and count; returns the files."""
+                       start_seed: int = 0, look: Callable[[Image.Image], Image.Image] | None = None) -> list[Path]:
+    """``root/<label>/<label>_<n>.<fmt>`` for each label and count, each image passed through
+    ``look`` if given (e.g. ``other_lab``); returns the files."""
     files = []
     for label, count in counts.items():
         folder = Path(root) / label
         folder.mkdir(parents=True, exist_ok=True)
         for n in range(count):
             path = folder / f"{label}_{n:05d}.{fmt}"
-            cell_image(label, start_seed + n, size).save(path)
+            image = cell_image(label, start_seed + n, size)
+            (look(image) if look else image).save(path)
             files.append(path)
     return files
 

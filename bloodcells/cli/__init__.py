@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = ("database", "classification", "detection", "explanation", "signout")
+COMMAND_MODULES = ("database", "classification", "adaptation", "detection", "explanation", "signout")
 
 
 def _load_commands() -> None:

@@ -81,7 +81,7 @@ def _train(args) -> int:
         from ..store import open_store
 
         store = open_store()
-    with _TqdmProgress("epochs") as progress:
+    with TqdmProgress("epochs") as progress:
         try:
             train_tree(args.data, args.out, tree=args.tree, config=config, store=store, progress=progress,
                        log=progress.write)
@@ -90,7 +90,7 @@ def _train(args) -> int:
     return 0
 
 
-class _TqdmProgress:
+class TqdmProgress:
     """A tqdm bar driven by the ``progress(done, total, text)`` callbacks."""
 
     def __init__(self, unit: str):
@@ -147,7 +147,7 @@ def _classify(args) -> int:
         from ..store import open_store
 
         store = open_store()
-    with _TqdmProgress("cells") as progress:
+    with TqdmProgress("cells") as progress:
         outcome = classify(args.input, classifier=classifier, store=store, progress=progress,
                            batch_size=args.batch_size, flips=args.flips)
     for problem in outcome.problems:

@@ -65,11 +65,13 @@ def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_ch
 
 def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: int, config: TrainConfig,
                 device, dist: Distributed, log: Callable[[str], None],
-                step: Callable[[dict], None] | None = None) -> tuple[dict, dict]:
+                step: Callable[[dict], None] | None = None, initial: dict | None = None) -> tuple[dict, dict]:
     """Train a fresh ``config.architecture`` on ``view``; returns its metrics and best state dict.
 
     ``step(record)`` follows each epoch (on the main process) with a copy of its record: epoch,
-    train_loss, train_accuracy, val_loss, val_accuracy, seconds.
+    train_loss, train_accuracy, val_loss, val_accuracy, seconds. ``initial``: weights to start
+    from instead of the mode's (a trained trunk being adapted); every tensor but the new
+    classifier's must match.
     """
     import torch
     from torch import nn
@@ -87,8 +89,14 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     torch.manual_seed(config.seed)
     pretrained, augment_all = MODES[config.mode]
     backbone = create_model(config.architecture, len(outputs),
-                            pretrained=(config.pretrained_checkpoint or True) if pretrained else False,
-                            img_size=config.input_size)
+                            pretrained=(config.pretrained_checkpoint or True) if pretrained and initial is None
+                            else False, img_size=config.input_size)
+    if initial is not None:
+        missing, unexpected = backbone.load_state_dict(initial, strict=False)
+        classifier = backbone.pretrained_cfg.get("classifier", "classifier")
+        if unexpected or any(not key.startswith(f"{classifier}.") for key in missing):
+            raise ValueError(f"the starting weights do not fit {config.architecture} "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model = node_network(backbone, children_of_outputs.tolist(), len(classes)).to(device)
     model = model.to(memory_format=torch.channels_last)
     mean, std = normalisation(backbone)

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..data import (
+    CellDataset,
     balance_target,
     count_table,
     format_count_table,
@@ -71,13 +72,37 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
     splits = split_indices(dataset.labels, dataset.groups, seed=config.seed)
     say(f"{len(dataset)} images: {len(splits['train'])} train, {len(splits['val'])} val, "
         f"{len(splits['test'])} test" + (" (grouped by patient/slide)" if all(dataset.groups) else ""))
+    report = fit_tree(dataset, splits, out_dir, tree=tree, tree_file=tree_file, config=config,
+                      manifest={"sources": [str(s) for s in sources]}, device=device, dist=dist, progress=progress,
+                      log=say, on_epoch=on_epoch)
+    if dist.main and store is not None:
+        register_models(store, out_dir, tree)
+    report.seconds = time.perf_counter() - started
+    say(f"models written to {out_dir} in {report.seconds:.0f} s; review threshold "
+        f"{report.review_threshold:.3f} (keeps {config.review_accuracy:.0%} accuracy on validation cells)")
+    return report
+
+
+def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, tree_file: Path | None,
+             config: TrainConfig, manifest: dict, device, dist, progress: Progress | None = None,
+             log: Callable[[str], None] = print, on_epoch: EpochCallback | None = None,
+             initial_trunk: dict | None = None, seen_before: Sequence[str] = (),
+             calibration: CellDataset | None = None) -> TrainReport:
+    """Train the nodes of ``tree`` that have data in ``dataset`` (``splits``: train/val/test
+    indices) and write the folder ``out_dir`` whole (built aside, then renamed into place).
+
+    ``manifest``: entries for ``classifier.json`` beyond the training's own (sources, lineage).
+    ``initial_trunk``: the shared trunk starts from these weights, which saw the cells
+    ``seen_before`` (digests' first 16 hex digits, kept in split.json). The review threshold is
+    calibrated on ``calibration`` (default: the validation cells).
+    """
     train_labels = [dataset.labels[i] for i in splits["train"]]
     table = count_table(tree, train_labels)
     targets_per_node = {code: balance_target(counts, config.min_per_class, config.per_class)
                         for code, counts in table.items() if len(counts) > 1}
     report = TrainReport(out_dir=out_dir, problems=dataset.problems)
     report.count_table = format_count_table(tree, table, targets_per_node)
-    say("training images per node and child (train split):\n" + report.count_table)
+    log("training images per node and child (train split):\n" + report.count_table)
     report.passthrough = {code: next(iter(counts)) for code, counts in table.items() if len(counts) == 1}
     to_train = [code for code in targets_per_node if not config.nodes or code in config.nodes]
 
@@ -89,9 +114,10 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
         from ..heads import train_shared
 
         report.trunk, report.nodes = train_shared(dataset, splits, tree, to_train, targets_per_node, config, device,
-                                                  dist, say, progress, on_epoch, staging, dataset.fingerprint())
+                                                  dist, log, progress, on_epoch, staging, dataset.fingerprint(),
+                                                  initial_trunk)
     else:
-        _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, say, progress,
+        _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, log, progress,
                           on_epoch, staging, report)
     if dist.world > 1:
         import torch.distributed as torch_dist
@@ -103,7 +129,7 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
     manifest = {
         "format": FORMAT_VERSION, "tree": tree.name, "nodes": to_train, "passthrough": report.passthrough,
         "trunk": f"{TRUNK}.json" if config.shared_trunk else None,
-        "data_fingerprint": dataset.fingerprint(), "sources": [str(s) for s in sources],
+        "data_fingerprint": dataset.fingerprint(), **manifest,
         "config": asdict(config), "count_table": report.count_table,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "review_threshold": 0.0, "review_accuracy": config.review_accuracy,
@@ -112,19 +138,15 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
         shutil.copyfile(tree_file, staging / "tree.yaml")
     write_json(staging / "split.json", {  # so evaluation scores only cells training never saw
         "seed": config.seed, "test": sorted(dataset.digests[i] for i in splits["test"]),
-        "seen": sorted(dataset.digests[i][:16] for i in (*splits["train"], *splits["val"]))})
+        "seen": sorted({*seen_before, *(dataset.digests[i][:16] for i in (*splits["train"], *splits["val"]))})})
     write_json(staging / "classifier.json", manifest)
-    report.review_threshold = calibrate_review_threshold(staging, dataset.subset(splits["val"]), config.review_accuracy)
+    report.review_threshold = calibrate_review_threshold(
+        staging, calibration if calibration is not None else dataset.subset(splits["val"]), config.review_accuracy)
     manifest["review_threshold"] = report.review_threshold
     write_json(staging / "classifier.json", manifest)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
-    if store is not None:
-        register_models(store, out_dir, tree)
-    report.seconds = time.perf_counter() - started
-    say(f"models written to {out_dir} in {report.seconds:.0f} s; review threshold "
-        f"{report.review_threshold:.3f} (keeps {config.review_accuracy:.0%} accuracy on validation cells)")
     return report
 
 

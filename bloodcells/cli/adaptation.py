@@ -1,0 +1,47 @@
+"""``bloodcells adapt``: the tree tuned to a new lab's labelled cells (see ``bloodcells.adapt``)."""
+
+from __future__ import annotations
+
+from . import CommandError, command
+
+
+def _adapt_args(parser):
+    from ..adapt import AdaptConfig
+
+    defaults = AdaptConfig()
+    parser.add_argument("--data", required=True, metavar="LABELLED",
+                        help="the lab's labelled cells: a folder or .zip of class folders (tree codes, names or "
+                             "aliases, e.g. Neutrophil/ or NGS/), the Review page's export, or a CSV (path,label)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the adapted tree (a new folder)")
+    parser.add_argument("--models", metavar="DIR", help="the tree to start from (default: the one in use)")
+    parser.add_argument("--hold-out", type=float, default=defaults.hold_out, metavar="FRACTION",
+                        help=f"share of the lab's cells held back to score before and after, stratified "
+                             f"(default {defaults.hold_out})")
+    parser.add_argument("--replay", action="append", metavar="PATH",
+                        help="the original training sources, replayed so that they do not regress "
+                             "(default: the folders the tree's classifier.json names)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help=f"epochs of the shared trunk; 0 retrains only the heads (default {defaults.epochs})")
+    parser.add_argument("--per-label", type=int, default=defaults.per_label,
+                        help=f"cells per cell type per epoch (default {defaults.per_label})")
+    parser.add_argument("--replay-per-label", type=int, default=defaults.replay_per_label,
+                        help=f"original cells replayed per cell type (default {defaults.replay_per_label})")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate of the trunk")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+
+
+@command("adapt", "tune the tree to a new lab's camera and stain with a few of its labelled cells", _adapt_args)
+def _adapt(args) -> int:
+    from ..adapt import AdaptConfig, AdaptError, adapt
+    from ..classify import ModelFileError
+    from .classification import TqdmProgress
+
+    try:
+        config = AdaptConfig(hold_out=args.hold_out, epochs=args.epochs, per_label=args.per_label,
+                             replay_per_label=args.replay_per_label, learning_rate=args.lr, seed=args.seed)
+        with TqdmProgress("steps") as progress:
+            adapt(args.data, args.out, models_dir=args.models, replay=args.replay, config=config,
+                  progress=progress, log=progress.write)
+    except (AdaptError, ModelFileError) as error:
+        raise CommandError(str(error)) from error
+    return 0

@@ -1,0 +1,174 @@
+"""Adapting a trained tree to a new lab (``bloodcells.adapt``, ``bloodcells adapt``) on generated cells.
+
+The base tree learns the generated cells as this project's sources show them; the "new lab"
+shows the same cell types with rotated colours and a lower magnification
+(``synthetic.other_lab``), which the base tree gets mostly wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import pytest
+from conftest import TINY_TREE_CELLS, tiny_train_config
+
+from bloodcells.synthetic import other_lab, write_cell_folders
+
+LAB_CELLS = 15  # per type, as a lab would label them on the Review page
+
+
+@pytest.fixture(scope="module")
+def base_tree(tmp_path_factory):
+    """A tiny shared-trunk tree (ALL, MYM, NEU heads) trained on the generated cells."""
+    from bloodcells.train import train_tree
+
+    root = tmp_path_factory.mktemp("adapt_base")
+    write_cell_folders(root / "cells", TINY_TREE_CELLS, size=32)
+    train_tree([root / "cells"], root / "models", log=lambda _text: None,
+               config=tiny_train_config(shared_trunk=True, head_views=2))
+    return root / "models"
+
+
+@pytest.fixture(scope="module")
+def lab_cells(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab") / "lab"
+    write_cell_folders(root, {code: LAB_CELLS for code in TINY_TREE_CELLS}, size=32, start_seed=5000,
+                       look=other_lab)
+    return root
+
+
+def folder_digest(folder):
+    from bloodcells.store import sha256_file
+
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_adapting_to_another_labs_look_raises_its_accuracy_and_keeps_the_original(base_tree, lab_cells, tmp_path):
+    from bloodcells.adapt import AdaptConfig, adapt
+    from bloodcells.classify import TreeClassifier
+
+    base_files = folder_digest(base_tree)
+    steps = []
+    result = adapt(lab_cells, tmp_path / "adapted", models_dir=base_tree, config=AdaptConfig(hold_out=0.25),
+                   progress=lambda done, total, text: steps.append((done, total)), log=lambda _text: None)
+
+    lab_before, lab_after = result.before["lab"].tree, result.after["lab"].tree
+    assert len(lab_after.truth) == result.held_out == LAB_CELLS * len(TINY_TREE_CELLS) // 4
+    assert lab_before.accuracy <= 0.6, "the shift must fool the base tree, else the test proves nothing"
+    assert lab_after.accuracy >= lab_before.accuracy + 0.25
+    original_before, original_after = result.before["original"].tree, result.after["original"].tree
+    assert original_after.accuracy >= original_before.accuracy - 0.1
+    assert steps and all(0 < done <= total for done, total in steps)
+
+    adapted = TreeClassifier.load(tmp_path / "adapted")  # a complete, verified tree folder
+    manifest = json.loads((tmp_path / "adapted" / "classifier.json").read_text())
+    base = TreeClassifier.load(base_tree)
+    assert manifest["adapted"]["base"] == {"trunk": json.loads((base_tree / "trunk.json").read_text())["sha256"],
+                                           **base.versions()}
+    assert manifest["adapted"]["cells"] == sum(result.lab_counts.values()) == 45
+    assert manifest["adapted"]["figures"]["after"]["lab"]["accuracy"] == pytest.approx(lab_after.accuracy, abs=1e-4)
+    assert set(adapted.versions().values()).isdisjoint(base.versions().values())
+    split = json.loads((tmp_path / "adapted" / "split.json").read_text())
+    base_split = json.loads((base_tree / "split.json").read_text())
+    assert set(base_split["seen"]) <= set(split["seen"])  # the cells the base trunk learnt stay "seen"
+    assert set(base_split["test"]) <= set(split["test"])
+    assert folder_digest(base_tree) == base_files  # the tree it started from is untouched
+
+
+def test_heads_only_adaptation_keeps_the_trunk(base_tree, lab_cells, tmp_path):
+    from bloodcells.adapt import AdaptConfig, adapt
+
+    adapt(lab_cells, tmp_path / "heads", models_dir=base_tree, config=AdaptConfig(epochs=0), log=lambda _text: None)
+    assert (json.loads((tmp_path / "heads" / "trunk.json").read_text())["sha256"]
+            == json.loads((base_tree / "trunk.json").read_text())["sha256"])
+
+
+def test_a_coarse_label_adapts_the_nodes_above_it(base_tree, lab_cells, tmp_path):
+    """``Neutrophil/`` (NEU, above band and segmented) next to exact types: accepted, scored as right
+    when the answer lies below it."""
+    from bloodcells.adapt import AdaptConfig, adapt
+
+    lab = tmp_path / "lab"
+    shutil.copytree(lab_cells, lab)
+    (lab / "Neutrophil").mkdir()
+    for n, file in enumerate(sorted((lab / "NGB").iterdir()) + sorted((lab / "NGS").iterdir())):
+        file.rename(lab / "Neutrophil" / f"img{n}.png")  # a file-name prefix such as NGB_ would be finer
+    (lab / "NGB").rmdir()
+    (lab / "NGS").rmdir()
+    result = adapt(lab, tmp_path / "adapted", models_dir=base_tree, config=AdaptConfig(epochs=2),
+                   log=lambda _text: None)
+    assert result.lab_counts.keys() == {"LYT", "EOS", "NEU"}
+    assert "NEU" in result.after["lab"].tree.per_class
+
+
+def test_cli_adapts_a_review_export_zip_and_the_result_classifies(base_tree, lab_cells, tmp_path, capsys):
+    from bloodcells.cli import main
+
+    export = tmp_path / "labels-analysis-7.zip"  # the Review page's export: class folders in a zip
+    with zipfile.ZipFile(export, "w") as archive:
+        for file in sorted(lab_cells.rglob("*.png")):
+            archive.write(file, f"{file.parent.name}/{file.name}")
+    assert main(["adapt", "--data", str(export), "--out", str(tmp_path / "adapted"), "--models", str(base_tree),
+                 "--hold-out", "0.2", "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "lab's held-back cells, before: accuracy" in out and "lab's held-back cells, after: accuracy" in out
+    assert "original sources' test split, after" in out
+    assert main(["classify", str(lab_cells), "--models", str(tmp_path / "adapted"), "--no-store",
+                 "--out", str(tmp_path / "out.csv")]) == 0
+    assert len((tmp_path / "out.csv").read_text().splitlines()) == 1 + LAB_CELLS * len(TINY_TREE_CELLS)
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("few", "too few cells to adapt on: EOS has 2"),
+    ("unknown", "not-a-cell"),
+    ("empty", "holds no images"),
+    ("same-folder", "new folder"),
+    ("no-trunk", "shared trunk"),
+    ("no-replay", "--replay"),
+    ("hold-out", "--hold-out must be"),
+])
+def test_bad_input_is_a_clear_error_and_nothing_is_written(problem, message, base_tree, lab_cells, tmp_path,
+                                                          trained_models_dir, capsys):
+    from bloodcells.cli import main
+
+    lab, models, out = tmp_path / "lab", tmp_path / "base", tmp_path / "adapted"
+    shutil.copytree(lab_cells, lab)
+    shutil.copytree(base_tree, models)
+    extra = []
+    if problem == "few":
+        for file in sorted((lab / "EOS").iterdir())[2:]:
+            file.unlink()
+    elif problem == "unknown":
+        (lab / "not-a-cell").mkdir()
+        for n, file in enumerate(sorted((lab / "LYT").iterdir())):
+            file.rename(lab / "not-a-cell" / f"img{n}.png")  # no prefix to fall back on
+    elif problem == "empty":
+        lab = tmp_path / "empty.zip"
+        with zipfile.ZipFile(lab, "w") as archive:
+            archive.writestr("notes.txt", "no images here")
+    elif problem == "same-folder":
+        out = models
+    elif problem == "no-trunk":
+        shutil.rmtree(models)
+        shutil.copytree(trained_models_dir, models)
+    elif problem == "no-replay":
+        manifest = json.loads((models / "classifier.json").read_text())
+        manifest["sources"] = [str(tmp_path / "gone")]
+        (models / "classifier.json").write_text(json.dumps(manifest))
+    elif problem == "hold-out":
+        extra = ["--hold-out", "1.5"]
+    before = folder_digest(models)
+    assert main(["adapt", "--data", str(lab), "--out", str(out), "--models", str(models), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert folder_digest(models) == before
+    assert not (tmp_path / "adapted").exists() and not (tmp_path / "adapted.training").exists()
+
+
+def test_cancel_stops_before_anything_is_written(base_tree, lab_cells, tmp_path):
+    from bloodcells.adapt import AdaptCancelled, adapt
+
+    with pytest.raises(AdaptCancelled):
+        adapt(lab_cells, tmp_path / "adapted", models_dir=base_tree, should_stop=lambda: True, log=lambda _t: None)
+    assert not (tmp_path / "adapted").exists() and not (tmp_path / "adapted.training").exists()
