@@ -13,11 +13,12 @@ from .schema import (
                      Model,
                      ModelCellType,
                      ModelType,
+                     ModelVersion,
                      Prediction,
                      Review,
                      Signoff,
 )
 
 __all__ = ["Analysis", "AnalysisLocked", "AnalysisRun", "Blob", "BlobChunk", "CellType", "Detection", "DetectionRow",
-           "Explanation", "Model", "ModelCellType", "ModelType", "Prediction", "PredictionRow",
+           "Explanation", "Model", "ModelCellType", "ModelType", "ModelVersion", "Prediction", "PredictionRow",
            "ResultCounts", "Review", "ReviewError", "Signoff", "Store", "StoreError", "open_store", "record_analysis", "sha256_file", "sha256_hex"]

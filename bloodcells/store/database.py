@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..taxonomy import Tree
+from .lineage import LineageStore
 from .reviews import ReviewStore
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_hex
 from .schema import (
@@ -43,7 +44,7 @@ class StoreError(RuntimeError):
     """A storage failure worded for a lab user (the database is down, a value is too large...)."""
 
 
-class Store(ReviewStore):
+class Store(ReviewStore, LineageStore):
     """All database access. ``Store(url)``; ``upgrade()`` creates or migrates the schema; reviews and
     sign-offs come from ``ReviewStore``."""
 

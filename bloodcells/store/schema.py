@@ -197,3 +197,26 @@ class Explanation(Base):
     settings_key: Mapped[str] = mapped_column(String(255))
     blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+CANDIDATE, ACCEPTED, DISCARDED = "candidate", "accepted", "discarded"
+
+
+class ModelVersion(Base):
+    """A tree of models made from the app (adapted to the lab, or trained): what it came from, who
+    made it, its figures before and after, and whether it was accepted (then the version id it got)."""
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tree: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # "adapted" | "trained"
+    folder: Mapped[str] = mapped_column(String(512))  # where it was written (a candidate until accepted)
+    version: Mapped[str | None] = mapped_column(String(64))  # bloodcells.versions id, once accepted
+    status: Mapped[str] = mapped_column(String(16), default=CANDIDATE)  # CANDIDATE | ACCEPTED | DISCARDED
+    base: Mapped[dict] = mapped_column(JSON, default=dict)  # sha256 of each network it started from
+    cells: Mapped[int] = mapped_column(Integer, default=0)  # labelled cells it learnt from
+    analyses: Mapped[list] = mapped_column(JSON, default=list)  # the analyses whose reviewed cells those were
+    figures: Mapped[dict] = mapped_column(JSON, default=dict)  # accuracy before and after
+    started_by: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime)
