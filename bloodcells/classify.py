@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
 
 
+TREE_VERSION = "tree version"  # the key of the tree's version id among an analysis's model versions
 TRUNK_BATCH = 32  # EfficientNet-Lite runs fastest on a CPU in batches this size (cache-bound beyond)
 
 
@@ -217,6 +218,13 @@ class TreeClassifier:
         """The largest input size of the tree's models (images are never needed larger)."""
         return max((node.input_size for node in self.nodes.values()), default=64)
 
+    @property
+    def tree_version(self) -> str:
+        """The version id of this tree (``bloodcells.versions``): which models made an analysis."""
+        from .versions import version_of
+
+        return version_of(self.models_dir)
+
     def versions(self) -> dict[str, str]:
         return {code: node.sha256 for code, node in self.nodes.items()}
 
@@ -352,7 +360,8 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
     total = count_images(source)
     # the spool is closed after the analysis block, whose end stores the predictions read back from it
     with (tempfile.TemporaryFile() as spool,
-          record_analysis(store, label, "classification", classifier.versions()) as run):
+          record_analysis(store, label, "classification",
+                          {TREE_VERSION: classifier.tree_version, **classifier.versions()}) as run):
         outcome.analysis_id = run.id
         batch: list[tuple[InputImage, object]] = []
 

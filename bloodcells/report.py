@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from .classify import TREE_VERSION
 from .taxonomy import Tree, default_tree
 
 UNIDENTIFIED = "NIF"  # the tree's "not identifiable" leaf, the reviewer's "unidentified"
@@ -202,8 +203,9 @@ def analysis_overview(store, kind: str | None = None, limit: int = 200) -> list[
 
 
 def model_versions_text(versions: dict | None) -> str:
-    """``ALL 1a2b3c4d, MYE 5e6f7a8b`` from {node: sha256}; nested values are shown as they are."""
-    return ", ".join(f"{node} {value[:8]}" if isinstance(value, str) else f"{node} {value}"
+    """``tree version shipped, ALL 1a2b3c4d, MYE 5e6f7a8b`` from {node: sha256} (a sha256 shortened
+    to its first 8 digits; the tree's version id and nested values as they are)."""
+    return ", ".join(f"{node} {value[:8]}" if isinstance(value, str) and node != TREE_VERSION else f"{node} {value}"
                      for node, value in (versions or {}).items())
 
 

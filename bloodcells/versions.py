@@ -27,6 +27,8 @@ from pathlib import Path
 from .classify import ModelFileError, TreeClassifier
 from .settings import settings
 
+SHIPPED = "shipped"
+
 
 def candidate_dir() -> Path:
     """A fresh folder for a training run's models (in the data folder): not in use until promoted."""
@@ -52,6 +54,17 @@ def current_version(tree_name: str) -> str | None:
 def current_dir(tree_name: str) -> Path:
     """The folder of the tree in use."""
     return _folder(tree_name, current_version(tree_name))
+
+
+def version_of(models_dir: Path) -> str:
+    """What a tree folder is called in analyses' records: its version id, "shipped" for the folder
+    that ships with the app, else the folder itself (a tree loaded from elsewhere, e.g. the CLI's --models)."""
+    folder = Path(models_dir).resolve()
+    if folder.parent == versions_dir().resolve():
+        return folder.name
+    if folder.parent == shipped_dir(folder.name).parent.resolve():
+        return SHIPPED
+    return str(models_dir)
 
 
 def list_versions(tree_name: str) -> list[str]:

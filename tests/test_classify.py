@@ -106,7 +106,8 @@ def test_classify_zip_writes_csv_and_stores_analysis(trained_models_dir, store, 
     assert seen[-1] == (12, 12) and [d for d, _ in seen] == sorted(d for d, _ in seen)
     assert sum(outcome.counts().values()) == 12
     analysis = store.get_analysis(outcome.analysis_id)
-    assert analysis.status == "done" and analysis.model_versions == classifier.versions()
+    assert analysis.status == "done"
+    assert analysis.model_versions == {"tree version": str(trained_models_dir), **classifier.versions()}
     stored = {p.filename: p for p in analysis.predictions}
     for filename, result in outcome.rows:
         assert stored[filename].code == result.code

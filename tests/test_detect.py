@@ -283,7 +283,9 @@ def test_white_cells_are_typed_through_the_classifier_tree(tmp_path, trained_mod
     assert sorted((d.code, d.path) for d in stored.detections if d.class_code == "WBC") == \
         sorted((b.code, b.path) for b in white)
     assert stored.summary["differential"] == differential
-    assert set(stored.model_versions) == {"detector", *(f"classifier:{c}" for c in classifier.versions())}
+    assert set(stored.model_versions) == {"detector", "tree version",
+                                          *(f"classifier:{c}" for c in classifier.versions())}
+    assert stored.model_versions["tree version"] == classifier.tree_version
 
 
 def _generated_code(truth, box, codes) -> str:

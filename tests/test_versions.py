@@ -155,3 +155,19 @@ def test_an_unreadable_pointer_is_named(models):
     pointer(models).write_text("not json")
     with pytest.raises(ModelFileError, match=r"default\.current: unreadable"):
         default_models_dir()
+
+
+def test_each_analysis_records_the_tree_version_that_made_it(models, trained_models_dir, tmp_path, store):
+    from bloodcells.classify import classify
+    from bloodcells.report import analysis_overview
+    from bloodcells.synthetic import write_cell_zip
+
+    upload = write_cell_zip(tmp_path / "cells.zip", {"LYT": 2, "NGS": 2}, size=32)
+    first = classify(upload, classifier=TreeClassifier.load(), store=store).analysis_id
+    promoted = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
+    second = classify(upload, classifier=TreeClassifier.load(), store=store).analysis_id
+    assert versions.version_of(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")
+    recorded = {a: store.get_analysis(a).model_versions["tree version"] for a in (first, second)}
+    assert recorded == {first: "shipped", second: promoted.name}
+    shown = {row["id"]: row["models"] for row in analysis_overview(store)}
+    assert shown[second].startswith(f"tree version {promoted.name}, ")  # the id whole, node sha256s shortened

@@ -92,6 +92,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
     typing. With a ``store`` the analysis is recorded whole or marked failed. ``annotate_to`` gets
     one PNG per image.
     """
+    from ..classify import TREE_VERSION
     from ..inputs import InputError, InputProblem, iter_inputs, open_image
     from ..store import DetectionRow, record_analysis
 
@@ -102,7 +103,8 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
     elif classifier is None:
         classifier, outcome.typing_skipped = _default_classifier()
     label = name or (Path(source).name if isinstance(source, str | Path) else "upload")
-    versions = {"detector": detector.sha256} | ({f"classifier:{k}": v for k, v in classifier.versions().items()}
+    versions = {"detector": detector.sha256} | ({TREE_VERSION: classifier.tree_version}
+                                                 | {f"classifier:{k}": v for k, v in classifier.versions().items()}
                                                  if classifier is not None else {})
     with record_analysis(store, label, "detection", versions) as run:
         outcome.analysis_id = run.id
