@@ -260,3 +260,48 @@ def _record(out_dir: Path, result: AdaptResult, labelled: str) -> None:
     manifest["adapted"] = {**manifest.get("adapted", {}), "lab": labelled, **result.lineage()}
     write_json(manifest_file, manifest)
 
+
+
+def reviewed_cells_zip(store, analysis_ids: Sequence[int]) -> tuple[bytes, Counter]:
+    """The cells a person reviewed in the given analyses, as a zip of class folders (their final
+    labels), and how many there are per label."""
+    from .report import labelled_zip
+
+    cells, counts = [], Counter()
+    for analysis_id in analysis_ids:
+        analysis = store.get_analysis(analysis_id)
+        for prediction in analysis.predictions:
+            if prediction.reviews and prediction.blob_id is not None:
+                cells.append((prediction.filename, prediction.final_code, store.read_blob(prediction.blob_id)))
+                counts[prediction.final_code] += 1
+    return labelled_zip(cells), counts
+
+
+def adapt_from_reviews(store, analysis_ids: Sequence[int], person: str, out_dir: str | Path, *,
+                       models_dir: str | Path | None = None, config: AdaptConfig | None = None,
+                       progress: Callable[[int, int, str], None] | None = None,
+                       log: Callable[[str], None] = print) -> tuple[int, AdaptResult]:
+    """The app's "adapt the models to this lab": the reviewed cells of ``analysis_ids`` adapt the tree;
+    the result is recorded as a candidate model version with its lineage. Returns its id and the result."""
+    import tempfile
+
+    from .store.schema import utcnow
+
+    if not person.strip():
+        raise AdaptError("enter your name: the new model version records who made it")
+    if not analysis_ids:
+        raise AdaptError("choose at least one analysis whose reviewed cells the models should learn from")
+    started_at = utcnow()
+    content, counts = reviewed_cells_zip(store, analysis_ids)
+    if not counts:
+        raise AdaptError("the chosen analyses have no reviewed cells: review some cells first")
+    with tempfile.TemporaryDirectory() as scratch:
+        labelled = Path(scratch) / "reviewed-cells.zip"
+        labelled.write_bytes(content)
+        result = adapt(labelled, out_dir, models_dir=models_dir, config=config, progress=progress, log=log)
+    tree = json.loads((result.out_dir / "classifier.json").read_text())["tree"]
+    version_id = store.record_model_version(tree=tree, kind="adapted", folder=str(result.out_dir), base=result.base,
+                                            cells=sum(result.lab_counts.values()) + result.held_out,
+                                            analyses=list(analysis_ids), figures=result.figures(),
+                                            started_by=person, started_at=started_at)
+    return version_id, result

@@ -112,6 +112,29 @@ def promote(candidate: str | Path, tree_name: str, store=None) -> Path:
     return target
 
 
+def accept_candidate(store, model_version_id: int, person: str) -> Path:
+    """Accept a candidate recorded in the store's lineage: promote its folder (every page then uses
+    it; the tree in use before stays for rollback) and record who accepted it and the version id."""
+    row = _candidate(store, model_version_id)
+    target = promote(row.folder, row.tree, store)
+    store.decide_model_version(model_version_id, "accepted", person, version=target.name)
+    return target
+
+
+def discard_candidate(store, model_version_id: int, person: str) -> None:
+    """Discard a candidate: recorded with who and when; its folder (never in use) is removed."""
+    row = _candidate(store, model_version_id)
+    store.decide_model_version(model_version_id, "discarded", person)
+    shutil.rmtree(row.folder, ignore_errors=True)
+
+
+def _candidate(store, model_version_id: int):
+    row = store.get_model_version(model_version_id)
+    if row.status != "candidate":
+        raise ValueError(f"model version #{model_version_id} was already {row.status} by {row.decided_by}")
+    return row
+
+
 def use_version(tree_name: str, version: str | None) -> Path:
     """Put ``version`` (an id from ``list_versions``; None: the shipped folder) in use, after loading
     it; the one in use before is kept for ``rollback``. Returns its folder."""

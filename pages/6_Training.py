@@ -9,22 +9,32 @@ from bloodcells.evaluate import evaluate
 from bloodcells.taxonomy import default_tree
 from bloodcells.train import MODES, TrainConfig, train_tree
 from bloodcells.versions import candidate_dir, promote
-from ui.common import page, require_store
+from ui.adaptation import adapt_section, versions_section
+from ui.common import page, require_store, reviewer_name
 from ui.models import reload_models
 from ui.progress import cancel_button, progress_bar
 from ui.training import LiveCurves, confusion_heatmap, curves
 from ui.uploads import uploaded_source
 from ui.work import run_safely
 
+TASKS = ["train a new tree", "adapt to this lab", "versions"]
 MODE_TEXT = {"scratch": "from scratch", "scratch+aug": "from scratch, every image augmented",
              "pretrained": "from pretrained weights", "pretrained+aug": "from pretrained weights, every image augmented"}
 
 page("Training")
 st.title("Training")
+store = require_store()
+person = reviewer_name()
+task = st.segmented_control("Task", TASKS, default=TASKS[0], key="training_task") or TASKS[0]
+if task != TASKS[0]:
+    if task == TASKS[1]:
+        adapt_section(store, person)
+    st.subheader("Versions")
+    versions_section(store, person)
+    st.stop()
 st.caption("Upload a .zip of class folders (one folder per cell type: tree codes such as `NGS`, or names "
            "such as `neutrophil`, `lymphocyte`; the Review page exports exactly this). A new tree of models "
            "is trained beside the one in use; accept it to make every page use it.")
-store = require_store()
 
 upload = st.file_uploader("Labelled cells (.zip of class folders)", key="training_upload")
 left, middle, right = st.columns(3)

@@ -108,6 +108,20 @@ def trained_models_dir(tmp_path_factory):
     return root / "models"
 
 
+@pytest.fixture(scope="session")
+def shared_trunk_models_dir(tmp_path_factory):
+    """The tiny tree of ``trained_models_dir`` as one shared trunk with a head per node (ALL, MYM, NEU):
+    the design the shipped tree has, and the one adaptation to a new lab needs."""
+    from bloodcells.synthetic import write_cell_folders
+    from bloodcells.train import train_tree
+
+    root = tmp_path_factory.mktemp("shared_trunk_tree")
+    write_cell_folders(root / "cells", TINY_TREE_CELLS, size=32)
+    train_tree([root / "cells"], root / "models", log=lambda _text: None,
+               config=tiny_train_config(shared_trunk=True, head_views=2))
+    return root / "models"
+
+
 # -- detection (owner: detection) -------------------------------------------------------------
 @pytest.fixture(scope="session")
 def trained_detector(tmp_path_factory):

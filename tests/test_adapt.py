@@ -12,23 +12,16 @@ import shutil
 import zipfile
 
 import pytest
-from conftest import TINY_TREE_CELLS, tiny_train_config
+from conftest import TINY_TREE_CELLS
 
 from bloodcells.synthetic import other_lab, write_cell_folders
 
 LAB_CELLS = 15  # per type, as a lab would label them on the Review page
 
 
-@pytest.fixture(scope="module")
-def base_tree(tmp_path_factory):
-    """A tiny shared-trunk tree (ALL, MYM, NEU heads) trained on the generated cells."""
-    from bloodcells.train import train_tree
-
-    root = tmp_path_factory.mktemp("adapt_base")
-    write_cell_folders(root / "cells", TINY_TREE_CELLS, size=32)
-    train_tree([root / "cells"], root / "models", log=lambda _text: None,
-               config=tiny_train_config(shared_trunk=True, head_views=2))
-    return root / "models"
+@pytest.fixture
+def base_tree(shared_trunk_models_dir):
+    return shared_trunk_models_dir
 
 
 @pytest.fixture(scope="module")

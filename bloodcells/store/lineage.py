@@ -43,6 +43,14 @@ class LineageStore:
             session.expunge(row)
             return row
 
+    def get_model_version(self, model_version_id: int) -> ModelVersion:
+        with self.session() as session:
+            row = session.get(ModelVersion, model_version_id)
+            if row is None:
+                raise ReviewError(f"there is no model version #{model_version_id}")
+            session.expunge(row)
+            return row
+
     def list_model_versions(self, tree: str | None = None) -> list[ModelVersion]:
         """Newest first."""
         query = select(ModelVersion).order_by(ModelVersion.id.desc())

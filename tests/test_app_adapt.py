@@ -1,0 +1,101 @@
+"""AppTests of "adapt the models to this lab" on the Training page: reviewed cells of another lab's look
+make a candidate with its lineage; accepting it puts it in use everywhere; rollback returns; a
+discarded candidate leaves nothing in use."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TINY_TREE_CELLS
+from streamlit.testing.v1 import AppTest
+
+from bloodcells import versions
+from bloodcells.classify import TreeClassifier, classify
+from bloodcells.synthetic import other_lab, write_cell_folders
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def lab_analysis(tmp_path, monkeypatch, shared_trunk_models_dir, app_store):
+    """The shared-trunk tree shipped; a classified and fully reviewed analysis of another lab's cells."""
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(shared_trunk_models_dir, root / "classifier" / "default")
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(root))
+    monkeypatch.setenv("BLOODCELLS_DATA_DIR", str(tmp_path / "data"))
+    files = write_cell_folders(tmp_path / "lab", {code: 12 for code in TINY_TREE_CELLS}, size=32, start_seed=7000,
+                               look=other_lab)
+    outcome = classify(tmp_path / "lab", classifier=TreeClassifier.load(), store=app_store)
+    truth = {file.name: file.parent.name for file in files}
+    for prediction in app_store.get_analysis(outcome.analysis_id).predictions:
+        app_store.review(prediction.id, truth[Path(prediction.filename).name], "dr.lab")
+    return outcome.analysis_id
+
+
+def training_page(task: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.switch_page("pages/6_Training.py")
+    at.session_state["reviewer"] = "dr.lab"
+    at.run()
+    at.segmented_control(key="training_task").set_value(task).run()
+    return at
+
+
+def test_adapt_accept_rollback_with_lineage(lab_analysis, app_store):
+    at = training_page("adapt to this lab")
+    assert not at.exception
+    assert at.multiselect(key="adapt_analyses").value == [lab_analysis]
+    at.slider(key="adapt_hold_out").set_value(0.25)
+    at.button(key="adapt").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert versions.current_version("default") is None  # a candidate: nothing in use changed
+
+    (row,) = app_store.list_model_versions("default")
+    assert (row.status, row.kind, row.started_by, row.analyses, row.cells) == \
+        ("candidate", "adapted", "dr.lab", [lab_analysis], 12 * len(TINY_TREE_CELLS))
+    shipped = versions.shipped_dir("default")
+    assert row.base == {"trunk": json.loads((shipped / "trunk.json").read_text())["sha256"],
+                        **TreeClassifier.load(shipped).versions()}
+    lab = {when: row.figures[when]["lab"]["accuracy"] for when in ("before", "after")}
+    assert lab["after"] > lab["before"]
+    (figures,) = [frame.value for frame in at.dataframe if "models" in frame.value.columns]
+    assert list(figures["models"]) == ["before", "after", "before", "after"]
+
+    at.button(key=f"accept_{row.id}").click().run()
+    assert not at.exception
+    accepted = app_store.get_model_version(row.id)
+    assert accepted.status == "accepted" and accepted.decided_by == "dr.lab"
+    assert versions.current_version("default") == accepted.version
+    assert any(accepted.version in s.value for s in at.success)
+    assert TreeClassifier.load().tree_version == accepted.version  # every page loads it now
+
+    at.button(key="rollback").click().run()
+    assert not at.exception and versions.current_version("default") is None
+    assert versions.list_versions("default") == [accepted.version]  # kept, for switching back
+    at.selectbox(key="use_version").select(accepted.version).run()
+    at.button(key="use_version_button").click().run()
+    assert versions.current_version("default") == accepted.version
+
+
+def test_a_discarded_candidate_is_recorded_and_removed(lab_analysis, app_store):
+    at = training_page("adapt to this lab")
+    at.number_input(key="adapt_epochs").set_value(0)
+    at.button(key="adapt").click().run()
+    (row,) = app_store.list_model_versions()
+    assert Path(row.folder).is_dir()
+    at.button(key=f"discard_{row.id}").click().run()
+    assert not at.exception
+    row = app_store.get_model_version(row.id)
+    assert (row.status, row.decided_by) == ("discarded", "dr.lab") and not Path(row.folder).exists()
+    assert versions.current_version("default") is None
+
+
+def test_adapting_needs_a_name_and_reviewed_cells(tmp_path, monkeypatch, shared_trunk_models_dir, app_store):
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.switch_page("pages/6_Training.py").run()
+    at.segmented_control(key="training_task").set_value("adapt to this lab").run()
+    assert not at.exception
+    assert any("No analysis has reviewed cells yet" in i.value for i in at.info)

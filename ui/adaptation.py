@@ -1,0 +1,134 @@
+"""Training page sections: adapt the models to this lab from reviewed cells; the model versions, their
+lineage, accept, discard and roll back."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from bloodcells.adapt import AdaptConfig, adapt_from_reviews
+from bloodcells.report import analysis_overview
+from bloodcells.store import Store
+from bloodcells.taxonomy import default_tree
+from bloodcells.versions import (
+    accept_candidate,
+    candidate_dir,
+    current_version,
+    discard_candidate,
+    list_versions,
+    rollback,
+    use_version,
+)
+from ui.models import reload_models
+from ui.progress import cancel_button, progress_bar
+from ui.work import run_safely
+
+SHIPPED_LABEL = "the shipped models"
+
+
+def adapt_section(store: Store, person: str) -> None:
+    st.caption("The models learn this lab's camera and stain from the cells you reviewed (a reviewed cell's "
+               "final type is its label). A share is held back to score the models before and after, and "
+               "cells of the original training sources are mixed in so that they are not forgotten. The "
+               "result is a candidate: nothing changes until you accept it below.")
+    rows = [row for row in analysis_overview(store, kind="classification") if row["reviewed"]]
+    if not rows:
+        st.info("No analysis has reviewed cells yet: classify a zip of this lab's cells and review them "
+                "on the Review page first.")
+        return
+    labels = {row["id"]: f"#{row['id']} · {row['date']} · {row['name']} ({row['reviewed']} reviewed)" for row in rows}
+    chosen = st.multiselect("Analyses whose reviewed cells to learn from", list(labels), default=list(labels),
+                            format_func=labels.__getitem__, key="adapt_analyses")
+    left, right = st.columns(2)
+    hold_out = left.slider("Held back to score before and after", 0.0, 0.5, AdaptConfig.hold_out, 0.05,
+                           key="adapt_hold_out")
+    epochs = right.number_input("Epochs of the shared network (0: only the per-node heads)", 0, 30,
+                                AdaptConfig.epochs, key="adapt_epochs")
+    if not person:
+        st.warning("Enter your name in the sidebar: a new model version records who made it.")
+    if st.button("Adapt the models to this lab", type="primary", disabled=not chosen or not person, key="adapt"):
+        with cancel_button("cancel_adapt"), run_safely("Adapting the models") as outcome, \
+                progress_bar("Adapting…") as progress:
+            outcome["id"], _ = adapt_from_reviews(store, chosen, person, candidate_dir(), progress=progress,
+                                                  config=AdaptConfig(hold_out=hold_out, epochs=int(epochs)),
+                                                  log=lambda _line: None)
+        if outcome:
+            st.session_state["adapted"] = outcome["id"]
+    if st.session_state.pop("cancelled", False):
+        st.info("Adaptation cancelled. The models in use were not touched.")
+    if "adapted" in st.session_state:
+        st.success(f"Candidate #{st.session_state['adapted']} is ready: compare its figures under "
+                   "“Versions” and accept or discard it.")
+
+
+def figures_table(figures: dict) -> list[dict]:
+    """One row per scored set (the lab's held-back cells, the original test split) and moment."""
+    names = {"lab": "this lab's held-back cells", "original": "original sources' test cells"}
+    table = []
+    for part, name in names.items():
+        for when in ("before", "after"):
+            scores = (figures.get(when) or {}).get(part)
+            if scores:
+                table.append({"cells": name, "models": when, "accuracy": scores["accuracy"],
+                              "macro-F1": scores["macro_f1"], "n": scores["cells"],
+                              **{code: value for code, value in scores["per_class"].items()}})
+    return table
+
+
+def versions_section(store: Store, person: str) -> None:
+    tree = default_tree().name
+    in_use = current_version(tree)
+    st.markdown(f"In use: **{in_use or SHIPPED_LABEL}**. Every analysis records the version that made it "
+                "(History, “models”).")
+    for row in store.list_model_versions(tree):
+        title = (f"#{row.id} · {row.kind} by {row.started_by}, {row.started_at:%Y-%m-%d %H:%M} · {row.cells} cells"
+                 f" · {row.status}" + (f" as {row.version}" if row.version else ""))
+        with st.expander(title, expanded=row.status == "candidate"):
+            st.caption(f"From analyses {', '.join(f'#{a}' for a in row.analyses) or '—'}; base models "
+                       + ", ".join(f"{node} {sha[:8]}" for node, sha in row.base.items())
+                       + (f"; {row.status} by {row.decided_by}, {row.decided_at:%Y-%m-%d %H:%M}"
+                          if row.decided_by else ""))
+            table = figures_table(row.figures)
+            if table:
+                st.dataframe(table, hide_index=True, key=f"figures_{row.id}",
+                             column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                            for c in table[0] if c not in ("cells", "models", "n")})
+            if row.status == "candidate":
+                accept, discard = st.columns(2)
+                if accept.button("Accept: use these models everywhere", type="primary", disabled=not person,
+                                 key=f"accept_{row.id}"):
+                    with run_safely("Accepting the models") as done:
+                        done["folder"] = accept_candidate(store, row.id, person)
+                    if done:
+                        _switched(f"Version {done['folder'].name} is in use; the previous one is kept for rollback.")
+                if discard.button("Discard", disabled=not person, key=f"discard_{row.id}"):
+                    with run_safely("Discarding the models") as done:
+                        discard_candidate(store, row.id, person)
+                        done["ok"] = True
+                    if done:
+                        st.session_state.pop("adapted", None)
+                        st.rerun()
+    versions = list_versions(tree)
+    left, right = st.columns(2)
+    if right.button("Roll back to the version in use before", disabled=in_use is None and not versions,
+                    key="rollback"):
+        with run_safely("Rolling back") as done:
+            done["folder"] = rollback(tree)
+        if done:
+            _switched(f"Rolled back: {current_version(tree) or SHIPPED_LABEL} is in use.")
+    options = [None, *versions]
+    chosen = left.selectbox("Use a version", options, index=options.index(in_use) if in_use in options else 0,
+                            format_func=lambda v: v or SHIPPED_LABEL, key="use_version")
+    if chosen != in_use and left.button("Use this version", key="use_version_button"):
+        with run_safely("Switching versions") as done:
+            done["folder"] = use_version(tree, chosen)
+        if done:
+            _switched(f"{chosen or SHIPPED_LABEL} is in use.")
+    if "switched" in st.session_state:
+        st.success(st.session_state.pop("switched"))
+
+
+def _switched(message: str) -> None:
+    reload_models()
+    st.session_state.pop("adapted", None)
+    st.session_state["switched"] = message
+    st.rerun()
