@@ -1,10 +1,11 @@
 """Adapting a trained tree to a new lab's camera, stain and smear technique, from its reviewed cells.
 
 How: the tree's shared trunk is fine-tuned from its trained weights for a few epochs on the lab's
-labelled cells mixed with a replay sample of the original training cells (so the original sites
-do not regress: both are balanced per cell type, lab cells oversampled and augmented), and then
-every node's head is retrained on the new trunk's features of the same mix. BatchNorm statistics
-follow the mixed batches. A share of the lab's cells (a fifth by default, stratified) is held
+labelled cells mixed with replayed original training cells (so the original sites do not
+regress), balanced per cell type and per source (a lab's 15 neutrophils weigh as much per epoch
+as the original hundreds; they are oversampled and augmented), and then every node's head is
+retrained on the new trunk's features of the same mix. BatchNorm statistics follow the mixed
+batches. A share of the lab's cells (a fifth by default, stratified) is held
 back: the tree is scored on it, and on the original sources' test split, before and after.
 The result is a complete model folder (``classifier.json`` records its lineage under ``adapted``).
 docs/classification.md compares this with tuning the heads alone (``AdaptConfig.epochs = 0``).
@@ -39,8 +40,8 @@ class AdaptCancelled(RuntimeError):
 class AdaptConfig:
     hold_out: float = 0.2  # share of the lab's cells held back for scoring (stratified)
     epochs: int = 6  # of the trunk; 0 keeps it and retrains only the heads
-    per_label: int = 60  # cells per cell type per epoch (lab and replay together)
-    replay_per_label: int = 40  # original training cells per cell type mixed in
+    per_label: int = 40  # cells per cell type and source per epoch (the lab's oversampled and augmented)
+    replay_per_label: int = 400  # original training cells per cell type and source mixed in (at most)
     learning_rate: float = 3e-4  # a tenth of training's: start from the trained weights, stay near them
     min_per_label: int = 3  # lab cells needed per cell type (one held back, the rest to learn from)
     seed: int = 0
@@ -205,15 +206,17 @@ def _original_cells(base: TreeClassifier, replay: Sequence[str | Path] | None, l
 
 def _replay_sample(labels: Sequence[str], pool: Sequence[int], per_label: int,
                    rng: np.random.Generator) -> tuple[list[int], list[int]]:
-    """Up to ``per_label`` cells per label to learn from and a quarter as many for validation."""
+    """Up to ``per_label`` cells per label to learn from and a quarter as many for validation (a fifth
+    of the label's cells when it has fewer)."""
     by_label: dict[str, list[int]] = {}
     for index in pool:
         by_label.setdefault(labels[index], []).append(index)
     train, val = [], []
     for label in sorted(by_label):
         picked = rng.permutation(by_label[label])[:per_label + max(1, per_label // 4)]
-        train += picked[:per_label].tolist()
-        val += picked[per_label:].tolist()
+        held = max(1, len(picked) // 5)
+        val += picked[:held].tolist()
+        train += picked[held:].tolist()
     return train, val
 
 
@@ -234,7 +237,8 @@ def _train_config(manifest: dict, config: AdaptConfig):
     known = {f.name for f in fields(TrainConfig)}
     recipe = TrainConfig(**{k: v for k, v in manifest["config"].items() if k in known})
     return replace(recipe, epochs=config.epochs, per_class=config.per_label, learning_rate=config.learning_rate,
-                   patience=config.epochs + 1, seed=config.seed, nodes=None, shared_trunk=True)
+                   patience=config.epochs + 1, seed=config.seed, nodes=None, shared_trunk=True,
+                   balance_sources=True)
 
 
 def _scores(classifier: TreeClassifier, held: CellDataset, original_test: CellDataset) -> dict[str, Evaluation]:

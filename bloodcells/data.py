@@ -211,6 +211,12 @@ def balance_target(counts: Counter, min_per_class: int = 1000, per_class: int | 
     return max(min(counts.values()), min_per_class)
 
 
+def per_source(targets: dict[int, str], sources: Sequence[str]) -> dict[int, tuple[str, str]]:
+    """``targets`` keyed by (child, source): balancing then gives each source of a child as many images
+    (a lab's few cells of a type weigh as much as the original sources' many)."""
+    return {index: (child, sources[index]) for index, child in targets.items()}
+
+
 def balanced_indices(targets: dict[int, str], target: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Indices for one epoch with ``target`` images per child, and which of them are repeats.
 

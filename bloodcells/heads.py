@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import augmentation, balanced_indices, to_tensor
+from .data import augmentation, balanced_indices, per_source, to_tensor
 
 TRUNK = "trunk"  # the trunk's name in files and logs (not a tree code: codes are upper case)
 HEAD_EPOCHS, HEAD_PATIENCE, HEAD_BATCH, HEAD_LEARNING_RATE = 80, 12, 256, 3e-3
@@ -123,7 +123,8 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
         best = {"val_loss": float("inf"), "epoch": 0, "state": None, "val_accuracy": float("nan")}
         history = []
         for epoch in range(1, HEAD_EPOCHS + 1):
-            order, _ = balanced_indices(train_targets, per_child[code], rng)
+            order, _ = balanced_indices(per_source(train_targets, dataset.sources) if config.balance_sources
+                                        else train_targets, per_child[code], rng)
             which_view = torch.from_numpy(rng.integers(0, len(views_of_train), len(order)))
             rows = torch.as_tensor([position[i] for i in order])
             labels = torch.as_tensor([output_index[dataset.labels[i]] for i in order])

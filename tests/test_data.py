@@ -153,3 +153,19 @@ def _png(code: str) -> bytes:
     from bloodcells.synthetic import encode
 
     return encode(cell_image(code, 0, 24))
+
+
+def test_balancing_per_source_gives_a_few_lab_cells_the_weight_of_many_original_ones():
+    import numpy as np
+
+    from bloodcells.data import balanced_indices, per_source
+
+    sources = ["pbc"] * 30 + ["lab"] * 3
+    targets = {i: "NGS" if i % 2 else "LYT" for i in range(30)} | {30: "NGS", 31: "NGS", 32: "LYT"}
+    order, repeats = balanced_indices(per_source(targets, sources), 8, np.random.default_rng(0))
+    drawn = [(targets[i], sources[i]) for i in order]
+    assert {key: drawn.count(key) for key in set(drawn)} == {("NGS", "pbc"): 8, ("NGS", "lab"): 8,
+                                                           ("LYT", "pbc"): 8, ("LYT", "lab"): 8}
+    assert repeats[[sources[i] == "lab" for i in order]].sum() == 16 - 3  # the lab's cells, oversampled
+    order, _ = balanced_indices(targets, 8, np.random.default_rng(0))  # without: the lab's cells are rare
+    assert sum(sources[i] == "lab" for i in order) < 8

@@ -40,6 +40,7 @@ class TrainConfig:
     nodes: Sequence[str] | None = None  # train only these nodes (default: all that have data)
     shared_trunk: bool = False  # one network for all nodes, a head per node (bloodcells.heads)
     head_views: int = 3  # shared trunk: features of each training cell as it is + augmented views
+    balance_sources: bool = False  # balance each child's sources too (adapting: the lab's cells weigh as much)
 
     def __post_init__(self):
         if self.mode not in MODES:

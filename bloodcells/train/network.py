@@ -14,6 +14,7 @@ from ..data import (
     augmentation,
     balanced_indices,
     node_targets,
+    per_source,
     to_tensor,
 )
 from ..heads import TRUNK
@@ -134,7 +135,8 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         rng = np.random.default_rng(config.seed * 1000 + epoch)
-        order, repeats = balanced_indices(train_targets, per_child, rng)
+        order, repeats = balanced_indices(per_source(train_targets, dataset.sources) if config.balance_sources
+                                          else train_targets, per_child, rng)
         usable = len(order) - len(order) % dist.world
         order, repeats = order[dist.rank:usable:dist.world], repeats[dist.rank:usable:dist.world]
         trained.train()
