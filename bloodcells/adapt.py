@@ -124,7 +124,7 @@ def adapt(labelled: str | Path, out_dir: str | Path, *, models_dir: str | Path |
     for problem in lab.problems:
         log(f"skipped: {problem}")
     learn, held = _hold_out(lab, config)
-    originals = _original_cells(base, replay, log)
+    originals = _original_cells(base, replay, config.replay_per_label > 0, log, lab)
     rng = np.random.default_rng(config.seed)
     seen = _split_file(base.models_dir).get("seen", [])
     test_digests = set(_split_file(base.models_dir).get("test", []))
@@ -192,14 +192,21 @@ def _hold_out(lab: CellDataset, config: AdaptConfig) -> tuple[np.ndarray, np.nda
     return np.sort(learn), np.sort(held)
 
 
-def _original_cells(base: TreeClassifier, replay: Sequence[str | Path] | None, log) -> CellDataset:
+def _original_cells(base: TreeClassifier, replay: Sequence[str | Path] | None, required: bool, log,
+                    lab: CellDataset) -> CellDataset:
+    """The original training sources' cells; without them, an error, or (no replay asked for) none."""
     sources = [Path(s) for s in (replay or base.manifest.get("sources", []))]
     missing = [str(s) for s in sources if not s.exists()]
     if not sources or missing:
-        raise AdaptError("adapting replays the original training cells so that the original sites do not "
-                         f"regress, and {', '.join(missing) or 'no source'} "
-                         f"{'is' if len(missing) == 1 else 'are'} not here: pass --replay with the folders "
-                         f"the tree was trained on ({', '.join(base.manifest.get('sources', [])) or 'unknown'})")
+        where = (f"{', '.join(missing) or 'no source'} {'is' if len(missing) == 1 else 'are'} not here: pass "
+                 f"--replay with the folders the tree was trained on "
+                 f"({', '.join(base.manifest.get('sources', [])) or 'unknown'})")
+        if required:
+            raise AdaptError("adapting replays the original training cells so that the original sites do not "
+                             f"regress, and {where}, or --replay-per-label 0 to adapt without them (the tree "
+                             "then learns only the lab's cell types)")
+        log(f"not replayed nor scored: the original training cells ({where})")
+        return lab.subset([])
     log(f"reading the original training cells from {', '.join(map(str, sources))}")
     return load_dataset(sources, base.tree, base.input_size)
 
@@ -208,6 +215,8 @@ def _replay_sample(labels: Sequence[str], pool: Sequence[int], per_label: int,
                    rng: np.random.Generator) -> tuple[list[int], list[int]]:
     """Up to ``per_label`` cells per label to learn from and a quarter as many for validation (a fifth
     of the label's cells when it has fewer)."""
+    if not per_label:
+        return [], []
     by_label: dict[str, list[int]] = {}
     for index in pool:
         by_label.setdefault(labels[index], []).append(index)

@@ -165,3 +165,20 @@ def test_cancel_stops_before_anything_is_written(base_tree, lab_cells, tmp_path)
     with pytest.raises(AdaptCancelled):
         adapt(lab_cells, tmp_path / "adapted", models_dir=base_tree, should_stop=lambda: True, log=lambda _t: None)
     assert not (tmp_path / "adapted").exists() and not (tmp_path / "adapted.training").exists()
+
+
+def test_without_the_original_sources_adapting_needs_replay_switched_off(base_tree, lab_cells, tmp_path, capsys):
+    """A lab's server may not hold the original training cells: asked for, adaptation then learns the
+    lab's cells alone and says that the original sources were neither replayed nor scored."""
+    from bloodcells.cli import main
+
+    models = tmp_path / "base"
+    shutil.copytree(base_tree, models)
+    manifest = json.loads((models / "classifier.json").read_text())
+    manifest["sources"] = [str(tmp_path / "gone")]
+    (models / "classifier.json").write_text(json.dumps(manifest))
+    assert main(["adapt", "--data", str(lab_cells), "--out", str(tmp_path / "adapted"), "--models", str(models),
+                 "--replay-per-label", "0", "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "not replayed nor scored" in out and "lab's held-back cells, after" in out
+    assert "original sources' test split" not in out

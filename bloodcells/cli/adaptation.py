@@ -25,7 +25,9 @@ def _adapt_args(parser):
     parser.add_argument("--per-label", type=int, default=defaults.per_label,
                         help=f"cells per cell type per epoch (default {defaults.per_label})")
     parser.add_argument("--replay-per-label", type=int, default=defaults.replay_per_label,
-                        help=f"original cells replayed per cell type (default {defaults.replay_per_label})")
+                        help=f"original cells replayed per cell type (default {defaults.replay_per_label}; 0: "
+                             "none, when the original sources are not at hand: the tree then learns only the "
+                             "lab's cell types)")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate of the trunk")
     parser.add_argument("--seed", type=int, default=defaults.seed)
 
