@@ -53,16 +53,19 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", action="append", metavar="SITE=DIR")
+    parser.add_argument("--sites", default="pbc,matek", help="the sources a base is adapted to (not its own)")
     parser.add_argument("--cells", type=int, default=15, help="labelled cells per type of the new site")
     parser.add_argument("--epochs", default="6", help="trunk epochs to compare, comma-separated (0: heads only)")
     parser.add_argument("--test-per-label", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=AdaptConfig.learning_rate, help="learning rate of the trunk")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     datasets = Path(os.environ.get("DATASETS", ROOT.parent / "shared" / "datasets"))
     bases = dict(item.split("=", 1) for item in args.base or [f"{site}={ROOT / '.cache' / 'adapt' / site}-only"
                                                               for site in ("pbc", "matek")])
-    if not all((datasets / site).is_dir() for site in bases):
-        print(f"skipped: {datasets} does not hold {', '.join(bases)}")
+    sites = args.sites.split(",")
+    if not all((datasets / site).is_dir() for site in {*bases, *sites}):
+        print(f"skipped: {datasets} does not hold {', '.join(sorted({*bases, *sites}))}")
         return
     missing = [folder for folder in bases.values() if not (Path(folder) / "classifier.json").is_file()]
     if missing:
@@ -71,7 +74,7 @@ def main() -> None:
     rows = []
     for base_site, base_dir in bases.items():
         base = TreeClassifier.load(base_dir)
-        for new_site in (s for s in bases if s != base_site):
+        for new_site in (s for s in sites if s != base_site):
             with tempfile.TemporaryDirectory() as scratch:
                 lab = Path(scratch) / f"{new_site}-lab"
                 chosen = sample_lab_cells(datasets / new_site, args.cells, args.seed, lab)
@@ -87,7 +90,8 @@ def main() -> None:
                 for epochs in map(int, args.epochs.split(",")):
                     started = time.perf_counter()
                     result = adapt(lab, Path(scratch) / f"adapted-{epochs}", models_dir=base_dir,
-                                   config=AdaptConfig(hold_out=0, epochs=epochs, seed=args.seed),
+                                   config=AdaptConfig(hold_out=0, epochs=epochs, learning_rate=args.lr,
+                                                      seed=args.seed),
                                    log=lambda _text: None)
                     minutes = (time.perf_counter() - started) / 60
                     after = score(TreeClassifier.load(result.out_dir), test).tree

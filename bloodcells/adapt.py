@@ -42,7 +42,7 @@ class AdaptConfig:
     epochs: int = 6  # of the trunk; 0 keeps it and retrains only the heads
     per_label: int = 40  # cells per cell type and source per epoch (the lab's oversampled and augmented)
     replay_per_label: int = 400  # original training cells per cell type and source mixed in (at most)
-    learning_rate: float = 3e-4  # a tenth of training's: start from the trained weights, stay near them
+    learning_rate: float = 3e-4  # under a third of training's: start from the trained weights, stay near them
     min_per_label: int = 3  # lab cells needed per cell type (one held back, the rest to learn from)
     seed: int = 0
 
