@@ -242,8 +242,9 @@ def balanced_indices(targets: dict[int, str], target: int, rng: np.random.Genera
 
 
 # -- augmentation -----------------------------------------------------------------------------
-def augmentation(cross_site: bool = False):
-    """Albumentations pipeline for microscopy cells.
+def augmentation(cross_site: bool = False, seed: int | None = None):
+    """Albumentations pipeline for microscopy cells; with ``seed``, the same draws on every run (a
+    training run is then reproducible, whatever ran before it in the process).
 
     Always: rotation by any angle, flips, gamma, brightness/contrast, blur or sharpen, a mild
     hue/saturation (stain) shift. ``cross_site`` adds what differs between labs: stronger colour
@@ -270,7 +271,7 @@ def augmentation(cross_site: bool = False):
             A.PlanckianJitter(p=0.3),
             A.ToGray(p=0.05),
         ]
-    return A.Compose(steps)
+    return A.Compose(steps, seed=seed)
 
 
 # -- tensors ----------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
     started = time.perf_counter()
     clean = features(trunk, dataset.images[train], mean, std, config.stain_norm, device=device)
     views_of_train = [clean]
-    augment = augmentation(cross_site=config.cross_site) if config.head_views > 1 else None
+    augment = augmentation(cross_site=config.cross_site, seed=config.seed) if config.head_views > 1 else None
     rng = np.random.default_rng(config.seed)
     for _ in range(config.head_views - 1):
         augmented = np.stack([augment(image=image)["image"] for image in dataset.images[train]])

@@ -231,3 +231,24 @@ def test_test_time_flips_make_the_answer_the_same_for_a_flipped_cell(tmp_path):
             for node, probabilities in averaged[0].probabilities.items():
                 np.testing.assert_allclose(list(result.probabilities[node].values()),
                                            list(probabilities.values()), atol=1e-4)
+
+
+def test_a_seed_gives_the_same_models_whatever_ran_before(tmp_path):
+    """Regression: augmentation drew from the process's global random state, so a tree's quality
+    depended on which tests (or trainings) had run before it in the process."""
+    import random
+
+    import numpy as np
+
+    from bloodcells.classify import TreeClassifier
+    from bloodcells.train import train_tree
+
+    write_cell_folders(tmp_path / "cells", {"LYT": 10, "NGS": 6}, size=24)  # NGS oversampled: augmented
+    config = tiny_train_config(input_size=24, epochs=2, per_class=12, cross_site=True)
+    versions = []
+    for run, state in enumerate((1, 2)):
+        random.seed(state)
+        np.random.seed(state)
+        train_tree([tmp_path / "cells"], tmp_path / f"models{run}", config=config, log=lambda _text: None)
+        versions.append(TreeClassifier.load(tmp_path / f"models{run}").versions())
+    assert versions[0] == versions[1]
