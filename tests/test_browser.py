@@ -164,13 +164,26 @@ def stored_analysis(server, code: str, path: str, cells: int) -> int:
     return analysis_id
 
 
+def settled(page) -> None:
+    """Wait until the page's script has finished running (its widgets are those of the new run)."""
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
+
+
+def choose_analysis(page, analysis_id: int) -> None:
+    """Pick an analysis in the page's "Analysis" select box (found by its label: the gallery's
+    "Other type" boxes are comboboxes too, and may come first in the page), and wait for the page
+    to run with it: text typed into a widget while it reruns can be lost."""
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Analysis").first.click()
+    page.get_by_role("option", name=f"#{analysis_id} ").click()
+    settled(page)
+
+
 def review_one_cell(page, server, analysis_id: int, button: str) -> list[tuple]:
     """Open the analysis on Review as Dr Browser, click ``button`` once; the reviews stored after."""
     from playwright.sync_api import expect
 
     open_page(page, server, "Review")
-    page.get_by_role("combobox").first.click()
-    page.get_by_role("option", name=f"#{analysis_id} ").click()
+    choose_analysis(page, analysis_id)
     page.get_by_label("Your name").fill("Dr Browser")
     page.get_by_label("Your name").press("Enter")
     expect(metric(page, "Reviewed")).to_have_text("0 of 3")
@@ -243,8 +256,7 @@ def test_review_downloads_the_report_to_sign(page, server):
 
     analysis_id = stored_analysis(server, "NGS", "ALL/MYE/MYM/NEU/NGS", 3)
     open_page(page, server, "Review")
-    page.get_by_role("combobox").first.click()
-    page.get_by_role("option", name=f"#{analysis_id} ").click()
+    choose_analysis(page, analysis_id)
     page.get_by_text("Sign-off and report (PDF)").click()
     page.get_by_role("textbox", name="Category").fill("peripheral blood")
     page.get_by_role("textbox", name="Category").press("Enter")

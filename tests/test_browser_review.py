@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import test_browser
-from test_browser import ARTIFACTS, make_run, metric, open_page, stored_analysis
+from test_browser import ARTIFACTS, choose_analysis, make_run, metric, open_page, settled, stored_analysis
 
 from bloodcells.store import open_store
 
@@ -35,11 +35,14 @@ def cells_of(server, analysis_id: int) -> list[tuple[str, list[tuple]]]:
 
 
 def open_review(page, server, analysis_id: int, name: str) -> None:
+    from playwright.sync_api import expect
+
     open_page(page, server, "Review")
-    page.get_by_role("combobox").first.click()
-    page.get_by_role("option", name=f"#{analysis_id} ").click()
+    choose_analysis(page, analysis_id)
     page.get_by_label("Your name").fill(name)
     page.get_by_label("Your name").press("Enter")
+    settled(page)
+    expect(page.get_by_text("Enter your name in the sidebar")).to_have_count(0)
 
 
 def keyboard_mode(page) -> None:
@@ -49,11 +52,6 @@ def keyboard_mode(page) -> None:
     page.get_by_test_id("stButtonGroup").get_by_text("keyboard", exact=True).click()
     expect(page.get_by_text("Cell 1 of ")).to_be_visible()
     page.get_by_role("heading", level=1).click()
-
-
-def settled(page) -> None:
-    """Wait until the page's script has finished running (its widgets are those of the new run)."""
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
 
 
 def press(page, key: str, then: str) -> None:
