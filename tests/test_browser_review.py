@@ -64,10 +64,15 @@ def press(page, key: str, then: str) -> None:
 
 
 def panel(page):
-    """The sign-off panel, opened."""
+    """The sign-off panel, opened: once the page has run to its end, and judged by the expander's own
+    open state (a button's visibility read during a rerun made this close an open panel)."""
+    from playwright.sync_api import expect
+
+    settled(page)
     header = page.get_by_test_id("stExpander").filter(has_text="Sign-off and report (PDF)")
-    if not header.get_by_role("button", name="Download report (PDF)").is_visible():
+    if header.locator("details").get_attribute("open") is None:
         header.get_by_text("Sign-off and report (PDF)").click()
+    expect(header.get_by_role("button", name="Download report (PDF)")).to_be_visible()
     return header
 
 
@@ -103,6 +108,8 @@ def test_sign_off_locks_keys_reopen_amend_and_the_report_says_amended(page, serv
     open_review(page, server, analysis_id, "Dr Sign")
     signing = panel(page)
     signing.get_by_role("textbox", name="Category").fill("peripheral blood")
+    signing.get_by_role("textbox", name="Category").press("Enter")
+    settled(page)  # a click while the page reruns for the text can be lost
     signing.get_by_role("button", name="Sign off", exact=True).click()
     expect(page.get_by_text("Signed off by Dr Sign")).to_be_visible()
     settled(page)
@@ -114,6 +121,8 @@ def test_sign_off_locks_keys_reopen_amend_and_the_report_says_amended(page, serv
 
     reopening = panel(page)
     reopening.get_by_role("textbox", name="Reason for reopening").fill("a band was missed")
+    reopening.get_by_role("textbox", name="Reason for reopening").press("Enter")
+    settled(page)
     reopening.get_by_role("button", name="Reopen to amend").click()
     expect(page.get_by_text("Signed off by Dr Sign")).to_have_count(0)
     settled(page)
