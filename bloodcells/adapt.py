@@ -126,8 +126,8 @@ def adapt(labelled: str | Path, out_dir: str | Path, *, models_dir: str | Path |
     learn, held = _hold_out(lab, config)
     originals = _original_cells(base, replay, config.replay_per_label > 0, log, lab)
     rng = np.random.default_rng(config.seed)
-    seen = _split_file(base.models_dir).get("seen", [])
-    test_digests = set(_split_file(base.models_dir).get("test", []))
+    split = _split_file(base.models_dir)
+    seen, test_digests = split.get("seen", []), set(split.get("test", []))
     original_test = [i for i, digest in enumerate(originals.digests) if digest in test_digests]
     pool = [i for i, digest in enumerate(originals.digests) if digest not in test_digests]
     replay_train, replay_val = _replay_sample(originals.labels, pool, config.replay_per_label, rng)
@@ -278,16 +278,14 @@ def _record(out_dir: Path, result: AdaptResult, labelled: str) -> None:
 def reviewed_cells_zip(store, analysis_ids: Sequence[int]) -> tuple[bytes, Counter]:
     """The cells a person reviewed in the given analyses, as a zip of class folders (their final
     labels), and how many there are per label."""
-    from .report import labelled_zip
+    from .report import labelled_zip, reviewed_cells
 
-    cells, counts = [], Counter()
+    cells = []
     for analysis_id in analysis_ids:
         analysis = store.get_analysis(analysis_id)
-        for prediction in analysis.predictions:
-            if prediction.reviews and prediction.blob_id is not None:
-                cells.append((prediction.filename, prediction.final_code, store.read_blob(prediction.blob_id)))
-                counts[prediction.final_code] += 1
-    return labelled_zip(cells), counts
+        analysis.predictions = [p for p in analysis.predictions if p.reviews]  # as the Review page's export
+        cells += reviewed_cells(store, analysis)
+    return labelled_zip(cells), Counter(label for _, label, _ in cells)
 
 
 def adapt_from_reviews(store, analysis_ids: Sequence[int], person: str, out_dir: str | Path, *,
