@@ -165,7 +165,10 @@ def stored_analysis(server, code: str, path: str, cells: int) -> int:
 
 
 def settled(page) -> None:
-    """Wait until the page's script has finished running (its widgets are those of the new run)."""
+    """Wait until the page's script has finished running (its widgets are those of the new run). The
+    short pause first lets a rerun just asked for (Enter, a click) begin: before it, the page still
+    reads "not running" from the run before."""
+    page.wait_for_timeout(500)
     page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
 
 
