@@ -4,11 +4,14 @@ images (our overhead: reading, tiling decisions, counting).
 
 Uses BCCD val fields from ../shared/datasets when they are there (says so), generated fields
 otherwise; the shipped detector (models/detector) and classifier (models/classifier/default)
-when it exists. Rounds are interleaved and the median is reported, as the CPU is shared.
+when it exists, or each ``--model`` given (several are measured one after the other in one run,
+and the ratio of their detect times printed). Rounds are interleaved and the median is reported, as
+the CPU is shared.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
@@ -56,10 +59,39 @@ def timed(function) -> float:
     return time.perf_counter() - start
 
 
+def measure(detector: Detector, classifier, images: list[Image.Image], folder: Path, big: Path) -> dict[str, float]:
+    """Median seconds of each run over interleaved rounds, after one warm-up."""
+    yolo = detector.yolo
+
+    def bare():
+        for image in images:
+            yolo.predict(image, imgsz=detector.imgsz, conf=DEFAULT_BOX_CONFIDENCE, iou=detector.iou, max_det=1000,
+                         device="cpu", verbose=False)
+
+    runs = {"bare ultralytics predict": bare,
+            "detect (detection alone)": lambda: detect(folder, detector=detector, type_white_cells=False),
+            "4000x3000 tiled image": lambda: detect(big, detector=detector, type_white_cells=False)}
+    if classifier is not None:
+        runs["detect-then-classify"] = lambda: detect(folder, detector=detector, classifier=classifier)
+    for run in runs.values():  # warm up (first-call allocations, lazy imports)
+        run()
+    seconds = {name: [] for name in runs}
+    for _ in range(ROUNDS):
+        for name, run in runs.items():
+            seconds[name].append(timed(run))
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
 def main() -> int:
-    detector = Detector.load()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, action="append", default=None,
+                        help="detector weights; repeat to compare detectors in one run (default: the shipped one)")
+    args = parser.parse_args()
+    detectors = [Detector.load(path) for path in args.model or [None]]
     classifier, skipped = _default_classifier()
     images, described = fields()
+    print(f"{described}; median of {ROUNDS} rounds on {_cpu()}")
+    per_field_detect = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "fields"
         folder.mkdir()
@@ -67,39 +99,25 @@ def main() -> int:
             image.save(folder / f"field_{n}.png")
         big = Path(tmp) / "large.png"
         large_image(images).save(big)
-        yolo = detector.yolo
-
-        def bare():
-            for image in images:
-                yolo.predict(image, imgsz=detector.imgsz, conf=DEFAULT_BOX_CONFIDENCE, iou=detector.iou, max_det=1000,
-                             device="cpu", verbose=False)
-
-        runs = {"bare ultralytics predict": bare,
-                "detect (detection alone)": lambda: detect(folder, detector=detector, type_white_cells=False),
-                "4000x3000 tiled image": lambda: detect(big, detector=detector, type_white_cells=False)}
-        if classifier is not None:
-            runs["detect-then-classify"] = lambda: detect(folder, detector=detector, classifier=classifier)
-        for run in runs.values():  # warm up (first-call allocations, lazy imports)
-            run()
-        seconds = {name: [] for name in runs}
-        for _ in range(ROUNDS):
-            for name, run in runs.items():
-                seconds[name].append(timed(run))
-    median = {name: statistics.median(values) for name, values in seconds.items()}
-    per_field = {name: 1000 * median[name] / len(images) for name in runs if name != "4000x3000 tiled image"}
-    print(f"detector {detector.path.name} (imgsz {detector.imgsz}, tiles of {detector.tile_size} px, overlap "
-          f"{detector.overlap}); {described}; median of {ROUNDS} rounds on {_cpu()}")
-    for name, ms in per_field.items():
-        print(f"  {name:<28} {ms:8.1f} ms per field")
-    tiles = len(plan_tiles(4000, 3000, detector.tile_size, detector.overlap))
-    print(f"  {'4000x3000 tiled image':<28} {1000 * median['4000x3000 tiled image']:8.1f} ms ({tiles} tiles)")
-    if classifier is None:
-        print(f"  detect-then-classify: not measured ({skipped})")
-    overhead = per_field["detect (detection alone)"] / per_field["bare ultralytics predict"]
-    print(f"ratio detect / bare predict: {overhead:.2f}")
-    if classifier is not None:
-        print(f"ratio detect-then-classify / detect: "
-              f"{per_field['detect-then-classify'] / per_field['detect (detection alone)']:.2f}")
+        for detector in detectors:
+            median = measure(detector, classifier, images, folder, big)
+            per_field = {name: 1000 * median[name] / len(images) for name in median if name != "4000x3000 tiled image"}
+            print(f"detector {detector.path} (imgsz {detector.imgsz}, tiles of {detector.tile_size} px, overlap "
+                  f"{detector.overlap})")
+            for name, ms in per_field.items():
+                print(f"  {name:<28} {ms:8.1f} ms per field")
+            tiles = len(plan_tiles(4000, 3000, detector.tile_size, detector.overlap))
+            print(f"  {'4000x3000 tiled image':<28} {1000 * median['4000x3000 tiled image']:8.1f} ms ({tiles} tiles)")
+            if classifier is None:
+                print(f"  detect-then-classify: not measured ({skipped})")
+            print(f"  ratio detect / bare predict: "
+                  f"{per_field['detect (detection alone)'] / per_field['bare ultralytics predict']:.2f}")
+            if classifier is not None:
+                print(f"  ratio detect-then-classify / detect: "
+                      f"{per_field['detect-then-classify'] / per_field['detect (detection alone)']:.2f}")
+            per_field_detect.append(per_field["detect (detection alone)"])
+    for detector, ms in zip(detectors[1:], per_field_detect[1:], strict=True):
+        print(f"ratio detect with {detector.path.name} / with {detectors[0].path.name}: {ms / per_field_detect[0]:.2f}")
     return 0
 
 
