@@ -3,7 +3,7 @@
 One module per concern: ``boxes`` (our classes and the box type), ``datasets`` (YOLO and VOC
 sources rewritten into our classes), ``yolo`` (ultralytics, loaded offline), ``training``,
 ``tiling`` (large images), ``detector``, ``pipeline`` (an upload found, counted, typed and
-stored) and ``drawing``. ultralytics and the store (SQLAlchemy) are imported only inside the
+stored), ``slide`` (fields of one slide registered and counted as one) and ``drawing``. ultralytics and the store (SQLAlchemy) are imported only inside the
 functions that need them, so importing this package stays quick.
 """
 
@@ -12,8 +12,18 @@ from .datasets import DatasetError, PreparedDataset, prepare_dataset
 from .detector import DEFAULT_BOX_CONFIDENCE, Detector, DetectorFileError
 from .drawing import annotate
 from .pipeline import DetectionResult, detect
+from .slide import (
+    DEFAULT_WBC_TARGET,
+    FieldImage,
+    FieldOverlap,
+    SlideCount,
+    check_wbc_target,
+    count_slide,
+    register_fields,
+)
 from .training import TrainedDetector, evaluate_detector, train_detector
 
-__all__ = ["CLASS_NAMES", "DEFAULT_BOX_CONFIDENCE", "DETECTOR_CLASSES", "DatasetError", "DetectedBox",
-           "DetectionResult", "Detector", "DetectorFileError", "PreparedDataset", "TrainedDetector", "annotate",
-           "canonical_class", "detect", "evaluate_detector", "prepare_dataset", "train_detector"]
+__all__ = ["CLASS_NAMES", "DEFAULT_BOX_CONFIDENCE", "DEFAULT_WBC_TARGET", "DETECTOR_CLASSES", "DatasetError",
+           "DetectedBox", "DetectionResult", "Detector", "DetectorFileError", "FieldImage", "FieldOverlap",
+           "PreparedDataset", "SlideCount", "TrainedDetector", "annotate", "canonical_class", "check_wbc_target",
+           "count_slide", "detect", "evaluate_detector", "prepare_dataset", "register_fields", "train_detector"]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from .boxes import DETECTOR_CLASSES, DetectedBox
 from .detector import DEFAULT_BOX_CONFIDENCE, Detector
 from .drawing import annotate
+from .slide import DEFAULT_WBC_TARGET, FieldImage, SlideCount, check_wbc_target, count_slide
 
 if TYPE_CHECKING:
     from ..classify import TreeClassifier
@@ -24,6 +25,7 @@ class DetectionResult:
     analysis_id: int | None = None
     files: list[str] = field(default_factory=list)  # images analysed, in order
     typing_skipped: str | None = None  # why white cells were not typed, if they were not
+    slide: SlideCount | None = None  # slide mode: the fields as one slide (``boxes`` then hold each cell once)
 
     def counts(self, file: str | None = None) -> dict[str, int]:
         """Boxes per detector class, for one image or (``file=None``) the whole upload."""
@@ -39,10 +41,13 @@ class DetectionResult:
 
     def summary(self) -> dict:
         """What the store keeps besides the boxes: counts and differentials per image and per upload."""
-        return {"counts": self.counts(), "differential": self.differential(), "images": len(self.files),
-                "per_image": {f: {"counts": self.counts(f), "differential": self.differential(f)}
-                              for f in self.files},
-                "typing_skipped": self.typing_skipped, "problems": [str(p) for p in self.problems][:200]}
+        summary = {"counts": self.counts(), "differential": self.differential(), "images": len(self.files),
+                   "per_image": {f: {"counts": self.counts(f), "differential": self.differential(f)}
+                                 for f in self.files},
+                   "typing_skipped": self.typing_skipped, "problems": [str(p) for p in self.problems][:200]}
+        if self.slide is not None:
+            summary["slide"] = self.slide.as_dict()
+        return summary
 
     def write_csv(self, path: str | Path) -> Path:
         """``file,class,confidence,x1,y1,x2,y2,code,path,sub_confidence``, one row per box."""
@@ -83,21 +88,30 @@ def _default_classifier() -> tuple[TreeClassifier | None, str | None]:
 def detect(source, *, detector: Detector | None = None, classifier: TreeClassifier | None = None,
            type_white_cells: bool = True, confidence: float = DEFAULT_BOX_CONFIDENCE, store: Store | None = None,
            name: str | None = None, progress: Callable[[int, int | None], None] | None = None,
-           annotate_to: str | Path | None = None) -> DetectionResult:
+           annotate_to: str | Path | None = None, slide: bool = False,
+           wbc_target: int = DEFAULT_WBC_TARGET) -> DetectionResult:
     """Find, count and (white cells, through the classifier tree) type every cell in ``source``.
 
     ``source`` is an image, folder, zip or uploaded bytes (read through ``bloodcells.inputs``).
     Boxes the detector is less sure of than ``confidence`` are left out. White cells are typed by
     ``classifier``, by default the shipped tree when there is one; ``type_white_cells=False`` skips
     typing. With a ``store`` the analysis is recorded whole or marked failed. ``annotate_to`` gets
-    one PNG per image.
+    one PNG per image, with the boxes kept.
+
+    ``slide=True`` reads the images as fields of one slide (``bloodcells.detection.slide``): fields
+    that overlap are registered and each cell is counted once (``boxes`` keeps one box per cell, on
+    the field it is counted on), and ``slide`` holds the slide's count with the white-cell
+    differential over the fields until ``wbc_target`` white cells.
     """
     from ..classify import TREE_VERSION
     from ..inputs import InputError, InputProblem, iter_inputs, open_image
     from ..store import DetectionRow, record_analysis
 
+    if slide:
+        check_wbc_target(wbc_target)
     detector = detector or Detector.load()
     outcome = DetectionResult()
+    fields: list[FieldImage] = []  # slide mode: what registering the fields needs of each
     if not type_white_cells:
         classifier, outcome.typing_skipped = None, "white-cell typing switched off"
     elif classifier is None:
@@ -125,13 +139,34 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
                     box.code, box.path, box.sub_confidence = cell.code, cell.path, cell.confidence
             outcome.boxes += boxes
             outcome.files.append(item.name)
-            if annotate_to is not None:
-                target = Path(annotate_to) / Path(item.name).with_suffix(".png")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                annotate(image, boxes).save(target)
+            if slide:
+                fields.append(FieldImage.of(item.name, image))
             if progress:
                 progress(len(outcome.files), None)
+        if slide:
+            outcome.slide, outcome.boxes = count_slide(fields, outcome.boxes, wbc_target)
+        if annotate_to is not None:  # drawn once the boxes kept are known (slide mode keeps fewer than found)
+            _annotate(source, name, outcome.boxes, Path(annotate_to))
         run.summary = outcome.summary()
         run.detections = (DetectionRow(b.file, b.class_code, b.confidence, b.xyxy, b.code, b.path, b.sub_confidence)
                           for b in outcome.boxes)
     return outcome
+
+
+def _annotate(source, name: str | None, boxes: list[DetectedBox], folder: Path) -> None:
+    """``folder/<image>.png`` for each readable image of ``source`` (read again), drawn with its ``boxes``."""
+    from ..inputs import InputError, InputImage, iter_inputs, open_image
+
+    by_file: dict[str, list[DetectedBox]] = {}
+    for box in boxes:
+        by_file.setdefault(box.file, []).append(box)
+    for item in iter_inputs(source, name=name):
+        if not isinstance(item, InputImage):
+            continue
+        try:
+            image = open_image(item.content, item.name)
+        except InputError:
+            continue  # already listed among the problems
+        target = folder / Path(item.name).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        annotate(image, by_file.get(item.name, [])).save(target)
