@@ -6,13 +6,16 @@ known; the test detector reports exactly the cells (or the parts of them) inside
 
 from __future__ import annotations
 
+import csv
 import io
+import re
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
+from bloodcells.cli import main
 from bloodcells.detection import (
     DETECTOR_CLASSES,
     DetectedBox,
@@ -269,3 +272,34 @@ def test_slide_mode_with_the_trained_yolo_detector(trained_detector, tmp_path):
     found = sum(sum(f.found.values()) for f in result.slide.fields)
     assert sum(result.slide.counts.values()) == len(result.boxes) <= found
     assert {b.file for b in result.boxes} <= set(images)
+
+
+# -- command line ---------------------------------------------------------------------------------
+def test_detect_command_in_slide_mode(tmp_path, monkeypatch, capsys):
+    smear = one_smear()
+    monkeypatch.setattr(Detector, "load", classmethod(lambda _cls, *_args, **_options: SeesTheSmear(smear)))
+    out = tmp_path / "cells.csv"
+    assert main(["detect", str(zipped(tmp_path, smear.images)), "--out", str(out), "--slide", "--wbc-target", "5",
+                 "--no-typing", "--no-store"]) == 0
+    printed = capsys.readouterr().out
+    union = per_class(smear.cells_in_union())
+    with out.open() as handle:
+        assert per_class([DetectedBox(r["file"], r["class"], 1, 0, 0, 0, 0) for r in csv.DictReader(handle)]) == union
+    assert "slide: 5 fields, 1 group of overlapping fields, 0 fields overlapping no other" in printed
+    assert "a.png + b.png: offset (+448, +0), 30% of the smaller field" in printed
+    assert "whole slide, each cell once: " + ", ".join(f"{c} {union[c]}" for c in DETECTOR_CLASSES) in printed
+    assert "red cells per field:" in printed and "platelets per field:" in printed
+    assert f"platelet:red cell ratio {union['PLT'] / union['RBC']:.3f}" in printed
+    assert "b.png: found " in printed and "(group 1 at (448, 0))" in printed
+    assert re.search(r"^differential: 5 of 5 white cells: target reached in [1-5] fields? \| ", printed, re.M)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [(["--slide", "--wbc-target", "0"], "positive number"),
+                                                    (["--slide", "--wbc-target", "-5"], "positive number"),
+                                                    (["--wbc-target", "200"], "--wbc-target counts a slide")])
+def test_detect_command_refuses_a_bad_target(tmp_path, monkeypatch, capsys, arguments, message):
+    monkeypatch.setattr(Detector, "load", classmethod(lambda *_args, **_options: pytest.fail("nothing to detect")))
+    field = tmp_path / "field.png"
+    smear_field(64, 48)[0].save(field)
+    assert main(["detect", str(field), "--out", str(tmp_path / "d.csv"), *arguments]) == 2
+    assert message in capsys.readouterr().err

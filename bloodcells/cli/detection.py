@@ -72,7 +72,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _configure_detect(parser: argparse.ArgumentParser) -> None:
-    from ..detection import DEFAULT_BOX_CONFIDENCE
+    from ..detection import DEFAULT_BOX_CONFIDENCE, DEFAULT_WBC_TARGET
 
     parser.add_argument("input", help="a smear-field image, a folder of them (recursive) or a .zip")
     parser.add_argument("--out", type=Path, required=True,
@@ -88,14 +88,27 @@ def _configure_detect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=int, default=None,
                         help="tile images larger than this by a quarter (default: twice the model input)")
     parser.add_argument("--no-store", action="store_true", help="do not record the analysis in the database")
+    parser.add_argument("--slide", action="store_true",
+                        help="the images are fields of one slide: overlapping fields are registered and each cell "
+                             "counted once; prints whole-slide counts and the white-cell differential to a target")
+    parser.add_argument("--wbc-target", type=int, default=None, metavar="N",
+                        help=f"with --slide: white cells the differential counts (default {DEFAULT_WBC_TARGET}; "
+                             "usually 100 or 200)")
 
 
 @command("detect", "Find and count cells on smear fields; type the white cells with the classifier tree.",
          _configure_detect)
 def detect_command(args: argparse.Namespace) -> int:
     from ..classify import ModelFileError, TreeClassifier
-    from ..detection import Detector, DetectorFileError, detect
+    from ..detection import DEFAULT_WBC_TARGET, Detector, DetectorFileError, check_wbc_target, detect
 
+    if args.wbc_target is not None and not args.slide:
+        raise CommandError("--wbc-target counts a slide's white cells: add --slide")
+    wbc_target = DEFAULT_WBC_TARGET if args.wbc_target is None else args.wbc_target
+    try:
+        check_wbc_target(wbc_target)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     try:
         detector = Detector.load(args.model, tile_size=args.tile_size)
         classifier = TreeClassifier.load(args.classifier) if args.classifier and not args.no_typing else None
@@ -107,16 +120,20 @@ def detect_command(args: argparse.Namespace) -> int:
 
         store = open_store()
     result = detect(args.input, detector=detector, classifier=classifier, type_white_cells=not args.no_typing,
-                    confidence=args.conf, store=store, annotate_to=args.annotated)
+                    confidence=args.conf, store=store, annotate_to=args.annotated, slide=args.slide,
+                    wbc_target=wbc_target)
     result.write_csv(args.out)
     for problem in result.problems:
         print(f"skipped {problem}")
     if result.typing_skipped:
         print(f"white cells not typed: {result.typing_skipped}")
-    for file in result.files:
-        print(f"{file}: {_counts_line(result.counts(file), result.differential(file))}")
-    print(f"all {len(result.files)} images: {_counts_line(result.counts(), result.differential())}"
-          + (f"; analysis {result.analysis_id}" if result.analysis_id else ""))
+    stored = f"; analysis {result.analysis_id}" if result.analysis_id else ""
+    if result.slide is not None:
+        _print_slide(result.slide, stored)
+    else:
+        for file in result.files:
+            print(f"{file}: {_counts_line(result.counts(file), result.differential(file))}")
+        print(f"all {len(result.files)} images: {_counts_line(result.counts(), result.differential())}{stored}")
     print(f"written {args.out}" + (f" and annotated images in {args.annotated}" if args.annotated else ""))
     return 0
 
@@ -127,3 +144,29 @@ def _counts_line(counts: dict[str, int], differential: dict[str, dict]) -> str:
         text += " | white cells: " + ", ".join(f"{code} {row['count']} ({row['percent']:.1f}%)"
                                               for code, row in differential.items())
     return text
+
+
+def _print_slide(slide, stored: str) -> None:
+    """The overlaps found, each field's counts, and the whole slide's."""
+    def plural(n: int, word: str) -> str:
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    groups = slide.groups
+    print(f"slide: {plural(len(slide.fields), 'field')}, "
+          f"{plural(sum(len(g) > 1 for g in groups), 'group')} of overlapping fields, "
+          f"{plural(sum(len(g) == 1 for g in groups), 'field')} overlapping no other")
+    for o in slide.overlaps:
+        print(f"  {o.first} + {o.second}: offset ({o.dx:+.0f}, {o.dy:+.0f}), {o.overlap:.0%} of the smaller "
+              f"field, agreement {o.agreement:.2f}")
+    for f in slide.fields:
+        where = f"group {f.group + 1} at ({f.x}, {f.y})" if len(groups[f.group]) > 1 else "overlaps no other"
+        print(f"{f.file}: found {_counts_line(f.found, {})}; counted once {_counts_line(f.counted, {})} ({where})")
+    print(f"whole slide, each cell once: {_counts_line(slide.counts, {})}{stored}")
+    print(f"red cells per field: {slide.rbc_per_field}; platelets per field: {slide.plt_per_field}")
+    ratio = slide.platelet_rbc_ratio
+    print("platelet:red cell ratio " + ("n/a (no red cells)" if ratio is None else f"{ratio:.3f}"))
+    white = slide.white_cells
+    differential = ", ".join(f"{code} {row['count']} ({row['percent']:.1f}%)"
+                             for code, row in white.differential.items())
+    print(f"differential: {white}" + (f" | {differential}" if differential else "")
+          + (f" | {white.untyped} not typed" if white.untyped else ""))
