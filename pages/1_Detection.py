@@ -9,7 +9,7 @@ from bloodcells.inputs import InputImage, iter_inputs, open_image
 from ui.common import page, require_store, reviewer_name
 from ui.models import get_classifier, get_detector
 from ui.progress import cancel_button, progress_bar
-from ui.results import show_analysis
+from ui.results import show_analysis, show_slide
 from ui.uploads import ACCEPTED, upload_label, uploaded_source
 from ui.work import run_safely
 
@@ -30,13 +30,21 @@ if classifier is None:
     st.info("No classifier tree is available, so white cells are counted but not typed.")
 
 files = st.file_uploader("Smear images", accept_multiple_files=True, key="smear_upload", help=ACCEPTED)
+slide_column, target_column = st.columns([3, 1])
+slide_mode = slide_column.toggle(
+    "One slide (fields of one smear)", key="slide_mode",
+    help="Count the images as fields of one slide: fields that overlap are found and the cells they share counted "
+         "once; the white-cell differential runs over the fields in order (a zip's order, or by name) until the "
+         "target. Red cells and platelets per field, platelets to red cells.")
+wbc_target = target_column.selectbox("White cells to count", [100, 200], key="wbc_target", disabled=not slide_mode)
 if st.button("Detect", type="primary", disabled=not files, key="detect"):
     total = None if any(f.name.lower().endswith(".zip") for f in files) else len(files)
     with cancel_button("cancel_detect"), run_safely("Detection") as outcome:
         with uploaded_source(files) as source, progress_bar("Finding cells…") as progress:
             result = detect(source, detector=detector, classifier=classifier,
                             type_white_cells=classifier is not None, confidence=confidence, store=store,
-                            name=upload_label(files), progress=lambda done, _total: progress(done, total))
+                            name=upload_label(files), progress=lambda done, _total: progress(done, total),
+                            slide=slide_mode, wbc_target=wbc_target)
             images = {item.name: item.content for item in iter_inputs(source)
                       if isinstance(item, InputImage) and item.name in result.files[:MAX_SHOWN_IMAGES]}
         outcome.update(result=result, images=images)
@@ -58,6 +66,9 @@ if result.problems:
         st.write("\n".join(f"- {problem}" for problem in result.problems))
 if result.typing_skipped:
     st.caption(f"White cells not typed: {result.typing_skipped}.")
+if result.slide is not None:
+    st.subheader("Slide")
+    show_slide(result.slide, key=f"slide-{result.analysis_id}")
 
 if shown["images"]:
     picked, classes_column = st.columns([2, 3])
@@ -65,6 +76,8 @@ if shown["images"]:
     classes = classes_column.pills("Show", list(DETECTOR_CLASSES), selection_mode="multi",
                                    default=list(DETECTOR_CLASSES), format_func=lambda c: CLASS_NAMES.get(c, c),
                                    key="detection_classes")
+    if result.slide is not None:
+        st.caption("Each field shows the cells counted on it: a cell that overlapping fields share is boxed on one.")
     boxes = [b for b in result.boxes if b.file == name]
     annotated = annotate(open_image(shown["images"][name], name), boxes, classes=classes)
     buffer = io.BytesIO()
@@ -74,5 +87,5 @@ if shown["images"]:
     st.download_button("Download annotated PNG", buffer.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-boxes.png",
                        mime="image/png", on_click="ignore", key="download_png", icon=":material/download:")
 
-st.subheader("Whole upload")
-show_analysis(store, store.get_analysis(result.analysis_id))
+st.subheader("Cells counted once" if result.slide is not None else "Whole upload")
+show_analysis(store, store.get_analysis(result.analysis_id), with_slide=False)

@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from bloodcells.detection import DetectedBox, Detector, canonical_class
 from bloodcells.store import open_store
-from bloodcells.synthetic import encode, smear_field
+from bloodcells.synthetic import Box, encode, smear_field
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,3 +80,51 @@ def test_detection_boxes_counts_and_saves(models_root, tmp_path, monkeypatch):
     assert not at.exception
     at.selectbox(key="detection_image").select("field1.png").run()
     assert any(image.proto.imgs[0].caption.startswith("field1.png") for image in at.image)
+
+
+def _fields_of_one_smear(origins: dict[str, tuple[int, int]], size=(640, 480)):
+    """Crops of one generated smear, each with the true boxes of the cells (or the parts of them) it shows."""
+    image, truth = smear_field(1100, 480, n_wbc=6, n_rbc=40, n_platelets=12, seed=21)
+    fields = {}
+    for name, (x0, y0) in origins.items():
+        boxes = [Box(b.cls, max(b.x1 - x0, 0), max(b.y1 - y0, 0), min(b.x2 - x0, size[0]), min(b.y2 - y0, size[1]))
+                 for b in truth]
+        fields[name] = (image.crop((x0, y0, x0 + size[0], y0 + size[1])),
+                        [b for b in boxes if b.x2 - b.x1 >= 4 and b.y2 - b.y1 >= 4])
+    return fields
+
+
+@pytest.mark.slow
+def test_slide_mode_counts_the_fields_as_one_slide(models_root, app_store, monkeypatch):
+    fields = _fields_of_one_smear({"f1.png": (0, 0), "f2.png": (230, 0), "f3.png": (460, 0)})  # 64% shared
+    detector = DrawnCells({name: boxes for name, (_, boxes) in fields.items()})
+    monkeypatch.setattr(Detector, "load", classmethod(lambda _cls, *_args, **_options: detector))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.switch_page("pages/1_Detection.py").run()
+    at.toggle(key="slide_mode").set_value(True).run()
+    at.file_uploader[0].set_value([(name, encode(image), "image/png") for name, (image, _) in fields.items()]).run()
+    at.button(key="detect").click().run()
+    assert not at.exception and not at.error
+
+    [analysis] = app_store.list_analyses()
+    stored = app_store.get_analysis(analysis.id)
+    found = sum(len(boxes) for _, boxes in fields.values())
+    assert 0 < len(stored.detections) < found  # the cells two fields share are kept once
+    slide = stored.summary["slide"]
+    assert [(o["first"], o["second"]) for o in slide["overlaps"]] == [("f1.png", "f2.png"), ("f1.png", "f3.png"),
+                                                                       ("f2.png", "f3.png")]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Fields"] == "3" and metrics["Overlapping groups"] == "1"
+    counts = {cls: sum(d.class_code == cls for d in stored.detections) for cls in ("WBC", "RBC", "PLT")}
+    assert metrics["Platelets : red cells"] == f"{counts['PLT'] / counts['RBC']:.3f}"
+    red = [sum(canonical_class(b.cls) == "RBC" for b in boxes) for _, boxes in fields.values()]
+    assert metrics["Red cells per field"].startswith(f"{sum(red) / 3:.1f} ± ")
+    statement = f"Differential: {counts['WBC']} of 100 white cells: target not reached (3 fields)."
+    assert [w.value for w in at.warning] == [statement]
+    [per_field] = [table.value for table in at.dataframe if "RBC found" in table.value.columns]
+    assert per_field["RBC found"].tolist() == red and per_field["field"].tolist() == list(fields)
+
+    at.switch_page("pages/5_History.py").run()  # the slide's count is kept with the analysis
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Fields"] == "3"
+    assert [w.value for w in at.warning] == [statement]

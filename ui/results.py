@@ -10,7 +10,7 @@ import streamlit as st
 from PIL import Image
 
 from bloodcells import report
-from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES
+from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES, SlideCount
 from bloodcells.inputs import InputError, open_image, thumbnail_png
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
@@ -39,8 +39,8 @@ def data_uri(png: bytes | None) -> str | None:
     return f"data:image/png;base64,{base64.b64encode(png).decode()}" if png else None
 
 
-def show_analysis(store: Store, analysis) -> None:
-    """Everything about one analysis, by kind."""
+def show_analysis(store: Store, analysis, with_slide: bool = True) -> None:
+    """Everything about one analysis, by kind; ``with_slide=False`` leaves out a slide's count (shown apart)."""
     if analysis.status == "failed":
         st.error(f"This analysis failed and holds no results: {analysis.error}")
         return
@@ -48,6 +48,10 @@ def show_analysis(store: Store, analysis) -> None:
         st.info("This analysis is still running (or was interrupted before it finished).")
         return
     if analysis.kind == "detection":
+        if with_slide and "slide" in (analysis.summary or {}):
+            st.subheader("Slide")
+            show_slide(SlideCount.from_dict(analysis.summary["slide"]), key=f"slide-{analysis.id}")
+            st.subheader("Cells counted once")
         show_detection(store, analysis)
     else:
         show_classification(store, analysis)
@@ -153,6 +157,58 @@ def show_detection(store: Store, analysis) -> None:
     if white:
         signoff_panel(store, analysis)
     st.dataframe(records, hide_index=True, key=f"boxes-{analysis.id}")
+
+
+def show_slide(slide: SlideCount, key: str) -> None:
+    """A slide's count: the whole slide, the white-cell differential to its target, each field, the overlaps."""
+    groups = [group for group in slide.groups if len(group) > 1]
+    ratio = slide.platelet_rbc_ratio
+    columns = st.columns(5)
+    columns[0].metric("Fields", len(slide.fields), help="Images read as fields of this slide.")
+    columns[1].metric("Overlapping groups", len(groups),
+                      help="Fields that show the same place, directly or through others (the table's 'group'); a "
+                      "cell they share counts once.")
+    columns[2].metric("Platelets : red cells", "n/a" if ratio is None else f"{ratio:.3f}",
+                      help="Over the slide, each cell counted once."
+                      + (" No red cell was found." if ratio is None else
+                         f" {ratio * 100:.1f} platelets per 100 red cells."))
+    columns[3].metric("Red cells per field", _spread(slide.rbc_per_field),
+                      help=f"Mean ± SD (range {slide.rbc_per_field.low}–{slide.rbc_per_field.high}) of the red "
+                      "cells found on each field.")
+    columns[4].metric("Platelets per field", _spread(slide.plt_per_field),
+                      help=f"Mean ± SD (range {slide.plt_per_field.low}–{slide.plt_per_field.high}) of the "
+                      "platelets found on each field.")
+    st.caption("Whole slide, each cell once: " + ", ".join(
+        f"{slide.counts[cls]} {CLASS_NAMES.get(cls, cls)}{'s' if slide.counts[cls] != 1 else ''}"
+        for cls in DETECTOR_CLASSES))
+
+    white = slide.white_cells
+    (st.success if white.reached else st.warning)(f"Differential: {white}.")
+    codes = [code for code, row in white.differential.items() for _ in range(int(row["count"]))]
+    if codes:
+        show_differential(codes, key=f"{key}-percent")
+    if white.untyped:
+        st.caption(f"{white.untyped} of the white cells counted have no type (typing off or unavailable).")
+
+    left, right = st.columns([3, 2])
+    left.dataframe([{"field": f.file, "group": f.group + 1, "x": f.x, "y": f.y,
+                     **{f"{cls} found": f.found[cls] for cls in DETECTOR_CLASSES},
+                     **{f"{cls} counted": f.counted[cls] for cls in DETECTOR_CLASSES}} for f in slide.fields],
+                   hide_index=True, key=f"{key}-fields")
+    figure = go.Figure([go.Bar(name=CLASS_NAMES[cls], x=[f.file for f in slide.fields],
+                               y=[f.found[cls] for f in slide.fields]) for cls in ("RBC", "PLT")])
+    figure.update_layout(barmode="group", height=300, margin={"t": 10, "l": 0, "r": 0, "b": 10},
+                         yaxis_title="found per field")
+    right.plotly_chart(figure, key=f"{key}-chart")
+    if slide.overlaps:
+        with st.expander(f"{len(slide.overlaps)} overlaps between fields"):
+            st.dataframe([{"field": o.first, "overlaps": o.second, "offset": f"({o.dx:+.0f}, {o.dy:+.0f}) px",
+                           "shared": f"{o.overlap:.0%}", "agreement": round(o.agreement, 3)}
+                          for o in slide.overlaps], hide_index=True, key=f"{key}-overlaps")
+
+
+def _spread(spread) -> str:
+    return f"{spread.mean:.1f}" + ("" if spread.sd is None else f" ± {spread.sd:.1f}")
 
 
 def open_upload_image(content: bytes, name: str) -> Image.Image | None:
