@@ -117,7 +117,7 @@ def main() -> int:
                       f"{per_field['detect-then-classify'] / per_field['detect (detection alone)']:.2f}")
             per_field_detect.append(per_field["detect (detection alone)"])
     for detector, ms in zip(detectors[1:], per_field_detect[1:], strict=True):
-        print(f"ratio detect with {detector.path.name} / with {detectors[0].path.name}: {ms / per_field_detect[0]:.2f}")
+        print(f"ratio detect with {detector.path} / with {detectors[0].path}: {ms / per_field_detect[0]:.2f}")
     return 0
 
 

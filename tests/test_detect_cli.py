@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import ipaddress
 import socket
 
@@ -105,3 +106,19 @@ def test_detector_commands_name_what_is_wrong(tmp_path, capsys):
     assert main(["detect", str(field), "--out", str(tmp_path / "d.csv"),
                  "--model", str(tmp_path / "absent.pt")]) == 2
     assert "absent.pt: detector weights missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fine_tuning_earlier_weights_at_a_larger_input_records_where_it_started(trained_detector, tmp_path):
+    """The shipped detector is the 320 px one fine-tuned at 416 px: metrics.json names the weights it
+    started from, the architecture they were built from, and the new input size the app then uses."""
+    from bloodcells.detection import Detector
+    from bloodcells.store import sha256_file
+
+    voc = write_voc_dataset(tmp_path / "voc", n_train=2, n_val=1, size=(128, 96))
+    trained = train_detector(voc, model=trained_detector, epochs=1, imgsz=96, batch=2, workers=0, cache=False,
+                             out=tmp_path / "out", work_dir=tmp_path / "work", verbose=False)
+    recorded = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert recorded["initial_weights"] == {"file": str(trained_detector), "sha256": sha256_file(trained_detector)}
+    assert recorded["architecture"] == "yolo11n.yaml" and recorded["imgsz"] == 96
+    assert Detector.load(trained.path).imgsz == 96 and sha256_file(trained.path) != sha256_file(trained_detector)

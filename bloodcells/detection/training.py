@@ -50,8 +50,12 @@ def train_detector(data: list[Path] | Path, *, model: str | Path = DEFAULT_ARCHI
     sources = [Path(s) for s in (data if isinstance(data, list | tuple) else [data])]
     metrics = {tag: evaluate_detector(source, model=target, imgsz=imgsz, work_dir=work_dir / f"eval-{tag}")
                for tag, source in zip(source_tags(sources), sources, strict=True) if read_samples(source, "val")}
+    start = Path(str(model))
+    # fine-tuned from earlier weights: which ones (the architecture is then the one they were built from)
+    initial = {"file": str(start), "sha256": sha256_file(start)} if start.suffix == ".pt" else None
     (out / "metrics.json").write_text(json.dumps(
-        {"architecture": str(model), "imgsz": imgsz, "epochs_run": yolo.trainer.epoch + 1,
+        {"architecture": yolo.model.yaml.get("yaml_file", str(model)), "initial_weights": initial,
+         "imgsz": imgsz, "epochs_run": yolo.trainer.epoch + 1,
          "dataset": prepared.counts, "val": metrics, "sha256": sha256_file(target)}, indent=2) + "\n")
     return TrainedDetector(target, metrics, prepared.counts)
 
