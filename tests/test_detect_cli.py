@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import ipaddress
+import json
 import socket
 
 import pytest
