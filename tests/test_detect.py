@@ -321,6 +321,13 @@ def test_annotate_draws_each_class_in_its_colour():
     assert only_red.getpixel((10, 60)) == (255, 255, 255)
 
 
+def test_a_cell_type_without_the_trees_confidence_is_drawn_with_the_boxs():
+    """A type given by hand carries no tree confidence: the label shows the box's (it used to raise)."""
+    image = Image.new("RGB", (200, 100), (255, 255, 255))
+    typed_by_hand = annotate(image, [DetectedBox("f", "WBC", 0.9, 10, 30, 60, 80, code="LYT")])
+    assert typed_by_hand.getpixel((10, 60)) != (255, 255, 255)
+
+
 def test_damaged_detector_weights_are_named(tmp_path):
     weights = tmp_path / "detector.pt"
     weights.write_bytes(b"garbage")

@@ -22,7 +22,9 @@ def annotate(image, boxes: list[DetectedBox], classes: list[str] | None = None):
             continue
         colour = CLASS_COLOURS.get(box.class_code, OTHER_COLOUR)
         draw.rectangle(box.xyxy, outline=colour, width=width)
-        text = f"{box.code or box.class_code} {box.sub_confidence if box.code else box.confidence:.2f}"
+        # the tree's confidence for a typed cell; a type given without one (set by hand) shows the box's
+        typed = box.code is not None and box.sub_confidence is not None
+        text = f"{box.code or box.class_code} {box.sub_confidence if typed else box.confidence:.2f}"
         left, top, right, bottom = draw.textbbox((box.x1, box.y1), text, font=font)
         offset = bottom - top + 2
         y = box.y1 - offset if box.y1 >= offset else box.y1
