@@ -303,3 +303,22 @@ def test_detect_command_refuses_a_bad_target(tmp_path, monkeypatch, capsys, argu
     smear_field(64, 48)[0].save(field)
     assert main(["detect", str(field), "--out", str(tmp_path / "d.csv"), *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("slide", [True, False])
+def test_annotated_fields_show_the_boxes_kept(tmp_path, slide):
+    """In slide mode a field is drawn with the cells counted on it (a shared cell is boxed on one field
+    only); otherwise with every box found."""
+    from PIL import Image
+
+    from bloodcells.detection import annotate
+
+    smear = one_smear(origins={name: ORIGINS[name] for name in ("a.png", "b.png")})
+    result = detect(zipped(tmp_path, smear.images), detector=SeesTheSmear(smear), type_white_cells=False,
+                    slide=slide, annotate_to=tmp_path / "drawn")
+    found = sum(len(smear.seen(name)) for name in smear.images)
+    assert (len(result.boxes) < found) == slide
+    for name, png in smear.images.items():
+        kept = [b for b in result.boxes if b.file == name]
+        drawn = np.asarray(Image.open(tmp_path / "drawn" / name).convert("RGB"))
+        assert np.array_equal(drawn, np.asarray(annotate(Image.open(io.BytesIO(png)).convert("RGB"), kept)))

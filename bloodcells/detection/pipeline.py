@@ -141,20 +141,31 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
             outcome.files.append(item.name)
             if slide:
                 fields.append(FieldImage.of(item.name, image))
+            elif annotate_to is not None:
+                _save_annotated(Path(annotate_to), item.name, image, boxes)
             if progress:
                 progress(len(outcome.files), None)
         if slide:
             outcome.slide, outcome.boxes = count_slide(fields, outcome.boxes, wbc_target)
-        if annotate_to is not None:  # drawn once the boxes kept are known (slide mode keeps fewer than found)
-            _annotate(source, name, outcome.boxes, Path(annotate_to))
+            if annotate_to is not None:  # drawn once the boxes kept are known (fewer than found)
+                _annotate_again(source, name, outcome.boxes, Path(annotate_to))
         run.summary = outcome.summary()
         run.detections = (DetectionRow(b.file, b.class_code, b.confidence, b.xyxy, b.code, b.path, b.sub_confidence)
                           for b in outcome.boxes)
     return outcome
 
 
-def _annotate(source, name: str | None, boxes: list[DetectedBox], folder: Path) -> None:
-    """``folder/<image>.png`` for each readable image of ``source`` (read again), drawn with its ``boxes``."""
+def _save_annotated(folder: Path, file: str, image, boxes: list[DetectedBox]) -> None:
+    """``folder/<image>.png``: the image drawn with its boxes."""
+    target = folder / Path(file).with_suffix(".png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    annotate(image, boxes).save(target)
+
+
+def _annotate_again(source, name: str | None, boxes: list[DetectedBox], folder: Path) -> None:
+    """Each readable image of ``source``, read a second time, drawn with its ``boxes`` (slide mode: the
+    boxes kept are known only once every field is read, and holding every field's image would grow
+    with the slide)."""
     from ..inputs import InputError, InputImage, iter_inputs, open_image
 
     by_file: dict[str, list[DetectedBox]] = {}
@@ -167,6 +178,4 @@ def _annotate(source, name: str | None, boxes: list[DetectedBox], folder: Path) 
             image = open_image(item.content, item.name)
         except InputError:
             continue  # already listed among the problems
-        target = folder / Path(item.name).with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        annotate(image, by_file.get(item.name, [])).save(target)
+        _save_annotated(folder, item.name, image, by_file.get(item.name, []))
