@@ -2,7 +2,8 @@
 
 1. cells per second for ``classify`` on a folder of real cells (``$DATASETS``, default
    ../shared/datasets, when present; generated cells otherwise);
-2. the tree's time against one flat model of the same backbone over all leaves, same images;
+2. the tree's time against one flat model of the same backbone over all leaves, same images,
+   and the shared trunk frozen by TorchScript (as ``classify`` runs it) against the eager module;
 3. peak memory (max RSS of a fresh process) classifying a generated zip of 10,000 cells against
    one of 1,000, with the analysis stored in a SQLite database: it must be flat (ratio near 1).
 
@@ -66,11 +67,12 @@ def tree_against_flat(classifier, images, repeats: int = 3) -> tuple[float, floa
 
     from bloodcells.backbones import create_model
     from bloodcells.classify import TRUNK_BATCH, NodeModel
-    from bloodcells.heads import pooled_width, trunk_with_head
+    from bloodcells.heads import frozen_for_inference, pooled_width, trunk_with_head
 
     root = classifier.nodes[classifier.tree.root.code]
     leaves = [leaf.code for leaf in classifier.tree.leaves()]
-    network = trunk_with_head(root.trunk, nn.Linear(pooled_width(root.trunk), len(leaves))) \
+    network = trunk_with_head(frozen_for_inference(root.trunk, root.input_size),  # as the tree runs it
+                              nn.Linear(pooled_width(root.trunk), len(leaves))) \
         if root.trunk is not None else create_model(root.architecture, len(leaves), img_size=root.input_size)
     flat = NodeModel("flat", {**root.metadata, "classes": leaves}, network.eval(), root.path)
     batch_size = TRUNK_BATCH if root.trunk is not None else 64
@@ -83,6 +85,29 @@ def tree_against_flat(classifier, images, repeats: int = 3) -> tuple[float, floa
         flat.probabilities(images, batch_size)
         flat_seconds.append(time.perf_counter() - started)
     return min(tree_seconds), min(flat_seconds)
+
+
+def frozen_against_eager(classifier, images, repeats: int = 3) -> tuple[float, float] | None:
+    """Seconds for the shared trunk's features of ``images``, frozen by TorchScript and eager
+    (None for a tree without a shared trunk)."""
+    from bloodcells.classify import TRUNK_BATCH
+    from bloodcells.heads import features, frozen_for_inference
+
+    root = classifier.nodes[classifier.tree.root.code]
+    if root.trunk is None:
+        return None
+    arrays = root.prepare(images)
+    frozen = frozen_for_inference(root.trunk, root.input_size)
+    seconds = {}
+    for name, trunk in (("frozen", frozen), ("eager", root.trunk)):
+        features(trunk, arrays[:TRUNK_BATCH], root.mean, root.std, root.stain_norm, TRUNK_BATCH)  # warm-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            features(trunk, arrays, root.mean, root.std, root.stain_norm, TRUNK_BATCH)
+            times.append(time.perf_counter() - started)
+        seconds[name] = min(times)
+    return seconds["frozen"], seconds["eager"]
 
 
 def peak_memory_child(upload: str, models: str, database: str) -> None:
@@ -130,6 +155,11 @@ def main() -> None:
         print(f"tree of {len(classifier.nodes)} models: {len(images) / tree_s:.0f} cells/s; one flat model over "
               f"all {len(classifier.tree.leaves())} leaves: {len(images) / flat_s:.0f} cells/s; "
               f"time ratio tree/flat = {tree_s / flat_s:.2f}")
+        trunk_times = frozen_against_eager(classifier, images)
+        if trunk_times:
+            frozen_s, eager_s = trunk_times
+            print(f"shared trunk alone: frozen (TorchScript) {len(images) / frozen_s:.0f} cells/s, eager "
+                  f"{len(images) / eager_s:.0f} cells/s; speed-up {eager_s / frozen_s:.2f}x")
 
         small_cells, small_mib = peak_memory(1_000, models, scratch)
         large_cells, large_mib = peak_memory(10_000, models, scratch)

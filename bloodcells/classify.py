@@ -185,6 +185,7 @@ class TreeClassifier:
         self.passthrough: dict[str, str] = dict(manifest.get("passthrough", {}))
         self.review_threshold: float = float(manifest.get("review_threshold", 0.0))
         self.lock = threading.RLock()
+        self._frozen_trunk = None  # the shared trunk for classifying (heads.frozen_for_inference), made on first use
 
     @classmethod
     def load(cls, models_dir: str | Path | None = None, tree: str | Tree | None = None) -> TreeClassifier:
@@ -241,7 +242,7 @@ class TreeClassifier:
     def _descend(self, images: list, batch_size: int, flips: bool = False) -> list[CellResult]:
         import torch
 
-        from .heads import features
+        from .heads import features, frozen_for_inference
 
         count = len(images)
         if not count:
@@ -262,9 +263,11 @@ class TreeClassifier:
                         resized[model.input_size] = model.prepare(images)
                     if model.trunk is not None:  # one trunk pass per cell, shared by every head
                         if trunk_features is None:
+                            if self._frozen_trunk is None:
+                                self._frozen_trunk = frozen_for_inference(model.trunk, model.input_size)
                             trunk_features = torch.from_numpy(features(
-                                model.trunk, resized[model.input_size], model.mean, model.std, model.stain_norm,
-                                TRUNK_BATCH, flips=flips))
+                                self._frozen_trunk, resized[model.input_size], model.mean, model.std,
+                                model.stain_norm, TRUNK_BATCH, flips=flips))
                         probs = model.head_probabilities(trunk_features[members])
                     else:
                         probs = model.probabilities(resized[model.input_size][members], batch_size, flips)

@@ -242,18 +242,23 @@ def balanced_indices(targets: dict[int, str], target: int, rng: np.random.Genera
 
 
 # -- augmentation -----------------------------------------------------------------------------
-def augmentation(cross_site: bool = False, seed: int | None = None):
+def augmentation(cross_site: bool = False, seed: int | None = None, plain_background: float = 0.0):
     """Albumentations pipeline for microscopy cells; with ``seed``, the same draws on every run (a
     training run is then reproducible, whatever ran before it in the process).
 
     Always: rotation by any angle, flips, gamma, brightness/contrast, blur or sharpen, a mild
     hue/saturation (stain) shift. ``cross_site`` adds what differs between labs: stronger colour
     and stain changes (H&E-style stain jitter), white balance, and magnification (scale).
+    ``plain_background``: the share of images whose surroundings of the centred cell become a
+    plain field first (``background.PlainBackground``), so the cell alone carries the answer.
     """
     import albumentations as A
     import cv2
 
-    steps = [
+    from .background import PlainBackground
+
+    steps = [PlainBackground(p=plain_background)] if plain_background else []
+    steps += [
         A.Rotate(limit=180, border_mode=cv2.BORDER_REFLECT_101, p=0.9),
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),

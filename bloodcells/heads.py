@@ -72,6 +72,19 @@ def features(trunk, images: np.ndarray, mean, std, stain_norm: bool, batch_size:
     return np.concatenate(out) if out else np.zeros((0, pooled_width(trunk)), np.float32)
 
 
+def frozen_for_inference(trunk, input_size: int):
+    """``trunk`` traced and frozen by TorchScript, for classifying: freezing folds each batch norm
+    into its convolution and drops what inference does not run. On a 2-core CPU (batch 32,
+    channels-last) EfficientNet-Lite0 runs 1.45x the eager module's images/s at 112 px and 1.8x
+    at 128 px. Explanations keep the eager module (captum hooks its layers); the frozen copy holds
+    its own weights, so it is made from a trunk that no longer changes (a loaded tree)."""
+    import torch
+
+    example = torch.zeros(2, 3, input_size, input_size).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        return torch.jit.freeze(torch.jit.trace(trunk.eval(), example))
+
+
 def pooled_width(trunk) -> int:
     """Width of the trunk's pooled features: after MobileNetV3's head convolution, not before it."""
     return getattr(trunk, "head_hidden_size", None) or trunk.num_features
@@ -94,7 +107,8 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
     started = time.perf_counter()
     clean = features(trunk, dataset.images[train], mean, std, config.stain_norm, device=device)
     views_of_train = [clean]
-    augment = augmentation(cross_site=config.cross_site, seed=config.seed) if config.head_views > 1 else None
+    augment = augmentation(cross_site=config.cross_site, seed=config.seed,
+                           plain_background=config.plain_background) if config.head_views > 1 else None
     rng = np.random.default_rng(config.seed)
     for _ in range(config.head_views - 1):
         augmented = np.stack([augment(image=image)["image"] for image in dataset.images[train]])

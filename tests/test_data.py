@@ -169,3 +169,46 @@ def test_balancing_per_source_gives_a_few_lab_cells_the_weight_of_many_original_
     assert repeats[[sources[i] == "lab" for i in order]].sum() == 16 - 3  # the lab's cells, oversampled
     order, _ = balanced_indices(targets, 8, np.random.default_rng(0))  # without: the lab's cells are rare
     assert sum(sources[i] == "lab" for i in order) < 8
+
+
+def smear_cell(size: int = 96) -> np.ndarray:
+    """A May-Grünwald-Giemsa-like cell image: a purple cell at the centre, pink red cells in the
+    corners, a pale background."""
+    yy, xx = np.mgrid[:size, :size]
+    image = np.zeros((size, size, 3)) + (238, 222, 212)
+    for cy, cx in ((14, 14), (14, size - 15), (size - 15, 20)):
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < (size // 9) ** 2] = (222, 150, 160)
+    image[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size // 6) ** 2] = (110, 60, 165)
+    return image.astype(np.uint8)
+
+
+def test_plain_background_keeps_the_cell_and_hides_its_surroundings():
+    """The augmentation that makes a network look at the cell: the centred stained cell stays,
+    the red cells around it become the plain background colour; an image without one centred
+    cell (all purple, as a bone-marrow frame can be) is left as it is; the draw follows the seed."""
+    import albumentations as A
+
+    from bloodcells.background import PlainBackground, stained_cell_mask
+
+    image = smear_cell()
+    mask = stained_cell_mask(image)
+    assert 0.05 < mask.mean() < 0.2 and mask[48, 48] and not mask[14, 14]
+    out = A.Compose([PlainBackground(p=1)], seed=3)(image=image)["image"]
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.abs(out[40:56, 40:56].astype(int) - image[40:56, 40:56]).max() <= 1  # the cell as it was
+    for corner in ((14, 14), (14, 81), (81, 20)):  # red cells gone: the background's colour instead
+        assert np.abs(out[corner].astype(int) - (238, 222, 212)).max() < 15, out[corner]
+    assert np.array_equal(out, A.Compose([PlainBackground(p=1)], seed=3)(image=image)["image"])
+
+    purple = np.zeros_like(image) + np.array((110, 60, 165), np.uint8)
+    assert np.array_equal(A.Compose([PlainBackground(p=1)], seed=3)(image=purple)["image"], purple)
+
+
+def test_plain_background_is_a_share_of_images():
+    from bloodcells.data import augmentation
+    from bloodcells.train import TrainConfig
+
+    with pytest.raises(ValueError, match="plain_background is a share of images"):
+        TrainConfig(plain_background=1.5)
+    never, always = (augmentation(seed=0, plain_background=share) for share in (0.0, 1.0))
+    assert "PlainBackground" not in repr(never) and "PlainBackground" in repr(always)

@@ -58,28 +58,13 @@ def test_cells_not_flagged_for_review_are_right(evaluation):
     assert evaluation.flagged <= FLOORS["flagged_at_most"]
 
 
-def stained_cell_mask(image: np.ndarray) -> np.ndarray:
-    """The stained white cell of a May-Grünwald-Giemsa image: purple (blue over green) and darker
-    than the background, grown by a few pixels to take in the cytoplasm's rim."""
-    from scipy import ndimage
-
-    rgb = image.astype(float)
-    purple = (rgb[..., 2] - rgb[..., 1] > 25) & (rgb.mean(-1) < 200)
-    grown = ndimage.binary_dilation(purple, iterations=max(1, image.shape[0] // 28))
-    labelled, count = ndimage.label(grown)
-    if not count:
-        return grown
-    centre = labelled[image.shape[0] // 4: 3 * image.shape[0] // 4, image.shape[1] // 4: 3 * image.shape[1] // 4]
-    keep = np.bincount(centre[centre > 0].ravel(), minlength=count + 1).argmax()  # the centred cell
-    return labelled == keep
-
-
 def test_gradcam_looks_at_the_cell(evaluation):
     """On unseen PBC cells, the share of the root's Grad-CAM mass on the stained cell, against the
     share of the image the cell covers. (PBC only: a Matek cell fills most of its image, on a lilac
     background a colour threshold cannot tell from cytoplasm, so the measure would say little.)"""
     from PIL import Image
 
+    from bloodcells.background import stained_cell_mask
     from bloodcells.classify import load_classifier
     from bloodcells.explain import explain
 

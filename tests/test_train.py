@@ -86,6 +86,26 @@ def test_on_epoch_gets_every_epoch_of_every_network(tmp_path, shared_trunk):
     assert epochs == {network: metrics["history"] for network, metrics in trained.items()}
 
 
+def test_plain_background_reaches_the_trunk_and_the_heads(tmp_path, monkeypatch):
+    """``--plain-background``: the trunk's augmented images and the heads' augmented views both
+    pass through the augmentation, and the tree's configuration records the share."""
+    from bloodcells.background import PlainBackground
+    from bloodcells.train import train_tree
+
+    seen = []
+    original = PlainBackground.apply
+    monkeypatch.setattr(PlainBackground, "apply", lambda self, img, **params: seen.append(img.shape) or
+                        original(self, img, **params))
+    write_cell_folders(tmp_path / "cells", {"LYT": 12, "EOS": 12, "MON": 12}, size=24)
+    train_tree([tmp_path / "cells"], tmp_path / "models", log=lambda _text: None,
+               config=tiny_train_config(epochs=1, per_class=8, input_size=24, shared_trunk=True, head_views=2,
+                                        mode="scratch+aug", plain_background=1.0))
+    manifest = json.loads((tmp_path / "models" / "classifier.json").read_text())
+    trunk_epoch = 3 * 8  # one epoch of the trunk, every image augmented
+    assert len(seen) >= trunk_epoch + 25  # and the heads' second view of each of the ~28 training cells (8/1/1)
+    assert manifest["config"]["plain_background"] == 1.0
+
+
 def test_early_stopping_keeps_the_best_epoch(tmp_path):
     from bloodcells.synthetic import cell_image
     from bloodcells.train import train_tree
@@ -163,8 +183,8 @@ def test_cli_train_classify_round_trip(tmp_path, monkeypatch):
 @pytest.mark.parametrize("architecture", ["test_efficientnet", "mobilenetv3_small_050"])
 def test_shared_trunk_heads_per_node_classify_in_one_pass(architecture, tmp_path):
     """One trunk learns every cell type; each node's head is its own classifier on the trunk's
-    features. The one-pass descent gives the same answers as each node's full network, and a
-    changed trunk file is refused."""
+    features. The one-pass descent (on the trunk frozen by TorchScript) gives the same answers as
+    each node's full eager network, and a changed trunk file is refused."""
     import numpy as np
 
     from bloodcells.classify import ModelFileError, TreeClassifier
@@ -188,6 +208,10 @@ def test_shared_trunk_heads_per_node_classify_in_one_pass(architecture, tmp_path
         whole = node.probabilities([images[k] for k in reached])
         fast = np.array([[results[k].probabilities[code][c] for c in node.classes] for k in reached])
         np.testing.assert_allclose(fast, whole, atol=1e-4)
+    import torch
+
+    # the one pass ran on the frozen TorchScript copy (batch norms folded), which agreed above
+    assert isinstance(classifier._frozen_trunk, torch.jit.ScriptModule)
     assert np.mean([r.code == code for r, code in zip(results, codes, strict=True)]) >= 0.75
 
     trunk_file = tmp_path / "models" / "trunk.safetensors"

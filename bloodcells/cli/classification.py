@@ -25,6 +25,9 @@ def _training_options(parser):
     parser.add_argument("--no-cross-site", action="store_true",
                         help="only the mild microscopy augmentation (no strong stain/colour/scale changes)")
     parser.add_argument("--no-stain-norm", action="store_true", help="no per-image colour standardisation")
+    parser.add_argument("--plain-background", type=float, default=0.0, metavar="SHARE",
+                        help="this share of augmented images (0-1) shows the centred cell on a plain field, "
+                             "so the cell alone carries the answer (default 0)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -50,7 +53,7 @@ def _config(args):
         return TrainConfig(
             architecture=args.backbone, input_size=args.size, mode=args.mode,
             pretrained_checkpoint=args.pretrained, cross_site=not args.no_cross_site,
-            stain_norm=not args.no_stain_norm, epochs=args.epochs, batch_size=args.batch_size,
+            stain_norm=not args.no_stain_norm, plain_background=args.plain_background, epochs=args.epochs, batch_size=args.batch_size,
             learning_rate=args.lr, patience=args.patience, min_per_class=args.min_per_class,
             per_class=args.per_class, seed=args.seed, nodes=getattr(args, "nodes", None),
             shared_trunk=args.shared_trunk, head_views=args.head_views, review_accuracy=args.review_accuracy)

@@ -27,6 +27,7 @@ class TrainConfig:
     pretrained_checkpoint: str | None = None  # local weights for the pretrained modes
     cross_site: bool = True  # stronger stain/colour and scale augmentation
     stain_norm: bool = True  # per-image colour standardisation before the network
+    plain_background: float = 0.0  # share of augmented images shown with a plain field around the cell
     epochs: int = 15
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -45,6 +46,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r} (modes: {', '.join(MODES)})")
+        if not 0 <= self.plain_background <= 1:
+            raise ValueError(f"plain_background is a share of images, between 0 and 1 (not {self.plain_background})")
 
 
 @dataclass

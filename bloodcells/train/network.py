@@ -122,7 +122,8 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
         nonlocal augment
         images = dataset.images[indices]
         if repeats is not None and (augment_all or repeats.any()):
-            augment = augment or augmentation(cross_site=config.cross_site, seed=config.seed)
+            augment = augment or augmentation(cross_site=config.cross_site, seed=config.seed,
+                                            plain_background=config.plain_background)
             images = np.stack([augment(image=img)["image"] if (augment_all or again) else img
                                for img, again in zip(images, repeats, strict=True)])
         return to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True,
