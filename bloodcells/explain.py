@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # torch loads only when something is explained, so the regist
     from torch import nn
 
 DISPLAY_SIZE = 256  # overlays are drawn at least this large (models often see 64-224 px)
+MIN_GRID = 7  # Grad-CAM: the deepest semantic timm stage with at least this many cells a side, where one tiles the input
 
 
 class ExplanationError(ValueError):
@@ -126,7 +127,8 @@ def feature_layer(module: nn.Module, inputs: torch.Tensor) -> str:
     """Name of the submodule that outputs the network's last spatial feature map (its last conv stage).
 
     For a timm model, or a module that wraps one (a node's ``backbone.trunk``), the deepest stage in
-    timm's ``feature_info`` whose output is larger than 1x1 at this input size; for other modules,
+    timm's ``feature_info`` whose grid tiles this input size: of stride 16 or more with a grid of at
+    least ``MIN_GRID`` a side where there is one, else larger than 1x1; for other modules,
     the one ``_last_spatial_output`` finds by running ``inputs``.
     """
     return _timm_stage(module, inputs) or _last_spatial_output(module, inputs)
@@ -141,10 +143,16 @@ def _timm_stage(module: nn.Module, inputs: torch.Tensor) -> str | None:
         if isinstance(stages, list):  # timm models list their stages' output modules and strides
             # A stage whose grid does not tile the input (112 px at a stride of 32: 3.5 cells, padded
             # to 4) has border cells made mostly of padding, and Grad-CAM lights them up: the
-            # deepest stage that tiles the input exactly is preferred.
+            # deepest stage that tiles the input exactly is preferred, and among the semantic
+            # stages (stride 16 or more) one with a grid of at least MIN_GRID a side where there
+            # is one: a 4x4 map (128 px at stride 32) cannot tell a cell from the red cells beside
+            # it; ImageNet models at 224 px give Grad-CAM 7x7.
             tiling = [stage["module"] for stage in stages
                       if side % stage["reduction"] == 0 and side // stage["reduction"] > 1]
-            spatial = tiling or [stage["module"] for stage in stages if math.ceil(side / stage["reduction"]) > 1]
+            fine = [stage["module"] for stage in stages if stage["reduction"] >= 16
+                    and side % stage["reduction"] == 0 and side // stage["reduction"] >= MIN_GRID]
+            spatial = fine or tiling or [stage["module"] for stage in stages
+                                         if math.ceil(side / stage["reduction"]) > 1]
             if not spatial:
                 return None
             return f"{prefix}.{spatial[-1]}" if prefix else spatial[-1]

@@ -111,6 +111,10 @@ def test_feature_layer_is_the_last_spatial_stage():
     assert feature_layer(resnet, inputs) == "layer4"
     assert feature_layer(mobilenet, inputs) == "blocks.5"  # not conv_head, which runs after pooling
     assert feature_layer(mobilenet, inputs[..., :32, :32]) == "blocks.3"  # blocks.5 would be 1x1
+    # where a semantic stage (stride 16 or 32) has a grid of 7 or more a side, the deepest such one:
+    # at 128 px stride 16 (8x8), not stride 32 (4x4); at 224 px stride 32 (7x7)
+    assert feature_layer(resnet, torch.rand(1, 3, 128, 128)) == "layer3"
+    assert feature_layer(resnet, torch.rand(1, 3, 224, 224)) == "layer4"
     # a node's network around a shared trunk: the trunk's stage, named within the network
     node = node_network(trunk_with_head(mobilenet, nn.Linear(pooled_width(mobilenet), 3)), [0, 1, 1], 2).eval()
     assert feature_layer(node, inputs) == "backbone.trunk.blocks.5"
