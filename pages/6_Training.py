@@ -50,7 +50,7 @@ if mode.startswith("pretrained"):
                                    help="Nothing is downloaded. Leave empty for the ImageNet weights that ship "
                                         "with the app (EfficientNet-Lite); otherwise timm's weights file for "
                                         "this backbone.") or None
-size = right.number_input("Input size (px)", 16, 512, 112, step=16, key="training_size")
+size = right.number_input("Input size (px)", 16, 512, 144, step=16, key="training_size")
 with st.expander("More settings"):
     columns = st.columns(4)
     epochs = columns[0].number_input("Epochs (at most)", 1, 200, 15, key="training_epochs")
@@ -58,6 +58,10 @@ with st.expander("More settings"):
                                             key="training_min_per_class")
     cross_site = columns[2].checkbox("Strong stain and scale augmentation", True, key="training_cross_site")
     stain_norm = columns[3].checkbox("Colour standardisation", False, key="training_stain_norm")
+    plain_background = st.slider("Share of augmented images shown on a plain background", 0.0, 1.0, 0.5, 0.05,
+                                 key="training_plain_background",
+                                 help="Everything but the centred stained cell becomes a plain field, so the "
+                                      "models learn from the cell, not from the red cells around it.")
     shared_trunk = st.checkbox("One network for the tree, a head per node (one pass per cell: fast)", True,
                                key="training_shared_trunk")
 
@@ -66,7 +70,7 @@ if st.button("Train", type="primary", disabled=not upload or not backbone, key="
     with cancel_button("cancel_training"), run_safely("Training") as outcome:
         config = TrainConfig(architecture=backbone, input_size=int(size), mode=mode, pretrained_checkpoint=checkpoint,
                              epochs=int(epochs), min_per_class=int(min_per_class), cross_site=cross_site,
-                             stain_norm=stain_norm, shared_trunk=shared_trunk)
+                             stain_norm=stain_norm, plain_background=plain_background, shared_trunk=shared_trunk)
         live = LiveCurves()
         with uploaded_source([upload], zip_only=True) as source, progress_bar("Training…") as progress:
             report = train_tree([source], candidate_dir(), tree=default_tree(), config=config, progress=progress,

@@ -157,6 +157,7 @@ def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monke
     at.number_input(key="training_min_per_class").set_value(8)
     at.selectbox(key="training_mode").select("scratch")
     at.checkbox(key="training_cross_site").uncheck()
+    at.slider(key="training_plain_background").set_value(0.25)
     at.checkbox(key="training_shared_trunk").check() if shared_trunk else at.checkbox(key="training_shared_trunk").uncheck()
     at.run()
     at.button(key="train").click().run()
@@ -178,6 +179,7 @@ def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monke
     assert not at.exception
     in_use = default_models_dir()  # a new version, beside the (here absent) shipped folder
     assert in_use.parent == tmp_path / "models" / "classifier" / "versions" and (in_use / "classifier.json").is_file()
+    assert json.loads((in_use / "classifier.json").read_text())["config"]["plain_background"] == 0.25
     assert any("new models are in use" in s.value and in_use.name in s.value for s in at.success)
     assert {m.node_code for m in app_store.list_models(kind="classifier")} == {"ALL"}
     at.switch_page("pages/2_Classification.py").run()  # the other pages use them at once
