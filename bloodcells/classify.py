@@ -232,7 +232,8 @@ class TreeClassifier:
     def classify_images(self, images: Sequence, batch_size: int = 64, flips: bool = False) -> list[CellResult]:
         """Classify PIL images (or uint8 arrays); thread-safe. ``flips``: test-time augmentation,
         the shared trunk's features averaged over the four flips of each cell (about 3x slower;
-        on the shipped tree's test cells leaf accuracy 0.810 -> 0.839, Matek 0.714 -> 0.760)."""
+        it paid on the 112 px tree, leaf accuracy 0.810 -> 0.839; on the 144 px tree trained with
+        plain backgrounds it does not: 0.878 -> 0.877, bench/bench_tta.py)."""
         return self._descend(list(images), batch_size, flips)
 
     def classify_arrays(self, images: np.ndarray, batch_size: int = 64, flips: bool = False) -> list[CellResult]:
