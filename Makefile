@@ -69,8 +69,8 @@ models-compare: install
 # the cell types the other shares (smaller budget than the shipped tree).
 models-cross-site: install
 	$(PY) -m bloodcells evaluate --cross-site --data $(DATASETS)/pbc --data $(DATASETS)/matek \
-		--backbone efficientnet_lite0 --mode pretrained+aug --shared-trunk --size 112 --epochs 5 \
-		--per-class 200 --patience 4 --batch-size 32 --lr 1e-3 --no-stain-norm --head-views 2
+		--backbone efficientnet_lite0 --mode pretrained+aug --shared-trunk --size 144 --epochs 5 \
+		--per-class 200 --patience 4 --batch-size 32 --lr 1e-3 --no-stain-norm --head-views 2 --plain-background 0.5
 
 # Adapting to a new site (docs/classification.md, "Adapting to a new lab"): the shipped recipe
 # trained on PBC alone and on Matek alone (6 epochs), then each adapted with 15 labelled cells per
