@@ -177,6 +177,8 @@ def test_cli_train_classify_round_trip(tmp_path, monkeypatch):
     assert len((tmp_path / "out.csv").read_text().splitlines()) == 5
     assert main(["train", "--data", str(tmp_path / "cells"), "--mode", "pretrained",
                  "--backbone", "test_efficientnet", "--out", str(tmp_path / "m2")]) == 2
+    assert main(["train", "--data", str(tmp_path / "cells"), "--plain-background", "1.5",
+                 "--out", str(tmp_path / "m3")]) == 2 and not (tmp_path / "m3").exists()
 
 
 # MobileNetV3 pools before its head convolution: its pooled width (1024) is not num_features (576)

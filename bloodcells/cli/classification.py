@@ -53,8 +53,8 @@ def _config(args):
         return TrainConfig(
             architecture=args.backbone, input_size=args.size, mode=args.mode,
             pretrained_checkpoint=args.pretrained, cross_site=not args.no_cross_site,
-            stain_norm=not args.no_stain_norm, plain_background=args.plain_background, epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.lr, patience=args.patience, min_per_class=args.min_per_class,
+            stain_norm=not args.no_stain_norm, plain_background=args.plain_background, epochs=args.epochs,
+            batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, min_per_class=args.min_per_class,
             per_class=args.per_class, seed=args.seed, nodes=getattr(args, "nodes", None),
             shared_trunk=args.shared_trunk, head_views=args.head_views, review_accuracy=args.review_accuracy)
     except ValueError as error:
