@@ -78,10 +78,16 @@ def frozen_for_inference(trunk, input_size: int):
     channels-last) EfficientNet-Lite0 runs 1.45x the eager module's images/s at 112 px and 1.8x
     at 128 px. Explanations keep the eager module (captum hooks its layers); the frozen copy holds
     its own weights, so it is made from a trunk that no longer changes (a loaded tree)."""
+    import warnings
+
     import torch
 
     example = torch.zeros(2, 3, input_size, input_size).to(memory_format=torch.channels_last)
-    with torch.no_grad():
+    # torch marks TorchScript deprecated in favour of torch.compile, whose CPU backend needs a C++
+    # compiler on the server and compiles for tens of seconds; TorchScript still works, so its
+    # FutureWarnings are not passed on to every user who loads a tree.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         return torch.jit.freeze(torch.jit.trace(trunk.eval(), example))
 
 
