@@ -147,15 +147,12 @@ def _timm_stage(module: nn.Module, inputs: torch.Tensor) -> str | None:
             # stages (stride 16 or more) one with a grid of at least MIN_GRID a side where there
             # is one: a 4x4 map (128 px at stride 32) cannot tell a cell from the red cells beside
             # it; ImageNet models at 224 px give Grad-CAM 7x7.
-            tiling = [stage["module"] for stage in stages
-                      if side % stage["reduction"] == 0 and side // stage["reduction"] > 1]
-            fine = [stage["module"] for stage in stages if stage["reduction"] >= 16
-                    and side % stage["reduction"] == 0 and side // stage["reduction"] >= MIN_GRID]
-            spatial = fine or tiling or [stage["module"] for stage in stages
-                                         if math.ceil(side / stage["reduction"]) > 1]
+            tiling = [stage for stage in stages if side % stage["reduction"] == 0 and side // stage["reduction"] > 1]
+            fine = [stage for stage in tiling if stage["reduction"] >= 16 and side // stage["reduction"] >= MIN_GRID]
+            spatial = fine or tiling or [stage for stage in stages if math.ceil(side / stage["reduction"]) > 1]
             if not spatial:
                 return None
-            return f"{prefix}.{spatial[-1]}" if prefix else spatial[-1]
+            return f"{prefix}.{spatial[-1]['module']}" if prefix else spatial[-1]["module"]
     return None
 
 
