@@ -98,7 +98,7 @@ def test_randomised_weights_change_the_map(region_model, method):
     assert shared < 0.5
 
 
-def test_feature_layer_is_the_last_spatial_stage():
+def test_feature_layer_is_the_map_the_network_pools():
     import timm
 
     from bloodcells.backbones import node_network
@@ -106,21 +106,44 @@ def test_feature_layer_is_the_last_spatial_stage():
 
     resnet = timm.create_model("resnet10t", num_classes=3).eval()
     mobilenet = timm.create_model("mobilenetv3_small_050", num_classes=0).eval()
+    efficientnet = timm.create_model("efficientnet_lite0", num_classes=0).eval()
     inputs = torch.rand(1, 3, 64, 64)
-    # timm models: the last stage of their feature_info with more than 1x1 outputs (64 px / 32 = 2x2)
     assert feature_layer(resnet, inputs) == "layer4"
-    assert feature_layer(mobilenet, inputs) == "blocks.5"  # not conv_head, which runs after pooling
-    assert feature_layer(mobilenet, inputs[..., :32, :32]) == "blocks.3"  # blocks.5 would be 1x1
-    # where a semantic stage (stride 16 or 32) has a grid of 7 or more a side, the deepest such one:
-    # at 128 px stride 16 (8x8), not stride 32 (4x4); at 224 px stride 32 (7x7)
-    assert feature_layer(resnet, torch.rand(1, 3, 128, 128)) == "layer3"
-    assert feature_layer(resnet, torch.rand(1, 3, 224, 224)) == "layer4"
-    # a node's network around a shared trunk: the trunk's stage, named within the network
-    node = node_network(trunk_with_head(mobilenet, nn.Linear(pooled_width(mobilenet), 3)), [0, 1, 1], 2).eval()
-    assert feature_layer(node, inputs) == "backbone.trunk.blocks.5"
-    assert node.get_submodule("backbone.trunk.blocks.5") is mobilenet.blocks[5]
-    # plain torch modules: found by a forward pass
+    assert feature_layer(resnet, torch.rand(1, 3, 128, 128)) == "layer4"  # 4x4
+    # EfficientNet: the head conv's activation (what is pooled), not the last stage feature_info lists
+    assert feature_layer(efficientnet, torch.rand(1, 3, 144, 144)) == "bn2"
+    # the stages' container, whose output is blocks.5's; not conv_head, which runs after pooling
+    assert feature_layer(mobilenet, inputs) == "blocks"
+    # where the last stages are 1x1, the last map larger: the expansion before the last stride-2 conv
+    # (per input size: the first answer is not reused)
+    assert feature_layer(mobilenet, inputs[..., :32, :32]) == "blocks.4.0.bn1"
+    # a node's network around a shared trunk: named within the network
+    node = node_network(trunk_with_head(efficientnet, nn.Linear(pooled_width(efficientnet), 3)), [0, 1, 1], 2).eval()
+    assert feature_layer(node, torch.rand(1, 3, 96, 96)) == "backbone.trunk.bn2"
+    assert node.get_submodule("backbone.trunk.bn2") is efficientnet.bn2
+    # plain torch modules
     assert feature_layer(tiny_cnn().eval(), inputs[..., :32, :32]) == "5"  # the ReLU after the last conv
+    with pytest.raises(ExplanationError, match="no convolutional feature map"):
+        feature_layer(nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2)), torch.rand(1, 3, 4, 4))
+
+
+def test_gradcam_of_a_network_pooled_into_a_linear_classifier_is_its_class_activation_map():
+    """Grad-CAM at the layer found is, for EfficientNet, exactly the CAM: the classifier's weights
+    for the class over the pooled map, ReLU (upsampled); so the map is what the class score sums."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_lite0", num_classes=4).eval()
+    with torch.no_grad():  # mixed-sign weights for class 2, mostly positive: a map with evidence for it
+        model.get_classifier().weight[2] += model.get_classifier().weight[2].abs().mean() * 2
+    inputs = torch.rand(1, 3, 64, 64)
+    grid = model.forward_features(inputs)[0]
+    cam = torch.relu(torch.einsum("chw,c->hw", grid, model.get_classifier().weight[2])).detach()
+    expected = nn.functional.interpolate(cam[None, None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
+    gradcam = torch.as_tensor(attribute(model, inputs, target=2, method="gradcam"))
+    assert expected.max() > 0
+    # Grad-CAM weighs each channel by its mean gradient: the classifier's weight over the grid's cells
+    assert torch.allclose(gradcam, expected / (grid.shape[-1] * grid.shape[-2]), rtol=1e-3, atol=1e-7)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
