@@ -106,6 +106,56 @@ def test_plain_background_reaches_the_trunk_and_the_heads(tmp_path, monkeypatch)
     assert manifest["config"]["plain_background"] == 1.0
 
 
+def test_outside_cell_share_is_the_class_activation_off_the_cell():
+    import torch
+
+    from bloodcells.train.network import outside_cell_share
+
+    feature_map = torch.zeros(3, 2, 4, 4)
+    feature_map[0, 0, :2, :2] = 1.0  # label 0's evidence on the top-left quadrant
+    feature_map[1, 0, 2:, 2:] = 1.0  # on the bottom-right one
+    feature_map[2, 0] = 1.0
+    feature_map[:, 1] = 5.0  # a channel label 0's weights ignore; label 1's evidence is everywhere
+    weights = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    cells = torch.zeros(3, 1, 16, 16)
+    cells[:2, :, :8, :8] = 1  # the cell is the top-left quadrant; image 2 has no cell found
+    assert float(outside_cell_share(feature_map, weights, torch.tensor([0, 0, 0]), cells)) == pytest.approx(0.5)
+    assert float(outside_cell_share(feature_map[:1], weights, torch.tensor([1]), cells[:1])) == pytest.approx(0.75)
+
+
+def test_cell_focus_adds_the_cam_off_the_cell_to_the_trunks_loss(tmp_path, monkeypatch):
+    """``--cell-focus``: each batch of the trunk adds the share of its class activation map off the
+    cell, from the map the network pools and each cell's mask augmented with its image; a network
+    that pools before its head convolution (MobileNetV3) is refused, with the reason."""
+    import bloodcells.train.network as network
+    from bloodcells.train import train_tree
+
+    calls = []
+    original = network.outside_cell_share
+
+    def recorded(feature_map, weights, targets, cells):
+        calls.append((feature_map.shape, weights.shape, cells.shape, cells.flatten(1).mean(1)))
+        return original(feature_map, weights, targets, cells)
+
+    monkeypatch.setattr(network, "outside_cell_share", recorded)
+    write_cell_folders(tmp_path / "cells", {"LYT": 12, "EOS": 12, "MON": 12}, size=32)
+    train_tree([tmp_path / "cells"], tmp_path / "models", log=lambda _text: None,
+               config=tiny_train_config(epochs=1, per_class=8, shared_trunk=True, mode="scratch+aug",
+                                        plain_background=0.5, cell_focus=1.0))
+    assert len(calls) == 2  # 3 labels x 8 cells, batches of 16
+    feature_map, weights, cells, cell_shares = calls[0]
+    assert weights == (3, feature_map[1]) and cells[-2:] == (32, 32) and cells[0] == feature_map[0]
+    # the colour threshold finds most generated cells (their nuclei are not all purple), kept whole
+    # through the rotations and scaling; where it finds none the mask is empty and the image not counted
+    found = cell_shares[cell_shares > 0]
+    assert len(found) >= len(cell_shares) // 2 and float(found.min()) > 0.1 and float(found.max()) < 0.7
+    assert json.loads((tmp_path / "models" / "classifier.json").read_text())["config"]["cell_focus"] == 1.0
+    with pytest.raises(ValueError, match="cell focus needs a network whose linear classifier reads"):
+        train_tree([tmp_path / "cells"], tmp_path / "mobilenet", log=lambda _text: None,
+                   config=tiny_train_config(architecture="mobilenetv3_small_050", epochs=1, per_class=8,
+                                            cell_focus=1.0))
+
+
 def test_early_stopping_keeps_the_best_epoch(tmp_path):
     from bloodcells.synthetic import cell_image
     from bloodcells.train import train_tree
@@ -177,8 +227,9 @@ def test_cli_train_classify_round_trip(tmp_path, monkeypatch):
     assert len((tmp_path / "out.csv").read_text().splitlines()) == 5
     assert main(["train", "--data", str(tmp_path / "cells"), "--mode", "pretrained",
                  "--backbone", "test_efficientnet", "--out", str(tmp_path / "m2")]) == 2
-    assert main(["train", "--data", str(tmp_path / "cells"), "--plain-background", "1.5",
-                 "--out", str(tmp_path / "m3")]) == 2 and not (tmp_path / "m3").exists()
+    for option, value in (("--plain-background", "1.5"), ("--cell-focus", "-1")):
+        assert main(["train", "--data", str(tmp_path / "cells"), option, value,
+                     "--out", str(tmp_path / "m3")]) == 2 and not (tmp_path / "m3").exists()
 
 
 # MobileNetV3 pools before its head convolution: its pooled width (1024) is not num_features (576)

@@ -28,6 +28,9 @@ def _training_options(parser):
     parser.add_argument("--plain-background", type=float, default=0.0, metavar="SHARE",
                         help="this share of augmented images (0-1) shows the centred cell on a plain field, "
                              "so the cell alone carries the answer (default 0)")
+    parser.add_argument("--cell-focus", type=float, default=0.0, metavar="WEIGHT",
+                        help="weight of a loss on the class evidence (CAM) found outside the stained cell, so the "
+                             "network and its Grad-CAM maps look at the cell (default 0: off)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -53,7 +56,8 @@ def _config(args):
         return TrainConfig(
             architecture=args.backbone, input_size=args.size, mode=args.mode,
             pretrained_checkpoint=args.pretrained, cross_site=not args.no_cross_site,
-            stain_norm=not args.no_stain_norm, plain_background=args.plain_background, epochs=args.epochs,
+            stain_norm=not args.no_stain_norm, plain_background=args.plain_background,
+            cell_focus=args.cell_focus, epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, min_per_class=args.min_per_class,
             per_class=args.per_class, seed=args.seed, nodes=getattr(args, "nodes", None),
             shared_trunk=args.shared_trunk, head_views=args.head_views, review_accuracy=args.review_accuracy)

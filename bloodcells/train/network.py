@@ -117,17 +117,26 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     augment = None  # built on first use: albumentations is slow to import and often not needed
+    feature_map = _pooled_map(backbone) if config.cell_focus else None
 
-    def batch_tensor(indices, repeats=None):
+    def batch_tensor(indices, repeats=None, masks=False):
+        """The batch as the network takes it; with ``masks``, also each cell's mask as augmented
+        with it (N x 1 x H x W floats; all zero where no single centred cell was found)."""
         nonlocal augment
         images = dataset.images[indices]
+        cells = [_cell_mask(image) for image in images] if masks else [None] * len(images)
         if repeats is not None and (augment_all or repeats.any()):
             augment = augment or augmentation(cross_site=config.cross_site, seed=config.seed,
                                             plain_background=config.plain_background)
-            images = np.stack([augment(image=img)["image"] if (augment_all or again) else img
-                               for img, again in zip(images, repeats, strict=True)])
-        return to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True,
-                                                                 memory_format=torch.channels_last)
+            views = [augment(image=img, **({} if cell is None else {"mask": cell})) if (augment_all or again)
+                     else {"image": img, "mask": cell} for img, cell, again in zip(images, cells, repeats, strict=True)]
+            images = np.stack([view["image"] for view in views])
+            cells = [view.get("mask") for view in views]
+        x = to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True,
+                                                              memory_format=torch.channels_last)
+        if not masks:
+            return x
+        return x, torch.from_numpy(np.stack(cells)[:, None].astype(np.float32)).to(device)
 
     history, best = [], {"val_loss": float("inf"), "epoch": 0, "state": None}
     log(f"[{code}] {config.architecture} {config.input_size}px {config.mode}: classes {', '.join(classes)} "
@@ -141,16 +150,23 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
         usable = len(order) - len(order) % dist.world
         order, repeats = order[dist.rank:usable:dist.world], repeats[dist.rank:usable:dist.world]
         trained.train()
-        seen, loss_sum, correct = 0, 0.0, 0
+        seen, loss_sum, correct, off_cell = 0, 0.0, 0, []
         for start in range(0, len(order), config.batch_size):
             indices = order[start:start + config.batch_size]
             if len(indices) < 2:  # BatchNorm needs two samples
                 continue
-            x = batch_tensor(indices, repeats[start:start + config.batch_size])
+            if feature_map is None:
+                x = batch_tensor(indices, repeats[start:start + config.batch_size])
+            else:
+                x, cells = batch_tensor(indices, repeats[start:start + config.batch_size], masks=True)
             y = torch.as_tensor([output_index[dataset.labels[i]] for i in indices], device=device)
             with torch.autocast(device.type, enabled=amp):
                 logits = trained(x)
                 loss = loss_fn(logits, y)
+                if feature_map is not None:
+                    share = outside_cell_share(feature_map[0], backbone.get_classifier().weight, y, cells)
+                    loss = loss + config.cell_focus * share
+                    off_cell.append(float(share.detach()))
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)
@@ -168,10 +184,12 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
             val_loss, val_acc = (float(v) for v in shared)
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started}
+        if off_cell:  # the mean share of the training batches' class activation off the cell
+            record["train_off_cell"] = float(np.mean(off_cell))
         history.append(record)
         log(f"[{code}] epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.3f} "
-            f"acc {record['train_accuracy']:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f} "
-            f"({record['seconds']:.0f} s)")
+            f"acc {record['train_accuracy']:.3f}" + (f" off-cell {record['train_off_cell']:.2f}" if off_cell else "")
+            + f" | val loss {val_loss:.3f} acc {val_acc:.3f} ({record['seconds']:.0f} s)")
         if step and dist.main:
             step(dict(record))
         if val_loss < best["val_loss"] - 1e-4:
@@ -189,6 +207,47 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
                                                     for c in classes},
                "per_child_per_epoch": per_child}
     return metrics, best["state"]
+
+
+def outside_cell_share(feature_map, weights, targets, cells):
+    """The mean share of each image's class activation map that lies outside its cell: the loss that
+    ``config.cell_focus`` weighs ("right for the right reasons", Ross et al. 2017).
+
+    ``feature_map`` (N x C x h x w) is what global pooling reads and ``weights`` (labels x C) the linear
+    classifier on the pooled map, so the CAM of each image's label ``targets`` is exact (for such a
+    network it is also its Grad-CAM at that layer). ``cells``: N x 1 x H x W masks, downsampled to the
+    map's grid as the share of each grid cell on the cell. Images with an empty mask do not count.
+    """
+    import torch
+    from torch import nn
+
+    cam = torch.relu(torch.einsum("nchw,nc->nhw", feature_map.float(), weights[targets].float()))
+    inside = nn.functional.adaptive_avg_pool2d(cells, cam.shape[-2:])[:, 0]
+    outside = (cam * (1 - inside)).sum((1, 2)) / (cam.sum((1, 2)) + 1e-6)
+    counted = (cells.flatten(1).amax(1) > 0).float()
+    return (outside * counted).sum() / counted.sum().clamp_min(1)
+
+
+def _pooled_map(backbone) -> list:
+    """A list that holds, after each forward pass, the feature map ``backbone``'s global pooling read;
+    refused (ValueError) for a network whose classifier does not read that map's pooled channels
+    (MobileNetV3 has a convolution after pooling): its CAM would not be the classifier's evidence."""
+    maps: list = []
+    pool, classifier = getattr(backbone, "global_pool", None), backbone.get_classifier()
+    if pool is None or getattr(classifier, "in_features", None) != getattr(backbone, "num_features", None):
+        raise ValueError(f"cell focus needs a network whose linear classifier reads its pooled feature map "
+                         f"(EfficientNet, ResNet), not {type(backbone).__name__}")
+    pool.register_forward_pre_hook(lambda _module, inputs: maps.__setitem__(slice(None), inputs[:1]))
+    return maps
+
+
+def _cell_mask(image: np.ndarray) -> np.ndarray:
+    """uint8 mask of the centred stained cell, as ``PlainBackground`` keeps it; all zero when no
+    single centred cell is found (the lilac background of many bone-marrow images)."""
+    from ..background import MAX_CELL_SHARE, MIN_CELL_SHARE, stained_cell_mask
+
+    mask = stained_cell_mask(image, grow=1 / 16)
+    return mask.astype(np.uint8) if MIN_CELL_SHARE < mask.mean() < MAX_CELL_SHARE else np.zeros(mask.shape, np.uint8)
 
 
 def _validate(model, batch_tensor, val_idx, val_y, loss_fn, batch_size, device) -> tuple[float, float]:
