@@ -62,6 +62,11 @@ with st.expander("More settings"):
                                  key="training_plain_background",
                                  help="Everything but the centred stained cell becomes a plain field, so the "
                                       "models learn from the cell, not from the red cells around it.")
+    cell_focus = st.number_input("Cell focus (weight of the loss on evidence off the cell)", 0.0, 10.0, 0.0, 0.25,
+                                 key="training_cell_focus",
+                                 help="Adds to the loss the share of each training cell's class activation map "
+                                      "that lies off the stained cell: the models, and their Grad-CAM maps, look "
+                                      "at the cell. 0 turns it off. EfficientNet and ResNet backbones only.")
     shared_trunk = st.checkbox("One network for the tree, a head per node (one pass per cell: fast)", True,
                                key="training_shared_trunk")
 
@@ -70,7 +75,8 @@ if st.button("Train", type="primary", disabled=not upload or not backbone, key="
     with cancel_button("cancel_training"), run_safely("Training") as outcome:
         config = TrainConfig(architecture=backbone, input_size=int(size), mode=mode, pretrained_checkpoint=checkpoint,
                              epochs=int(epochs), min_per_class=int(min_per_class), cross_site=cross_site,
-                             stain_norm=stain_norm, plain_background=plain_background, shared_trunk=shared_trunk)
+                             stain_norm=stain_norm, plain_background=plain_background, cell_focus=cell_focus,
+                             shared_trunk=shared_trunk)
         live = LiveCurves()
         with uploaded_source([upload], zip_only=True) as source, progress_bar("Training…") as progress:
             report = train_tree([source], candidate_dir(), tree=default_tree(), config=config, progress=progress,

@@ -158,6 +158,7 @@ def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monke
     at.selectbox(key="training_mode").select("scratch")
     at.checkbox(key="training_cross_site").uncheck()
     at.slider(key="training_plain_background").set_value(0.25)
+    at.number_input(key="training_cell_focus").set_value(0.5)
     at.checkbox(key="training_shared_trunk").check() if shared_trunk else at.checkbox(key="training_shared_trunk").uncheck()
     at.run()
     at.button(key="train").click().run()
@@ -179,7 +180,8 @@ def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monke
     assert not at.exception
     in_use = default_models_dir()  # a new version, beside the (here absent) shipped folder
     assert in_use.parent == tmp_path / "models" / "classifier" / "versions" and (in_use / "classifier.json").is_file()
-    assert json.loads((in_use / "classifier.json").read_text())["config"]["plain_background"] == 0.25
+    config = json.loads((in_use / "classifier.json").read_text())["config"]
+    assert (config["plain_background"], config["cell_focus"]) == (0.25, 0.5)
     assert any("new models are in use" in s.value and in_use.name in s.value for s in at.success)
     assert {m.node_code for m in app_store.list_models(kind="classifier")} == {"ALL"}
     at.switch_page("pages/2_Classification.py").run()  # the other pages use them at once
