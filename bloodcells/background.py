@@ -34,14 +34,20 @@ def stained_cell_mask(image: np.ndarray, grow: float = 1 / 28) -> np.ndarray:
     return labelled == keep if keep else np.zeros_like(grown)
 
 
+def centred_cell_mask(image: np.ndarray, grow: float = 1 / 16) -> np.ndarray | None:
+    """``stained_cell_mask`` where it is one centred cell (its share of the image in range), else None."""
+    mask = stained_cell_mask(image, grow=grow)
+    return mask if MIN_CELL_SHARE < mask.mean() < MAX_CELL_SHARE else None
+
+
 class PlainBackground(A.ImageOnlyTransform):
     """Everything but the centred stained cell (grown by a sixteenth of the side, to keep pale
     cytoplasm) becomes the median colour of what it replaces, with a little noise; the edge is
     blended over a few pixels. Images where no single centred cell is found are left as they are."""
 
     def apply(self, img: np.ndarray, **params) -> np.ndarray:
-        mask = stained_cell_mask(img, grow=1 / 16)
-        if not MIN_CELL_SHARE < mask.mean() < MAX_CELL_SHARE:
+        mask = centred_cell_mask(img)
+        if mask is None:
             return img
         keep = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=max(1.0, img.shape[0] / 64))[..., None]
         field = np.median(img[~mask], axis=0) + self.random_generator.normal(0, 3, img.shape)

@@ -244,10 +244,10 @@ def _pooled_map(backbone) -> list:
 def _cell_mask(image: np.ndarray) -> np.ndarray:
     """uint8 mask of the centred stained cell, as ``PlainBackground`` keeps it; all zero when no
     single centred cell is found (the lilac background of many bone-marrow images)."""
-    from ..background import MAX_CELL_SHARE, MIN_CELL_SHARE, stained_cell_mask
+    from ..background import centred_cell_mask
 
-    mask = stained_cell_mask(image, grow=1 / 16)
-    return mask.astype(np.uint8) if MIN_CELL_SHARE < mask.mean() < MAX_CELL_SHARE else np.zeros(mask.shape, np.uint8)
+    mask = centred_cell_mask(image)
+    return np.zeros(image.shape[:2], np.uint8) if mask is None else mask.astype(np.uint8)
 
 
 def _validate(model, batch_tensor, val_idx, val_y, loss_fn, batch_size, device) -> tuple[float, float]:
