@@ -204,6 +204,40 @@ def test_plain_background_keeps_the_cell_and_hides_its_surroundings():
     assert np.array_equal(A.Compose([PlainBackground(p=1)], seed=3)(image=purple)["image"], purple)
 
 
+def test_cell_mask_on_a_crowded_lilac_bone_marrow_image():
+    """Regression: on bone-marrow images (a lilac background, the cell filling much of the frame,
+    neighbours touching it) the mask used to take the whole frame, so three images in four got no
+    plain background and no cell focus. The centred cell is found and its touching neighbour and
+    the background are left out."""
+    from bloodcells.background import centred_cell_mask
+
+    size = 144
+    yy, xx = np.mgrid[:size, :size]
+    image = np.zeros((size, size, 3)) + (205, 180, 225)  # lilac: blue over green by 45
+    image[(yy - 72) ** 2 + (xx - 72) ** 2 < 40 ** 2] = (150, 120, 200)  # the cell's cytoplasm
+    image[(yy - 72) ** 2 + (xx - 72) ** 2 < 24 ** 2] = (90, 40, 150)  # its nucleus
+    image[(yy - 72) ** 2 + (xx - 140) ** 2 < 32 ** 2] = (95, 45, 155)  # a neighbour touching it
+    mask = centred_cell_mask(image.astype(np.uint8))
+    assert mask is not None
+    assert mask[72, 72] and mask[72, 40] and mask[40, 72]  # nucleus and cytoplasm
+    assert not mask[72, 136] and not mask[10, 10] and not mask[130, 20]  # neighbour, background
+    assert 0.2 < mask.mean() < 0.45
+
+
+def test_cell_mask_keeps_an_oblong_cell_whole():
+    """Two peaks of one oblong cell (a band form, a monocyte) with no waist between them are one
+    cell: only where the stain narrows, as between two touching cells, is the mask cut."""
+    from bloodcells.background import centred_cell_mask
+
+    size = 144
+    yy, xx = np.mgrid[:size, :size]
+    image = np.zeros((size, size, 3)) + (238, 222, 212)
+    for cx in (57, 87):  # two round halves that overlap widely: two peaks, no waist
+        image[(yy - 72) ** 2 + (xx - cx) ** 2 < 24 ** 2] = (110, 60, 165)
+    mask = centred_cell_mask(image.astype(np.uint8))
+    assert mask is not None and mask[72, 36] and mask[72, 108] and not mask[20, 72]
+
+
 def test_plain_background_is_a_share_of_images():
     from bloodcells.data import augmentation
     from bloodcells.train import TrainConfig

@@ -243,7 +243,7 @@ def _pooled_map(backbone) -> list:
 
 def _cell_mask(image: np.ndarray) -> np.ndarray:
     """uint8 mask of the centred stained cell, as ``PlainBackground`` keeps it; all zero when no
-    single centred cell is found (the lilac background of many bone-marrow images)."""
+    single centred cell is found."""
     from ..background import centred_cell_mask
 
     mask = centred_cell_mask(image)
