@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 from conftest import TINY_TREE_CELLS, tiny_train_config
 
@@ -156,6 +157,31 @@ def test_cell_focus_adds_the_cam_off_the_cell_to_the_trunks_loss(tmp_path, monke
         train_tree([tmp_path / "cells"], tmp_path / "mobilenet", log=lambda _text: None,
                    config=tiny_train_config(architecture="mobilenetv3_small_050", epochs=1, per_class=8,
                                             cell_focus=1.0))
+
+
+def test_cell_masks_are_found_once_per_image_and_kept_exact(monkeypatch):
+    """Cell focus needs each training image's mask every epoch: it is found once and kept
+    bit-packed, and what comes back is the mask itself (all zero where no cell was found)."""
+    import bloodcells.background as background
+    from bloodcells.train.network import _CellMasks
+
+    yy, xx = np.mgrid[:48, :48]
+    images = np.zeros((4, 48, 48, 3), np.uint8) + np.array((238, 222, 212), np.uint8)
+    for image, radius in zip(images, (6, 9, 12), strict=False):  # a purple cell on a pale field
+        image[(yy - 24) ** 2 + (xx - 22) ** 2 < radius ** 2] = (110, 60, 165)
+    images[3] = (110, 60, 165)  # all purple: no single cell
+    found = []
+    monkeypatch.setattr(background, "centred_cell_mask",
+                        lambda image: found.append(1) or background.stained_cell_mask(image, 1 / 16) > 0)
+    masks = _CellMasks(images)
+    first = [masks[i] for i in range(4)] + [masks[i] for i in range(4)]
+    assert len(found) == 4
+    for index in range(3):
+        expected = background.stained_cell_mask(images[index], 1 / 16)
+        assert first[index].dtype == np.uint8 and np.array_equal(first[index], expected)
+        assert np.array_equal(first[index + 4], expected) and 0 < expected.mean() < 1
+    monkeypatch.undo()
+    assert not _CellMasks(images[3:])[0].any()
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path):

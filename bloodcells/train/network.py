@@ -118,13 +118,14 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     augment = None  # built on first use: albumentations is slow to import and often not needed
     feature_map = _pooled_map(backbone) if config.cell_focus else None
+    cell_masks = _CellMasks(dataset.images)
 
     def batch_tensor(indices, repeats=None, masks=False):
         """The batch as the network takes it; with ``masks``, also each cell's mask as augmented
         with it (N x 1 x H x W floats; all zero where no single centred cell was found)."""
         nonlocal augment
         images = dataset.images[indices]
-        cells = [_cell_mask(image) for image in images] if masks else [None] * len(images)
+        cells = [cell_masks[i] for i in indices] if masks else [None] * len(images)
         if repeats is not None and (augment_all or repeats.any()):
             augment = augment or augmentation(cross_site=config.cross_site, seed=config.seed,
                                             plain_background=config.plain_background)
@@ -241,13 +242,22 @@ def _pooled_map(backbone) -> list:
     return maps
 
 
-def _cell_mask(image: np.ndarray) -> np.ndarray:
-    """uint8 mask of the centred stained cell, as ``PlainBackground`` keeps it; all zero when no
-    single centred cell is found."""
-    from ..background import centred_cell_mask
+class _CellMasks:
+    """uint8 mask of each dataset image's centred stained cell, as ``PlainBackground`` keeps it;
+    all zero when no single centred cell is found. Found once per image and kept bit-packed (an
+    eighth of a byte a pixel): every epoch draws from the same images."""
 
-    mask = centred_cell_mask(image)
-    return np.zeros(image.shape[:2], np.uint8) if mask is None else mask.astype(np.uint8)
+    def __init__(self, images: np.ndarray):
+        self.images, self.packed = images, {}
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        from ..background import centred_cell_mask
+
+        shape = self.images.shape[1:3]
+        if index not in self.packed:
+            mask = centred_cell_mask(self.images[index])
+            self.packed[index] = np.packbits(np.zeros(shape, bool) if mask is None else mask)
+        return np.unpackbits(self.packed[index], count=shape[0] * shape[1]).reshape(shape)
 
 
 def _validate(model, batch_tensor, val_idx, val_y, loss_fn, batch_size, device) -> tuple[float, float]:
