@@ -93,10 +93,15 @@ def centred_cell_mask(image: np.ndarray, grow: float = 1 / 16) -> np.ndarray | N
 class PlainBackground(A.ImageOnlyTransform):
     """Everything but the centred stained cell (grown by a sixteenth of the side, to keep pale
     cytoplasm) becomes the median colour of what it replaces, with a little noise; the edge is
-    blended over a few pixels. Images where no single centred cell is found are left as they are."""
+    blended over a few pixels. Images where no single centred cell is found are left as they are.
+    A ``mask`` passed along with the image (training's cell masks, found once per image) is taken
+    as that cell, all zero meaning none, rather than found again."""
 
-    def apply(self, img: np.ndarray, **params) -> np.ndarray:
-        mask = centred_cell_mask(img)
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        return {"cell": data.get("mask")}
+
+    def apply(self, img: np.ndarray, cell: np.ndarray | None = None, **params) -> np.ndarray:
+        mask = centred_cell_mask(img) if cell is None else cell.astype(bool) if cell.any() else None
         if mask is None:
             return img
         keep = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigmaX=max(1.0, img.shape[0] / 64))[..., None]

@@ -203,6 +203,14 @@ def test_plain_background_keeps_the_cell_and_hides_its_surroundings():
     purple = np.zeros_like(image) + np.array((110, 60, 165), np.uint8)
     assert np.array_equal(A.Compose([PlainBackground(p=1)], seed=3)(image=purple)["image"], purple)
 
+    # a cell mask given with the image (training finds each once) is used as it is; none: unchanged
+    given = np.zeros(image.shape[:2], np.uint8)
+    given[:30, :30] = 1
+    out = A.Compose([PlainBackground(p=1)], seed=3)(image=image, mask=given)["image"]
+    assert np.array_equal(out[:20, :20], image[:20, :20]) and np.abs(out[48, 48].astype(int) - image[48, 48]).max() > 40
+    unchanged = A.Compose([PlainBackground(p=1)], seed=3)(image=image, mask=np.zeros_like(given))["image"]
+    assert np.array_equal(unchanged, image)
+
 
 def test_cell_mask_on_a_crowded_lilac_bone_marrow_image():
     """Regression: on bone-marrow images (a lilac background, the cell filling much of the frame,
