@@ -29,8 +29,8 @@ pytestmark = [
 # What the shipped tree must keep on its recorded test split (docs/classification.md).
 FLOORS = {"pbc_8_accuracy": 0.96, "pbc_8_macro_f1": 0.96, "matek_accuracy": 0.80, "leaf_accuracy": 0.86,
           "unflagged_accuracy": 0.94, "flagged_at_most": 0.33,
-          # measured 0.82 (the cell covers 0.15 of the image); issue #11 asks for 0.6
-          "gradcam_inside_cell": 0.75}
+          # measured 0.78 (the cell covers 0.13 of the image); issue #11 asks for 0.6
+          "gradcam_inside_cell_pbc": 0.75, "gradcam_inside_cell_matek": 0.8, "gradcam_over_chance": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -58,21 +58,21 @@ def test_cells_not_flagged_for_review_are_right(evaluation):
     assert evaluation.flagged <= FLOORS["flagged_at_most"]
 
 
-def test_gradcam_looks_at_the_cell(evaluation):
-    """On unseen PBC cells, the share of the root's Grad-CAM mass on the stained cell, against the
-    share of the image the cell covers. (PBC only: a Matek cell fills most of its image, on a lilac
-    background a colour threshold cannot tell from cytoplasm, so the measure would say little.)"""
+@pytest.mark.parametrize("source", ["pbc", "matek"])
+def test_gradcam_looks_at_the_cell(evaluation, source):
+    """On 40 unseen cells of each source, the share of the root's Grad-CAM mass on the stained cell
+    (``background.stained_cell_mask``), against the share of the image the cell covers (a Matek
+    cell fills much of its frame, so there the margin over chance is what says most)."""
     from PIL import Image
 
     from bloodcells.background import stained_cell_mask
     from bloodcells.classify import load_classifier
     from bloodcells.explain import explain
+    from bloodcells.store import sha256_hex
 
     classifier = load_classifier(SHIPPED)
     recorded = set(json.loads((SHIPPED / "split.json").read_text())["test"])
-    from bloodcells.store import sha256_hex
-
-    files = [p for p in sorted((DATASETS / "pbc").rglob("*.jpg")) if sha256_hex(p.read_bytes()) in recorded]
+    files = [p for p in sorted((DATASETS / source).rglob("*.jpg")) if sha256_hex(p.read_bytes()) in recorded]
     picked = files[:: max(1, len(files) // 40)][:40]
     inside, area = [], []
     for path in picked:
@@ -83,8 +83,8 @@ def test_gradcam_looks_at_the_cell(evaluation):
         if mass.sum() > 0 and mask.any():
             inside.append(float(mass[mask].sum() / mass.sum()))
             area.append(float(mask.mean()))
-    print(f"Grad-CAM mass inside the stained cell: {np.mean(inside):.3f} over {len(inside)} unseen cells; "
-          f"the cell covers {np.mean(area):.3f} of the image")
+    print(f"{source}: Grad-CAM mass inside the stained cell: {np.mean(inside):.3f} over {len(inside)} unseen "
+          f"cells; the cell covers {np.mean(area):.3f} of the image")
     assert len(inside) >= 30
-    assert np.mean(inside) >= FLOORS["gradcam_inside_cell"]
-    assert np.mean(inside) > np.mean(area) + 0.02
+    assert np.mean(inside) >= FLOORS[f"gradcam_inside_cell_{source}"]
+    assert np.mean(inside) > np.mean(area) + FLOORS["gradcam_over_chance"]
