@@ -118,15 +118,17 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     augment = None  # built on first use: albumentations is slow to import and often not needed
     feature_map = _pooled_map(backbone) if config.cell_focus else None
-    cell_masks = _CellMasks(dataset.images)
+    cell_masks = _CellMasks(dataset.images)  # cell focus's targets, and the plain background's cells
 
     def batch_tensor(indices, repeats=None, masks=False):
         """The batch as the network takes it; with ``masks``, also each cell's mask as augmented
         with it (N x 1 x H x W floats; all zero where no single centred cell was found)."""
         nonlocal augment
         images = dataset.images[indices]
-        cells = [cell_masks[i] for i in indices] if masks else [None] * len(images)
-        if repeats is not None and (augment_all or repeats.any()):
+        augmenting = repeats is not None and (augment_all or repeats.any())
+        cells = ([cell_masks[i] for i in indices] if masks or (augmenting and config.plain_background)
+                 else [None] * len(images))
+        if augmenting:
             augment = augment or augmentation(cross_site=config.cross_site, seed=config.seed,
                                             plain_background=config.plain_background)
             views = [augment(image=img, **({} if cell is None else {"mask": cell})) if (augment_all or again)
@@ -248,16 +250,16 @@ class _CellMasks:
     eighth of a byte a pixel): every epoch draws from the same images."""
 
     def __init__(self, images: np.ndarray):
-        self.images, self.packed = images, {}
-
-    def __getitem__(self, index: int) -> np.ndarray:
         from ..background import centred_cell_mask
 
-        shape = self.images.shape[1:3]
+        self.images, self.shape, self.packed = images, images.shape[1:3], {}
+        self.find = centred_cell_mask
+
+    def __getitem__(self, index: int) -> np.ndarray:
         if index not in self.packed:
-            mask = centred_cell_mask(self.images[index])
-            self.packed[index] = np.packbits(np.zeros(shape, bool) if mask is None else mask)
-        return np.unpackbits(self.packed[index], count=shape[0] * shape[1]).reshape(shape)
+            mask = self.find(self.images[index])
+            self.packed[index] = np.packbits(np.zeros(self.shape, bool) if mask is None else mask)
+        return np.unpackbits(self.packed[index], count=self.shape[0] * self.shape[1]).reshape(self.shape)
 
 
 def _validate(model, batch_tensor, val_idx, val_y, loss_fn, batch_size, device) -> tuple[float, float]:
