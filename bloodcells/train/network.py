@@ -118,7 +118,8 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     augment = None  # built on first use: albumentations is slow to import and often not needed
     feature_map = _pooled_map(backbone) if config.cell_focus else None
-    cell_masks = _CellMasks(dataset.images)  # cell focus's targets, and the plain background's cells
+    # cell focus's targets and the plain background's cells (imports albumentations: only if used)
+    cell_masks = _CellMasks(dataset.images) if config.cell_focus or config.plain_background else None
 
     def batch_tensor(indices, repeats=None, masks=False):
         """The batch as the network takes it; with ``masks``, also each cell's mask as augmented
