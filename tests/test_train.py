@@ -357,3 +357,45 @@ def test_a_seed_gives_the_same_models_whatever_ran_before(tmp_path):
         train_tree([tmp_path / "cells"], tmp_path / f"models{run}", config=config, log=lambda _text: None)
         versions.append(TreeClassifier.load(tmp_path / f"models{run}").versions())
     assert versions[0] == versions[1]
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_ema_keeps_an_average_of_the_steps_weights(tmp_path, monkeypatch, ema):
+    """``--ema``: what is validated and kept is a moving average of the weights after each
+    optimiser step (a convex mix of them, not the last step's); without it, the last step's."""
+    import torch
+
+    import bloodcells.train.tree as tree_module
+    from bloodcells.train import TrainConfig, train_tree
+
+    with pytest.raises(ValueError, match="ema is a decay per step"):
+        TrainConfig(ema=1.0)
+    steps, kept = [], {}
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            result = super().step(closure)
+            steps.append([p.detach().clone() for group in self.param_groups for p in group["params"]])
+            return result
+
+    def save_node(staging, code, state, *rest):
+        kept[code] = state
+        return original_save(staging, code, state, *rest)
+
+    original_save = tree_module.save_node
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    monkeypatch.setattr(tree_module, "save_node", save_node)
+    write_cell_folders(tmp_path / "cells", {"LYT": 12, "EOS": 12}, size=32)
+    train_tree([tmp_path / "cells"], tmp_path / "models", log=lambda _text: None,
+               config=tiny_train_config(epochs=1, per_class=24, ema=ema))
+    assert list(kept) == ["ALL"] and len(steps) == 3  # 2 labels x 24 cells, batches of 16
+    names = [name for name, _ in create_model("test_efficientnet", 2).named_parameters()]
+    weights = [kept["ALL"][name] for name in names]
+    last = steps[-1]
+    if not ema:
+        assert all(torch.equal(w, s) for w, s in zip(weights, last, strict=True))
+        return
+    stacked = [torch.stack([step[n] for step in steps]) for n in range(len(names))]
+    assert all(bool((w >= s.amin(0) - 1e-6).all() and (w <= s.amax(0) + 1e-6).all())
+               for w, s in zip(weights, stacked, strict=True))
+    assert max(float((w - s).abs().max()) for w, s in zip(weights, last, strict=True)) > 1e-4

@@ -31,6 +31,9 @@ def _training_options(parser):
     parser.add_argument("--cell-focus", type=float, default=0.0, metavar="WEIGHT",
                         help="weight of a loss on the class evidence (CAM) found outside the stained cell, so the "
                              "network and its Grad-CAM maps look at the cell (default 0: off)")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="validate and keep a moving average of the weights with this decay per step "
+                             "(e.g. 0.998; default 0: the weights as trained)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -57,7 +60,7 @@ def _config(args):
             architecture=args.backbone, input_size=args.size, mode=args.mode,
             pretrained_checkpoint=args.pretrained, cross_site=not args.no_cross_site,
             stain_norm=not args.no_stain_norm, plain_background=args.plain_background,
-            cell_focus=args.cell_focus, epochs=args.epochs,
+            cell_focus=args.cell_focus, ema=args.ema, epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, min_per_class=args.min_per_class,
             per_class=args.per_class, seed=args.seed, nodes=getattr(args, "nodes", None),
             shared_trunk=args.shared_trunk, head_views=args.head_views, review_accuracy=args.review_accuracy)

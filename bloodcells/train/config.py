@@ -29,6 +29,7 @@ class TrainConfig:
     stain_norm: bool = True  # per-image colour standardisation before the network
     plain_background: float = 0.0  # share of augmented images shown with a plain field around the cell
     cell_focus: float = 0.0  # weight of the loss on class evidence outside the cell (train.network.outside_cell_share)
+    ema: float = 0.0  # decay of a moving average of the weights, validated and kept instead of them (0: off)
     epochs: int = 15
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -49,6 +50,8 @@ class TrainConfig:
             raise ValueError(f"unknown mode {self.mode!r} (modes: {', '.join(MODES)})")
         if not 0 <= self.plain_background <= 1:
             raise ValueError(f"plain_background is a share of images, between 0 and 1 (not {self.plain_background})")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema is a decay per step, 0 (off) or more and below 1 (not {self.ema})")
         if self.cell_focus < 0:
             raise ValueError(f"cell_focus is a loss weight, 0 or more (not {self.cell_focus})")
 

@@ -72,9 +72,11 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     ``step(record)`` follows each epoch (on the main process) with a copy of its record: epoch,
     train_loss, train_accuracy, val_loss, val_accuracy, seconds. ``initial``: weights to start
     from instead of the mode's (a trained trunk being adapted); every tensor but the new
-    classifier's must match.
+    classifier's must match. With ``config.ema``, the moving average of the weights is what is
+    validated, early-stopped and returned.
     """
     import torch
+    from timm.utils import ModelEmaV3
     from torch import nn
 
     from ..backbones import create_model, node_network, normalisation
@@ -114,6 +116,11 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min(1.0, (step + 1) / steps_per_epoch)
                                                   * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    # the average of the last steps' weights: past the noise of single steps, which early stopping
+    # at a still-high learning rate would otherwise keep. Warm-up: the first epochs' average
+    # follows the weights closely instead of remembering the random start.
+    averaged = ModelEmaV3(model, decay=config.ema, use_warmup=True) if config.ema else None
+    kept = averaged.module if averaged else model
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     augment = None  # built on first use: albumentations is slow to import and often not needed
@@ -176,10 +183,12 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
             scaler.step(optimiser)
             scaler.update()
             scheduler.step()
+            if averaged:
+                averaged.update(model, step=scheduler.last_epoch)
             seen += len(indices)
             loss_sum += loss.item() * len(indices)
             correct += int((model.group(logits.detach().float()).argmax(1) == children_of_outputs[y]).sum())
-        val_loss, val_acc = _validate(model, batch_tensor, val_idx, val_y, loss_fn, config.batch_size, device)
+        val_loss, val_acc = _validate(kept, batch_tensor, val_idx, val_y, loss_fn, config.batch_size, device)
         if dist.world > 1:  # ranks' BatchNorm statistics differ slightly: rank 0 decides for all
             import torch.distributed as torch_dist
 
@@ -198,12 +207,12 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
             step(dict(record))
         if val_loss < best["val_loss"] - 1e-4:
             best = {"val_loss": val_loss, "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}}
+                    "state": {k: v.detach().cpu().clone() for k, v in kept.backbone.state_dict().items()}}
         elif epoch - best["epoch"] >= config.patience:
             log(f"[{code}] early stop: no better validation loss for {config.patience} epochs")
             break
     if best["state"] is None:  # no validation cells: keep the last weights
-        best["state"] = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+        best["state"] = {k: v.detach().cpu().clone() for k, v in kept.backbone.state_dict().items()}
     best_record = history[best["epoch"] - 1] if best["epoch"] else history[-1]
     metrics = {"classes": classes, "outputs": outputs, "mean": list(mean), "std": list(std), "best_epoch": best_record["epoch"],
                "val_loss": best_record["val_loss"], "val_accuracy": best_record["val_accuracy"],
