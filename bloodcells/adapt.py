@@ -240,14 +240,15 @@ def _base_versions(base: TreeClassifier) -> dict[str, str]:
 
 
 def _train_config(manifest: dict, config: AdaptConfig):
-    """The base tree's training recipe, with adaptation's budget."""
+    """The base tree's training recipe, with adaptation's budget (too few steps to average the
+    weights over: they are kept as trained)."""
     from .train import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
     recipe = TrainConfig(**{k: v for k, v in manifest["config"].items() if k in known})
     return replace(recipe, epochs=config.epochs, per_class=config.per_label, learning_rate=config.learning_rate,
                    patience=config.epochs + 1, seed=config.seed, nodes=None, shared_trunk=True,
-                   balance_sources=True)
+                   balance_sources=True, ema=0.0)
 
 
 def _scores(classifier: TreeClassifier, held: CellDataset, original_test: CellDataset) -> dict[str, Evaluation]:

@@ -301,17 +301,33 @@ def test_shared_trunk_heads_per_node_classify_in_one_pass(architecture, tmp_path
         TreeClassifier.load(tmp_path / "models")
 
 
-def test_review_threshold_keeps_the_asked_accuracy_above_it():
-    from bloodcells.train import review_threshold
+def test_review_threshold_keeps_the_asked_accuracy_above_it_with_the_asked_certainty():
+    """The lowest confidence whose cells at or above it show the target accuracy: not on the count
+    itself, whose dips pick a lucky threshold, but on its one-sided Clopper-Pearson lower bound
+    (scipy's exact binomial interval, computed apart here)."""
+    from scipy.stats import binomtest
 
-    confidences = [0.99, 0.95, 0.90, 0.80, 0.70, 0.60, 0.50]
-    correct = [True, True, True, False, True, False, False]
-    # above 0.90: 3/3 right; above 0.70: 4/5 = 0.8; above 0.50: 4/7
-    assert review_threshold(confidences, correct, 1.0) == 0.90
-    assert review_threshold(confidences, correct, 0.8) == 0.70
-    assert review_threshold(confidences, correct, 0.5) == 0.50
-    assert review_threshold(confidences[::-1], correct[::-1], 0.8) == 0.70  # order does not matter
-    assert review_threshold([0.9, 0.8], [False, False], 0.5) == 1.0  # nothing is good enough: review all
+    from bloodcells.train import TrainConfig, review_threshold
+
+    with pytest.raises(ValueError, match="review_certainty is a probability from 0.5"):
+        TrainConfig(review_certainty=0.3)
+    rng = np.random.default_rng(0)
+    confidences = rng.uniform(0.3, 1.0, 600)
+    correct = rng.uniform(size=600) < confidences ** 0.25  # surer answers are right more often
+    threshold = review_threshold(confidences, correct, 0.9, 0.9)
+
+    def lower_bound(at: float) -> float:
+        above = confidences >= at
+        return binomtest(int(correct[above].sum()), int(above.sum())).proportion_ci(0.8, "exact").low
+
+    assert lower_bound(threshold) >= 0.9 - 1e-9
+    assert all(lower_bound(at) < 0.9 for at in confidences[confidences < threshold])
+    assert 0.3 < threshold < 1.0 and threshold > review_threshold(confidences, correct, 0.9, 0.5)
+    order = np.argsort(confidences)  # the cells' order does not matter
+    assert review_threshold(confidences[order], correct[order], 0.9, 0.9) == threshold
+    # ten right answers cannot show 97% with 90% certainty (0.1 ** (1 / 10) = 0.79): review all
+    assert review_threshold(np.linspace(0.9, 0.99, 10), [True] * 10, 0.97, 0.9) == 1.0
+    assert review_threshold(np.linspace(0.9, 0.99, 100), [True] * 100, 0.97, 0.9) == 0.9
 
 
 def test_test_time_flips_make_the_answer_the_same_for_a_flipped_cell(tmp_path):

@@ -48,6 +48,9 @@ def _training_options(parser):
     parser.add_argument("--review-accuracy", type=float, default=0.97,
                         help="cells below the confidence that keeps this accuracy on validation cells are "
                              "flagged for review (default 0.97)")
+    parser.add_argument("--review-certainty", type=float, default=0.9,
+                        help="how sure the validation cells must make that accuracy: the one-sided "
+                             "Clopper-Pearson lower bound at this level counts (default 0.9)")
     parser.add_argument("--head-views", type=int, default=3,
                         help="shared trunk: each training cell as it is plus this many - 1 augmented views")
 
@@ -63,7 +66,8 @@ def _config(args):
             cell_focus=args.cell_focus, ema=args.ema, epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, min_per_class=args.min_per_class,
             per_class=args.per_class, seed=args.seed, nodes=getattr(args, "nodes", None),
-            shared_trunk=args.shared_trunk, head_views=args.head_views, review_accuracy=args.review_accuracy)
+            shared_trunk=args.shared_trunk, head_views=args.head_views, review_accuracy=args.review_accuracy,
+            review_certainty=args.review_certainty)
     except ValueError as error:
         raise CommandError(str(error)) from error
 

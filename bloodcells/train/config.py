@@ -40,6 +40,7 @@ class TrainConfig:
     per_class: int | None = None
     seed: int = 0
     review_accuracy: float = 0.97  # needs_review below the confidence that keeps this accuracy
+    review_certainty: float = 0.9  # ... shown on the validation cells with this certainty (train.review_threshold)
     nodes: Sequence[str] | None = None  # train only these nodes (default: all that have data)
     shared_trunk: bool = False  # one network for all nodes, a head per node (bloodcells.heads)
     head_views: int = 3  # shared trunk: features of each training cell as it is + augmented views
@@ -50,6 +51,8 @@ class TrainConfig:
             raise ValueError(f"unknown mode {self.mode!r} (modes: {', '.join(MODES)})")
         if not 0 <= self.plain_background <= 1:
             raise ValueError(f"plain_background is a share of images, between 0 and 1 (not {self.plain_background})")
+        if not 0.5 <= self.review_certainty < 1:
+            raise ValueError(f"review_certainty is a probability from 0.5 and below 1 (not {self.review_certainty})")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema is a decay per step, 0 (off) or more and below 1 (not {self.ema})")
         if self.cell_focus < 0:

@@ -54,7 +54,8 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=1, default=str) + "\n")
 
 
-def calibrate_review_threshold(models_dir: Path, val: CellDataset, target_accuracy: float) -> float:
+def calibrate_review_threshold(models_dir: Path, val: CellDataset, target_accuracy: float,
+                               certainty: float) -> float:
     """The review threshold of the tree in ``models_dir``, from its answers on validation cells."""
     from ..classify import TreeClassifier
 
@@ -67,16 +68,26 @@ def calibrate_review_threshold(models_dir: Path, val: CellDataset, target_accura
     return review_threshold([r.confidence for r in results],
                             [tree.is_ancestor(tree[label], tree[r.code]) for r, label in zip(results, val.labels,
                                                                                              strict=True)],
-                            target_accuracy)
+                            target_accuracy, certainty)
 
 
-def review_threshold(confidences: Sequence[float], correct: Sequence[bool], target_accuracy: float) -> float:
+def review_threshold(confidences: Sequence[float], correct: Sequence[bool], target_accuracy: float,
+                     certainty: float) -> float:
     """The lowest confidence such that the cells at or above it are right ``target_accuracy`` of
-    the time (1.0 when no such confidence exists: every cell goes to review)."""
+    the time, with ``certainty`` (1.0 when no such confidence exists: every cell goes to review).
+
+    The accuracy above a threshold is measured on a sample: the threshold where it first dips to
+    the target is picked for its luck and lets fewer through on new cells (the shipped tree's was
+    97.1% on validation cells, 95.5% on test cells). So the accuracy counted is the one-sided
+    Clopper-Pearson lower bound at ``certainty``: few cells can never show the target.
+    """
+    from scipy.stats import beta
+
     order = np.argsort(-np.asarray(confidences, dtype=float), kind="stable")
     ranked = np.asarray(confidences, dtype=float)[order]
-    accuracy_above = np.cumsum(np.asarray(correct, dtype=float)[order]) / np.arange(1, len(order) + 1)
-    meets = np.flatnonzero(accuracy_above >= target_accuracy)
+    right = np.cumsum(np.asarray(correct, dtype=float)[order])
+    lower_bound = np.nan_to_num(beta.ppf(1 - certainty, right, np.arange(1, len(order) + 1) - right + 1))
+    meets = np.flatnonzero(lower_bound >= target_accuracy)
     return float(ranked[meets[-1]]) if len(meets) else 1.0
 
 

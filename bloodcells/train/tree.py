@@ -79,7 +79,8 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
         register_models(store, out_dir, tree)
     report.seconds = time.perf_counter() - started
     say(f"models written to {out_dir} in {report.seconds:.0f} s; review threshold "
-        f"{report.review_threshold:.3f} (keeps {config.review_accuracy:.0%} accuracy on validation cells)")
+        f"{report.review_threshold:.3f} (the validation cells above it show {config.review_accuracy:.0%} accuracy "
+        f"with {config.review_certainty:.0%} certainty)")
     return report
 
 
@@ -133,6 +134,7 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
         "config": asdict(config), "count_table": report.count_table,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "review_threshold": 0.0, "review_accuracy": config.review_accuracy,
+        "review_certainty": config.review_certainty,
     }
     if tree_file is not None:
         shutil.copyfile(tree_file, staging / "tree.yaml")
@@ -141,7 +143,8 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
         "seen": sorted({*seen_before, *(dataset.digests[i][:16] for i in (*splits["train"], *splits["val"]))})})
     write_json(staging / "classifier.json", manifest)
     report.review_threshold = calibrate_review_threshold(
-        staging, calibration if calibration is not None else dataset.subset(splits["val"]), config.review_accuracy)
+        staging, calibration if calibration is not None else dataset.subset(splits["val"]), config.review_accuracy,
+        config.review_certainty)
     manifest["review_threshold"] = report.review_threshold
     write_json(staging / "classifier.json", manifest)
     if out_dir.exists():
