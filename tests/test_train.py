@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,6 +68,8 @@ def test_training_registers_models_and_reports_progress(store, tmp_path):
     assert set(report.nodes) == {"ALL", "MYM"}
     assert steps[-1][:2] == (4, 4) and "MYM" in steps[-1][2]
     assert any("EOS" in line and "eosinophil" in line for line in lines)  # the count table
+    # four validation cells cannot show 97% accuracy with 90% certainty: every cell goes to review
+    assert report.review_threshold == 1.0 and "every cell will be flagged for review" in lines[-1]
     registered = {m.node_code: m for m in store.list_models(kind="classifier")}
     assert set(registered) == {"ALL", "MYM"}
     meta = json.loads((tmp_path / "models" / "MYM.json").read_text())
@@ -307,7 +310,9 @@ def test_review_threshold_keeps_the_asked_accuracy_above_it_with_the_asked_certa
     (scipy's exact binomial interval, computed apart here)."""
     from scipy.stats import binomtest
 
-    from bloodcells.train import TrainConfig, review_threshold
+    from bloodcells.data import CellDataset
+    from bloodcells.train import TrainConfig, TrainReport, review_threshold
+    from bloodcells.train.files import calibrate_review_threshold
 
     with pytest.raises(ValueError, match="review_certainty is a probability from 0.5"):
         TrainConfig(review_certainty=0.3)
@@ -328,6 +333,11 @@ def test_review_threshold_keeps_the_asked_accuracy_above_it_with_the_asked_certa
     # ten right answers cannot show 97% with 90% certainty (0.1 ** (1 / 10) = 0.79): review all
     assert review_threshold(np.linspace(0.9, 0.99, 10), [True] * 10, 0.97, 0.9) == 1.0
     assert review_threshold(np.linspace(0.9, 0.99, 100), [True] * 100, 0.97, 0.9) == 0.9
+    no_cells = CellDataset([], [], [], [], [], np.zeros((0, 32, 32, 3), np.uint8), 32)
+    assert calibrate_review_threshold(Path("not read"), no_cells, 0.97, 0.9) == 1.0  # nothing shown: review all
+    report = TrainReport(out_dir=Path("models"), review_threshold=0.8156, review_accuracy=0.97, review_certainty=0.9)
+    assert report.review_summary() == ("review threshold 0.816 (the validation cells above it show 97% accuracy "
+                                       "with 90% certainty)")
 
 
 def test_test_time_flips_make_the_answer_the_same_for_a_flipped_cell(tmp_path):

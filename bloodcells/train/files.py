@@ -59,8 +59,8 @@ def calibrate_review_threshold(models_dir: Path, val: CellDataset, target_accura
     """The review threshold of the tree in ``models_dir``, from its answers on validation cells."""
     from ..classify import TreeClassifier
 
-    if len(val) == 0:
-        return 0.0
+    if len(val) == 0:  # nothing shows the accuracy: every cell goes to review
+        return 1.0
     classifier = TreeClassifier.load(models_dir)
     results = classifier.classify_arrays(val.images)
     tree = classifier.tree
