@@ -6,11 +6,19 @@ Screenshots go to test-artifacts/ (look at them: the key layout must be readable
 
 import csv
 import io
-from pathlib import Path
 
 import pytest
 import test_browser
-from test_browser import ARTIFACTS, choose_analysis, make_run, metric, open_page, settled, stored_analysis
+from test_browser import (
+    ARTIFACTS,
+    choose_analysis,
+    downloaded,
+    make_run,
+    metric,
+    open_page,
+    settled,
+    stored_analysis,
+)
 
 from bloodcells.store import open_store
 
@@ -152,9 +160,8 @@ def test_sign_off_locks_keys_reopen_amend_and_the_report_says_amended(page, serv
     click_until(page, panel(page).get_by_role("button", name="Sign off the amended differential"),
                 page.get_by_text("Signed off by Dr Sign"))
     settled(page)
-    with page.expect_download() as download:
-        panel(page).get_by_role("button", name="Download report (PDF)").click()
-    text = "\n".join(p.extract_text() for p in PdfReader(download.value.path()).pages)
+    report = downloaded(page, panel(page).get_by_role("button", name="Download report (PDF)"))
+    text = "\n".join(p.extract_text() for p in PdfReader(report).pages)
     for expected in ("Differential count - AMENDED", "Amended: signed off again by Dr Sign", "peripheral blood",
                      "reopened by Dr Sign: a band was missed", "Changes after the first sign-off", "NGS -> NGB"):
         assert expected in text, expected
@@ -177,8 +184,7 @@ def test_count_log_filters_and_downloads_csv(page, server):
     page.keyboard.press("Escape")
     expect(page.get_by_text("1 of ")).to_be_visible()
     settled(page)
-    with page.expect_download() as download:
-        page.get_by_role("button", name="Download count log (CSV)").click()
-    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    count_log = downloaded(page, page.get_by_role("button", name="Download count log (CSV)"))
+    rows = list(csv.DictReader(io.StringIO(count_log.read_text())))
     assert [(r["id"], r["category"], r["signed by"], r["status"], r["Erythroblasts"]) for r in rows] == [
         (str(marrow), "bone marrow", "Dr Marrow", "signed", "2")]

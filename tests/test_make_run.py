@@ -19,11 +19,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_health(port: int, process: subprocess.Popen, timeout: float = 120) -> str:
+def wait_for_health(port: int, process: subprocess.Popen, log: Path, timeout: float = 120) -> str:
+    """The server's health answer; its output (``log``) if it exits first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}: {process.stdout.read()}")
+            raise AssertionError(f"the server exited with {process.returncode}: {log.read_text()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
                 return response.read().decode()
@@ -36,10 +37,12 @@ def wait_for_health(port: int, process: subprocess.Popen, timeout: float = 120) 
 def test_make_run_serves_the_home_page(tmp_path):
     port = free_port()
     env = {**os.environ, "BLOODCELLS_DATA_DIR": str(tmp_path / "data")}
-    process = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = tmp_path / "server.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=ROOT, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        assert wait_for_health(port, process) == "ok"
+        assert wait_for_health(port, process, log) == "ok"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
             assert response.status == 200 and "<html" in response.read().decode().lower()
         assert (tmp_path / "data" / "bloodcells.db").exists()  # `make run` created the schema
