@@ -99,7 +99,7 @@ if not trained:
 report, evaluation = trained["report"], trained["evaluation"]
 st.success(f"Trained {len(report.nodes)} node models in {report.seconds:.0f} s "
            f"({trained['config'].architecture}, {trained['config'].mode}).")
-(st.warning if report.review_threshold >= 1.0 else st.caption)(report.review_summary().capitalize() + ".")
+(st.warning if report.review_threshold >= 1.0 else st.caption)(report.review_summary(trained['config']).capitalize() + ".")
 if report.problems:
     with st.expander(f"{len(report.problems)} files were skipped", icon=":material/warning:"):
         st.write("\n".join(f"- {problem}" for problem in report.problems))

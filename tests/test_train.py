@@ -335,8 +335,8 @@ def test_review_threshold_keeps_the_asked_accuracy_above_it_with_the_asked_certa
     assert review_threshold(np.linspace(0.9, 0.99, 100), [True] * 100, 0.97, 0.9) == 0.9
     no_cells = CellDataset([], [], [], [], [], np.zeros((0, 32, 32, 3), np.uint8), 32)
     assert calibrate_review_threshold(Path("not read"), no_cells, 0.97, 0.9) == 1.0  # nothing shown: review all
-    report = TrainReport(out_dir=Path("models"), review_threshold=0.8156, review_accuracy=0.97, review_certainty=0.9)
-    assert report.review_summary() == ("review threshold 0.816 (the validation cells above it show 97% accuracy "
+    report = TrainReport(out_dir=Path("models"), review_threshold=0.8156)
+    assert report.review_summary(TrainConfig(review_accuracy=0.97, review_certainty=0.9)) == ("review threshold 0.816 (the validation cells above it show 97% accuracy "
                                        "with 90% certainty)")
 
 

@@ -67,18 +67,17 @@ class TrainReport:
     passthrough: dict[str, str] = field(default_factory=dict)
     count_table: str = ""
     review_threshold: float = 0.0
-    review_accuracy: float = 0.0  # what the threshold was asked to show, and how surely
-    review_certainty: float = 0.0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
-    def review_summary(self) -> str:
+    def review_summary(self, config: TrainConfig) -> str:
+        """What the review threshold means, for the ``config`` it was trained with."""
         if self.review_threshold >= 1.0:
             return (f"every cell will be flagged for review: at no confidence do the validation cells show "
-                    f"{self.review_accuracy:.0%} accuracy with {self.review_certainty:.0%} certainty "
+                    f"{config.review_accuracy:.0%} accuracy with {config.review_certainty:.0%} certainty "
                     f"(too few of them, or too many wrong)")
         return (f"review threshold {self.review_threshold:.3f} (the validation cells above it show "
-                f"{self.review_accuracy:.0%} accuracy with {self.review_certainty:.0%} certainty)")
+                f"{config.review_accuracy:.0%} accuracy with {config.review_certainty:.0%} certainty)")
 
 
 @dataclass

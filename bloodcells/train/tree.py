@@ -78,7 +78,7 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
     if dist.main and store is not None:
         register_models(store, out_dir, tree)
     report.seconds = time.perf_counter() - started
-    say(f"models written to {out_dir} in {report.seconds:.0f} s; {report.review_summary()}")
+    say(f"models written to {out_dir} in {report.seconds:.0f} s; {report.review_summary(config)}")
     return report
 
 
@@ -99,8 +99,7 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
     table = count_table(tree, train_labels)
     targets_per_node = {code: balance_target(counts, config.min_per_class, config.per_class)
                         for code, counts in table.items() if len(counts) > 1}
-    report = TrainReport(out_dir=out_dir, problems=dataset.problems, review_accuracy=config.review_accuracy,
-                         review_certainty=config.review_certainty)
+    report = TrainReport(out_dir=out_dir, problems=dataset.problems)
     report.count_table = format_count_table(tree, table, targets_per_node)
     log("training images per node and child (train split):\n" + report.count_table)
     report.passthrough = {code: next(iter(counts)) for code, counts in table.items() if len(counts) == 1}
