@@ -89,8 +89,7 @@ class AdaptResult:
                 if tree is None or not tree.truth:
                     continue
                 per_class = ", ".join(f"{c} {a:.2f}" for c, a in tree.per_class.items())
-                lines.append(f"  {name}, {when}: accuracy {tree.accuracy:.3f} macro-F1 {tree.macro_f1:.3f} "
-                             f"(n={len(tree.truth)}; {per_class})")
+                lines.append(f"  {name}, {when}: {tree.headline()} (n={len(tree.truth)}; {per_class})")
         return "\n".join(lines)
 
 

@@ -123,7 +123,7 @@ matrices |= {f"node {code}": scores for code, scores in evaluation.nodes.items()
 if matrices:
     shown_matrix = st.selectbox("Of", list(matrices), key="training_matrix")
     scores = matrices[shown_matrix]
-    st.caption(f"{len(scores.truth)} held-out cells: accuracy {scores.accuracy:.3f}, macro-F1 {scores.macro_f1:.3f}")
+    st.caption(f"{len(scores.truth)} held-out cells: {scores.headline()}")
     st.plotly_chart(confusion_heatmap(scores, default_tree()), key="confusion_matrix")
 else:
     st.info("No held-out cells were left to score (upload more cells per type for a test split).")

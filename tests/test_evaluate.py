@@ -31,6 +31,21 @@ def test_scores_of_hand_counted_answers():
     assert (empty.accuracy, empty.macro_f1, empty.per_class, empty.matrix) == (0.0, 0.0, {}, None)
 
 
+@pytest.mark.parametrize(("right", "cells"), [(6, 9), (275, 329), (40, 40), (0, 12)])
+def test_accuracy_comes_with_its_95_percent_wilson_interval(right, cells):
+    truth = ["A"] * cells
+    predicted = ["A"] * right + ["B"] * (cells - right)
+    scores = Scores.of("toy", truth, predicted, order=["A", "B"])
+    # Wilson's score interval, written out: centre and half-width at z = 1.96
+    p, z = right / cells, 1.959964
+    centre = (p + z * z / (2 * cells)) / (1 + z * z / cells)
+    half = z / (1 + z * z / cells) * np.sqrt(p * (1 - p) / cells + z * z / (4 * cells * cells))
+    assert scores.accuracy_interval == pytest.approx((centre - half, centre + half), abs=1e-6)
+    low, high = scores.accuracy_interval
+    assert 0 <= low <= scores.accuracy <= high <= 1
+    assert f"(95% CI {low:.3f}-{high:.3f})" in scores.summary()
+
+
 def test_scores_per_node_tree_and_source_with_files(trained_models_dir, tmp_path):
     write_cell_folders(tmp_path / "fresh", TINY_TREE_CELLS | {"LYT": 8}, size=32, start_seed=900)
     lines = []
