@@ -39,15 +39,15 @@ class Scores:
     @classmethod
     def of(cls, name: str, truth: Sequence[str], predicted: Sequence[str], order: Sequence[str]) -> Scores:
         from scipy.stats import binomtest
-        from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, recall_score
+        from sklearn.metrics import classification_report, confusion_matrix, f1_score, recall_score
 
         labels = [c for c in order if c in set(truth) | set(predicted)]
         scores = cls(name, labels, list(truth), list(predicted))
         if not truth:
             return scores
         present = [c for c in labels if c in set(truth)]
-        scores.accuracy = float(accuracy_score(truth, predicted))
         right = sum(t == p for t, p in zip(truth, predicted, strict=True))
+        scores.accuracy = right / len(truth)
         interval = binomtest(right, len(truth)).proportion_ci(0.95, method="wilson")
         scores.accuracy_interval = (float(interval.low), float(interval.high))
         scores.macro_f1 = float(f1_score(truth, predicted, labels=present, average="macro", zero_division=0))
