@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import augmentation, balanced_indices, per_source, to_tensor
+from .data import balanced_indices, per_source, to_tensor
 
 TRUNK = "trunk"  # the trunk's name in files and logs (not a tree code: codes are upper case)
 HEAD_EPOCHS, HEAD_PATIENCE, HEAD_BATCH, HEAD_LEARNING_RATE = 80, 12, 256, 3e-3
+VIEW_BATCH = 256  # training cells augmented at a time (by one worker) for the heads' views
 
 
 def trunk_with_head(trunk, head):
@@ -106,6 +107,7 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
     from torch import nn
 
     from .backbones import node_network, normalisation
+    from .train.views import BatchRequest, CellViews
 
     trunk.eval()
     mean, std = normalisation(trunk)
@@ -113,12 +115,16 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
     started = time.perf_counter()
     clean = features(trunk, dataset.images[train], mean, std, config.stain_norm, device=device)
     views_of_train = [clean]
-    augment = augmentation(cross_site=config.cross_site, seed=config.seed,
-                           plain_background=config.plain_background) if config.head_views > 1 else None
     rng = np.random.default_rng(config.seed)
-    for _ in range(config.head_views - 1):
-        augmented = np.stack([augment(image=image)["image"] for image in dataset.images[train]])
-        views_of_train.append(features(trunk, augmented, mean, std, config.stain_norm, device=device))
+    with CellViews(dataset.images, seed=config.seed, cross_site=config.cross_site,
+                   plain_background=config.plain_background, with_masks=bool(config.plain_background),
+                   workers=config.workers if config.head_views > 1 else 0) as cell_views:
+        every = np.ones(len(train), bool)
+        for view in range(1, config.head_views):
+            requests = [BatchRequest((view, start), train[start:start + VIEW_BATCH], every[start:start + VIEW_BATCH])
+                        for start in range(0, len(train), VIEW_BATCH)]
+            augmented = np.concatenate([images for images, _ in cell_views.map(requests)])
+            views_of_train.append(features(trunk, augmented, mean, std, config.stain_norm, device=device))
     train_features = torch.from_numpy(np.stack(views_of_train))  # V x N_train x D
     val_features = torch.from_numpy(features(trunk, dataset.images[val], mean, std, config.stain_norm,
                                              device=device))

@@ -166,7 +166,7 @@ def test_cell_masks_are_found_once_per_image_and_kept_exact(monkeypatch):
     """Cell focus needs each training image's mask every epoch: it is found once and kept
     bit-packed, and what comes back is the mask itself (all zero where no cell was found)."""
     import bloodcells.background as background
-    from bloodcells.train.network import _CellMasks
+    from bloodcells.train.views import CellMasks
 
     yy, xx = np.mgrid[:48, :48]
     images = np.zeros((4, 48, 48, 3), np.uint8) + np.array((238, 222, 212), np.uint8)
@@ -176,7 +176,7 @@ def test_cell_masks_are_found_once_per_image_and_kept_exact(monkeypatch):
     found = []
     monkeypatch.setattr(background, "centred_cell_mask",
                         lambda image: found.append(1) or background.stained_cell_mask(image, 1 / 16) > 0)
-    masks = _CellMasks(images)
+    masks = CellMasks(images)
     first = [masks[i] for i in range(4)] + [masks[i] for i in range(4)]
     assert len(found) == 4
     for index in range(3):
@@ -184,7 +184,7 @@ def test_cell_masks_are_found_once_per_image_and_kept_exact(monkeypatch):
         assert first[index].dtype == np.uint8 and np.array_equal(first[index], expected)
         assert np.array_equal(first[index + 4], expected) and 0 < expected.mean() < 1
     monkeypatch.undo()
-    assert not _CellMasks(images[3:])[0].any()
+    assert not CellMasks(images[3:])[0].any()
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path):
@@ -425,3 +425,49 @@ def test_ema_keeps_an_average_of_the_steps_weights(tmp_path, monkeypatch, ema):
     assert all(bool((w >= s.amin(0) - 1e-6).all() and (w <= s.amax(0) + 1e-6).all())
                for w, s in zip(weights, stacked, strict=True))
     assert max(float((w - s).abs().max()) for w, s in zip(weights, last, strict=True)) > 1e-4
+
+
+def test_augmenting_workers_make_the_same_batches_as_the_training_process():
+    """``workers`` only moves augmentation beside the network: each batch's draws are seeded by
+    its key, so forked workers give, batch for batch, the cells one process gives; images not
+    marked for augmentation come back as they are, and masks come back augmented with them."""
+    from bloodcells.synthetic import cell_image
+    from bloodcells.train.views import BatchRequest, CellViews
+
+    images = np.stack([np.asarray(cell_image(code, n, 48)) for n, code in enumerate(["LYT", "EOS", "NGS", "MON"] * 3)])
+    flags = np.array([True, False, True, True, False, True, True, True, False, True, True, True])
+    requests = [BatchRequest((epoch, start), np.arange(start, start + 4), flags[start:start + 4], masks=True)
+                for epoch in (1, 2) for start in (0, 4, 8)]
+    options = dict(seed=3, cross_site=True, plain_background=0.5, with_masks=True)
+    with CellViews(images, **options) as alone, CellViews(images, workers=2, **options) as beside:
+        in_turn, ahead = list(alone.map(requests)), list(beside.map(requests))
+        assert beside._pool is not None
+    assert beside._pool is None  # closed with the block
+    for (images_a, masks_a), (images_b, masks_b), request in zip(in_turn, ahead, requests, strict=True):
+        np.testing.assert_array_equal(images_a, images_b)
+        np.testing.assert_array_equal(masks_a, masks_b)
+        assert masks_a.shape == (4, 48, 48) and masks_a.any()
+        kept = ~request.augment
+        np.testing.assert_array_equal(images_a[kept], images[request.indices[kept]])
+        assert not np.array_equal(images_a[~kept], images[request.indices[~kept]])
+    # the same cells in another epoch get other draws
+    assert not np.array_equal(in_turn[0][0], in_turn[3][0])
+    with pytest.raises(ValueError, match="cell masks were asked for"):
+        CellViews(images, seed=0, cross_site=False, plain_background=0, with_masks=False)(
+            BatchRequest((0,), np.arange(2), masks=True))
+
+
+def test_a_tree_trained_with_augmenting_workers_is_the_one_trained_without(tmp_path):
+    from bloodcells.classify import TreeClassifier
+    from bloodcells.train import TrainConfig, train_tree
+
+    with pytest.raises(ValueError, match="workers is a number of processes"):
+        TrainConfig(workers=-1)
+    write_cell_folders(tmp_path / "cells", {"LYT": 10, "NGS": 6}, size=24)
+    versions = []
+    for workers in (0, 2):
+        config = tiny_train_config(input_size=24, epochs=2, per_class=12, cross_site=True, mode="scratch+aug",
+                                   plain_background=0.5, shared_trunk=True, head_views=2, workers=workers)
+        train_tree([tmp_path / "cells"], tmp_path / f"models{workers}", config=config, log=lambda _text: None)
+        versions.append(TreeClassifier.load(tmp_path / f"models{workers}").versions())
+    assert versions[0] == versions[1]

@@ -53,6 +53,10 @@ def _training_options(parser):
                              "Clopper-Pearson lower bound at this level counts (default 0.9)")
     parser.add_argument("--head-views", type=int, default=3,
                         help="shared trunk: each training cell as it is plus this many - 1 augmented views")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that augment the next batches while the network trains: on a GPU the "
+                             "network otherwise waits for them (default 0: in turn, in the training process; "
+                             "the same seed gives the same cells whatever the number)")
 
 
 def _config(args):
@@ -67,7 +71,7 @@ def _config(args):
             batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, min_per_class=args.min_per_class,
             per_class=args.per_class, seed=args.seed, nodes=getattr(args, "nodes", None),
             shared_trunk=args.shared_trunk, head_views=args.head_views, review_accuracy=args.review_accuracy,
-            review_certainty=args.review_certainty)
+            review_certainty=args.review_certainty, workers=args.workers)
     except ValueError as error:
         raise CommandError(str(error)) from error
 

@@ -45,6 +45,7 @@ class TrainConfig:
     shared_trunk: bool = False  # one network for all nodes, a head per node (bloodcells.heads)
     head_views: int = 3  # shared trunk: features of each training cell as it is + augmented views
     balance_sources: bool = False  # balance each child's sources too (adapting: the lab's cells weigh as much)
+    workers: int = 0  # processes that augment the next batches while the network trains (0: in turn, in this one)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -55,6 +56,8 @@ class TrainConfig:
             raise ValueError(f"review_certainty is a probability from 0.5 and below 1 (not {self.review_certainty})")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema is a decay per step, 0 (off) or more and below 1 (not {self.ema})")
+        if self.workers < 0:
+            raise ValueError(f"workers is a number of processes, 0 or more (not {self.workers})")
         if self.cell_focus < 0:
             raise ValueError(f"cell_focus is a loss weight, 0 or more (not {self.cell_focus})")
 

@@ -11,7 +11,6 @@ import numpy as np
 
 from ..data import (
     CellDataset,
-    augmentation,
     balanced_indices,
     node_targets,
     per_source,
@@ -20,6 +19,7 @@ from ..data import (
 from ..heads import TRUNK
 from ..taxonomy import Tree
 from .config import MODES, Distributed, TrainConfig
+from .views import BatchRequest, CellViews
 
 
 @dataclass
@@ -123,94 +123,82 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     kept = averaged.module if averaged else model
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    augment = None  # built on first use: albumentations is slow to import and often not needed
     feature_map = _pooled_map(backbone) if config.cell_focus else None
-    # cell focus's targets and the plain background's cells (imports albumentations: only if used)
-    cell_masks = _CellMasks(dataset.images) if config.cell_focus or config.plain_background else None
+    views = CellViews(dataset.images, seed=config.seed, cross_site=config.cross_site,
+                      plain_background=config.plain_background, workers=config.workers,
+                      with_masks=bool(config.cell_focus or config.plain_background))
 
-    def batch_tensor(indices, repeats=None, masks=False):
-        """The batch as the network takes it; with ``masks``, also each cell's mask as augmented
-        with it (N x 1 x H x W floats; all zero where no single centred cell was found)."""
-        nonlocal augment
-        images = dataset.images[indices]
-        augmenting = repeats is not None and (augment_all or repeats.any())
-        cells = ([cell_masks[i] for i in indices] if masks or (augmenting and config.plain_background)
-                 else [None] * len(images))
-        if augmenting:
-            augment = augment or augmentation(cross_site=config.cross_site, seed=config.seed,
-                                            plain_background=config.plain_background)
-            views = [augment(image=img, **({} if cell is None else {"mask": cell})) if (augment_all or again)
-                     else {"image": img, "mask": cell} for img, cell, again in zip(images, cells, repeats, strict=True)]
-            images = np.stack([view["image"] for view in views])
-            cells = [view.get("mask") for view in views]
-        x = to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True,
-                                                              memory_format=torch.channels_last)
-        if not masks:
-            return x
-        return x, torch.from_numpy(np.stack(cells)[:, None].astype(np.float32)).to(device)
+    def to_network(images):
+        return to_tensor(images, mean, std, config.stain_norm).to(device, non_blocking=True,
+                                                                 memory_format=torch.channels_last)
 
     history, best = [], {"val_loss": float("inf"), "epoch": 0, "state": None}
     log(f"[{code}] {config.architecture} {config.input_size}px {config.mode}: classes {', '.join(classes)} "
         f"(learning {len(outputs)} labels: {', '.join(outputs)}); {per_child} per child per epoch, "
         f"{len(val_idx)} validation cells")
-    for epoch in range(1, config.epochs + 1):
-        started = time.perf_counter()
-        rng = np.random.default_rng(config.seed * 1000 + epoch)
-        order, repeats = balanced_indices(per_source(train_targets, dataset.sources) if config.balance_sources
-                                          else train_targets, per_child, rng)
-        usable = len(order) - len(order) % dist.world
-        order, repeats = order[dist.rank:usable:dist.world], repeats[dist.rank:usable:dist.world]
-        trained.train()
-        seen, loss_sum, correct, off_cell = 0, 0.0, 0, []
-        for start in range(0, len(order), config.batch_size):
-            indices = order[start:start + config.batch_size]
-            if len(indices) < 2:  # BatchNorm needs two samples
-                continue
-            if feature_map is None:
-                x = batch_tensor(indices, repeats[start:start + config.batch_size])
-            else:
-                x, cells = batch_tensor(indices, repeats[start:start + config.batch_size], masks=True)
-            y = torch.as_tensor([output_index[dataset.labels[i]] for i in indices], device=device)
-            with torch.autocast(device.type, enabled=amp):
-                logits = trained(x)
-                loss = loss_fn(logits, y)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            started = time.perf_counter()
+            rng = np.random.default_rng(config.seed * 1000 + epoch)
+            order, repeats = balanced_indices(per_source(train_targets, dataset.sources) if config.balance_sources
+                                              else train_targets, per_child, rng)
+            usable = len(order) - len(order) % dist.world
+            order, repeats = order[dist.rank:usable:dist.world], repeats[dist.rank:usable:dist.world]
+            trained.train()
+            seen, loss_sum, correct, off_cell = 0, 0.0, 0, []
+            # BatchNorm needs two samples: a last batch of one is left out
+            starts = [start for start in range(0, len(order), config.batch_size) if len(order) - start >= 2]
+            requests = [BatchRequest((epoch, start), order[start:start + config.batch_size],
+                                     repeats[start:start + config.batch_size] | augment_all, masks=feature_map is not None)
+                        for start in starts]
+            for request, (images, cells) in zip(requests, views.map(requests), strict=True):
+                indices, x = request.indices, to_network(images)
                 if feature_map is not None:
-                    share = outside_cell_share(feature_map[0], backbone.get_classifier().weight, y, cells)
-                    loss = loss + config.cell_focus * share
-                    off_cell.append(float(share.detach()))
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            scheduler.step()
-            if averaged:
-                averaged.update(model, step=scheduler.last_epoch)
-            seen += len(indices)
-            loss_sum += loss.item() * len(indices)
-            correct += int((model.group(logits.detach().float()).argmax(1) == children_of_outputs[y]).sum())
-        val_loss, val_acc = _validate(kept, batch_tensor, val_idx, val_y, loss_fn, config.batch_size, device)
-        if dist.world > 1:  # ranks' BatchNorm statistics differ slightly: rank 0 decides for all
-            import torch.distributed as torch_dist
+                    cells = torch.from_numpy(cells[:, None].astype(np.float32)).to(device)
+                y = torch.as_tensor([output_index[dataset.labels[i]] for i in indices], device=device)
+                with torch.autocast(device.type, enabled=amp):
+                    logits = trained(x)
+                    loss = loss_fn(logits, y)
+                    if feature_map is not None:
+                        share = outside_cell_share(feature_map[0], backbone.get_classifier().weight, y, cells)
+                        loss = loss + config.cell_focus * share
+                        off_cell.append(float(share.detach()))
+                optimiser.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
+                scheduler.step()
+                if averaged:
+                    averaged.update(model, step=scheduler.last_epoch)
+                seen += len(indices)
+                loss_sum += loss.item() * len(indices)
+                correct += int((model.group(logits.detach().float()).argmax(1) == children_of_outputs[y]).sum())
+            val_loss, val_acc = _validate(kept, lambda indices: to_network(views(BatchRequest((), indices))[0]),
+                                          val_idx, val_y, loss_fn, config.batch_size, device)
+            if dist.world > 1:  # ranks' BatchNorm statistics differ slightly: rank 0 decides for all
+                import torch.distributed as torch_dist
 
-            shared = torch.tensor([val_loss, val_acc], device=device)
-            torch_dist.broadcast(shared, src=0)
-            val_loss, val_acc = (float(v) for v in shared)
-        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                  "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started}
-        if off_cell:  # the mean share of the training batches' class activation off the cell
-            record["train_off_cell"] = float(np.mean(off_cell))
-        history.append(record)
-        log(f"[{code}] epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.3f} "
-            f"acc {record['train_accuracy']:.3f}" + (f" off-cell {record['train_off_cell']:.2f}" if off_cell else "")
-            + f" | val loss {val_loss:.3f} acc {val_acc:.3f} ({record['seconds']:.0f} s)")
-        if step and dist.main:
-            step(dict(record))
-        if val_loss < best["val_loss"] - 1e-4:
-            best = {"val_loss": val_loss, "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in kept.backbone.state_dict().items()}}
-        elif epoch - best["epoch"] >= config.patience:
-            log(f"[{code}] early stop: no better validation loss for {config.patience} epochs")
-            break
+                shared = torch.tensor([val_loss, val_acc], device=device)
+                torch_dist.broadcast(shared, src=0)
+                val_loss, val_acc = (float(v) for v in shared)
+            record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                      "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started}
+            if off_cell:  # the mean share of the training batches' class activation off the cell
+                record["train_off_cell"] = float(np.mean(off_cell))
+            history.append(record)
+            log(f"[{code}] epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.3f} "
+                f"acc {record['train_accuracy']:.3f}" + (f" off-cell {record['train_off_cell']:.2f}" if off_cell else "")
+                + f" | val loss {val_loss:.3f} acc {val_acc:.3f} ({record['seconds']:.0f} s)")
+            if step and dist.main:
+                step(dict(record))
+            if val_loss < best["val_loss"] - 1e-4:
+                best = {"val_loss": val_loss, "epoch": epoch,
+                        "state": {k: v.detach().cpu().clone() for k, v in kept.backbone.state_dict().items()}}
+            elif epoch - best["epoch"] >= config.patience:
+                log(f"[{code}] early stop: no better validation loss for {config.patience} epochs")
+                break
+    finally:
+        views.close()
     if best["state"] is None:  # no validation cells: keep the last weights
         best["state"] = {k: v.detach().cpu().clone() for k, v in kept.backbone.state_dict().items()}
     best_record = history[best["epoch"] - 1] if best["epoch"] else history[-1]
@@ -252,24 +240,6 @@ def _pooled_map(backbone) -> list:
                          f"(EfficientNet, ResNet), not {type(backbone).__name__}")
     pool.register_forward_pre_hook(lambda _module, inputs: maps.__setitem__(slice(None), inputs[:1]))
     return maps
-
-
-class _CellMasks:
-    """uint8 mask of each dataset image's centred stained cell, as ``PlainBackground`` keeps it;
-    all zero when no single centred cell is found. Found once per image and kept bit-packed (an
-    eighth of a byte a pixel): every epoch draws from the same images."""
-
-    def __init__(self, images: np.ndarray):
-        from ..background import centred_cell_mask
-
-        self.images, self.shape, self.packed = images, images.shape[1:3], {}
-        self.find = centred_cell_mask
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if index not in self.packed:
-            mask = self.find(self.images[index])
-            self.packed[index] = np.packbits(np.zeros(self.shape, bool) if mask is None else mask)
-        return np.unpackbits(self.packed[index], count=self.shape[0] * self.shape[1]).reshape(self.shape)
 
 
 def _validate(model, batch_tensor, val_idx, val_y, loss_fn, batch_size, device) -> tuple[float, float]:
