@@ -188,7 +188,7 @@ def split_indices(labels: Sequence[str], groups: Sequence[str | None] | None = N
     grouped = groups is not None and len(groups) > 0 and all(g is not None for g in groups)
     group_ids = np.asarray(groups) if grouped else np.arange(len(labels))
     folds = np.zeros(len(labels), dtype=int)
-    if len(labels) >= 10:
+    if len(labels) >= 10 and np.unique(labels, return_counts=True)[1].max() >= 10:
         splitter = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
         import warnings
 
@@ -196,8 +196,9 @@ def split_indices(labels: Sequence[str], groups: Sequence[str | None] | None = N
             warnings.simplefilter("ignore", UserWarning)
             for fold, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels, group_ids)):
                 folds[held] = fold
-    else:
-        folds = np.random.default_rng(seed).permutation(len(labels)) % 10
+    else:  # no type has 10 cells to stratify: whole groups (or cells) dealt round the folds at random
+        groups_present, group_of = np.unique(group_ids, return_inverse=True)
+        folds = (np.random.default_rng(seed).permutation(len(groups_present)) % 10)[group_of]
     return {"test": np.flatnonzero(folds == 0), "val": np.flatnonzero(folds == 1),
             "train": np.flatnonzero(folds >= 2)}
 

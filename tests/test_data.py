@@ -104,6 +104,23 @@ def test_grouped_split_keeps_each_patient_in_one_split():
     assert {len(set(where.values()))} == {3}
 
 
+def test_split_of_fewer_than_ten_cells_a_type_deals_cells_or_patients_round_the_folds():
+    """Regression: with under ten cells of every type (a lab's first 8 + 8), the stratified split
+    failed with scikit-learn's "n_splits=10 cannot be greater than the number of members in each
+    class" and training stopped."""
+    labels = ["LYT"] * 8 + ["MON"] * 8
+    splits = split_indices(labels, seed=0)
+    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(16))
+    assert len(splits["train"]) == 12 and len(splits["val"]) == len(splits["test"]) == 2
+    groups = [f"p{n // 2}" for n in range(16)]  # two cells a patient
+    grouped = split_indices(labels, groups, seed=0)
+    where = {}
+    for part, indices in grouped.items():
+        for i in indices:
+            assert where.setdefault(groups[i], part) == part, f"patient {groups[i]} in two splits"
+    assert set(where.values()) == {"train", "val", "test"}
+
+
 def test_balancing_undersamples_and_oversamples_to_the_target():
     assert balance_target(Counter({"a": 50, "b": 500}), min_per_class=10) == 50
     assert balance_target(Counter({"a": 50, "b": 500}), min_per_class=1000) == 1000
