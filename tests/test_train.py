@@ -427,10 +427,14 @@ def test_ema_keeps_an_average_of_the_steps_weights(tmp_path, monkeypatch, ema):
     assert max(float((w - s).abs().max()) for w, s in zip(weights, last, strict=True)) > 1e-4
 
 
+@pytest.mark.timeout(180)
 def test_augmenting_workers_make_the_same_batches_as_the_training_process():
     """``workers`` only moves augmentation beside the network: each batch's draws are seeded by
-    its key, so forked workers give, batch for batch, the cells one process gives; images not
-    marked for augmentation come back as they are, and masks come back augmented with them."""
+    its key, so the workers give, batch for batch, the cells one process gives; images not
+    marked for augmentation come back as they are, and masks come back augmented with them.
+
+    Regression: workers forked from a process whose OpenCV threads had run (here: the in-process
+    views first) hung at their first OpenCV call, and training with them never ended."""
     from bloodcells.synthetic import cell_image
     from bloodcells.train.views import BatchRequest, CellViews
 
@@ -439,10 +443,12 @@ def test_augmenting_workers_make_the_same_batches_as_the_training_process():
     requests = [BatchRequest((epoch, start), np.arange(start, start + 4), flags[start:start + 4], masks=True)
                 for epoch in (1, 2) for start in (0, 4, 8)]
     options = dict(seed=3, cross_site=True, plain_background=0.5, with_masks=True)
-    with CellViews(images, **options) as alone, CellViews(images, workers=2, **options) as beside:
-        in_turn, ahead = list(alone.map(requests)), list(beside.map(requests))
+    with CellViews(images, **options) as alone:
+        in_turn = list(alone.map(requests))
+    with CellViews(images, workers=2, **options) as beside:
+        ahead = list(beside.map(requests))
         assert beside._pool is not None
-    assert beside._pool is None  # closed with the block
+    assert beside._pool is None and beside._shared is None  # workers and shared images gone with the block
     for (images_a, masks_a), (images_b, masks_b), request in zip(in_turn, ahead, requests, strict=True):
         np.testing.assert_array_equal(images_a, images_b)
         np.testing.assert_array_equal(masks_a, masks_b)
@@ -471,3 +477,25 @@ def test_a_tree_trained_with_augmenting_workers_is_the_one_trained_without(tmp_p
         train_tree([tmp_path / "cells"], tmp_path / f"models{workers}", config=config, log=lambda _text: None)
         versions.append(TreeClassifier.load(tmp_path / f"models{workers}").versions())
     assert versions[0] == versions[1]
+
+
+@pytest.mark.timeout(300)
+def test_the_train_command_runs_with_augmenting_workers(tmp_path):
+    """``python -m bloodcells train --workers 1`` from the shell: the workers are fresh Python
+    processes (spawned, not forked); the command trains once and writes its models; a negative
+    number of workers is refused before anything is written."""
+    import subprocess
+    import sys
+
+    write_cell_folders(tmp_path / "cells", {"LYT": 8, "MON": 8}, size=24)
+    command = [sys.executable, "-m", "bloodcells", "train", "--data", str(tmp_path / "cells"), "--no-register",
+               "--backbone", "test_efficientnet", "--size", "24", "--epochs", "1", "--per-class", "8",
+               "--mode", "scratch+aug", "--batch-size", "8", "--out"]
+    done = subprocess.run([*command, str(tmp_path / "models"), "--workers", "1"], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "models" / "ALL.json").exists() and done.stdout.count("models written to") == 1
+    refused = subprocess.run([*command, str(tmp_path / "m2"), "--workers", "-1"], capture_output=True, text=True,
+                             timeout=240)
+    assert refused.returncode == 2 and "workers is a number of processes" in refused.stderr
+    assert not (tmp_path / "m2").exists()

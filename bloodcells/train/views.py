@@ -2,7 +2,7 @@
 in worker processes beside it.
 
 Albumentations makes about 300 augmented 144 px cells a second on one CPU core: on a GPU the
-network would wait for it. With ``workers``, forked processes make the batches while the network
+network would wait for it. With ``workers``, worker processes make the batches while the network
 trains. Each batch's random draws are seeded by the run's seed and the batch's key, so a run
 gives the same cells whatever the number of workers (none included).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from multiprocessing import shared_memory
 
 import numpy as np
 
@@ -56,11 +57,20 @@ class CellViews:
         self.cross_site = cross_site
         self.cell_masks = CellMasks(images) if with_masks else None
         self._augment = None  # built on first use: albumentations is slow to import and often not needed
-        self._pool = None
+        self._pool = self._shared = None
         if workers > 0:
-            # fork: the workers share the decoded images with this process instead of copying them
-            self._pool = multiprocessing.get_context("fork").Pool(workers, initializer=_start_worker,
-                                                                   initargs=(self,))
+            # Fresh processes, not forks: a fork of a process whose OpenMP threads have run (torch's)
+            # can hang at its first OpenCV call. They read the decoded images from one shared block.
+            self._shared = shared_memory.SharedMemory(create=True, size=max(1, images.nbytes))
+            np.ndarray(images.shape, images.dtype, buffer=self._shared.buf)[...] = images
+            recipe = dict(seed=seed, cross_site=cross_site, plain_background=plain_background, with_masks=with_masks)
+            try:
+                self._pool = multiprocessing.get_context("spawn").Pool(
+                    workers, initializer=_start_worker, initargs=(self._shared.name, images.shape, images.dtype.str,
+                                                                  recipe))
+            except BaseException:
+                self.close()
+                raise
 
     def __call__(self, request: BatchRequest) -> tuple[np.ndarray, np.ndarray | None]:
         images = self.images[request.indices]
@@ -91,6 +101,10 @@ class CellViews:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared.unlink()
+            self._shared = None
 
     def __enter__(self) -> CellViews:
         return self
@@ -99,16 +113,17 @@ class CellViews:
         self.close()
 
 
-_views: CellViews | None = None  # a worker's copy of the views it makes
+_views: CellViews | None = None  # a worker's own views, over the shared images
+_shared: shared_memory.SharedMemory | None = None  # kept open as long as the worker lives
 
 
-def _start_worker(views: CellViews) -> None:
-    global _views
+def _start_worker(name: str, shape: tuple[int, ...], dtype: str, recipe: dict) -> None:
+    global _views, _shared
     import cv2
 
     cv2.setNumThreads(1)  # one process a core: OpenCV's own threads would only contend
-    views._pool = None
-    _views = views
+    _shared = shared_memory.SharedMemory(name=name)
+    _views = CellViews(np.ndarray(shape, np.dtype(dtype), buffer=_shared.buf), **recipe)
 
 
 def _worker_views(request: BatchRequest):
