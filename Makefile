@@ -52,11 +52,14 @@ models: models-classifier models-detector models-attributes
 # evidence off the cell (--cell-focus), and a head per
 # tree node (docs/classification.md).
 CLASSIFIER_EPOCHS ?= 45
+# On a GPU, processes that augment the next batches beside the network (e.g. 4); on this 2-core CPU
+# they only contend with it (bench/bench_train_views.py). The trees are the same either way.
+CLASSIFIER_WORKERS ?= 0
 models-classifier: install
 	$(PY) -m bloodcells train --data $(DATASETS)/pbc --data $(DATASETS)/matek \
 		--out models/classifier/default --backbone efficientnet_lite0 --size 144 --mode pretrained+aug \
 		--shared-trunk --epochs $(CLASSIFIER_EPOCHS) --per-class 250 --patience 6 --batch-size 32 --lr 1e-3 \
-		--no-stain-norm --plain-background 0.5 --cell-focus 1.0 --no-register
+		--no-stain-norm --plain-background 0.5 --cell-focus 1.0 --no-register --workers $(CLASSIFIER_WORKERS)
 
 # The comparison of training modes in docs/classification.md: both backbones x the four modes,
 # the shipped design (shared trunk, a head per node), one small budget for all.
