@@ -428,13 +428,14 @@ def test_ema_keeps_an_average_of_the_steps_weights(tmp_path, monkeypatch, ema):
 
 
 @pytest.mark.timeout(180)
-def test_augmenting_workers_make_the_same_batches_as_the_training_process():
+def test_augmenting_workers_make_the_same_batches_as_the_training_process(monkeypatch):
     """``workers`` only moves augmentation beside the network: each batch's draws are seeded by
     its key, so the workers give, batch for batch, the cells one process gives; images not
     marked for augmentation come back as they are, and masks come back augmented with them.
 
     Regression: workers forked from a process whose OpenCV threads had run (here: the in-process
-    views first) hung at their first OpenCV call, and training with them never ended."""
+    views first) hung at their first OpenCV call, and training with them never ended. Less shared
+    memory free than the decoded cells need is refused with the figures (not killed by SIGBUS)."""
     from bloodcells.synthetic import cell_image
     from bloodcells.train.views import BatchRequest, CellViews
 
@@ -458,6 +459,12 @@ def test_augmenting_workers_make_the_same_batches_as_the_training_process():
         assert not np.array_equal(images_a[~kept], images[request.indices[~kept]])
     # the same cells in another epoch get other draws
     assert not np.array_equal(in_turn[0][0], in_turn[3][0])
+    free = type("Usage", (), {"free": images.nbytes - 1})
+    monkeypatch.setattr("shutil.disk_usage", lambda _folder: free)
+    monkeypatch.setattr("os.path.isdir", lambda _folder: True)
+    with pytest.raises(ValueError, match=r"share the 0.1 MB of decoded cells through /dev/shm, which has 0.1 MB free"):
+        CellViews(images, workers=1, **options)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="cell masks were asked for"):
         CellViews(images, seed=0, cross_site=False, plain_background=0, with_masks=False)(
             BatchRequest((0,), np.arange(2), masks=True))

@@ -10,6 +10,8 @@ gives the same cells whatever the number of workers (none included).
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -59,8 +61,9 @@ class CellViews:
         self._augment = None  # built on first use: albumentations is slow to import and often not needed
         self._pool = self._shared = None
         if workers > 0:
-            # Fresh processes, not forks: a fork of a process whose OpenMP threads have run (torch's)
-            # can hang at its first OpenCV call. They read the decoded images from one shared block.
+            # Fresh processes, not forks: a fork of a process whose OpenCV threads have run hangs at
+            # its first OpenCV call. They read the decoded images from one shared-memory block.
+            _check_shared_memory(images.nbytes)
             self._shared = shared_memory.SharedMemory(create=True, size=max(1, images.nbytes))
             np.ndarray(images.shape, images.dtype, buffer=self._shared.buf)[...] = images
             recipe = dict(seed=seed, cross_site=cross_site, plain_background=plain_background, with_masks=with_masks)
@@ -111,6 +114,15 @@ class CellViews:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_shared_memory(needed: int, folder: str = "/dev/shm") -> None:
+    """Refuse, with the figures, a block larger than the shared memory free (a container's /dev/shm
+    is 64 MB unless it is given more): writing past it would kill the process with SIGBUS."""
+    if os.path.isdir(folder) and (free := shutil.disk_usage(folder).free) < needed:
+        raise ValueError(f"augmenting workers share the {needed / 2**20:.1f} MB of decoded cells through {folder}, "
+                         f"which has {free / 2**20:.1f} MB free: train without --workers, or give it more "
+                         "(docker run --shm-size, compose shm_size)")
 
 
 _views: CellViews | None = None  # a worker's own views, over the shared images
