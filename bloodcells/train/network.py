@@ -148,7 +148,7 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
             seen, loss_sum, correct, off_cell = 0, 0.0, 0, []
             # BatchNorm needs two samples: a last batch of one is left out
             starts = [start for start in range(0, len(order), config.batch_size) if len(order) - start >= 2]
-            requests = [BatchRequest((epoch, start), order[start:start + config.batch_size],
+            requests = [BatchRequest((epoch, dist.rank, start), order[start:start + config.batch_size],
                                      repeats[start:start + config.batch_size] | augment_all, masks=feature_map is not None)
                         for start in starts]
             for request, (images, cells) in zip(requests, views.map(requests), strict=True):

@@ -23,7 +23,7 @@ from ..data import augmentation
 
 @dataclass(frozen=True)
 class BatchRequest:
-    key: tuple[int, ...]  # where the batch lies in the run (e.g. epoch, first position): seeds its draws
+    key: tuple[int, ...]  # where the batch lies in the run (epoch, rank, first position): seeds its draws
     indices: np.ndarray  # dataset images, in batch order
     augment: np.ndarray | None = None  # per image, whether to make an augmented view (None: none)
     masks: bool = False  # also each cell's mask, as augmented with it
