@@ -188,7 +188,7 @@ def split_indices(labels: Sequence[str], groups: Sequence[str | None] | None = N
     grouped = groups is not None and len(groups) > 0 and all(g is not None for g in groups)
     group_ids = np.asarray(groups) if grouped else np.arange(len(labels))
     folds = np.zeros(len(labels), dtype=int)
-    if len(labels) >= 10 and np.unique(labels, return_counts=True)[1].max() >= 10:
+    if len(labels) and np.unique(labels, return_counts=True)[1].max() >= 10:
         splitter = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
         import warnings
 

@@ -173,7 +173,7 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
                 seen += len(indices)
                 loss_sum += loss.item() * len(indices)
                 correct += int((model.group(logits.detach().float()).argmax(1) == children_of_outputs[y]).sum())
-            val_loss, val_acc = _validate(kept, lambda indices: to_network(views(BatchRequest((), indices))[0]),
+            val_loss, val_acc = _validate(kept, lambda indices: to_network(dataset.images[indices]),
                                           val_idx, val_y, loss_fn, config.batch_size, device)
             if dist.world > 1:  # ranks' BatchNorm statistics differ slightly: rank 0 decides for all
                 import torch.distributed as torch_dist

@@ -78,10 +78,10 @@ class CellViews:
     def __call__(self, request: BatchRequest) -> tuple[np.ndarray, np.ndarray | None]:
         images = self.images[request.indices]
         augmenting = request.augment is not None and bool(request.augment.any())
-        if (request.masks or (augmenting and self.plain_background)) and self.cell_masks is None:
+        needs_masks = request.masks or (augmenting and bool(self.plain_background))
+        if needs_masks and self.cell_masks is None:
             raise ValueError("cell masks were asked for, but these views were made without them")
-        cells = ([self.cell_masks[i] for i in request.indices]
-                 if request.masks or (augmenting and self.plain_background) else [None] * len(images))
+        cells = [self.cell_masks[i] for i in request.indices] if needs_masks else [None] * len(images)
         if augmenting:
             if self._augment is None:
                 self._augment = augmentation(cross_site=self.cross_site, seed=self.seed,
