@@ -43,6 +43,9 @@ class AdaptConfig:
     per_label: int = 40  # cells per cell type and source per epoch (the lab's oversampled and augmented)
     replay_per_label: int = 400  # original training cells per cell type and source mixed in (at most)
     learning_rate: float = 3e-4  # under a third of training's: start from the trained weights, stay near them
+    # fit the trunk's new classifier on its frozen features before fine-tuning (LP-FT): measured as a
+    # trade (more on the new site, more lost on the original, docs/classification.md), so off
+    linear_probe: bool = False
     min_per_label: int = 3  # lab cells needed per cell type (one held back, the rest to learn from)
     seed: int = 0
 
@@ -247,7 +250,7 @@ def _train_config(manifest: dict, config: AdaptConfig):
     recipe = TrainConfig(**{k: v for k, v in manifest["config"].items() if k in known})
     return replace(recipe, epochs=config.epochs, per_class=config.per_label, learning_rate=config.learning_rate,
                    patience=config.epochs + 1, seed=config.seed, nodes=None, shared_trunk=True,
-                   balance_sources=True, ema=0.0)
+                   balance_sources=True, ema=0.0, linear_probe=config.linear_probe)
 
 
 def _scores(classifier: TreeClassifier, held: CellDataset, original_test: CellDataset) -> dict[str, Evaluation]:

@@ -215,6 +215,9 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
         if on_epoch:
             on_epoch(TRUNK, record)
 
+    if config.epochs and initial_trunk is not None and config.linear_probe:
+        initial_trunk = initial_trunk | _probed_classifier(initial_trunk, trunk_view, dataset, splits, per_label,
+                                                           config, device, log)
     if config.epochs or initial_trunk is None:
         trunk_metrics, trunk_state = fit_network(trunk_view, dataset, splits, per_label, config, device, dist, log,
                                                  trunk_epoch, initial=initial_trunk)
@@ -241,6 +244,26 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
         save_node(folder, code, state, head_metrics, config, fingerprint, trunk=trunk_file)
         metrics[code] = head_metrics
     return trunk_metrics, metrics
+
+
+def _probed_classifier(trunk_state: dict, view, dataset, splits: dict, per_label: int, config, device,
+                       log: Callable[[str], None]) -> dict:
+    """The trunk's classifier for ``view``'s labels, fitted as a linear head on the features of
+    ``trunk_state`` (the trunk frozen): fine-tuning then starts from a classifier that already fits
+    the features (linear probing then fine-tuning, Kumar et al., ICLR 2022), instead of a random one
+    whose first gradients would pull the trained features towards it."""
+    import torch
+
+    from .backbones import create_model
+
+    trunk = create_model(config.architecture, 0, img_size=config.input_size)
+    trunk.load_state_dict(trunk_state)
+    trunk = trunk.to(device).to(memory_format=torch.channels_last)
+    (_, head), = train_heads(trunk, {TRUNK: view}, dataset, splits, {TRUNK: per_label}, config, device,
+                             log).values()
+    log(f"[{TRUNK}] linear probe: fine-tuning starts from this classifier")
+    classifier = trunk.pretrained_cfg.get("classifier", "classifier")
+    return {f"{classifier}.{name}": tensor for name, tensor in head.items()}
 
 
 def load_trunk(models_dir: Path, metadata_file: str):

@@ -78,6 +78,22 @@ def test_heads_only_adaptation_keeps_the_trunk(base_tree, lab_cells, tmp_path):
             == json.loads((base_tree / "trunk.json").read_text())["sha256"])
 
 
+def test_fine_tuning_starts_from_a_linear_probe(base_tree, lab_cells, tmp_path):
+    """With the linear probe, the trunk's classifier fits its features before the first step: at a
+    learning rate of 0 (nothing moves) the first epoch already classifies the training mix; without
+    it, the new classifier is random and so is that epoch."""
+    from bloodcells.adapt import AdaptConfig, adapt
+
+    first_epoch = {}
+    for probe in (True, False):
+        out = tmp_path / f"probe-{probe}"
+        adapt(lab_cells, out, models_dir=base_tree, log=lambda _text: None,
+              config=AdaptConfig(epochs=1, learning_rate=0.0, linear_probe=probe))
+        first_epoch[probe] = json.loads((out / "trunk.json").read_text())["metrics"]["history"][0]["train_accuracy"]
+    assert first_epoch[True] >= 0.6
+    assert first_epoch[True] >= first_epoch[False] + 0.1  # same seed: the same random classifier each run
+
+
 def test_a_coarse_label_adapts_the_nodes_above_it(base_tree, lab_cells, tmp_path):
     """``Neutrophil/`` (NEU, above band and segmented) next to exact types: accepted, scored as right
     when the answer lies below it."""
@@ -104,8 +120,9 @@ def test_cli_adapts_a_review_export_zip_and_the_result_classifies(base_tree, lab
         for file in sorted(lab_cells.rglob("*.png")):
             archive.write(file, f"{file.parent.name}/{file.name}")
     assert main(["adapt", "--data", str(export), "--out", str(tmp_path / "adapted"), "--models", str(base_tree),
-                 "--hold-out", "0.2", "--epochs", "3"]) == 0
+                 "--hold-out", "0.2", "--epochs", "3", "--linear-probe"]) == 0
     out = capsys.readouterr().out
+    assert out.index("[trunk] linear probe") < out.index("[trunk] epoch 1/3")
     assert "lab's held-back cells, before: accuracy" in out and "lab's held-back cells, after: accuracy" in out
     assert "original sources' test split, after" in out
     assert main(["classify", str(lab_cells), "--models", str(tmp_path / "adapted"), "--no-store",

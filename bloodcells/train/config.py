@@ -45,6 +45,9 @@ class TrainConfig:
     shared_trunk: bool = False  # one network for all nodes, a head per node (bloodcells.heads)
     head_views: int = 3  # shared trunk: features of each training cell as it is + augmented views
     balance_sources: bool = False  # balance each child's sources too (adapting: the lab's cells weigh as much)
+    # starting from trained weights (adapting): fit the new classifier on the frozen trunk's features
+    # before fine-tuning, so its first random steps do not pull the trained features apart (LP-FT)
+    linear_probe: bool = False
     workers: int = 0  # processes that augment the next batches while the network trains (0: in turn, in this one)
 
     def __post_init__(self):
