@@ -8,6 +8,8 @@ for pbc and matek, which ``make models-adapt-bases`` trains; ``make adapt-cross-
 scoring cells are the other site's cells outside the K per type, at most ``--test-per-label``
 per type) with each ``--epochs`` value (0: heads only). Prints accuracy before and after on the
 new site and on the base's original test split, per class, and the minutes each adaptation took.
+Each accuracy is given at leaf level and at the site's own classes (its folders: PBC's ``ig`` and
+``neutrophil`` merge their sub-types, as a lab that labels at those classes would count).
 """
 
 from __future__ import annotations
@@ -43,13 +45,34 @@ def sample_lab_cells(site: Path, per_label: int, seed: int, out: Path) -> set[st
     return chosen
 
 
+def site_classes(site: Path, tree) -> list[str]:
+    """The tree nodes the site's class folders name (PBC's ``ig`` -> MYI): the classes it labels at."""
+    return sorted({tree.resolve(folder.name).code for folder in site.iterdir() if folder.is_dir()})
+
+
+def leaf_and_site(classifier, cells, at: list[str]):
+    """Scores on ``cells`` at leaf level and with the cell types merged up to ``at``."""
+    from bloodcells.evaluate import _merger, score
+
+    outcome = score(classifier, cells, _merger(classifier.tree, at), at)
+    return outcome.tree, next(iter(outcome.merged.values()))
+
+
+def own_test_at_site(site: Path, models_dir, tree):
+    """Scores of the tree in ``models_dir`` on the cells of ``site`` it never saw (its test split),
+    at the site's classes."""
+    from bloodcells.evaluate import evaluate
+
+    outcome = evaluate([site], models_dir, at=site_classes(site, tree), log=lambda _text: None)
+    return next(iter(outcome.merged.values()))
+
+
 def main() -> None:
     import numpy as np
 
     from bloodcells.adapt import AdaptConfig, adapt
     from bloodcells.classify import TreeClassifier
     from bloodcells.data import load_dataset
-    from bloodcells.evaluate import score
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", action="append", metavar="SITE=DIR")
@@ -58,6 +81,7 @@ def main() -> None:
     parser.add_argument("--epochs", default="6", help="trunk epochs to compare, comma-separated (0: heads only)")
     parser.add_argument("--test-per-label", type=int, default=100)
     parser.add_argument("--lr", type=float, default=AdaptConfig.learning_rate, help="learning rate of the trunk")
+    parser.add_argument("--probe", default="off", help="linear probe before fine-tuning the trunk: on, off or on,off")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     datasets = Path(os.environ.get("DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -86,30 +110,42 @@ def main() -> None:
                         unseen.setdefault(cells.labels[i], []).append(i)
                 test = cells.subset(sorted(i for pool in unseen.values()
                                            for i in rng.permutation(pool)[:args.test_per_label]))
-                before = score(base, test).tree
-                for epochs in map(int, args.epochs.split(",")):
+                at = site_classes(datasets / new_site, base.tree)
+                before, before_site = leaf_and_site(base, test, at)
+                home_before_site = own_test_at_site(datasets / base_site, base_dir, base.tree)
+                recipes = [(epochs, probe == "on") for epochs in map(int, args.epochs.split(","))
+                           for probe in args.probe.split(",") if epochs or probe == "on"]
+                for epochs, probe in recipes:
                     started = time.perf_counter()
-                    result = adapt(lab, Path(scratch) / f"adapted-{epochs}", models_dir=base_dir,
+                    result = adapt(lab, Path(scratch) / f"adapted-{epochs}-{probe}", models_dir=base_dir,
                                    config=AdaptConfig(hold_out=0, epochs=epochs, learning_rate=args.lr,
-                                                      seed=args.seed),
+                                                      seed=args.seed, linear_probe=probe),
                                    log=lambda _text: None)
                     minutes = (time.perf_counter() - started) / 60
-                    after = score(TreeClassifier.load(result.out_dir), test).tree
+                    after, after_site = leaf_and_site(TreeClassifier.load(result.out_dir), test, at)
                     home = [result.before["original"].tree, result.after["original"].tree]
-                    rows.append((base_site, new_site, epochs, before, after, home, minutes))
-                    print(f"{base_site} -> {new_site}, {args.cells} cells/type, trunk epochs {epochs}: "
+                    home_site = [home_before_site, own_test_at_site(datasets / base_site, result.out_dir, base.tree)]
+                    rows.append((base_site, new_site, f"{epochs}{' (probe)' if probe and epochs else ''}", (before, before_site), (after, after_site),
+                                 (home, home_site), minutes))
+                    print(f"{base_site} -> {new_site}, {args.cells} cells/type, trunk epochs {epochs}, "
+                          f"linear probe {'on' if probe else 'off'}: "
                           f"{new_site} {before.accuracy:.3f} -> {after.accuracy:.3f} (n={len(after.truth)}); "
                           f"{base_site} test {home[0].accuracy:.3f} -> {home[1].accuracy:.3f}; {minutes:.1f} min",
                           flush=True)
+                    print(f"    at the sites' classes: {new_site} {before_site.accuracy:.3f} -> "
+                          f"{after_site.accuracy:.3f}; {base_site} test {home_site[0].accuracy:.3f} -> "
+                          f"{home_site[1].accuracy:.3f}")
                     print("    per class after: " + ", ".join(f"{c} {a:.2f}" for c, a in after.per_class.items()))
                     print("    per class before: " + ", ".join(f"{c} {a:.2f}" for c, a in before.per_class.items()),
                           flush=True)
+    print("\nleaf level (and at the sites' own classes)")
     print("\n| trained on | adapted to | cells/type | trunk epochs | new site before | after | "
           "original site before | after | minutes |")
     print("|---|---|---|---|---|---|---|---|---|")
     for base_site, new_site, epochs, before, after, home, minutes in rows:
-        print(f"| {base_site} | {new_site} | {args.cells} | {epochs} | {before.accuracy:.3f} | {after.accuracy:.3f} | "
-              f"{home[0].accuracy:.3f} | {home[1].accuracy:.3f} | {minutes:.1f} |")
+        figures = " | ".join(f"{leaf.accuracy:.3f} ({site.accuracy:.3f})"
+                             for leaf, site in (before, after, *zip(*home, strict=True)))
+        print(f"| {base_site} | {new_site} | {args.cells} | {epochs} | {figures} | {minutes:.1f} |")
 
 
 if __name__ == "__main__":
