@@ -50,21 +50,13 @@ def site_classes(site: Path, tree) -> list[str]:
     return sorted({tree.resolve(folder.name).code for folder in site.iterdir() if folder.is_dir()})
 
 
-def leaf_and_site(classifier, cells, at: list[str]):
-    """Scores on ``cells`` at leaf level and with the cell types merged up to ``at``."""
-    from bloodcells.evaluate import _merger, score
+def at_classes(scores, tree, at: list[str]):
+    """``scores`` (leaf level) again with the cell types merged up to ``at``: no second classification."""
+    from bloodcells.evaluate import Scores, _merger
 
-    outcome = score(classifier, cells, _merger(classifier.tree, at), at)
-    return outcome.tree, next(iter(outcome.merged.values()))
-
-
-def own_test_at_site(site: Path, models_dir, tree):
-    """Scores of the tree in ``models_dir`` on the cells of ``site`` it never saw (its test split),
-    at the site's classes."""
-    from bloodcells.evaluate import evaluate
-
-    outcome = evaluate([site], models_dir, at=site_classes(site, tree), log=lambda _text: None)
-    return next(iter(outcome.merged.values()))
+    merge, order = _merger(tree, at), [node.code for node in tree.root.walk()]
+    return Scores.of(f"at {','.join(at)}", [merge(c) for c in scores.truth], [merge(c) for c in scores.predicted],
+                     order)
 
 
 def main() -> None:
@@ -73,6 +65,7 @@ def main() -> None:
     from bloodcells.adapt import AdaptConfig, adapt
     from bloodcells.classify import TreeClassifier
     from bloodcells.data import load_dataset
+    from bloodcells.evaluate import score
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", action="append", metavar="SITE=DIR")
@@ -111,8 +104,8 @@ def main() -> None:
                 test = cells.subset(sorted(i for pool in unseen.values()
                                            for i in rng.permutation(pool)[:args.test_per_label]))
                 at = site_classes(datasets / new_site, base.tree)
-                before, before_site = leaf_and_site(base, test, at)
-                home_before_site = own_test_at_site(datasets / base_site, base_dir, base.tree)
+                home_at = site_classes(datasets / base_site, base.tree)
+                before = score(base, test).tree
                 recipes = [(epochs, probe == "on") for epochs in map(int, args.epochs.split(","))
                            for probe in args.probe.split(",") if epochs or probe == "on"]
                 for epochs, probe in recipes:
@@ -122,10 +115,12 @@ def main() -> None:
                                                       seed=args.seed, linear_probe=probe),
                                    log=lambda _text: None)
                     minutes = (time.perf_counter() - started) / 60
-                    after, after_site = leaf_and_site(TreeClassifier.load(result.out_dir), test, at)
+                    after = score(TreeClassifier.load(result.out_dir), test).tree
+                    before_site, after_site = (at_classes(scores, base.tree, at) for scores in (before, after))
                     home = [result.before["original"].tree, result.after["original"].tree]
-                    home_site = [home_before_site, own_test_at_site(datasets / base_site, result.out_dir, base.tree)]
-                    rows.append((base_site, new_site, f"{epochs}{' (probe)' if probe and epochs else ''}", (before, before_site), (after, after_site),
+                    home_site = [at_classes(scores, base.tree, home_at) for scores in home]
+                    recipe = f"{epochs} (probe)" if probe and epochs else str(epochs)
+                    rows.append((base_site, new_site, recipe, (before, before_site), (after, after_site),
                                  (home, home_site), minutes))
                     print(f"{base_site} -> {new_site}, {args.cells} cells/type, trunk epochs {epochs}, "
                           f"linear probe {'on' if probe else 'off'}: "

@@ -195,7 +195,6 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
     ``initial_trunk``: a trained trunk's weights to start from (adapting a tree to a new lab);
     with ``config.epochs`` 0 it is kept as it is and only the heads learn.
     """
-    import torch
 
     from .train import fit_network, labels_view, node_view, save_node
 
@@ -228,13 +227,9 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
     done = config.epochs  # early stopping skips epochs: the heads' steps follow on
     if not dist.main:
         return trunk_metrics, {}
-    from .backbones import create_model, normalisation
+    from .backbones import normalisation
 
-    trunk = create_model(config.architecture, 0, img_size=config.input_size)
-    classifier = trunk.pretrained_cfg.get("classifier", "classifier")
-    trunk_state = {k: v for k, v in trunk_state.items() if not k.startswith(f"{classifier}.")}
-    trunk.load_state_dict(trunk_state)
-    trunk = trunk.to(device).to(memory_format=torch.channels_last)
+    trunk, trunk_state = _headless_trunk(trunk_state, config, device)
     trunk_metrics = dict(zip(("mean", "std"), map(list, normalisation(trunk)), strict=True)) | trunk_metrics
     trunk_file = save_node(folder, TRUNK, trunk_state, trunk_metrics, config, fingerprint)
     views = {code: node_view(tree, code, dataset, splits["train"]) for code in codes}
@@ -246,19 +241,27 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
     return trunk_metrics, metrics
 
 
+def _headless_trunk(state: dict, config, device):
+    """The trunk network of ``state`` (its classifier's tensors left out) on ``device``, and the
+    state it holds."""
+    import torch
+
+    from .backbones import create_model
+
+    trunk = create_model(config.architecture, 0, img_size=config.input_size)
+    classifier = trunk.pretrained_cfg.get("classifier", "classifier")
+    state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
+    trunk.load_state_dict(state)
+    return trunk.to(device).to(memory_format=torch.channels_last), state
+
+
 def _probed_classifier(trunk_state: dict, view, dataset, splits: dict, per_label: int, config, device,
                        log: Callable[[str], None]) -> dict:
     """The trunk's classifier for ``view``'s labels, fitted as a linear head on the features of
     ``trunk_state`` (the trunk frozen): fine-tuning then starts from a classifier that already fits
     the features (linear probing then fine-tuning, Kumar et al., ICLR 2022), instead of a random one
     whose first gradients would pull the trained features towards it."""
-    import torch
-
-    from .backbones import create_model
-
-    trunk = create_model(config.architecture, 0, img_size=config.input_size)
-    trunk.load_state_dict(trunk_state)
-    trunk = trunk.to(device).to(memory_format=torch.channels_last)
+    trunk, _ = _headless_trunk(trunk_state, config, device)
     (_, head), = train_heads(trunk, {TRUNK: view}, dataset, splits, {TRUNK: per_label}, config, device,
                              log).values()
     log(f"[{TRUNK}] linear probe: fine-tuning starts from this classifier")
