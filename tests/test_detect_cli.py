@@ -8,6 +8,7 @@ import json
 import socket
 
 import pytest
+import yaml
 from PIL import Image
 
 from bloodcells.cli import main
@@ -101,6 +102,9 @@ def test_detector_commands_name_what_is_wrong(tmp_path, capsys):
     write_yolo_dataset(tmp_path / "yolo", n_train=1, n_val=1, size=(64, 48))
     assert main(["train-detector", "--data", str(tmp_path / "yolo"), "--model", "yolo11n.pt"]) == 2
     assert "nothing is downloaded" in capsys.readouterr().err
+    assert main(["train-detector", "--data", str(tmp_path / "yolo"), "--multi-scale", "1.5",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "multi_scale is a fraction of imgsz" in capsys.readouterr().err and not (tmp_path / "out").exists()
     field = tmp_path / "field.png"
     smear_field(64, 48)[0].save(field)
     assert main(["detect", str(field), "--out", str(tmp_path / "d.csv"),
@@ -111,14 +115,18 @@ def test_detector_commands_name_what_is_wrong(tmp_path, capsys):
 @pytest.mark.slow
 def test_fine_tuning_earlier_weights_at_a_larger_input_records_where_it_started(trained_detector, tmp_path):
     """The shipped detector is the 320 px one fine-tuned at 416 px: metrics.json names the weights it
-    started from, the architecture they were built from, and the new input size the app then uses."""
+    started from, the architecture they were built from, the new input size the app then uses, and
+    the multi-scale setting it was trained with."""
     from bloodcells.detection import Detector
     from bloodcells.store import sha256_file
 
     voc = write_voc_dataset(tmp_path / "voc", n_train=2, n_val=1, size=(128, 96))
     trained = train_detector(voc, model=trained_detector, epochs=1, imgsz=96, batch=2, workers=0, cache=False,
-                             out=tmp_path / "out", work_dir=tmp_path / "work", verbose=False)
+                             multi_scale=0.25, out=tmp_path / "out", work_dir=tmp_path / "work", verbose=False)
     recorded = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    # the batches' sizes varied: ultralytics ran with the setting, and the record says so
+    assert yaml.safe_load((tmp_path / "work" / "runs" / "train" / "args.yaml").read_text())["multi_scale"] == 0.25
+    assert recorded["multi_scale"] == 0.25
     assert recorded["initial_weights"] == {"file": str(trained_detector), "sha256": sha256_file(trained_detector)}
     assert recorded["architecture"] == "yolo11n.yaml" and recorded["imgsz"] == 96
     assert Detector.load(trained.path).imgsz == 96 and sha256_file(trained.path) != sha256_file(trained_detector)

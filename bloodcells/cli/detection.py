@@ -20,6 +20,8 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--multi-scale", type=float, default=0.0, metavar="FRACTION",
+                        help="train each batch at a size within this fraction of --imgsz (default 0: off)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache the images in RAM")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for detector.pt and metrics.json (default models/detector)")
@@ -27,13 +29,14 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 
 @command("train-detector", "Train the YOLO cell detector (white cells, red cells, platelets).", _configure_train)
 def train_detector_command(args: argparse.Namespace) -> int:
-    from ..detection import DatasetError, train_detector
+    from ..detection import train_detector
 
     try:
         trained = train_detector(args.data, model=args.model, epochs=args.epochs, hours=args.hours,
                                  imgsz=args.imgsz, batch=args.batch, workers=args.workers,
-                                 cache=False if args.no_cache else "ram", patience=args.patience, out=args.out)
-    except DatasetError as error:
+                                 cache=False if args.no_cache else "ram", patience=args.patience,
+                                 multi_scale=args.multi_scale, out=args.out)
+    except ValueError as error:  # bad settings, or a DatasetError
         raise CommandError(str(error)) from error
     print(f"wrote {trained.path}")
     for tag, metrics in trained.metrics.items():

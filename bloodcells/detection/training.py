@@ -24,14 +24,19 @@ class TrainedDetector:
 
 def train_detector(data: list[Path] | Path, *, model: str | Path = DEFAULT_ARCHITECTURE, epochs: int = 50,
                    hours: float | None = None, imgsz: int = 320, batch: int = 16, workers: int = 2,
-                   cache: bool | str = "ram", patience: int = 20, close_mosaic: int = 5, seed: int = 0,
-                   out: Path | None = None, work_dir: Path | None = None, verbose: bool = True) -> TrainedDetector:
+                   cache: bool | str = "ram", patience: int = 20, close_mosaic: int = 5,
+                   multi_scale: float = 0.0, seed: int = 0, out: Path | None = None, work_dir: Path | None = None,
+                   verbose: bool = True) -> TrainedDetector:
     """Train a YOLO detector on YOLO/VOC datasets (our classes) and write ``out``/detector.pt + metrics.json.
 
     ``hours`` bounds the run by time (ultralytics re-plans the epochs after the first one).
+    ``multi_scale``: each batch at a size drawn within this fraction of ``imgsz`` (0.25: 360-600 px
+    at 480), so that small platelets are also seen larger; the weights still predict at ``imgsz``.
     """
     from ..store import sha256_file
 
+    if not 0 <= multi_scale < 1:
+        raise ValueError(f"multi_scale is a fraction of imgsz, 0 (off) or more and below 1 (not {multi_scale})")
     out = Path(out) if out else settings().models_dir / "detector"
     work_dir = Path(work_dir) if work_dir else settings().data_dir / "detector-training"
     prepared = prepare_dataset(data, work_dir / "dataset")
@@ -40,9 +45,9 @@ def train_detector(data: list[Path] | Path, *, model: str | Path = DEFAULT_ARCHI
                            "no training images")
     yolo = load_yolo(model)
     yolo.train(data=str(prepared.yaml_path), epochs=epochs, time=hours, imgsz=imgsz, batch=batch,
-               workers=workers, cache=cache, patience=patience, close_mosaic=close_mosaic, seed=seed,
-               device=torch_device(), amp=False, plots=False, project=str(work_dir / "runs"), name="train",
-               exist_ok=True, verbose=verbose)
+               workers=workers, cache=cache, patience=patience, close_mosaic=close_mosaic,
+               multi_scale=multi_scale, seed=seed, device=torch_device(), amp=False, plots=False,
+               project=str(work_dir / "runs"), name="train", exist_ok=True, verbose=verbose)
     best = Path(yolo.trainer.best)
     out.mkdir(parents=True, exist_ok=True)
     target = out / "detector.pt"
@@ -55,7 +60,7 @@ def train_detector(data: list[Path] | Path, *, model: str | Path = DEFAULT_ARCHI
     initial = {"file": str(start), "sha256": sha256_file(start)} if start.suffix == ".pt" else None
     (out / "metrics.json").write_text(json.dumps(
         {"architecture": yolo.model.yaml.get("yaml_file", str(model)), "initial_weights": initial,
-         "imgsz": imgsz, "epochs_run": yolo.trainer.epoch + 1,
+         "imgsz": imgsz, "multi_scale": multi_scale, "epochs_run": yolo.trainer.epoch + 1,
          "dataset": prepared.counts, "val": metrics, "sha256": sha256_file(target)}, indent=2) + "\n")
     return TrainedDetector(target, metrics, prepared.counts)
 
