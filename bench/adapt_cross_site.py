@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--epochs", default="6", help="trunk epochs to compare, comma-separated (0: heads only)")
     parser.add_argument("--test-per-label", type=int, default=100)
     parser.add_argument("--lr", type=float, default=AdaptConfig.learning_rate, help="learning rate of the trunk")
+    parser.add_argument("--layer-decay", type=float, default=AdaptConfig.layer_decay,
+                        help="learning rate factor per layer down the trunk")
     parser.add_argument("--probe", default="off", help="linear probe before fine-tuning the trunk: on, off or on,off")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -112,7 +114,7 @@ def main() -> None:
                     started = time.perf_counter()
                     result = adapt(lab, Path(scratch) / f"adapted-{epochs}-{probe}", models_dir=base_dir,
                                    config=AdaptConfig(hold_out=0, epochs=epochs, learning_rate=args.lr,
-                                                      seed=args.seed, linear_probe=probe),
+                                                      layer_decay=args.layer_decay, seed=args.seed, linear_probe=probe),
                                    log=lambda _text: None)
                     minutes = (time.perf_counter() - started) / 60
                     after = score(TreeClassifier.load(result.out_dir), test).tree

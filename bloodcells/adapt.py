@@ -43,6 +43,7 @@ class AdaptConfig:
     per_label: int = 40  # cells per cell type and source per epoch (the lab's oversampled and augmented)
     replay_per_label: int = 400  # original training cells per cell type and source mixed in (at most)
     learning_rate: float = 3e-4  # under a third of training's: start from the trained weights, stay near them
+    layer_decay: float = 1.0  # each layer below the trunk's top learns at this factor of the one above
     # fit the trunk's new classifier on its frozen features before fine-tuning (LP-FT): measured as a
     # trade (more on the new site, more lost on the original, docs/classification.md), so off
     linear_probe: bool = False
@@ -54,6 +55,8 @@ class AdaptConfig:
             raise AdaptError(f"--hold-out must be at least 0 and below 1 (got {self.hold_out})")
         if self.epochs < 0 or self.per_label < 1 or self.replay_per_label < 0:
             raise AdaptError("epochs must be 0 or more; cells per type at least 1")
+        if not 0 < self.layer_decay <= 1:
+            raise AdaptError(f"--layer-decay must be above 0 and at most 1 (got {self.layer_decay})")
 
 
 @dataclass
@@ -249,7 +252,7 @@ def _train_config(manifest: dict, config: AdaptConfig):
     known = {f.name for f in fields(TrainConfig)}
     recipe = TrainConfig(**{k: v for k, v in manifest["config"].items() if k in known})
     return replace(recipe, epochs=config.epochs, per_class=config.per_label, learning_rate=config.learning_rate,
-                   patience=config.epochs + 1, seed=config.seed, nodes=None, shared_trunk=True,
+                   layer_decay=config.layer_decay, patience=config.epochs + 1, seed=config.seed, nodes=None, shared_trunk=True,
                    balance_sources=True, ema=0.0, linear_probe=config.linear_probe)
 
 

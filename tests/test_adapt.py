@@ -94,6 +94,31 @@ def test_fine_tuning_starts_from_a_linear_probe(base_tree, lab_cells, tmp_path):
     assert first_epoch[True] >= first_epoch[False] + 0.1  # same seed: the same random classifier each run
 
 
+def test_layer_decay_keeps_the_trunks_early_layers_near_their_trained_weights(base_tree, lab_cells, tmp_path):
+    """With a layer decay the stem (the lowest layer) learns at a small fraction of the rate of the
+    trunk's top: it moves far less than it does with one rate for all, while the top still moves
+    (timm's layer groups for EfficientNet: stem, each block, the head convolution, the classifier)."""
+    from bloodcells.adapt import AdaptConfig, adapt
+    from bloodcells.classify import read_verified
+
+    def moved(state, name):
+        return float((state[name].float() - base[name].float()).norm() / base[name].float().norm())
+
+    base = read_verified(base_tree / "trunk.json")[2]
+    change = {}
+    for decay in (1.0, 0.3):
+        out = tmp_path / f"decay-{decay}"
+        adapt(lab_cells, out, models_dir=base_tree, log=lambda _text: None,
+              config=AdaptConfig(epochs=2, layer_decay=decay))
+        state = read_verified(out / "trunk.json")[2]
+        change[decay] = {layer: moved(state, f"{layer}.weight") for layer in ("conv_stem", "conv_head")}
+    assert change[1.0]["conv_stem"] > 0, "the trunk must move at all, else the test proves nothing"
+    assert change[0.3]["conv_stem"] < 0.05 * change[1.0]["conv_stem"]
+    # the top still learns: the stem's move against the top's shrinks by far more than the top's own
+    ratio = {decay: moved["conv_stem"] / moved["conv_head"] for decay, moved in change.items()}
+    assert change[0.3]["conv_head"] > 0 and ratio[0.3] < 0.05 * ratio[1.0]
+
+
 def test_a_coarse_label_adapts_the_nodes_above_it(base_tree, lab_cells, tmp_path):
     """``Neutrophil/`` (NEU, above band and segmented) next to exact types: accepted, scored as right
     when the answer lies below it."""
@@ -138,6 +163,7 @@ def test_cli_adapts_a_review_export_zip_and_the_result_classifies(base_tree, lab
     ("no-trunk", "shared trunk"),
     ("no-replay", "--replay"),
     ("hold-out", "--hold-out must be"),
+    ("layer-decay", "--layer-decay must be"),
 ])
 def test_bad_input_is_a_clear_error_and_nothing_is_written(problem, message, base_tree, lab_cells, tmp_path,
                                                           trained_models_dir, capsys):
@@ -169,6 +195,8 @@ def test_bad_input_is_a_clear_error_and_nothing_is_written(problem, message, bas
         (models / "classifier.json").write_text(json.dumps(manifest))
     elif problem == "hold-out":
         extra = ["--hold-out", "1.5"]
+    elif problem == "layer-decay":
+        extra = ["--layer-decay", "0"]
     before = folder_digest(models)
     assert main(["adapt", "--data", str(lab), "--out", str(out), "--models", str(models), *extra]) == 2
     assert message in capsys.readouterr().err

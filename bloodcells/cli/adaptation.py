@@ -29,6 +29,9 @@ def _adapt_args(parser):
                              "none, when the original sources are not at hand: the tree then learns only the "
                              "lab's cell types)")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate of the trunk")
+    parser.add_argument("--layer-decay", type=float, default=defaults.layer_decay, metavar="FACTOR",
+                        help="each layer below the trunk's top learns at this factor of the rate of the one above "
+                             f"(default {defaults.layer_decay}: one rate)")
     parser.add_argument("--linear-probe", action="store_true",
                         help="fit the trunk's new classifier on its frozen features before fine-tuning it "
                              "(more accuracy on the new site, more lost on the original: docs/classification.md)")
@@ -44,7 +47,7 @@ def _adapt(args) -> int:
     try:
         config = AdaptConfig(hold_out=args.hold_out, epochs=args.epochs, per_label=args.per_label,
                              replay_per_label=args.replay_per_label, learning_rate=args.lr, seed=args.seed,
-                             linear_probe=args.linear_probe)
+                             layer_decay=args.layer_decay, linear_probe=args.linear_probe)
         with TqdmProgress("steps") as progress:
             adapt(args.data, args.out, models_dir=args.models, replay=args.replay, config=config,
                   progress=progress, log=progress.write)

@@ -33,6 +33,7 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 64
     learning_rate: float = 2e-3
+    layer_decay: float = 1.0  # each layer below the top learns at this factor of the one above (1.0: one rate)
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     patience: int = 4
@@ -61,6 +62,8 @@ class TrainConfig:
             raise ValueError(f"ema is a decay per step, 0 (off) or more and below 1 (not {self.ema})")
         if self.workers < 0:
             raise ValueError(f"workers is a number of processes, 0 or more (not {self.workers})")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay is a factor per layer, above 0 and at most 1 (not {self.layer_decay})")
         if self.cell_focus < 0:
             raise ValueError(f"cell_focus is a loss weight, 0 or more (not {self.cell_focus})")
 

@@ -76,6 +76,7 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     validated, early-stopped and returned.
     """
     import torch
+    from timm.optim import param_groups_layer_decay
     from timm.utils import ModelEmaV3
     from torch import nn
 
@@ -108,7 +109,14 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
         from torch.nn.parallel import DistributedDataParallel
 
         trained = DistributedDataParallel(backbone, device_ids=[device.index] if device.type == "cuda" else None)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # layer-wise learning rates (timm's groups: stem, each block, head): the layer k steps below the
+    # top learns at layer_decay**k of the rate, so a trained trunk's early, generic layers stay
+    # near their weights; at 1.0 every parameter learns at the one rate
+    groups = param_groups_layer_decay(backbone, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
+                                      weight_decay_exclude_1d=False)
+    for group in groups:
+        group["lr"] = config.learning_rate * group.pop("lr_scale")
+    optimiser = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     # cosine schedule per step, after one epoch of linear warm-up: from scratch, the first
     # full-rate steps can throw the weights far off
     steps_per_epoch = max(1, -(-per_child * len(classes) // (dist.world * config.batch_size)))
