@@ -2,6 +2,7 @@
 per type of the other, scored on that other source's cells it never saw (and on its own test split).
 
     python bench/adapt_cross_site.py [--base pbc=DIR --base matek=DIR] [--cells 15] [--epochs 6,0]
+        [--lr 3e-4] [--layer-decay 1.0] [--probe on,off]
 
 ``--base SITE=DIR``: a tree trained on ``$DATASETS/SITE`` alone (default: ``.cache/adapt/SITE-only``
 for pbc and matek, which ``make models-adapt-bases`` trains; ``make adapt-cross-site`` runs this). Each base is adapted to each other site (``bloodcells.adapt``, no hold-out: the
