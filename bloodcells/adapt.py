@@ -252,8 +252,8 @@ def _train_config(manifest: dict, config: AdaptConfig):
     known = {f.name for f in fields(TrainConfig)}
     recipe = TrainConfig(**{k: v for k, v in manifest["config"].items() if k in known})
     return replace(recipe, epochs=config.epochs, per_class=config.per_label, learning_rate=config.learning_rate,
-                   layer_decay=config.layer_decay, patience=config.epochs + 1, seed=config.seed, nodes=None, shared_trunk=True,
-                   balance_sources=True, ema=0.0, linear_probe=config.linear_probe)
+                   layer_decay=config.layer_decay, patience=config.epochs + 1, seed=config.seed, nodes=None,
+                   shared_trunk=True, balance_sources=True, ema=0.0, linear_probe=config.linear_probe)
 
 
 def _scores(classifier: TreeClassifier, held: CellDataset, original_test: CellDataset) -> dict[str, Evaluation]:
