@@ -31,7 +31,8 @@ def train_detector(data: list[Path] | Path, *, model: str | Path = DEFAULT_ARCHI
 
     ``hours`` bounds the run by time (ultralytics re-plans the epochs after the first one).
     ``multi_scale``: each batch at a size drawn within this fraction of ``imgsz`` (0.25: about
-    360-600 px at 480, rounded to the network's stride), so that small platelets are also seen larger; the weights still predict at ``imgsz``.
+    360-600 px at 480, rounded to the network's stride), so that small platelets are also seen
+    larger; the weights still predict at ``imgsz``.
     """
     from ..store import sha256_file
 
