@@ -53,9 +53,9 @@ def site_classes(site: Path, tree) -> list[str]:
 
 def at_classes(scores, tree, at: list[str]):
     """``scores`` (leaf level) again with the cell types merged up to ``at``: no second classification."""
-    from bloodcells.evaluate import Scores, _merger
+    from bloodcells.evaluate import Scores, merger
 
-    merge, order = _merger(tree, at), [node.code for node in tree.root.walk()]
+    merge, order = merger(tree, at), [node.code for node in tree.root.walk()]
     return Scores.of(f"at {','.join(at)}", [merge(c) for c in scores.truth], [merge(c) for c in scores.predicted],
                      order)
 

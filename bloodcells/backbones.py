@@ -73,6 +73,12 @@ def create_model(name: str, num_classes: int, *, pretrained: bool | str | Path =
         raise PretrainedWeightsError(f"{checkpoint}: cannot load as {name} weights ({error})") from error
 
 
+def classifier_prefix(model) -> str:
+    """The prefix of a timm model's classifier tensors in its state dict (``"classifier."`` for
+    EfficientNet, ``"fc."`` for ResNet)."""
+    return f"{model.pretrained_cfg.get('classifier', 'classifier')}."
+
+
 def normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std a timm model's inputs are normalised with (its pretrained configuration's,
     else ImageNet's)."""

@@ -90,7 +90,7 @@ def evaluate(sources: Sequence[str | Path], models_dir: str | Path | None = None
     """
     classifier = classifier or TreeClassifier.load(models_dir)
     tree = classifier.tree
-    merge = _merger(tree, at) if at else None  # before the slow part: an unknown code fails at once
+    merge = merger(tree, at) if at else None  # before the slow part: an unknown code fails at once
     dataset = load_dataset(sources, tree, classifier.input_size)
     keep = np.arange(len(dataset))
     seen = _seen_digests(classifier.models_dir) if unseen_only else set()
@@ -147,7 +147,7 @@ def score(classifier: TreeClassifier, dataset, merge: Callable[[str], str] | Non
     return outcome
 
 
-def _merger(tree, at: Sequence[str]) -> Callable[[str], str]:
+def merger(tree, at: Sequence[str]) -> Callable[[str], str]:
     """code -> the nearest of ``at`` on its path from the root (the code itself if none)."""
     unknown = [code for code in at if code not in tree]
     if unknown:

@@ -195,7 +195,6 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
     ``initial_trunk``: a trained trunk's weights to start from (adapting a tree to a new lab);
     with ``config.epochs`` 0 it is kept as it is and only the heads learn.
     """
-
     from .train import fit_network, labels_view, node_view, save_node
 
     total, done = config.epochs + len(codes), 0
@@ -246,11 +245,10 @@ def _headless_trunk(state: dict, config, device):
     state it holds."""
     import torch
 
-    from .backbones import create_model
+    from .backbones import classifier_prefix, create_model
 
     trunk = create_model(config.architecture, 0, img_size=config.input_size)
-    classifier = trunk.pretrained_cfg.get("classifier", "classifier")
-    state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
+    state = {k: v for k, v in state.items() if not k.startswith(classifier_prefix(trunk))}
     trunk.load_state_dict(state)
     return trunk.to(device).to(memory_format=torch.channels_last), state
 
@@ -261,12 +259,13 @@ def _probed_classifier(trunk_state: dict, view, dataset, splits: dict, per_label
     ``trunk_state`` (the trunk frozen): fine-tuning then starts from a classifier that already fits
     the features (linear probing then fine-tuning, Kumar et al., ICLR 2022), instead of a random one
     whose first gradients would pull the trained features towards it."""
+    from .backbones import classifier_prefix
+
     trunk, _ = _headless_trunk(trunk_state, config, device)
     (_, head), = train_heads(trunk, {TRUNK: view}, dataset, splits, {TRUNK: per_label}, config, device,
                              log).values()
     log(f"[{TRUNK}] linear probe: fine-tuning starts from this classifier")
-    classifier = trunk.pretrained_cfg.get("classifier", "classifier")
-    return {f"{classifier}.{name}": tensor for name, tensor in head.items()}
+    return {f"{classifier_prefix(trunk)}{name}": tensor for name, tensor in head.items()}
 
 
 def load_trunk(models_dir: Path, metadata_file: str):

@@ -91,5 +91,7 @@ def load_packaged_weights(model, checkpoint: str | Path) -> int:
 
 
 def _head_names(model) -> set[str]:
-    classifier = model.pretrained_cfg.get("classifier", "classifier")
-    return {name for name in model.state_dict() if name.startswith(f"{classifier}.")}
+    from .backbones import classifier_prefix  # backbones imports this module
+
+    prefix = classifier_prefix(model)
+    return {name for name in model.state_dict() if name.startswith(prefix)}

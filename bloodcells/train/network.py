@@ -80,7 +80,7 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
     from timm.utils import ModelEmaV3
     from torch import nn
 
-    from ..backbones import create_model, node_network, normalisation
+    from ..backbones import classifier_prefix, create_model, node_network, normalisation
 
     classes, outputs, code = view.classes, view.outputs, view.name
     class_index = {c: n for n, c in enumerate(classes)}
@@ -97,8 +97,7 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
                             else False, img_size=config.input_size)
     if initial is not None:
         missing, unexpected = backbone.load_state_dict(initial, strict=False)
-        classifier = backbone.pretrained_cfg.get("classifier", "classifier")
-        if unexpected or any(not key.startswith(f"{classifier}.") for key in missing):
+        if unexpected or any(not key.startswith(classifier_prefix(backbone)) for key in missing):
             raise ValueError(f"the starting weights do not fit {config.architecture} "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model = node_network(backbone, children_of_outputs.tolist(), len(classes)).to(device)
@@ -116,7 +115,7 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
                                       weight_decay_exclude_1d=False)
     for group in groups:
         group["lr"] = config.learning_rate * group.pop("lr_scale")
-    optimiser = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimiser = torch.optim.AdamW(groups)  # every group carries its own rate and weight decay
     # cosine schedule per step, after one epoch of linear warm-up: from scratch, the first
     # full-rate steps can throw the weights far off
     steps_per_epoch = max(1, -(-per_child * len(classes) // (dist.world * config.batch_size)))
