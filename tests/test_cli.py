@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -43,3 +44,19 @@ def test_db_init_creates_the_embedded_database(tmp_path, capsys):
 
     head = ScriptDirectory.from_config(open_store(upgrade=False)._alembic_config()).get_current_head()
     assert head >= "0002" and capsys.readouterr().out.strip().endswith(head)  # upgraded to the newest
+
+
+def test_progress_bar_rate_counts_from_its_first_report():
+    """Training reports its first epoch when that epoch is done: the bar's rate must not count
+    it as done in no time (it showed tens of thousands of epochs a second and no time left)."""
+    import time
+
+    from bloodcells.cli.classification import TqdmProgress
+
+    with TqdmProgress("epochs") as progress:
+        progress(5, 10)
+        time.sleep(0.2)
+        progress(6, 10)
+        shown = str(progress.bar)
+    rate = float(re.search(r"([\d.]+)epochs/s", shown).group(1))
+    assert rate <= 1 / 0.2 + 0.01, shown

@@ -126,7 +126,9 @@ class TqdmProgress:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=total, unit=self.unit, dynamic_ncols=True)
+            # The first callback comes after the first step's work (an epoch can take minutes):
+            # counted from there, so the rate and time left are not figured from a zero start.
+            self.bar = tqdm(total=total, initial=done, unit=self.unit, dynamic_ncols=True)
         if total is not None:
             self.bar.total = total
         self.bar.n = done
