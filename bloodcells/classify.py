@@ -355,7 +355,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
     With a ``store``, the analysis is recorded (running -> done with every prediction and image,
     or failed with its error). Images are read and classified ``batch_size`` at a time.
     """
-    from .inputs import InputError, InputImage, InputProblem, count_images, iter_inputs, open_image
+    from .inputs import InputError, InputImage, InputProblem, count_images, is_image_name, iter_inputs, open_image
     from .store import PredictionRow, record_analysis
 
     classifier = classifier or load_classifier()
@@ -368,6 +368,11 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
                           {TREE_VERSION: classifier.tree_version, **classifier.versions()}) as run):
         outcome.analysis_id = run.id
         batch: list[tuple[InputImage, object]] = []
+        skipped_images = 0  # counted in ``total`` but not classified: the bar still reaches the end
+
+        def report():
+            if progress:
+                progress(len(outcome.rows) + skipped_images, total)
 
         def flush():
             results = classifier.classify_images([image for _, image in batch], batch_size, flips)
@@ -378,22 +383,24 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
                                               result.level_confidences, result.needs_review, item.content),
                                 spool)
             batch.clear()
-            if progress:
-                progress(len(outcome.rows), total)
+            report()
 
         for item in iter_inputs(source, name=name):
             if isinstance(item, InputProblem):
                 outcome.problems.append(item)
+                skipped_images += is_image_name(item.name)
                 continue
             try:
                 batch.append((item, open_image(item.content, item.name, at_least=classifier.input_size)))
             except InputError as error:
                 outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
+                skipped_images += 1
                 continue
             if len(batch) >= batch_size:
                 flush()
         if batch:
             flush()
+        report()
         spool.seek(0)
         run.predictions = _unspool(spool)
         run.summary = {"counts": outcome.counts(), "cells": len(outcome.rows),

@@ -128,9 +128,13 @@ def test_bad_members_are_reported_and_the_rest_classified(trained_models_dir, tm
         archive.writestr("good.png", _png(cell_image("LYT", 1, 32)))
         archive.writestr("broken.png", b"\x89PNG not really")
         archive.writestr("notes.txt", b"hello")
-    outcome = classify(upload, classifier=TreeClassifier.load(trained_models_dir))
+    seen = []
+    outcome = classify(upload, classifier=TreeClassifier.load(trained_models_dir),
+                       progress=lambda done, total: seen.append((done, total)))
     assert [row.filename for row in outcome.rows] == ["good.png"]
     assert {p.name.split("/")[-1] for p in outcome.problems} == {"broken.png", "notes.txt"}
+    # the unreadable image was one of the two counted: the bar ends full, not at 1 of 2
+    assert seen[-1] == (2, 2)
     assert outcome.analysis_id is None
 
 
