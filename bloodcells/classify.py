@@ -4,7 +4,8 @@ On disk, a trained tree is a folder (default ``models/classifier/<tree>/``) hold
 ``classifier.json`` (the manifest: trained nodes, single-child nodes that always descend, the
 calibrated review threshold, training configuration and data fingerprint), per trained node
 ``<code>.safetensors`` (weights) and ``<code>.json`` (architecture, input size, normalisation,
-class codes in output order, metrics with the per-epoch history, sha256 of the weights), and
+class codes in output order, the temperature of its probabilities, metrics with the per-epoch
+history, sha256 of the weights), and
 ``split.json`` (sha256 of the held-out test images, so evaluation never scores seen cells).
 ``tree.yaml`` is the tree the models were trained for.
 
@@ -92,6 +93,9 @@ class NodeModel:
         self.path = path
         self.module = module
         self.metrics: dict = metadata.get("metrics", {})
+        # divides the children's logits before the softmax; fitted on validation cells after training
+        # (train.fit_temperatures): label smoothing leaves the heads under-confident
+        self.temperature: float = float(metadata.get("temperature", 1.0))
         self.metadata = metadata
         self.trunk = None  # the shared trunk module when this node is a head on it (bloodcells.heads)
 
@@ -130,12 +134,18 @@ class NodeModel:
         node.trunk = trunk[0] if trunk else None
         return node
 
+    def head_logits(self, features) -> torch.Tensor:
+        """The children's logits (before the temperature) from the shared trunk's pooled ``features``."""
+        import torch
+
+        with torch.inference_mode():
+            return self.module.group(self.module.backbone.head(features)).float()
+
     def head_probabilities(self, features) -> np.ndarray:
         """Softmax over ``classes`` from the shared trunk's pooled ``features`` (N x D tensor)."""
         import torch
 
-        with torch.inference_mode():
-            return torch.softmax(self.module.group(self.module.backbone.head(features)).float(), dim=1).numpy()
+        return torch.softmax(self.head_logits(features) / self.temperature, dim=1).numpy()
 
     def prepare(self, images: Sequence) -> np.ndarray:
         """PIL images or uint8 arrays -> uint8 NHWC at this model's input size."""
@@ -161,17 +171,27 @@ class NodeModel:
         the four flips of each image."""
         import torch
 
+        out = [(sum(torch.softmax(view / self.temperature, dim=1) for view in views) / len(views)).numpy()
+               for views in self._view_logits(images, batch_size, flips)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+    def logits(self, images: Sequence, batch_size: int = 64) -> np.ndarray:
+        """The children's logits (before the temperature) for each image, by this node's own network."""
+        out = [views[0].numpy() for views in self._view_logits(images, batch_size, flips=False)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+    def _view_logits(self, images: Sequence, batch_size: int, flips: bool) -> Iterator[list[torch.Tensor]]:
+        """Per batch of ``images``: the network's logits for each view (the image, or its four flips)."""
+        import torch
+
         from .heads import FLIPS
 
-        out = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = to_tensor(self.prepare(images[start:start + batch_size]), self.mean, self.std,
                                   self.stain_norm).to(memory_format=torch.channels_last)
-                views = [batch.flip(dims) if dims else batch for dims in (FLIPS if flips else ((),))]
-                out.append((sum(torch.softmax(self.module(view).float(), dim=1) for view in views)
-                            / len(views)).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+                yield [self.module(batch.flip(dims) if dims else batch).float()
+                       for dims in (FLIPS if flips else ((),))]
 
 
 class TreeClassifier:
@@ -240,11 +260,32 @@ class TreeClassifier:
         """Classify uint8 NHWC arrays (as the training cache holds them)."""
         return self._descend(list(images), batch_size, flips)
 
-    def _descend(self, images: list, batch_size: int, flips: bool = False) -> list[CellResult]:
+    def node_logits(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every node's children's logits (before its temperature) for every image (uint8 NHWC)."""
+        logits, trunk_features = {}, None
+        with self.lock:
+            for code, model in self.nodes.items():
+                prepared = model.prepare(list(images))
+                if model.trunk is None:
+                    logits[code] = model.logits(prepared)
+                    continue
+                if trunk_features is None:
+                    trunk_features = self._trunk_features(model, prepared)
+                logits[code] = model.head_logits(trunk_features).numpy()
+        return logits
+
+    def _trunk_features(self, model: NodeModel, prepared: np.ndarray, flips: bool = False) -> torch.Tensor:
+        """The shared trunk's pooled features of ``prepared`` images (its frozen copy, made on first use)."""
         import torch
 
         from .heads import features, frozen_for_inference
 
+        if self._frozen_trunk is None:
+            self._frozen_trunk = frozen_for_inference(model.trunk, model.input_size)
+        return torch.from_numpy(features(self._frozen_trunk, prepared, model.mean, model.std, model.stain_norm,
+                                         TRUNK_BATCH, flips=flips))
+
+    def _descend(self, images: list, batch_size: int, flips: bool = False) -> list[CellResult]:
         count = len(images)
         if not count:
             return []
@@ -264,11 +305,7 @@ class TreeClassifier:
                         resized[model.input_size] = model.prepare(images)
                     if model.trunk is not None:  # one trunk pass per cell, shared by every head
                         if trunk_features is None:
-                            if self._frozen_trunk is None:
-                                self._frozen_trunk = frozen_for_inference(model.trunk, model.input_size)
-                            trunk_features = torch.from_numpy(features(
-                                self._frozen_trunk, resized[model.input_size], model.mean, model.std,
-                                model.stain_norm, TRUNK_BATCH, flips=flips))
+                            trunk_features = self._trunk_features(model, resized[model.input_size], flips)
                         probs = model.head_probabilities(trunk_features[members])
                     else:
                         probs = model.probabilities(resized[model.input_size][members], batch_size, flips)

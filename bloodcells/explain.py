@@ -273,7 +273,7 @@ def _explain_level(classifier, node_model, picture, digest, explainer, settings,
     private = _private_copy(node_model, classifier.lock)
     with private.lock:
         with torch.no_grad():
-            probabilities = torch.softmax(private.module(inputs), dim=1)[0]
+            probabilities = torch.softmax(private.module(inputs) / node_model.temperature, dim=1)[0]
         index = int(probabilities.argmax()) if target_code is None else node_model.classes.index(target_code)
         target_code = node_model.classes[index]
         key = CacheKey(node_model.sha256, digest, explainer.name, settings_key(settings, target_code))

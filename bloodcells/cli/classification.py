@@ -1,4 +1,4 @@
-"""Commands for classification: train, classify, evaluate."""
+"""Commands for classification: train, calibrate, classify, evaluate."""
 
 from __future__ import annotations
 
@@ -105,6 +105,25 @@ def _train(args) -> int:
                        log=progress.write)
         except (PretrainedWeightsError, ValueError) as error:
             raise CommandError(str(error)) from error
+    return 0
+
+
+def _calibrate_args(parser):
+    parser.add_argument("--data", action="append", required=True, metavar="PATH",
+                        help="the sources the tree was trained on (its validation cells are rebuilt from them)")
+    parser.add_argument("--models", help="models folder (default: models/classifier/default)")
+
+
+@command("calibrate", "refit a trained tree's temperatures and review threshold on its validation cells",
+         _calibrate_args)
+def _calibrate(args) -> int:
+    from ..classify import ModelFileError, default_models_dir
+    from ..train import calibrate_tree
+
+    try:
+        calibrate_tree(args.models or default_models_dir(), args.data)
+    except (ModelFileError, ValueError) as error:
+        raise CommandError(str(error)) from error
     return 0
 
 

@@ -54,6 +54,44 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=1, default=str) + "\n")
 
 
+def fit_temperatures(models_dir: Path, cells: CellDataset) -> dict[str, float]:
+    """Fit each node's temperature on labelled ``cells`` and write it into the node's metadata.
+
+    The temperature divides the node's logits before the softmax; the fitted one minimises the
+    negative log-likelihood of the cells' children (temperature scaling, Guo et al. 2017). The
+    answers do not change, only how sure each node says it is: trained with label smoothing, the
+    heads stay under-confident, and by different amounts, so a cell's confidence (the product along
+    its path) ranked cells of different paths unevenly and set the review threshold where a small
+    change of validation cells moved it far (docs/classification.md). A node with fewer than 10 of
+    the cells keeps 1.0. Returns node -> temperature.
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    from ..classify import TreeClassifier
+
+    classifier = TreeClassifier.load(models_dir)
+    tree = classifier.tree
+    logits = classifier.node_logits(cells.images) if len(cells) else {}
+    fitted = {}
+    for code, node in classifier.nodes.items():
+        child_of = [next((k for k, child in enumerate(node.classes) if tree.is_ancestor(tree[child], tree[label])),
+                         None) for label in cells.labels]
+        rows = [n for n, k in enumerate(child_of) if k is not None]
+        temperature = 1.0
+        if len(rows) >= 10:
+            z, truth = logits[code][rows], np.array([child_of[n] for n in rows])
+
+            def loss(log_temperature: float, z=z, truth=truth) -> float:
+                return -float(log_softmax(z / np.exp(log_temperature), axis=1)[np.arange(len(truth)), truth].mean())
+
+            temperature = float(np.exp(minimize_scalar(loss, bounds=(np.log(0.05), np.log(20)), method="bounded").x))
+        metadata_file = models_dir / f"{code}.json"
+        write_json(metadata_file, json.loads(metadata_file.read_text()) | {"temperature": round(temperature, 4)})
+        fitted[code] = temperature
+    return fitted
+
+
 def calibrate_review_threshold(models_dir: Path, val: CellDataset, target_accuracy: float,
                                certainty: float) -> float:
     """The review threshold of the tree in ``models_dir``, from its answers on validation cells."""

@@ -29,7 +29,7 @@ from .config import (
     init_distributed,
     pick_device,
 )
-from .files import calibrate_review_threshold, register_models, save_node, write_json
+from .files import calibrate_review_threshold, fit_temperatures, register_models, save_node, write_json
 from .network import train_node
 
 
@@ -92,8 +92,8 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
 
     ``manifest``: entries for ``classifier.json`` beyond the training's own (sources, lineage).
     ``initial_trunk``: the shared trunk starts from these weights, which saw the cells
-    ``seen_before`` (digests' first 16 hex digits, kept in split.json). The review threshold is
-    calibrated on ``calibration`` (default: the validation cells).
+    ``seen_before`` (digests' first 16 hex digits, kept in split.json). The nodes' temperatures and the review
+    threshold are calibrated on ``calibration`` (default: the validation cells).
     """
     train_labels = [dataset.labels[i] for i in splits["train"]]
     table = count_table(tree, train_labels)
@@ -140,15 +140,50 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
         "seed": config.seed, "test": sorted(dataset.digests[i] for i in splits["test"]),
         "seen": sorted({*seen_before, *(dataset.digests[i][:16] for i in (*splits["train"], *splits["val"]))})})
     write_json(staging / "classifier.json", manifest)
-    report.review_threshold = calibrate_review_threshold(
-        staging, calibration if calibration is not None else dataset.subset(splits["val"]), config.review_accuracy,
-        config.review_certainty)
+    calibration = calibration if calibration is not None else dataset.subset(splits["val"])
+    report.temperatures = fit_temperatures(staging, calibration)
+    report.review_threshold = calibrate_review_threshold(staging, calibration, config.review_accuracy,
+                                                         config.review_certainty)
     manifest["review_threshold"] = report.review_threshold
     write_json(staging / "classifier.json", manifest)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
     return report
+
+
+def calibrate_tree(models_dir: str | Path, sources: Sequence[str | Path],
+                   log: Callable[[str], None] = print) -> tuple[dict[str, float], float]:
+    """Refit the nodes' temperatures and the review threshold of the trained tree in ``models_dir``
+    on its validation cells, rebuilt from ``sources`` (those it was trained on) and its recorded
+    split; for a tree trained before temperatures were fitted. Returns (temperatures, threshold).
+    """
+    import json
+
+    from ..classify import TreeClassifier
+    from ..versions import versions_dir
+
+    models_dir = Path(models_dir)
+    if models_dir.resolve().parent == versions_dir().resolve():
+        raise ValueError(f"{models_dir}: a promoted version is never changed (calibrate a copy and promote that)")
+    classifier = TreeClassifier.load(models_dir)
+    recorded = json.loads((models_dir / "split.json").read_text())
+    dataset = load_dataset(sources, classifier.tree, classifier.input_size)
+    splits = split_indices(dataset.labels, dataset.groups, seed=recorded.get("seed", 0))
+    if sorted(dataset.digests[i] for i in splits["test"]) != sorted(recorded["test"]):
+        raise ValueError(f"{', '.join(map(str, sources))}: not the cells {models_dir} was trained on "
+                         "(their split differs from its split.json); pass the same sources as for training")
+    validation = dataset.subset(splits["val"])
+    temperatures = fit_temperatures(models_dir, validation)
+    manifest_file = models_dir / "classifier.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["review_threshold"] = calibrate_review_threshold(models_dir, validation, manifest["review_accuracy"],
+                                                              manifest["review_certainty"])
+    write_json(manifest_file, manifest)
+    log(f"{len(validation)} validation cells: temperatures "
+        + ", ".join(f"{code} {t:.2f}" for code, t in temperatures.items())
+        + f"; review threshold {manifest['review_threshold']:.3f}")
+    return temperatures, manifest["review_threshold"]
 
 
 def _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, say, progress,
