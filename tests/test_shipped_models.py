@@ -28,7 +28,7 @@ pytestmark = [
 
 # What the shipped tree must keep on its recorded test split (docs/classification.md).
 FLOORS = {"pbc_8_accuracy": 0.96, "pbc_8_macro_f1": 0.96, "matek_accuracy": 0.80, "leaf_accuracy": 0.86,
-          "unflagged_accuracy": 0.96, "flagged_at_most": 0.42,
+          "unflagged_accuracy": 0.96, "flagged_at_most": 0.36,
           # measured 0.78 on PBC, 0.90 on Matek (the cell covers 0.13 and 0.45 of the image); #11 asks 0.6
           "gradcam_inside_cell_pbc": 0.75, "gradcam_inside_cell_matek": 0.85, "gradcam_over_chance": 0.1}
 
