@@ -262,15 +262,16 @@ class TreeClassifier:
 
     def node_logits(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Every node's children's logits (before its temperature) for every image (uint8 NHWC)."""
-        logits, trunk_features = {}, None
+        logits, resized, trunk_features = {}, {}, None  # resized: input size -> every image, once
         with self.lock:
             for code, model in self.nodes.items():
-                prepared = model.prepare(list(images))
+                if model.input_size not in resized:
+                    resized[model.input_size] = model.prepare(list(images))
                 if model.trunk is None:
-                    logits[code] = model.logits(prepared)
+                    logits[code] = model.logits(resized[model.input_size])
                     continue
                 if trunk_features is None:
-                    trunk_features = self._trunk_features(model, prepared)
+                    trunk_features = self._trunk_features(model, resized[model.input_size])
                 logits[code] = model.head_logits(trunk_features).numpy()
         return logits
 

@@ -57,7 +57,7 @@ def test_a_temperature_sharpens_the_probabilities_and_keeps_the_answers(fixture,
 def test_the_fitted_temperature_minimises_the_validation_loss(shared_trunk_models_dir, tmp_path):
     models = _copy(shared_trunk_models_dir, tmp_path)
     validation = _validation(models, shared_trunk_models_dir)
-    fitted = fit_temperatures(models, validation)
+    fitted = fit_temperatures(TreeClassifier.load(models), validation)
     classifier = TreeClassifier.load(models)
     logits = classifier.node_logits(validation.images)
     for code, node in classifier.nodes.items():
@@ -81,7 +81,7 @@ def test_the_fitted_temperature_minimises_the_validation_loss(shared_trunk_model
 def test_too_few_cells_keep_the_temperature_at_one(shared_trunk_models_dir, tmp_path):
     models = _copy(shared_trunk_models_dir, tmp_path)
     few = _validation(models, shared_trunk_models_dir).subset(np.arange(5))
-    assert set(fit_temperatures(models, few).values()) == {1.0}
+    assert set(fit_temperatures(TreeClassifier.load(models), few).values()) == {1.0}
 
 
 def test_training_fits_the_temperatures(trained_models_dir):

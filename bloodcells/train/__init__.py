@@ -4,8 +4,8 @@
 so a test image is never trained on anywhere in the tree), prints the per-node count table,
 trains every node that has at least two children with data (AdamW, cosine schedule, label
 smoothing, early stopping on validation loss, best checkpoint kept), fits each node's
-temperature and calibrates the review threshold on validation cells and writes the models with their metadata (see ``classify`` for
-the format). Under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, nccl on GPU).
+temperature and the review threshold on validation cells and writes the models with their
+metadata (see ``classify`` for the format). Under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, nccl on GPU).
 """
 
 from .config import FORMAT_VERSION, MODES, EpochCallback, Progress, TrainConfig, TrainReport
@@ -14,5 +14,5 @@ from .network import NodeView, fit_network, labels_view, node_view, train_node
 from .tree import calibrate_tree, fit_tree, train_tree
 
 __all__ = ["FORMAT_VERSION", "MODES", "EpochCallback", "NodeView", "Progress", "TrainConfig", "TrainReport",
-           "calibrate_tree", "fit_network", "fit_tree", "labels_view", "network_sha256", "node_view", "register_models", "review_threshold",
-           "save_node", "train_node", "train_tree"]
+           "calibrate_tree", "fit_network", "fit_tree", "labels_view", "network_sha256", "node_view", "register_models",
+           "review_threshold", "save_node", "train_node", "train_tree"]

@@ -76,7 +76,6 @@ class TrainReport:
     passthrough: dict[str, str] = field(default_factory=dict)
     count_table: str = ""
     review_threshold: float = 0.0
-    temperatures: dict[str, float] = field(default_factory=dict)  # node -> fitted on the calibration cells
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..data import CellDataset
 from ..taxonomy import Tree
 from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from ..classify import TreeClassifier
 
 
 def save_node(folder: Path, code: str, state: dict, metrics: dict, config: TrainConfig, fingerprint: str,
@@ -54,8 +58,18 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=1, default=str) + "\n")
 
 
-def fit_temperatures(models_dir: Path, cells: CellDataset) -> dict[str, float]:
-    """Fit each node's temperature on labelled ``cells`` and write it into the node's metadata.
+def calibrate(classifier: TreeClassifier, cells: CellDataset, target_accuracy: float,
+              certainty: float) -> tuple[dict[str, float], float]:
+    """Fit the nodes' temperatures of the loaded tree ``classifier`` on labelled ``cells``, then its
+    review threshold with them. Returns (node -> temperature, threshold); the manifest's threshold
+    is the caller's to write."""
+    temperatures = fit_temperatures(classifier, cells)
+    return temperatures, calibrate_review_threshold(classifier, cells, target_accuracy, certainty)
+
+
+def fit_temperatures(classifier: TreeClassifier, cells: CellDataset) -> dict[str, float]:
+    """Fit each node's temperature on labelled ``cells``: set on the loaded node and written into
+    its metadata file.
 
     The temperature divides the node's logits before the softmax; the fitted one minimises the
     negative log-likelihood of the cells' children (temperature scaling, Guo et al. 2017). The
@@ -68,9 +82,6 @@ def fit_temperatures(models_dir: Path, cells: CellDataset) -> dict[str, float]:
     from scipy.optimize import minimize_scalar
     from scipy.special import log_softmax
 
-    from ..classify import TreeClassifier
-
-    classifier = TreeClassifier.load(models_dir)
     tree = classifier.tree
     logits = classifier.node_logits(cells.images) if len(cells) else {}
     fitted = {}
@@ -86,20 +97,18 @@ def fit_temperatures(models_dir: Path, cells: CellDataset) -> dict[str, float]:
                 return -float(log_softmax(z / np.exp(log_temperature), axis=1)[np.arange(len(truth)), truth].mean())
 
             temperature = float(np.exp(minimize_scalar(loss, bounds=(np.log(0.05), np.log(20)), method="bounded").x))
-        metadata_file = models_dir / f"{code}.json"
-        write_json(metadata_file, json.loads(metadata_file.read_text()) | {"temperature": round(temperature, 4)})
+        node.temperature = round(temperature, 4)
+        metadata_file = classifier.models_dir / f"{code}.json"
+        write_json(metadata_file, json.loads(metadata_file.read_text()) | {"temperature": node.temperature})
         fitted[code] = temperature
     return fitted
 
 
-def calibrate_review_threshold(models_dir: Path, val: CellDataset, target_accuracy: float,
+def calibrate_review_threshold(classifier: TreeClassifier, val: CellDataset, target_accuracy: float,
                                certainty: float) -> float:
-    """The review threshold of the tree in ``models_dir``, from its answers on validation cells."""
-    from ..classify import TreeClassifier
-
+    """The review threshold of the loaded tree ``classifier``, from its answers on validation cells."""
     if len(val) == 0:  # nothing shows the accuracy: every cell goes to review
         return 1.0
-    classifier = TreeClassifier.load(models_dir)
     results = classifier.classify_arrays(val.images)
     tree = classifier.tree
     # right: the predicted cell type is the label or lies below it (a coarse 'ig' label)

@@ -29,7 +29,7 @@ from .config import (
     init_distributed,
     pick_device,
 )
-from .files import calibrate_review_threshold, fit_temperatures, register_models, save_node, write_json
+from .files import calibrate, register_models, save_node, write_json
 from .network import train_node
 
 
@@ -92,8 +92,8 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
 
     ``manifest``: entries for ``classifier.json`` beyond the training's own (sources, lineage).
     ``initial_trunk``: the shared trunk starts from these weights, which saw the cells
-    ``seen_before`` (digests' first 16 hex digits, kept in split.json). The nodes' temperatures and the review
-    threshold are calibrated on ``calibration`` (default: the validation cells).
+    ``seen_before`` (digests' first 16 hex digits, kept in split.json). The nodes' temperatures
+    and the review threshold are calibrated on ``calibration`` (default: the validation cells).
     """
     train_labels = [dataset.labels[i] for i in splits["train"]]
     table = count_table(tree, train_labels)
@@ -140,10 +140,11 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
         "seed": config.seed, "test": sorted(dataset.digests[i] for i in splits["test"]),
         "seen": sorted({*seen_before, *(dataset.digests[i][:16] for i in (*splits["train"], *splits["val"]))})})
     write_json(staging / "classifier.json", manifest)
-    calibration = calibration if calibration is not None else dataset.subset(splits["val"])
-    report.temperatures = fit_temperatures(staging, calibration)
-    report.review_threshold = calibrate_review_threshold(staging, calibration, config.review_accuracy,
-                                                         config.review_certainty)
+    from ..classify import TreeClassifier
+
+    _, report.review_threshold = calibrate(
+        TreeClassifier.load(staging), calibration if calibration is not None else dataset.subset(splits["val"]),
+        config.review_accuracy, config.review_certainty)
     manifest["review_threshold"] = report.review_threshold
     write_json(staging / "classifier.json", manifest)
     if out_dir.exists():
@@ -174,12 +175,10 @@ def calibrate_tree(models_dir: str | Path, sources: Sequence[str | Path],
         raise ValueError(f"{', '.join(map(str, sources))}: not the cells {models_dir} was trained on "
                          "(their split differs from its split.json); pass the same sources as for training")
     validation = dataset.subset(splits["val"])
-    temperatures = fit_temperatures(models_dir, validation)
-    manifest_file = models_dir / "classifier.json"
-    manifest = json.loads(manifest_file.read_text())
-    manifest["review_threshold"] = calibrate_review_threshold(models_dir, validation, manifest["review_accuracy"],
-                                                              manifest["review_certainty"])
-    write_json(manifest_file, manifest)
+    manifest = classifier.manifest
+    temperatures, manifest["review_threshold"] = calibrate(classifier, validation, manifest["review_accuracy"],
+                                                           manifest["review_certainty"])
+    write_json(models_dir / "classifier.json", manifest)
     log(f"{len(validation)} validation cells: temperatures "
         + ", ".join(f"{code} {t:.2f}" for code, t in temperatures.items())
         + f"; review threshold {manifest['review_threshold']:.3f}")
