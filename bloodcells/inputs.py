@@ -185,7 +185,7 @@ def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | 
         images = skipped_images = 0
         total = 0
         for info in members:
-            name = info.filename
+            name = info.filename.replace("\\", "/")  # Windows' Compress-Archive writes NGS\cell.png
             if _is_noise(name):
                 continue
             problem = _member_problem(info, limits)

@@ -166,6 +166,18 @@ def test_zip_of_class_folders_is_a_source(tree, tmp_path):
     assert sorted(dataset.labels) == ["EOS", "MON"] and set(dataset.sources) == {"cells.zip"}
 
 
+def test_a_zip_with_windows_separators_reads_its_class_folders(tree, tmp_path):
+    """Windows PowerShell's Compress-Archive (5.1) names members ``NGS\\cell.png``: on Linux zipfile
+    keeps the backslash, which must still separate the class folder from the file."""
+    archive = tmp_path / "cells.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("lab\\eosinophil\\cell 1.png", _png("EOS"))
+        handle.writestr("lab\\MON\\m1.png", _png("MON"))
+    dataset = load_dataset([archive], tree, size=16)
+    assert sorted(zip(dataset.labels, dataset.names)) == [("EOS", "lab/eosinophil/cell 1.png"),
+                                                          ("MON", "lab/MON/m1.png")]
+
+
 def _png(code: str) -> bytes:
     from bloodcells.synthetic import encode
 
