@@ -174,7 +174,7 @@ def test_a_zip_with_windows_separators_reads_its_class_folders(tree, tmp_path):
         handle.writestr("lab\\eosinophil\\cell 1.png", _png("EOS"))
         handle.writestr("lab\\MON\\m1.png", _png("MON"))
     dataset = load_dataset([archive], tree, size=16)
-    assert sorted(zip(dataset.labels, dataset.names)) == [("EOS", "lab/eosinophil/cell 1.png"),
+    assert sorted(zip(dataset.labels, dataset.names, strict=True)) == [("EOS", "lab/eosinophil/cell 1.png"),
                                                           ("MON", "lab/MON/m1.png")]
 
 
