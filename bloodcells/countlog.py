@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from .report import records_csv
-from .signout import APART, CLINICAL_ORDER, OTHERS, SIGNED, clinical_rows, signoff_status
+from .signout import APART, CLINICAL_ORDER, OTHERS, SIGNED, clinical_rows, signoff_status, slide_differential
 from .taxonomy import Tree, default_tree
 
 NO_CATEGORY = "(no category)"  # how an analysis never signed with a category is filtered and shown
@@ -46,6 +46,8 @@ def count_log(store, tree: Tree | None = None, limit: int = 5000) -> list[LogEnt
     reviewers, results = store.reviewers(ids), store.result_counts(ids)
     entries = []
     for analysis in analyses:
+        if slide := slide_differential(analysis.summary):
+            codes[analysis.id] = slide.codes
         if not codes[analysis.id]:
             continue
         rows, apart, counted = clinical_rows(codes[analysis.id].elements(), tree)

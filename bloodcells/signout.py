@@ -151,6 +151,23 @@ def clinical_rows(codes: Iterable[str], tree: Tree | None = None,
     return rows, [row for row in apart if row.count], counted
 
 
+@dataclass(frozen=True)
+class SlideDifferential:
+    """The white cells a slide-mode detection counted, field by field, up to its target."""
+    target: int
+    codes: Counter  # tree code -> white cells of that type counted
+
+
+def slide_differential(summary: dict | None) -> SlideDifferential | None:
+    """A slide-mode analysis's differential as its Slide panel shows it (None for any other analysis):
+    the report, the count log and the page must count these cells, not every white cell on the fields."""
+    white = (summary or {}).get("slide", {}).get("white_cells")
+    if not white:
+        return None
+    counted = Counter({code: row["count"] for code, row in white["differential"].items()})
+    return SlideDifferential(white["target"], counted)
+
+
 def build_report(store, analysis_id: int, *, white_cell_count: float | None = None, target: int | None = None,
                  category: str | None = None, comment: str | None = None, tree: Tree | None = None) -> ClinicalReport:
     """The report of a finished analysis: its cells' final labels (a reviewer's label where given).
@@ -171,13 +188,14 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         target = signed.target if target is None else target
         category = signed.category if category is None else category
         comment = signed.comment if comment is None else comment
-    target = 200 if target is None else target
-    if target not in TARGETS:
+    slide = slide_differential(analysis.summary)
+    target = (slide.target if slide else 200) if target is None else target
+    if target not in TARGETS and not (slide and target == slide.target):  # a slide counted to its own target
         raise ReportError(f"target {target}: a differential counts {', '.join(map(str, TARGETS))} cells")
     if white_cell_count is not None and not 0 < white_cell_count < 1000:
         raise ReportError(f"white-cell count {white_cell_count}: give it in 10^9/L (e.g. 7.5)")
     if analysis.kind == "detection":
-        codes = [d.code for d in analysis.detections if d.code]
+        codes = list(slide.codes.elements()) if slide else [d.code for d in analysis.detections if d.code]
         flagged, gallery_source = 0, []
         reviews = []
     else:

@@ -66,6 +66,33 @@ def test_detection_reports_count_the_typed_white_cells(store):
     assert report.counted == 2 and {r.label: r.percent for r in report.rows}["Monocytes"] == 50
 
 
+def test_a_slide_is_reported_and_logged_with_the_cells_its_differential_counted(store):
+    """Slide mode counts white cells field by field up to its target: the report and the count log
+    count those cells, with the slide's target, not every white cell found on the fields."""
+    from bloodcells.countlog import count_log
+    from bloodcells.detection import DetectedBox, FieldImage, count_slide
+    from bloodcells.synthetic import smear_field
+
+    fields, boxes = [], []
+    for n, code in enumerate(("LYT", "NGS", "EOS")):  # unrelated fields, three white cells of one type each
+        image, truth = smear_field(320, 240, n_wbc=3, n_rbc=4, n_platelets=0, seed=300 + n)
+        fields.append(FieldImage.of(f"{n}.png", image))
+        boxes += [DetectedBox(f"{n}.png", "WBC", 0.9, b.x1, b.y1, b.x2, b.y2, code=code) for b in truth
+                  if b.cls == "WBC"]
+    slide, kept = count_slide(fields, boxes, wbc_target=4)  # field 0's three lymphocytes, one neutrophil
+    assert len(kept) == 9 and slide.white_cells.counted == 4
+    analysis_id = store.start_analysis("slide.zip", "detection")
+    store.finish_analysis(analysis_id, summary={"slide": slide.as_dict()}, detections=[
+        DetectionRow(b.file, "WBC", 0.9, (b.x1, b.y1, b.x2, b.y2), b.code, f"ALL/{b.code}", 0.8) for b in kept])
+
+    report = build_report(store, analysis_id)
+    assert (report.counted, report.target) == (4, 4)
+    percent = {r.label: r.percent for r in report.rows if r.count}
+    assert percent == {"Lymphocytes": 75, "Segmented neutrophils": 25}
+    [entry] = count_log(store)
+    assert entry.counted == 4 and (entry.counts["Lymphocytes"], entry.counts["Eosinophils"]) == (3, 0)
+
+
 def test_bad_requests_are_named(store):
     with pytest.raises(ReportError, match="#999 does not exist"):
         build_report(store, 999)

@@ -12,6 +12,7 @@ from PIL import Image
 from bloodcells import report
 from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES, SlideCount
 from bloodcells.inputs import InputError, open_image, thumbnail_png
+from bloodcells.signout import slide_differential
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to
@@ -145,10 +146,12 @@ def show_detection(store: Store, analysis) -> None:
     counts = Counter(r["class"] for r in records)
     classes = [*DETECTOR_CLASSES, *sorted(set(counts) - set(DETECTOR_CLASSES))]
     columns = st.columns(len(classes) + 1)
-    columns[0].metric("Images", len({r["file"] for r in records}))
+    # Fields where no cell was found count too (analyses stopped before their summary count what has cells).
+    columns[0].metric("Images", (analysis.summary or {}).get("images", len({r["file"] for r in records})))
     for column, cls in zip(columns[1:], classes, strict=True):
         column.metric(cls, counts[cls], help=CLASS_NAMES.get(cls))
-    white = [r["code"] for r in records if r["code"]]
+    slide = slide_differential(analysis.summary)  # a slide's differential stops at its target, as its report
+    white = list(slide.codes.elements()) if slide else [r["code"] for r in records if r["code"]]
     if white:
         st.subheader("White-cell differential")
         show_differential(white, key=f"wbc-percent-{analysis.id}")
