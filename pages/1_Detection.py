@@ -59,6 +59,12 @@ shown = st.session_state.get("detection")
 if not shown:
     st.stop()
 result = shown["result"]
+try:
+    analysis = store.get_analysis(result.analysis_id)
+except KeyError:  # deleted on the History page since
+    st.session_state.pop("detection")
+    st.info(f"Analysis #{result.analysis_id} was deleted in History: detect again to see its cells.")
+    st.stop()
 st.success(f"Saved as analysis #{result.analysis_id}: {len(result.boxes)} cells on {len(result.files)} "
            f"image{'s' if len(result.files) != 1 else ''}.")
 if result.problems:
@@ -88,4 +94,4 @@ if shown["images"]:
                        mime="image/png", on_click="ignore", key="download_png", icon=":material/download:")
 
 st.subheader("Cells counted once" if result.slide is not None else "Whole upload")
-show_analysis(store, store.get_analysis(result.analysis_id), with_slide=False)
+show_analysis(store, analysis, with_slide=False)

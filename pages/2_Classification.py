@@ -35,8 +35,9 @@ shown = st.session_state.get("classification")
 if shown:
     try:
         analysis = store.get_analysis(shown["analysis_id"])
-    except KeyError:
+    except KeyError:  # deleted on the History page since
         st.session_state.pop("classification")
+        st.info(f"Analysis #{shown['analysis_id']} was deleted in History: classify again to see its cells.")
         st.stop()
     st.success(f"Saved as analysis #{analysis.id} ({analysis.name}).")
     if shown["problems"]:

@@ -4,6 +4,7 @@ and the tiny trained tree typing the white ones."""
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from bloodcells.detection import DetectedBox, Detector, canonical_class
@@ -43,10 +44,12 @@ def test_detection_boxes_counts_and_saves(models_root, tmp_path, monkeypatch):
     monkeypatch.setenv("BLOODCELLS_DATABASE_URL", url)
     store = open_store(url)
     drawn = {f"field{n}.png": smear_field(128, 96, seed=n) for n in range(2)}
-    detector = DrawnCells({name: boxes for name, (_, boxes) in drawn.items()})
+    blank = Image.new("RGB", (128, 96), (236, 226, 230))  # a field where no cell is found
+    detector = DrawnCells({"blank.png": [], **{name: boxes for name, (_, boxes) in drawn.items()}})
     # The page's detector comes from Detector.load (through ui.models' cache, keyed by this test's models dir).
     monkeypatch.setattr(Detector, "load", classmethod(lambda _cls, *_args, **_options: detector))
     fields = [(name, encode(image), "image/png") for name, (image, _) in drawn.items()]
+    fields.append(("blank.png", encode(blank), "image/png"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.switch_page("pages/1_Detection.py").run()
     assert not at.exception and not at.warning
@@ -54,18 +57,19 @@ def test_detection_boxes_counts_and_saves(models_root, tmp_path, monkeypatch):
     at.file_uploader[0].set_value(fields).run()
     at.button(key="detect").click().run()
     assert not at.exception and not at.error
-    assert detector.confidences == [0.4, 0.4]  # the sidebar's minimum, for each image
+    assert detector.confidences == [0.4, 0.4, 0.4]  # the sidebar's minimum, for each image
 
     [analysis] = store.list_analyses()
     stored = store.get_analysis(analysis.id).detections
     drawn_boxes = [box for _, boxes in drawn.values() for box in boxes]
     assert analysis.kind == "detection" and analysis.status == "done" and len(stored) == len(drawn_boxes)
-    assert any(f"analysis #{analysis.id}" in s.value and f"{len(stored)} cells on 2 images" in s.value
+    assert any(f"analysis #{analysis.id}" in s.value and f"{len(stored)} cells on 3 images" in s.value
                for s in at.success)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Images"] == "2"
+    assert metrics["Images"] == "3"  # the blank field counts: the banner and the metric agree
     for cls in ("WBC", "RBC", "PLT"):
         assert metrics[cls] == str(sum(canonical_class(box.cls) == cls for box in drawn_boxes))
+    at.selectbox(key="detection_image").select("field0.png").run()
     annotated = [image for image in at.image if image.proto.imgs[0].caption.startswith("field0.png")]
     assert len(annotated) == 1
     labels = {b.label for b in at.get("download_button")}
@@ -80,6 +84,13 @@ def test_detection_boxes_counts_and_saves(models_root, tmp_path, monkeypatch):
     assert not at.exception
     at.selectbox(key="detection_image").select("field1.png").run()
     assert any(image.proto.imgs[0].caption.startswith("field1.png") for image in at.image)
+
+    store.delete_analysis(analysis.id)  # as the History page does, in this or another session
+    at.run()
+    assert not at.exception
+    assert [i.value for i in at.info] == [f"Analysis #{analysis.id} was deleted in History: detect again to see "
+                                          "its cells."]
+    assert "detection" not in at.session_state
 
 
 def _fields_of_one_smear(origins: dict[str, tuple[int, int]], size=(640, 480)):

@@ -6,7 +6,16 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from bloodcells.signout import AMENDED, REOPENED, TARGETS, build_report, signoff_lines, signoff_status, to_pdf
+from bloodcells.signout import (
+    AMENDED,
+    REOPENED,
+    TARGETS,
+    build_report,
+    signoff_lines,
+    signoff_status,
+    slide_differential,
+    to_pdf,
+)
 from bloodcells.store import ReviewError, Store, StoreError
 from bloodcells.store.schema import SIGNED
 
@@ -21,6 +30,9 @@ def attempt(action: Callable, *args, **kwargs):
         return action(*args, **kwargs)
     except (ReviewError, StoreError) as error:
         st.session_state[REFUSAL] = str(error)
+        return None
+    except KeyError as error:  # deleted meanwhile, e.g. on the History page in another tab
+        st.session_state[REFUSAL] = f"Not saved: {error.args[0]} any more (it was deleted meanwhile)."
         return None
 
 
@@ -67,8 +79,10 @@ def signoff_panel(store: Store, analysis) -> None:
             wbc = left.number_input("White-cell count (10^9/L), for absolute counts", 0.0, 999.0,
                                     (last.white_cell_count or 0.0) if last else 0.0, step=0.1, key=f"report-wbc-{key}",
                                     help="Leave at 0 when not known.")
+            slide = slide_differential(analysis.summary)
+            counted_to = last.target if last else slide.target if slide else 200
             target = middle.selectbox("Cells to count", TARGETS, key=f"report-target-{key}",
-                                      index=TARGETS.index(last.target if last and last.target in TARGETS else 200))
+                                      index=TARGETS.index(counted_to if counted_to in TARGETS else 200))
             category = st.text_input("Category", last.category if last else "", key=f"report-category-{key}",
                                      help="e.g. bone marrow, peripheral blood. No patient names or identifiers.")
             comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}",
