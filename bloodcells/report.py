@@ -155,7 +155,7 @@ def detection_records(analysis) -> list[dict]:
     return [{"file": d.filename, "class": d.class_code, "confidence": round(d.score, 4),
              "x1": round(d.x1, 1), "y1": round(d.y1, 1), "x2": round(d.x2, 1), "y2": round(d.y2, 1),
              "code": d.code or "", "path": d.path or "",
-             "sub_confidence": "" if d.sub_confidence is None else round(d.sub_confidence, 4)}
+             "sub_confidence": None if d.sub_confidence is None else round(d.sub_confidence, 4)}
             for d in analysis.detections]
 
 
@@ -167,13 +167,14 @@ def analysis_counts(analysis) -> dict[str, int]:
 
 
 def records_csv(records: list[dict]) -> bytes:
-    """CSV (UTF-8, header from the first record) of a list of flat dicts."""
+    """CSV (UTF-8, header from the first record) of a list of flat dicts. It starts with a byte-order
+    mark: without one, Excel reads the file as the system's code page and garbles accented file names."""
     buffer = io.StringIO()
     if records:
         writer = csv.DictWriter(buffer, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
-    return buffer.getvalue().encode()
+    return buffer.getvalue().encode("utf-8-sig")
 
 
 def labelled_zip(cells: Iterable[tuple[str, str, bytes]]) -> bytes:

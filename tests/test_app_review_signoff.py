@@ -141,6 +141,6 @@ def test_count_log_csv_reads_back(app_store):
 
     analysis_id = classified(app_store, ["MON", "MON", "LYT"])
     app_store.sign_off(analysis_id, "Dr A", category="peripheral blood")
-    [row] = csv.DictReader(io.StringIO(log_csv(count_log(app_store)).decode()))
+    [row] = csv.DictReader(io.StringIO(log_csv(count_log(app_store)).decode("utf-8-sig")))
     assert (row["category"], row["Monocytes"], row["Lymphocytes"], row["signed by"]) == \
         ("peripheral blood", "2", "1", "Dr A")

@@ -131,7 +131,7 @@ def test_classification_drag_a_zip_see_counts_and_download(page, server, tmp_pat
     expect(metric(page, "Cells")).to_have_text("9")
     expect(page.get_by_text("Differential")).to_be_visible()
     rows = list(csv.DictReader(io.StringIO(downloaded(page, page.get_by_role("button", name="Download CSV"))
-                                           .read_text())))
+                                           .read_text(encoding="utf-8-sig"))))
     assert len(rows) == 9 and {r["file"].split("/")[0] for r in rows} == {"LYT", "EOS", "NGS"}
     page.get_by_test_id("stPlotlyChart").first.wait_for()
 

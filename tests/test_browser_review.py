@@ -185,6 +185,6 @@ def test_count_log_filters_and_downloads_csv(page, server):
     expect(page.get_by_text("1 of ")).to_be_visible()
     settled(page)
     count_log = downloaded(page, page.get_by_role("button", name="Download count log (CSV)"))
-    rows = list(csv.DictReader(io.StringIO(count_log.read_text())))
+    rows = list(csv.DictReader(io.StringIO(count_log.read_text(encoding="utf-8-sig"))))
     assert [(r["id"], r["category"], r["signed by"], r["status"], r["Erythroblasts"]) for r in rows] == [
         (str(marrow), "bone marrow", "Dr Marrow", "signed", "2")]

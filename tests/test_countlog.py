@@ -78,6 +78,6 @@ def test_table_and_csv_list_counts_in_clinical_order(store, logged):
     assert list(row)[10:] == COUNT_COLUMNS and COUNT_COLUMNS[:2] == ["Blasts", "Promyelocytes"]
     assert (row["date"], row["signed by"], row["status"], row["Segmented neutrophils"]) == \
         ("2026-11-10 00:00", "Dr A, Dr B", "amended", 2)
-    [read_back] = csv.DictReader(io.StringIO(log_csv(entries).decode()))
+    [read_back] = csv.DictReader(io.StringIO(log_csv(entries).decode("utf-8-sig")))
     assert read_back["name"] == "blood.zip" and read_back["Monocytes"] == "1" and read_back["cells counted"] == "4"
-    assert "patient" not in log_csv(entries).decode().lower()
+    assert "patient" not in log_csv(entries).decode("utf-8-sig").lower()

@@ -62,7 +62,7 @@ def test_analysis_records_and_csv_follow_reviews(store, tree):
     assert report.analysis_counts(analysis) == {"NGB": 1, "LYT": 1, "NGS": 1}
     records = report.prediction_records(analysis, tree)
     assert [r["final_code"] for r in records] == ["NGB", "LYT", "NGS"]
-    parsed = list(csv.DictReader(io.StringIO(report.records_csv(records).decode())))
+    parsed = list(csv.DictReader(io.StringIO(report.records_csv(records).decode("utf-8-sig"))))
     assert parsed[0]["reviewed_code"] == "NGB" and parsed[0]["code"] == "NGS"
     assert len(parsed) == 3
 
@@ -91,3 +91,22 @@ def test_analysis_overview_counts_cells_flags_reviews_and_boxes(store):
         "kind": "classification", "count": 3, "needs review": 1, "reviewed": 1, "models": "ALL abc"}
     assert (rows[field]["kind"], rows[field]["count"], rows[field]["reviewed"]) == ("detection", 2, 0)
     assert [row["id"] for row in report.analysis_overview(store, kind="detection")] == [field]
+
+
+def test_detection_records_convert_to_a_table_and_csv_keeps_accented_names(store):
+    """The results table (st.dataframe converts through Arrow) and the CSV a lab opens in Excel."""
+    import pandas as pd
+    import pyarrow as pa
+
+    field = store.start_analysis("frottis.zip", "detection")
+    store.finish_analysis(field, detections=[DetectionRow("célula 1.jpg", "WBC", 0.9, (0, 0, 9, 9), "NGS", "ALL/NGS",
+                                                          0.8),
+                                             DetectionRow("célula 1.jpg", "RBC", 0.7, (9, 9, 19, 19))])
+    records = report.detection_records(store.get_analysis(field))
+    table = pa.Table.from_pandas(pd.DataFrame(records))  # a red cell has no type: no mixed column
+    assert table.column("sub_confidence").to_pylist() == [0.8, None]
+    data = report.records_csv(records)
+    assert data.startswith(b"\xef\xbb\xbf")  # Excel reads UTF-8 only with the mark
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    assert [(r["file"], r["code"], r["sub_confidence"]) for r in rows] == [("célula 1.jpg", "NGS", "0.8"),
+                                                                           ("célula 1.jpg", "", "")]
