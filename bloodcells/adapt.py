@@ -197,14 +197,34 @@ def _hold_out(lab: CellDataset, config: AdaptConfig) -> tuple[np.ndarray, np.nda
     return np.sort(learn), np.sort(held)
 
 
+def replay_unavailable(models_dir: str | Path | None = None) -> str | None:
+    """Why the tree's original training cells cannot be replayed on this machine, or None when they can.
+    A tree records the folders it was trained on; a lab's server often lacks them (the Training page
+    trains from an upload it removes afterwards, and ``../shared`` is a development folder)."""
+    from .classify import default_models_dir
+
+    folder = default_models_dir() if models_dir is None else Path(models_dir)
+    try:
+        recorded = json.loads((folder / "classifier.json").read_text()).get("sources", [])
+    except (OSError, ValueError):
+        return None  # no readable tree: adapting says so itself, by name
+    return _missing_sources([Path(s) for s in recorded])
+
+
+def _missing_sources(sources: Sequence[Path]) -> str | None:
+    missing = [str(s) for s in sources if not s.exists()]
+    if sources and not missing:
+        return None
+    return f"{', '.join(missing) or 'no source'} {'is' if len(missing) == 1 else 'are'} not here"
+
+
 def _original_cells(base: TreeClassifier, replay: Sequence[str | Path] | None, required: bool, log,
                     lab: CellDataset) -> CellDataset:
     """The original training sources' cells; without them, an error, or (no replay asked for) none."""
     sources = [Path(s) for s in (replay or base.manifest.get("sources", []))]
-    missing = [str(s) for s in sources if not s.exists()]
-    if not sources or missing:
-        where = (f"{', '.join(missing) or 'no source'} {'is' if len(missing) == 1 else 'are'} not here: pass "
-                 f"--replay with the folders the tree was trained on "
+    missing = _missing_sources(sources)
+    if missing:
+        where = (f"{missing}: pass --replay with the folders the tree was trained on "
                  f"({', '.join(base.manifest.get('sources', [])) or 'unknown'})")
         if required:
             raise AdaptError("adapting replays the original training cells so that the original sites do not "

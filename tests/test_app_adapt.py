@@ -79,6 +79,24 @@ def test_adapt_accept_rollback_with_lineage(lab_analysis, app_store):
     assert versions.current_version("default") == accepted.version
 
 
+def test_without_the_training_cells_on_the_server_the_lab_adapts_on_its_own_cells(lab_analysis, app_store,
+                                                                                tmp_path):
+    """A tree trained on the Training page records an upload that is gone afterwards, and a lab's server
+    has no ../shared: adapting warns and learns from the lab's cells alone instead of failing."""
+    shipped = versions.shipped_dir("default")
+    manifest = json.loads((shipped / "classifier.json").read_text())
+    manifest["sources"] = [str(tmp_path / "upload-removed")]
+    (shipped / "classifier.json").write_text(json.dumps(manifest))
+    at = training_page("adapt to this lab")
+    assert any("upload-removed is not here" in w.value for w in at.warning)
+    at.button(key="adapt").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (row,) = app_store.list_model_versions("default")
+    assert row.status == "candidate" and row.figures["after"]["lab"]["accuracy"] > \
+        row.figures["before"]["lab"]["accuracy"]
+    assert row.figures["after"].get("original") is None  # nothing to score the original sources on
+
+
 def test_a_discarded_candidate_is_recorded_and_removed(lab_analysis, app_store):
     at = training_page("adapt to this lab")
     at.number_input(key="adapt_epochs").set_value(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from bloodcells.adapt import AdaptConfig, adapt_from_reviews
+from bloodcells.adapt import AdaptConfig, adapt_from_reviews, replay_unavailable
 from bloodcells.report import analysis_overview
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
@@ -45,11 +45,18 @@ def adapt_section(store: Store, person: str) -> None:
                                 AdaptConfig.epochs, key="adapt_epochs")
     if not person:
         st.warning("Enter your name in the sidebar: a new model version records who made it.")
+    unavailable = replay_unavailable()
+    if unavailable:
+        st.warning(f"The cells the models were trained on are not on this server ({unavailable}): they will "
+                   "learn from this lab's cells alone, and only this lab's held-back cells are scored. Cell "
+                   "types this lab has not reviewed may be forgotten; compare the figures before accepting.")
+    replay_per_label = 0 if unavailable else AdaptConfig.replay_per_label
     if st.button("Adapt the models to this lab", type="primary", disabled=not chosen or not person, key="adapt"):
         with cancel_button("cancel_adapt"), run_safely("Adapting the models") as outcome, \
                 progress_bar("Adapting…") as progress:
             outcome["id"], _ = adapt_from_reviews(store, chosen, person, candidate_dir(), progress=progress,
-                                                  config=AdaptConfig(hold_out=hold_out, epochs=int(epochs)),
+                                                  config=AdaptConfig(hold_out=hold_out, epochs=int(epochs),
+                                                                     replay_per_label=replay_per_label),
                                                   log=lambda _line: None)
         if outcome:
             st.session_state["adapted"] = outcome["id"]
