@@ -128,6 +128,7 @@ def adapt(labelled: str | Path, out_dir: str | Path, *, models_dir: str | Path |
     lab = load_dataset([labelled], tree, base.input_size)
     for problem in lab.problems:
         log(f"skipped: {problem}")
+    lab = _distinct(lab, log)
     learn, held = _hold_out(lab, config)
     originals = _original_cells(base, replay, config.replay_per_label > 0, log, lab)
     rng = np.random.default_rng(config.seed)
@@ -177,6 +178,21 @@ def adapt(labelled: str | Path, out_dir: str | Path, *, models_dir: str | Path |
     _record(out_dir, result, str(labelled))
     log(result.summary())
     return result
+
+
+def _distinct(lab: CellDataset, log) -> CellDataset:
+    """Each image once: a cell exported twice (reviewed in two analyses) could otherwise be learnt and
+    held back at once, inflating the "after" score. The same image under two labels is refused."""
+    first: dict[str, int] = {}
+    for index, digest in enumerate(lab.digests):
+        kept = first.setdefault(digest, index)
+        if lab.labels[kept] != lab.labels[index]:
+            raise AdaptError(f"{lab.names[kept]} ({lab.labels[kept]}) and {lab.names[index]} ({lab.labels[index]}) "
+                             "are the same image with different labels: keep the right one")
+    if len(first) == len(lab):
+        return lab
+    log(f"{len(lab) - len(first)} duplicate images read once")
+    return lab.subset(sorted(first.values()))
 
 
 def _hold_out(lab: CellDataset, config: AdaptConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -303,15 +319,17 @@ def _record(out_dir: Path, result: AdaptResult, labelled: str) -> None:
 
 def reviewed_cells_zip(store, analysis_ids: Sequence[int]) -> tuple[bytes, Counter]:
     """The cells a person reviewed in the given analyses, as a zip of class folders (their final
-    labels), and how many there are per label."""
+    labels), and how many there are per label. An image reviewed in several analyses (the same zip
+    classified twice) counts once, with the label of the latest analysis."""
     from .report import labelled_zip, reviewed_cells
+    from .store import sha256_hex
 
-    cells = []
-    for analysis_id in analysis_ids:
+    cells: dict[str, tuple[str, str, bytes]] = {}
+    for analysis_id in sorted(analysis_ids):
         analysis = store.get_analysis(analysis_id)
         analysis.predictions = [p for p in analysis.predictions if p.reviews]  # as the Review page's export
-        cells += reviewed_cells(store, analysis)
-    return labelled_zip(cells), Counter(label for _, label, _ in cells)
+        cells.update((sha256_hex(cell[2]), cell) for cell in reviewed_cells(store, analysis))
+    return labelled_zip(cells.values()), Counter(label for _, label, _ in cells.values())
 
 
 def adapt_from_reviews(store, analysis_ids: Sequence[int], person: str, out_dir: str | Path, *,

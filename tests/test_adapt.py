@@ -7,6 +7,7 @@ shows the same cell types with rotated colours and a lower magnification
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import zipfile
@@ -76,6 +77,42 @@ def test_heads_only_adaptation_keeps_the_trunk(base_tree, lab_cells, tmp_path):
     adapt(lab_cells, tmp_path / "heads", models_dir=base_tree, config=AdaptConfig(epochs=0), log=lambda _text: None)
     assert (json.loads((tmp_path / "heads" / "trunk.json").read_text())["sha256"]
             == json.loads((base_tree / "trunk.json").read_text())["sha256"])
+
+
+def test_an_image_given_twice_is_learnt_or_held_back_once(base_tree, lab_cells, tmp_path):
+    """The same cell exported twice must not be both learnt and scored: that would inflate "after"."""
+    from bloodcells.adapt import AdaptConfig, adapt
+
+    lab = tmp_path / "lab"
+    shutil.copytree(lab_cells, lab)
+    for file in list((lab / "LYT").iterdir()):
+        shutil.copy(file, file.with_name(f"again-{file.name}"))
+    lines = []
+    result = adapt(lab, tmp_path / "heads", models_dir=base_tree, config=AdaptConfig(epochs=0), log=lines.append)
+    assert sum(result.lab_counts.values()) + result.held_out == LAB_CELLS * len(TINY_TREE_CELLS)
+    assert result.lab_counts["LYT"] + result.before["lab"].tree.truth.count("LYT") == LAB_CELLS
+    assert f"{LAB_CELLS} duplicate images read once" in lines
+
+
+def test_reviewed_cells_of_two_analyses_of_one_zip_count_once_with_the_latest_label(store):
+    from bloodcells.adapt import reviewed_cells_zip
+    from bloodcells.store import PredictionRow
+    from bloodcells.synthetic import cell_image, encode
+
+    images = {name: encode(cell_image(code, n, 32)) for n, (name, code) in enumerate([("a.png", "LYT"),
+                                                                                      ("b.png", "MON")])}
+    analyses = []
+    for label_of_a in ("LYT", "MON"):  # the second review corrects the first
+        analysis_id = store.start_analysis("cells.zip", "classification", {"ALL": "abc"})
+        store.finish_analysis(analysis_id, predictions=[PredictionRow(name, "LYT", "x", 0.9, {}, False, content)
+                                                        for name, content in images.items()])
+        for prediction in store.get_analysis(analysis_id).predictions:
+            store.review(prediction.id, label_of_a if prediction.filename == "a.png" else "MON", "dr.lab")
+        analyses.append(analysis_id)
+    content, counts = reviewed_cells_zip(store, list(reversed(analyses)))
+    assert counts == {"MON": 2}
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        assert sorted(archive.namelist()) == ["MON/MON_00000_a.png", "MON/MON_00001_b.png"]
 
 
 def test_fine_tuning_starts_from_a_linear_probe(base_tree, lab_cells, tmp_path):
@@ -164,6 +201,7 @@ def test_cli_adapts_a_review_export_zip_and_the_result_classifies(base_tree, lab
     ("no-replay", "--replay"),
     ("hold-out", "--hold-out must be"),
     ("layer-decay", "--layer-decay must be"),
+    ("one-image-two-labels", "are the same image with different labels"),
 ])
 def test_bad_input_is_a_clear_error_and_nothing_is_written(problem, message, base_tree, lab_cells, tmp_path,
                                                           trained_models_dir, capsys):
@@ -197,6 +235,8 @@ def test_bad_input_is_a_clear_error_and_nothing_is_written(problem, message, bas
         extra = ["--hold-out", "1.5"]
     elif problem == "layer-decay":
         extra = ["--layer-decay", "0"]
+    elif problem == "one-image-two-labels":
+        shutil.copy(sorted((lab / "LYT").iterdir())[0], lab / "EOS" / "also-this.png")
     before = folder_digest(models)
     assert main(["adapt", "--data", str(lab), "--out", str(out), "--models", str(models), *extra]) == 2
     assert message in capsys.readouterr().err
