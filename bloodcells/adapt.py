@@ -327,7 +327,7 @@ def reviewed_cells_zip(store, analysis_ids: Sequence[int]) -> tuple[bytes, Count
     cells: dict[str, tuple[str, str, bytes]] = {}
     for analysis_id in sorted(analysis_ids):
         analysis = store.get_analysis(analysis_id)
-        analysis.predictions = [p for p in analysis.predictions if p.reviews]  # as the Review page's export
+        analysis.predictions = [p for p in analysis.predictions if p.reviewed]  # as the Review page's export
         cells.update((sha256_hex(cell[2]), cell) for cell in reviewed_cells(store, analysis))
     return labelled_zip(cells.values()), Counter(label for _, label, _ in cells.values())
 

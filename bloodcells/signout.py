@@ -200,7 +200,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         reviews = []
     else:
         codes = [p.final_code for p in analysis.predictions]
-        unreviewed = [p for p in analysis.predictions if p.needs_review and not p.reviews]
+        unreviewed = [p for p in analysis.predictions if p.needs_review and not p.reviewed]
         flagged, gallery_source = len(unreviewed), unreviewed[:GALLERY_CELLS]
         reviews = [(p, r) for p in analysis.predictions for r in p.reviews]
     amendments = sorted((Amendment(r.created_at, r.reviewer, p.filename, r.old_code, r.new_code)

@@ -47,10 +47,10 @@ def apply_other(prediction_id: int) -> None:
 # -- counts that follow the reviews ---------------------------------------------------------------
 before = {row.code: row.count for row in report.differential([p.code for p in predictions], tree)}
 now = {row.code: row.count for row in report.differential([p.final_code for p in predictions], tree)}
-done = sum(1 for p in predictions if p.reviews)
+done = sum(1 for p in predictions if p.reviewed)
 summary, counts = st.columns([1, 3])
 summary.metric("Reviewed", f"{done} of {len(predictions)}")
-summary.metric("Needs review", sum(1 for p in predictions if p.needs_review and not p.reviews))
+summary.metric("Needs review", sum(1 for p in predictions if p.needs_review and not p.reviewed))
 counts.dataframe([{"code": code, "type": tree[code].name, "predicted": before.get(code, 0), "now": now.get(code, 0),
                    "change": now.get(code, 0) - before.get(code, 0)}
                   for code in (n.code for n in tree.root.walk()) if code in before or code in now],
@@ -62,7 +62,7 @@ only_reviewed = st.toggle("Export only cells a person reviewed", value=True, key
 def corrected_labels() -> bytes:
     fresh = store.get_analysis(analysis.id)
     if only_reviewed:
-        fresh.predictions = [p for p in fresh.predictions if p.reviews]
+        fresh.predictions = [p for p in fresh.predictions if p.reviewed]
     return report.labelled_zip(report.reviewed_cells(store, fresh))
 
 
@@ -82,7 +82,7 @@ tree_order = {node.code: n for n, node in enumerate(tree.root.walk())}
 ordered = sorted(predictions, key=lambda p: (tree_order[p.code], p.id))
 selected = [p for p in ordered
             if show == "all" or (show == "needs review" and p.needs_review) or (show == "not reviewed yet"
-                                                                               and not p.reviews)]
+                                                                               and not p.reviewed)]
 if not selected:
     st.success("No cell left in this view.")
 if mode == "keyboard":
@@ -116,13 +116,13 @@ for code in (node.code for node in tree.root.walk()):
             if png:
                 st.image(png, width=128)
             final = prediction.final_code
-            status = f"**now {label(final)}**" if prediction.reviews else "not reviewed"
+            status = f"**now {label(final)}**" if prediction.reviewed else "not reviewed"
             st.caption(f"{prediction.filename} · {prediction.confidence:.2f} · {status}")
             with st.container(horizontal=True, gap="small"):
                 for choice, text in choices.items():
                     st.button(text, key=f"set_{prediction.id}_{choice}", help=label(choice),
                               disabled=not reviewer or locked,
-                              type="primary" if prediction.reviews and final == choice else "secondary",
+                              type="primary" if prediction.reviewed and final == choice else "secondary",
                               on_click=apply_review, args=(prediction.id, choice))
             st.selectbox("Other type", [None, *all_codes], format_func=lambda c: "other…" if c is None else label(c),
                          key=f"other_{prediction.id}", label_visibility="collapsed", disabled=not reviewer or locked,

@@ -76,9 +76,15 @@ def test_keyboard_review_reclassifies_moves_and_undoes(app_store):
     at.button(key="keyboard_key_U").click().run()  # unidentified
     assert [p.final_code for p in app_store.get_analysis(analysis_id).predictions] == ["NGB", "NIF", "NGS"]
     at.button(key="keyboard_undo").click().run()  # back on the second cell, its type restored
-    assert any("Cell **2 of 3**" in m.value for m in at.markdown)
-    assert [(r.old_code, r.new_code) for r in app_store.get_analysis(analysis_id).predictions[1].reviews] == [
+    assert any("Cell **2 of 3**" in m.value and "not reviewed" in m.value for m in at.markdown)
+    second = app_store.get_analysis(analysis_id).predictions[1]
+    assert [(r.old_code, r.new_code) for r in second.reviews] == [
         ("NGS", "NIF"), ("NIF", "NGS")]  # the audit trail keeps the change and its undoing
+    # A mis-key undone is not a person confirming the model: the cell needs review again, and
+    # neither the export of reviewed cells nor adaptation learns it.
+    assert second.reviewed_code is None and not second.reviewed
+    assert app_store.result_counts([analysis_id])[analysis_id].reviewed == 1
+    assert {m.label: m.value for m in at.metric}["Reviewed"] == "1 of 3"
     at.button(key="keyboard_next").click().run()
     assert any("Cell **3 of 3**" in m.value for m in at.markdown) and at.button(key="keyboard_next").disabled
     at.button(key="keyboard_previous").click().run()

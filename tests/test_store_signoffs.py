@@ -17,6 +17,23 @@ def classified(store, codes, name="cells.zip") -> int:
     return analysis_id
 
 
+def test_undoing_a_review_restores_the_cells_label_and_its_reviewed_state(store):
+    analysis_id = classified(store, ["NGS", "LYT"])
+    first, second = store.get_analysis(analysis_id).predictions
+    store.review(first.id, "NGB", "dr.a")
+    store.review(second.id, "MON", "dr.a")  # a mis-key on a cell nobody had reviewed
+    store.review(first.id, "NGS", "dr.a")
+    store.undo_review(first.id, "NGB", "dr.a")  # back to the first reviewer's label: still reviewed
+    undone = store.undo_review(second.id, None, "dr.a")  # back to not reviewed
+    first, second = store.get_analysis(analysis_id).predictions
+    assert (first.final_code, first.reviewed, second.final_code, second.reviewed) == ("NGB", True, "LYT", False)
+    assert (undone.old_code, undone.new_code) == ("MON", "LYT") and len(second.reviews) == 2  # audit trail
+    assert store.result_counts([analysis_id])[analysis_id].reviewed == 1
+    store.sign_off(analysis_id, "dr.a")
+    with pytest.raises(AnalysisLocked):
+        store.undo_review(first.id, None, "dr.a")
+
+
 def test_a_signed_analysis_is_locked_until_reopened_and_later_reviews_are_amendments(store):
     analysis_id = classified(store, ["NGS", "NGS", "LYT"])
     first, second, _ = store.get_analysis(analysis_id).predictions

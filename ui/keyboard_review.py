@@ -60,14 +60,15 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
         return tree[code].name.replace("_", " ")
 
     def classify(code: str) -> None:
-        review = attempt(store.review, cell.id, code, reviewer)
-        if review is not None:
-            st.session_state.setdefault(undo, []).append((cell.id, review.old_code))
+        before = cell.reviewed_code  # None: not reviewed, which undoing restores
+        if attempt(store.review, cell.id, code, reviewer) is not None:
+            st.session_state.setdefault(undo, []).append((cell.id, before))
             st.session_state[cursor] = following
 
     def undo_last() -> None:
-        prediction_id, before = st.session_state[undo].pop()
-        attempt(store.review, prediction_id, before, reviewer)
+        prediction_id, before = st.session_state[undo][-1]
+        if attempt(store.undo_review, prediction_id, before, reviewer) is not None:  # refused: kept to retry
+            st.session_state[undo].pop()
         st.session_state[cursor] = prediction_id
 
     def move(prediction_id: int) -> None:
@@ -83,7 +84,7 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
             if png:
                 st.image(png, width=256 if offset == 0 else 96)
             if offset == 0:
-                now = f"**now {cell.final_code} · {name(cell.final_code)}**" if cell.reviews else "not reviewed"
+                now = f"**now {cell.final_code} · {name(cell.final_code)}**" if cell.reviewed else "not reviewed"
                 st.markdown(f"Cell **{index + 1} of {len(shown)}** · {cell.filename}  \n"
                             f"predicted {cell.code} · {name(cell.code)} ({cell.confidence:.2f}) · {now}")
             else:
@@ -96,13 +97,13 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
                   disabled=index + 1 == len(shown), on_click=move, args=(following,))
         st.button("Undo my last change", key="keyboard_undo", icon=":material/undo:", shortcut=UNDO,
                   disabled=disabled or not st.session_state.get(undo), on_click=undo_last,
-                  help="Records a review that restores the type the cell had before (both stay in the audit trail).")
+                  help="Gives the cell back the type it had before, unreviewed if it was (both stay in the audit trail).")
     entries = list(layout.items())
     for start in range(0, len(entries), KEYS_PER_ROW):
         row = st.columns(KEYS_PER_ROW)
         for column, (key, code) in zip(row, entries[start:start + KEYS_PER_ROW], strict=False):
             column.button(f"{code} · {name(code)}", key=f"keyboard_key_{key}", shortcut=key, disabled=disabled,
-                          type="primary" if cell.reviews and cell.final_code == code else "secondary",
+                          type="primary" if cell.reviewed and cell.final_code == code else "secondary",
                           on_click=classify, args=(code,), width="stretch")
 
 

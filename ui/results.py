@@ -70,7 +70,7 @@ def show_classification(store: Store, analysis) -> None:
     columns = st.columns(4)
     columns[0].metric("Cells", len(records))
     columns[1].metric("Needs review", len(flagged))
-    columns[2].metric("Reviewed", sum(1 for p in analysis.predictions if p.reviews))
+    columns[2].metric("Reviewed", sum(1 for p in analysis.predictions if p.reviewed))
     columns[3].metric("Myeloid : erythroid", "–" if ratio is None else f"{ratio:.2f} : 1",
                       help="Granulocytes and their precursors over erythroid precursors (monocytes not counted)."
                       + (" No erythroid cell was found, so there is no ratio." if ratio is None else ""))

@@ -88,7 +88,7 @@ def signoff_panel(store: Store, analysis) -> None:
             comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}",
                                    help="No patient names or identifiers.")
             if analysis.kind == "classification" and (flagged := sum(
-                    1 for p in analysis.predictions if p.needs_review and not p.reviews)):
+                    1 for p in analysis.predictions if p.needs_review and not p.reviewed)):
                 st.warning(f"{flagged} flagged cells are not reviewed yet.")
 
             def sign() -> None:  # the inputs as they are at the click, which may follow an edit without Enter

@@ -383,8 +383,8 @@ class Store(ReviewStore, LineageStore):
             "cells": select(Prediction.analysis_id, func.count()).where(Prediction.analysis_id.in_(ids)),
             "needs_review": select(Prediction.analysis_id, func.count()).where(
                 Prediction.analysis_id.in_(ids), Prediction.needs_review.is_(True)),
-            "reviewed": select(Prediction.analysis_id, func.count(func.distinct(Prediction.id)))
-            .join(Review, Review.prediction_id == Prediction.id).where(Prediction.analysis_id.in_(ids)),
+            "reviewed": select(Prediction.analysis_id, func.count()).where(
+                Prediction.analysis_id.in_(ids), Prediction.reviewed_code.is_not(None)),
             "amendments": select(Prediction.analysis_id, func.count()).join(Review, Review.prediction_id == Prediction.id)
             .where(Prediction.analysis_id.in_(ids), Review.reopening_id.is_not(None)),
             "boxes": select(Detection.analysis_id, func.count()).where(Detection.analysis_id.in_(ids)),

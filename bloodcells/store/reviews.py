@@ -56,6 +56,15 @@ class ReviewStore:
         Refused (AnalysisLocked) while the analysis is signed off; marked as an amendment while it
         is reopened.
         """
+        return self._record_review(prediction_id, new_code, reviewer)
+
+    def undo_review(self, prediction_id: int, restore: str | None, reviewer: str) -> Review:
+        """Give a cell back the label it had before a review: ``restore`` is its reviewed label then,
+        None when it had none, so that a mis-keyed cell is unreviewed again (not confirmed as the
+        model said). The undoing is kept in the audit trail like any review."""
+        return self._record_review(prediction_id, restore, reviewer)
+
+    def _record_review(self, prediction_id: int, reviewed_code: str | None, reviewer: str) -> Review:
         reviewer = _person(reviewer, "review")
         with self.session() as session:
             prediction = session.get(Prediction, prediction_id)
@@ -65,9 +74,10 @@ class ReviewStore:
             if last is not None and last.action == SIGNED:
                 raise AnalysisLocked(f"analysis #{prediction.analysis_id} was signed off by {_when(last)}: "
                                      "reopen it to amend it")
-            review = Review(prediction_id=prediction_id, old_code=prediction.final_code, new_code=new_code,
-                            reviewer=reviewer, reopening_id=last.id if last is not None else None)
-            prediction.reviewed_code = new_code
+            review = Review(prediction_id=prediction_id, old_code=prediction.final_code,
+                            new_code=reviewed_code or prediction.code, reviewer=reviewer,
+                            reopening_id=last.id if last is not None else None)
+            prediction.reviewed_code = reviewed_code
             session.add(review)
             session.flush()
             return review

@@ -133,6 +133,11 @@ class Prediction(Base):
     def final_code(self) -> str:
         return self.reviewed_code or self.code
 
+    @property
+    def reviewed(self) -> bool:
+        """A person has given this cell its label (an undone review leaves it unreviewed again)."""
+        return self.reviewed_code is not None
+
 
 class Review(Base):
     """One correction or confirmation by a lab user; never overwritten."""
