@@ -1,5 +1,6 @@
 """Explanation page: what a model of the tree looks at, per level, with the attributes in words."""
 
+import hashlib
 import time
 
 import streamlit as st
@@ -23,11 +24,12 @@ tree = classifier.tree
 
 source = st.segmented_control("Cell", ["upload an image", "a cell from an analysis"], default="upload an image",
                               key="explain_source") or "upload an image"
-image, image_name = None, None
+image, image_name, image_key = None, None, None
 if source == "upload an image":
     upload = st.file_uploader("Cell image", key="explain_upload", help=ACCEPTED.replace(".zip, ", ""))
     if upload is not None:
         image, image_name = open_upload_image(upload.getvalue(), upload.name), upload.name
+        image_key = hashlib.sha256(upload.getvalue()).hexdigest()
 else:
     analyses = [a for a in store.list_analyses(kind="classification") if a.status == "done"]
     if not analyses:
@@ -40,7 +42,7 @@ else:
         st.stop()
     cell = st.selectbox("Cell", cells, key="explain_cell",
                         format_func=lambda p: f"{p.filename} · {p.final_code} ({p.confidence:.2f})")
-    image_name = cell.filename
+    image_name, image_key = cell.filename, f"cell {cell.id}"
     image = open_upload_image(store.read_blob(cell.blob_id), cell.filename)
 
 nodes = [EVERY_LEVEL, *classifier.nodes]
@@ -56,21 +58,24 @@ method = right.selectbox("Method", list(METHODS), format_func=lambda m: METHODS[
 
 if image is None:
     st.stop()
+request = (image_key, node, target, method)  # what the maps shown must be of
 if st.button("Explain", type="primary", key="explain"):
     with run_safely("Explanation") as outcome:
         started = time.perf_counter()
         levels = explain(image, classifier, method=method, node=None if node == EVERY_LEVEL else node,
                          target=target, store=store)
         result = classifier.classify_images([image])[0]
-        outcome.update(levels=levels, result=result, image=image, name=image_name,
+        outcome.update(request=request, levels=levels, result=result, image=image, name=image_name,
                        seconds=time.perf_counter() - started,
                        attributes=predicted_attributes(image, classifier))
     if outcome:
         st.session_state["explanation"] = outcome
 
 shown = st.session_state.get("explanation")
-if not shown:
+if not shown or shown["request"] != request:  # another cell, node or method than the maps were made for
     st.image(image, caption=image_name, width=192)
+    if shown:
+        st.caption("Click Explain to see this cell with these choices.")
     st.stop()
 result = shown["result"]
 cell_column, maps_column = st.columns([1, 3])

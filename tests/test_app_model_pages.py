@@ -142,6 +142,10 @@ def test_explanation_of_a_stored_cell_and_of_a_bad_file(models_root, app_store):
     assert any(image.proto.imgs[0].caption == "NGB_1.png" for image in at.image)  # the stored cell is shown
     assert [image for image in at.image if "→" in (image.proto.imgs[0].caption or "")]
 
+    at.selectbox(key="explain_cell").set_value(app_store.get_analysis(analysis_id).predictions[0]).run()
+    assert [image.proto.imgs[0].caption for image in at.image] == ["NGB_0.png"]  # not the other cell's maps
+    assert not at.metric and any("Click Explain" in c.value for c in at.caption)
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shared_trunk", [False, True], ids=["network per node", "shared trunk"])
