@@ -142,6 +142,31 @@ def test_history_count_log_filters_and_downloads(app_store):
     assert at.get("download_button")[0].label == "Download count log (CSV)"
 
 
+def test_count_log_dates_left_as_they_were_take_in_newer_analyses(app_store):
+    from datetime import datetime
+
+    from sqlalchemy import update
+
+    from bloodcells.store.schema import Analysis
+
+    def made_on(analysis_id, day):
+        with app_store.session() as session:
+            session.execute(update(Analysis).where(Analysis.id == analysis_id).values(created_at=datetime(2026, 3, day, 9)))
+
+    made_on(classified(app_store, ["LYT"], name="monday.zip"), 2)
+    at = app("5_History").run()
+    at.segmented_control(key="history_view").set_value("count log").run()
+    made_on(classified(app_store, ["MON"], name="tuesday.zip"), 3)  # by a colleague, meanwhile
+    at.run()
+    assert not at.exception
+    assert list(at.dataframe[0].value["name"]) == ["tuesday.zip", "monday.zip"]
+    assert any("2 of 2 differentials" in c.value for c in at.caption)
+    at.date_input(key="log_dates").set_value((datetime(2026, 3, 2).date(), datetime(2026, 3, 2).date())).run()
+    made_on(classified(app_store, ["EOS"], name="wednesday.zip"), 4)
+    at.run()  # a range the user chose stays as chosen
+    assert list(at.dataframe[0].value["name"]) == ["monday.zip"]
+
+
 def test_count_log_csv_reads_back(app_store):
     from bloodcells.countlog import count_log, log_csv
 

@@ -19,6 +19,11 @@ def show_count_log(store: Store) -> None:
     chosen_people = person.multiselect("Reviewer", sorted(set().union(*(e.people for e in entries))), key="log_person",
                                        placeholder="anyone", help="Who reviewed cells or signed it off.")
     first, last = min(e.created_at.date() for e in entries), max(e.created_at.date() for e in entries)
+    previous = st.session_state.get("log_dates_span")
+    if previous != (first, last):
+        if previous is not None and tuple(st.session_state.get("log_dates", ())) == previous:
+            del st.session_state["log_dates"]  # left at every date: it takes in the analyses made since
+        st.session_state["log_dates_span"] = (first, last)
     period = dates.date_input("Dates", (first, last), key="log_dates", help="When the analysis was made (inclusive).")
     start, end = (tuple(period) + (None, None))[:2] if isinstance(period, tuple | list) else (period, period)
     try:
