@@ -4,6 +4,7 @@ count log of past differentials (filter, CSV)."""
 import streamlit as st
 
 from bloodcells import report
+from bloodcells.store import AnalysisLocked
 from ui.common import choose_analysis, link_to, page, require_store, reviewer_name
 from ui.countlog import show_count_log
 from ui.results import show_analysis
@@ -42,7 +43,9 @@ if analysis.kind == "classification" and analysis.status == "done":
 
 confirming = st.session_state.get("confirm_delete") == analysis.id
 if not confirming:
-    if actions.button("Delete…", key="delete", icon=":material/delete:"):
+    signed = analysis.signed_off
+    if actions.button("Delete…", key="delete", icon=":material/delete:", disabled=signed is not None,
+                      help="Signed off: reopen it (below) to delete it." if signed else None):
         st.session_state["confirm_delete"] = analysis.id
         st.rerun()
 else:
@@ -50,7 +53,12 @@ else:
                "This cannot be undone.")
     yes, no = st.columns(2)
     if yes.button(f"Yes, delete #{analysis.id}", type="primary", key="delete_confirmed"):
-        store.delete_analysis(analysis.id)
+        try:
+            store.delete_analysis(analysis.id)
+        except AnalysisLocked as error:  # signed off in another tab since the question was asked
+            st.session_state.pop("confirm_delete", None)
+            st.error(f"Not deleted: {error}.")
+            st.stop()
         st.session_state.pop("confirm_delete", None)
         st.session_state.pop("analysis_id", None)
         st.toast(f"Analysis #{analysis.id} deleted.")

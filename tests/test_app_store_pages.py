@@ -3,6 +3,7 @@ and the database-down message."""
 
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from bloodcells.store import DetectionRow, PredictionRow
@@ -88,6 +89,26 @@ def test_history_lists_opens_and_deletes_with_confirmation(app_store):
     assert [a.id for a in app_store.list_analyses()] == [detection]
     assert list(at.dataframe[0].value["id"]) == [detection]
     assert {m.label: m.value for m in at.metric}["WBC"] == "1"  # the detection opens now
+
+
+def test_a_signed_off_analysis_is_deleted_only_after_reopening(app_store):
+    from bloodcells.store import AnalysisLocked
+
+    signed = classified(app_store, ["NGS", "LYT"])
+    at = app("5_History").run()
+    at.button(key="delete").click().run()  # asked before it was signed
+    app_store.sign_off(signed, "Dr A", category="peripheral blood")  # in another tab, meanwhile
+    at.button(key="delete_confirmed").click().run()
+    assert not at.exception
+    assert any("Not deleted: analysis #" in e.value and "reopen it to delete it" in e.value for e in at.error)
+    assert [a.id for a in app_store.list_analyses()] == [signed]
+    at.run()
+    assert at.button(key="delete").disabled  # the record stays until someone reopens it
+    with pytest.raises(AnalysisLocked, match="signed off by Dr A"):
+        app_store.delete_analysis(signed)
+    app_store.reopen(signed, "Dr A", reason="entered twice")
+    app_store.delete_analysis(signed)
+    assert app_store.list_analyses() == []
 
 
 def test_history_with_nothing_stored_says_what_to_do(app_store):

@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..taxonomy import Tree
 from .lineage import LineageStore
-from .reviews import ReviewStore
+from .reviews import AnalysisLocked, ReviewStore, last_signoff, signed_by
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_hex
 from .schema import (
     CHUNK_SIZE,
+    SIGNED,
     Analysis,
     Blob,
     BlobChunk,
@@ -367,7 +368,13 @@ class Store(ReviewStore, LineageStore):
             return analysis
 
     def delete_analysis(self, analysis_id: int) -> None:
+        """Delete an analysis with its results, reviews and sign-offs. Refused (AnalysisLocked) while
+        it is signed off: a signed differential is the lab's record; reopen it first."""
         with self.session() as session:
+            last = last_signoff(session, analysis_id)
+            if last is not None and last.action == SIGNED:
+                raise AnalysisLocked(f"analysis #{analysis_id} was signed off by {signed_by(last)}: reopen it to "
+                                     "delete it")
             prediction_ids = select(Prediction.id).where(Prediction.analysis_id == analysis_id)
             session.execute(delete(Review).where(Review.prediction_id.in_(prediction_ids)))
             session.execute(delete(Signoff).where(Signoff.analysis_id == analysis_id))

@@ -35,7 +35,7 @@ def _person(name: str, role: str) -> str:
     return name
 
 
-def _last_signoff(session: Session, analysis_id: int) -> Signoff | None:
+def last_signoff(session: Session, analysis_id: int) -> Signoff | None:
     """The newest sign-off or reopening of an analysis. The analysis row is locked first (MySQL), so
     that a review and a sign-off of one analysis never interleave."""
     session.execute(select(Analysis.id).where(Analysis.id == analysis_id).with_for_update())
@@ -43,7 +43,7 @@ def _last_signoff(session: Session, analysis_id: int) -> Signoff | None:
                           .order_by(Signoff.id.desc()).limit(1))
 
 
-def _when(signoff: Signoff) -> str:
+def signed_by(signoff: Signoff) -> str:
     return f"{signoff.person} on {signoff.created_at:%Y-%m-%d %H:%M} UTC"
 
 
@@ -70,9 +70,9 @@ class ReviewStore:
             prediction = session.get(Prediction, prediction_id)
             if prediction is None:
                 raise KeyError(f"no prediction {prediction_id}")
-            last = _last_signoff(session, prediction.analysis_id)
+            last = last_signoff(session, prediction.analysis_id)
             if last is not None and last.action == SIGNED:
-                raise AnalysisLocked(f"analysis #{prediction.analysis_id} was signed off by {_when(last)}: "
+                raise AnalysisLocked(f"analysis #{prediction.analysis_id} was signed off by {signed_by(last)}: "
                                      "reopen it to amend it")
             review = Review(prediction_id=prediction_id, old_code=prediction.final_code,
                             new_code=reviewed_code or prediction.code, reviewer=reviewer,
@@ -97,9 +97,9 @@ class ReviewStore:
             if analysis.status != "done":
                 raise ReviewError(f"analysis #{analysis_id} is {analysis.status}: only a finished analysis "
                                   "can be signed off")
-            last = _last_signoff(session, analysis_id)
+            last = last_signoff(session, analysis_id)
             if last is not None and last.action == SIGNED:
-                raise ReviewError(f"analysis #{analysis_id} is already signed off by {_when(last)}")
+                raise ReviewError(f"analysis #{analysis_id} is already signed off by {signed_by(last)}")
             signoff = Signoff(analysis_id=analysis_id, action=SIGNED, person=person, category=category,
                               comment=(comment or "").strip(), target=target, white_cell_count=white_cell_count)
             session.add(signoff)
@@ -110,7 +110,7 @@ class ReviewStore:
         """Reopen a signed-off analysis so that its cells can be changed again (an amendment)."""
         person = _person(person, "reopening")
         with self.session() as session:
-            last = _last_signoff(session, analysis_id)
+            last = last_signoff(session, analysis_id)
             if last is None or last.action != SIGNED:
                 raise ReviewError(f"analysis #{analysis_id} is not signed off: there is nothing to reopen")
             reopening = Signoff(analysis_id=analysis_id, action=REOPENED, person=person,
