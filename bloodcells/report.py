@@ -192,9 +192,10 @@ def labelled_zip(cells: Iterable[tuple[str, str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
-def analysis_overview(store, kind: str | None = None, limit: int = 200) -> list[dict]:
-    """The newest analyses, one row each: when, what, how many cells or boxes, which models."""
-    analyses = store.list_analyses(kind=kind, limit=limit)
+def analysis_overview(store, kind: str | None = None, limit: int = 200, search: str = "") -> list[dict]:
+    """The newest analyses (``search``: by name or id, see ``Store.list_analyses``), one row each:
+    when, what, how many cells or boxes, which models."""
+    analyses = store.list_analyses(kind=kind, limit=limit, search=search)
     counts = store.result_counts(a.id for a in analyses)
     return [{"id": a.id, "date": a.created_at.strftime("%Y-%m-%d %H:%M"), "kind": a.kind, "name": a.name,
              "status": a.status, "count": counts[a.id].boxes if a.kind == "detection" else counts[a.id].cells,

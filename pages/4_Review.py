@@ -4,7 +4,7 @@ import streamlit as st
 
 from bloodcells import report
 from bloodcells.taxonomy import default_tree
-from ui.common import choose_analysis, link_to, page, require_store, reviewer_name
+from ui.common import LISTED, choose_analysis, find_analyses, link_to, listed_note, page, require_store, reviewer_name
 from ui.keyboard_review import keyboard_review
 from ui.results import cell_image_bytes
 from ui.signoff import attempt, locked_notice, show_refusal, signoff_panel
@@ -18,7 +18,14 @@ tree = default_tree()
 store = require_store()
 reviewer = reviewer_name()
 
-analyses = [a for a in store.list_analyses(kind="classification") if a.status == "done"]
+search = find_analyses("review_search")
+listed = store.list_analyses(kind="classification", limit=LISTED, search=search)
+listed_note(len(listed), search)
+analyses = [a for a in listed if a.status == "done"]
+if search and not analyses:
+    if listed:
+        st.info(f"No finished classification matches “{search}”.")
+    st.stop()
 if not analyses:
     st.info("There is nothing to review yet: classify a zip of cells first.")
     link_to("pages/2_Classification.py")

@@ -5,7 +5,7 @@ import streamlit as st
 
 from bloodcells import report
 from bloodcells.store import AnalysisLocked
-from ui.common import choose_analysis, link_to, page, require_store, reviewer_name
+from ui.common import LISTED, choose_analysis, find_analyses, link_to, listed_note, page, require_store, reviewer_name
 from ui.countlog import show_count_log
 from ui.results import show_analysis
 
@@ -19,8 +19,14 @@ view = st.segmented_control("View", ["analyses", "count log"], default="analyses
 if view == "count log":
     show_count_log(store)
     st.stop()
-kind = st.segmented_control("Show", ["all", "classification", "detection"], default="all", key="history_kind")
-rows = report.analysis_overview(store, kind=None if kind in (None, "all") else kind)
+show, find = st.columns(2, vertical_alignment="bottom")
+kind = show.segmented_control("Show", ["all", "classification", "detection"], default="all", key="history_kind")
+with find:
+    search = find_analyses("history_search")
+rows = report.analysis_overview(store, kind=None if kind in (None, "all") else kind, limit=LISTED, search=search)
+listed_note(len(rows), search)
+if search and not rows:
+    st.stop()
 if not rows:
     st.info("No analyses yet. Classify a zip of cells or detect cells on a smear field, and it will be listed here.")
     link_to("pages/2_Classification.py")

@@ -111,6 +111,27 @@ def test_a_signed_off_analysis_is_deleted_only_after_reopening(app_store):
     assert app_store.list_analyses() == []
 
 
+def test_analyses_older_than_the_newest_listed_are_found_by_name_or_number(app_store):
+    from ui.common import LISTED
+
+    oldest = classified(app_store, ["NGS", "LYT"], name="march smear.zip")
+    for n in range(LISTED):
+        app_store.start_analysis(f"later {n}.zip", "classification")  # a lab's next weeks
+    at = app("5_History").run()
+    assert oldest not in list(at.dataframe[0].value["id"]) and len(at.dataframe[0].value) == LISTED
+    assert any(f"newest {LISTED} are listed" in c.value for c in at.caption)
+    at.text_input(key="history_search").input(f"#{oldest}").run()
+    assert list(at.dataframe[0].value["id"]) == [oldest]
+    assert {m.label: m.value for m in at.metric}["Cells"] == "2"  # it opens
+    at.text_input(key="history_search").input("no such smear").run()
+    assert not at.exception and any("No analysis matches" in i.value for i in at.info)
+
+    review = app("4_Review").run()
+    review.text_input(key="review_search").input("MARCH").run()  # any case, any part of the name
+    assert not review.exception
+    assert review.selectbox(key="review_analysis").value == oldest
+
+
 def test_history_with_nothing_stored_says_what_to_do(app_store):
     at = app("5_History").run()
     assert not at.exception

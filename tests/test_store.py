@@ -306,3 +306,13 @@ def test_unreachable_database_gives_a_clear_error():
     store = Store("mysql+pymysql://root@127.0.0.1:1/nothing")  # a closed port
     with pytest.raises(StoreError, match="cannot be reached"):
         store.ping()
+
+
+def test_analyses_are_found_by_part_of_their_name_or_their_number(store):
+    ids = [store.start_analysis(name, "classification") for name in ("Smear 100%_a.zip", "marrow.zip", "smear b.zip")]
+    assert [a.id for a in store.list_analyses(search="SMEAR")] == [ids[2], ids[0]]  # any case, newest first
+    assert [a.id for a in store.list_analyses(search="100%_")] == [ids[0]]  # % and _ are plain characters
+    assert [a.id for a in store.list_analyses(search="%")] == [ids[0]]
+    assert [a.id for a in store.list_analyses(search=f" #{ids[1]} ")] == [ids[1]]
+    assert [a.id for a in store.list_analyses(search="marrow", kind="detection")] == []
+    assert len(store.list_analyses(limit=2)) == 2

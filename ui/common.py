@@ -103,6 +103,23 @@ def reviewer_name() -> str:
     return st.session_state["reviewer"]
 
 
+LISTED = 200  # analyses a list shows, newest first; older ones are found by name or id
+
+
+def find_analyses(key: str) -> str:
+    """The search box of an analysis list: what to look for (name or #id), or ''."""
+    return st.text_input("Find analyses", key=key, placeholder="name or #id",
+                         help=f"The lists show the newest {LISTED} analyses; find older ones by name or number.")
+
+
+def listed_note(shown: int, search: str) -> None:
+    """Say so when a list stops at LISTED (a lab passes it in a few weeks), or when a search found none."""
+    if shown >= LISTED:
+        st.caption(f"The newest {LISTED} are listed: find older analyses by name or #id.")
+    elif search and not shown:
+        st.info(f"No analysis matches “{search}”.")
+
+
 def choose_analysis(store: Store, labels: dict[int, str], prompt: str, key: str):
     """A select box over analyses (id -> label) that remembers the choice across pages; returns the
     chosen analysis, or stops the page with a warning when it was deleted meanwhile."""

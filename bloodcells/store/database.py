@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, func, insert, select
+from sqlalchemy import create_engine, delete, event, func, insert, or_, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -349,11 +349,17 @@ class Store(ReviewStore, LineageStore):
                 with self._failures_lock:
                     self._unrecorded_failures.setdefault(analysis_id, error)
 
-    def list_analyses(self, kind: str | None = None, limit: int = 200) -> list[Analysis]:
+    def list_analyses(self, kind: str | None = None, limit: int = 200, search: str = "") -> list[Analysis]:
+        """The newest analyses (of ``kind``), at most ``limit``. ``search`` keeps those whose name
+        contains it, and the one whose id it is (``#12`` or ``12``): how older analyses are found."""
         with self.session() as session:
             query = select(Analysis).order_by(Analysis.id.desc()).limit(limit)
             if kind:
                 query = query.where(Analysis.kind == kind)
+            if search := search.strip():
+                named = Analysis.name.contains(search, autoescape=True)
+                number = search.removeprefix("#")
+                query = query.where(or_(named, Analysis.id == int(number)) if number.isdigit() else named)
             return list(session.scalars(query))
 
     def get_analysis(self, analysis_id: int) -> Analysis:
