@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from .clock import lab_time, stamp
 from .report import records_csv
 from .signout import APART, CLINICAL_ORDER, OTHERS, SIGNED, clinical_rows, signoff_status, slide_differential
 from .taxonomy import Tree, default_tree
@@ -54,11 +55,11 @@ def count_log(store, tree: Tree | None = None, limit: int = 5000) -> list[LogEnt
         events = signoffs[analysis.id]
         signed = [e for e in events if e.action == SIGNED]
         entries.append(LogEntry(
-            analysis_id=analysis.id, created_at=analysis.created_at, name=analysis.name, kind=analysis.kind,
+            analysis_id=analysis.id, created_at=lab_time(analysis.created_at), name=analysis.name, kind=analysis.kind,
             category=signed[-1].category if signed and signed[-1].category else NO_CATEGORY,
             reviewers=reviewers[analysis.id], signers=sorted({e.person for e in signed}),
             status=signoff_status(events, results[analysis.id].amendments),
-            signed_at=signed[-1].created_at if signed else None, counted=counted,
+            signed_at=lab_time(signed[-1].created_at) if signed else None, counted=counted,
             counts=dict.fromkeys(COUNT_COLUMNS, 0) | {row.label: row.count for row in [*rows, *apart]}))
     return entries
 
@@ -78,9 +79,9 @@ def filter_log(entries: Iterable[LogEntry], *, categories: Iterable[str] = (), s
 
 def log_rows(entries: Iterable[LogEntry]) -> list[dict]:
     """The count log's table (and CSV): one flat row per entry, counts in clinical order."""
-    return [{"id": e.analysis_id, "date": f"{e.created_at:%Y-%m-%d %H:%M}", "name": e.name, "kind": e.kind,
+    return [{"id": e.analysis_id, "date": stamp(e.created_at), "name": e.name, "kind": e.kind,
              "category": e.category, "reviewers": ", ".join(e.reviewers), "signed by": ", ".join(e.signers),
-             "status": e.status, "signed": f"{e.signed_at:%Y-%m-%d %H:%M}" if e.signed_at else "",
+             "status": e.status, "signed": stamp(e.signed_at) if e.signed_at else "",
              "cells counted": e.counted, **{label: e.counts[label] for label in COUNT_COLUMNS}}
             for e in entries]
 

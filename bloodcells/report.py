@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .classify import TREE_VERSION
+from .clock import stamp
 from .taxonomy import Tree, default_tree
 
 UNIDENTIFIED = "NIF"  # the tree's "not identifiable" leaf, the reviewer's "unidentified"
@@ -135,7 +136,7 @@ def detector_overview(detector) -> dict:
             validation = {}
     map50 = {source: figures.get("overall", {}).get("mAP50") for source, figures in validation.items()}
     return {"file": path.name, "classes": ", ".join(detector.classes.values()), "input px": detector.imgsz,
-            "trained": datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M"),
+            "trained": stamp(datetime.fromtimestamp(path.stat().st_mtime, UTC)),
             "val mAP50": ", ".join(f"{source} {value:.3f}" for source, value in map50.items() if value is not None),
             "sha256": detector.sha256[:12]}
 
@@ -197,7 +198,7 @@ def analysis_overview(store, kind: str | None = None, limit: int = 200, search: 
     when, what, how many cells or boxes, which models."""
     analyses = store.list_analyses(kind=kind, limit=limit, search=search)
     counts = store.result_counts(a.id for a in analyses)
-    return [{"id": a.id, "date": a.created_at.strftime("%Y-%m-%d %H:%M"), "kind": a.kind, "name": a.name,
+    return [{"id": a.id, "date": stamp(a.created_at), "kind": a.kind, "name": a.name,
              "status": a.status, "count": counts[a.id].boxes if a.kind == "detection" else counts[a.id].cells,
              "needs review": counts[a.id].needs_review, "reviewed": counts[a.id].reviewed,
              "models": model_versions_text(a.model_versions), "error": a.error or ""}

@@ -21,6 +21,7 @@ class Settings:
     cache_dir: Path
     database_url: str
     allow_downloads: bool
+    timezone: str  # the lab's, an IANA name: how times are shown and dates filtered (bloodcells.clock)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -32,6 +33,7 @@ class Settings:
             cache_dir=Path(os.environ.get("BLOODCELLS_CACHE_DIR", PROJECT_DIR / ".cache")).resolve(),
             database_url=url,
             allow_downloads=os.environ.get("BLOODCELLS_ALLOW_DOWNLOADS", "0").lower() in {"1", "true", "yes"},
+            timezone=os.environ.get("BLOODCELLS_TIMEZONE", "").strip() or "UTC",
         )
 
 

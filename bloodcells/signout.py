@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from .clock import stamp
 from .inputs import thumbnail_png
 from .report import model_versions_text, myeloid_erythroid_ratio
 from .store.schema import REOPENED, SIGNED
@@ -223,7 +224,7 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
     """The lines above the table, as (label, value)."""
     reached = "reached" if report.counted >= report.target else f"not reached: {report.target - report.counted} short"
     return [
-        ("Analysis", f"#{report.analysis_id} {report.name} ({report.kind}, {report.created_at:%Y-%m-%d %H:%M} UTC)"),
+        ("Analysis", f"#{report.analysis_id} {report.name} ({report.kind}, {stamp(report.created_at)})"),
         ("Status", _status_text(report)),
         ("Category", report.category or "-"),
         ("Cells counted", f"{report.counted} of a {report.target}-cell target ({reached})"),
@@ -231,9 +232,9 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
         ("White-cell count", "-" if report.white_cell_count is None else f"{report.white_cell_count:g} x 10^9/L"),
         ("Flagged, not reviewed", str(report.unreviewed_flagged)),
         ("Reviewed by", ", ".join(report.reviewers) or "nobody yet"),
-        ("Last review", "-" if report.reviewed_at is None else f"{report.reviewed_at:%Y-%m-%d %H:%M} UTC"),
+        ("Last review", "-" if report.reviewed_at is None else stamp(report.reviewed_at)),
         ("Models", report.model_versions or "not recorded"),
-        ("Report made", f"{report.made_at:%Y-%m-%d %H:%M} UTC"),
+        ("Report made", stamp(report.made_at)),
     ]
 
 
@@ -241,7 +242,7 @@ def _status_text(report: ClinicalReport) -> str:
     if not report.signoffs:
         return "Not signed off"
     last = report.signoffs[-1]
-    when = f"{last.person} on {last.created_at:%Y-%m-%d %H:%M} UTC"
+    when = f"{last.person} on {stamp(last.created_at)}"
     return {SIGNED: f"Signed off by {when}", AMENDED: f"Amended: signed off again by {when}",
             REOPENED: f"Reopened to amend by {when}; not signed off again"}[report.status]
 
@@ -252,14 +253,14 @@ def _title(report: ClinicalReport) -> str:
 
 def signoff_lines(signoffs) -> list[str]:
     """Stored sign-offs and reopenings (oldest first), one line each: when, what, who, the note."""
-    return [f"{s.created_at:%Y-%m-%d %H:%M} UTC  {s.action} by {s.person}" + (f": {s.comment}" if s.comment else "")
+    return [f"{stamp(s.created_at)}  {s.action} by {s.person}" + (f": {s.comment}" if s.comment else "")
             for s in signoffs]
 
 
 def _amendment_table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
     """The audit trail of the changes made after the first sign-off."""
-    return (["When (UTC)", "By", "Cell", "Change"],
-            [[f"{a.at:%Y-%m-%d %H:%M}", a.reviewer, a.cell, f"{a.old_code} -> {a.new_code}"]
+    return (["When", "By", "Cell", "Change"],
+            [[stamp(a.at), a.reviewer, a.cell, f"{a.old_code} -> {a.new_code}"]
              for a in report.amendments])
 
 

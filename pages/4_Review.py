@@ -3,6 +3,7 @@
 import streamlit as st
 
 from bloodcells import report
+from bloodcells.clock import stamp
 from bloodcells.taxonomy import default_tree
 from ui.common import LISTED, choose_analysis, find_analyses, link_to, listed_note, page, require_store, reviewer_name
 from ui.keyboard_review import keyboard_review
@@ -30,7 +31,7 @@ if not analyses:
     st.info("There is nothing to review yet: classify a zip of cells first.")
     link_to("pages/2_Classification.py")
     st.stop()
-analysis = choose_analysis(store, {a.id: f"#{a.id} · {a.created_at:%Y-%m-%d %H:%M} · {a.name}" for a in analyses},
+analysis = choose_analysis(store, {a.id: f"#{a.id} · {stamp(a.created_at)} · {a.name}" for a in analyses},
                            "Analysis", "review_analysis")
 predictions = analysis.predictions
 locked = analysis.signed_off is not None

@@ -4,6 +4,7 @@ count log of past differentials (filter, CSV)."""
 import streamlit as st
 
 from bloodcells import report
+from bloodcells.clock import stamp
 from bloodcells.store import AnalysisLocked
 from ui.common import LISTED, choose_analysis, find_analyses, link_to, listed_note, page, require_store, reviewer_name
 from ui.countlog import show_count_log
@@ -42,7 +43,7 @@ analysis = choose_analysis(store, labels, "Open", "history_open")
 
 header, actions = st.columns([4, 2])
 header.subheader(f"#{analysis.id} {analysis.name}")
-header.caption(f"{analysis.kind}, {analysis.created_at:%Y-%m-%d %H:%M} · models: "
+header.caption(f"{analysis.kind}, {stamp(analysis.created_at)} · models: "
                f"{report.model_versions_text(analysis.model_versions) or 'not recorded'}")
 if analysis.kind == "classification" and analysis.status == "done":
     link_to("pages/4_Review.py", "Review this analysis", actions)

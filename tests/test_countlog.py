@@ -77,7 +77,32 @@ def test_table_and_csv_list_counts_in_clinical_order(store, logged):
                               "cells counted"]
     assert list(row)[10:] == COUNT_COLUMNS and COUNT_COLUMNS[:2] == ["Blasts", "Promyelocytes"]
     assert (row["date"], row["signed by"], row["status"], row["Segmented neutrophils"]) == \
-        ("2026-11-10 00:00", "Dr A, Dr B", "amended", 2)
+        ("2026-11-10 00:00 UTC", "Dr A, Dr B", "amended", 2)
     [read_back] = csv.DictReader(io.StringIO(log_csv(entries).decode("utf-8-sig")))
     assert read_back["name"] == "blood.zip" and read_back["Monocytes"] == "1" and read_back["cells counted"] == "4"
     assert "patient" not in log_csv(entries).decode("utf-8-sig").lower()
+
+
+def test_times_are_shown_and_dates_filtered_in_the_labs_time_zone(store, monkeypatch):
+    """Stored in UTC; a lab in Berlin counts an analysis made at 00:30 on 2 March on 2 March."""
+    from bloodcells.signout import signoff_lines
+    from bloodcells.store import ReviewError
+
+    analysis_id = store.start_analysis("night shift.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow("c.png", "LYT", "ALL", 0.9, {}, False)])
+    with store.session() as session:
+        session.execute(update(Analysis).where(Analysis.id == analysis_id).values(created_at=datetime(2026, 3, 1, 23, 30)))
+    assert log_rows(count_log(store))[0]["date"] == "2026-03-01 23:30 UTC"  # unset: UTC, and says so
+    monkeypatch.setenv("BLOODCELLS_TIMEZONE", "Europe/Berlin")
+    entries = count_log(store)
+    assert log_rows(entries)[0]["date"] == "2026-03-02 00:30 CET"
+    assert filter_log(entries, start=date(2026, 3, 2), end=date(2026, 3, 2)) == entries
+    assert filter_log(entries, start=date(2026, 3, 1), end=date(2026, 3, 1)) == []
+    store.sign_off(analysis_id, "Dr Night")
+    [line] = signoff_lines(store.get_analysis(analysis_id).signoffs)
+    assert line.endswith(("CET  signed by Dr Night", "CEST  signed by Dr Night"))
+    with pytest.raises(ReviewError, match=r"already signed off by Dr Night on \d{4}-\d\d-\d\d \d\d:\d\d CES?T"):
+        store.sign_off(analysis_id, "Dr Night")
+    monkeypatch.setenv("BLOODCELLS_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(ValueError, match="BLOODCELLS_TIMEZONE=Mars/Olympus: not a time zone"):
+        count_log(store)

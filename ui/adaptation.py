@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from bloodcells.adapt import AdaptConfig, adapt_from_reviews, replay_unavailable
+from bloodcells.clock import stamp
 from bloodcells.report import analysis_overview
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
@@ -87,12 +88,12 @@ def versions_section(store: Store, person: str) -> None:
     st.markdown(f"In use: **{in_use or SHIPPED_LABEL}**. Every analysis records the version that made it "
                 "(History, “models”).")
     for row in store.list_model_versions(tree):
-        title = (f"#{row.id} · {row.kind} by {row.started_by}, {row.started_at:%Y-%m-%d %H:%M} · {row.cells} cells"
+        title = (f"#{row.id} · {row.kind} by {row.started_by}, {stamp(row.started_at)} · {row.cells} cells"
                  f" · {row.status}" + (f" as {row.version}" if row.version else ""))
         with st.expander(title, expanded=row.status == "candidate"):
             st.caption(f"From analyses {', '.join(f'#{a}' for a in row.analyses) or '—'}; base models "
                        + ", ".join(f"{node} {sha[:8]}" for node, sha in row.base.items())
-                       + (f"; {row.status} by {row.decided_by}, {row.decided_at:%Y-%m-%d %H:%M}"
+                       + (f"; {row.status} by {row.decided_by}, {stamp(row.decided_at)}"
                           if row.decided_by else ""))
             table = figures_table(row.figures)
             if table:

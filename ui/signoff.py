@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from bloodcells.clock import stamp
 from bloodcells.signout import (
     AMENDED,
     REOPENED,
@@ -49,7 +50,7 @@ def amendments(analysis) -> int:
 def locked_notice(analysis) -> None:
     """Say that a signed-off analysis's cells are locked, and where to reopen it."""
     if signed := analysis.signed_off:
-        st.info(f"Signed off by {signed.person} on {signed.created_at:%Y-%m-%d %H:%M} UTC: its cells are locked. "
+        st.info(f"Signed off by {signed.person} on {stamp(signed.created_at)}: its cells are locked. "
                 "To change them, **Reopen to amend** under *Sign-off and report*.", icon=":material/lock:")
 
 

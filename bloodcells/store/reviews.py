@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..clock import stamp
 from .schema import REOPENED, SIGNED, Analysis, Detection, Prediction, Review, Signoff
 
 NAME_LENGTH = 128  # Review.reviewer, Signoff.person and Signoff.category are String(128)
@@ -44,7 +45,7 @@ def last_signoff(session: Session, analysis_id: int) -> Signoff | None:
 
 
 def signed_by(signoff: Signoff) -> str:
-    return f"{signoff.person} on {signoff.created_at:%Y-%m-%d %H:%M} UTC"
+    return f"{signoff.person} on {stamp(signoff.created_at)}"
 
 
 class ReviewStore:

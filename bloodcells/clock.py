@@ -1,0 +1,38 @@
+"""Times as the lab reads them.
+
+The database stores naive UTC (``store.schema.utcnow``). Pages, reports and the count log show
+and filter times in the lab's time zone, ``BLOODCELLS_TIMEZONE`` (an IANA name such as
+``Europe/Berlin``; UTC when unset), each with its zone's abbreviation: an analysis made at 00:30
+in Berlin is counted on that day, not on the one before.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, tzinfo
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .settings import settings
+
+
+def lab_zone() -> tzinfo:
+    return _zone(settings().timezone)
+
+
+@cache
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise ValueError(f"BLOODCELLS_TIMEZONE={name}: not a time zone (give an IANA name such as "
+                         "Europe/Berlin)") from error
+
+
+def lab_time(moment: datetime) -> datetime:
+    """A stored time (naive UTC, or aware) in the lab's zone."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(lab_zone())
+
+
+def stamp(moment: datetime) -> str:
+    """``2026-03-02 00:30 CET``: to the minute, in the lab's zone, with its abbreviation."""
+    return f"{lab_time(moment):%Y-%m-%d %H:%M %Z}"
