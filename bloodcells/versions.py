@@ -148,14 +148,20 @@ def use_version(tree_name: str, version: str | None) -> Path:
 
 
 def rollback(tree_name: str) -> Path:
-    """Put back the version in use before the current one (after loading it); returns its folder."""
+    """Put back the version in use before the current one (after loading it); returns its folder.
+    Versions whose folders were removed from disk since are passed over (and left out of the history)."""
     state = _read_pointer(tree_name)
-    if not state["history"]:
+    history, removed = list(state["history"]), []
+    while history and history[-1] is not None and not _folder(tree_name, history[-1]).is_dir():
+        removed.append(history.pop())
+    if removed:
+        _write_pointer(tree_name, {**state, "history": history})
+    if not history:
         raise ValueError(f"tree {tree_name!r} has no earlier version to roll back to")
-    previous = state["history"][-1]
+    previous = history[-1]
     folder = _folder(tree_name, previous)
     _load(folder, tree_name)
-    _write_pointer(tree_name, {"version": previous, "history": state["history"][:-1]})
+    _write_pointer(tree_name, {"version": previous, "history": history[:-1]})
     return folder
 
 

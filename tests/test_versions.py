@@ -94,6 +94,17 @@ def test_rollback_returns_to_the_tree_in_use_before(models, trained_models_dir, 
     assert versions.list_versions(TREE) == sorted([first.name, second.name])  # every version stays available
 
 
+def test_rollback_passes_over_versions_removed_from_disk(models, trained_models_dir, tmp_path):
+    """A version folder deleted by hand must not make rollback fail on every click."""
+    shipped = default_models_dir()
+    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
+    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
+    versions.promote(candidate(trained_models_dir, tmp_path, "run-3"), TREE)
+    shutil.rmtree(second)  # by an administrator cleaning up
+    assert versions.rollback(TREE) == first and versions.current_version(TREE) == first.name
+    assert versions.rollback(TREE) == shipped
+
+
 def test_use_version_switches_to_a_listed_version_and_back(models, trained_models_dir, tmp_path):
     first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
     second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
