@@ -117,3 +117,27 @@ def test_adapting_needs_a_name_and_reviewed_cells(tmp_path, monkeypatch, shared_
     at.segmented_control(key="training_task").set_value("adapt to this lab").run()
     assert not at.exception
     assert any("No analysis has reviewed cells yet" in i.value for i in at.info)
+
+
+def test_reviewed_analyses_are_offered_past_newer_unreviewed_ones_and_found_by_name(tmp_path, monkeypatch,
+                                                                                  app_store):
+    """A lab classifies more than a list shows; the reviewed analysis it learns from stays offered."""
+    from bloodcells.store import PredictionRow
+    from ui.common import LISTED
+
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
+    reviewed = app_store.start_analysis("march smear.zip", "classification")
+    app_store.finish_analysis(reviewed, predictions=[
+        PredictionRow(f"cell_{n}.png", "NGS", "ALL/MYE/MYM/NEU/NGS", 0.9, {}, False, f"cell {n}".encode())
+        for n in range(3)])
+    app_store.review(app_store.get_analysis(reviewed).predictions[0].id, "LYT", "dr.lab")
+    for n in range(LISTED):
+        app_store.start_analysis(f"later {n}.zip", "classification")  # a lab's next weeks, not reviewed
+    at = training_page("adapt to this lab")
+    assert not at.exception
+    assert at.multiselect(key="adapt_analyses").value == [reviewed]
+    at.text_input(key="adapt_search").input("no such smear").run()
+    assert not at.exception and any("No analysis matches" in i.value for i in at.info)
+    assert len(at.multiselect) == 0  # nothing to choose, no button to press
+    at.text_input(key="adapt_search").input("MARCH").run()
+    assert at.multiselect(key="adapt_analyses").value == [reviewed]

@@ -316,3 +316,17 @@ def test_analyses_are_found_by_part_of_their_name_or_their_number(store):
     assert [a.id for a in store.list_analyses(search=f" #{ids[1]} ")] == [ids[1]]
     assert [a.id for a in store.list_analyses(search="marrow", kind="detection")] == []
     assert len(store.list_analyses(limit=2)) == 2
+
+
+def test_analyses_with_reviewed_cells_are_listed_past_newer_unreviewed_ones(store):
+    """Adaptation lists reviewed analyses: a lab's newer unreviewed ones must not push them out."""
+    reviewed = store.start_analysis("reviewed.zip", "classification")
+    store.finish_analysis(reviewed, predictions=_rows(2))
+    store.review(store.get_analysis(reviewed).predictions[0].id, "LYT", "Dr A")
+    unreviewed = store.start_analysis("later.zip", "classification")
+    store.finish_analysis(unreviewed, predictions=_rows(2))
+    assert [a.id for a in store.list_analyses(limit=1)] == [unreviewed]
+    assert [a.id for a in store.list_analyses(limit=1, reviewed=True)] == [reviewed]
+    assert store.list_analyses(reviewed=True, search="later") == []
+    store.undo_review(store.get_analysis(reviewed).predictions[0].id, None, "Dr A")
+    assert store.list_analyses(reviewed=True) == []  # an undone review leaves nothing learnt from

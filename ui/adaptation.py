@@ -19,6 +19,7 @@ from bloodcells.versions import (
     rollback,
     use_version,
 )
+from ui.common import LISTED, find_analyses, listed_note
 from ui.models import reload_models
 from ui.progress import cancel_button, progress_bar
 from ui.work import run_safely
@@ -31,10 +32,13 @@ def adapt_section(store: Store, person: str) -> None:
                "final type is its label). A share is held back to score the models before and after, and "
                "cells of the original training sources are mixed in so that they are not forgotten. The "
                "result is a candidate: nothing changes until you accept it below.")
-    rows = [row for row in analysis_overview(store, kind="classification") if row["reviewed"]]
+    search = find_analyses("adapt_search")
+    rows = analysis_overview(store, kind="classification", reviewed=True, limit=LISTED, search=search)
+    listed_note(len(rows), search)
     if not rows:
-        st.info("No analysis has reviewed cells yet: classify a zip of this lab's cells and review them "
-                "on the Review page first.")
+        if not search:
+            st.info("No analysis has reviewed cells yet: classify a zip of this lab's cells and review them "
+                    "on the Review page first.")
         return
     labels = {row["id"]: f"#{row['id']} · {row['date']} · {row['name']} ({row['reviewed']} reviewed)" for row in rows}
     chosen = st.multiselect("Analyses whose reviewed cells to learn from", list(labels), default=list(labels),

@@ -349,13 +349,17 @@ class Store(ReviewStore, LineageStore):
                 with self._failures_lock:
                     self._unrecorded_failures.setdefault(analysis_id, error)
 
-    def list_analyses(self, kind: str | None = None, limit: int = 200, search: str = "") -> list[Analysis]:
-        """The newest analyses (of ``kind``), at most ``limit``. ``search`` keeps those whose name
-        contains it, and the one whose id it is (``#12`` or ``12``): how older analyses are found."""
+    def list_analyses(self, kind: str | None = None, limit: int = 200, search: str = "",
+                      reviewed: bool = False) -> list[Analysis]:
+        """The newest analyses (of ``kind``; ``reviewed``: only those with a reviewed cell), at most
+        ``limit``. ``search`` keeps those whose name contains it, and the one whose id it is (``#12``
+        or ``12``): how older analyses are found."""
         with self.session() as session:
             query = select(Analysis).order_by(Analysis.id.desc()).limit(limit)
             if kind:
                 query = query.where(Analysis.kind == kind)
+            if reviewed:
+                query = query.where(Analysis.predictions.any(Prediction.reviewed_code.is_not(None)))
             if search := search.strip():
                 named = Analysis.name.contains(search, autoescape=True)
                 number = search.removeprefix("#")
