@@ -6,7 +6,8 @@ Layout under ``<models_dir>/classifier/``::
     versions/20261123T101500Z-1a2b3c4d/   one folder per promoted tree, never changed afterwards
     default.current                  {"version": "20261123T101500Z-1a2b3c4d", "history": [null]}
 
-A version id is the UTC time of its promotion and the start of the sha256 of its files. The
+A version id is the UTC time of its first promotion and the start of the sha256 of its files (the
+same files promoted again are that version). The
 pointer file ``<tree>.current`` names the version in use (null: the shipped folder) and the ones
 in use before it, most recent last, for ``rollback``. Every switch first loads the folder it
 switches to (``TreeClassifier.load`` verifies every file's sha256), then replaces the pointer
@@ -96,10 +97,14 @@ def promote(candidate: str | Path, tree_name: str, store=None) -> Path:
     try:
         shutil.copytree(candidate, staging)
         classifier = _load(staging, tree_name)
-        target = root / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{_files_sha256(staging)[:8]}"
-        if target.is_dir():  # the same files promoted within the same second: that version is this one
+        files_sha256 = _files_sha256(staging)
+        # The same files promoted again (Accept clicked twice, a folder promoted anew): that version is this one.
+        target = next((folder for folder in root.glob(f"*-{files_sha256[:8]}")
+                       if folder.is_dir() and _files_sha256(folder) == files_sha256), None)
+        if target is not None:
             shutil.rmtree(staging)
         else:
+            target = root / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{files_sha256[:8]}"
             staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

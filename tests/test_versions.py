@@ -105,6 +105,20 @@ def test_rollback_passes_over_versions_removed_from_disk(models, trained_models_
     assert versions.rollback(TREE) == shipped
 
 
+def test_the_same_files_promoted_again_are_the_same_version(models, trained_models_dir, tmp_path, monkeypatch):
+    """Accept clicked twice, or a folder promoted anew later, must not make a second copy of one tree."""
+    run = candidate(trained_models_dir, tmp_path, "run-1")
+    first = versions.promote(run, TREE)
+    later = versions.time.gmtime(versions.time.time() + 3600)
+    monkeypatch.setattr(versions.time, "gmtime", lambda *_: later)
+    assert versions.promote(run, TREE) == first
+    assert versions.list_versions(TREE) == [first.name]
+    other = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
+    assert versions.promote(run, TREE) == first and versions.current_version(TREE) == first.name
+    assert versions.list_versions(TREE) == sorted([first.name, other.name])
+    assert versions.rollback(TREE) == other and versions.rollback(TREE) == first
+
+
 def test_use_version_switches_to_a_listed_version_and_back(models, trained_models_dir, tmp_path):
     first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
     second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
