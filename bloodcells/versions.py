@@ -7,9 +7,8 @@ Layout under ``<models_dir>/classifier/``::
     default.current                  {"version": "20261123T101500Z-1a2b3c4d", "history": [null]}
 
 A version id is the UTC time of its first promotion and the start of the sha256 of its files (the
-same files promoted again are that version). The
-pointer file ``<tree>.current`` names the version in use (null: the shipped folder) and the ones
-in use before it, most recent last, for ``rollback``. Every switch first loads the folder it
+same files promoted again are that version). The pointer file ``<tree>.current`` names the version
+in use (null: the shipped folder) and the ones in use before it, most recent last, for ``rollback``. Every switch first loads the folder it
 switches to (``TreeClassifier.load`` verifies every file's sha256), then replaces the pointer
 with ``os.replace``: readers see the old pointer or the new one, and either names a complete tree.
 No folder is moved or deleted, so the trees in use before stay available.
