@@ -8,6 +8,7 @@ from sqlalchemy import event, inspect, select, text
 
 from bloodcells.store import (
     Analysis,
+    Blob,
     BlobChunk,
     CellType,
     Detection,
@@ -330,3 +331,46 @@ def test_analyses_with_reviewed_cells_are_listed_past_newer_unreviewed_ones(stor
     assert store.list_analyses(reviewed=True, search="later") == []
     store.undo_review(store.get_analysis(reviewed).predictions[0].id, None, "Dr A")
     assert store.list_analyses(reviewed=True) == []  # an undone review leaves nothing learnt from
+
+
+def _cells(names: list[str]) -> list[PredictionRow]:
+    return [PredictionRow(filename=f"{name}.png", code="NGS", path="ALL/MYE/MYM/NEU/NGS", confidence=0.9,
+                          level_confidences={}, needs_review=False, content=f"image of {name}".encode())
+            for name in names]
+
+
+def test_deleting_an_analysis_deletes_its_images_that_nothing_else_uses(store):
+    """A lab deleting an analysis expects its cells' images gone from the database, not only its rows."""
+    kept = store.start_analysis("kept.zip", "classification")
+    store.finish_analysis(kept, predictions=_cells(["shared", "kept"]))
+    deleted = store.start_analysis("deleted.zip", "classification")
+    store.finish_analysis(deleted, predictions=_cells(["shared", "only here", "only here"]))
+    only_here = sha256_hex(b"image of only here")
+    store.put_explanation(b"map of only here", **{**EXPLANATION_KEY, "image_sha256": only_here})
+    store.put_explanation(b"map of kept", **{**EXPLANATION_KEY, "image_sha256": sha256_hex(b"image of kept")})
+    assert store.count_rows(Blob) == 5
+    store.delete_analysis(deleted)
+    assert store.count_rows(Blob) == 3 and store.count_rows(BlobChunk) == 3  # shared, kept, map of kept
+    with pytest.raises(KeyError):
+        store.read_blob(sha256=only_here)
+    assert store.get_explanation(**{**EXPLANATION_KEY, "image_sha256": only_here}) is None
+    assert [store.read_blob(p.blob_id) for p in store.get_analysis(kept).predictions] == [
+        b"image of shared", b"image of kept"]
+    assert store.get_explanation(**{**EXPLANATION_KEY, "image_sha256": sha256_hex(b"image of kept")}) == b"map of kept"
+
+
+def test_images_stay_while_another_analysis_is_being_stored(store):
+    """The same zip classified again while the first analysis is deleted: the second run has stored
+    the images and is about to refer to them; they must still be there when it does."""
+    first = store.start_analysis("smear.zip", "classification")
+    store.finish_analysis(first, predictions=_cells(["a", "b"]))
+    again = store.start_analysis("smear.zip", "classification")
+    store.put_blobs({sha256_hex(b"image of a"): b"image of a"})  # what finish_analysis does first
+    store.delete_analysis(first)
+    store.finish_analysis(again, predictions=_cells(["a", "b"]))
+    assert [store.read_blob(p.blob_id) for p in store.get_analysis(again).predictions] == [b"image of a",
+                                                                                         b"image of b"]
+    with store.session() as session:  # a run left "running" two days ago by a process that died
+        session.get(Analysis, store.start_analysis("stale.zip", "classification")).created_at = datetime(2000, 1, 1)
+    store.delete_analysis(again)
+    assert store.count_rows(Blob) == 0

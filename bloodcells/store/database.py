@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import create_engine, delete, event, func, insert, or_, select
@@ -39,6 +40,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _BLOB_BATCH = 32  # images per blob transaction in finish_analysis
 _DEADLOCK_RETRIES = 3
 _MYSQL_DEADLOCK = 1213
+_LONGEST_ANALYSIS = timedelta(days=1)  # a "running" analysis older than this was left by a process that died
 
 
 class StoreError(RuntimeError):
@@ -385,12 +387,43 @@ class Store(ReviewStore, LineageStore):
             if last is not None and last.action == SIGNED:
                 raise AnalysisLocked(f"analysis #{analysis_id} was signed off by {signed_by(last)}: reopen it to "
                                      "delete it")
+            images = set(session.scalars(select(Prediction.blob_id).where(
+                Prediction.analysis_id == analysis_id, Prediction.blob_id.is_not(None)).distinct()))
             prediction_ids = select(Prediction.id).where(Prediction.analysis_id == analysis_id)
             session.execute(delete(Review).where(Review.prediction_id.in_(prediction_ids)))
             session.execute(delete(Signoff).where(Signoff.analysis_id == analysis_id))
             session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
             session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
             session.execute(delete(Analysis).where(Analysis.id == analysis_id))
+            self._delete_unreferenced_images(session, images)
+
+    def _delete_unreferenced_images(self, session: Session, image_ids: set[int]) -> None:
+        """Delete the images among ``image_ids`` that no cell refers to any more, with the explanation
+        maps cached for them: a deleted analysis takes its cells' images out of the database.
+
+        Skipped while another analysis is being stored: ``finish_analysis`` stores its images before
+        the rows that refer to them, so one of these may be about to be referred to again (the same
+        zip classified twice). Those images stay, as every image did before this was written. An
+        analysis left ``running`` for a day by a process that died does not count."""
+        running_since = utcnow() - _LONGEST_ANALYSIS
+        if not image_ids or session.scalar(select(func.count()).select_from(Analysis).where(
+                Analysis.status == "running", Analysis.created_at > running_since)):
+            return
+        ids = sorted(image_ids)
+        still_used = {blob_id for batch in _batches(ids) for blob_id in session.scalars(
+            select(Prediction.blob_id).where(Prediction.blob_id.in_(batch)).distinct())}
+        orphans = [blob_id for blob_id in ids if blob_id not in still_used]
+        digests = [digest for batch in _batches(orphans)
+                   for digest in session.scalars(select(Blob.sha256).where(Blob.id.in_(batch)))]
+        maps: set[int] = set()
+        for batch in _batches(digests):
+            maps.update(session.scalars(select(Explanation.blob_id).where(Explanation.image_sha256.in_(batch))))
+            session.execute(delete(Explanation).where(Explanation.image_sha256.in_(batch)))
+        shared_maps = {blob_id for batch in _batches(sorted(maps)) for blob_id in session.scalars(
+            select(Explanation.blob_id).where(Explanation.blob_id.in_(batch)))}  # the same map of another image
+        for batch in _batches(orphans + sorted(maps - shared_maps)):
+            session.execute(delete(BlobChunk).where(BlobChunk.blob_id.in_(batch)))
+            session.execute(delete(Blob).where(Blob.id.in_(batch)))
 
     def result_counts(self, analysis_ids: Iterable[int]) -> dict[int, ResultCounts]:
         """What each of ``analysis_ids`` holds (zeros for one with no results), counted in the database."""
@@ -415,6 +448,12 @@ class Store(ReviewStore, LineageStore):
     def count_rows(self, table) -> int:
         with self.session() as session:
             return session.scalar(select(func.count()).select_from(table))
+
+
+def _batches(values: list, size: int = 500) -> Iterator[list]:
+    """``values`` in lists of at most ``size``: the bound parameters of one IN (...)."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def _insert_or_ignore(table, **values):
