@@ -122,3 +122,14 @@ def test_migration_0003_adds_sign_offs_and_keeps_the_reviews(database_url):
     assert store.signoffs([analysis_id]) == {analysis_id: []}
     assert len(store.get_analysis(analysis_id).predictions[0].reviews) == 1
     store.engine.dispose()
+
+
+def test_reviewers_whose_names_differ_only_in_case_or_accents_are_both_listed(store):
+    """MySQL's usual collations compare "José" and "jose" equal; the count log must still name both."""
+    analysis_id = store.start_analysis("cells.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"cell_{n}.png", "NGS", "ALL/MYE/MYM/NEU/NGS", 0.9, {}, False, f"cell {n}".encode())
+        for n in range(3)])
+    for prediction, reviewer in zip(store.get_analysis(analysis_id).predictions, ["José", "jose", "José"], strict=True):
+        store.review(prediction.id, "NGB", reviewer)
+    assert store.reviewers([analysis_id]) == {analysis_id: ["José", "jose"]}

@@ -130,15 +130,16 @@ class ReviewStore:
         return found
 
     def reviewers(self, analysis_ids: Iterable[int]) -> dict[int, list[str]]:
-        """Who reviewed cells of each analysis, sorted."""
+        """Who reviewed cells of each analysis, sorted. Names are told apart here, not by the database:
+        MySQL's usual collations hold "José" and "jose" equal, and its DISTINCT would keep only one."""
         ids = list(analysis_ids)
-        found: dict[int, list[str]] = {analysis_id: [] for analysis_id in ids}
+        found: dict[int, set[str]] = {analysis_id: set() for analysis_id in ids}
         query = (select(Prediction.analysis_id, Review.reviewer).join(Review, Review.prediction_id == Prediction.id)
-                 .where(Prediction.analysis_id.in_(ids)).distinct().order_by(Review.reviewer))
+                 .where(Prediction.analysis_id.in_(ids)))
         with self.session() as session:
             for analysis_id, reviewer in session.execute(query):
-                found[analysis_id].append(reviewer)
-        return found
+                found[analysis_id].add(reviewer)
+        return {analysis_id: sorted(names) for analysis_id, names in found.items()}
 
     def final_code_counts(self, analysis_ids: Iterable[int]) -> dict[int, Counter[str]]:
         """Cells per final label (the reviewer's where given) of each analysis; for a detection, its
