@@ -6,27 +6,24 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, func, insert, or_, select
+from sqlalchemy import create_engine, delete, event, func, or_, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..taxonomy import Tree
+from .blobs import BlobStore
+from .errors import StoreError
 from .lineage import LineageStore
 from .reviews import AnalysisLocked, ReviewStore, last_signoff, signed_by
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_hex
 from .schema import (
-    CHUNK_SIZE,
     SIGNED,
     Analysis,
-    Blob,
-    BlobChunk,
     CellType,
     Detection,
-    Explanation,
     Model,
     ModelCellType,
     ModelType,
@@ -38,16 +35,9 @@ from .schema import (
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _BLOB_BATCH = 32  # images per blob transaction in finish_analysis
-_DEADLOCK_RETRIES = 3
-_MYSQL_DEADLOCK = 1213
-_LONGEST_ANALYSIS = timedelta(days=1)  # a "running" analysis older than this was left by a process that died
 
 
-class StoreError(RuntimeError):
-    """A storage failure worded for a lab user (the database is down, a value is too large...)."""
-
-
-class Store(ReviewStore, LineageStore):
+class Store(BlobStore, ReviewStore, LineageStore):
     """All database access. ``Store(url)``; ``upgrade()`` creates or migrates the schema; reviews and
     sign-offs come from ``ReviewStore``."""
 
@@ -141,81 +131,6 @@ class Store(ReviewStore, LineageStore):
         """Raise StoreError when the database cannot be reached."""
         with self.session() as session:
             session.execute(select(1))
-
-    # -- blobs ---------------------------------------------------------------------------
-    def put_blob(self, session: Session, content: bytes, media_type: str = "image") -> Blob:
-        """The blob holding ``content``, written once per sha256 (in chunks of 1 MiB).
-
-        Safe when sessions store the same content at once: the insert is ignored when another
-        transaction wrote that sha256 first (MySQL waits for it to commit; SQLite has one writer),
-        the locking read then sees it, and only the transaction that inserted it adds the chunks.
-        """
-        digest = sha256_hex(content)
-        blob = session.scalar(select(Blob).where(Blob.sha256 == digest))
-        if blob is not None:
-            return blob
-        inserted = session.connection().execute(
-            _insert_or_ignore(Blob, sha256=digest, size=len(content), media_type=media_type)).rowcount
-        blob = session.scalar(select(Blob).where(Blob.sha256 == digest).with_for_update(read=True)
-                              .execution_options(populate_existing=True))
-        if inserted:
-            for seq, start in enumerate(range(0, max(len(content), 1), CHUNK_SIZE)):
-                session.add(BlobChunk(blob_id=blob.id, seq=seq, data=content[start:start + CHUNK_SIZE]))
-            session.flush()
-        return blob
-
-    def put_blobs(self, contents: dict[str, bytes]) -> dict[str, int]:
-        """Store ``{sha256: content}`` in a transaction of its own; returns ``{sha256: blob id}``.
-
-        Written in sha256 order, so that concurrent writers take their locks in one order; a
-        MySQL deadlock all the same is retried (the transaction is short and holds nothing else).
-        """
-        attempts = 0
-        while True:
-            try:
-                with self.session() as session:
-                    return {digest: self.put_blob(session, contents[digest]).id for digest in sorted(contents)}
-            except StoreError as error:
-                attempts += 1
-                if attempts == _DEADLOCK_RETRIES or not _is_deadlock(error.__cause__):
-                    raise
-
-    def read_blob(self, blob_id: int | None = None, sha256: str | None = None) -> bytes:
-        with self.session() as session:
-            query = select(Blob.id, Blob.size)
-            query = query.where(Blob.id == blob_id) if blob_id is not None else query.where(Blob.sha256 == sha256)
-            found = session.execute(query).first()
-            if found is None:
-                raise KeyError(f"no stored content {blob_id or sha256}")
-            parts = session.scalars(select(BlobChunk.data).where(BlobChunk.blob_id == found.id)
-                                    .order_by(BlobChunk.seq))
-            content = b"".join(parts)
-        if len(content) != found.size:
-            raise StoreError(f"stored content {sha256 or blob_id} is incomplete "
-                             f"({len(content)} of {found.size} bytes)")
-        return content
-
-    # -- explanations ----------------------------------------------------------------------
-    def get_explanation(self, *, model_sha256: str, image_sha256: str, method: str, settings_key: str) -> bytes | None:
-        """The content of the attribution map cached under this key, or None."""
-        with self.session() as session:
-            blob_id = session.scalar(select(Explanation.blob_id).where(
-                Explanation.model_sha256 == model_sha256, Explanation.image_sha256 == image_sha256,
-                Explanation.method == method, Explanation.settings_key == settings_key))
-        return None if blob_id is None else self.read_blob(blob_id=blob_id)
-
-    def put_explanation(self, content: bytes, *, model_sha256: str, image_sha256: str, method: str,
-                        settings_key: str) -> None:
-        """Cache an attribution map's ``content`` under its key; a map stored first under that key is kept.
-
-        Two processes explaining the same cell at once both get here after a cache miss: the row is
-        inserted or ignored on its unique key, so neither fails (as in ``put_blob``).
-        """
-        with self.session() as session:
-            blob = self.put_blob(session, content, media_type="application/x-npy")
-            session.connection().execute(_insert_or_ignore(
-                Explanation, model_sha256=model_sha256, image_sha256=image_sha256, method=method,
-                settings_key=settings_key, blob_id=blob.id))
 
     # -- models --------------------------------------------------------------------------
     def register_model(self, *, kind: str, architecture: str, weights_path: str, sha256: str,
@@ -397,34 +312,6 @@ class Store(ReviewStore, LineageStore):
             session.execute(delete(Analysis).where(Analysis.id == analysis_id))
             self._delete_unreferenced_images(session, images)
 
-    def _delete_unreferenced_images(self, session: Session, image_ids: set[int]) -> None:
-        """Delete the images among ``image_ids`` that no cell refers to any more, with the explanation
-        maps cached for them: a deleted analysis takes its cells' images out of the database.
-
-        Skipped while another analysis is being stored: ``finish_analysis`` stores its images before
-        the rows that refer to them, so one of these may be about to be referred to again (the same
-        zip classified twice). Those images stay, as every image did before this was written. An
-        analysis left ``running`` for a day by a process that died does not count."""
-        running_since = utcnow() - _LONGEST_ANALYSIS
-        if not image_ids or session.scalar(select(func.count()).select_from(Analysis).where(
-                Analysis.status == "running", Analysis.created_at > running_since)):
-            return
-        ids = sorted(image_ids)
-        still_used = {blob_id for batch in _batches(ids) for blob_id in session.scalars(
-            select(Prediction.blob_id).where(Prediction.blob_id.in_(batch)).distinct())}
-        orphans = [blob_id for blob_id in ids if blob_id not in still_used]
-        digests = [digest for batch in _batches(orphans)
-                   for digest in session.scalars(select(Blob.sha256).where(Blob.id.in_(batch)))]
-        maps: set[int] = set()
-        for batch in _batches(digests):
-            maps.update(session.scalars(select(Explanation.blob_id).where(Explanation.image_sha256.in_(batch))))
-            session.execute(delete(Explanation).where(Explanation.image_sha256.in_(batch)))
-        shared_maps = {blob_id for batch in _batches(sorted(maps)) for blob_id in session.scalars(
-            select(Explanation.blob_id).where(Explanation.blob_id.in_(batch)))}  # the same map of another image
-        for batch in _batches(orphans + sorted(maps - shared_maps)):
-            session.execute(delete(BlobChunk).where(BlobChunk.blob_id.in_(batch)))
-            session.execute(delete(Blob).where(Blob.id.in_(batch)))
-
     def result_counts(self, analysis_ids: Iterable[int]) -> dict[int, ResultCounts]:
         """What each of ``analysis_ids`` holds (zeros for one with no results), counted in the database."""
         ids = list(analysis_ids)
@@ -450,28 +337,11 @@ class Store(ReviewStore, LineageStore):
             return session.scalar(select(func.count()).select_from(table))
 
 
-def _batches(values: list, size: int = 500) -> Iterator[list]:
-    """``values`` in lists of at most ``size``: the bound parameters of one IN (...)."""
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
-
-
-def _insert_or_ignore(table, **values):
-    """An INSERT that does nothing when a unique key already holds the row (another writer was first)."""
-    return (insert(table).values(**values).prefix_with("OR IGNORE", dialect="sqlite")
-            .prefix_with("IGNORE", dialect="mysql").prefix_with("IGNORE", dialect="mariadb"))
-
-
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
-
-
-def _is_deadlock(error: BaseException | None) -> bool:
-    orig = getattr(error, "orig", None)
-    return bool(getattr(orig, "args", None)) and orig.args[0] == _MYSQL_DEADLOCK
 
 
 def _first_line(error: BaseException | None) -> str:
