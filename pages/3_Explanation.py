@@ -6,7 +6,7 @@ import time
 import streamlit as st
 
 from bloodcells.explain import METHODS, explain
-from ui.common import page, require_store
+from ui.common import choose_classification, page, require_store
 from ui.models import get_classifier, predicted_attributes
 from ui.results import open_upload_image
 from ui.uploads import ACCEPTED
@@ -31,12 +31,11 @@ if source == "upload an image":
         image, image_name = open_upload_image(upload.getvalue(), upload.name), upload.name
         image_key = hashlib.sha256(upload.getvalue()).hexdigest()
 else:
-    analyses = [a for a in store.list_analyses(kind="classification") if a.status == "done"]
-    if not analyses:
-        st.info("No classified cells yet: classify a zip first, or upload an image.")
+    analysis = choose_classification(store, "explain", "No classified cells yet: classify a zip first, or upload "
+                                                       "an image.")
+    if analysis is None:
         st.stop()
-    chosen = st.selectbox("Analysis", analyses, format_func=lambda a: f"#{a.id} · {a.name}", key="explain_analysis")
-    cells = [p for p in store.get_analysis(chosen.id).predictions if p.blob_id is not None]
+    cells = [p for p in analysis.predictions if p.blob_id is not None]
     if not cells:
         st.info("This analysis kept no images.")
         st.stop()

@@ -3,9 +3,8 @@
 import streamlit as st
 
 from bloodcells import report
-from bloodcells.clock import stamp
 from bloodcells.taxonomy import default_tree
-from ui.common import LISTED, choose_analysis, find_analyses, link_to, listed_note, page, require_store, reviewer_name
+from ui.common import choose_classification, page, require_store, reviewer_name
 from ui.keyboard_review import keyboard_review
 from ui.results import cell_image_bytes
 from ui.signoff import attempt, locked_notice, show_refusal, signoff_panel
@@ -19,20 +18,9 @@ tree = default_tree()
 store = require_store()
 reviewer = reviewer_name()
 
-search = find_analyses("review_search")
-listed = store.list_analyses(kind="classification", limit=LISTED, search=search)
-listed_note(len(listed), search)
-analyses = [a for a in listed if a.status == "done"]
-if search and not analyses:
-    if listed:
-        st.info(f"No finished classification matches “{search}”.")
+analysis = choose_classification(store, "review", "There is nothing to review yet: classify a zip of cells first.")
+if analysis is None:
     st.stop()
-if not analyses:
-    st.info("There is nothing to review yet: classify a zip of cells first.")
-    link_to("pages/2_Classification.py")
-    st.stop()
-analysis = choose_analysis(store, {a.id: f"#{a.id} · {stamp(a.created_at)} · {a.name}" for a in analyses},
-                           "Analysis", "review_analysis")
 predictions = analysis.predictions
 locked = analysis.signed_off is not None
 

@@ -147,6 +147,24 @@ def test_explanation_of_a_stored_cell_and_of_a_bad_file(models_root, app_store):
     assert not at.metric and any("Click Explain" in c.value for c in at.caption)
 
 
+def test_explanation_finds_cells_of_analyses_older_than_the_list(models_root, app_store):
+    """A supervisor explains a cell of last month's analysis: it is past the newest analyses listed."""
+    from ui.common import LISTED
+
+    oldest = app_store.start_analysis("march smear.zip", "classification")
+    app_store.finish_analysis(oldest, predictions=[
+        PredictionRow("NGB_0.png", "NGB", "ALL/MYE/MYM/NEU/NGB", 0.9, {}, False, encode(cell_image("NGB", 0, 32)))])
+    for n in range(LISTED):
+        app_store.start_analysis(f"later {n}.zip", "classification")
+    at = app("3_Explanation").run()
+    at.segmented_control(key="explain_source").set_value("a cell from an analysis").run()
+    assert not at.exception
+    assert any("No classified cells yet" in i.value for i in at.info)  # the newest are all still running
+    at.text_input(key="explain_search").input("march").run()
+    assert at.selectbox(key="explain_analysis").value == oldest
+    assert at.selectbox(key="explain_cell").options == ["NGB_0.png · NGB (0.90)"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shared_trunk", [False, True], ids=["network per node", "shared trunk"])
 def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monkeypatch, app_store):

@@ -7,6 +7,7 @@ import os
 
 import streamlit as st
 
+from bloodcells.clock import stamp
 from bloodcells.settings import apply_offline_environment, settings
 from bloodcells.store import Store, StoreError, open_store
 from bloodcells.taxonomy import default_tree
@@ -133,3 +134,22 @@ def choose_analysis(store: Store, labels: dict[int, str], prompt: str, key: str)
     except KeyError:
         st.warning(f"Analysis #{chosen} was deleted meanwhile.")
         st.stop()
+
+
+def choose_classification(store: Store, key: str, nothing_yet: str):
+    """Find (the newest LISTED; older ones by name or #id, in ``<key>_search``) and choose
+    (``<key>_analysis``) a finished classification; returns it with its cells loaded, or None after
+    saying why there is none (``nothing_yet`` and a link to classify, when nothing was searched)."""
+    search = find_analyses(f"{key}_search")
+    listed = store.list_analyses(kind="classification", limit=LISTED, search=search)
+    listed_note(len(listed), search)
+    analyses = [a for a in listed if a.status == "done"]
+    if analyses:
+        return choose_analysis(store, {a.id: f"#{a.id} · {stamp(a.created_at)} · {a.name}" for a in analyses},
+                               "Analysis", f"{key}_analysis")
+    if not search:
+        st.info(nothing_yet)
+        link_to("pages/2_Classification.py")
+    elif listed:
+        st.info(f"No finished classification matches “{search}”.")
+    return None
