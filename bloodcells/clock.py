@@ -8,7 +8,7 @@ in Berlin is counted on that day, not on the one before.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -36,3 +36,12 @@ def lab_time(moment: datetime) -> datetime:
 def stamp(moment: datetime) -> str:
     """``2026-03-02 00:30 CET``: to the minute, in the lab's zone, with its abbreviation."""
     return f"{lab_time(moment):%Y-%m-%d %H:%M %Z}"
+
+
+def lab_days(first: date | None, last: date | None) -> tuple[datetime | None, datetime | None]:
+    """The stored (naive UTC) times from the start of the lab's day ``first`` to before the start of
+    the day after ``last``: the lab's dates as a query on stored times (None: open on that side)."""
+    def start_of(day: date) -> datetime:
+        return datetime.combine(day, time.min, lab_zone()).astimezone(UTC).replace(tzinfo=None)
+
+    return (None if first is None else start_of(first)), (None if last is None else start_of(last + timedelta(days=1)))

@@ -8,11 +8,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from .clock import lab_time, stamp
+from .clock import lab_days, lab_time, stamp
 from .report import records_csv
 from .signout import APART, CLINICAL_ORDER, OTHERS, SIGNED, clinical_rows, signoff_status, slide_differential
 from .taxonomy import Tree, default_tree
 
+LOG_LIMIT = 5000  # analyses one count log reads: a lab with more in the dates chosen narrows them
 NO_CATEGORY = "(no category)"  # how an analysis never signed with a category is filtered and shown
 COUNT_COLUMNS = [label for label, _ in CLINICAL_ORDER] + [OTHERS] + [label for label, _ in APART]
 
@@ -37,11 +38,19 @@ class LogEntry:
         return {*self.reviewers, *self.signers}
 
 
-def count_log(store, tree: Tree | None = None, limit: int = 5000) -> list[LogEntry]:
-    """Every finished analysis with a differential (cells, or white cells typed on smear fields),
-    newest first: its category and status from its sign-offs, its counts in clinical order."""
+def log_dates(store) -> tuple[date, date] | None:
+    """The lab's dates of the first and the last finished analysis, or None when there is none."""
+    span = store.analysis_span(done=True)
+    return None if span is None else (lab_time(span[0]).date(), lab_time(span[1]).date())
+
+
+def count_log(store, tree: Tree | None = None, start: date | None = None, end: date | None = None,
+              limit: int | None = None) -> list[LogEntry]:
+    """Every finished analysis with a differential (cells, or white cells typed on smear fields)
+    made from ``start`` to ``end`` (the lab's dates, inclusive; the newest ``limit``), newest first:
+    its category and status from its sign-offs, its counts in clinical order. ``limit``: LOG_LIMIT."""
     tree = tree or default_tree()
-    analyses = [a for a in store.list_analyses(limit=limit) if a.status == "done"]
+    analyses = store.list_analyses(limit=limit or LOG_LIMIT, done=True, made=lab_days(*_dates(start, end)))
     ids = [a.id for a in analyses]
     codes, signoffs = store.final_code_counts(ids), store.signoffs(ids)
     reviewers, results = store.reviewers(ids), store.result_counts(ids)
@@ -64,12 +73,16 @@ def count_log(store, tree: Tree | None = None, limit: int = 5000) -> list[LogEnt
     return entries
 
 
+def log_is_cut(store, start: date | None = None, end: date | None = None, limit: int | None = None) -> bool:
+    """Whether more finished analyses were made in these dates than ``count_log`` reads."""
+    return store.count_analyses(done=True, made=lab_days(*_dates(start, end))) > (limit or LOG_LIMIT)
+
+
 def filter_log(entries: Iterable[LogEntry], *, categories: Iterable[str] = (), start: date | None = None,
                end: date | None = None, people: Iterable[str] = ()) -> list[LogEntry]:
     """The entries in any of ``categories``, made from ``start`` to ``end`` (inclusive dates), that
     any of ``people`` reviewed or signed; an empty choice does not filter."""
-    if start and end and start > end:
-        raise ValueError(f"the dates run backwards: {start} is after {end}")
+    start, end = _dates(start, end)
     categories, people = set(categories), set(people)
     return [e for e in entries
             if (not categories or e.category in categories)
@@ -90,3 +103,8 @@ def log_csv(entries: Iterable[LogEntry]) -> bytes:
     """The count log as CSV (UTF-8, one header row), the columns of ``log_rows``."""
     return records_csv(log_rows(entries))
 
+
+def _dates(start: date | None, end: date | None) -> tuple[date | None, date | None]:
+    if start and end and start > end:
+        raise ValueError(f"the dates run backwards: {start} is after {end}")
+    return start, end

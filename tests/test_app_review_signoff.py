@@ -167,6 +167,29 @@ def test_count_log_dates_left_as_they_were_take_in_newer_analyses(app_store):
     assert list(at.dataframe[0].value["name"]) == ["monday.zip"]
 
 
+def test_count_log_past_its_limit_says_so_and_narrower_dates_reach_the_older_analyses(app_store, monkeypatch):
+    from datetime import datetime
+
+    from sqlalchemy import update
+
+    from bloodcells import countlog
+    from bloodcells.store.schema import Analysis
+
+    monkeypatch.setattr(countlog, "LOG_LIMIT", 2)  # a lab's 5,000 analyses, in small
+    for day, name in [(2, "monday.zip"), (3, "tuesday.zip"), (4, "wednesday.zip")]:
+        analysis_id = classified(app_store, ["LYT"], name=name)
+        with app_store.session() as session:
+            session.execute(update(Analysis).where(Analysis.id == analysis_id)
+                            .values(created_at=datetime(2026, 3, day, 9)))
+    at = app("5_History").run()
+    at.segmented_control(key="history_view").set_value("count log").run()
+    assert not at.exception
+    assert list(at.dataframe[0].value["name"]) == ["wednesday.zip", "tuesday.zip"]
+    assert any("More than 2 analyses were made in these dates" in w.value for w in at.warning)
+    at.date_input(key="log_dates").set_value((datetime(2026, 3, 2).date(), datetime(2026, 3, 3).date())).run()
+    assert list(at.dataframe[0].value["name"]) == ["tuesday.zip", "monday.zip"] and not at.warning
+
+
 def test_count_log_csv_reads_back(app_store):
     from bloodcells.countlog import count_log, log_csv
 

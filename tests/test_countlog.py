@@ -7,7 +7,16 @@ from datetime import date, datetime
 import pytest
 from sqlalchemy import update
 
-from bloodcells.countlog import COUNT_COLUMNS, NO_CATEGORY, count_log, filter_log, log_csv, log_rows
+from bloodcells.countlog import (
+    COUNT_COLUMNS,
+    NO_CATEGORY,
+    count_log,
+    filter_log,
+    log_csv,
+    log_dates,
+    log_is_cut,
+    log_rows,
+)
 from bloodcells.store import Analysis, DetectionRow, PredictionRow
 
 
@@ -70,6 +79,19 @@ def test_filters_by_category_dates_and_person(store, logged):
         filter_log(entries, start=date(2026, 11, 20), end=date(2026, 11, 1))
 
 
+def test_a_lab_with_more_analyses_than_the_log_reads_reaches_the_older_ones_by_date(store, logged):
+    """The log reads the newest LOG_LIMIT analyses of the dates chosen; older months stay reachable."""
+    assert [e.analysis_id for e in count_log(store, limit=2)] == [logged["field"], logged["draft"]]
+    assert log_is_cut(store, limit=2) and not log_is_cut(store, limit=4)  # the unfinished one is not counted
+    first_days = {"start": date(2026, 11, 1), "end": date(2026, 11, 10)}
+    assert [e.analysis_id for e in count_log(store, limit=2, **first_days)] == [logged["blood"], logged["marrow"]]
+    assert not log_is_cut(store, limit=2, **first_days)
+    assert count_log(store, start=date(2026, 11, 3), end=date(2026, 11, 9)) == []
+    assert log_dates(store)[0] == date(2026, 11, 2)
+    with pytest.raises(ValueError, match="dates run backwards"):
+        count_log(store, start=date(2026, 11, 20), end=date(2026, 11, 1))
+
+
 def test_table_and_csv_list_counts_in_clinical_order(store, logged):
     entries = filter_log(count_log(store), categories=["peripheral blood"])
     [row] = log_rows(entries)
@@ -98,6 +120,9 @@ def test_times_are_shown_and_dates_filtered_in_the_labs_time_zone(store, monkeyp
     assert log_rows(entries)[0]["date"] == "2026-03-02 00:30 CET"
     assert filter_log(entries, start=date(2026, 3, 2), end=date(2026, 3, 2)) == entries
     assert filter_log(entries, start=date(2026, 3, 1), end=date(2026, 3, 1)) == []
+    assert count_log(store, start=date(2026, 3, 2), end=date(2026, 3, 2)) == entries  # read from the database so
+    assert count_log(store, start=date(2026, 3, 1), end=date(2026, 3, 1)) == []
+    assert log_dates(store) == (date(2026, 3, 2), date(2026, 3, 2))
     store.sign_off(analysis_id, "Dr Night")
     [line] = signoff_lines(store.get_analysis(analysis_id).signoffs)
     assert line.endswith(("CET  signed by Dr Night", "CEST  signed by Dr Night"))

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, delete, event, func, or_, select
@@ -266,22 +267,29 @@ class Store(BlobStore, ReviewStore, LineageStore):
                 with self._failures_lock:
                     self._unrecorded_failures.setdefault(analysis_id, error)
 
-    def list_analyses(self, kind: str | None = None, limit: int = 200, search: str = "",
-                      reviewed: bool = False) -> list[Analysis]:
-        """The newest analyses (of ``kind``; ``reviewed``: only those with a reviewed cell), at most
-        ``limit``. ``search`` keeps those whose name contains it, and the one whose id it is (``#12``
+    def list_analyses(self, kind: str | None = None, limit: int = 200, search: str = "", reviewed: bool = False,
+                      done: bool = False, made: tuple[datetime | None, datetime | None] = (None, None)) -> list[Analysis]:
+        """The newest analyses, at most ``limit``, of ``kind``; ``reviewed``: only those with a reviewed
+        cell; ``done``: only finished ones; ``made``: begun from the first (naive UTC) time to before
+        the second. ``search`` keeps those whose name contains it, and the one whose id it is (``#12``
         or ``12``): how older analyses are found."""
         with self.session() as session:
-            query = select(Analysis).order_by(Analysis.id.desc()).limit(limit)
-            if kind:
-                query = query.where(Analysis.kind == kind)
-            if reviewed:
-                query = query.where(Analysis.predictions.any(Prediction.reviewed_code.is_not(None)))
-            if search := search.strip():
-                named = Analysis.name.contains(search, autoescape=True)
-                number = search.removeprefix("#")
-                query = query.where(or_(named, Analysis.id == int(number)) if number.isdigit() else named)
-            return list(session.scalars(query))
+            query = select(Analysis).where(*_analysis_conditions(kind, search, reviewed, done, made))
+            return list(session.scalars(query.order_by(Analysis.id.desc()).limit(limit)))
+
+    def count_analyses(self, kind: str | None = None, search: str = "", reviewed: bool = False, done: bool = False,
+                       made: tuple[datetime | None, datetime | None] = (None, None)) -> int:
+        """How many analyses ``list_analyses`` would list without a limit."""
+        with self.session() as session:
+            return session.scalar(select(func.count()).select_from(Analysis).where(
+                *_analysis_conditions(kind, search, reviewed, done, made)))
+
+    def analysis_span(self, done: bool = True) -> tuple[datetime, datetime] | None:
+        """When the first and the last (finished) analysis began (naive UTC), or None when there is none."""
+        with self.session() as session:
+            first, last = session.execute(select(func.min(Analysis.created_at), func.max(Analysis.created_at))
+                                          .where(*_analysis_conditions(done=done))).one()
+        return None if first is None else (first, last)
 
     def get_analysis(self, analysis_id: int) -> Analysis:
         """An analysis with its predictions (and their reviews), detections and sign-offs loaded."""
@@ -335,6 +343,27 @@ class Store(BlobStore, ReviewStore, LineageStore):
     def count_rows(self, table) -> int:
         with self.session() as session:
             return session.scalar(select(func.count()).select_from(table))
+
+
+def _analysis_conditions(kind: str | None = None, search: str = "", reviewed: bool = False, done: bool = False,
+                         made: tuple[datetime | None, datetime | None] = (None, None)) -> list:
+    """The WHERE conditions of ``Store.list_analyses`` and ``count_analyses``."""
+    conditions = []
+    if kind:
+        conditions.append(Analysis.kind == kind)
+    if reviewed:
+        conditions.append(Analysis.predictions.any(Prediction.reviewed_code.is_not(None)))
+    if done:
+        conditions.append(Analysis.status == "done")
+    if made[0] is not None:
+        conditions.append(Analysis.created_at >= made[0])
+    if made[1] is not None:
+        conditions.append(Analysis.created_at < made[1])
+    if search := search.strip():
+        named = Analysis.name.contains(search, autoescape=True)
+        number = search.removeprefix("#")
+        conditions.append(or_(named, Analysis.id == int(number)) if number.isdigit() else named)
+    return conditions
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
