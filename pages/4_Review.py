@@ -108,7 +108,7 @@ for code in (node.code for node in tree.root.walk()):
     grid = st.columns(4)
     for n, prediction in enumerate(cells[:shown]):
         with grid[n % 4].container(border=True, key=f"cell_{prediction.id}"):
-            png = cell_image_bytes(store, prediction.blob_id, 128)
+            png = cell_image_bytes(store, prediction, 128)
             if png:
                 st.image(png, width=128)
             final = prediction.final_code

@@ -79,7 +79,7 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
         if not 0 <= index + offset < len(shown):
             continue
         neighbour = shown[index + offset]
-        png = cell_image_bytes(store, neighbour.blob_id, 256 if offset == 0 else 96)
+        png = cell_image_bytes(store, neighbour, 256 if offset == 0 else 96)
         with column:
             if png:
                 st.image(png, width=256 if offset == 0 else 96)

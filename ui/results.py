@@ -23,17 +23,18 @@ MAX_THUMBNAILS = 2000  # beyond this the table shows names only: the page must s
 
 
 @st.cache_data(show_spinner=False, max_entries=20_000)
-def _cell_png(_store: Store, url: str, blob_id: int, size: int | None) -> bytes | None:
-    """``url`` (with ``blob_id``) keys the cache; the unhashed ``_store`` reads the content."""
+def _cell_png(_store: Store, url: str, sha256: str, size: int | None) -> bytes | None:
+    """``url`` and the content's ``sha256`` key the cache (never the blob id: SQLite gives a deleted
+    blob's id to the next image stored); the unhashed ``_store`` reads the content."""
     try:
-        return thumbnail_png(_store.read_blob(blob_id), f"stored image {blob_id}", size)
+        return thumbnail_png(_store.read_blob(sha256=sha256), f"stored image {sha256[:12]}", size)
     except (InputError, KeyError):
         return None
 
 
-def cell_image_bytes(store: Store, blob_id: int | None, size: int | None = None) -> bytes | None:
-    """A stored cell image as PNG, scaled to fit ``size`` pixels when given; None if unreadable."""
-    return None if blob_id is None else _cell_png(store, store.url, blob_id, size)
+def cell_image_bytes(store: Store, prediction, size: int | None = None) -> bytes | None:
+    """A stored cell's image as PNG, scaled to fit ``size`` pixels when given; None if unreadable."""
+    return None if prediction.image_sha256 is None else _cell_png(store, store.url, prediction.image_sha256, size)
 
 
 def data_uri(png: bytes | None) -> str | None:
@@ -119,7 +120,7 @@ def cell_table(store: Store, analysis, records: list[dict]) -> list[dict]:
         st.caption(f"{len(records)} cells: thumbnails are shown for uploads of up to {MAX_THUMBNAILS}.")
     rows = []
     for prediction, record in zip(analysis.predictions, records, strict=True):
-        image = (data_uri(cell_image_bytes(store, prediction.blob_id, THUMBNAIL_PX))
+        image = (data_uri(cell_image_bytes(store, prediction, THUMBNAIL_PX))
                  if with_images else None)
         rows.append({"image": image, "file": record["file"], "type": record["name"], "code": record["final_code"],
                      "path": record["path"], "confidence": record["confidence"],
@@ -130,7 +131,7 @@ def cell_table(store: Store, analysis, records: list[dict]) -> list[dict]:
 def gallery(store: Store, predictions, columns: int = 8) -> None:
     grid = st.columns(columns)
     for n, prediction in enumerate(predictions):
-        png = cell_image_bytes(store, prediction.blob_id, 96)
+        png = cell_image_bytes(store, prediction, 96)
         with grid[n % columns]:
             if png:
                 st.image(png, caption=f"{prediction.final_code} {prediction.confidence:.2f}")

@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    select,
+)
 from sqlalchemy.dialects import mysql
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: far below MySQL's default 16 MB max_allowed_packet
 # MEDIUMBLOB on MySQL (16 MB); a plain BLOB there holds only 64 KB.
@@ -125,6 +137,10 @@ class Prediction(Base):
     level_confidences: Mapped[dict] = mapped_column(JSON, default=dict)
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
     reviewed_code: Mapped[str | None] = mapped_column(String(16))
+    # What the image is, not where it is stored: SQLite hands a deleted blob's id to the next one
+    # stored, so caches of images are keyed by this.
+    image_sha256: Mapped[str | None] = column_property(
+        select(Blob.sha256).where(Blob.id == blob_id).correlate_except(Blob).scalar_subquery())
     analysis: Mapped[Analysis] = relationship(back_populates="predictions")
     reviews: Mapped[list[Review]] = relationship(
         back_populates="prediction", cascade="all, delete-orphan", order_by="Review.id")
