@@ -228,6 +228,9 @@ class TreeClassifier:
             from .heads import load_trunk
 
             trunk = load_trunk(models_dir, manifest["trunk"])
+        if not manifest["nodes"]:  # it would give every cell one type, sure of it and never flagged
+            raise ModelFileError(f"{manifest_file}: a tree without a trained node (its training data held one "
+                                 "cell type); train it on at least two")
         nodes = {code: NodeModel.load(models_dir / f"{code}.json", trunk) for code in manifest["nodes"]}
         unknown = [code for code in nodes if code not in tree]
         if unknown:

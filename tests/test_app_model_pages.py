@@ -165,6 +165,23 @@ def test_explanation_finds_cells_of_analyses_older_than_the_list(models_root, ap
     assert at.selectbox(key="explain_cell").options == ["NGB_0.png · NGB (0.90)"]
 
 
+def test_training_on_one_cell_type_is_refused_and_nothing_can_be_accepted(tmp_path, monkeypatch, app_store):
+    """It trained no node and offered Accept: every cell would then be that type, sure of it, never flagged."""
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
+    upload = write_cell_zip(tmp_path / "labelled.zip", {"neutrophil": 12}, size=32)
+    at = app("6_Training").run()
+    at.file_uploader[0].set_value(("labelled.zip", upload.read_bytes(), "application/zip"))
+    at.selectbox(key="training_backbone").select("other timm model…").run()
+    at.text_input(key="training_timm_name").input("test_efficientnet")
+    at.number_input(key="training_size").set_value(32)
+    at.number_input(key="training_epochs").set_value(1)
+    at.selectbox(key="training_mode").select("scratch").run()
+    at.button(key="train").click().run()
+    assert not at.exception
+    assert any("nothing to train" in e.value and "give at least two" in e.value for e in at.error)
+    assert "accept_models" not in [b.key for b in at.button]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shared_trunk", [False, True], ids=["network per node", "shared trunk"])
 def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monkeypatch, app_store):

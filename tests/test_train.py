@@ -506,3 +506,27 @@ def test_the_train_command_runs_with_augmenting_workers(tmp_path):
                              timeout=240)
     assert refused.returncode == 2 and "workers is a number of processes" in refused.stderr
     assert not (tmp_path / "m2").exists()
+
+
+def test_one_cell_type_trains_nothing_and_says_so(tmp_path, trained_models_dir):
+    """A tree of pass-throughs would call every cell that type at confidence 1.0, never flagged."""
+    import shutil
+
+    from bloodcells.classify import ModelFileError, TreeClassifier
+    from bloodcells.inputs import InputError
+    from bloodcells.train import train_tree
+
+    write_cell_folders(tmp_path / "cells", {"NGS": 12}, size=24)
+    with pytest.raises(InputError, match=r"nothing to train: no node has training images of two cell types .*NGS"):
+        train_tree([tmp_path / "cells"], tmp_path / "models", log=lambda _text: None,
+                   config=tiny_train_config(epochs=1, input_size=24))
+    assert not (tmp_path / "models").exists()
+    with pytest.raises(InputError, match=r"none of the nodes asked for \(NEU\)"):
+        train_tree([tmp_path / "cells"], tmp_path / "models",
+                   log=lambda _text: None, config=tiny_train_config(epochs=1, input_size=24, nodes=["NEU"]))
+    empty = tmp_path / "empty tree"  # one accepted before this check: refused when loaded
+    shutil.copytree(trained_models_dir, empty)
+    manifest = json.loads((empty / "classifier.json").read_text())
+    (empty / "classifier.json").write_text(json.dumps({**manifest, "nodes": []}))
+    with pytest.raises(ModelFileError, match="a tree without a trained node"):
+        TreeClassifier.load(empty)

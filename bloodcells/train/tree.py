@@ -18,6 +18,7 @@ from ..data import (
     split_indices,
 )
 from ..heads import TRUNK
+from ..inputs import InputError
 from ..taxonomy import TREES_DIR, Tree, load_tree
 from .config import (
     FORMAT_VERSION,
@@ -104,6 +105,10 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
     log("training images per node and child (train split):\n" + report.count_table)
     report.passthrough = {code: next(iter(counts)) for code, counts in table.items() if len(counts) == 1}
     to_train = [code for code in targets_per_node if not config.nodes or code in config.nodes]
+    if not to_train:  # a tree of pass-throughs would call every cell one type, sure of it
+        asked = f"none of the nodes asked for ({', '.join(config.nodes)})" if config.nodes else "no node"
+        raise InputError(f"nothing to train: {asked} has training images of two cell types below it (types with "
+                         f"training images: {', '.join(sorted(set(train_labels))) or 'none'}); give at least two")
 
     staging = out_dir.with_name(out_dir.name + ".training")
     if dist.main:
