@@ -210,3 +210,11 @@ def test_a_deleted_cells_thumbnail_is_never_shown_for_the_next_cell_stored(app_s
     assert new.blob_id == old.blob_id and new.image_sha256 != old.image_sha256
     assert cell_image_bytes(app_store, new, 48) == thumbnail_png(app_store.read_blob(new.blob_id), "", 48)
     assert cell_image_bytes(app_store, new, 48) != old_thumbnail
+
+
+def test_a_database_url_that_cannot_be_used_is_a_message_on_every_page(monkeypatch):
+    monkeypatch.setenv("BLOODCELLS_DATABASE_URL", "postgresql://lab@db/bloodcells")
+    for page in ("5_History", "4_Review"):
+        at = app(page).run()
+        assert not at.exception
+        assert any("bloodcells stores in SQLite or MySQL/MariaDB" in e.value for e in at.error)

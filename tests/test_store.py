@@ -374,3 +374,15 @@ def test_images_stay_while_another_analysis_is_being_stored(store):
         session.get(Analysis, store.start_analysis("stale.zip", "classification")).created_at = datetime(2000, 1, 1)
     store.delete_analysis(again)
     assert store.count_rows(Blob) == 0
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("garbage:secret", "is not a URL"),  # not echoed: a URL may hold a password
+    ("sqlite:/relative.db", "is not a URL"),
+    ("postgresql://lab@db/bloodcells", "names 'postgresql': bloodcells stores in SQLite or MySQL/MariaDB"),
+    ("mysql+nosuchdriver://lab@db/bloodcells", "cannot be used: Can't load plugin"),
+])
+def test_a_database_url_that_cannot_be_used_is_named_not_a_traceback(url, message):
+    with pytest.raises(StoreError, match=message) as raised:
+        Store(url)
+    assert "secret" not in str(raised.value)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, delete, event, func, or_, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..taxonomy import Tree
@@ -35,6 +35,8 @@ from .schema import (
 )
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+SUPPORTED_BACKENDS = ("sqlite", "mysql", "mariadb")
+EXAMPLE_URLS = "sqlite:////srv/bloodcells/bloodcells.db or mysql+pymysql://user:password@host/bloodcells"
 _BLOB_BATCH = 32  # images per blob transaction in finish_analysis
 
 
@@ -44,7 +46,14 @@ class Store(BlobStore, ReviewStore, LineageStore):
 
     def __init__(self, url: str, **engine_options):
         self.url = url
-        parsed = make_url(url)
+        try:
+            parsed = make_url(url)
+        except ArgumentError:  # the text itself is not echoed: it may hold a password
+            raise StoreError("the database URL (BLOODCELLS_DATABASE_URL) is not a URL: give one such as "
+                             f"{EXAMPLE_URLS}") from None
+        if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+            raise StoreError(f"the database URL names {parsed.get_backend_name()!r}: bloodcells stores in SQLite "
+                             f"or MySQL/MariaDB ({EXAMPLE_URLS})")
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             folder = Path(parsed.database).parent
             try:
@@ -55,7 +64,10 @@ class Store(BlobStore, ReviewStore, LineageStore):
         options = {"pool_pre_ping": True, **engine_options}
         if parsed.get_backend_name() == "sqlite":
             options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
-        self.engine: Engine = create_engine(url, **options)
+        try:
+            self.engine: Engine = create_engine(url, **options)
+        except (ArgumentError, ImportError) as error:  # NoSuchModuleError is an ArgumentError
+            raise StoreError(f"the database URL cannot be used: {_first_line(error)}") from error
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
