@@ -38,6 +38,7 @@ def apply_other(prediction_id: int) -> None:
     code = st.session_state[f"other_{prediction_id}"]
     if code:
         apply_review(prediction_id, code)
+        st.session_state[f"other_{prediction_id}"] = None  # back to "other…": the same type can be picked again
 
 
 # -- counts that follow the reviews ---------------------------------------------------------------
@@ -69,6 +70,9 @@ st.download_button("Download corrected labels (class-folder zip for `bloodcells 
 
 # -- the cells, grouped by predicted class: a gallery (mouse) or one at a time (keyboard) ----------
 filters, modes = st.columns([3, 2])
+if st.session_state.get("review_filter_of") != analysis.id:  # another analysis: its own default view
+    st.session_state.pop("review_filter", None)
+    st.session_state["review_filter_of"] = analysis.id
 show = filters.segmented_control("Cells", ["needs review", "not reviewed yet", "all"],
                                  default="needs review" if any(p.needs_review for p in predictions) else "all",
                                  key="review_filter") or "all"

@@ -163,6 +163,31 @@ def test_review_reclassifies_with_one_click_and_counts_follow(app_store):
     assert counts.loc["NIF", "now"] == 1 and counts.loc["LYT", "now"] == 0 and counts.loc["NEU", "now"] == 1
 
 
+def test_the_other_type_box_can_pick_the_same_type_again_after_a_one_click_change(app_store):
+    analysis_id = classified(app_store, ["NGS", "LYT"], needs_review=[0, 1])
+    at = app("4_Review").run()
+    at.sidebar.text_input[0].input("Dr Who").run()
+    cell = app_store.get_analysis(analysis_id).predictions[0]
+    at.selectbox(key=f"other_{cell.id}").select("EOS").run()
+    assert at.selectbox(key=f"other_{cell.id}").value is None  # "other…" again, not a stale EOS
+    at.button(key=f"set_{cell.id}_NGS").click().run()
+    at.selectbox(key=f"other_{cell.id}").select("EOS").run()
+    assert [r.new_code for r in app_store.get_analysis(analysis_id).predictions[0].reviews] == ["EOS", "NGS", "EOS"]
+
+
+def test_each_analysis_opens_in_its_own_default_view(app_store):
+    """Chosen after one with flagged cells, an analysis with none showed no cell ("No cell left")."""
+    unflagged = classified(app_store, ["LYT", "LYT"], name="nothing flagged.zip")
+    flagged = classified(app_store, ["NGS", "LYT"], needs_review=[0], name="one flagged.zip")
+    at = app("4_Review").run()
+    at.sidebar.text_input[0].input("Dr Who").run()
+    assert at.selectbox(key="review_analysis").value == flagged
+    assert at.segmented_control(key="review_filter").value == "needs review"
+    at.selectbox(key="review_analysis").select(unflagged).run()
+    assert at.segmented_control(key="review_filter").value == "all"
+    assert not at.success and len(at.get("selectbox")) >= 3  # its two cells, each with its "other" box
+
+
 def test_review_without_analyses_points_to_classification(app_store):
     at = app("4_Review").run()
     assert not at.exception
