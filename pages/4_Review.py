@@ -5,7 +5,7 @@ import streamlit as st
 from bloodcells import report
 from bloodcells.taxonomy import default_tree
 from ui.common import choose_classification, page, require_store, reviewer_name
-from ui.keyboard_review import keyboard_review
+from ui.keyboard_review import keyboard_review, record_change, undo_button
 from ui.results import cell_image_bytes
 from ui.signoff import attempt, locked_notice, show_refusal, signoff_panel
 
@@ -30,14 +30,15 @@ show_refusal()
 locked_notice(analysis)
 
 
-def apply_review(prediction_id: int, code: str) -> None:
-    attempt(store.review, prediction_id, code, reviewer)
+def apply_review(prediction_id: int, code: str, before: str | None) -> None:
+    if attempt(store.review, prediction_id, code, reviewer) is not None:
+        record_change(analysis.id, prediction_id, before)
 
 
-def apply_other(prediction_id: int) -> None:
+def apply_other(prediction_id: int, before: str | None) -> None:
     code = st.session_state[f"other_{prediction_id}"]
     if code:
-        apply_review(prediction_id, code)
+        apply_review(prediction_id, code, before)
         st.session_state[f"other_{prediction_id}"] = None  # back to "other…": the same type can be picked again
 
 
@@ -88,6 +89,7 @@ if not selected:
 if mode == "keyboard":
     keyboard_review(store, analysis, ordered, selected, reviewer, tree, locked)
     st.stop()
+undo_button(store, analysis.id, reviewer, not reviewer or locked, "review_undo")
 groups: dict[str, list] = {}
 for prediction in selected:
     groups.setdefault(prediction.code, []).append(prediction)
@@ -123,10 +125,10 @@ for code in (node.code for node in tree.root.walk()):
                     st.button(text, key=f"set_{prediction.id}_{choice}", help=label(choice),
                               disabled=not reviewer or locked,
                               type="primary" if prediction.reviewed and final == choice else "secondary",
-                              on_click=apply_review, args=(prediction.id, choice))
+                              on_click=apply_review, args=(prediction.id, choice, prediction.reviewed_code))
             st.selectbox("Other type", [None, *all_codes], format_func=lambda c: "other…" if c is None else label(c),
                          key=f"other_{prediction.id}", label_visibility="collapsed", disabled=not reviewer or locked,
-                         on_change=apply_other, args=(prediction.id,))
+                         on_change=apply_other, args=(prediction.id, prediction.reviewed_code))
     if len(cells) > shown and st.button(f"Show more ({len(cells) - shown} left)", key=f"more_{code}"):
         st.session_state[f"shown_{code}"] = shown + PAGE_SIZE
         st.rerun()

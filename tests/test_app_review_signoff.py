@@ -92,6 +92,36 @@ def test_keyboard_review_reclassifies_moves_and_undoes(app_store):
     assert {r[2] for r in reviews_of(app_store, analysis_id)} == {"Dr Key"}
 
 
+def test_undo_takes_back_the_last_change_whichever_mode_made_it(app_store):
+    analysis_id = classified(app_store, ["NGS", "NGS", "NGS"], needs_review=[0, 1, 2])
+    third = app_store.get_analysis(analysis_id).predictions[2]
+    at = review_page_as("Dr Key")
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    at.button(key="keyboard_key_5").click().run()  # first cell: band neutrophil
+    at.segmented_control(key="review_mode").set_value("mouse").run()
+    at.button(key=f"set_{third.id}_NIF").click().run()  # the last change, with the mouse
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    at.button(key="keyboard_undo").click().run()
+    assert [p.final_code for p in app_store.get_analysis(analysis_id).predictions] == ["NGB", "NGS", "NGS"]
+    at.segmented_control(key="review_mode").set_value("mouse").run()
+    at.button(key="review_undo").click().run()  # the mouse view has Undo too: now the keyboard's change
+    assert [p.reviewed for p in app_store.get_analysis(analysis_id).predictions] == [False, False, False]
+    assert at.button(key="review_undo").disabled
+
+
+def test_a_mis_key_on_the_last_cell_of_the_view_can_still_be_undone(app_store):
+    analysis_id = classified(app_store, ["NGS", "NGS"], needs_review=[0, 1])
+    at = review_page_as("Dr Key")
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    at.segmented_control(key="review_filter").set_value("not reviewed yet").run()
+    at.button(key="keyboard_key_5").click().run()
+    at.button(key="keyboard_key_U").click().run()  # a mis-key on the last cell left: the view is empty
+    assert any("No cell left" in s.value for s in at.success)
+    at.button(key="keyboard_undo").click().run()
+    assert [p.final_code for p in app_store.get_analysis(analysis_id).predictions] == ["NGB", "NGS"]
+    assert any("Cell **1 of 1**" in m.value for m in at.markdown)  # the cell is back in the view
+
+
 def test_keyboard_layout_can_be_changed_and_a_wrong_one_is_refused(app_store):
     classified(app_store, ["LYT", "LYT"])
     at = review_page_as("Dr Key")

@@ -42,19 +42,42 @@ def _undo_key(analysis_id: int) -> str:
     return f"keyboard_undo_{analysis_id}"
 
 
+def record_change(analysis_id: int, prediction_id: int, before: str | None) -> None:
+    """Remember a change this session made (``before``: the cell's reviewed label then) for Undo, in
+    either review mode: Undo takes back the last change, whichever way it was made."""
+    st.session_state.setdefault(_undo_key(analysis_id), []).append((prediction_id, before))
+
+
+def undo_button(store: Store, analysis_id: int, reviewer: str, disabled: bool, key: str,
+                shortcut: str | None = None) -> None:
+    """"Undo my last change": gives the last changed cell back its label before (kept to retry when refused)."""
+    stack = _undo_key(analysis_id)
+
+    def undo_last() -> None:
+        prediction_id, before = st.session_state[stack][-1]
+        if attempt(store.undo_review, prediction_id, before, reviewer) is not None:
+            st.session_state[stack].pop()
+        st.session_state[_cursor_key(analysis_id)] = prediction_id  # the keyboard view shows that cell
+
+    st.button("Undo my last change", key=key, icon=":material/undo:", shortcut=shortcut,
+              disabled=disabled or not st.session_state.get(stack), on_click=undo_last,
+              help="Gives the cell back the type it had before, unreviewed if it was (both stay in the audit trail).")
+
+
 def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: str, tree: Tree,
                     locked: bool) -> None:
     """Review ``shown`` (predictions, in ``order``'s order) one by one with the keyboard."""
     layout = key_layout()
     layout_settings(tree)
-    if not shown:
+    disabled = locked or not reviewer
+    if not shown:  # the last cell of the view was just changed: a mis-key must still be undoable
+        undo_button(store, analysis.id, reviewer, disabled, "keyboard_undo", UNDO)
         return
-    cursor, undo = _cursor_key(analysis.id), _undo_key(analysis.id)
+    cursor = _cursor_key(analysis.id)
     index = current_position([p.id for p in order], [p.id for p in shown], st.session_state.get(cursor))
     cell = shown[index]
     st.session_state[cursor] = cell.id
     following = shown[index + 1].id if index + 1 < len(shown) else cell.id
-    disabled = locked or not reviewer
 
     def name(code: str) -> str:
         return tree[code].name.replace("_", " ")
@@ -62,14 +85,8 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
     def classify(code: str) -> None:
         before = cell.reviewed_code  # None: not reviewed, which undoing restores
         if attempt(store.review, cell.id, code, reviewer) is not None:
-            st.session_state.setdefault(undo, []).append((cell.id, before))
+            record_change(analysis.id, cell.id, before)
             st.session_state[cursor] = following
-
-    def undo_last() -> None:
-        prediction_id, before = st.session_state[undo][-1]
-        if attempt(store.undo_review, prediction_id, before, reviewer) is not None:  # refused: kept to retry
-            st.session_state[undo].pop()
-        st.session_state[cursor] = prediction_id
 
     def move(prediction_id: int) -> None:
         st.session_state[cursor] = prediction_id
@@ -95,9 +112,7 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
                   disabled=index == 0, on_click=move, args=(shown[max(index - 1, 0)].id,))
         st.button("Next", key="keyboard_next", icon=":material/arrow_forward:", shortcut=NEXT,
                   disabled=index + 1 == len(shown), on_click=move, args=(following,))
-        st.button("Undo my last change", key="keyboard_undo", icon=":material/undo:", shortcut=UNDO,
-                  disabled=disabled or not st.session_state.get(undo), on_click=undo_last,
-                  help="Gives the cell back the type it had before, unreviewed if it was (both stay in the audit trail).")
+        undo_button(store, analysis.id, reviewer, disabled, "keyboard_undo", UNDO)
     entries = list(layout.items())
     for start in range(0, len(entries), KEYS_PER_ROW):
         row = st.columns(KEYS_PER_ROW)
