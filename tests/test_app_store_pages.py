@@ -188,6 +188,18 @@ def test_each_analysis_opens_in_its_own_default_view(app_store):
     assert not at.success and len(at.get("selectbox")) >= 3  # its two cells, each with its "other" box
 
 
+def test_needs_review_counts_the_same_cells_on_every_page(app_store):
+    """Flagged and not reviewed yet, as on Review and in the report: History said 2 where Review said 0."""
+    analysis_id = classified(app_store, ["NGS", "LYT", "LYT"], needs_review=[0, 1])
+    app_store.review(app_store.get_analysis(analysis_id).predictions[0].id, "NGS", "Dr Who")
+    review = app("4_Review").run()
+    history = app("5_History").run()
+    assert {m.label: m.value for m in review.metric}["Needs review"] == "1"
+    assert list(history.dataframe[0].value["needs review"]) == [1]
+    assert {m.label: m.value for m in history.metric}["Needs review"] == "1"
+    assert any(e.label.startswith("Needs review: 1 cells") for e in history.expander)
+
+
 def test_review_without_analyses_points_to_classification(app_store):
     at = app("4_Review").run()
     assert not at.exception

@@ -247,7 +247,7 @@ def test_result_counts_per_analysis(store):
     store.finish_analysis(boxes, detections=[DetectionRow("field.jpg", "RBC", 0.8, (0, 0, 9, 9))] * 3)
     empty = store.start_analysis("empty.zip", "classification")
     counts = store.result_counts([cells, boxes, empty])
-    assert (counts[cells].cells, counts[cells].needs_review, counts[cells].reviewed) == (5, 3, 2)
+    assert (counts[cells].cells, counts[cells].needs_review, counts[cells].reviewed) == (5, 2, 2)  # 0 reviewed
     assert (counts[boxes].boxes, counts[boxes].cells) == (3, 0)
     assert vars(counts[empty]) == {"cells": 0, "needs_review": 0, "reviewed": 0, "amendments": 0, "boxes": 0}
     assert store.result_counts([]) == {}

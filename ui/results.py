@@ -66,11 +66,12 @@ def show_classification(store: Store, analysis) -> None:
         st.warning("No cell of this upload could be classified.")
         return
     codes = [r["final_code"] for r in records]
-    flagged = [r for r in records if r["needs_review"]]
+    # "Needs review" means what it means on Review and in the report: flagged and not reviewed yet.
+    unreviewed = [p for p in analysis.predictions if p.needs_review and not p.reviewed]
     ratio = report.myeloid_erythroid_ratio(codes, tree)
     columns = st.columns(4)
     columns[0].metric("Cells", len(records))
-    columns[1].metric("Needs review", len(flagged))
+    columns[1].metric("Needs review", len(unreviewed))
     columns[2].metric("Reviewed", sum(1 for p in analysis.predictions if p.reviewed))
     columns[3].metric("Myeloid : erythroid", "–" if ratio is None else f"{ratio:.2f} : 1",
                       help="Granulocytes and their precursors over erythroid precursors (monocytes not counted)."
@@ -86,10 +87,11 @@ def show_classification(store: Store, analysis) -> None:
     st.download_button("Download CSV", report.records_csv(records), file_name=f"analysis-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"csv-{analysis.id}", icon=":material/download:")
     signoff_panel(store, analysis)
-    if flagged:
-        with st.expander(f"Needs review: {len(flagged)} cells under the confidence threshold", expanded=True):
+    if unreviewed:
+        with st.expander(f"Needs review: {len(unreviewed)} cells under the confidence threshold, not reviewed yet",
+                         expanded=True):
             link_to("pages/4_Review.py", "Review them")
-            gallery(store, [p for p in analysis.predictions if p.needs_review][:60])
+            gallery(store, unreviewed[:60])
     st.subheader("Cells")
     st.dataframe(cell_table(store, analysis, records), hide_index=True, key=f"cells-{analysis.id}",
                  column_config={"image": st.column_config.ImageColumn("image", width="small"),

@@ -339,7 +339,7 @@ class Store(BlobStore, ReviewStore, LineageStore):
         by_analysis = {
             "cells": select(Prediction.analysis_id, func.count()).where(Prediction.analysis_id.in_(ids)),
             "needs_review": select(Prediction.analysis_id, func.count()).where(
-                Prediction.analysis_id.in_(ids), Prediction.needs_review.is_(True)),
+                Prediction.analysis_id.in_(ids), Prediction.needs_review.is_(True), Prediction.reviewed_code.is_(None)),
             "reviewed": select(Prediction.analysis_id, func.count()).where(
                 Prediction.analysis_id.in_(ids), Prediction.reviewed_code.is_not(None)),
             "amendments": select(Prediction.analysis_id, func.count()).join(Review, Review.prediction_id == Prediction.id)

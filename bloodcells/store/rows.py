@@ -58,8 +58,8 @@ class AnalysisRun:
 
 @dataclass
 class ResultCounts:
-    """How many results an analysis holds: cells, cells flagged for review, cells a person reviewed,
-    changes made after a sign-off (amendments), boxes."""
+    """How many results an analysis holds: cells, cells flagged for review and not reviewed yet, cells
+    a person reviewed, changes made after a sign-off (amendments), boxes."""
     cells: int = 0
     needs_review: int = 0
     reviewed: int = 0
