@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
 
 from .clock import stamp
 from .inputs import thumbnail_png
@@ -304,17 +306,20 @@ def to_html(report: ClinicalReport) -> str:
 
 
 def to_pdf(report: ClinicalReport) -> bytes:
-    """An A4 PDF with extractable text (fpdf2's core fonts: Latin-1)."""
+    """An A4 PDF with extractable text in DejaVu Sans (matplotlib's copy): names, comments and units
+    as typed ("Müller", "Łukasz", "≥ 5%", "μL"); a character the font lacks (e.g. Chinese) is "?"."""
     from fpdf import FPDF
 
-    def text(value: str) -> str:  # core fonts are Latin-1: anything else becomes '?'
-        return value.encode("latin-1", "replace").decode("latin-1")
+    regular, bold, covered = _pdf_font()
+
+    def text(value: str) -> str:
+        return "".join(c if ord(c) in covered or c in "\n\t" else "?" for c in value)
 
     def section(title: str) -> None:
         pdf.ln(2)
-        pdf.set_font("Helvetica", "B", 10)
+        pdf.set_font(PDF_FONT, "B", 10)
         pdf.cell(0, 6, text(title), new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("Helvetica", size=9)
+        pdf.set_font(PDF_FONT, size=9)
 
     def paragraph(value: str) -> None:
         pdf.multi_cell(0, 5, text(value), new_x="LMARGIN", new_y="NEXT")
@@ -327,11 +332,13 @@ def to_pdf(report: ClinicalReport) -> bytes:
                     line.cell(text(value))
 
     pdf = FPDF(format="A4")
+    pdf.add_font(PDF_FONT, "", regular)
+    pdf.add_font(PDF_FONT, "B", bold)
     pdf.set_auto_page_break(True, margin=15)
     pdf.add_page()
-    pdf.set_font("Helvetica", "B", 15)
-    pdf.cell(0, 9, _title(report), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("Helvetica", size=9)
+    pdf.set_font(PDF_FONT, "B", 15)
+    pdf.cell(0, 9, text(_title(report)), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(PDF_FONT, size=9)
     for label, value in _facts(report):
         pdf.cell(42, 5, text(label))
         paragraph(value)
@@ -347,10 +354,10 @@ def to_pdf(report: ClinicalReport) -> bytes:
             x, y = pdf.l_margin + (n % 7) * (size + 3), top + (n // 7) * (size + 7)
             pdf.image(io.BytesIO(thumbnail_png(content, "cell", 128)), x=x, y=y, w=size, h=size)
             pdf.set_xy(x, y + size)
-            pdf.set_font("Helvetica", size=7)
+            pdf.set_font(PDF_FONT, size=7)
             pdf.cell(size, 4, text(code))
         pdf.set_xy(pdf.l_margin, top + (len(report.gallery) + 6) // 7 * (size + 7))
-        pdf.set_font("Helvetica", size=9)
+        pdf.set_font(PDF_FONT, size=9)
     if report.comment:
         section("Comment")
         paragraph(report.comment)
@@ -362,3 +369,17 @@ def to_pdf(report: ClinicalReport) -> bytes:
         section("Changes after the first sign-off")
         table(*_amendment_table(report), (32, 35, 70, 40))
     return bytes(pdf.output())
+
+
+PDF_FONT = "DejaVu"
+
+
+@cache
+def _pdf_font() -> tuple[Path, Path, frozenset[int]]:
+    """DejaVu Sans regular and bold (shipped with matplotlib, a dependency) and the characters it has."""
+    import matplotlib
+    from fontTools.ttLib import TTFont
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    regular = folder / "DejaVuSans.ttf"
+    return regular, folder / "DejaVuSans-Bold.ttf", frozenset(TTFont(regular).getBestCmap())

@@ -56,6 +56,18 @@ def test_report_of_a_reviewed_classification_reads_back_from_the_pdf(store):
     assert "Myelocytes" in page and "data:image/png;base64," in page and "Hypercellular." in page
 
 
+def test_names_comments_and_units_reach_the_pdf_as_typed(store):
+    """The signed report is the lab's record: "≥", "μL", "Łukasz" were written as "?"."""
+    analysis_id = store.start_analysis("Probe Müller.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow("c.png", "LYT", "ALL", 0.99, {}, False)])
+    store.review(store.get_analysis(analysis_id).predictions[0].id, "LYT", "Łukasz Żółć")
+    report = build_report(store, analysis_id, comment="Blasts ≥ 5% – 2.1 × 10⁹/L, μL; 王医生")
+    text = pdf_text(to_pdf(report))
+    for expected in ("Probe Müller.zip", "Łukasz Żółć", "Blasts ≥ 5% – 2.1 × 10⁹/L, μL"):
+        assert expected in text, (expected, text)
+    assert "; ???" in text  # a script the font lacks is marked, not dropped
+
+
 def test_detection_reports_count_the_typed_white_cells(store):
     analysis_id = store.start_analysis("field.png", "detection", {"detector": "feedbeef"})
     store.finish_analysis(analysis_id, detections=[
