@@ -46,6 +46,13 @@ def test_db_init_creates_the_embedded_database(tmp_path, capsys):
     assert head >= "0002" and capsys.readouterr().out.strip().endswith(head)  # upgraded to the newest
 
 
+def test_db_current_of_a_mistyped_path_says_so_and_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "no such folder" / "lab.db"
+    assert main(["db", "current", "--url", f"sqlite:///{missing}"]) == 2
+    assert f"no database at {missing}" in capsys.readouterr().err
+    assert not missing.parent.exists()
+
+
 def test_progress_bar_rate_counts_from_its_first_report():
     """Training reports its first epoch when that epoch is done: the bar's rate must not count
     it as done in no time (it showed tens of thousands of epochs a second and no time left)."""

@@ -44,7 +44,8 @@ class Store(BlobStore, ReviewStore, LineageStore):
     """All database access. ``Store(url)``; ``upgrade()`` creates or migrates the schema; reviews and
     sign-offs come from ``ReviewStore``."""
 
-    def __init__(self, url: str, **engine_options):
+    def __init__(self, url: str, create: bool = True, **engine_options):
+        """``create=False``: an SQLite file that is not there is an error, not a new empty database."""
         self.url = url
         try:
             parsed = make_url(url)
@@ -55,6 +56,8 @@ class Store(BlobStore, ReviewStore, LineageStore):
             raise StoreError(f"the database URL names {parsed.get_backend_name()!r}: bloodcells stores in SQLite "
                              f"or MySQL/MariaDB ({EXAMPLE_URLS})")
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            if not create and not Path(parsed.database).is_file():
+                raise StoreError(f"no database at {parsed.database}")
             folder = Path(parsed.database).parent
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -396,10 +399,11 @@ def record_analysis(store: Store | None, name: str, kind: str,
 
 
 def open_store(url: str | None = None, upgrade: bool = True) -> Store:
-    """The store at ``url`` (default: BLOODCELLS_DATABASE_URL or the embedded SQLite file)."""
+    """The store at ``url`` (default: BLOODCELLS_DATABASE_URL or the embedded SQLite file); without
+    ``upgrade`` (to inspect it), a database file that is not there is an error rather than created."""
     from ..settings import settings
 
-    store = Store(url or settings().database_url)
+    store = Store(url or settings().database_url, create=upgrade)
     if upgrade:
         store.upgrade()
     return store
