@@ -74,8 +74,11 @@ def _iter_labelled(source: Path, tree: Tree) -> Iterable[tuple[str, str, bytes, 
             continue
         try:
             node = tree.label_for_file(PurePosixPath(prefix) / item.name)
-        except UnknownLabelError as error:
-            raise UnknownLabelError(f"{source / item.name}: {error.label}", error.suggestions) from None
+        except UnknownLabelError as error:  # named within what the user gave (an upload's path is the server's)
+            outside = "/" not in item.name and source.suffix.lower() == ".zip"
+            where = (f"{source.name}: {item.name} is in no class folder, so its type would be the zip's name"
+                     if outside else f"{source.name}: {item.name}")
+            raise UnknownLabelError(error.label, error.suggestions, where=where) from None
         yield item.name, node.code, item.content, None
 
 
@@ -92,7 +95,7 @@ def _iter_csv(path: Path, tree: Tree) -> Iterable[tuple[str, str, bytes, str | N
             try:
                 code = tree.resolve(label).code
             except UnknownLabelError as error:
-                raise UnknownLabelError(f"{label} ({path}, line {line})", error.suggestions) from None
+                raise UnknownLabelError(label, error.suggestions, where=f"{path.name}, line {line}") from None
             file = (path.parent / name)
             if not file.is_file():
                 yield f"{path.name}, line {line}: {name}: no such file"

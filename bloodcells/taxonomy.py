@@ -21,11 +21,10 @@ TREES_DIR = Path(__file__).with_name("trees")
 class UnknownLabelError(ValueError):
     """A label that names no node of the tree."""
 
-    def __init__(self, label: str, suggestions: list[str]):
-        self.label = label
-        self.suggestions = suggestions
+    def __init__(self, label: str, suggestions: list[str], where: str = ""):
+        self.label, self.suggestions, self.where = label, suggestions, where
         hint = f"; nearest known names: {', '.join(suggestions)}" if suggestions else ""
-        super().__init__(f"unknown cell type label {label!r}{hint}")
+        super().__init__(f"{where + ': ' if where else ''}unknown cell type label {label!r}{hint}")
 
 
 class TreeFormatError(ValueError):
@@ -128,7 +127,7 @@ class Tree:
         try:
             self.resolve(label)
         except UnknownLabelError as error:
-            return UnknownLabelError(f"{label} (from {path.as_posix()})", error.suggestions)
+            return UnknownLabelError(label, error.suggestions, where=path.as_posix())
         raise AssertionError("unreachable")
 
     # -- structure ---------------------------------------------------------------------------

@@ -283,3 +283,24 @@ def test_plain_background_is_a_share_of_images():
         TrainConfig(plain_background=1.5)
     never, always = (augmentation(seed=0, plain_background=share) for share in (0.0, 1.0))
     assert "PlainBackground" not in repr(never) and "PlainBackground" in repr(always)
+
+
+def test_an_unknown_folder_in_an_uploaded_zip_is_named_within_the_zip(tree, tmp_path):
+    """The Training page saves an upload under a server folder: the message names the zip and its folder."""
+    import zipfile
+
+    from bloodcells.synthetic import cell_image, encode
+
+    def zipped(name, members):
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            for member in members:
+                archive.writestr(member, encode(cell_image("LYT", 0, 24)))
+        return tmp_path / name
+
+    with pytest.raises(UnknownLabelError) as caught:
+        load_dataset([zipped("labelled.zip", ["foo/img0.png"])], tree, size=16)
+    assert str(caught.value).startswith("labelled.zip: foo/img0.png: unknown cell type label 'foo'")
+    assert str(tmp_path) not in str(caught.value)
+    with pytest.raises(UnknownLabelError, match=r"^labelled\.zip: img0\.png is in no class folder, so its type "
+                                                r"would be the zip's name: unknown cell type label 'labelled'"):
+        load_dataset([zipped("labelled.zip", ["img0.png"])], tree, size=16)

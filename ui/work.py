@@ -10,6 +10,7 @@ import streamlit as st
 
 from bloodcells.inputs import InputError
 from bloodcells.store import StoreError
+from bloodcells.taxonomy import UnknownLabelError
 
 log = logging.getLogger("bloodcells.app")
 
@@ -23,7 +24,7 @@ def run_safely(what: str) -> Iterator[dict]:
     outcome: dict = {}
     try:
         yield outcome
-    except InputError as error:
+    except (InputError, UnknownLabelError) as error:  # the user's files: no traceback in the log
         outcome.clear()
         st.error(f"{what}: {error}")
     except StoreError as error:
