@@ -72,12 +72,7 @@ class AdaptResult:
 
     def figures(self) -> dict:
         """Accuracy, macro-F1 and per-class accuracy before and after, for the lineage record."""
-        def of(scores: Evaluation) -> dict | None:
-            tree = scores.tree
-            return None if tree is None or not tree.truth else {
-                "accuracy": round(tree.accuracy, 4), "macro_f1": round(tree.macro_f1, 4), "cells": len(tree.truth),
-                "per_class": {c: round(a, 4) for c, a in tree.per_class.items()}}
-        return {when: {part: of(scores) for part, scores in outcome.items()}
+        return {when: {part: scores.lineage_figures() for part, scores in outcome.items()}
                 for when, outcome in (("before", self.before), ("after", self.after))}
 
     def lineage(self) -> dict:

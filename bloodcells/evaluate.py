@@ -78,6 +78,13 @@ class Evaluation:
     unflagged_accuracy: float = float("nan")  # accuracy of the cells not flagged for review
     files: list[Path] = field(default_factory=list)
 
+    def lineage_figures(self) -> dict | None:
+        """The whole tree's accuracy, macro-F1, cells and per-class accuracy, as a model version records them."""
+        if self.tree is None or not self.tree.truth:
+            return None
+        return {"accuracy": round(self.tree.accuracy, 4), "macro_f1": round(self.tree.macro_f1, 4),
+                "cells": len(self.tree.truth), "per_class": {c: round(a, 4) for c, a in self.tree.per_class.items()}}
+
 
 def evaluate(sources: Sequence[str | Path], models_dir: str | Path | None = None, *,
              out_dir: str | Path | None = None, unseen_only: bool = True, restrict_to: Sequence[str] | None = None,

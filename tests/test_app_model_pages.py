@@ -217,9 +217,15 @@ def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monke
                                                                             f"{network} val": [1, 2]}
     assert not (tmp_path / "models" / "classifier" / "default").exists()  # not in use before it is accepted
 
+    assert at.button(key="accept_models").disabled  # who puts models in use is recorded
+    at.sidebar.text_input[0].input("Dr Admin").run()
     at.button(key="accept_models").click().run()
     assert not at.exception
     in_use = default_models_dir()  # a new version, beside the (here absent) shipped folder
+    [version] = app_store.list_model_versions()
+    assert (version.kind, version.status, version.started_by, version.decided_by, version.version) == (
+        "trained", "accepted", "Dr Admin", "Dr Admin", in_use.name)
+    assert version.figures["after"]["lab"]["cells"] >= 1  # the uploaded cells it never trained on
     assert in_use.parent == tmp_path / "models" / "classifier" / "versions" and (in_use / "classifier.json").is_file()
     config = json.loads((in_use / "classifier.json").read_text())["config"]
     assert (config["plain_background"], config["cell_focus"]) == (0.25, 0.5)

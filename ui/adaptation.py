@@ -96,7 +96,7 @@ def versions_section(store: Store, person: str) -> None:
                  f" · {row.status}" + (f" as {row.version}" if row.version else ""))
         with st.expander(title, expanded=row.status == "candidate"):
             st.caption(f"From analyses {', '.join(f'#{a}' for a in row.analyses) or '—'}; base models "
-                       + ", ".join(f"{node} {sha[:8]}" for node, sha in row.base.items())
+                       + (", ".join(f"{node} {sha[:8]}" for node, sha in row.base.items()) or "—")
                        + (f"; {row.status} by {row.decided_by}, {stamp(row.decided_at)}"
                           if row.decided_by else ""))
             table = figures_table(row.figures)
