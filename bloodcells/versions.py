@@ -32,7 +32,8 @@ SHIPPED = "shipped"
 
 def candidate_dir() -> Path:
     """A fresh folder for a training run's models (in the data folder): not in use until promoted."""
-    folder = settings().data_dir / "training" / time.strftime("%Y%m%d-%H%M%S")
+    # unique: two people training in the same second must not write one folder
+    folder = settings().data_dir / "training" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -118,10 +119,12 @@ def promote(candidate: str | Path, tree_name: str, store=None) -> Path:
 
 def accept_candidate(store, model_version_id: int, person: str) -> Path:
     """Accept a candidate recorded in the store's lineage: promote its folder (every page then uses
-    it; the tree in use before stays for rollback) and record who accepted it and the version id."""
+    it; the tree in use before stays for rollback), record who accepted it and the version id, and
+    remove the candidate folder (its copy is the version)."""
     row = _candidate(store, model_version_id)
     target = promote(row.folder, row.tree, store)
     store.decide_model_version(model_version_id, "accepted", person, version=target.name)
+    shutil.rmtree(row.folder, ignore_errors=True)  # promoted as a copy: the candidate would only fill the disk
     return target
 
 

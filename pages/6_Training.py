@@ -71,7 +71,8 @@ with st.expander("More settings"):
                                key="training_shared_trunk")
 
 if st.button("Train", type="primary", disabled=not upload or not backbone, key="train"):
-    st.session_state.pop("training", None)
+    if earlier := st.session_state.pop("training", None):  # trained again before accepting or discarding it
+        shutil.rmtree(earlier["report"].out_dir, ignore_errors=True)
     with cancel_button("cancel_training"), run_safely("Training") as outcome:
         config = TrainConfig(architecture=backbone, input_size=int(size), mode=mode, pretrained_checkpoint=checkpoint,
                              epochs=int(epochs), min_per_class=int(min_per_class), cross_site=cross_site,

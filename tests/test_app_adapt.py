@@ -67,6 +67,7 @@ def test_adapt_accept_rollback_with_lineage(lab_analysis, app_store):
     assert not at.exception
     accepted = app_store.get_model_version(row.id)
     assert accepted.status == "accepted" and accepted.decided_by == "dr.lab"
+    assert not Path(row.folder).exists()  # promoted as a copy: the candidate does not stay on disk
     assert versions.current_version("default") == accepted.version
     assert any(accepted.version in s.value for s in at.success)
     assert TreeClassifier.load().tree_version == accepted.version  # every page loads it now

@@ -182,6 +182,25 @@ def test_training_on_one_cell_type_is_refused_and_nothing_can_be_accepted(tmp_pa
     assert "accept_models" not in [b.key for b in at.button]
 
 
+def test_training_again_without_accepting_removes_the_first_candidate(tmp_path, monkeypatch, app_store):
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
+    upload = write_cell_zip(tmp_path / "labelled.zip", {"neutrophil": 10, "lymphocyte": 10}, size=32)
+    at = app("6_Training").run()
+    at.file_uploader[0].set_value(("labelled.zip", upload.read_bytes(), "application/zip"))
+    at.selectbox(key="training_backbone").select("other timm model…").run()
+    at.text_input(key="training_timm_name").input("test_efficientnet")
+    at.number_input(key="training_size").set_value(32)
+    at.number_input(key="training_epochs").set_value(1)
+    at.number_input(key="training_min_per_class").set_value(4)
+    at.selectbox(key="training_mode").select("scratch").run()
+    at.button(key="train").click().run()
+    first = at.session_state["training"]["report"].out_dir
+    assert first.is_dir()
+    at.button(key="train").click().run()
+    assert not at.exception and not first.exists()
+    assert at.session_state["training"]["report"].out_dir.is_dir()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shared_trunk", [False, True], ids=["network per node", "shared trunk"])
 def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monkeypatch, app_store):
@@ -219,8 +238,9 @@ def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monke
 
     assert at.button(key="accept_models").disabled  # who puts models in use is recorded
     at.sidebar.text_input[0].input("Dr Admin").run()
+    candidate = at.session_state["training"]["report"].out_dir
     at.button(key="accept_models").click().run()
-    assert not at.exception
+    assert not at.exception and not candidate.exists()  # promoted as a copy
     in_use = default_models_dir()  # a new version, beside the (here absent) shipped folder
     [version] = app_store.list_model_versions()
     assert (version.kind, version.status, version.started_by, version.decided_by, version.version) == (

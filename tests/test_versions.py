@@ -196,3 +196,7 @@ def test_each_analysis_records_the_tree_version_that_made_it(models, trained_mod
     assert recorded == {first: "shipped", second: promoted.name}
     shown = {row["id"]: row["models"] for row in analysis_overview(store)}
     assert shown[second].startswith(f"tree version {promoted.name}, ")  # the id whole, node sha256s shortened
+
+
+def test_candidate_folders_are_unique_within_a_second(models):
+    assert versions.candidate_dir() != versions.candidate_dir()  # two people pressing Train at once
