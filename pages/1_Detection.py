@@ -6,7 +6,7 @@ import streamlit as st
 
 from bloodcells.detection import CLASS_NAMES, DEFAULT_BOX_CONFIDENCE, DETECTOR_CLASSES, annotate, detect
 from bloodcells.inputs import InputImage, iter_inputs, open_image
-from ui.common import page, require_store, reviewer_name
+from ui.common import page, remembered_analysis, require_store, reviewer_name
 from ui.models import get_classifier, get_detector
 from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis, show_slide
@@ -47,7 +47,7 @@ if st.button("Detect", type="primary", disabled=not files, key="detect"):
                             slide=slide_mode, wbc_target=wbc_target)
             images = {item.name: item.content for item in iter_inputs(source)
                       if isinstance(item, InputImage) and item.name in result.files[:MAX_SHOWN_IMAGES]}
-        outcome.update(result=result, images=images)
+        outcome.update(result=result, images=images, analysis_id=result.analysis_id)
     if outcome:
         st.session_state["detection"] = outcome
         st.session_state["analysis_id"] = outcome["result"].analysis_id
@@ -59,11 +59,8 @@ shown = st.session_state.get("detection")
 if not shown:
     st.stop()
 result = shown["result"]
-try:
-    analysis = store.get_analysis(result.analysis_id)
-except KeyError:  # deleted on the History page since
-    st.session_state.pop("detection")
-    st.info(f"Analysis #{result.analysis_id} was deleted in History: detect again to see its cells.")
+analysis = remembered_analysis(store, "detection", "detect again to see its cells")
+if analysis is None:
     st.stop()
 st.success(f"Saved as analysis #{result.analysis_id}: {len(result.boxes)} cells on {len(result.files)} "
            f"image{'s' if len(result.files) != 1 else ''}.")

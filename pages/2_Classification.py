@@ -3,7 +3,7 @@
 import streamlit as st
 
 from bloodcells.classify import classify
-from ui.common import page, require_store, reviewer_name
+from ui.common import page, remembered_analysis, require_store, reviewer_name
 from ui.models import get_classifier
 from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis
@@ -33,11 +33,8 @@ if st.session_state.pop("cancelled", False):
 
 shown = st.session_state.get("classification")
 if shown:
-    try:
-        analysis = store.get_analysis(shown["analysis_id"])
-    except KeyError:  # deleted on the History page since
-        st.session_state.pop("classification")
-        st.info(f"Analysis #{shown['analysis_id']} was deleted in History: classify again to see its cells.")
+    analysis = remembered_analysis(store, "classification", "classify again to see its cells")
+    if analysis is None:
         st.stop()
     st.success(f"Saved as analysis #{analysis.id} ({analysis.name}).")
     if shown["problems"]:

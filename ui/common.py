@@ -153,3 +153,20 @@ def choose_classification(store: Store, key: str, nothing_yet: str):
     elif listed:
         st.info(f"No finished classification matches “{search}”.")
     return None
+
+
+def remembered_analysis(store: Store, state_key: str, again: str):
+    """The analysis this session ran last on a page (``st.session_state[state_key]["analysis_id"]``),
+    or None after saying it was deleted since (``again``: what to do). The analysis's start time is
+    remembered with its id: SQLite gives a deleted analysis's id to the next one stored, which must
+    not be shown as this session's."""
+    shown = st.session_state[state_key]
+    try:
+        analysis = store.get_analysis(shown["analysis_id"])
+    except KeyError:
+        analysis = None
+    if analysis is None or shown.setdefault("created_at", analysis.created_at) != analysis.created_at:
+        st.session_state.pop(state_key)
+        st.info(f"Analysis #{shown['analysis_id']} was deleted in History: {again}.")
+        return None
+    return analysis
