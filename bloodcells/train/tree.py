@@ -78,6 +78,11 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
                       log=say, on_epoch=on_epoch)
     if dist.main and store is not None:
         register_models(store, out_dir, tree)
+    if dist.world > 1:  # leave together: a rank that exits while gloo still runs can abort ("terminate called")
+        import torch.distributed as torch_dist
+
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()
     report.seconds = time.perf_counter() - started
     say(f"models written to {out_dir} in {report.seconds:.0f} s; {report.review_summary(config)}")
     return report
