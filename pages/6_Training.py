@@ -105,7 +105,9 @@ if report.problems:
     with st.expander(f"{len(report.problems)} files were skipped", icon=":material/warning:"):
         st.write("\n".join(f"- {problem}" for problem in report.problems))
 st.subheader("Per node")
-st.dataframe([{"node": code, "children": ", ".join(m["classes"]), "best epoch": m["best_epoch"],
+# With a shared trunk a node's epochs are its head's, fitted on the trunk's features (far more than the trunk's).
+best_epoch = "best epoch of its head" if report.trunk else "best epoch"
+st.dataframe([{"node": code, "children": ", ".join(m["classes"]), best_epoch: m["best_epoch"],
                "val accuracy": m["val_accuracy"], "val loss": m["val_loss"],
                "test accuracy": evaluation.nodes[code].accuracy if code in evaluation.nodes else None,
                "test macro-F1": evaluation.nodes[code].macro_f1 if code in evaluation.nodes else None,

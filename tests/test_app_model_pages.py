@@ -232,6 +232,7 @@ def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monke
     assert any("every cell will be flagged for review" in w.value.lower() for w in at.warning)
     nodes = at.dataframe[0].value
     assert list(nodes["node"]) == ["ALL"] and nodes.loc[0, "children"] == "LYM, MYE"
+    assert ("best epoch of its head" if shared_trunk else "best epoch") in nodes.columns  # not the trunk's 2
     charts = {chart.key: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
     assert {"final_loss", "final_accuracy"} <= set(charts)  # the live view made way for the finished curves
     assert not any(key.startswith("live") for key in charts)
