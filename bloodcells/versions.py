@@ -128,6 +128,15 @@ def accept_candidate(store, model_version_id: int, person: str) -> Path:
     return target
 
 
+def accept_trained(store, folder: str | Path, tree_name: str, evaluation, person: str) -> Path:
+    """Accept a tree just trained in the app (its ``evaluation`` on the uploaded cells it never saw):
+    recorded as a "trained" model version, like an adapted tree, then accepted as one."""
+    version_id = store.record_model_version(
+        tree=tree_name, kind="trained", folder=str(folder), base={}, cells=evaluation.cells + evaluation.skipped_seen,
+        analyses=[], figures={"after": {"lab": evaluation.lineage_figures()}}, started_by=person)
+    return accept_candidate(store, version_id, person)
+
+
 def discard_candidate(store, model_version_id: int, person: str) -> None:
     """Discard a candidate: recorded with who and when; its folder (never in use) is removed."""
     row = _candidate(store, model_version_id)

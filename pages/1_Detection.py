@@ -47,7 +47,7 @@ if st.button("Detect", type="primary", disabled=not files, key="detect"):
                             slide=slide_mode, wbc_target=wbc_target)
             images = {item.name: item.content for item in iter_inputs(source)
                       if isinstance(item, InputImage) and item.name in result.files[:MAX_SHOWN_IMAGES]}
-        outcome.update(result=result, images=images, analysis_id=result.analysis_id)
+        outcome.update(result=result, images=images)
     if outcome:
         st.session_state["detection"] = outcome
         st.session_state["analysis_id"] = outcome["result"].analysis_id
@@ -59,7 +59,7 @@ shown = st.session_state.get("detection")
 if not shown:
     st.stop()
 result = shown["result"]
-analysis = remembered_analysis(store, "detection", "detect again to see its cells")
+analysis = remembered_analysis(store, "detection", result.analysis_id, "detect again to see its cells")
 if analysis is None:
     st.stop()
 st.success(f"Saved as analysis #{result.analysis_id}: {len(result.boxes)} cells on {len(result.files)} "

@@ -33,7 +33,7 @@ if st.session_state.pop("cancelled", False):
 
 shown = st.session_state.get("classification")
 if shown:
-    analysis = remembered_analysis(store, "classification", "classify again to see its cells")
+    analysis = remembered_analysis(store, "classification", shown["analysis_id"], "classify again to see its cells")
     if analysis is None:
         st.stop()
     st.success(f"Saved as analysis #{analysis.id} ({analysis.name}).")

@@ -8,7 +8,7 @@ from bloodcells.backbones import KNOWN_BACKBONES
 from bloodcells.evaluate import evaluate
 from bloodcells.taxonomy import default_tree
 from bloodcells.train import MODES, TrainConfig, train_tree
-from bloodcells.versions import accept_candidate, candidate_dir
+from bloodcells.versions import accept_trained, candidate_dir
 from ui.adaptation import adapt_section, versions_section
 from ui.common import page, require_store, reviewer_name
 from ui.models import reload_models
@@ -138,11 +138,7 @@ if not person:
     st.warning("Enter your name in the sidebar: accepting models records who put them in use.")
 if accept.button("Accept: use these models everywhere", type="primary", disabled=not person, key="accept_models"):
     with run_safely("Accepting the models") as accepted:  # recorded under Versions like an adapted tree
-        version_id = store.record_model_version(
-            tree=default_tree().name, kind="trained", folder=str(report.out_dir), base={},
-            cells=evaluation.cells + evaluation.skipped_seen, analyses=[],
-            figures={"after": {"lab": evaluation.lineage_figures()}}, started_by=person)
-        accepted["version"] = accept_candidate(store, version_id, person)
+        accepted["version"] = accept_trained(store, report.out_dir, default_tree().name, evaluation, person)
     if accepted:
         reload_models()
         st.session_state.pop("training")

@@ -172,17 +172,26 @@ def test_explanation_finds_cells_of_analyses_older_than_the_list(models_root, ap
     assert at.selectbox(key="explain_cell").options == ["NGB_0.png · NGB (0.90)"]
 
 
-def test_training_on_one_cell_type_is_refused_and_nothing_can_be_accepted(tmp_path, monkeypatch, app_store):
-    """It trained no node and offered Accept: every cell would then be that type, sure of it, never flagged."""
-    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
-    upload = write_cell_zip(tmp_path / "labelled.zip", {"neutrophil": 12}, size=32)
+def training_form(tmp_path, cells: dict[str, int], epochs: int, min_per_class: int | None = None) -> AppTest:
+    """The Training page with a zip of generated ``cells`` uploaded and a tiny scratch network chosen
+    (not run yet: a test sets more options, then runs it)."""
+    upload = write_cell_zip(tmp_path / "labelled.zip", cells, size=32)
     at = app("6_Training").run()
     at.file_uploader[0].set_value(("labelled.zip", upload.read_bytes(), "application/zip"))
     at.selectbox(key="training_backbone").select("other timm model…").run()
     at.text_input(key="training_timm_name").input("test_efficientnet")
     at.number_input(key="training_size").set_value(32)
-    at.number_input(key="training_epochs").set_value(1)
-    at.selectbox(key="training_mode").select("scratch").run()
+    at.number_input(key="training_epochs").set_value(epochs)
+    if min_per_class is not None:
+        at.number_input(key="training_min_per_class").set_value(min_per_class)
+    at.selectbox(key="training_mode").select("scratch")
+    return at
+
+
+def test_training_on_one_cell_type_is_refused_and_nothing_can_be_accepted(tmp_path, monkeypatch, app_store):
+    """It trained no node and offered Accept: every cell would then be that type, sure of it, never flagged."""
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
+    at = training_form(tmp_path, {"neutrophil": 12}, epochs=1).run()
     at.button(key="train").click().run()
     assert not at.exception
     assert any("nothing to train" in e.value and "give at least two" in e.value for e in at.error)
@@ -191,15 +200,7 @@ def test_training_on_one_cell_type_is_refused_and_nothing_can_be_accepted(tmp_pa
 
 def test_training_again_without_accepting_removes_the_first_candidate(tmp_path, monkeypatch, app_store):
     monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
-    upload = write_cell_zip(tmp_path / "labelled.zip", {"neutrophil": 10, "lymphocyte": 10}, size=32)
-    at = app("6_Training").run()
-    at.file_uploader[0].set_value(("labelled.zip", upload.read_bytes(), "application/zip"))
-    at.selectbox(key="training_backbone").select("other timm model…").run()
-    at.text_input(key="training_timm_name").input("test_efficientnet")
-    at.number_input(key="training_size").set_value(32)
-    at.number_input(key="training_epochs").set_value(1)
-    at.number_input(key="training_min_per_class").set_value(4)
-    at.selectbox(key="training_mode").select("scratch").run()
+    at = training_form(tmp_path, {"neutrophil": 10, "lymphocyte": 10}, epochs=1, min_per_class=4).run()
     at.button(key="train").click().run()
     first = at.session_state["training"]["report"].out_dir
     assert first.is_dir()
@@ -212,15 +213,7 @@ def test_training_again_without_accepting_removes_the_first_candidate(tmp_path, 
 @pytest.mark.parametrize("shared_trunk", [False, True], ids=["network per node", "shared trunk"])
 def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monkeypatch, app_store):
     monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
-    upload = write_cell_zip(tmp_path / "labelled.zip", {"neutrophil": 12, "lymphocyte": 12}, size=32)
-    at = app("6_Training").run()
-    at.file_uploader[0].set_value(("labelled.zip", upload.read_bytes(), "application/zip"))
-    at.selectbox(key="training_backbone").select("other timm model…").run()
-    at.text_input(key="training_timm_name").input("test_efficientnet")
-    at.number_input(key="training_size").set_value(32)
-    at.number_input(key="training_epochs").set_value(2)
-    at.number_input(key="training_min_per_class").set_value(8)
-    at.selectbox(key="training_mode").select("scratch")
+    at = training_form(tmp_path, {"neutrophil": 12, "lymphocyte": 12}, epochs=2, min_per_class=8)
     at.checkbox(key="training_cross_site").uncheck()
     at.slider(key="training_plain_background").set_value(0.25)
     at.number_input(key="training_cell_focus").set_value(0.5)

@@ -155,18 +155,18 @@ def choose_classification(store: Store, key: str, nothing_yet: str):
     return None
 
 
-def remembered_analysis(store: Store, state_key: str, again: str):
-    """The analysis this session ran last on a page (``st.session_state[state_key]["analysis_id"]``),
-    or None after saying it was deleted since (``again``: what to do). The analysis's start time is
-    remembered with its id: SQLite gives a deleted analysis's id to the next one stored, which must
-    not be shown as this session's."""
+def remembered_analysis(store: Store, state_key: str, analysis_id: int, again: str):
+    """Analysis ``analysis_id``, the one this session ran last on a page (its outcome in
+    ``st.session_state[state_key]``), or None after saying it was deleted since (``again``: what to
+    do). Its start time is remembered in the outcome: SQLite gives a deleted analysis's id to the
+    next one stored, which must not be shown as this session's."""
     shown = st.session_state[state_key]
     try:
-        analysis = store.get_analysis(shown["analysis_id"])
+        analysis = store.get_analysis(analysis_id)
     except KeyError:
         analysis = None
     if analysis is None or shown.setdefault("created_at", analysis.created_at) != analysis.created_at:
         st.session_state.pop(state_key)
-        st.info(f"Analysis #{shown['analysis_id']} was deleted in History: {again}.")
+        st.info(f"Analysis #{analysis_id} was deleted in History: {again}.")
         return None
     return analysis
