@@ -41,7 +41,7 @@ else:
         st.stop()
     cell = st.selectbox("Cell", cells, key="explain_cell",
                         format_func=lambda p: f"{p.filename} · {p.final_code} ({p.confidence:.2f})")
-    image_name, image_key = cell.filename, cell.image_sha256  # the content: SQLite reuses a deleted cell's id
+    image_name, image_key = cell.filename, cell.image_sha256  # its content: the same image is one explanation
     image = open_upload_image(store.read_blob(cell.blob_id), cell.filename)
 
 nodes = [EVERY_LEVEL, *classifier.nodes]

@@ -235,7 +235,7 @@ def test_history_and_review_offer_the_report_to_sign(app_store):
 
 
 def test_a_deleted_cells_thumbnail_is_never_shown_for_the_next_cell_stored(app_store):
-    """SQLite gives a deleted image's id to the next image stored: thumbnails are cached by content."""
+    """Thumbnails are cached by content, and a deleted image's id is not given to the next one."""
     from bloodcells.inputs import thumbnail_png
     from ui.results import cell_image_bytes
 
@@ -244,7 +244,7 @@ def test_a_deleted_cells_thumbnail_is_never_shown_for_the_next_cell_stored(app_s
     old_thumbnail = cell_image_bytes(app_store, old, 48)
     app_store.delete_analysis(first)
     [new] = app_store.get_analysis(classified(app_store, ["EOS"], name="second.zip")).predictions
-    assert new.blob_id == old.blob_id and new.image_sha256 != old.image_sha256
+    assert new.blob_id != old.blob_id and new.image_sha256 != old.image_sha256
     assert cell_image_bytes(app_store, new, 48) == thumbnail_png(app_store.read_blob(new.blob_id), "", 48)
     assert cell_image_bytes(app_store, new, 48) != old_thumbnail
 

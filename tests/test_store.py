@@ -23,6 +23,7 @@ from bloodcells.store import (
     sha256_hex,
 )
 from bloodcells.store.schema import CHUNK_SIZE
+from bloodcells.taxonomy import default_tree
 
 
 def test_schema_created_by_migrations(store):
@@ -86,6 +87,80 @@ def test_migration_0002_keeps_the_data_and_drops_the_unused_schema(database_url)
     assert _unused_schema(store) == (True, True)
     store.upgrade()
     assert _unused_schema(store) == (False, False) and len(store.get_analysis(1).detections) == 1
+    store.engine.dispose()
+
+
+def _store_one_of_everything(store: Store) -> int:
+    """An analysis with cells (shared images), a review, a sign-off and a reopening amendment, a
+    detection analysis, a cached explanation map, a registered model and a model version."""
+    cells = store.start_analysis("cells.zip", "classification", {"ALL": "abc"})
+    store.finish_analysis(cells, predictions=_rows(4), summary={"NGS": 4})
+    first = store.get_analysis(cells).predictions[0]
+    store.review(first.id, "NGB", "dr.a")
+    store.sign_off(cells, "dr.a")
+    store.reopen(cells, "dr.b", "typo")
+    store.review(first.id, "NIF", "dr.b")
+    boxes = store.start_analysis("field.jpg", "detection")
+    store.finish_analysis(boxes, detections=[DetectionRow("field.jpg", "RBC", 0.8, (0, 0, 9, 9))])
+    store.put_explanation(b"map", **EXPLANATION_KEY)
+    store.register_model(kind="classifier", architecture="tf_efficientnet_lite0", weights_path="a.pt",
+                         sha256="1" * 64, metrics={}, tree="default", node_code="ALL", class_codes=["LYM"])
+    store.record_model_version(tree="default", kind="adapted", folder="candidate", base={"ALL": "1" * 64}, cells=4,
+                               analyses=[cells], figures={}, started_by="dr.a")
+    return cells
+
+
+def _row_counts(store: Store) -> dict[str, int]:
+    with store.engine.connect() as connection:
+        return {table: connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar()
+                for table in inspect(store.engine).get_table_names() if table != "alembic_version"}
+
+
+def _ids_after_deleting_the_newest(store: Store) -> tuple[int, int]:
+    deleted = store.start_analysis("deleted.zip", "classification")
+    store.finish_analysis(deleted, predictions=_cells(["deleted"]))
+    store.delete_analysis(deleted)
+    return deleted, store.start_analysis("next.zip", "classification")
+
+
+def test_an_id_is_never_given_again_after_its_row_is_deleted(store):
+    """An id a user or a cache held (an analysis open in another tab) must not come to name another
+    analysis: SQLite without AUTOINCREMENT gives the newest deleted id to the next row."""
+    deleted, following = _ids_after_deleting_the_newest(store)
+    assert following > deleted
+    later = store.start_analysis("later.zip", "classification")
+    store.finish_analysis(later, predictions=_cells(["later"]))
+    with store.session() as session:  # nor a deleted cell's or image's id
+        assert min(session.scalars(select(Prediction.id).where(Prediction.analysis_id == later))) > 1
+        assert session.scalar(select(Blob.id).join(Prediction, Prediction.blob_id == Blob.id)
+                              .where(Prediction.analysis_id == later)) > 1
+
+
+def test_migration_0005_keeps_every_row_and_its_links(database_url):
+    """Rebuilding SQLite's tables (for AUTOINCREMENT) with foreign keys enforced would have deleted
+    every row referring to a rebuilt table; every row stays, with its links and cascades."""
+    from alembic import command
+
+    store = Store(database_url)
+    store.upgrade("0004")
+    store.sync_cell_types(default_tree())
+    cells = _store_one_of_everything(store)
+    before = _row_counts(store)
+    store.upgrade()
+    assert _row_counts(store) == before and min(before.values()) > 0
+    analysis = store.get_analysis(cells)
+    assert [r.new_code for r in analysis.predictions[0].reviews] == ["NGB", "NIF"]
+    assert analysis.predictions[0].reviews[1].reopening_id == analysis.signoffs[1].id
+    assert store.read_blob(analysis.predictions[1].blob_id) == b"image-1"
+    with store.session() as session:
+        assert session.scalar(select(CellType).where(CellType.code == "NGB")).parent.code == "NEU"
+    deleted, following = _ids_after_deleting_the_newest(store)
+    assert following > deleted
+    with store.engine.begin() as connection:  # the database's own cascades still hold
+        connection.execute(text("DELETE FROM analyses WHERE id = :id"), {"id": cells})
+    assert store.count_rows(Prediction) == 0
+    command.downgrade(store._alembic_config(), "0004")
+    assert store.count_rows(Analysis) == 2
     store.engine.dispose()
 
 

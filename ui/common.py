@@ -158,15 +158,10 @@ def choose_classification(store: Store, key: str, nothing_yet: str):
 def remembered_analysis(store: Store, state_key: str, analysis_id: int, again: str):
     """Analysis ``analysis_id``, the one this session ran last on a page (its outcome in
     ``st.session_state[state_key]``), or None after saying it was deleted since (``again``: what to
-    do). Its start time is remembered in the outcome: SQLite gives a deleted analysis's id to the
-    next one stored, which must not be shown as this session's."""
-    shown = st.session_state[state_key]
+    do). Ids are never reused (store migration 0005), so a deleted one names no other analysis."""
     try:
-        analysis = store.get_analysis(analysis_id)
+        return store.get_analysis(analysis_id)
     except KeyError:
-        analysis = None
-    if analysis is None or shown.setdefault("created_at", analysis.created_at) != analysis.created_at:
         st.session_state.pop(state_key)
         st.info(f"Analysis #{analysis_id} was deleted in History: {again}.")
         return None
-    return analysis

@@ -24,6 +24,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
+# SQLite otherwise gives the id of the newest deleted row to the next row stored, and an id a user
+# or a cache held (an analysis open in another tab, a cell's thumbnail) would then name another
+# row; AUTOINCREMENT never reuses one. MySQL's AUTO_INCREMENT already does not.
+IDS_NEVER_REUSED = {"sqlite_autoincrement": True}
 CHUNK_SIZE = 1 << 20  # 1 MiB: far below MySQL's default 16 MB max_allowed_packet
 # MEDIUMBLOB on MySQL (16 MB); a plain BLOB there holds only 64 KB.
 ChunkBytes = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
@@ -39,6 +43,7 @@ class Base(DeclarativeBase):
 
 class CellType(Base):
     __tablename__ = "cell_types"
+    __table_args__ = IDS_NEVER_REUSED
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(16), unique=True)
     name: Mapped[str] = mapped_column(String(128))
@@ -49,6 +54,7 @@ class CellType(Base):
 class Blob(Base):
     """Image (or other file) content, stored once whatever number of rows refer to it."""
     __tablename__ = "blobs"
+    __table_args__ = IDS_NEVER_REUSED
     id: Mapped[int] = mapped_column(primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     size: Mapped[int] = mapped_column(Integer)
@@ -67,6 +73,7 @@ class BlobChunk(Base):
 class ModelType(Base):
     """An architecture (a timm or ultralytics model name)."""
     __tablename__ = "model_types"
+    __table_args__ = IDS_NEVER_REUSED
     id: Mapped[int] = mapped_column(primary_key=True)
     architecture: Mapped[str] = mapped_column(String(128), unique=True)
     family: Mapped[str] = mapped_column(String(32), default="classifier")
@@ -83,7 +90,7 @@ class ModelCellType(Base):
 class Model(Base):
     """Trained weights: one node of a classifier tree, or a detector."""
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("sha256", name="uq_models_sha256"),)
+    __table_args__ = (UniqueConstraint("sha256", name="uq_models_sha256"), IDS_NEVER_REUSED)
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))  # "classifier" | "detector" | "attributes"
     tree: Mapped[str | None] = mapped_column(String(64))
@@ -101,6 +108,7 @@ class Model(Base):
 class Analysis(Base):
     """One upload and what was computed from it."""
     __tablename__ = "analyses"
+    __table_args__ = IDS_NEVER_REUSED
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(512))
     kind: Mapped[str] = mapped_column(String(32))  # "classification" | "detection"
@@ -127,6 +135,7 @@ class Analysis(Base):
 class Prediction(Base):
     """The tree's answer for one cell image of an analysis."""
     __tablename__ = "predictions"
+    __table_args__ = IDS_NEVER_REUSED
     id: Mapped[int] = mapped_column(primary_key=True)
     analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
     blob_id: Mapped[int | None] = mapped_column(ForeignKey("blobs.id"))
@@ -137,8 +146,8 @@ class Prediction(Base):
     level_confidences: Mapped[dict] = mapped_column(JSON, default=dict)
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
     reviewed_code: Mapped[str | None] = mapped_column(String(16))
-    # What the image is, not where it is stored: SQLite hands a deleted blob's id to the next one
-    # stored, so caches of images are keyed by this.
+    # What the image is, not where it is stored: caches of images (thumbnails, explanations) are
+    # keyed by it, so the same image in several analyses is one entry.
     image_sha256: Mapped[str | None] = column_property(
         select(Blob.sha256).where(Blob.id == blob_id).correlate_except(Blob).scalar_subquery())
     analysis: Mapped[Analysis] = relationship(back_populates="predictions")
@@ -158,6 +167,7 @@ class Prediction(Base):
 class Review(Base):
     """One correction or confirmation by a lab user; never overwritten."""
     __tablename__ = "reviews"
+    __table_args__ = IDS_NEVER_REUSED
     id: Mapped[int] = mapped_column(primary_key=True)
     prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
     old_code: Mapped[str] = mapped_column(String(16))
@@ -176,6 +186,7 @@ SIGNED, REOPENED = "signed", "reopened"
 class Signoff(Base):
     """A person signing off an analysis's differential (it is locked) or reopening it to amend it."""
     __tablename__ = "signoffs"
+    __table_args__ = IDS_NEVER_REUSED
     id: Mapped[int] = mapped_column(primary_key=True)
     analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
     action: Mapped[str] = mapped_column(String(16))  # SIGNED | REOPENED
@@ -191,6 +202,7 @@ class Signoff(Base):
 class Detection(Base):
     """One box found on a smear field; white cells also carry the tree's answer."""
     __tablename__ = "detections"
+    __table_args__ = IDS_NEVER_REUSED
     id: Mapped[int] = mapped_column(primary_key=True)
     analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
     filename: Mapped[str] = mapped_column(String(512))
@@ -210,7 +222,7 @@ class Explanation(Base):
     """A cached attribution map, keyed by what determines it."""
     __tablename__ = "explanations"
     __table_args__ = (UniqueConstraint("model_sha256", "image_sha256", "method", "settings_key",
-                                       name="uq_explanations_key"),)
+                                       name="uq_explanations_key"), IDS_NEVER_REUSED)
     id: Mapped[int] = mapped_column(primary_key=True)
     model_sha256: Mapped[str] = mapped_column(String(64))
     image_sha256: Mapped[str] = mapped_column(String(64))
@@ -227,6 +239,7 @@ class ModelVersion(Base):
     """A tree of models made from the app (adapted to the lab, or trained): what it came from, who
     made it, its figures before and after, and whether it was accepted (then the version id it got)."""
     __tablename__ = "model_versions"
+    __table_args__ = IDS_NEVER_REUSED
     id: Mapped[int] = mapped_column(primary_key=True)
     tree: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))  # "adapted" | "trained"

@@ -1,12 +1,29 @@
 """Alembic environment: runs migrations on the Store's engine (no alembic.ini needed)."""
 
 from alembic import context
+from sqlalchemy import text
 
 from bloodcells.store.schema import Base
 
 engine = context.config.attributes["engine"]
-with engine.begin() as connection:
-    context.configure(connection=connection, target_metadata=Base.metadata,
-                      render_as_batch=connection.dialect.name == "sqlite")
-    with context.begin_transaction():
-        context.run_migrations()
+with engine.connect() as connection:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch migrations rebuild a SQLite table by copying it and dropping the old one: with foreign
+        # keys enforced, that drop would delete (ON DELETE CASCADE) every row referring to it. The
+        # pragma is ignored inside a transaction, so it is set before one begins.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
+    try:
+        with connection.begin():
+            context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=sqlite)
+            with context.begin_transaction():
+                context.run_migrations()
+            if sqlite:
+                broken = connection.execute(text("PRAGMA foreign_key_check")).all()
+                if broken:  # rolls the migration back rather than leave rows pointing nowhere
+                    raise RuntimeError(f"the migration left rows referring to missing rows: {broken[:5]}")
+    finally:
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
