@@ -161,15 +161,24 @@ def test_explanation_finds_cells_of_analyses_older_than_the_list(models_root, ap
     oldest = app_store.start_analysis("march smear.zip", "classification")
     app_store.finish_analysis(oldest, predictions=[
         PredictionRow("NGB_0.png", "NGB", "ALL/MYE/MYM/NEU/NGB", 0.9, {}, False, encode(cell_image("NGB", 0, 32)))])
-    for n in range(LISTED):
-        app_store.start_analysis(f"later {n}.zip", "classification")
+    for n in range(LISTED):  # newer classifications, none finished: they do not hide it
+        app_store.fail_analysis(app_store.start_analysis(f"failed {n}.zip", "classification"), "not a zip")
+    app_store.start_analysis("still running.zip", "classification")
     at = app("3_Explanation").run()
     at.segmented_control(key="explain_source").set_value("a cell from an analysis").run()
     assert not at.exception
-    assert any("No classified cells yet" in i.value for i in at.info)  # the newest are all still running
+    [listed] = at.selectbox(key="explain_analysis").options
+    assert listed.startswith(f"#{oldest} · ") and listed.endswith("march smear.zip")
+    assert at.selectbox(key="explain_cell").options == ["NGB_0.png · NGB (0.90)"]
+    at.text_input(key="explain_search").input("failed 1").run()
+    assert [i.value for i in at.info] == ["No finished classification matches “failed 1”."]
+    for n in range(LISTED):  # past the newest LISTED finished ones, it is found by name
+        app_store.finish_analysis(app_store.start_analysis(f"later {n}.zip", "classification"))
+    at.text_input(key="explain_search").input("").run()
+    assert not any(o.endswith("march smear.zip") for o in at.selectbox(key="explain_analysis").options)
+    assert any(f"The newest {LISTED} are listed" in c.value for c in at.caption)
     at.text_input(key="explain_search").input("march").run()
     assert at.selectbox(key="explain_analysis").value == oldest
-    assert at.selectbox(key="explain_cell").options == ["NGB_0.png · NGB (0.90)"]
 
 
 def training_form(tmp_path, cells: dict[str, int], epochs: int, min_per_class: int | None = None) -> AppTest:

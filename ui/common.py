@@ -137,20 +137,20 @@ def choose_analysis(store: Store, labels: dict[int, str], prompt: str, key: str)
 
 
 def choose_classification(store: Store, key: str, nothing_yet: str):
-    """Find (the newest LISTED; older ones by name or #id, in ``<key>_search``) and choose
+    """Find (the newest LISTED finished ones; older ones by name or #id, in ``<key>_search``) and choose
     (``<key>_analysis``) a finished classification; returns it with its cells loaded, or None after
     saying why there is none (``nothing_yet`` and a link to classify, when nothing was searched)."""
     search = find_analyses(f"{key}_search")
-    listed = store.list_analyses(kind="classification", limit=LISTED, search=search)
-    listed_note(len(listed), search)
-    analyses = [a for a in listed if a.status == "done"]
+    analyses = store.list_analyses(kind="classification", limit=LISTED, search=search, done=True)
+    if len(analyses) >= LISTED:
+        listed_note(len(analyses), search)
     if analyses:
         return choose_analysis(store, {a.id: f"#{a.id} · {stamp(a.created_at)} · {a.name}" for a in analyses},
                                "Analysis", f"{key}_analysis")
     if not search:
         st.info(nothing_yet)
         link_to("pages/2_Classification.py")
-    elif listed:
+    else:
         st.info(f"No finished classification matches “{search}”.")
     return None
 
