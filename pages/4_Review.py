@@ -32,7 +32,7 @@ locked_notice(analysis)
 
 def apply_review(prediction_id: int, code: str, before: str | None) -> None:
     if attempt(store.review, prediction_id, code, reviewer) is not None:
-        record_change(analysis.id, prediction_id, before)
+        record_change(analysis.id, prediction_id, before, code)
 
 
 def apply_other(prediction_id: int, before: str | None) -> None:

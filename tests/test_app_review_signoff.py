@@ -109,6 +109,19 @@ def test_undo_takes_back_the_last_change_whichever_mode_made_it(app_store):
     assert at.button(key="review_undo").disabled
 
 
+def test_undo_refuses_to_take_back_another_users_later_change(app_store):
+    analysis_id = classified(app_store, ["NGS", "NGS"], needs_review=[0, 1])
+    first = app_store.get_analysis(analysis_id).predictions[0]
+    at = review_page_as("Dr A")
+    at.button(key=f"set_{first.id}_NGB").click().run()
+    app_store.review(first.id, "EOS", "Dr B")  # on another computer
+    at.button(key="review_undo").click().run()
+    assert not at.exception
+    assert any("was changed to EOS by Dr B" in e.value for e in at.error)
+    assert app_store.get_analysis(analysis_id).predictions[0].final_code == "EOS"
+    assert at.button(key="review_undo").disabled  # nothing of this session's is left to undo
+
+
 def test_a_mis_key_on_the_last_cell_of_the_view_can_still_be_undone(app_store):
     analysis_id = classified(app_store, ["NGS", "NGS"], needs_review=[0, 1])
     at = review_page_as("Dr Key")

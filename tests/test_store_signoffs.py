@@ -1,13 +1,15 @@
 """Sign-off, reopening and amendments in the store (SQLite, and MySQL/MariaDB when
 BLOODCELLS_TEST_MYSQL_URL is set)."""
 
+import threading
+import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import event, inspect
 from test_store import head_revision
 
-from bloodcells.store import AnalysisLocked, DetectionRow, PredictionRow, ReviewError, Signoff, Store
+from bloodcells.store import AnalysisLocked, ChangedSince, DetectionRow, PredictionRow, ReviewError, Signoff, Store
 
 
 def classified(store, codes, name="cells.zip") -> int:
@@ -23,15 +25,15 @@ def test_undoing_a_review_restores_the_cells_label_and_its_reviewed_state(store)
     store.review(first.id, "NGB", "dr.a")
     store.review(second.id, "MON", "dr.a")  # a mis-key on a cell nobody had reviewed
     store.review(first.id, "NGS", "dr.a")
-    store.undo_review(first.id, "NGB", "dr.a")  # back to the first reviewer's label: still reviewed
-    undone = store.undo_review(second.id, None, "dr.a")  # back to not reviewed
+    store.undo_review(first.id, "NGB", "dr.a", undone="NGS")  # back to the first reviewer's label: still reviewed
+    undone = store.undo_review(second.id, None, "dr.a", undone="MON")  # back to not reviewed
     first, second = store.get_analysis(analysis_id).predictions
     assert (first.final_code, first.reviewed, second.final_code, second.reviewed) == ("NGB", True, "LYT", False)
     assert (undone.old_code, undone.new_code) == ("MON", "LYT") and len(second.reviews) == 2  # audit trail
     assert store.result_counts([analysis_id])[analysis_id].reviewed == 1
     store.sign_off(analysis_id, "dr.a")
     with pytest.raises(AnalysisLocked):
-        store.undo_review(first.id, None, "dr.a")
+        store.undo_review(first.id, None, "dr.a", undone="NGB")
 
 
 def test_a_signed_analysis_is_locked_until_reopened_and_later_reviews_are_amendments(store):
@@ -133,3 +135,74 @@ def test_reviewers_whose_names_differ_only_in_case_or_accents_are_both_listed(st
     for prediction, reviewer in zip(store.get_analysis(analysis_id).predictions, ["José", "jose", "José"], strict=True):
         store.review(prediction.id, "NGB", reviewer)
     assert store.reviewers([analysis_id]) == {analysis_id: ["José", "jose"]}
+
+
+class PausedAfter:
+    """Holds the thread that runs ``action`` for a second after its first statement containing
+    ``fragment``, while the test acts as another user: the window a real race needs, made wide."""
+
+    def __init__(self, store, fragment: str, action):
+        self.reached, self.outcome = threading.Event(), {}
+        self.thread = threading.Thread(target=self._run, args=(action,))
+
+        def pause(_conn, _cursor, statement, *_):
+            if fragment in statement and threading.current_thread() is self.thread and not self.reached.is_set():
+                self.reached.set()
+                time.sleep(1.0)
+
+        event.listen(store.engine, "after_cursor_execute", pause)
+        self.thread.start()
+        assert self.reached.wait(30)
+
+    def _run(self, action):
+        try:
+            self.outcome["result"] = action()
+        except Exception as error:  # the test asserts on it
+            self.outcome["error"] = error
+
+    def result(self):
+        self.thread.join(60)
+        return self.outcome
+
+
+def test_two_people_signing_off_at_once_make_one_sign_off(store):
+    """The second sign-off saw "not signed" before the first committed: two sign-offs in force, the
+    second one's category silently replacing the first's."""
+    analysis_id = classified(store, ["NGS", "LYT"])
+    first = PausedAfter(store, "FROM signoffs", lambda: store.sign_off(analysis_id, "dr.a", category="marrow"))
+    with pytest.raises(ReviewError, match="already signed off by dr.a"):
+        store.sign_off(analysis_id, "dr.b", category="blood")
+    assert "error" not in first.result()
+    assert [(s.action, s.person) for s in store.signoffs([analysis_id])[analysis_id]] == [("signed", "dr.a")]
+
+
+@pytest.mark.parametrize("other", ["review", "sign off", "delete"])
+def test_a_review_waits_for_what_another_user_did_to_the_analysis_meanwhile(store, other):
+    """A review reads the cell, then another user changes it, signs the analysis off or deletes it
+    before the review is written: the review must see that, not write over it (MySQL kept the
+    snapshot of its first read; SQLite read without a lock; a deleted analysis gave a traceback)."""
+    analysis_id = classified(store, ["NGS", "LYT"])
+    cell = store.get_analysis(analysis_id).predictions[0]
+    mine = PausedAfter(store, "FROM predictions", lambda: store.review(cell.id, "NGB", "dr.a"))
+    if other == "review":
+        store.review(cell.id, "EOS", "dr.b")
+        assert "error" not in mine.result()
+        assert [(r.old_code, r.new_code) for r in store.get_analysis(analysis_id).predictions[0].reviews] == [
+            ("NGS", "EOS"), ("EOS", "NGB")]  # each change names the label it replaced
+    elif other == "sign off":
+        store.sign_off(analysis_id, "dr.b")
+        assert isinstance(mine.result()["error"], AnalysisLocked)
+        assert store.get_analysis(analysis_id).predictions[0].reviews == []
+    else:
+        store.delete_analysis(analysis_id)
+        assert isinstance(mine.result()["error"], KeyError)
+
+
+def test_undo_does_not_take_back_another_users_later_change(store):
+    analysis_id = classified(store, ["NGS"])
+    [cell] = store.get_analysis(analysis_id).predictions
+    store.review(cell.id, "NGB", "dr.a")
+    store.review(cell.id, "EOS", "dr.b")
+    with pytest.raises(ChangedSince, match="c0.png was changed to EOS by dr.b on .* since"):
+        store.undo_review(cell.id, None, "dr.a", undone="NGB")
+    assert store.get_analysis(analysis_id).predictions[0].final_code == "EOS"

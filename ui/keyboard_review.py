@@ -20,7 +20,7 @@ from bloodcells.keyboard import (
     layout_text,
     parse_layout,
 )
-from bloodcells.store import Store
+from bloodcells.store import ChangedSince, Store
 from bloodcells.taxonomy import Tree
 from ui.results import cell_image_bytes
 from ui.signoff import attempt
@@ -42,20 +42,29 @@ def _undo_key(analysis_id: int) -> str:
     return f"keyboard_undo_{analysis_id}"
 
 
-def record_change(analysis_id: int, prediction_id: int, before: str | None) -> None:
-    """Remember a change this session made (``before``: the cell's reviewed label then) for Undo, in
-    either review mode: Undo takes back the last change, whichever way it was made."""
-    st.session_state.setdefault(_undo_key(analysis_id), []).append((prediction_id, before))
+def record_change(analysis_id: int, prediction_id: int, before: str | None, after: str) -> None:
+    """Remember a change this session made (the cell's reviewed label ``before`` it and ``after``) for
+    Undo, in either review mode: Undo takes back the last change, whichever way it was made."""
+    st.session_state.setdefault(_undo_key(analysis_id), []).append((prediction_id, before, after))
 
 
 def undo_button(store: Store, analysis_id: int, reviewer: str, disabled: bool, key: str,
                 shortcut: str | None = None) -> None:
-    """"Undo my last change": gives the last changed cell back its label before (kept to retry when refused)."""
+    """"Undo my last change": gives the last changed cell back its label before (kept to retry when refused,
+    unless someone changed the cell since: their change stands)."""
     stack = _undo_key(analysis_id)
 
     def undo_last() -> None:
-        prediction_id, before = st.session_state[stack][-1]
-        if attempt(store.undo_review, prediction_id, before, reviewer) is not None:
+        prediction_id, before, after = st.session_state[stack][-1]
+
+        def undo():
+            try:
+                return store.undo_review(prediction_id, before, reviewer, undone=after)
+            except ChangedSince:  # their change stands: this session's is no longer there to undo
+                st.session_state[stack].pop()
+                raise
+
+        if attempt(undo) is not None:
             st.session_state[stack].pop()
         st.session_state[_cursor_key(analysis_id)] = prediction_id  # the keyboard view shows that cell
 
@@ -85,7 +94,7 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
     def classify(code: str) -> None:
         before = cell.reviewed_code  # None: not reviewed, which undoing restores
         if attempt(store.review, cell.id, code, reviewer) is not None:
-            record_change(analysis.id, cell.id, before)
+            record_change(analysis.id, cell.id, before, code)
             st.session_state[cursor] = following
 
     def move(prediction_id: int) -> None:

@@ -18,7 +18,7 @@ from ..taxonomy import Tree
 from .blobs import BlobStore
 from .errors import StoreError
 from .lineage import LineageStore
-from .reviews import AnalysisLocked, ReviewStore, last_signoff, signed_by
+from .reviews import AnalysisLocked, ReviewStore, signed_by
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_hex
 from .schema import (
     SIGNED,
@@ -320,8 +320,7 @@ class Store(BlobStore, ReviewStore, LineageStore):
     def delete_analysis(self, analysis_id: int) -> None:
         """Delete an analysis with its results, reviews and sign-offs. Refused (AnalysisLocked) while
         it is signed off: a signed differential is the lab's record; reopen it first."""
-        with self.session() as session:
-            last = last_signoff(session, analysis_id)
+        with self.locked(analysis_id) as (session, last):
             if last is not None and last.action == SIGNED:
                 raise AnalysisLocked(f"analysis #{analysis_id} was signed off by {signed_by(last)}: reopen it to "
                                      "delete it")

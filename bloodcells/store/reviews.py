@@ -8,10 +8,11 @@ the amendments after a sign-off can be told apart from the review that came befo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from ..clock import stamp
 from .schema import REOPENED, SIGNED, Analysis, Detection, Prediction, Review, Signoff
@@ -27,6 +28,10 @@ class AnalysisLocked(ReviewError):
     """The analysis is signed off: reopen it before changing a cell."""
 
 
+class ChangedSince(ReviewError):
+    """Undo refused: someone else changed the cell after the change being undone."""
+
+
 def _person(name: str, role: str) -> str:
     name = (name or "").strip()
     if not name:
@@ -36,20 +41,30 @@ def _person(name: str, role: str) -> str:
     return name
 
 
-def last_signoff(session: Session, analysis_id: int) -> Signoff | None:
-    """The newest sign-off or reopening of an analysis. The analysis row is locked first (MySQL), so
-    that a review and a sign-off of one analysis never interleave."""
-    session.execute(select(Analysis.id).where(Analysis.id == analysis_id).with_for_update())
-    return session.scalar(select(Signoff).where(Signoff.analysis_id == analysis_id)
-                          .order_by(Signoff.id.desc()).limit(1))
-
-
 def signed_by(signoff: Signoff) -> str:
     return f"{signoff.person} on {stamp(signoff.created_at)}"
 
 
 class ReviewStore:
     """The Store's review and sign-off operations (``Store`` inherits them; they use its sessions)."""
+
+    @contextmanager
+    def locked(self, analysis_id: int) -> Iterator[tuple[Session, Signoff | None]]:
+        """A transaction that holds ``analysis_id`` from its first statement against every other
+        review, sign-off, reopening and delete of it, so that what it reads (whether the analysis is
+        signed off, a cell's label) is still true when it writes. Yields the session and the
+        analysis's newest sign-off or reopening (None when never signed).
+
+        SQLite: the database's write lock (BEGIN IMMEDIATE; a plain transaction would read first and
+        then write over another's commit). MySQL: the analysis row's lock, taken before any read,
+        because the first read fixes the transaction's snapshot: a sign-off committed between that
+        read and the lock would not be seen."""
+        with self.session() as session:
+            if session.bind.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            session.execute(select(Analysis.id).where(Analysis.id == analysis_id).with_for_update())
+            yield session, session.scalar(select(Signoff).where(Signoff.analysis_id == analysis_id)
+                                          .order_by(Signoff.id.desc()).limit(1))
 
     def review(self, prediction_id: int, new_code: str, reviewer: str) -> Review:
         """Confirm or correct a prediction; the change is kept with old and new label, who and when.
@@ -59,22 +74,32 @@ class ReviewStore:
         """
         return self._record_review(prediction_id, new_code, reviewer)
 
-    def undo_review(self, prediction_id: int, restore: str | None, reviewer: str) -> Review:
+    def undo_review(self, prediction_id: int, restore: str | None, reviewer: str, undone: str | None) -> Review:
         """Give a cell back the label it had before a review: ``restore`` is its reviewed label then,
         None when it had none, so that a mis-keyed cell is unreviewed again (not confirmed as the
-        model said). The undoing is kept in the audit trail like any review."""
-        return self._record_review(prediction_id, restore, reviewer)
+        model said). ``undone`` is the label that review gave: when someone has changed the cell
+        since, undoing would silently revert their change, so it is refused (ChangedSince). The
+        undoing is kept in the audit trail like any review."""
+        return self._record_review(prediction_id, restore, reviewer, undone=(undone,))
 
-    def _record_review(self, prediction_id: int, reviewed_code: str | None, reviewer: str) -> Review:
+    def _record_review(self, prediction_id: int, reviewed_code: str | None, reviewer: str,
+                       undone: tuple[str | None] | None = None) -> Review:
         reviewer = _person(reviewer, "review")
-        with self.session() as session:
-            prediction = session.get(Prediction, prediction_id)
-            if prediction is None:
+        with self.session() as session:  # which analysis: it never changes, so read before the lock
+            analysis_id = session.scalar(select(Prediction.analysis_id).where(Prediction.id == prediction_id))
+        if analysis_id is None:
+            raise KeyError(f"no prediction {prediction_id}")
+        with self.locked(analysis_id) as (session, last):
+            prediction = session.get(Prediction, prediction_id, options=[selectinload(Prediction.reviews)])
+            if prediction is None:  # its analysis was deleted meanwhile
                 raise KeyError(f"no prediction {prediction_id}")
-            last = last_signoff(session, prediction.analysis_id)
             if last is not None and last.action == SIGNED:
-                raise AnalysisLocked(f"analysis #{prediction.analysis_id} was signed off by {signed_by(last)}: "
+                raise AnalysisLocked(f"analysis #{analysis_id} was signed off by {signed_by(last)}: "
                                      "reopen it to amend it")
+            if undone is not None and prediction.reviewed_code != undone[0]:
+                changed = prediction.reviews[-1]
+                raise ChangedSince(f"{prediction.filename} was changed to {prediction.final_code} by {changed.reviewer} "
+                                  f"on {stamp(changed.created_at)} since: undoing would take back their change")
             review = Review(prediction_id=prediction_id, old_code=prediction.final_code,
                             new_code=reviewed_code or prediction.code, reviewer=reviewer,
                             reopening_id=last.id if last is not None else None)
@@ -91,14 +116,13 @@ class ReviewStore:
         category = (category or "").strip()
         if len(category) > NAME_LENGTH:
             raise ReviewError(f"the category is longer than {NAME_LENGTH} characters")
-        with self.session() as session:
+        with self.locked(analysis_id) as (session, last):
             analysis = session.get(Analysis, analysis_id)
             if analysis is None:
                 raise ReviewError(f"analysis #{analysis_id} does not exist")
             if analysis.status != "done":
                 raise ReviewError(f"analysis #{analysis_id} is {analysis.status}: only a finished analysis "
                                   "can be signed off")
-            last = last_signoff(session, analysis_id)
             if last is not None and last.action == SIGNED:
                 raise ReviewError(f"analysis #{analysis_id} is already signed off by {signed_by(last)}")
             signoff = Signoff(analysis_id=analysis_id, action=SIGNED, person=person, category=category,
@@ -110,8 +134,7 @@ class ReviewStore:
     def reopen(self, analysis_id: int, person: str, reason: str = "") -> Signoff:
         """Reopen a signed-off analysis so that its cells can be changed again (an amendment)."""
         person = _person(person, "reopening")
-        with self.session() as session:
-            last = last_signoff(session, analysis_id)
+        with self.locked(analysis_id) as (session, last):
             if last is None or last.action != SIGNED:
                 raise ReviewError(f"analysis #{analysis_id} is not signed off: there is nothing to reopen")
             reopening = Signoff(analysis_id=analysis_id, action=REOPENED, person=person,
