@@ -51,8 +51,10 @@ if analysis.kind == "classification" and analysis.status == "done":
 confirming = st.session_state.get("confirm_delete") == analysis.id
 if not confirming:
     signed = analysis.signed_off
-    if actions.button("Delete…", key="delete", icon=":material/delete:", disabled=signed is not None,
-                      help="Signed off: reopen it (below) to delete it." if signed else None):
+    why_not = ("Signed off: reopen it (below) to delete it." if signed else
+               "Still running: delete it once it has finished or failed." if analysis.being_stored else None)
+    if actions.button("Delete…", key="delete", icon=":material/delete:", disabled=why_not is not None,
+                      help=why_not):
         st.session_state["confirm_delete"] = analysis.id
         st.rerun()
 else:

@@ -91,6 +91,15 @@ def test_history_lists_opens_and_deletes_with_confirmation(app_store):
     assert {m.label: m.value for m in at.metric}["WBC"] == "1"  # the detection opens now
 
 
+def test_history_offers_no_delete_for_an_analysis_still_running(app_store):
+    running = app_store.start_analysis("being classified.zip", "classification")
+    at = app("5_History").run()
+    assert at.button(key="delete").disabled and "Still running" in at.button(key="delete").help
+    app_store.finish_analysis(running)
+    at.run()
+    assert not at.button(key="delete").disabled
+
+
 def test_a_signed_off_analysis_is_deleted_only_after_reopening(app_store):
     from bloodcells.store import AnalysisLocked
 

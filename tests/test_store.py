@@ -1,13 +1,14 @@
 """The storage suite: runs on SQLite, and on MySQL/MariaDB when BLOODCELLS_TEST_MYSQL_URL is set."""
 
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import event, inspect, select, text
 
 from bloodcells.store import (
     Analysis,
+    AnalysisLocked,
     Blob,
     BlobChunk,
     CellType,
@@ -296,6 +297,20 @@ def test_detections_and_delete(store):
     assert [d.class_code for d in store.get_analysis(analysis_id).detections] == ["WBC", "RBC"]
     store.delete_analysis(analysis_id)
     assert store.count_rows(Detection) == 0 and store.count_rows(Analysis) == 0
+
+
+def test_an_analysis_still_running_is_not_deleted_but_one_its_process_left_is(store):
+    """Deleted while running, its run failed at the end ("deleted meanwhile?") and left its images."""
+    running = store.start_analysis("big.zip", "classification")
+    with pytest.raises(AnalysisLocked, match=f"#{running} is still running .* once it has finished"):
+        store.delete_analysis(running)
+    store.finish_analysis(running, predictions=_rows(2))
+    assert store.get_analysis(running).status == "done"
+    left = store.start_analysis("server restarted.zip", "classification")
+    with store.session() as session:  # its process died two days ago
+        session.get(Analysis, left).created_at -= timedelta(days=2)
+    store.delete_analysis(left)
+    assert [a.id for a in store.list_analyses()] == [running]
 
 
 def test_models_are_registered_once_and_newest_is_active(store):

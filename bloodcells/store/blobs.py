@@ -4,18 +4,16 @@ analysis leaves that nothing refers to any more."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from .errors import StoreError
 from .rows import sha256_hex
-from .schema import CHUNK_SIZE, Analysis, Blob, BlobChunk, Explanation, Prediction, utcnow
+from .schema import CHUNK_SIZE, LONGEST_ANALYSIS, Analysis, Blob, BlobChunk, Explanation, Prediction, utcnow
 
 _DEADLOCK_RETRIES = 3
 _MYSQL_DEADLOCK = 1213
-_LONGEST_ANALYSIS = timedelta(days=1)  # a "running" analysis older than this was left by a process that died
 
 
 class BlobStore:
@@ -103,7 +101,7 @@ class BlobStore:
         the rows that refer to them, so one of these may be about to be referred to again (the same
         zip classified twice); those images are left in the database. An
         analysis left ``running`` for a day by a process that died does not count."""
-        running_since = utcnow() - _LONGEST_ANALYSIS
+        running_since = utcnow() - LONGEST_ANALYSIS
         if not image_ids or session.scalar(select(func.count()).select_from(Analysis).where(
                 Analysis.status == "running", Analysis.created_at > running_since)):
             return

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from ..clock import stamp
 from ..taxonomy import Tree
 from .blobs import BlobStore
 from .errors import StoreError
@@ -319,11 +320,16 @@ class Store(BlobStore, ReviewStore, LineageStore):
 
     def delete_analysis(self, analysis_id: int) -> None:
         """Delete an analysis with its results, reviews and sign-offs. Refused (AnalysisLocked) while
-        it is signed off: a signed differential is the lab's record; reopen it first."""
+        it is signed off (a signed differential is the lab's record; reopen it first) and while it is
+        being stored (its run would fail at the end, its images left behind)."""
         with self.locked(analysis_id) as (session, last):
             if last is not None and last.action == SIGNED:
                 raise AnalysisLocked(f"analysis #{analysis_id} was signed off by {signed_by(last)}: reopen it to "
                                      "delete it")
+            analysis = session.get(Analysis, analysis_id)
+            if analysis is not None and analysis.being_stored:
+                raise AnalysisLocked(f"analysis #{analysis_id} is still running (started {stamp(analysis.created_at)}): "
+                                     "delete it once it has finished or failed")
             images = set(session.scalars(select(Prediction.blob_id).where(
                 Prediction.analysis_id == analysis_id, Prediction.blob_id.is_not(None)).distinct()))
             prediction_ids = select(Prediction.id).where(Prediction.analysis_id == analysis_id)

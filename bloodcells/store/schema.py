@@ -6,7 +6,7 @@ no single statement comes near MySQL's ``max_allowed_packet`` (16 MB by default)
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     JSON,
@@ -105,6 +105,9 @@ class Model(Base):
     cell_types: Mapped[list[CellType]] = relationship(secondary="model_cell_types", viewonly=True)
 
 
+LONGEST_ANALYSIS = timedelta(days=1)  # a "running" analysis older than this was left by a process that died
+
+
 class Analysis(Base):
     """One upload and what was computed from it."""
     __tablename__ = "analyses"
@@ -124,6 +127,11 @@ class Analysis(Base):
         back_populates="analysis", cascade="all, delete-orphan", order_by="Detection.id")
     signoffs: Mapped[list[Signoff]] = relationship(
         back_populates="analysis", cascade="all, delete-orphan", order_by="Signoff.id")
+
+    @property
+    def being_stored(self) -> bool:
+        """Still running in some process (not one left ``running`` by a process that died)."""
+        return self.status == "running" and self.created_at > utcnow() - LONGEST_ANALYSIS
 
     @property
     def signed_off(self) -> Signoff | None:
