@@ -59,6 +59,10 @@ class ReportError(ValueError):
     """An analysis that cannot be reported (the message says why)."""
 
 
+class SignedReportError(ReportError):
+    """Values other than those signed given for the report of an analysis that is signed off."""
+
+
 def signoff_status(signoffs, amendments: int) -> str:
     """``not signed``, ``signed``, ``reopened`` (open to amend now) or ``amended`` (signed again after
     cells were changed), from an analysis's sign-offs (oldest first) and its number of amendments."""
@@ -176,7 +180,9 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     """The report of a finished analysis: its cells' final labels (a reviewer's label where given).
 
     The white-cell count, target, category and comment not given are those of the latest sign-off
-    (the target defaults to 200 cells).
+    (the target defaults to 200 cells). While the analysis is signed off, its report says what was
+    signed: other values are refused (SignedReportError), e.g. a draft from a page drawn before
+    someone else signed it off.
     """
     tree = tree or default_tree()
     try:
@@ -186,6 +192,13 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     if analysis.status != "done":
         raise ReportError(f"analysis #{analysis_id} is {analysis.status}: only a finished analysis has a report")
     signed = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)
+    if analysis.signed_off is not None:
+        given = {"white-cell count": (white_cell_count, signed.white_cell_count), "target": (target, signed.target),
+                 "category": (category, signed.category), "comment": (comment, signed.comment)}
+        if differing := [name for name, (value, kept) in given.items() if value is not None and value != kept]:
+            raise SignedReportError(f"analysis #{analysis_id} is signed off by {signed.person} on "
+                                    f"{stamp(signed.created_at)}: its report says the signed {', '.join(differing)}; "
+                                    "reopen it to change them")
     if signed is not None:
         white_cell_count = signed.white_cell_count if white_cell_count is None else white_cell_count
         target = signed.target if target is None else target

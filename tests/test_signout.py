@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from bloodcells.signout import ReportError, build_report, clinical_rows, to_html, to_pdf
+from bloodcells.signout import ReportError, SignedReportError, build_report, clinical_rows, to_html, to_pdf
 from bloodcells.store import DetectionRow, PredictionRow
 from bloodcells.synthetic import cell_image, encode
 
@@ -66,6 +66,20 @@ def test_names_comments_and_units_reach_the_pdf_as_typed(store):
     for expected in ("Probe Müller.zip", "Łukasz Żółć", "Blasts ≥ 5% – 2.1 × 10⁹/L, μL"):
         assert expected in text, (expected, text)
     assert "; ???" in text  # a script the font lacks is marked, not dropped
+
+
+def test_the_report_of_a_signed_analysis_says_what_was_signed(store):
+    """A page drawn before someone else signed off still held its draft: the PDF said "signed off by
+    Dr B" over Dr A's unsaved comment."""
+    analysis_id = store.start_analysis("film.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow("c.png", "NGS", "ALL", 0.9, {}, False)])
+    store.sign_off(analysis_id, "Dr B", category="marrow", comment="Signed text.", target=100)
+    with pytest.raises(SignedReportError, match="signed off by Dr B on .* the signed category, comment; reopen"):
+        build_report(store, analysis_id, category="blood", comment="A's unsaved draft", target=100)
+    report = build_report(store, analysis_id, category="marrow", target=100)  # the signed values are fine
+    assert (report.category, report.comment, report.target) == ("marrow", "Signed text.", 100)
+    store.reopen(analysis_id, "Dr A", "amend")
+    assert build_report(store, analysis_id, comment="A's draft").comment == "A's draft"
 
 
 def test_detection_reports_count_the_typed_white_cells(store):

@@ -11,6 +11,7 @@ from bloodcells.signout import (
     AMENDED,
     REOPENED,
     TARGETS,
+    SignedReportError,
     build_report,
     signoff_lines,
     signoff_status,
@@ -103,8 +104,11 @@ def signoff_panel(store: Store, analysis) -> None:
                       help="Records who and when with the category and comment; the cells are locked until reopened.")
 
             def pdf() -> bytes:  # made when the button is clicked, not on every rerun of the page
-                return to_pdf(build_report(store, analysis.id, white_cell_count=wbc or None, target=target,
-                                           category=category, comment=comment))
+                try:
+                    return to_pdf(build_report(store, analysis.id, white_cell_count=wbc or None, target=target,
+                                               category=category, comment=comment))
+                except SignedReportError:  # someone signed it off since this page was drawn: what they signed
+                    return to_pdf(build_report(store, analysis.id))
 
         st.download_button("Download report (PDF)", pdf, file_name=f"differential-{analysis.id}"
                            f"{'-amended' if status == AMENDED else ''}.pdf", mime="application/pdf", on_click="ignore",
