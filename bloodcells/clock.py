@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .settings import settings
+from .settings import SettingsError, settings
 
 
 def lab_zone() -> tzinfo:
@@ -24,7 +24,7 @@ def _zone(name: str) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as error:
-        raise ValueError(f"BLOODCELLS_TIMEZONE={name}: not a time zone (give an IANA name such as "
+        raise SettingsError(f"BLOODCELLS_TIMEZONE={name}: not a time zone (give an IANA name such as "
                          "Europe/Berlin)") from error
 
 

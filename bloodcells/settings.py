@@ -14,6 +14,10 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
+class SettingsError(ValueError):
+    """An environment variable holds a value bloodcells cannot use (the message names it)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path

@@ -131,3 +131,21 @@ def test_times_are_shown_and_dates_filtered_in_the_labs_time_zone(store, monkeyp
     monkeypatch.setenv("BLOODCELLS_TIMEZONE", "Mars/Olympus")
     with pytest.raises(ValueError, match="BLOODCELLS_TIMEZONE=Mars/Olympus: not a time zone"):
         count_log(store)
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "europe/berlin"])
+def test_a_wrong_time_zone_is_a_message_on_every_page_and_in_the_cli(app_store, monkeypatch, capsys, zone):
+    """It was a traceback wherever a time was shown (History, Review, reports)."""
+    from test_app_store_pages import app, classified
+
+    from bloodcells.cli import main
+
+    analysis_id = classified(app_store, ["NGS"])
+    monkeypatch.setenv("BLOODCELLS_TIMEZONE", zone)
+    for page in ("5_History", "4_Review"):
+        at = app(page).run()
+        assert not at.exception, page
+        assert [e.value for e in at.error] == [f"BLOODCELLS_TIMEZONE={zone}: not a time zone (give an IANA name "
+                                               "such as Europe/Berlin)"], page
+    assert main(["report", str(analysis_id), "--out", str(app_store.url.split("///")[1] + ".pdf")]) == 2
+    assert f"BLOODCELLS_TIMEZONE={zone}: not a time zone" in capsys.readouterr().err

@@ -7,8 +7,8 @@ import os
 
 import streamlit as st
 
-from bloodcells.clock import stamp
-from bloodcells.settings import apply_offline_environment, settings
+from bloodcells.clock import lab_zone, stamp
+from bloodcells.settings import SettingsError, apply_offline_environment, settings
 from bloodcells.store import Store, StoreError, open_store
 from bloodcells.taxonomy import default_tree
 
@@ -42,6 +42,11 @@ def page(title: str, icon: str = "🩸") -> None:
             link_to(path)
         st.divider()
     require_password()
+    try:  # a wrong setting is said once, here, rather than as a traceback wherever a time is shown
+        lab_zone()
+    except SettingsError as error:
+        st.error(str(error))
+        st.stop()
 
 
 def _expected_password() -> str | None:

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args) or 0
-    except (CommandError, InputError, StoreError, UnknownLabelError, TreeFormatError,
+    except (CommandError, InputError, StoreError, UnknownLabelError, TreeFormatError, settings_module.SettingsError,
             FileNotFoundError) as error:
         print(f"bloodcells {args.command}: error: {error}", file=sys.stderr)
         return 2
