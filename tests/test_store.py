@@ -1,6 +1,7 @@
 """The storage suite: runs on SQLite, and on MySQL/MariaDB when BLOODCELLS_TEST_MYSQL_URL is set."""
 
 import threading
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -311,6 +312,33 @@ def test_an_analysis_still_running_is_not_deleted_but_one_its_process_left_is(st
         session.get(Analysis, left).created_at -= timedelta(days=2)
     store.delete_analysis(left)
     assert [a.id for a in store.list_analyses()] == [running]
+
+
+def test_names_longer_than_their_columns_are_shortened_in_the_middle_not_refused(store):
+    """MariaDB refused them ("Data too long"), failing a whole upload for one deep zip path."""
+    upload = "Ausstrich " * 60 + "März.zip"
+    analysis_id = store.start_analysis(upload, "classification")
+    deep = "/".join(["folder"] * 100) + "/NGS_cell.png"
+    store.finish_analysis(analysis_id, predictions=[replace(_rows(1)[0], filename=deep)],
+                          detections=[DetectionRow(deep, "RBC", 0.8, (0, 0, 9, 9))])
+    analysis = store.get_analysis(analysis_id)
+    assert len(analysis.name) == 512 and analysis.name.startswith("Ausstrich") and analysis.name.endswith("März.zip")
+    for stored in (analysis.predictions[0].filename, analysis.detections[0].filename):
+        assert len(stored) == 512 and stored.startswith("folder/") and stored.endswith("/NGS_cell.png") and "…" in stored
+    assert store.list_analyses(search="März")[0].id == analysis_id
+
+
+def test_a_sign_off_comment_too_long_for_the_database_is_refused_in_words(store):
+    from bloodcells.store import COMMENT_LENGTH, ReviewError
+
+    analysis_id = store.start_analysis("a.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=_rows(1))
+    with pytest.raises(ReviewError, match="the comment is longer than 10,000 characters"):
+        store.sign_off(analysis_id, "Dr A", comment="é" * (COMMENT_LENGTH + 1))
+    store.sign_off(analysis_id, "Dr A", comment="é" * COMMENT_LENGTH)  # 20,000 bytes: fits MySQL's TEXT
+    assert store.get_analysis(analysis_id).signed_off.comment == "é" * COMMENT_LENGTH
+    with pytest.raises(ReviewError, match="the reason for reopening is longer"):
+        store.reopen(analysis_id, "Dr A", "x" * (COMMENT_LENGTH + 1))
 
 
 def test_models_are_registered_once_and_newest_is_active(store):

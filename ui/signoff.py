@@ -18,7 +18,7 @@ from bloodcells.signout import (
     slide_differential,
     to_pdf,
 )
-from bloodcells.store import ReviewError, Store, StoreError
+from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, ReviewError, Store, StoreError
 from bloodcells.store.schema import SIGNED
 
 REFUSAL = "review_refusal"  # session key: why the last review or sign-off was refused
@@ -68,7 +68,8 @@ def signoff_panel(store: Store, analysis) -> None:
         if not person:
             st.caption("Enter your name in the sidebar to sign off or reopen.")
         if signed is not None:
-            st.text_input("Reason for reopening", key=f"reopen-reason-{key}", help="Kept with the reopening.")
+            st.text_input("Reason for reopening", key=f"reopen-reason-{key}", help="Kept with the reopening.",
+                          max_chars=COMMENT_LENGTH)
             st.button("Reopen to amend", key=f"reopen-{key}", icon=":material/lock_open:", disabled=not person,
                       on_click=lambda: attempt(store.reopen, analysis.id, person,
                                                st.session_state[f"reopen-reason-{key}"]))
@@ -86,9 +87,10 @@ def signoff_panel(store: Store, analysis) -> None:
             target = middle.selectbox("Cells to count", TARGETS, key=f"report-target-{key}",
                                       index=TARGETS.index(counted_to if counted_to in TARGETS else 200))
             category = st.text_input("Category", last.category if last else "", key=f"report-category-{key}",
+                                     max_chars=NAME_LENGTH,
                                      help="e.g. bone marrow, peripheral blood. No patient names or identifiers.")
             comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}",
-                                   help="No patient names or identifiers.")
+                                   max_chars=COMMENT_LENGTH, help="No patient names or identifiers.")
             if analysis.kind == "classification" and (flagged := sum(
                     1 for p in analysis.predictions if p.needs_review and not p.reviewed)):
                 st.warning(f"{flagged} flagged cells are not reviewed yet.")

@@ -189,7 +189,8 @@ class Store(BlobStore, ReviewStore, LineageStore):
     def start_analysis(self, name: str, kind: str, model_versions: dict | None = None) -> int:
         """Record that an analysis began (status ``running``) and return its id."""
         with self.session() as session:
-            analysis = Analysis(name=name, kind=kind, status="running", model_versions=model_versions or {})
+            analysis = Analysis(name=_fitted(name, Analysis.name), kind=kind, status="running",
+                                model_versions=model_versions or {})
             session.add(analysis)
             session.flush()
             return analysis.id
@@ -239,12 +240,12 @@ class Store(BlobStore, ReviewStore, LineageStore):
                 raise StoreError(f"analysis {analysis_id} does not exist (deleted meanwhile?)")
             for row, digest in rows:
                 session.add(Prediction(analysis_id=analysis_id, blob_id=blob_ids[digest] if digest else None,
-                                       filename=row.filename, code=row.code, path=row.path,
+                                       filename=_fitted(row.filename, Prediction.filename), code=row.code, path=row.path,
                                        confidence=float(row.confidence), level_confidences=row.level_confidences,
                                        needs_review=bool(row.needs_review)))
             for row in detections:
                 x1, y1, x2, y2 = (float(v) for v in row.box)
-                session.add(Detection(analysis_id=analysis_id, filename=row.filename,
+                session.add(Detection(analysis_id=analysis_id, filename=_fitted(row.filename, Detection.filename),
                                       class_code=row.class_code, score=float(row.score),
                                       x1=x1, y1=y1, x2=x2, y2=y2, code=row.code, path=row.path,
                                       sub_confidence=row.sub_confidence))
@@ -384,6 +385,17 @@ def _analysis_conditions(kind: str | None = None, search: str = "", reviewed: bo
         number = search.removeprefix("#")
         conditions.append(or_(named, Analysis.id == int(number)) if number.isdigit() else named)
     return conditions
+
+
+def _fitted(text: str, column) -> str:
+    """``text`` shortened in its middle to the length of ``column`` (a String column), keeping its start
+    and its end (a file's type): MySQL refuses a longer value ("Data too long"), SQLite keeps it, and
+    a name from a deep zip path or a long upload must not fail the whole analysis on either."""
+    length = column.type.length
+    if len(text) <= length:
+        return text
+    tail = (length - 1) // 2
+    return f"{text[:length - 1 - tail]}…{text[len(text) - tail:]}"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -18,6 +18,8 @@ from ..clock import stamp
 from .schema import REOPENED, SIGNED, Analysis, Detection, Prediction, Review, Signoff
 
 NAME_LENGTH = 128  # Review.reviewer, Signoff.person and Signoff.category are String(128)
+# Signoff.comment is TEXT: 65,535 bytes on MySQL, which this many characters of 4 bytes fit
+COMMENT_LENGTH = 10_000
 
 
 class ReviewError(ValueError):
@@ -30,6 +32,13 @@ class AnalysisLocked(ReviewError):
 
 class ChangedSince(ReviewError):
     """Undo refused: someone else changed the cell after the change being undone."""
+
+
+def _comment(text: str, what: str) -> str:
+    text = (text or "").strip()
+    if len(text) > COMMENT_LENGTH:
+        raise ReviewError(f"the {what} is longer than {COMMENT_LENGTH:,} characters")
+    return text
 
 
 def _person(name: str, role: str) -> str:
@@ -116,6 +125,7 @@ class ReviewStore:
         category = (category or "").strip()
         if len(category) > NAME_LENGTH:
             raise ReviewError(f"the category is longer than {NAME_LENGTH} characters")
+        comment = _comment(comment, "comment")
         with self.locked(analysis_id) as (session, last):
             analysis = session.get(Analysis, analysis_id)
             if analysis is None:
@@ -126,7 +136,7 @@ class ReviewStore:
             if last is not None and last.action == SIGNED:
                 raise ReviewError(f"analysis #{analysis_id} is already signed off by {signed_by(last)}")
             signoff = Signoff(analysis_id=analysis_id, action=SIGNED, person=person, category=category,
-                              comment=(comment or "").strip(), target=target, white_cell_count=white_cell_count)
+                              comment=comment, target=target, white_cell_count=white_cell_count)
             session.add(signoff)
             session.flush()
             return signoff
@@ -134,11 +144,12 @@ class ReviewStore:
     def reopen(self, analysis_id: int, person: str, reason: str = "") -> Signoff:
         """Reopen a signed-off analysis so that its cells can be changed again (an amendment)."""
         person = _person(person, "reopening")
+        reason = _comment(reason, "reason for reopening")
         with self.locked(analysis_id) as (session, last):
             if last is None or last.action != SIGNED:
                 raise ReviewError(f"analysis #{analysis_id} is not signed off: there is nothing to reopen")
             reopening = Signoff(analysis_id=analysis_id, action=REOPENED, person=person,
-                                comment=(reason or "").strip())
+                                comment=reason)
             session.add(reopening)
             session.flush()
             return reopening
