@@ -396,7 +396,17 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
     With a ``store``, the analysis is recorded (running -> done with every prediction and image,
     or failed with its error). Images are read and classified ``batch_size`` at a time.
     """
-    from .inputs import InputError, InputImage, InputProblem, count_images, is_image_name, iter_inputs, open_image
+    from .inputs import (
+        InputError,
+        InputImage,
+        InputProblem,
+        count_images,
+        is_image_name,
+        iter_inputs,
+        later_pages,
+        none_readable,
+        open_image,
+    )
     from .store import PredictionRow, record_analysis
 
     classifier = classifier or load_classifier()
@@ -432,15 +442,20 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
                 skipped_images += is_image_name(item.name)
                 continue
             try:
-                batch.append((item, open_image(item.content, item.name, at_least=classifier.input_size)))
+                image = open_image(item.content, item.name, at_least=classifier.input_size)
             except InputError as error:
                 outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
                 skipped_images += 1
                 continue
+            batch.append((item, image))
+            if pages := later_pages(image, item.name):
+                outcome.problems.append(pages)
             if len(batch) >= batch_size:
                 flush()
         if batch:
             flush()
+        if not outcome.rows:  # images, none decodable: an error, not a finished analysis of 0 cells
+            raise none_readable(label, [p for p in outcome.problems if is_image_name(p.name)])
         report()
         spool.seek(0)
         run.predictions = _unspool(spool)

@@ -26,7 +26,9 @@ MAX_IMAGE_PIXELS = 100_000_000  # 10k x 10k
 # Pillow refuses more than twice its limit while opening (DecompressionBombError); open_image
 # refuses everything above the limit itself, before decoding.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+MIN_IMAGE_SIDE = 16  # pixels: less shows no cell (a 1x1 image was typed "blast" and counted)
 MAX_NAME_LENGTH = 512  # the store keeps file names of up to 512 characters
+DISK_NAME_BYTES = 200  # a file name written to disk (filesystems allow 255 bytes)
 ACCEPTED = f"accepted: {', '.join(sorted(IMAGE_SUFFIXES))}, .zip"
 
 # What reading a damaged zip member can raise besides BadZipFile (zlib/lzma errors are not OSErrors).
@@ -64,6 +66,34 @@ class InputProblem:
         return f"{self.name}: {self.problem}"
 
 
+def none_readable(label: str, problems: list[InputProblem]) -> InputError:
+    """The error for an input none of whose images could be read, naming the first few and why."""
+    shown = "; ".join(map(str, problems[:3])) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    return InputError(f"{label}: none of its {len(problems)} images could be read ({shown})")
+
+
+def disk_path(name: str, suffix: str = "") -> PurePosixPath:
+    """Where to write a file for ``name`` (an image's '/'-separated name in an upload) relative to a
+    folder: ``suffix`` appended unless the name ends with it (``field01.jpg`` -> ``field01.jpg.png``,
+    so that ``field01.png`` stays apart), each part shortened in its middle to DISK_NAME_BYTES bytes
+    (filesystems refuse more than 255: a long accented name failed the whole upload)."""
+    if suffix and not name.lower().endswith(suffix):
+        name += suffix
+    return PurePosixPath(*(_fitting(part) for part in PurePosixPath(name).parts))
+
+
+def _fitting(part: str) -> str:
+    if len(part.encode()) <= DISK_NAME_BYTES:
+        return part
+    suffix = PurePosixPath(part).suffix
+    stem = part[: len(part) - len(suffix)]
+    budget = DISK_NAME_BYTES - len(f"…{suffix}".encode())
+    head, tail = stem[: len(stem) // 2], stem[len(stem) // 2:]
+    while len(head.encode()) + len(tail.encode()) > budget:
+        head, tail = (head[:-1], tail) if len(head) >= len(tail) else (head, tail[1:])
+    return f"{head}…{tail}{suffix}"
+
+
 def is_image_name(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
 
@@ -91,7 +121,7 @@ def iter_inputs(source: str | Path | bytes, name: str | None = None,
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        yield from _iter_folder(path, limits)
+        yield from _iter_folder(path, name or path.name or str(path), limits)
         return
     label = name or path.name
     if path.suffix.lower() == ".zip" or _is_zip_path(path):
@@ -151,9 +181,10 @@ def _read_file(path: Path, name: str, limits: InputLimits) -> InputImage | Input
         return InputProblem(name, f"cannot be read ({error.strerror or error})")
 
 
-def _iter_folder(root: Path, limits: InputLimits) -> Iterator[InputImage | InputProblem]:
-    """Every image under ``root``; symbolic links are reported, never followed (nothing outside it is read)."""
-    images = 0
+def _iter_folder(root: Path, label: str, limits: InputLimits) -> Iterator[InputImage | InputProblem]:
+    """Every image under ``root`` (called ``label``); symbolic links are reported, never followed
+    (nothing outside it is read)."""
+    images, unreadable = 0, []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).as_posix()
         if path.is_symlink():
@@ -165,9 +196,13 @@ def _iter_folder(root: Path, limits: InputLimits) -> Iterator[InputImage | Input
         elif is_image_name(path.name):
             item = _read_file(path, relative, limits)
             images += isinstance(item, InputImage)
+            if isinstance(item, InputProblem):
+                unreadable.append(item)
             yield item
     if images == 0:
-        raise InputError(f"{root.name or root}: the folder holds no readable images ({ACCEPTED})")
+        if unreadable:
+            raise none_readable(label, unreadable)
+        raise InputError(f"{label}: the folder holds no images ({ACCEPTED})")
 
 
 def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | InputProblem]:
@@ -182,12 +217,14 @@ def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | 
             raise InputError(f"{label}: {len(members)} files is more than the limit of {limits.max_members}")
         if not members:
             raise InputError(f"{label}: the zip is empty")
-        images = skipped_images = 0
-        total = 0
+        images, total = 0, 0
+        unreadable: list[InputProblem] = []
+        seen: set[str] = set()
         for info in members:
             name = info.filename.replace("\\", "/")  # Windows' Compress-Archive writes NGS\cell.png
             if _is_noise(name):
                 continue
+            name = _unique(name, seen)
             problem = _member_problem(info, limits)
             if problem is None and total + info.file_size > limits.max_total_bytes:
                 problem = f"the zip's total uncompressed size would exceed {limits.max_total_bytes} bytes"
@@ -197,16 +234,30 @@ def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | 
                 except _MEMBER_ERRORS as error:
                     problem = f"cannot be read from the zip ({error or type(error).__name__})"
             if problem is not None:
-                skipped_images += is_image_name(name)
-                yield InputProblem(f"{label}/{name}", problem)
+                item = InputProblem(f"{label}/{name}", problem)
+                if is_image_name(name):
+                    unreadable.append(item)
+                yield item
                 continue
             total += len(content)
             images += 1
             yield InputImage(name, content)
         if images == 0:
-            reason = (f"none of its {skipped_images} images could be read (see the problems listed)"
-                      if skipped_images else f"it holds no images ({ACCEPTED})")
-            raise InputError(f"{label}: {reason}")
+            if unreadable:
+                raise none_readable(label, unreadable)
+            raise InputError(f"{label}: it holds no images ({ACCEPTED})")
+
+
+def _unique(name: str, seen: set[str]) -> str:
+    """``name``, or ``name (2)``... when a zip holds two members of one name (each is its own image:
+    counted as one, a slide credited both fields' cells to each)."""
+    unique, n = name, 1
+    while unique in seen:
+        n += 1
+        path = PurePosixPath(name)
+        unique = str(path.with_name(f"{path.stem} ({n}){path.suffix}"))
+    seen.add(unique)
+    return unique
 
 
 def _check_zip_index(handle, label: str, limits: InputLimits) -> None:
@@ -291,15 +342,64 @@ def open_image(content: bytes, name: str = "image", at_least: int | None = None)
     if image.width * image.height > MAX_IMAGE_PIXELS:
         raise InputError(f"{name}: {image.width}x{image.height} pixels is over the limit of "
                          f"{MAX_IMAGE_PIXELS} pixels")
-    if image.width < 1 or image.height < 1:
-        raise InputError(f"{name}: the image has no pixels ({image.width}x{image.height})")
+    if min(image.size) < MIN_IMAGE_SIDE:
+        raise InputError(f"{name}: {image.width}x{image.height} pixels is too small to show a cell "
+                         f"(at least {MIN_IMAGE_SIDE} pixels a side)")
     try:
+        sixteen_bit_colour = _sixteen_bit_colour(content, image)  # before load(), which empties image.tile
         if at_least and image.format == "JPEG":
             image.draft("RGB", (at_least, at_least))
         image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
+        upright = ImageOps.exif_transpose(sixteen_bit_colour or image)
+        rgb = to_rgb(upright)
     except Exception as error:  # as above: truncated data, bad EXIF, unsupported mode
         raise InputError(f"{name}: damaged or truncated image ({type(error).__name__}: {error})") from error
+    rgb.info["pages"] = getattr(image, "n_frames", 1)
+    return rgb
+
+
+def later_pages(image: Image.Image, name: str) -> InputProblem | None:
+    """The pages of a multi-page TIFF or animated GIF after the first (``open_image`` reads only the
+    first), as a problem to report: they are not analysed."""
+    pages = image.info.get("pages", 1)
+    if pages < 2:
+        return None
+    return InputProblem(f"{name} (pages 2-{pages})", "not read: only the first page of a multi-page file is "
+                        "analysed; save each page as an image of its own")
+
+
+def _sixteen_bit_colour(content: bytes, image: Image.Image) -> Image.Image | None:
+    """A colour PNG or TIFF of 16 bits a channel, rescaled to 8 bits like 16-bit grayscale (None for any
+    other image). Pillow keeps only each value's high byte, which leaves a 12-bit camera's image
+    nearly black (and the cell typed a blast); OpenCV reads all 16 bits."""
+    rawmode = image.tile[0].args if image.tile else ""
+    rawmode = rawmode[0] if isinstance(rawmode, tuple) else rawmode
+    if image.mode not in ("RGB", "RGBA") or ";16" not in str(rawmode):
+        return None
+    import cv2
+    import numpy as np
+
+    array = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.dtype != np.uint16 or array.ndim != 3:
+        return None
+    channels = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    rescaled = _stretched(channels[..., :3])
+    if channels.shape[2] == 4:
+        rescaled = np.dstack([rescaled, (channels[..., 3] >> 8).astype(np.uint8)])
+    converted = Image.fromarray(rescaled)
+    if "exif" in image.info:  # its orientation, for exif_transpose
+        converted.info["exif"] = image.info["exif"]
+    return converted
+
+
+def _stretched(array):
+    """An array of any depth as 8 bits, its lowest finite value black and its highest white."""
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.float64)
+    finite = np.isfinite(array)
+    low, high = (float(array[finite].min()), float(array[finite].max())) if finite.any() else (0.0, 0.0)
+    return np.where(finite, (array - low) / (high - low) * 255 if high > low else 0.0, 0.0).astype("uint8")
 
 
 def open_any(image: Image.Image | bytes | str | Path) -> Image.Image:
@@ -328,13 +428,7 @@ def _pillow_open():
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB: high-bit-depth and float images are rescaled, transparency is put on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        import numpy as np
-
-        array = np.asarray(image, dtype=np.float64)
-        finite = np.isfinite(array)
-        low, high = (float(array[finite].min()), float(array[finite].max())) if finite.any() else (0.0, 0.0)
-        scaled = np.where(finite, (array - low) / (high - low) * 255 if high > low else 0.0, 0.0)
-        image = Image.fromarray(scaled.astype("uint8"))
+        image = Image.fromarray(_stretched(image))
     if image.has_transparency_data:
         image = image.convert("RGBA")
         canvas = Image.new("RGB", image.size, (255, 255, 255))

@@ -28,6 +28,7 @@ from bloodcells.inputs import (
     InputProblem,
     count_images,
     iter_inputs,
+    later_pages,
     open_image,
 )
 from bloodcells.synthetic import cell_image, encode
@@ -68,6 +69,17 @@ def _sixteen_bit_tiff() -> bytes:
     return _save(Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60), "TIFF")
 
 
+def _twelve_bit_colour_cell() -> np.ndarray:
+    """A generated cell as a 12-bit camera writes it into 16-bit channels (RGB, 0..4095)."""
+    return (np.asarray(cell_image("NGS", 4, 32).crop((0, 0, 32, 24)), dtype=np.uint16) * 4095 // 255)
+
+
+def _sixteen_bit_colour(fmt: str) -> bytes:
+    import cv2
+
+    return cv2.imencode(".png" if fmt == "PNG" else ".tiff", _twelve_bit_colour_cell()[..., ::-1])[1].tobytes()
+
+
 def _float_tiff(with_nan: bool = False) -> bytes:
     array = np.linspace(-3.5, 1e6, 32 * 32, dtype=np.float32).reshape(32, 32)
     if with_nan:
@@ -105,9 +117,13 @@ class FileCase:
 FILE_CASES = [
     FileCase("rgb.png", GOOD, size=(32, 32)),
     FileCase("rgb.jpg", _save(_cell(), "JPEG"), size=(32, 32)),
-    FileCase("one-pixel.png", _save(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"), size=(1, 1)),
-    FileCase("one-pixel.jpg", _save(Image.new("RGB", (1, 1)), "JPEG"), size=(1, 1)),
-    FileCase("one-pixel-16bit.tif", _save(Image.fromarray(np.array([[7]], dtype=np.uint16)), "TIFF"), size=(1, 1)),
+    # a 1x1 image was typed "blast" and counted in the differential
+    FileCase("one-pixel.png", _save(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"), "1x1 pixels is too small"),
+    FileCase("one-pixel.jpg", _save(Image.new("RGB", (1, 1)), "JPEG"), "too small to show a cell"),
+    FileCase("one-pixel-16bit.tif", _save(Image.fromarray(np.array([[7]], dtype=np.uint16)), "TIFF"), "too small"),
+    FileCase("smallest.png", _save(Image.new("RGB", (16, 40)), "PNG"), size=(16, 40)),
+    FileCase("sixteen-bit-rgb.png", _sixteen_bit_colour("PNG"), size=(32, 24)),
+    FileCase("sixteen-bit-rgb.tif", _sixteen_bit_colour("TIFF"), size=(32, 24)),
     FileCase("rgba.png", _save(_cell("RGBA"), "PNG")),
     FileCase("la.png", _save(_cell("LA"), "PNG")),
     FileCase("palette.png", _save(_cell("P"), "PNG")),
@@ -119,8 +135,8 @@ FILE_CASES = [
     FileCase("cmyk.tif", _save(_cell("CMYK"), "TIFF")),
     FileCase("sixteen-bit.png", _save(Image.fromarray(np.arange(1024, dtype=np.uint16).reshape(32, 32) * 50), "PNG")),
     FileCase("sixteen-bit.tif", _sixteen_bit_tiff()),
-    FileCase("sixteen-bit-flat.tif", _save(Image.fromarray(np.full((8, 8), 999, np.uint16)), "TIFF")),
-    FileCase("thirty-two-bit.tif", _save(Image.fromarray(np.arange(64, dtype=np.int32).reshape(8, 8) * 10**6), "TIFF")),
+    FileCase("sixteen-bit-flat.tif", _save(Image.fromarray(np.full((16, 16), 999, np.uint16)), "TIFF")),
+    FileCase("thirty-two-bit.tif", _save(Image.fromarray(np.arange(256, dtype=np.int32).reshape(16, 16) * 10**6), "TIFF")),
     FileCase("float.tif", _float_tiff()),
     FileCase("float-nan-inf.tif", _float_tiff(with_nan=True)),
     FileCase("multipage.tif", _multipage_tiff()),
@@ -168,17 +184,36 @@ def test_single_file_upload_goes_through_iter_inputs(case):
 
 
 def test_transparency_is_composited_on_white():
-    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    image = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
     image.putpixel((0, 0), (10, 20, 30, 255))
     rgb = open_image(_save(image, "PNG"), "rgba.png")
     assert rgb.getpixel((0, 0)) == (10, 20, 30)
-    assert rgb.getpixel((3, 3)) == (255, 255, 255)
+    assert rgb.getpixel((15, 15)) == (255, 255, 255)
 
 
 def test_high_bit_depth_is_rescaled_not_clipped():
     rgb = np.asarray(open_image(_sixteen_bit_tiff(), "sixteen-bit.tif"))
     assert rgb.min() == 0 and rgb.max() == 255  # 0..61380 spread over 0..255, not saturated at 255
     assert len(np.unique(rgb)) > 200
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_sixteen_bit_colour_keeps_its_brightness_and_colours(fmt):
+    """Pillow kept each 16-bit value's high byte: a 12-bit camera's cell came out nearly black
+    (mean 12 of 255) and was typed a blast."""
+    original = _twelve_bit_colour_cell().astype(float)
+    rgb = np.asarray(open_image(_sixteen_bit_colour(fmt), f"camera.{fmt.lower()}"), dtype=float)
+    expected = (original - original.min()) / (original.max() - original.min()) * 255
+    assert np.abs(rgb - expected).max() <= 1
+    assert rgb.mean() > 100
+
+
+def test_a_multi_page_files_later_pages_are_reported_not_silently_dropped():
+    image = open_image(_multipage_tiff(), "cells.tif")
+    assert str(later_pages(image, "cells.tif")) == (
+        "cells.tif (pages 2-2): not read: only the first page of a multi-page file is analysed; save each page as "
+        "an image of its own")
+    assert later_pages(open_image(GOOD, "one.png"), "one.png") is None
 
 
 def test_exif_rotation_is_applied():
@@ -330,7 +365,7 @@ ZIP_CASES = [
     ZipCase("bzip2.zip", [Member("a.png", compress=zipfile.ZIP_BZIP2)]),
     ZipCase("lzma.zip", [Member("a.png", compress=zipfile.ZIP_LZMA)]),
     ZipCase("unicode-names.zip", [Member("Zellen/größe_µ.png"), Member("細胞/1.png")]),
-    ZipCase("duplicate-names.zip", [Member("same.png"), Member("same.png")]),
+    ZipCase("duplicate-names.zip", [Member("same.png"), Member("same.png", _save(_cell(), "JPEG"))]),
     ZipCase("deep.zip", [Member("/".join(["d"] * 40) + "/deep.png")]),
     ZipCase("self-extracting.zip", [Member("a.png")], patch=_prepend_stub),
     ZipCase("streamed-zip64.zip", [Member("a.png"), Member("NEU/b.png")], patch=_streamed),
@@ -429,7 +464,8 @@ def test_zip_corpus(case):
     # The rest of the batch went on: every member that has no problem was read, whole.
     expected = [m for m in case.members if m.name not in case.problems and not m.name.startswith("__MACOSX/")
                 and m.name != ".DS_Store"]
-    assert [(i.name, i.content) for i in images] == [(m.name, m.content) for m in expected]
+    assert [i.content for i in images] == [m.content for m in expected]
+    assert len({i.name for i in images}) == len(images)  # each under a name of its own (see below)
     for image in images:
         if image.name in case.unreadable:
             with pytest.raises(InputError, match=case.unreadable[image.name]) as raised:
@@ -437,6 +473,14 @@ def test_zip_corpus(case):
             assert str(raised.value).startswith(f"{image.name}: ")
         else:
             assert open_image(image.content, image.name).mode == "RGB"
+
+
+def test_two_members_of_one_name_are_two_images():
+    """They were one to the rest of the app: one image on the Detection page with both fields' boxes,
+    and a slide that credited both fields' cells to each."""
+    data = _build(next(c for c in ZIP_CASES if c.name == "duplicate-names.zip"))
+    images, _ = _read_all(data, "duplicate-names.zip", InputLimits())
+    assert [i.name for i in images] == ["same.png", "same (2).png"]
 
 
 @pytest.mark.parametrize(("name", "content"), NOT_ZIPS, ids=[n for n, _ in NOT_ZIPS])
@@ -492,7 +536,7 @@ def test_folder_reports_links_and_zips_and_reads_the_rest(make, tmp_path):
 def test_folder_without_images_is_refused(tmp_path):
     (tmp_path / "nothing").mkdir()
     (tmp_path / "nothing" / "readme.txt").write_text("x")
-    with pytest.raises(InputError, match="^nothing: the folder holds no readable images"):
+    with pytest.raises(InputError, match="^nothing: the folder holds no images"):
         list(iter_inputs(tmp_path / "nothing"))
 
 
@@ -511,8 +555,9 @@ def test_missing_and_unreadable_paths_are_named(tmp_path, monkeypatch):
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "a.png").write_bytes(GOOD)
     seen = []
-    with pytest.raises(InputError, match="^folder: the folder holds no readable images"):
-        for item in iter_inputs(tmp_path / "folder"):
+    with pytest.raises(InputError, match=r"^uploaded images: none of its 1 images could be read \(a.png: cannot be "
+                       r"read \(Permission denied\)\)"):  # the reason, not only the (scratch) folder's name
+        for item in iter_inputs(tmp_path / "folder", name="uploaded images"):
             seen.append(item)
     assert seen == [InputProblem("a.png", "cannot be read (Permission denied)")]
 

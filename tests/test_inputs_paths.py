@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bloodcells.inputs import InputError
 from bloodcells.synthetic import cell_image, encode
@@ -202,3 +203,93 @@ def test_app_uploads_stay_in_the_data_folder_and_are_removed(tmp_path, monkeypat
     with pytest.raises(InputError, match="notes.txt: not an image"), uploaded_source([Upload("notes.txt", b"x")]):
         pass
     assert not os.path.exists(tmp_path.parent / "escape.zip")
+
+
+LONG_NAME = "Ausstrich_Zählkammer_" + "ä" * 120 + ".png"  # 142 characters, 265 bytes: over a file name's 255
+
+
+def test_an_upload_whose_name_is_longer_than_a_file_name_may_be_is_read(tmp_path, monkeypatch):
+    """It failed the whole upload: "[Errno 36] File name too long" naming the server's scratch path."""
+    from bloodcells.inputs import InputImage, iter_inputs
+    from ui.uploads import uploaded_source
+
+    image = GOOD_CELLS["cells/LYT_0.png"]
+    for files, images in (([Upload(LONG_NAME, image), Upload("short.png", image)], 2),
+                          ([Upload(LONG_NAME.replace(".png", ".zip"), _zip_of({"a.png": image}))], 1)):
+        with uploaded_source(files) as source:
+            assert len([item for item in iter_inputs(source) if isinstance(item, InputImage)]) == images
+
+
+def _zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_annotated_images_of_one_stem_or_a_long_name_are_each_written(trained_detector, tmp_path):
+    """field01.png and field01.jpg both became field01.png (one overwrote the other), and a member
+    name over 255 bytes crashed ``detect --annotated`` with a traceback."""
+    from bloodcells.detection import Detector, detect
+    from bloodcells.synthetic import smear_field
+
+    field = smear_field(160, 120, n_wbc=1, n_rbc=4, n_platelets=1, seed=3)[0]
+    jpeg = io.BytesIO()
+    field.save(jpeg, "JPEG")
+    upload = _zip_of({"field01.png": encode(field), "field01.jpg": jpeg.getvalue(), f"deep/{LONG_NAME}": encode(field)})
+    annotated = tmp_path / "annotated"
+    outcome = detect(upload, name="fields.zip", detector=Detector.load(trained_detector), type_white_cells=False,
+                     annotate_to=annotated)
+    assert len(outcome.files) == 3
+    long, *others = sorted(p.relative_to(annotated).as_posix() for p in annotated.rglob("*.png"))
+    assert others == ["field01.jpg.png", "field01.png"]
+    assert long.startswith("deep/Ausstrich_Zählkammer_ä") and long.endswith("ä.png") and "…" in long
+    assert len(Path(long).name.encode()) <= 200
+    assert all(Image.open(annotated / name).size == (160, 120) for name in [long, *others])
+
+
+def test_images_none_of_which_can_be_read_fail_the_analysis_naming_each(trained_models_dir, store, tmp_path,
+                                                                        capsys):
+    """It was a finished analysis of 0 cells (CLI exit 0), the reason hidden in a skipped list."""
+    from bloodcells.classify import classify, load_classifier
+    from bloodcells.cli import main
+
+    upload = _zip_of({"a.png": b"not an image", "b.png": GOOD_CELLS["cells/LYT_0.png"][:60]})
+    with pytest.raises(InputError, match=r"^bad.zip: none of its 2 images could be read \(a.png: not an image .*; "
+                                         r"b.png: damaged or truncated"):
+        classify(upload, name="bad.zip", classifier=load_classifier(trained_models_dir), store=store)
+    [analysis] = store.list_analyses()
+    assert analysis.status == "failed" and "none of its 2 images could be read" in analysis.error
+    (tmp_path / "bad.zip").write_bytes(upload)
+    assert main(["classify", str(tmp_path / "bad.zip"), "--models", str(trained_models_dir), "--no-store"]) == 2
+    assert "bad.zip: none of its 2 images could be read" in capsys.readouterr().err
+
+
+def test_the_pages_after_a_multi_page_files_first_are_reported(trained_models_dir):
+    from bloodcells.classify import classify, load_classifier
+
+    first, second = (cell_image(code, 0, 32) for code in ("LYT", "NGS"))
+    tiff = io.BytesIO()
+    first.save(tiff, "TIFF", save_all=True, append_images=[second])
+    outcome = classify(tiff.getvalue(), name="cells.tif", classifier=load_classifier(trained_models_dir))
+    assert len(outcome.rows) == 1
+    assert [str(p) for p in outcome.problems] == ["cells.tif (pages 2-2): not read: only the first page of a "
+                                                  "multi-page file is analysed; save each page as an image of its own"]
+    assert Image.open(io.BytesIO(tiff.getvalue())).n_frames == 2
+
+
+@pytest.mark.slow
+def test_a_field_too_large_to_open_is_an_error_not_an_empty_smear(trained_detector, store):
+    """It was "Saved as analysis: 0 cells on 0 images" and "No cell was found", the reason folded away."""
+    from bloodcells.detection import Detector, detect
+
+    big = Image.new("RGB", (10_001, 10_000), (230, 200, 200))
+    content = io.BytesIO()
+    big.save(content, "PNG")
+    with pytest.raises(InputError, match=r"^big.png: none of its 1 images could be read \(big.png: 10001x10000 "
+                                         r"pixels is over the limit"):
+        detect(content.getvalue(), name="big.png", detector=Detector.load(trained_detector), type_white_cells=False,
+               store=store)
+    assert [a.status for a in store.list_analyses()] == ["failed"]

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from bloodcells.inputs import IMAGE_SUFFIXES, InputError
+from bloodcells.inputs import IMAGE_SUFFIXES, InputError, disk_path
 from bloodcells.settings import settings
 
 IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
@@ -22,7 +22,7 @@ ACCEPTED = f"Accepted: .zip, {', '.join('.' + t for t in IMAGE_TYPES)}"
 
 def _safe_name(name: str) -> str:
     base = PurePosixPath(name.replace("\\", "/")).name
-    return base if base not in {"", ".", ".."} else "upload"
+    return str(disk_path(base)) if base not in {"", ".", ".."} else "upload"
 
 
 def upload_label(files: Sequence) -> str:
@@ -56,7 +56,7 @@ def uploaded_source(files: Sequence, zip_only: bool = False) -> Iterator[Path]:
             path.write_bytes(zips[0].getvalue())
             yield path
             return
-        images = Path(folder) / "images"
+        images = Path(folder) / "images"  # named by the caller (``upload_label``) in what it reports
         images.mkdir()
         for n, upload in enumerate(files):
             target = images / _safe_name(upload.name)

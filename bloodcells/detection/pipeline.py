@@ -104,7 +104,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
     differential over the fields until ``wbc_target`` white cells.
     """
     from ..classify import TREE_VERSION
-    from ..inputs import InputError, InputProblem, iter_inputs, open_image
+    from ..inputs import InputError, InputProblem, is_image_name, iter_inputs, later_pages, none_readable, open_image
     from ..store import DetectionRow, record_analysis
 
     if slide:
@@ -131,6 +131,8 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
             except InputError as error:
                 outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
                 continue
+            if pages := later_pages(image, item.name):
+                outcome.problems.append(pages)
             boxes = detector.find(image, item.name, confidence=confidence)
             white = [b for b in boxes if b.class_code == "WBC"]
             if classifier is not None and white:
@@ -145,6 +147,8 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
                 _save_annotated(Path(annotate_to), item.name, image, boxes)
             if progress:
                 progress(len(outcome.files), None)
+        if not outcome.files:  # images, none decodable: an error, not a finished analysis of 0 cells
+            raise none_readable(label, [p for p in outcome.problems if is_image_name(p.name)])
         if slide:
             outcome.slide, outcome.boxes = count_slide(fields, outcome.boxes, wbc_target)
             if annotate_to is not None:  # drawn once the boxes kept are known (fewer than found)
@@ -156,8 +160,10 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
 
 
 def _save_annotated(folder: Path, file: str, image, boxes: list[DetectedBox]) -> None:
-    """``folder/<image>.png``: the image drawn with its boxes."""
-    target = folder / Path(file).with_suffix(".png")
+    """``folder/<image>.png`` (see ``inputs.disk_path``): the image drawn with its boxes."""
+    from ..inputs import disk_path
+
+    target = folder / disk_path(file, ".png")
     target.parent.mkdir(parents=True, exist_ok=True)
     annotate(image, boxes).save(target)
 
