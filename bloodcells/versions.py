@@ -16,12 +16,15 @@ No folder is moved or deleted, so the trees in use before stay available.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .classify import ModelFileError, TreeClassifier
@@ -166,19 +169,20 @@ def use_version(tree_name: str, version: str | None) -> Path:
 def rollback(tree_name: str) -> Path:
     """Put back the version in use before the current one (after loading it); returns its folder.
     Versions whose folders were removed from disk since are passed over (and left out of the history)."""
-    state = _read_pointer(tree_name)
-    history, removed = list(state["history"]), []
-    while history and history[-1] is not None and not _folder(tree_name, history[-1]).is_dir():
-        removed.append(history.pop())
-    if removed:
-        _write_pointer(tree_name, {**state, "history": history})
-    if not history:
-        raise ValueError(f"tree {tree_name!r} has no earlier version to roll back to")
-    previous = history[-1]
-    folder = _folder(tree_name, previous)
-    _load(folder, tree_name)
-    _write_pointer(tree_name, {"version": previous, "history": history[:-1]})
-    return folder
+    with _pointer_held(tree_name):
+        state = _read_pointer(tree_name)
+        history, removed = list(state["history"]), []
+        while history and history[-1] is not None and not _folder(tree_name, history[-1]).is_dir():
+            removed.append(history.pop())
+        if removed:
+            _write_pointer(tree_name, {**state, "history": history})
+        if not history:
+            raise ValueError(f"tree {tree_name!r} has no earlier version to roll back to")
+        previous = history[-1]
+        folder = _folder(tree_name, previous)
+        _load(folder, tree_name)
+        _write_pointer(tree_name, {"version": previous, "history": history[:-1]})
+        return folder
 
 
 def _folder(tree_name: str, version: str | None) -> Path:
@@ -217,10 +221,23 @@ def _read_pointer(tree_name: str) -> dict:
         raise ModelFileError(f"{pointer}: unreadable ({error}); delete it to use {shipped_dir(tree_name)}") from error
 
 
+@contextmanager
+def _pointer_held(tree_name: str) -> Iterator[None]:
+    """Changes of the pointer one at a time, across the app's threads and other processes (the CLI):
+    each reads what the one before wrote. Two people accepting trees at once both read the same
+    pointer, and the version written first dropped out of the history (rollback skipped it)."""
+    lock = _pointer_file(tree_name).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
 def _switch(tree_name: str, version: str | None) -> None:
-    state = _read_pointer(tree_name)
-    if version != state["version"]:
-        _write_pointer(tree_name, {"version": version, "history": [*state["history"], state["version"]]})
+    with _pointer_held(tree_name):
+        state = _read_pointer(tree_name)
+        if version != state["version"]:
+            _write_pointer(tree_name, {"version": version, "history": [*state["history"], state["version"]]})
 
 
 def _write_pointer(tree_name: str, state: dict) -> None:

@@ -200,3 +200,54 @@ def test_each_analysis_records_the_tree_version_that_made_it(models, trained_mod
 
 def test_candidate_folders_are_unique_within_a_second(models):
     assert versions.candidate_dir() != versions.candidate_dir()  # two people pressing Train at once
+
+
+def test_two_trees_accepted_at_once_both_stay_in_the_history(models, trained_models_dir, tmp_path, monkeypatch):
+    """Both read the pointer before either wrote it: the first version accepted dropped out of the
+    history, and rolling back skipped it."""
+    shipped = default_models_dir()
+    first_read, write = threading.Event(), versions._write_pointer
+
+    def slow_write(tree_name, state):  # the first writer holds on between reading and writing
+        if threading.current_thread().name == "first":
+            first_read.set()
+            threading.Event().wait(0.5)
+        write(tree_name, state)
+
+    monkeypatch.setattr(versions, "_write_pointer", slow_write)
+    first = threading.Thread(target=versions.promote, args=(candidate(trained_models_dir, tmp_path, "run-1"), TREE),
+                             name="first")
+    first.start()
+    assert first_read.wait(60)
+    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
+    first.join(60)
+    assert versions.current_version(TREE) == second.name
+    [first_version] = set(versions.list_versions(TREE)) - {second.name}
+    assert versions.rollback(TREE).name == first_version and versions.rollback(TREE) == shipped
+
+
+def test_two_writers_registering_one_new_architecture_at_once_both_succeed(store):
+    """The second failed with "Duplicate entry ... for key 'architecture'", and its Accept with it."""
+    from sqlalchemy import event
+
+    from bloodcells.store import ModelType
+
+    paused, done = threading.Event(), {}
+
+    def pause(_conn, _cursor, statement, *_):
+        if "FROM model_types" in statement and threading.current_thread().name == "first" and not paused.is_set():
+            paused.set()
+            threading.Event().wait(0.5)
+
+    event.listen(store.engine, "after_cursor_execute", pause)
+
+    def register(sha: str) -> int:
+        return store.register_model(kind="classifier", architecture="efficientnet_lite0", weights_path=f"{sha}.pt",
+                                    sha256=sha * 64, metrics={}, tree=TREE, node_code=sha)
+
+    first = threading.Thread(target=lambda: done.update(first=register("a")), name="first")
+    first.start()
+    assert paused.wait(30)
+    second = register("b")
+    first.join(30)
+    assert done["first"] != second and store.count_rows(ModelType) == 1

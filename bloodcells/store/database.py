@@ -7,11 +7,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import create_engine, delete, event, func, or_, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..clock import stamp
@@ -154,6 +155,18 @@ class Store(BlobStore, ReviewStore, LineageStore):
                        metrics: dict, tree: str | None = None, node_code: str | None = None,
                        class_codes: Iterable[str] = ()) -> int:
         """Record trained weights (idempotent by sha256); the newest per node is active."""
+        register = partial(self._register_model, kind, architecture, weights_path, sha256, metrics, tree, node_code,
+                           list(class_codes))
+        try:
+            return register()
+        except StoreError as error:
+            if not isinstance(error.__cause__, IntegrityError):
+                raise
+        # Another writer stored the same weights or architecture between this one's read and its write
+        # (two people accepting trees at once): found this time.
+        return register()
+
+    def _register_model(self, kind, architecture, weights_path, sha256, metrics, tree, node_code, class_codes) -> int:
         with self.session() as session:
             existing = session.scalar(select(Model).where(Model.sha256 == sha256))
             if existing is not None:
