@@ -68,12 +68,22 @@ def test_a_signed_analysis_is_locked_until_reopened_and_later_reviews_are_amendm
     assert [(r.old_code, r.new_code) for r in first_again.reviews] == [("NGS", "NGB"), ("NGB", "NGS")]  # all kept
 
 
+def test_one_name_typed_two_ways_is_one_reviewer(store):
+    analysis_id = classified(store, ["NGS", "LYT"])
+    first, second = store.get_analysis(analysis_id).predictions
+    store.review(first.id, "NGB", "Jos\u00e9")
+    store.review(second.id, "MON", "Jose\u0301")  # e and a combining accent: the same name on screen
+    assert store.reviewers([analysis_id]) == {analysis_id: ["Jos\u00e9"]}
+
+
 def test_bad_sign_offs_are_refused_with_the_reason(store):
     analysis_id = classified(store, ["NGS"])
     with pytest.raises(ReviewError, match="needs the name"):
         store.sign_off(analysis_id, "  ")
     with pytest.raises(ReviewError, match="needs the name"):
         store.review(store.get_analysis(analysis_id).predictions[0].id, "NGB", "")
+    with pytest.raises(ReviewError, match="needs the name"):  # looked empty, was stored
+        store.review(store.get_analysis(analysis_id).predictions[0].id, "NGB", "\u00a0\u200b")
     with pytest.raises(ReviewError, match="category is longer than 128"):
         store.sign_off(analysis_id, "dr.a", category="x" * 129)
     with pytest.raises(ReviewError, match="not signed off: there is nothing to reopen"):

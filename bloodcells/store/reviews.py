@@ -7,6 +7,7 @@ the amendments after a sign-off can be told apart from the review that came befo
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -42,8 +43,10 @@ def _comment(text: str, what: str) -> str:
 
 
 def _person(name: str, role: str) -> str:
-    name = (name or "").strip()
-    if not name:
+    """The name as one form of its characters (NFC: "José" typed with a combining accent is the same
+    person as "José"), refused when it holds no letter or digit (a zero-width space is no name)."""
+    name = unicodedata.normalize("NFC", name or "").strip()
+    if not any(character.isalnum() for character in name):
         raise ReviewError(f"a {role} needs the name of the person making it")
     if len(name) > NAME_LENGTH:
         raise ReviewError(f"the {role}'s name is longer than {NAME_LENGTH} characters")
