@@ -147,8 +147,8 @@ def count_images(source: str | Path | bytes, limits: InputLimits = InputLimits()
         if isinstance(source, bytes | bytearray | memoryview):
             handle = io.BytesIO(source)
         elif Path(source).is_dir():
-            return sum(1 for p in Path(source).rglob("*")
-                       if p.is_file() and not p.is_symlink() and is_image_name(p.name))
+            return sum(1 for p in Path(source).rglob("*") if p.is_file() and not p.is_symlink()
+                       and is_image_name(p.name) and not _is_noise(p.relative_to(source).as_posix()))
         elif _is_zip_path(Path(source)):
             handle = Path(source).open("rb")  # noqa: SIM115 (closed by the with below)
         else:
@@ -187,6 +187,8 @@ def _iter_folder(root: Path, label: str, limits: InputLimits) -> Iterator[InputI
     images, unreadable = 0, []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).as_posix()
+        if _is_noise(relative):
+            continue
         if path.is_symlink():
             yield InputProblem(relative, "symbolic link, skipped")
         elif not path.is_file():
@@ -314,9 +316,10 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: InputL
 
 
 def _is_noise(name: str) -> bool:
-    """Files zip tools add by themselves (macOS resource forks, thumbnails)."""
+    """Files zip tools and file managers add by themselves: macOS resource forks (in ``__MACOSX/``,
+    or ``._cell.png`` beside the image, as ditto, tar and FAT sticks leave them), thumbnails."""
     base = PurePosixPath(name).name
-    return name.startswith("__MACOSX/") or base in {".DS_Store", "Thumbs.db", "desktop.ini"}
+    return name.startswith("__MACOSX/") or base.startswith("._") or base in {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
 def open_image(content: bytes, name: str = "image", at_least: int | None = None) -> Image.Image:
