@@ -400,12 +400,12 @@ def _analysis_conditions(kind: str | None = None, search: str = "", reviewed: bo
     return conditions
 
 
-def _fitted(text: str, column) -> str:
+def _fitted(text: str | None, column) -> str | None:
     """``text`` shortened in its middle to the length of ``column`` (a String column), keeping its start
     and its end (a file's type): MySQL refuses a longer value ("Data too long"), SQLite keeps it, and
     a name from a deep zip path or a long upload must not fail the whole analysis on either."""
     length = column.type.length
-    if len(text) <= length:
+    if text is None or len(text) <= length:  # None: the database says what is wrong with it
         return text
     tail = (length - 1) // 2
     return f"{text[:length - 1 - tail]}…{text[len(text) - tail:]}"
