@@ -203,6 +203,9 @@ def _hold_out(lab: CellDataset, config: AdaptConfig) -> tuple[np.ndarray, np.nda
     from sklearn.model_selection import train_test_split
 
     held_count = max(len(counts), round(config.hold_out * len(lab)))  # one of each type at least
+    if len(lab) - held_count < len(counts):  # and one of each left to learn from
+        raise AdaptError(f"--hold-out {config.hold_out:g} holds back {held_count} of the {len(lab)} cells, leaving "
+                         f"fewer than one of each of the {len(counts)} cell types to learn from: hold back less")
     learn, held = train_test_split(everything, test_size=held_count, stratify=lab.labels,
                                    random_state=config.seed)
     return np.sort(learn), np.sort(held)

@@ -226,8 +226,10 @@ def _write_outputs(outcome: Evaluation, classifier: TreeClassifier, out_dir: Pat
             epochs = [h["epoch"] for h in history]
             for row, metric in enumerate(("loss", "accuracy")):
                 axes = grid[row][column]
-                axes.plot(epochs, [h[f"train_{metric}"] for h in history], label="train")
-                axes.plot(epochs, [h[f"val_{metric}"] for h in history], label="validation")
+                for split, label in (("train", "train"), ("val", "validation")):
+                    # a shared trunk's heads record validation only (their training pass is the trunk's)
+                    if history and f"{split}_{metric}" in history[0]:
+                        axes.plot(epochs, [h[f"{split}_{metric}"] for h in history], label=label)
                 axes.set_title(f"{code} {metric}")
                 axes.set_xlabel("epoch")
         grid[0][0].legend()

@@ -77,6 +77,8 @@ def _integrated_gradients(module, inputs, target, settings):
     from captum.attr import IntegratedGradients
 
     steps = int(settings["n_steps"])
+    if steps < 1:
+        raise ExplanationError(f"integrated gradients: {steps} steps; give at least 1")
     # The baseline is zero after normalisation: the training set's mean colour everywhere.
     attribution = IntegratedGradients(module).attribute(
         inputs, baselines=0.0, target=target, n_steps=steps,
@@ -91,6 +93,9 @@ def _occlusion(module, inputs, target, settings):
     size = min(inputs.shape[-2:])
     window = int(settings["window"] or max(2, size // 4))
     stride = int(settings["stride"] or max(1, window // 2))
+    if not 0 < window <= size or not 0 < stride <= window:
+        raise ExplanationError(f"occlusion window {window} and stride {stride}: the window must fit the model's "
+                               f"{size}-pixel input and the stride the window (1 to {size}, 1 to the window)")
     attribution = Occlusion(module).attribute(
         inputs, sliding_window_shapes=(inputs.shape[1], window, window), strides=(inputs.shape[1], stride, stride),
         baselines=0.0, target=target, perturbations_per_eval=int(settings["perturbations_per_eval"]))

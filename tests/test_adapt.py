@@ -200,6 +200,7 @@ def test_cli_adapts_a_review_export_zip_and_the_result_classifies(base_tree, lab
     ("no-trunk", "shared trunk"),
     ("no-replay", "--replay"),
     ("hold-out", "--hold-out must be"),
+    ("hold-out-all", "leaving fewer than one of each of the 4 cell types to learn from"),  # was sklearn's ValueError
     ("layer-decay", "--layer-decay must be"),
     ("one-image-two-labels", "are the same image with different labels"),
 ])
@@ -233,6 +234,8 @@ def test_bad_input_is_a_clear_error_and_nothing_is_written(problem, message, bas
         (models / "classifier.json").write_text(json.dumps(manifest))
     elif problem == "hold-out":
         extra = ["--hold-out", "1.5"]
+    elif problem == "hold-out-all":
+        extra = ["--hold-out", "0.99"]
     elif problem == "layer-decay":
         extra = ["--layer-decay", "0"]
     elif problem == "one-image-two-labels":

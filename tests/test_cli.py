@@ -67,3 +67,30 @@ def test_progress_bar_rate_counts_from_its_first_report():
         shown = str(progress.bar)
     rate = float(re.search(r"([\d.]+)epochs/s", shown).group(1))
     assert rate <= 1 / 0.2 + 0.01, shown
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_analysis_is_stored(trained_models_dir,
+                                                                                        tmp_path, capsys):
+    """The analysis was stored "done", then the CSV failed (a traceback for a folder): a rerun made a
+    second analysis. A missing folder is now made."""
+    from bloodcells.store import open_store
+    from bloodcells.synthetic import write_cell_zip
+
+    upload = write_cell_zip(tmp_path / "in.zip", {"LYT": 2}, size=32)
+    (tmp_path / "a folder").mkdir()
+    assert main(["classify", str(upload), "--models", str(trained_models_dir), "--out", str(tmp_path / "a folder")]) == 2
+    assert "a folder: is a folder; give the file to write" in capsys.readouterr().err
+    assert open_store().list_analyses() == []
+    assert main(["classify", str(upload), "--models", str(trained_models_dir),
+                 "--out", str(tmp_path / "new" / "cells.csv")]) == 0
+    assert len((tmp_path / "new" / "cells.csv").read_text().splitlines()) == 3
+
+
+def test_evaluate_writes_the_training_curves_of_a_shared_trunk_tree(shared_trunk_models_dir, tmp_path):
+    """Its heads record validation only: the curves raised KeyError 'train_loss' (exit 1)."""
+    from bloodcells.synthetic import write_cell_folders
+
+    write_cell_folders(tmp_path / "cells", {"LYT": 3, "EOS": 3, "NGB": 3, "NGS": 3}, size=32)
+    assert main(["evaluate", "--data", str(tmp_path / "cells"), "--models", str(shared_trunk_models_dir), "--all",
+                 "--out", str(tmp_path / "figures")]) == 0
+    assert (tmp_path / "figures" / "training_curves.png").is_file()

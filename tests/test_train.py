@@ -263,6 +263,40 @@ def test_cli_train_classify_round_trip(tmp_path, monkeypatch):
                      "--out", str(tmp_path / "m3")]) == 2 and not (tmp_path / "m3").exists()
 
 
+def test_cli_train_never_deletes_a_folder_of_other_files(tmp_path, capsys):
+    """``--out`` is replaced whole: pointed at the training images themselves (or any folder of other
+    files) it deleted them, and the run exited 0."""
+    from bloodcells.cli import main
+
+    write_cell_folders(tmp_path / "cells", {"LYT": 10, "MON": 10}, size=24)
+    tiny = ["--backbone", "test_efficientnet", "--size", "24", "--epochs", "1", "--per-class", "8", "--mode",
+            "scratch", "--batch-size", "8"]
+    before = sorted(p.name for p in (tmp_path / "cells").rglob("*"))
+    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "cells"), *tiny]) == 2
+    assert "holds files that are not a trained tree" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "cells").rglob("*")) == before
+    assert not list(tmp_path.glob("*.training"))  # nothing half-built left beside it
+    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "tree"), *tiny]) == 0
+    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "tree"), *tiny]) == 0  # a tree
+
+
+@pytest.mark.parametrize(("command", "option", "value"), [
+    ("train", "--epochs", "0"), ("train", "--batch-size", "0"), ("train", "--lr", "-1"),
+    ("train", "--review-accuracy", "1.5"), ("train", "--patience", "-3"),
+    ("adapt", "--lr", "-1"), ("detect", "--conf", "2"), ("detect", "--tile-size", "0"),
+    ("explain", "--steps", "0"), ("classify", "--batch-size", "-5")])
+def test_cli_numbers_out_of_range_are_refused_before_anything_runs(command, option, value, capsys):
+    """They ended in tracebacks (ZeroDivisionError, captum's AssertionError) or ran on (a tree trained
+    with a negative learning rate was written)."""
+    from bloodcells.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "x", option, value] if command in ("detect", "classify", "explain")
+             else [command, "--data", "x", "--out", "y", option, value])
+    assert stopped.value.code == 2
+    assert f"argument {option}: {value}: give a" in capsys.readouterr().err
+
+
 # MobileNetV3 pools before its head convolution: its pooled width (1024) is not num_features (576)
 @pytest.mark.parametrize("architecture", ["test_efficientnet", "mobilenetv3_small_050"])
 def test_shared_trunk_heads_per_node_classify_in_one_pass(architecture, tmp_path):

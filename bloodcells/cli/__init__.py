@@ -7,8 +7,10 @@ the heavy libraries it needs only when it runs, so ``bloodcells --help`` stays f
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .. import settings as settings_module
 
@@ -25,6 +27,55 @@ def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentPar
 
 class CommandError(Exception):
     """An error the user caused: printed as one line, exit status 2."""
+
+
+def output_file(path: str | Path | None) -> Path | None:
+    """Check a file the command will write before it works (and stores an analysis): not a folder,
+    its folder made if missing. None stays None."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_dir():
+        raise CommandError(f"{path}: is a folder; give the file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"{path.parent}: cannot be made ({error.strerror or error})") from error
+    return path
+
+
+def output_folder(path: str | Path | None) -> Path | None:
+    """Check a folder the command will write into before it works: not a file. None stays None."""
+    if path is not None and Path(path).is_file():
+        raise CommandError(f"{path}: is a file; give a folder to write into")
+    return None if path is None else Path(path)
+
+
+def whole(minimum: int, maximum: int = 2**63 - 1) -> Callable[[str], int]:
+    """argparse type: a whole number from ``minimum`` to ``maximum`` (argparse names the option when
+    it is not; a number out of range otherwise reached the code as a traceback or a silent result)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{value}: give a whole number from {minimum}"
+                                             + (f" to {maximum}" if maximum < 2**63 - 1 else " up"))
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
+def real(low: float, high: float = math.inf, *, low_included: bool = True, high_included: bool = True):
+    """argparse type: a number from ``low`` to ``high`` (each end included unless said otherwise)."""
+    def parse(text: str) -> float:
+        value = float(text)
+        above = value >= low if low_included else value > low
+        below = value <= high if high_included else value < high
+        if not (above and below and math.isfinite(value)):
+            ends = f"{'[' if low_included else '('}{low:g}, {high:g}{']' if high_included else ')'}"
+            raise argparse.ArgumentTypeError(f"{value:g}: give a number in {ends}")
+        return value
+    parse.__name__ = "number"
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except (CommandError, InputError, StoreError, UnknownLabelError, TreeFormatError, settings_module.SettingsError,
-            FileNotFoundError) as error:
+            OSError) as error:  # OSError: a path that cannot be written or read (a folder, no permission...)
         print(f"bloodcells {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # what was begun is marked failed or left as it was by the command itself
+        print(f"bloodcells {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

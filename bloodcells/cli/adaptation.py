@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import CommandError, command
+from . import CommandError, command, real, whole
 
 
 def _adapt_args(parser):
@@ -20,15 +20,15 @@ def _adapt_args(parser):
     parser.add_argument("--replay", action="append", metavar="PATH",
                         help="the original training sources, replayed so that they do not regress "
                              "(default: the folders the tree's classifier.json names)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+    parser.add_argument("--epochs", type=whole(0), default=defaults.epochs,
                         help=f"epochs of the shared trunk; 0 retrains only the heads (default {defaults.epochs})")
-    parser.add_argument("--per-label", type=int, default=defaults.per_label,
+    parser.add_argument("--per-label", type=whole(1), default=defaults.per_label,
                         help=f"cells per cell type per epoch (default {defaults.per_label})")
-    parser.add_argument("--replay-per-label", type=int, default=defaults.replay_per_label,
+    parser.add_argument("--replay-per-label", type=whole(0), default=defaults.replay_per_label,
                         help=f"original cells replayed per cell type (default {defaults.replay_per_label}; 0: "
                              "none, when the original sources are not at hand: the tree then learns only the "
                              "lab's cell types)")
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate of the trunk")
+    parser.add_argument("--lr", type=real(0, low_included=False), default=defaults.learning_rate, help="learning rate of the trunk")
     parser.add_argument("--layer-decay", type=float, default=defaults.layer_decay, metavar="FACTOR",
                         help="each layer below the trunk's top learns at this factor of the rate of the one above "
                              f"(default {defaults.layer_decay}: one rate)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import CommandError, command
+from . import CommandError, command, output_file, output_folder, real, whole
 
 
 def _tree_option(parser):
@@ -16,7 +16,7 @@ def _training_options(parser):
 
     parser.add_argument("--backbone", default="mobilenetv3_small_100",
                         help="any timm name; known here: " + ", ".join(KNOWN_BACKBONES))
-    parser.add_argument("--size", type=int, default=64, help="input size in pixels (default 64)")
+    parser.add_argument("--size", type=whole(16), default=64, help="input size in pixels (default 64)")
     parser.add_argument("--mode", default="scratch+aug",
                         choices=["scratch", "scratch+aug", "pretrained", "pretrained+aug"])
     parser.add_argument("--pretrained", metavar="CHECKPOINT",
@@ -34,24 +34,24 @@ def _training_options(parser):
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="validate and keep a moving average of the weights with this decay per step "
                              "(e.g. 0.998; default 0: the weights as trained)")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--patience", type=int, default=4, help="early stopping patience in epochs")
-    parser.add_argument("--min-per-class", type=int, default=1000,
+    parser.add_argument("--epochs", type=whole(1), default=12)
+    parser.add_argument("--batch-size", type=whole(1), default=64)
+    parser.add_argument("--lr", type=real(0, low_included=False), default=2e-3)
+    parser.add_argument("--patience", type=whole(1), default=4, help="early stopping patience in epochs")
+    parser.add_argument("--min-per-class", type=whole(1), default=1000,
                         help="balancing: each child gets at least this many images per epoch (oversampled)")
-    parser.add_argument("--per-class", type=int, help="balancing: exactly this many images per child per epoch")
+    parser.add_argument("--per-class", type=whole(1), help="balancing: exactly this many images per child per epoch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shared-trunk", action="store_true",
                         help="one network for the whole tree, fine-tuned on every cell type, with a head "
                              "per node trained on that node's data (one network pass per cell)")
-    parser.add_argument("--review-accuracy", type=float, default=0.97,
+    parser.add_argument("--review-accuracy", type=real(0, 1, low_included=False), default=0.97,
                         help="cells below the confidence that keeps this accuracy on validation cells are "
                              "flagged for review (default 0.97)")
     parser.add_argument("--review-certainty", type=float, default=0.9,
                         help="how sure the validation cells must make that accuracy: the one-sided "
                              "Clopper-Pearson lower bound at this level counts (default 0.9)")
-    parser.add_argument("--head-views", type=int, default=3,
+    parser.add_argument("--head-views", type=whole(1), default=3,
                         help="shared trunk: each training cell as it is plus this many - 1 augmented views")
     parser.add_argument("--workers", type=int, default=0,
                         help="processes that augment the next batches while the network trains: on a GPU the "
@@ -166,7 +166,7 @@ def _classify_args(parser):
     parser.add_argument("input", help="a cell image, a folder of them (recursive) or a .zip")
     parser.add_argument("--out", help="write file,code,name,path,confidence,needs_review to this CSV")
     parser.add_argument("--models", help="models folder (default: models/classifier/default)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=whole(1), default=64)
     parser.add_argument("--flips", action="store_true",
                         help="test-time augmentation: average over the four flips of each cell (about 3x "
                              "slower, a few points more accurate: docs/classification.md)")
@@ -177,6 +177,7 @@ def _classify_args(parser):
 def _classify(args) -> int:
     from ..classify import ModelFileError, TreeClassifier, classify
 
+    output_file(args.out)
     try:
         classifier = TreeClassifier.load(args.models)
     except ModelFileError as error:
@@ -241,6 +242,7 @@ def _evaluate(args) -> int:
     if args.compare:
         print(format_comparison(compare(args.data, args.backbones, args.modes, _config(args), tree=args.tree)))
         return 0
+    output_folder(args.out)
     try:
         evaluate(args.data, args.models, out_dir=args.out, unseen_only=not args.all, at=args.at)
     except (ModelFileError, ValueError) as error:

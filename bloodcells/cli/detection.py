@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CommandError, command
+from . import CommandError, command, output_file, output_folder, real, whole
 
 
 def _configure_train(parser: argparse.ArgumentParser) -> None:
@@ -13,13 +13,13 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
                         help="YOLO dataset (data.yaml or its folder) or Pascal VOC folder; repeat to combine")
     parser.add_argument("--model", default="yolo11n.yaml",
                         help="ultralytics model config (trained from scratch) or a local .pt (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--hours", type=float, default=None,
+    parser.add_argument("--epochs", type=whole(1), default=50)
+    parser.add_argument("--hours", type=real(0, low_included=False), default=None,
                         help="stop after this many hours (epochs are re-planned to fit)")
-    parser.add_argument("--imgsz", type=int, default=320)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--imgsz", type=whole(32), default=320)
+    parser.add_argument("--batch", type=whole(1), default=16)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--patience", type=whole(1), default=20)
     parser.add_argument("--multi-scale", type=float, default=0.0, metavar="FRACTION",
                         help="train each batch at a size within this fraction of --imgsz (default 0: off)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache the images in RAM")
@@ -49,7 +49,7 @@ def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="YOLO dataset or Pascal VOC folder")
     parser.add_argument("--model", type=Path, default=None, help="detector weights (default models/detector/*.pt)")
     parser.add_argument("--split", default="val", choices=["train", "val"])
-    parser.add_argument("--imgsz", type=int, default=None, help="default: the size it was trained at")
+    parser.add_argument("--imgsz", type=whole(32), default=None, help="default: the size it was trained at")
 
 
 @command("evaluate-detector", "Precision, recall, mAP50 and mAP50-95 per class on a labelled dataset.",
@@ -86,9 +86,9 @@ def _configure_detect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classifier", type=Path, default=None, metavar="DIR",
                         help="classifier tree for the white cells (default models/classifier/default)")
     parser.add_argument("--no-typing", action="store_true", help="do not classify the white cells")
-    parser.add_argument("--conf", type=float, default=DEFAULT_BOX_CONFIDENCE,
+    parser.add_argument("--conf", type=real(0, 1), default=DEFAULT_BOX_CONFIDENCE,
                         help="minimum box confidence (default %(default)s)")
-    parser.add_argument("--tile-size", type=int, default=None,
+    parser.add_argument("--tile-size", type=whole(64), default=None,
                         help="tile images larger than this by a quarter (default: twice the model input)")
     parser.add_argument("--no-store", action="store_true", help="do not record the analysis in the database")
     parser.add_argument("--slide", action="store_true",
@@ -105,6 +105,8 @@ def detect_command(args: argparse.Namespace) -> int:
     from ..classify import ModelFileError, TreeClassifier
     from ..detection import DEFAULT_WBC_TARGET, Detector, DetectorFileError, check_wbc_target, detect
 
+    output_file(args.out)
+    output_folder(args.annotated)
     if args.wbc_target is not None and not args.slide:
         raise CommandError("--wbc-target counts a slide's white cells: add --slide")
     wbc_target = DEFAULT_WBC_TARGET if args.wbc_target is None else args.wbc_target

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import CommandError, command
+from . import CommandError, command, output_file, real, whole
 
 
 def _configure_explain(parser: argparse.ArgumentParser) -> None:
@@ -20,9 +20,9 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="explain the choice of this cell type (default: the predicted one)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write: the overlays, one per level")
     parser.add_argument("--models", type=Path, help="trained classifier folder (default: models/classifier/default)")
-    parser.add_argument("--steps", type=int, help="integrated-gradients: integration steps (default 32)")
-    parser.add_argument("--window", type=int, help="occlusion: window side in model pixels (default: input/4)")
-    parser.add_argument("--stride", type=int, help="occlusion: stride in model pixels (default: window/2)")
+    parser.add_argument("--steps", type=whole(1), help="integrated-gradients: integration steps (default 32)")
+    parser.add_argument("--window", type=whole(1), help="occlusion: window side in model pixels (default: input/4)")
+    parser.add_argument("--stride", type=whole(1), help="occlusion: stride in model pixels (default: window/2)")
     parser.add_argument("--cache", action="store_true",
                         help="read and store maps in the database (BLOODCELLS_DATABASE_URL)")
 
@@ -38,6 +38,7 @@ def explain_command(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.image}: no such image")
     if args.out.suffix.lower() != ".png":
         raise CommandError(f"{args.out}: the output must be a .png file")
+    output_file(args.out)
     given = {"n_steps": args.steps, "window": args.window, "stride": args.stride}
     settings = {name: value for name, value in given.items()
                 if value is not None and name in METHODS[args.method].defaults}
@@ -66,7 +67,6 @@ def explain_command(args: argparse.Namespace) -> int:
         left += level.overlay.width
         print(f"{level.node} -> {level.target}  p={level.probability:.2f}  {level.seconds:.3f} s"
               f"{'  (cached)' if level.cached else ''}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.out)
     print(f"{args.method}: {len(levels)} level(s) explained in {finished - loaded:.2f} s "
           f"(models loaded in {loaded - started:.2f} s); wrote {args.out}")
@@ -93,7 +93,7 @@ def _configure_train_attributes(parser: argparse.ArgumentParser) -> None:
                                                     "parent's parent, as in ../shared/datasets)")
     parser.add_argument("--models", type=Path, help="trained classifier folder whose features are used")
     parser.add_argument("--out", type=Path, help="where to write the head (default: models/attributes/default)")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of images held out (default 0.2)")
+    parser.add_argument("--test-fraction", type=real(0, 1, low_included=False, high_included=False), default=0.2, help="share of images held out (default 0.2)")
     parser.add_argument("--own-backbone", action="store_true",
                         help="train a small backbone of the head's own on the table's images (into OUT/backbone) "
                              "instead of reading the classifier's features")

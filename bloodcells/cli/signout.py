@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import CommandError, command
+from . import CommandError, command, output_file, whole
 
 
 def _report_args(parser):
     from ..signout import TARGETS
 
-    parser.add_argument("analysis", type=int, metavar="ANALYSIS_ID", help="the analysis (see History)")
+    parser.add_argument("analysis", type=whole(1), metavar="ANALYSIS_ID", help="the analysis (see History)")
     parser.add_argument("--out", required=True, help="FILE.pdf or FILE.html")
     parser.add_argument("--wbc", type=float, metavar="COUNT",
                         help="the white-cell count in 10^9/L, for absolute counts (e.g. 7.5)")
@@ -28,6 +28,7 @@ def _report(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in {".pdf", ".html", ".htm"}:
         raise CommandError(f"{out}: the report is written as .pdf or .html")
+    output_file(out)
     try:
         report = build_report(open_store(), args.analysis, white_cell_count=args.wbc, target=args.target,
                               category=args.category, comment=args.comment)

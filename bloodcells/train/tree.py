@@ -101,6 +101,12 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
     ``seen_before`` (digests' first 16 hex digits, kept in split.json). The nodes' temperatures
     and the review threshold are calibrated on ``calibration`` (default: the validation cells).
     """
+    out_dir = Path(out_dir).resolve()
+    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir())
+                             and not (out_dir / "classifier.json").is_file()):
+        # it is replaced whole: a folder of other files (the training images themselves) would be deleted
+        raise InputError(f"{out_dir}: holds files that are not a trained tree; write the tree to a new or empty "
+                         "folder, or to a tree folder it replaces")
     train_labels = [dataset.labels[i] for i in splits["train"]]
     table = count_table(tree, train_labels)
     targets_per_node = {code: balance_target(counts, config.min_per_class, config.per_class)
@@ -116,47 +122,52 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
                          f"training images: {', '.join(sorted(set(train_labels))) or 'none'}); give at least two")
 
     staging = out_dir.with_name(out_dir.name + ".training")
-    if dist.main:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    if config.shared_trunk:
-        from ..heads import train_shared
+    try:  # a run that fails or is cancelled leaves no half-built folder behind
+        if dist.main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        if config.shared_trunk:
+            from ..heads import train_shared
 
-        report.trunk, report.nodes = train_shared(dataset, splits, tree, to_train, targets_per_node, config, device,
-                                                  dist, log, progress, on_epoch, staging, dataset.fingerprint(),
-                                                  initial_trunk)
-    else:
-        _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, log, progress,
-                          on_epoch, staging, report)
-    if dist.world > 1:
-        import torch.distributed as torch_dist
+            report.trunk, report.nodes = train_shared(dataset, splits, tree, to_train, targets_per_node, config, device,
+                                                      dist, log, progress, on_epoch, staging, dataset.fingerprint(),
+                                                      initial_trunk)
+        else:
+            _train_separately(dataset, splits, tree, to_train, targets_per_node, config, device, dist, log, progress,
+                              on_epoch, staging, report)
+        if dist.world > 1:
+            import torch.distributed as torch_dist
 
-        torch_dist.barrier()
-    if not dist.main:
-        return report
+            torch_dist.barrier()
+        if not dist.main:
+            return report
 
-    manifest = {
-        "format": FORMAT_VERSION, "tree": tree.name, "nodes": to_train, "passthrough": report.passthrough,
-        "trunk": f"{TRUNK}.json" if config.shared_trunk else None,
-        "data_fingerprint": dataset.fingerprint(), **manifest,
-        "config": asdict(config), "count_table": report.count_table,
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "review_threshold": 0.0, "review_accuracy": config.review_accuracy,
-        "review_certainty": config.review_certainty,
-    }
-    if tree_file is not None:
-        shutil.copyfile(tree_file, staging / "tree.yaml")
-    write_json(staging / "split.json", {  # so evaluation scores only cells training never saw
-        "seed": config.seed, "test": sorted(dataset.digests[i] for i in splits["test"]),
-        "seen": sorted({*seen_before, *(dataset.digests[i][:16] for i in (*splits["train"], *splits["val"]))})})
-    write_json(staging / "classifier.json", manifest)
-    from ..classify import TreeClassifier
+        manifest = {
+            "format": FORMAT_VERSION, "tree": tree.name, "nodes": to_train, "passthrough": report.passthrough,
+            "trunk": f"{TRUNK}.json" if config.shared_trunk else None,
+            "data_fingerprint": dataset.fingerprint(), **manifest,
+            "config": asdict(config), "count_table": report.count_table,
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "review_threshold": 0.0, "review_accuracy": config.review_accuracy,
+            "review_certainty": config.review_certainty,
+        }
+        if tree_file is not None:
+            shutil.copyfile(tree_file, staging / "tree.yaml")
+        write_json(staging / "split.json", {  # so evaluation scores only cells training never saw
+            "seed": config.seed, "test": sorted(dataset.digests[i] for i in splits["test"]),
+            "seen": sorted({*seen_before, *(dataset.digests[i][:16] for i in (*splits["train"], *splits["val"]))})})
+        write_json(staging / "classifier.json", manifest)
+        from ..classify import TreeClassifier
 
-    _, report.review_threshold = calibrate(
-        TreeClassifier.load(staging), calibration if calibration is not None else dataset.subset(splits["val"]),
-        config.review_accuracy, config.review_certainty)
-    manifest["review_threshold"] = report.review_threshold
-    write_json(staging / "classifier.json", manifest)
+        _, report.review_threshold = calibrate(
+            TreeClassifier.load(staging), calibration if calibration is not None else dataset.subset(splits["val"]),
+            config.review_accuracy, config.review_certainty)
+        manifest["review_threshold"] = report.review_threshold
+        write_json(staging / "classifier.json", manifest)
+    except BaseException:
+        if dist.main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
