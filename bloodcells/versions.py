@@ -55,6 +55,11 @@ def current_version(tree_name: str) -> str | None:
     return _read_pointer(tree_name)["version"]
 
 
+def can_roll_back(tree_name: str) -> bool:
+    """Whether a version was in use before the current one (what ``rollback`` would put back)."""
+    return bool(_read_pointer(tree_name)["history"])
+
+
 def current_dir(tree_name: str) -> Path:
     """The folder of the tree in use."""
     return _folder(tree_name, current_version(tree_name))

@@ -57,7 +57,9 @@ method = right.selectbox("Method", list(METHODS), format_func=lambda m: METHODS[
 
 if image is None:
     st.stop()
-request = (image_key, node, target, method)  # what the maps shown must be of
+# what the maps shown must be of: the tree's models too (their sha256), since another tree put in use
+# (accepted on the Training page) explains the same cell differently
+request = (image_key, node, target, method, tuple(classifier.versions().items()))
 if st.button("Explain", type="primary", key="explain"):
     with run_safely("Explanation") as outcome:
         started = time.perf_counter()
@@ -71,7 +73,7 @@ if st.button("Explain", type="primary", key="explain"):
         st.session_state["explanation"] = outcome
 
 shown = st.session_state.get("explanation")
-if not shown or shown["request"] != request:  # another cell, node or method than the maps were made for
+if not shown or shown["request"] != request:  # another cell, node, method or tree than the maps were of
     st.image(image, caption=image_name, width=192)
     if shown:
         st.caption("Click Explain to see this cell with these choices.")

@@ -71,8 +71,6 @@ with st.expander("More settings"):
                                key="training_shared_trunk")
 
 if st.button("Train", type="primary", disabled=not upload or not backbone, key="train"):
-    if earlier := st.session_state.pop("training", None):  # trained again before accepting or discarding it
-        shutil.rmtree(earlier["report"].out_dir, ignore_errors=True)
     with cancel_button("cancel_training"), run_safely("Training") as outcome:
         config = TrainConfig(architecture=backbone, input_size=int(size), mode=mode, pretrained_checkpoint=checkpoint,
                              epochs=int(epochs), min_per_class=int(min_per_class), cross_site=cross_site,
@@ -82,11 +80,18 @@ if st.button("Train", type="primary", disabled=not upload or not backbone, key="
         with uploaded_source([upload], zip_only=True) as source, progress_bar("Training…") as progress:
             report = train_tree([source], candidate_dir(), tree=default_tree(), config=config, progress=progress,
                                 log=live.log, on_epoch=live.on_epoch)
-            # Scored on the uploaded cells the models never saw (the split keeps them apart).
-            evaluation = evaluate([source], report.out_dir, log=lambda _line: None)
+            try:  # scored on the uploaded cells the models never saw (the split keeps them apart)
+                evaluation = evaluate([source], report.out_dir, log=lambda _line: None)
+            except BaseException:  # cancelled or failed: no candidate is offered, none is left on disk
+                shutil.rmtree(report.out_dir, ignore_errors=True)
+                raise
         live.clear()
         outcome.update(report=report, config=config, evaluation=evaluation)
     if outcome:
+        # trained again before accepting or discarding the earlier one: only now that this one
+        # exists is the earlier removed (a failed or cancelled run keeps it on offer)
+        if earlier := st.session_state.get("training"):
+            shutil.rmtree(earlier["report"].out_dir, ignore_errors=True)
         st.session_state["training"] = outcome
 
 if st.session_state.pop("cancelled", False):
@@ -98,7 +103,7 @@ trained = st.session_state.get("training")
 if not trained:
     st.stop()
 report, evaluation = trained["report"], trained["evaluation"]
-st.success(f"Trained {len(report.nodes)} node models in {report.seconds:.0f} s "
+st.success(f"Trained {len(report.nodes)} node model{'s' if len(report.nodes) != 1 else ''} in {report.seconds:.0f} s "
            f"({trained['config'].architecture}, {trained['config'].mode}).")
 (st.warning if report.review_threshold >= 1.0 else st.caption)(report.review_summary(trained['config']).capitalize() + ".")
 if report.problems:

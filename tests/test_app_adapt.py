@@ -74,6 +74,7 @@ def test_adapt_accept_rollback_with_lineage(lab_analysis, app_store):
 
     at.button(key="rollback").click().run()
     assert not at.exception and versions.current_version("default") is None
+    assert at.button(key="rollback").disabled  # the shipped tree: nothing was in use before it
     assert versions.list_versions("default") == [accepted.version]  # kept, for switching back
     at.selectbox(key="use_version").select(accepted.version).run()
     at.button(key="use_version_button").click().run()

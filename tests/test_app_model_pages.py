@@ -131,6 +131,25 @@ def test_explanation_shows_a_heatmap_per_level(models_root, app_store):
     assert level.proto.imgs[0].caption == "neutrophil → band neutrophil"
 
 
+def test_explanations_of_the_tree_in_use_before_are_not_shown_as_current(models_root, app_store, monkeypatch,
+                                                                          shared_trunk_models_dir):
+    """Another tree put in use (accepted on the Training page) kept showing the old tree's maps and
+    answer, with classes the tree in use no longer has."""
+    at = app("3_Explanation").run()
+    at.file_uploader[0].set_value(("eos.png", encode(cell_image("EOS", 7, 32)), "image/png")).run()
+    at.button(key="explain").click().run()
+    assert [image for image in at.image if "→" in (image.proto.imgs[0].caption or "")]
+    (models_root / "classifier" / "default").unlink()  # another tree in use
+    (models_root / "classifier" / "default").symlink_to(shared_trunk_models_dir, target_is_directory=True)
+    from ui.models import reload_models
+
+    reload_models()
+    at.run()
+    assert not at.exception
+    assert not [image for image in at.image if "→" in (image.proto.imgs[0].caption or "")]
+    assert any("Click Explain" in c.value for c in at.caption)
+
+
 def test_explanation_of_a_stored_cell_and_of_a_bad_file(models_root, app_store):
     analysis_id = app_store.start_analysis("stored.zip", "classification")
     app_store.finish_analysis(analysis_id, predictions=[
@@ -213,6 +232,13 @@ def test_training_again_without_accepting_removes_the_first_candidate(tmp_path, 
     at.button(key="train").click().run()
     first = at.session_state["training"]["report"].out_dir
     assert first.is_dir()
+    # a second run that fails keeps the first on offer (it was deleted before the run began)
+    at.text_input(key="training_timm_name").input("efficientnet_b99").run()
+    at.button(key="train").click().run()
+    assert not at.exception and at.error
+    assert at.session_state["training"]["report"].out_dir == first and first.is_dir()
+    assert not list(first.parent.glob("*.training"))  # nor did it leave a half-built folder
+    at.text_input(key="training_timm_name").input("test_efficientnet").run()
     at.button(key="train").click().run()
     assert not at.exception and not first.exists()
     assert at.session_state["training"]["report"].out_dir.is_dir()

@@ -156,10 +156,11 @@ def test_cell_focus_adds_the_cam_off_the_cell_to_the_trunks_loss(tmp_path, monke
     found = cell_shares[cell_shares > 0]
     assert len(found) >= len(cell_shares) // 2 and float(found.min()) > 0.1 and float(found.max()) < MAX_CELL_SHARE
     assert json.loads((tmp_path / "models" / "classifier.json").read_text())["config"]["cell_focus"] == 1.0
-    with pytest.raises(ValueError, match="cell focus needs a network whose linear classifier reads"):
-        train_tree([tmp_path / "cells"], tmp_path / "mobilenet", log=lambda _text: None,
-                   config=tiny_train_config(architecture="mobilenetv3_small_050", epochs=1, per_class=8,
-                                            cell_focus=1.0))
+    for architecture in ("mobilenetv3_small_050", "test_vit"):  # a ViT's global_pool is a string: was AttributeError
+        with pytest.raises(ValueError, match="cell focus needs a network whose linear classifier reads"):
+            train_tree([tmp_path / "cells"], tmp_path / architecture, log=lambda _text: None,
+                       config=tiny_train_config(architecture=architecture, epochs=1, per_class=8, cell_focus=1.0))
+        assert not list(tmp_path.glob(f"{architecture}*"))  # nothing half-built left
 
 
 def test_cell_masks_are_found_once_per_image_and_kept_exact(monkeypatch):

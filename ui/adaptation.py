@@ -12,6 +12,7 @@ from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from bloodcells.versions import (
     accept_candidate,
+    can_roll_back,
     candidate_dir,
     current_version,
     discard_candidate,
@@ -121,8 +122,8 @@ def versions_section(store: Store, person: str) -> None:
                         st.rerun()
     versions = list_versions(tree)
     left, right = st.columns(2)
-    if right.button("Roll back to the version in use before", disabled=in_use is None and not versions,
-                    key="rollback"):
+    if right.button("Roll back to the version in use before", disabled=not can_roll_back(tree), key="rollback",
+                    help=None if can_roll_back(tree) else "No version was in use before this one."):
         with run_safely("Rolling back") as done:
             done["folder"] = rollback(tree)
         if done:

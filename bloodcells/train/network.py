@@ -242,7 +242,9 @@ def _pooled_map(backbone) -> list:
     (MobileNetV3 has a convolution after pooling): its CAM would not be the classifier's evidence."""
     maps: list = []
     pool, classifier = getattr(backbone, "global_pool", None), backbone.get_classifier()
-    if pool is None or getattr(classifier, "in_features", None) != getattr(backbone, "num_features", None):
+    # a vision transformer's global_pool is a string ("token"): it pools no map
+    if (not hasattr(pool, "register_forward_pre_hook")
+            or getattr(classifier, "in_features", None) != getattr(backbone, "num_features", None)):
         raise ValueError(f"cell focus needs a network whose linear classifier reads its pooled feature map "
                          f"(EfficientNet, ResNet), not {type(backbone).__name__}")
     pool.register_forward_pre_hook(lambda _module, inputs: maps.__setitem__(slice(None), inputs[:1]))
