@@ -119,6 +119,10 @@ def load_dataset(sources: Iterable[str | Path], tree: Tree, size: int,
                 problems.append(entry)
                 continue
             name, code, content, group = entry
+            if code == tree.root.code:  # teaches no node: it was left out without a word
+                problems.append(f"{source.name}/{name}: labelled {tree.root.name.replace('_', ' ')} (the tree's "
+                                "root), which says no cell type: put it in a class folder")
+                continue
             try:
                 image = open_image(content, f"{source.name}/{name}", at_least=size)  # decoded as classify does
             except InputError as error:

@@ -66,6 +66,17 @@ def test_unknown_labels_and_bad_files_name_the_file(tree, tmp_path):
         load_dataset([tmp_path / "nowhere"], tree, size=16)
 
 
+def test_images_labelled_only_at_the_root_are_reported_not_silently_dropped(tree, tmp_path):
+    """'cells' names the root: unsorted images in a cells/ folder taught no node, without a word."""
+    write_cell_folders(tmp_path / "upload" / "cells", {"LYT": 2}, size=24)
+    cell_image("x", 0, 24).save(tmp_path / "upload" / "cells" / "unsorted.png")
+    dataset = load_dataset([tmp_path / "upload"], tree, size=16)
+    assert sorted(dataset.labels) == ["LYT", "LYT"]
+    assert [p for p in dataset.problems if "unsorted.png" in p] == [
+        "upload/cells/unsorted.png: labelled all cells (the tree's root), which says no cell type: put it in a "
+        "class folder"]
+
+
 def test_coarse_labels_train_only_the_nodes_above(tree):
     labels = ["NGS", "NGB", "MYI", "MYB", "LYT", "MYE"]
     assert node_targets(tree, "ALL", labels) == {0: "MYE", 1: "MYE", 2: "MYE", 3: "MYE", 4: "LYM", 5: "MYE"}

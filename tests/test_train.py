@@ -556,6 +556,11 @@ def test_one_cell_type_trains_nothing_and_says_so(tmp_path, trained_models_dir):
         train_tree([tmp_path / "cells"], tmp_path / "models", log=lambda _text: None,
                    config=tiny_train_config(epochs=1, input_size=24))
     assert not (tmp_path / "models").exists()
+    write_cell_folders(tmp_path / "one each", {"NGS": 1, "LYT": 1}, size=24)  # both went to validation/test
+    with pytest.raises(InputError, match=r"types with training images: none\); give at least two \(LYT, NGS: so few "
+                                         r"images that all went to the validation and test cells"):
+        train_tree([tmp_path / "one each"], tmp_path / "models", log=lambda _text: None,
+                   config=tiny_train_config(epochs=1, input_size=24))
     with pytest.raises(InputError, match=r"none of the nodes asked for \(NEU\)"):
         train_tree([tmp_path / "cells"], tmp_path / "models",
                    log=lambda _text: None, config=tiny_train_config(epochs=1, input_size=24, nodes=["NEU"]))

@@ -118,8 +118,11 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
     to_train = [code for code in targets_per_node if not config.nodes or code in config.nodes]
     if not to_train:  # a tree of pass-throughs would call every cell one type, sure of it
         asked = f"none of the nodes asked for ({', '.join(config.nodes)})" if config.nodes else "no node"
+        held = sorted(set(dataset.labels) - set(train_labels))
         raise InputError(f"nothing to train: {asked} has training images of two cell types below it (types with "
-                         f"training images: {', '.join(sorted(set(train_labels))) or 'none'}); give at least two")
+                         f"training images: {', '.join(sorted(set(train_labels))) or 'none'}); give at least two"
+                         + (f" ({', '.join(held)}: so few images that all went to the validation and test cells; "
+                            "give each type at least 3)" if held else ""))
 
     staging = out_dir.with_name(out_dir.name + ".training")
     try:  # a run that fails or is cancelled leaves no half-built folder behind
