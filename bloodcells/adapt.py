@@ -226,7 +226,12 @@ def replay_unavailable(models_dir: str | Path | None = None) -> str | None:
 
 
 def _missing_sources(sources: Sequence[Path]) -> str | None:
-    missing = [str(s) for s in sources if not s.exists()]
+    from .settings import settings
+
+    uploads = settings().data_dir / "uploads"
+    # a tree trained on the Training page records the scratch copy of its upload, removed afterwards
+    missing = [f"the upload {s.name} it was trained from (removed after training)" if uploads in s.parents else str(s)
+               for s in sources if not s.exists()]
     if sources and not missing:
         return None
     return f"{', '.join(missing) or 'no source'} {'is' if len(missing) == 1 else 'are'} not here"

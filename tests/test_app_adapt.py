@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from bloodcells import versions
 from bloodcells.classify import TreeClassifier, classify
+from bloodcells.settings import settings
 from bloodcells.synthetic import other_lab, write_cell_folders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,10 +88,12 @@ def test_without_the_training_cells_on_the_server_the_lab_adapts_on_its_own_cell
     has no ../shared: adapting warns and learns from the lab's cells alone instead of failing."""
     shipped = versions.shipped_dir("default")
     manifest = json.loads((shipped / "classifier.json").read_text())
-    manifest["sources"] = [str(tmp_path / "upload-removed")]
+    scratch = settings().data_dir / "uploads" / "tmpsal1c65u" / "labelled.zip"  # the Training page's copy
+    manifest["sources"] = [str(tmp_path / "upload-removed"), str(scratch)]
     (shipped / "classifier.json").write_text(json.dumps(manifest))
     at = training_page("adapt to this lab")
-    assert any("upload-removed is not here" in w.value for w in at.warning)
+    assert any(f"{tmp_path / 'upload-removed'}, the upload labelled.zip it was trained from (removed after "
+               "training) are not here" in w.value for w in at.warning)
     at.button(key="adapt").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     (row,) = app_store.list_model_versions("default")
@@ -143,3 +146,13 @@ def test_reviewed_analyses_are_offered_past_newer_unreviewed_ones_and_found_by_n
     assert len(at.multiselect) == 0  # nothing to choose, no button to press
     at.text_input(key="adapt_search").input("MARCH").run()
     assert at.multiselect(key="adapt_analyses").value == [reviewed]
+
+
+def test_a_trained_versions_figures_say_which_cells_they_were_measured_on():
+    """They read "this lab's held-back cells" for a tree scored on the uploaded cells it never saw."""
+    from ui.adaptation import figures_table
+
+    scores = {"accuracy": 0.9, "macro_f1": 0.8, "cells": 10, "per_class": {"LYT": 1.0}}
+    assert [row["cells"] for row in figures_table({"after": {"lab": scores}}, "trained")] == ["uploaded cells it never saw"]
+    assert [row["cells"] for row in figures_table({"before": {"lab": scores}, "after": {"lab": scores}})] == [
+        "this lab's held-back cells"] * 2

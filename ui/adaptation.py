@@ -73,9 +73,11 @@ def adapt_section(store: Store, person: str) -> None:
                    "“Versions” and accept or discard it.")
 
 
-def figures_table(figures: dict) -> list[dict]:
-    """One row per scored set (the lab's held-back cells, the original test split) and moment."""
-    names = {"lab": "this lab's held-back cells", "original": "original sources' test cells"}
+def figures_table(figures: dict, kind: str = "adapted") -> list[dict]:
+    """One row per scored set (the lab's held-back cells, the original test split) and moment; a tree
+    trained on the Training page was scored on the uploaded cells it never saw."""
+    names = {"lab": "uploaded cells it never saw" if kind == "trained" else "this lab's held-back cells",
+             "original": "original sources' test cells"}
     table = []
     for part, name in names.items():
         for when in ("before", "after"):
@@ -100,7 +102,7 @@ def versions_section(store: Store, person: str) -> None:
                        + (", ".join(f"{node} {sha[:8]}" for node, sha in row.base.items()) or "—")
                        + (f"; {row.status} by {row.decided_by}, {stamp(row.decided_at)}"
                           if row.decided_by else ""))
-            table = figures_table(row.figures)
+            table = figures_table(row.figures, row.kind)
             if table:
                 st.dataframe(table, hide_index=True, key=f"figures_{row.id}",
                              column_config={c: st.column_config.NumberColumn(format="%.3f")
