@@ -241,3 +241,17 @@ def test_count_log_csv_reads_back(app_store):
     [row] = csv.DictReader(io.StringIO(log_csv(count_log(app_store)).decode("utf-8-sig")))
     assert (row["category"], row["Monocytes"], row["Lymphocytes"], row["signed by"]) == \
         ("peripheral blood", "2", "1", "Dr A")
+
+
+def test_an_analysis_deleted_while_open_is_said_so_not_swapped_for_another_in_silence(app_store):
+    older = classified(app_store, ["NGS"], name="older.zip")
+    newer = classified(app_store, ["LYT"], name="newer.zip")
+    at = review_page_as("Dr A")
+    assert at.selectbox(key="review_analysis").value == newer
+    app_store.delete_analysis(newer)  # in History, in another tab
+    at.run()
+    assert not at.exception
+    assert f"Analysis #{newer} was deleted meanwhile." in [i.value for i in at.info]
+    assert at.selectbox(key="review_analysis").value == older
+    at.run()
+    assert f"Analysis #{newer} was deleted meanwhile." not in [i.value for i in at.info]  # said once

@@ -130,6 +130,9 @@ def choose_analysis(store: Store, labels: dict[int, str], prompt: str, key: str)
     """A select box over analyses (id -> label) that remembers the choice across pages; returns the
     chosen analysis, or stops the page with a warning when it was deleted meanwhile."""
     ids = list(labels)
+    previous = st.session_state.get(key)  # what this box showed last time
+    if previous is not None and previous not in ids and not store.count_analyses(search=f"#{previous}"):
+        st.info(f"Analysis #{previous} was deleted meanwhile.")  # rather than another one shown without a word
     remembered = st.session_state.get("analysis_id")
     chosen = st.selectbox(prompt, ids, index=ids.index(remembered) if remembered in ids else 0,
                           format_func=labels.__getitem__, key=key)
