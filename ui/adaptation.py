@@ -124,8 +124,9 @@ def versions_section(store: Store, person: str) -> None:
                         st.rerun()
     versions = list_versions(tree)
     left, right = st.columns(2)
-    if right.button("Roll back to the version in use before", disabled=not can_roll_back(tree), key="rollback",
-                    help=None if can_roll_back(tree) else "No version was in use before this one."):
+    earlier = can_roll_back(tree)
+    if right.button("Roll back to the version in use before", disabled=not earlier, key="rollback",
+                    help=None if earlier else "No version was in use before this one."):
         with run_safely("Rolling back") as done:
             done["folder"] = rollback(tree)
         if done:

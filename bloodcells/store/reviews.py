@@ -53,6 +53,9 @@ def _person(name: str, role: str) -> str:
     return name
 
 
+_NOT_AN_UNDO = object()  # _record_review's ``undone`` for a plain review (None is an undone label)
+
+
 def signed_by(signoff: Signoff) -> str:
     return f"{signoff.person} on {stamp(signoff.created_at)}"
 
@@ -92,10 +95,10 @@ class ReviewStore:
         model said). ``undone`` is the label that review gave: when someone has changed the cell
         since, undoing would silently revert their change, so it is refused (ChangedSince). The
         undoing is kept in the audit trail like any review."""
-        return self._record_review(prediction_id, restore, reviewer, undone=(undone,))
+        return self._record_review(prediction_id, restore, reviewer, undone=undone)
 
     def _record_review(self, prediction_id: int, reviewed_code: str | None, reviewer: str,
-                       undone: tuple[str | None] | None = None) -> Review:
+                       undone: str | None | object = _NOT_AN_UNDO) -> Review:
         reviewer = _person(reviewer, "review")
         with self.session() as session:  # which analysis: it never changes, so read before the lock
             analysis_id = session.scalar(select(Prediction.analysis_id).where(Prediction.id == prediction_id))
@@ -108,7 +111,7 @@ class ReviewStore:
             if last is not None and last.action == SIGNED:
                 raise AnalysisLocked(f"analysis #{analysis_id} was signed off by {signed_by(last)}: "
                                      "reopen it to amend it")
-            if undone is not None and prediction.reviewed_code != undone[0]:
+            if undone is not _NOT_AN_UNDO and prediction.reviewed_code != undone:
                 changed = prediction.reviews[-1]
                 raise ChangedSince(f"{prediction.filename} was changed to {prediction.final_code} by {changed.reviewer} "
                                   f"on {stamp(changed.created_at)} since: undoing would take back their change")
