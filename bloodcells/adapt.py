@@ -26,6 +26,7 @@ import numpy as np
 from .classify import TreeClassifier, read_verified
 from .data import CellDataset, load_dataset
 from .evaluate import Evaluation, Scores, score
+from .settings import recorded_folder, settings
 
 
 class AdaptError(ValueError):
@@ -222,12 +223,10 @@ def replay_unavailable(models_dir: str | Path | None = None) -> str | None:
         recorded = json.loads((folder / "classifier.json").read_text()).get("sources", [])
     except (OSError, ValueError):
         return None  # no readable tree: adapting says so itself, by name
-    return _missing_sources([Path(s) for s in recorded])
+    return _missing_sources([recorded_folder(s) for s in recorded])
 
 
 def _missing_sources(sources: Sequence[Path]) -> str | None:
-    from .settings import settings
-
     uploads = settings().data_dir / "uploads"
     # a tree trained on the Training page records the scratch copy of its upload, removed afterwards
     missing = [f"the upload {s.name} it was trained from (removed after training)" if uploads in s.parents else str(s)
@@ -240,7 +239,8 @@ def _missing_sources(sources: Sequence[Path]) -> str | None:
 def _original_cells(base: TreeClassifier, replay: Sequence[str | Path] | None, required: bool, log,
                     lab: CellDataset) -> CellDataset:
     """The original training sources' cells; without them, an error, or (no replay asked for) none."""
-    sources = [Path(s) for s in (replay or base.manifest.get("sources", []))]
+    sources = ([Path(s) for s in replay] if replay
+               else [recorded_folder(s) for s in base.manifest.get("sources", [])])
     missing = _missing_sources(sources)
     if missing:
         where = (f"{missing}: pass --replay with the folders the tree was trained on "

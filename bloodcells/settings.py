@@ -14,6 +14,19 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
+def recorded_path(path: str | Path) -> str:
+    """How a trained tree records a data folder it was trained on, so that the record names the same
+    folder from any working directory: relative to the project folder where it lies beside the project
+    (a clone and its ``../shared`` move together), absolute elsewhere."""
+    resolved = Path(path).resolve()
+    return os.path.relpath(resolved, PROJECT_DIR) if resolved.is_relative_to(PROJECT_DIR.parent) else str(resolved)
+
+
+def recorded_folder(recorded: str | Path) -> Path:
+    """The folder a record of ``recorded_path`` names (a relative one from the project folder)."""
+    return (PROJECT_DIR / recorded).resolve()
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value bloodcells cannot use (the message names it)."""
 

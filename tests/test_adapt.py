@@ -270,3 +270,24 @@ def test_without_the_original_sources_adapting_needs_replay_switched_off(base_tr
     out = capsys.readouterr().out
     assert "not replayed nor scored" in out and "lab's held-back cells, after" in out
     assert "original sources' test split" not in out
+
+
+def test_a_tree_trained_from_a_relative_folder_finds_it_from_any_working_directory(tmp_path, monkeypatch):
+    """``train --data cells`` once recorded "cells" as given: adapting that tree from another working
+    directory (the app's, or a later shell's) then said the original cells were not there."""
+    from conftest import tiny_train_config
+
+    from bloodcells.adapt import replay_unavailable
+    from bloodcells.settings import recorded_folder
+    from bloodcells.train import train_tree
+
+    write_cell_folders(tmp_path / "work" / "cells", {"LYT": 6, "EOS": 6}, size=32)
+    monkeypatch.chdir(tmp_path / "work")
+    train_tree(["cells"], "models", config=tiny_train_config(epochs=1), log=lambda _text: None)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    recorded = json.loads((tmp_path / "work" / "models" / "classifier.json").read_text())["sources"]
+    assert [recorded_folder(s) for s in recorded] == [(tmp_path / "work" / "cells").resolve()]
+    assert replay_unavailable(tmp_path / "work" / "models") is None
+    shutil.rmtree(tmp_path / "work" / "cells")
+    assert str((tmp_path / "work" / "cells").resolve()) in replay_unavailable(tmp_path / "work" / "models")

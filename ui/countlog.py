@@ -44,5 +44,5 @@ def show_count_log(store: Store) -> None:
                             for status in ("signed", "amended", "reopened", "not signed")))
     st.dataframe(log_rows(shown), hide_index=True, key="count_log_table",
                  column_config={"id": st.column_config.NumberColumn("id", format="#%d")})
-    st.download_button("Download count log (CSV)", log_csv(shown), file_name="count-log.csv", mime="text/csv",
+    st.download_button("Download count log (CSV)", lambda: log_csv(shown), file_name="count-log.csv", mime="text/csv",
                        on_click="ignore", key="count_log_csv", icon=":material/download:", disabled=not shown)

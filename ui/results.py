@@ -84,7 +84,7 @@ def show_classification(store: Store, analysis) -> None:
     with right:
         st.plotly_chart(sunburst(codes), key=f"sunburst-{analysis.id}")
 
-    st.download_button("Download CSV", report.records_csv(records), file_name=f"analysis-{analysis.id}.csv",
+    st.download_button("Download CSV", lambda: report.records_csv(records), file_name=f"analysis-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"csv-{analysis.id}", icon=":material/download:")
     signoff_panel(store, analysis)
     if unreviewed:
@@ -158,7 +158,7 @@ def show_detection(store: Store, analysis) -> None:
     if white:
         st.subheader("White-cell differential")
         show_differential(white, key=f"wbc-percent-{analysis.id}")
-    st.download_button("Download CSV", report.records_csv(records), file_name=f"detections-{analysis.id}.csv",
+    st.download_button("Download CSV", lambda: report.records_csv(records), file_name=f"detections-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon=":material/download:")
     if white:
         signoff_panel(store, analysis)

@@ -19,6 +19,7 @@ from ..data import (
 )
 from ..heads import TRUNK
 from ..inputs import InputError
+from ..settings import recorded_path
 from ..taxonomy import TREES_DIR, Tree, load_tree
 from .config import (
     FORMAT_VERSION,
@@ -74,7 +75,7 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
     say(f"{len(dataset)} images: {len(splits['train'])} train, {len(splits['val'])} val, "
         f"{len(splits['test'])} test" + (" (grouped by patient/slide)" if all(dataset.groups) else ""))
     report = fit_tree(dataset, splits, out_dir, tree=tree, tree_file=tree_file, config=config,
-                      manifest={"sources": [str(s) for s in sources]}, device=device, dist=dist, progress=progress,
+                      manifest={"sources": [recorded_path(s) for s in sources]}, device=device, dist=dist, progress=progress,
                       log=say, on_epoch=on_epoch)
     if dist.main and store is not None:
         register_models(store, out_dir, tree)
