@@ -215,7 +215,7 @@ class TreeClassifier:
         manifest_file = models_dir / "classifier.json"
         if not manifest_file.is_file():
             raise ModelFileError(f"{manifest_file}: no trained classifier here "
-                                 "(train one with `bloodcells train --data PATH` or `make models-classifier`)")
+                                 "(train one with `bloodcells train --data PATH --out DIR` or `make models-classifier`)")
         try:
             manifest = json.loads(manifest_file.read_text())
         except ValueError as error:

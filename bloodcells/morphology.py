@@ -241,7 +241,7 @@ STRENGTHS = (0.001, 0.005, 0.02, 0.1)
 FOLDS = 5  # each strength is scored on every fifth of the training cells, trained on the rest
 
 
-def train_attribute_head(csv_path: str | Path, classifier, *, out_dir: str | Path | None = None,
+def train_attribute_head(csv_path: str | Path, classifier, *, out_dir: str | Path,
                          images_root: str | Path | None = None, nodes: Sequence[str] | None = None,
                          test_fraction: float = 0.2, seed: int = 0, backbone: str | None = None,
                          log: Callable[[str], None] | None = None) -> AttributeHead:
@@ -311,11 +311,11 @@ def train_attribute_head(csv_path: str | Path, classifier, *, out_dir: str | Pat
         metrics={"attributes": metrics, "split": split_name, "train_images": len(train), "test_images": len(test),
                  "mean_accuracy": float(np.mean([m["accuracy"] for m in metrics.values()])),
                  "source": csv_path.name})
-    head.save(Path(out_dir) if out_dir else default_head_dir())
+    head.save(Path(out_dir))
     return head
 
 
-def train_own_backbone(csv_path: str | Path, out_dir: str | Path | None = None, *,
+def train_own_backbone(csv_path: str | Path, out_dir: str | Path, *,
                        images_root: str | Path | None = None, config=None,
                        log: Callable[[str], None] | None = None) -> AttributeHead:
     """An attribute head with a small backbone of its own, for when no trained classifier fits.
@@ -333,7 +333,7 @@ def train_own_backbone(csv_path: str | Path, out_dir: str | Path | None = None, 
     csv_path = Path(csv_path)
     root = Path(images_root) if images_root else csv_path.resolve().parent.parent
     rows, _ = read_attribute_table(csv_path, root)
-    out_dir = Path(out_dir) if out_dir else default_head_dir()
+    out_dir = Path(out_dir)
     # The shipped classifier's architecture and input size (6 epochs took 3 minutes on the shared 2 cores).
     config = config or TrainConfig(architecture="mobilenetv3_small_100", input_size=64, epochs=20, patience=5,
                                    min_per_class=320, cross_site=False)

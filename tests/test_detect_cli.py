@@ -97,10 +97,10 @@ def test_evaluate_detector_command_prints_each_class_and_overall(trained_detecto
 
 
 def test_detector_commands_name_what_is_wrong(tmp_path, capsys):
-    assert main(["train-detector", "--data", str(tmp_path / "nowhere")]) == 2
+    assert main(["train-detector", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "nowhere: no such file or folder" in capsys.readouterr().err
     write_yolo_dataset(tmp_path / "yolo", n_train=1, n_val=1, size=(64, 48))
-    assert main(["train-detector", "--data", str(tmp_path / "yolo"), "--model", "yolo11n.pt"]) == 2
+    assert main(["train-detector", "--data", str(tmp_path / "yolo"), "--model", "yolo11n.pt", "--out", str(tmp_path / "out")]) == 2
     assert "nothing is downloaded" in capsys.readouterr().err
     assert main(["train-detector", "--data", str(tmp_path / "yolo"), "--multi-scale", "1.5",
                  "--out", str(tmp_path / "out")]) == 2

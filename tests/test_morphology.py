@@ -123,7 +123,8 @@ def test_train_attributes_command(trained_models_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert status == 0 and "nucleus_shape" in printed and "mean accuracy" in printed
     assert (tmp_path / "head" / "attributes.json").is_file()
-    assert main(["train-attributes", "--csv", str(tmp_path / "none.csv"), "--models", str(trained_models_dir)]) == 2
+    assert main(["train-attributes", "--csv", str(tmp_path / "none.csv"), "--models", str(trained_models_dir),
+                 "--out", str(tmp_path / "head2")]) == 2
     assert "none.csv: cannot read" in capsys.readouterr().err
 
 

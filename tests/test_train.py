@@ -570,3 +570,18 @@ def test_one_cell_type_trains_nothing_and_says_so(tmp_path, trained_models_dir):
     (empty / "classifier.json").write_text(json.dumps({**manifest, "nodes": []}))
     with pytest.raises(ModelFileError, match="a tree without a trained node"):
         TreeClassifier.load(empty)
+
+
+@pytest.mark.parametrize("command", [["train", "--data", "cells"], ["train-detector", "--data", "fields"],
+                                     ["train-attributes", "--csv", "table.csv"]])
+def test_training_commands_never_replace_the_shipped_models_unless_told(command, tmp_path, monkeypatch, capsys):
+    """Without --out, `bloodcells train --data my-cells` replaced the shipped tree in place (and
+    train-detector / train-attributes the shipped detector and morphology head)."""
+    from bloodcells.cli import main
+
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(SystemExit) as stopped:
+        main(command)
+    assert stopped.value.code == 2
+    assert "the following arguments are required: --out" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()

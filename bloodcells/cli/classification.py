@@ -80,7 +80,9 @@ def _train_args(parser):
     parser.add_argument("--data", action="append", required=True, metavar="PATH",
                         help="folder of class folders, .zip of the same, or CSV (path,label[,patient]); "
                              "repeat to combine sources")
-    parser.add_argument("--out", help="models folder (default: models/classifier/<tree>)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for the trained tree: a new folder, or a tree folder it replaces whole "
+                             "(the shipped one is models/classifier/default: name it to replace it)")
     _tree_option(parser)
     _training_options(parser)
     parser.add_argument("--nodes", type=lambda text: text.split(","),

@@ -23,8 +23,9 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multi-scale", type=float, default=0.0, metavar="FRACTION",
                         help="train each batch at a size within this fraction of --imgsz (default 0: off)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache the images in RAM")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for detector.pt and metrics.json (default models/detector)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder for detector.pt and metrics.json (the shipped one is models/detector: "
+                             "name it to replace it)")
 
 
 @command("train-detector", "Train the YOLO cell detector (white cells, red cells, platelets).", _configure_train)

@@ -92,7 +92,9 @@ def _configure_train_attributes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, help="folder the csv's paths are relative to (default: the csv's "
                                                     "parent's parent, as in ../shared/datasets)")
     parser.add_argument("--models", type=Path, help="trained classifier folder whose features are used")
-    parser.add_argument("--out", type=Path, help="where to write the head (default: models/attributes/default)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="where to write the head (the shipped one is models/attributes/default: name it to "
+                             "replace it)")
     parser.add_argument("--test-fraction", type=real(0, 1, low_included=False, high_included=False), default=0.2, help="share of images held out (default 0.2)")
     parser.add_argument("--own-backbone", action="store_true",
                         help="train a small backbone of the head's own on the table's images (into OUT/backbone) "

@@ -23,7 +23,8 @@ def default_detector_path() -> Path:
     found = sorted(folder.glob("*.pt"))
     if not found:
         raise DetectorFileError(f"{folder}: no detector weights (*.pt); train one with "
-                                "'bloodcells train-detector --data PATH' or 'make models-detector'")
+                                "'bloodcells train-detector --data PATH --out "
+                                f"{folder}' or 'make models-detector'")
     return found[0]
 
 

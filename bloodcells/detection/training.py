@@ -25,7 +25,7 @@ class TrainedDetector:
 def train_detector(data: list[Path] | Path, *, model: str | Path = DEFAULT_ARCHITECTURE, epochs: int = 50,
                    hours: float | None = None, imgsz: int = 320, batch: int = 16, workers: int = 2,
                    cache: bool | str = "ram", patience: int = 20, close_mosaic: int = 5,
-                   multi_scale: float = 0.0, seed: int = 0, out: Path | None = None, work_dir: Path | None = None,
+                   multi_scale: float = 0.0, seed: int = 0, out: str | Path, work_dir: Path | None = None,
                    verbose: bool = True) -> TrainedDetector:
     """Train a YOLO detector on YOLO/VOC datasets (our classes) and write ``out``/detector.pt + metrics.json.
 
@@ -38,7 +38,7 @@ def train_detector(data: list[Path] | Path, *, model: str | Path = DEFAULT_ARCHI
 
     if not 0 <= multi_scale < 1:
         raise ValueError(f"multi_scale is a fraction of imgsz, 0 (off) or more and below 1 (not {multi_scale})")
-    out = Path(out) if out else settings().models_dir / "detector"
+    out = Path(out)
     work_dir = Path(work_dir) if work_dir else settings().data_dir / "detector-training"
     prepared = prepare_dataset(data, work_dir / "dataset")
     if not prepared.counts["train"]["images"]:

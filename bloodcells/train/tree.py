@@ -35,7 +35,7 @@ from .files import calibrate, register_models, save_node, write_json
 from .network import train_node
 
 
-def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None, *,
+def train_tree(sources: Sequence[str | Path], out_dir: str | Path, *,
                tree: str | Path | Tree | None = None, config: TrainConfig | None = None,
                store=None, progress: Progress | None = None, log: Callable[[str], None] = print,
                on_epoch: EpochCallback | None = None) -> TrainReport:
@@ -49,9 +49,7 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path | None = None,
     config = config or TrainConfig()
     tree_file = _tree_file(tree)
     tree = tree if isinstance(tree, Tree) else load_tree(tree_file)
-    from ..settings import settings
-
-    out_dir = Path(out_dir) if out_dir else settings().models_dir / "classifier" / tree.name
+    out_dir = Path(out_dir)
     device = pick_device()
     dist = init_distributed(device)
     say = log if dist.main else (lambda _text: None)
