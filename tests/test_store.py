@@ -494,6 +494,33 @@ def test_images_stay_while_another_analysis_is_being_stored(store):
     assert store.count_rows(Blob) == 0
 
 
+def test_images_left_while_another_analysis_ran_are_collected_once_it_ends(store):
+    """Deleting an analysis while a colleague's is being stored keeps its images (they might be the
+    ones the other run is about to refer to); they stayed in the database for good."""
+    deleted = store.start_analysis("wrong patient.zip", "classification")
+    store.finish_analysis(deleted, predictions=_cells(["x", "y"]))
+    store.put_explanation(b"map of x", **{**EXPLANATION_KEY, "image_sha256": sha256_hex(b"image of x")})
+    running = store.start_analysis("colleague.zip", "classification")
+    store.delete_analysis(deleted)
+    assert store.count_rows(Blob) == 3  # kept while the colleague's run is being stored
+    store.finish_analysis(running, predictions=_cells(["y", "z"]))
+    assert store.count_rows(Blob) == 2  # y (now the colleague's) and z; x and its map are gone
+    with pytest.raises(KeyError):
+        store.read_blob(sha256=sha256_hex(b"image of x"))
+    assert [store.read_blob(p.blob_id) for p in store.get_analysis(running).predictions] == [b"image of y",
+                                                                                           b"image of z"]
+
+
+def test_a_failed_analysis_leaves_no_images_behind(store):
+    """Its images are stored before its rows; a failure after that kept them with nothing referring to them."""
+    kept = store.start_analysis("kept.zip", "classification")
+    store.finish_analysis(kept, predictions=_cells(["kept"]))
+    failing = store.start_analysis("failing.zip", "classification")
+    store.put_blobs({sha256_hex(b"image of kept"): b"image of kept", sha256_hex(b"image of a"): b"image of a"})
+    store.fail_analysis(failing, "RuntimeError: out of memory")
+    assert store.count_rows(Blob) == 1 and store.read_blob(sha256=sha256_hex(b"image of kept")) == b"image of kept"
+
+
 @pytest.mark.parametrize(("url", "message"), [
     ("garbage:secret", "is not a URL"),  # not echoed: a URL may hold a password
     ("sqlite:/relative.db", "is not a URL"),

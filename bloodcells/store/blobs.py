@@ -1,5 +1,5 @@
-"""Content stored once per sha256 (cells' images, explanation maps), and the images a deleted
-analysis leaves that nothing refers to any more."""
+"""Content stored once per sha256 (cells' images, explanation maps), and the images that nothing
+refers to any more (a deleted or failed analysis's)."""
 
 from __future__ import annotations
 
@@ -93,22 +93,22 @@ class BlobStore:
                 Explanation, model_sha256=model_sha256, image_sha256=image_sha256, method=method,
                 settings_key=settings_key, blob_id=blob.id))
 
-    def _delete_unreferenced_images(self, session: Session, image_ids: set[int]) -> None:
-        """Delete the images among ``image_ids`` that no cell refers to any more, with the explanation
-        maps cached for them: a deleted analysis takes its cells' images out of the database.
+    def _delete_unreferenced_images(self, session: Session) -> None:
+        """Delete the cells' images that no prediction refers to any more, with the explanation maps
+        cached for them: a deleted analysis takes its cells' images out of the database, and a failed
+        one the images it had stored.
 
-        Skipped while another analysis is being stored: ``finish_analysis`` stores its images before
-        the rows that refer to them, so one of these may be about to be referred to again (the same
-        zip classified twice); those images are left in the database. An
-        analysis left ``running`` for a day by a process that died does not count."""
+        Skipped while an analysis is being stored: ``finish_analysis`` stores its images before the
+        rows that refer to them, so one of these may be about to be referred to again (the same zip
+        classified twice). What is skipped is collected by the next analysis to finish, fail or be
+        deleted once none is running. An analysis left ``running`` for a day by a process that died
+        does not count."""
         running_since = utcnow() - LONGEST_ANALYSIS
-        if not image_ids or session.scalar(select(func.count()).select_from(Analysis).where(
+        if session.scalar(select(func.count()).select_from(Analysis).where(
                 Analysis.status == "running", Analysis.created_at > running_since)):
             return
-        ids = sorted(image_ids)
-        still_used = {blob_id for batch in _batches(ids) for blob_id in session.scalars(
-            select(Prediction.blob_id).where(Prediction.blob_id.in_(batch)).distinct())}
-        orphans = [blob_id for blob_id in ids if blob_id not in still_used]
+        referred = select(Prediction.blob_id).where(Prediction.blob_id.is_not(None))
+        orphans = list(session.scalars(select(Blob.id).where(Blob.media_type == "image", Blob.id.not_in(referred))))
         digests = [digest for batch in _batches(orphans)
                    for digest in session.scalars(select(Blob.sha256).where(Blob.id.in_(batch)))]
         maps: set[int] = set()

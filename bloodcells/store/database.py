@@ -265,6 +265,8 @@ class Store(BlobStore, ReviewStore, LineageStore):
             analysis.status = "done"
             analysis.summary = summary or {}
             analysis.finished_at = utcnow()
+            session.flush()  # this analysis no longer counts as being stored
+            self._delete_unreferenced_images(session)
 
     def fail_analysis(self, analysis_id: int, error: str) -> None:
         """Mark an analysis failed with its error; it keeps no partial results.
@@ -286,6 +288,8 @@ class Store(BlobStore, ReviewStore, LineageStore):
                 session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
                 session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
                 analysis.status, analysis.error, analysis.finished_at = "failed", error[:4000], utcnow()
+                session.flush()
+                self._delete_unreferenced_images(session)
 
     def _record_failures(self) -> None:
         with self._failures_lock:
@@ -344,15 +348,13 @@ class Store(BlobStore, ReviewStore, LineageStore):
             if analysis is not None and analysis.being_stored:
                 raise AnalysisLocked(f"analysis #{analysis_id} is still running (started {stamp(analysis.created_at)}): "
                                      "delete it once it has finished or failed")
-            images = set(session.scalars(select(Prediction.blob_id).where(
-                Prediction.analysis_id == analysis_id, Prediction.blob_id.is_not(None)).distinct()))
             prediction_ids = select(Prediction.id).where(Prediction.analysis_id == analysis_id)
             session.execute(delete(Review).where(Review.prediction_id.in_(prediction_ids)))
             session.execute(delete(Signoff).where(Signoff.analysis_id == analysis_id))
             session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
             session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
             session.execute(delete(Analysis).where(Analysis.id == analysis_id))
-            self._delete_unreferenced_images(session, images)
+            self._delete_unreferenced_images(session)
 
     def result_counts(self, analysis_ids: Iterable[int]) -> dict[int, ResultCounts]:
         """What each of ``analysis_ids`` holds (zeros for one with no results), counted in the database."""
