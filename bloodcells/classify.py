@@ -378,7 +378,7 @@ class ClassificationResult:
         import csv
 
         path = Path(path)
-        with path.open("w", newline="") as handle:
+        with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["file", "code", "name", "path", "confidence", "needs_review"])
             for row in self.rows:

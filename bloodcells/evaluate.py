@@ -200,7 +200,7 @@ def _write_outputs(outcome: Evaluation, classifier: TreeClassifier, out_dir: Pat
         if scores is None or scores.matrix is None:
             continue
         table = out_dir / f"confusion_{key}.csv"
-        with table.open("w", newline="") as handle:
+        with table.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["true \\ predicted", *scores.labels])
             for label, row in zip(scores.labels, scores.matrix, strict=True):

@@ -339,7 +339,7 @@ def train_own_backbone(csv_path: str | Path, out_dir: str | Path, *,
                                    min_per_class=320, cross_site=False)
     with tempfile.TemporaryDirectory() as folder:
         labels = Path(folder) / "labels.csv"  # the training reader's format: path, label
-        with labels.open("w", newline="") as handle:
+        with labels.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "label"])
             writer.writerows([str((root / r["path"]).resolve()), r["label"]] for r in rows)

@@ -2,6 +2,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from bloodcells.cli import main
 
 
@@ -94,3 +96,55 @@ def test_evaluate_writes_the_training_curves_of_a_shared_trunk_tree(shared_trunk
     assert main(["evaluate", "--data", str(tmp_path / "cells"), "--models", str(shared_trunk_models_dir), "--all",
                  "--out", str(tmp_path / "figures")]) == 0
     assert (tmp_path / "figures" / "training_curves.png").is_file()
+
+
+def _field_folder(root):
+    from bloodcells.synthetic import smear_field
+
+    root.mkdir()
+    for name in ("field1.png", "field2.png"):
+        smear_field(64, 48)[0].save(root / name)
+    return {p.name: p.read_bytes() for p in root.iterdir()}
+
+
+@pytest.mark.parametrize("outputs", [
+    lambda d: ["--out", str(d / "cells.csv"), "--annotated", str(d)],  # drawings over the fields
+    lambda d: ["--out", str(d / "cells.csv"), "--annotated", str(d / "annotated")],  # read as fields next time
+    lambda d: ["--out", str(d / "field1.png")],  # the CSV over a field
+])
+def test_detect_never_writes_over_or_into_what_it_reads(outputs, tmp_path, capsys):
+    """`detect fields --annotated fields` replaced each field with its drawing; `--annotated fields/annotated`
+    made the next run count every field twice; `--out fields/field1.png` wrote the CSV over a field."""
+    from bloodcells.store import open_store
+
+    before = _field_folder(tmp_path / "fields")
+    assert main(["detect", str(tmp_path / "fields"), *outputs(tmp_path / "fields")]) == 2
+    assert "write it elsewhere" in (err := capsys.readouterr().err) or "give another folder" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "fields").iterdir()} == before
+    assert open_store().list_analyses() == []
+
+
+def test_an_input_file_is_never_the_output(tmp_path, capsys):
+    from bloodcells.synthetic import write_cell_zip
+
+    upload = write_cell_zip(tmp_path / "in.zip", {"LYT": 2}, size=32)
+    content = upload.read_bytes()
+    assert main(["classify", str(upload), "--out", str(upload)]) == 2
+    assert "in.zip: would write over the input" in capsys.readouterr().err
+    fields = _field_folder(tmp_path / "fields")
+    field = tmp_path / "fields" / "field1.png"
+    assert main(["detect", str(field), "--out", str(tmp_path / "d.csv"), "--annotated", str(tmp_path / "fields")]) == 2
+    assert main(["explain", str(field), "--out", str(field)]) == 2
+    assert upload.read_bytes() == content and {p.name: p.read_bytes() for p in field.parent.iterdir()} == fields
+
+
+def test_an_output_file_that_cannot_be_written_is_said_before_anything_is_stored(trained_models_dir, tmp_path,
+                                                                                 capsys):
+    """/proc exists, so its folder was "made"; the analysis was stored done, then the CSV failed."""
+    from bloodcells.store import open_store
+    from bloodcells.synthetic import write_cell_zip
+
+    upload = write_cell_zip(tmp_path / "in.zip", {"LYT": 2}, size=32)
+    assert main(["classify", str(upload), "--models", str(trained_models_dir), "--out", "/proc/cells.csv"]) == 2
+    assert "/proc/cells.csv: cannot be written" in capsys.readouterr().err
+    assert open_store().list_analyses() == []

@@ -64,10 +64,11 @@ def test_training_attempts_no_outbound_connection(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_detect_command_writes_rows_counts_and_annotated_images(trained_detector, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "no-models"))  # no classifier here
+    (tmp_path / "fields").mkdir()
     for n in range(2):
-        smear_field(160, 120, seed=n)[0].save(tmp_path / f"field_{n}.png")
+        smear_field(160, 120, seed=n)[0].save(tmp_path / "fields" / f"field_{n}.png")
     out = tmp_path / "detections.csv"
-    code = main(["detect", str(tmp_path), "--out", str(out), "--annotated", str(tmp_path / "drawn"),
+    code = main(["detect", str(tmp_path / "fields"), "--out", str(out), "--annotated", str(tmp_path / "drawn"),
                  "--model", str(trained_detector), "--conf", "0.001"])
     printed = capsys.readouterr().out
     assert code == 0

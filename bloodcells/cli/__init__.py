@@ -29,26 +29,52 @@ class CommandError(Exception):
     """An error the user caused: printed as one line, exit status 2."""
 
 
-def output_file(path: str | Path | None) -> Path | None:
+def output_file(path: str | Path | None, reads: str | Path | None = None) -> Path | None:
     """Check a file the command will write before it works (and stores an analysis): not a folder,
-    its folder made if missing. None stays None."""
+    not what it reads (``reads``: the input file, or an image in the input folder), its folder made
+    if missing. None stays None."""
     if path is None:
         return None
     path = Path(path)
     if path.is_dir():
         raise CommandError(f"{path}: is a folder; give the file to write")
+    if reads is not None:
+        from ..inputs import is_image_name
+
+        source, target = Path(reads).resolve(), path.resolve()
+        if target == source or (source.is_dir() and source in target.parents and is_image_name(target.name)):
+            raise CommandError(f"{path}: would write over {'the input' if target == source else 'an input image'} "
+                               f"({reads}); write it elsewhere")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CommandError(f"{path.parent}: cannot be made ({error.strerror or error})") from error
+    existed = path.exists()
+    try:  # opened now, so that a file that cannot be written is said before the work is stored
+        path.open("a").close()
+    except OSError as error:
+        raise CommandError(f"{path}: cannot be written ({error.strerror or error})") from error
+    if not existed:
+        path.unlink()
     return path
 
 
-def output_folder(path: str | Path | None) -> Path | None:
-    """Check a folder the command will write into before it works: not a file. None stays None."""
-    if path is not None and Path(path).is_file():
+def output_folder(path: str | Path | None, reads: str | Path | None = None) -> Path | None:
+    """Check a folder the command will write images into before it works: not a file, and apart from
+    ``reads`` (the input): not the input folder nor inside it (its images would be written over, or
+    read as input by the next run), not the folder of an input file (the same)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_file():
         raise CommandError(f"{path}: is a file; give a folder to write into")
-    return None if path is None else Path(path)
+    if reads is not None:
+        source, target = Path(reads).resolve(), path.resolve()
+        folder = source if source.is_dir() else source.parent
+        if target == folder or (source.is_dir() and source in target.parents):
+            raise CommandError(f"{path}: is {'inside ' if target != folder else ''}the folder of the input ({reads}): "
+                               "its images would be written over or read as input next time; give another folder")
+    return path
 
 
 def whole(minimum: int, maximum: int = 2**63 - 1) -> Callable[[str], int]:

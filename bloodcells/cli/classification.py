@@ -179,7 +179,7 @@ def _classify_args(parser):
 def _classify(args) -> int:
     from ..classify import ModelFileError, TreeClassifier, classify
 
-    output_file(args.out)
+    output_file(args.out, reads=args.input)
     try:
         classifier = TreeClassifier.load(args.models)
     except ModelFileError as error:

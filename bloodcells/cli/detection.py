@@ -106,8 +106,8 @@ def detect_command(args: argparse.Namespace) -> int:
     from ..classify import ModelFileError, TreeClassifier
     from ..detection import DEFAULT_WBC_TARGET, Detector, DetectorFileError, check_wbc_target, detect
 
-    output_file(args.out)
-    output_folder(args.annotated)
+    output_file(args.out, reads=args.input)
+    output_folder(args.annotated, reads=args.input)
     if args.wbc_target is not None and not args.slide:
         raise CommandError("--wbc-target counts a slide's white cells: add --slide")
     wbc_target = DEFAULT_WBC_TARGET if args.wbc_target is None else args.wbc_target

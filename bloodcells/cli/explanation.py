@@ -38,7 +38,7 @@ def explain_command(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.image}: no such image")
     if args.out.suffix.lower() != ".png":
         raise CommandError(f"{args.out}: the output must be a .png file")
-    output_file(args.out)
+    output_file(args.out, reads=args.image)
     given = {"n_steps": args.steps, "window": args.window, "stride": args.stride}
     settings = {name: value for name, value in given.items()
                 if value is not None and name in METHODS[args.method].defaults}

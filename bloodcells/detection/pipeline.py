@@ -54,7 +54,7 @@ class DetectionResult:
         import csv
 
         path = Path(path)
-        with path.open("w", newline="") as handle:
+        with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["file", "class", "confidence", "x1", "y1", "x2", "y2", "code", "path",
                              "sub_confidence"])
