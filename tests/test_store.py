@@ -437,6 +437,22 @@ def test_analyses_are_found_by_part_of_their_name_or_their_number(store):
     assert len(store.list_analyses(limit=2)) == 2
 
 
+def test_search_ignores_case_and_accents_alike_on_both_backends(store):
+    """SQLite found "müller" but not "MÜLLER", "muller" or a name typed with a combining accent, where
+    MariaDB found them all; a 20-digit specimen number pasted as the search was a traceback."""
+    names = ("Müller Probe.zip", "ÉCHANTILLON josé.zip", "Mu\u0308ller decomposed.zip", "100200300400500600700.zip")
+    ids = [store.start_analysis(name, "classification") for name in names]
+    for search in ("MÜLLER", "muller", "Mu\u0308LLER", "müller probe"):
+        assert {a.id for a in store.list_analyses(search=search)} >= {ids[0]}, search
+    assert {a.id for a in store.list_analyses(search="muller")} == {ids[0], ids[2]}
+    assert [a.id for a in store.list_analyses(search="echantillon JOSE")] == [ids[1]]
+    assert store.get_analysis(ids[2]).name == "Müller decomposed.zip"  # one form of its characters
+    for search in ("100200300400500600700", "#99999999999999999999", "#²"):
+        found = [a.id for a in store.list_analyses(search=search)]
+        assert found == ([ids[3]] if search.startswith("1") else []), search
+        assert store.count_analyses(search=search) == len(found)
+
+
 def test_analyses_with_reviewed_cells_are_listed_past_newer_unreviewed_ones(store):
     """Adaptation lists reviewed analyses: a lab's newer unreviewed ones must not push them out."""
     reviewed = store.start_analysis("reviewed.zip", "classification")

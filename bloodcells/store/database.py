@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
@@ -35,9 +36,11 @@ from .schema import (
     Signoff,
     utcnow,
 )
+from .search import fold, folded, register_fold
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SUPPORTED_BACKENDS = ("sqlite", "mysql", "mariadb")
+_LARGEST_ID = 2**63 - 1  # a BIGINT; SQLite's INTEGER holds the same
 EXAMPLE_URLS = "sqlite:////srv/bloodcells/bloodcells.db or mysql+pymysql://user:password@host/bloodcells"
 _BLOB_BATCH = 32  # images per blob transaction in finish_analysis
 
@@ -74,7 +77,7 @@ class Store(BlobStore, ReviewStore, LineageStore):
         except (ArgumentError, ImportError) as error:  # NoSuchModuleError is an ArgumentError
             raise StoreError(f"the database URL cannot be used: {_first_line(error)}") from error
         if parsed.get_backend_name() == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _prepare_sqlite)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Failures that could not be recorded because the database was lost: written by the next
         # session once it is back, so that no analysis stays "running" for ever.
@@ -202,7 +205,9 @@ class Store(BlobStore, ReviewStore, LineageStore):
     def start_analysis(self, name: str, kind: str, model_versions: dict | None = None) -> int:
         """Record that an analysis began (status ``running``) and return its id."""
         with self.session() as session:
-            analysis = Analysis(name=_fitted(name, Analysis.name), kind=kind, status="running",
+            # one form of its characters (NFC): a name from a Mac's zip comes decomposed, and MySQL finds it
+            # only in the form people type
+            analysis = Analysis(name=_fitted(unicodedata.normalize("NFC", name), Analysis.name), kind=kind, status="running",
                                 model_versions=model_versions or {})
             session.add(analysis)
             session.flush()
@@ -396,9 +401,11 @@ def _analysis_conditions(kind: str | None = None, search: str = "", reviewed: bo
     if made[1] is not None:
         conditions.append(Analysis.created_at < made[1])
     if search := search.strip():
-        named = Analysis.name.contains(search, autoescape=True)
+        named = folded(Analysis.name).contains(fold(search), autoescape=True)
         number = search.removeprefix("#")
-        conditions.append(or_(named, Analysis.id == int(number)) if number.isdigit() else named)
+        # a specimen number pasted as the search is no id when it is past what an id column holds
+        is_id = number.isdecimal() and int(number) <= _LARGEST_ID
+        conditions.append(or_(named, Analysis.id == int(number)) if is_id else named)
     return conditions
 
 
@@ -413,11 +420,12 @@ def _fitted(text: str | None, column) -> str | None:
     return f"{text[:length - 1 - tail]}…{text[len(text) - tail:]}"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _prepare_sqlite(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+    register_fold(dbapi_connection)
 
 
 def _first_line(error: BaseException | None) -> str:
