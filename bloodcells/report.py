@@ -143,11 +143,14 @@ def detector_overview(detector) -> dict:
 
 # -- stored analyses ----------------------------------------------------------------------------
 def prediction_records(analysis, tree: Tree | None = None) -> list[dict]:
-    """One row per classified cell of a stored analysis, with the reviewer's label where given."""
+    """One row per classified cell of a stored analysis: the model's answer (``code``, ``name``,
+    ``path``, ``confidence``), the reviewer's label where given, and the type the cell has now
+    (``final_code``, ``final_name``, ``final_path``: the reviewer's, else the model's)."""
     tree = tree or default_tree()
     return [{"id": p.id, "file": p.filename, "code": p.code, "name": tree[p.code].name, "path": p.path,
              "confidence": round(p.confidence, 4), "needs_review": p.needs_review,
-             "reviewed_code": p.reviewed_code or "", "final_code": p.final_code}
+             "reviewed_code": p.reviewed_code or "", "final_code": p.final_code,
+             "final_name": tree[p.final_code].name, "final_path": tree.path_codes(p.final_code)}
             for p in analysis.predictions]
 
 

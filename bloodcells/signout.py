@@ -1,12 +1,13 @@
 """The report a haematologist signs: one analysis's differential in the clinical order, as PDF or HTML.
 
 Counts in the conventional order (blasts -> promyelocytes -> ... -> erythroblasts -> others),
-whole-number percentages over the cells counted (platelets, smudge cells, not-identifiable cells
-and artefacts are listed apart and left out of the denominator), absolute counts when the user
-gives the white-cell count, the myeloid:erythroid ratio, the cells counted against a 100/200/400
-target, the flagged cells nobody reviewed yet with a small gallery of them, the models'
-versions, the reviewers and the time; its sign-offs, and once a signed analysis was reopened and
-changed, "Amended" with every change made after the first sign-off (old and new type, who, when).
+whole-number percentages over the cells counted that add up to 100 (platelets, smudge cells,
+not-identifiable cells and artefacts are listed apart and left out of the denominator), absolute
+counts when the user gives the white-cell count, the myeloid:erythroid ratio, the cells counted
+against a 100/200/400 target, the flagged cells nobody reviewed yet with a small gallery of them,
+the models' versions, the reviewers and the time; its sign-offs, and once a signed analysis was
+reopened and changed, "Amended" with every change made after the first sign-off (a cell's old and
+new type, or a signed value's old and new value, who, when).
 There is no field for a patient's name or identifier, by design: the report names the analysis, a
 category and a free comment.
 """
@@ -20,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
+from itertools import pairwise
 from pathlib import Path
 
 from .clock import stamp
@@ -28,25 +30,34 @@ from .report import model_versions_text, myeloid_erythroid_ratio
 from .store.schema import REOPENED, SIGNED
 from .taxonomy import Tree, default_tree
 
-# (row label, tree codes counted in it), in the order a differential is written
+# (row label, tree codes counted in it), in the order a differential is written. A row takes the cells
+# at or under its codes that no row before it took, so an inner node listed after its children's rows
+# takes only the cells typed no finer than it: a reviewer's "neutrophil" (NEU, stage unclear) is
+# counted with the segmented neutrophils, as labs count an unstaged neutrophil; an immature granulocyte
+# of unclear stage (MYI, PBC's "ig") has a row of its own, as analysers report IG, rather than one
+# stage's row it may not belong to. An erythroid cell (ERY) is an erythroblast, a thrombopoietic one
+# (THR) a platelet: the tree has no other under them.
 CLINICAL_ORDER = (
     ("Blasts", ("BLA", "LYI")),
     ("Promyelocytes", ("PMO",)),
     ("Myelocytes", ("MYB",)),
     ("Metamyelocytes", ("MMZ",)),
+    ("Immature granulocytes, stage unclear", ("MYI",)),
     ("Band neutrophils", ("NGB",)),
-    ("Segmented neutrophils", ("NGS",)),
+    ("Segmented neutrophils", ("NGS", "NEU")),
     ("Eosinophils", ("EOS", "ABE")),
     ("Basophils", ("BAS",)),
     ("Monocytes", ("MON",)),
     ("Lymphocytes", ("LYT",)),
     ("Plasma cells", ("PLM",)),
-    ("Erythroblasts", ("EBO", "PEB")),
+    ("Erythroblasts", ("EBO", "PEB", "ERY")),
 )
 # counted and shown, but not white cells of the differential: not in the denominator
-APART = (("Platelets", ("PLT",)), ("Smudge cells", ("KSC",)), ("Not identifiable", ("NIF",)),
+APART = (("Platelets", ("PLT", "THR")), ("Smudge cells", ("KSC",)), ("Not identifiable", ("NIF",)),
          ("Artefacts", ("ART",)))
-OTHERS = "Others"  # every other code: hairy cells, faggot cells, cells known only to their lineage...
+# every other code: hairy cells, faggot cells, cells known only to a node above several cell types
+# (a lineage, "mature myeloid")
+OTHERS = "Others"
 TARGETS = (100, 200, 400)  # the usual manual differential counts (CLSI H20)
 GALLERY_CELLS = 12
 
@@ -65,12 +76,41 @@ class SignedReportError(ReportError):
 
 def signoff_status(signoffs, amendments: int) -> str:
     """``not signed``, ``signed``, ``reopened`` (open to amend now) or ``amended`` (signed again after
-    cells were changed), from an analysis's sign-offs (oldest first) and its number of amendments."""
+    cells or signed values were changed), from an analysis's sign-offs (oldest first) and its number of
+    amendments (cells changed after the first sign-off)."""
     if not signoffs:
         return NOT_SIGNED
     if signoffs[-1].action == REOPENED:
         return REOPENED
-    return AMENDED if amendments else SIGNED
+    return AMENDED if amendments or signed_value_changes(signoffs) else SIGNED
+
+
+# what a sign-off records for the report (a stored Signoff's fields), named as the report prints them
+SIGNED_VALUES = (("white_cell_count", "White-cell count"), ("target", "Target"), ("category", "Category"),
+                 ("comment", "Comment"))
+
+
+@dataclass
+class ValueChange:
+    """A signed value (white-cell count, target, category, comment) that a later sign-off changed."""
+    at: datetime
+    person: str
+    value: str  # its name, as the report prints it
+    old: str
+    new: str
+
+
+def signed_value_changes(signoffs) -> list[ValueChange]:
+    """What each sign-off changed in the values of the sign-off before it, from an analysis's stored
+    sign-offs and reopenings (oldest first)."""
+    signed = [s for s in signoffs if s.action == SIGNED]
+    return [ValueChange(later.created_at, later.person, label, old, new)
+            for earlier, later in pairwise(signed) for name, label in SIGNED_VALUES
+            if (old := _value_text(getattr(earlier, name))) != (new := _value_text(getattr(later, name)))]
+
+
+def _value_text(value) -> str:
+    return "-" if value is None or value == "" else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass
@@ -122,6 +162,7 @@ class ClinicalReport:
     status: str = NOT_SIGNED
     signoffs: list[Event] = field(default_factory=list)
     amendments: list[Amendment] = field(default_factory=list)
+    value_changes: list[ValueChange] = field(default_factory=list)  # signed values changed by a later sign-off
     made_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -129,8 +170,9 @@ def clinical_rows(codes: Iterable[str], tree: Tree | None = None,
                   white_cell_count: float | None = None) -> tuple[list[Row], list[Row], int]:
     """The differential rows in clinical order, the rows kept apart, and the cells counted.
 
-    Percentages are whole numbers over the counted cells; ``white_cell_count`` (x 10^9/L) gives
-    each row's absolute count. A code is counted in the first row whose codes lie at or above it.
+    Percentages are whole numbers over the counted cells that add up to 100 (``whole_percentages``);
+    ``white_cell_count`` (x 10^9/L) gives each row's absolute count. A code is counted in the first row
+    whose codes lie at or above it.
     """
     tree = tree or default_tree()
     counts = Counter(codes)
@@ -151,11 +193,26 @@ def clinical_rows(codes: Iterable[str], tree: Tree | None = None,
     rows, in_rows = gather(CLINICAL_ORDER)
     rows.append(Row(OTHERS, sum(n for code, n in counts.items() if code not in in_rows | kept_apart)))
     counted = sum(row.count for row in rows)
-    for row in rows:
-        row.percent = round(100 * row.count / counted) if counted else None
-        if white_cell_count is not None and counted:
-            row.per_litre = white_cell_count * row.count / counted
+    if counted:
+        for row, percent in zip(rows, whole_percentages([row.count for row in rows]), strict=True):
+            row.percent = percent
+            if white_cell_count is not None:
+                row.per_litre = white_cell_count * row.count / counted
     return rows, [row for row in apart if row.count], counted
+
+
+def whole_percentages(counts: list[int]) -> list[int]:
+    """Whole-number percentages of ``counts`` (not all zero) that add up to 100, so that the report's
+    "Total counted ... 100" is true (each rounded alone, 1:1:1 gave 33 + 33 + 33): each is rounded down
+    and the points left go to the largest remainders (largest remainder method), on a tie to the
+    larger count, then to the first."""
+    total = sum(counts)
+    shares = [divmod(100 * count, total) for count in counts]  # (whole percent, remainder in 1/total)
+    percents = [whole for whole, _ in shares]
+    by_remainder = sorted(range(len(counts)), key=lambda n: (-shares[n][1], -counts[n]))
+    for n in by_remainder[:100 - sum(percents)]:
+        percents[n] += 1
+    return percents
 
 
 @dataclass(frozen=True)
@@ -232,7 +289,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         category=(category or "").strip(), comment=(comment or "").strip(), gallery=gallery,
         status=signoff_status(analysis.signoffs, len(amendments)),
         signoffs=[Event(s.action, s.person, s.created_at, s.comment) for s in analysis.signoffs],
-        amendments=amendments)
+        amendments=amendments, value_changes=signed_value_changes(analysis.signoffs))
 
 
 def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
@@ -273,10 +330,12 @@ def signoff_lines(signoffs) -> list[str]:
 
 
 def _amendment_table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
-    """The audit trail of the changes made after the first sign-off."""
-    return (["When", "By", "Cell", "Change"],
-            [[stamp(a.at), a.reviewer, a.cell, f"{a.old_code} -> {a.new_code}"]
-             for a in report.amendments])
+    """The audit trail of the changes made after the first sign-off: cells' types and signed values, by time."""
+    changes = [(a.at, a.reviewer, a.cell, a.old_code, a.new_code) for a in report.amendments] \
+        + [(c.at, c.person, c.value, c.old, c.new) for c in report.value_changes]
+    return (["When", "By", "What", "Change"],
+            [[stamp(at), person, what, f"{old} -> {new}"]
+             for at, person, what, old, new in sorted(changes, key=lambda change: change[0])])
 
 
 def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
@@ -314,7 +373,7 @@ def to_html(report: ClinicalReport) -> str:
             + (f"<h2>Comment</h2><p>{escape(report.comment)}</p>" if report.comment else "")
             + (f"<h2>Sign-off</h2><ul>{signoffs}</ul>" if signoffs else "")
             + (f"<h2>Changes after the first sign-off</h2>{_html_table(*_amendment_table(report))}"
-               if report.amendments else "")
+               if report.amendments or report.value_changes else "")
             + "</body></html>")
 
 
@@ -378,7 +437,7 @@ def to_pdf(report: ClinicalReport) -> bytes:
         section("Sign-off")
         for line in signoff_lines(report.signoffs):
             paragraph(line)
-    if report.amendments:
+    if report.amendments or report.value_changes:
         section("Changes after the first sign-off")
         table(*_amendment_table(report), (32, 35, 70, 40))
     return bytes(pdf.output())

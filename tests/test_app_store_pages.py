@@ -88,6 +88,7 @@ def test_history_lists_opens_and_deletes_with_confirmation(app_store):
     assert not at.exception
     assert [a.id for a in app_store.list_analyses()] == [detection]
     assert list(at.dataframe[0].value["id"]) == [detection]
+    assert not [i.value for i in at.info if "deleted meanwhile" in i.value]  # it was this user who deleted it
     assert {m.label: m.value for m in at.metric}["WBC"] == "1"  # the detection opens now
 
 
@@ -264,3 +265,45 @@ def test_a_database_url_that_cannot_be_used_is_a_message_on_every_page(monkeypat
         at = app(page).run()
         assert not at.exception
         assert any("bloodcells stores in SQLite or MySQL/MariaDB" in e.value for e in at.error)
+
+
+def differential_table(at):
+    [table] = [frame.value for frame in at.dataframe if "cell type" in frame.value.columns]
+    return table
+
+
+def test_the_page_shows_the_differential_the_report_prints(app_store):
+    """The page counted platelets (and unidentifiable cells, smudge cells, artefacts) in the denominator:
+    segmented neutrophils 50%, platelets 25% where the PDF said segmented neutrophils 67%."""
+    from bloodcells.signout import build_report
+
+    analysis_id = classified(app_store, ["NGS", "NGS", "LYT", "PLT", "MON"])
+    at = app("5_History").run()
+    at.toggle(key=f"percent-{analysis_id}").set_value(True).run()
+    assert not at.exception
+    shown = differential_table(at).set_index("cell type")["%"]
+    printed = {row.label: row.percent for row in build_report(app_store, analysis_id).rows}
+    assert shown.to_dict() == printed and "Platelets" not in shown
+    assert (shown["Segmented neutrophils"], shown["Lymphocytes"], shown["Monocytes"]) == (50, 25, 25)
+    assert any("Cells counted: 4. Not in the count: Platelets: 1." in c.value for c in at.caption)
+
+    platelets = classified(app_store, ["PLT", "PLT"], name="platelets.zip")
+    at.run()
+    at.selectbox(key="history_open").select(platelets).run()
+    assert not at.exception
+    assert differential_table(at)["count"].sum() == 0  # the PDF's "Cells counted 0"
+    assert any("Cells counted: 0. Not in the count: Platelets: 2." in c.value for c in at.caption)
+
+
+def test_the_cells_table_shows_the_reviewed_type_beside_the_models(app_store):
+    """A blast reviewed to NIF was listed as type=blast, code=NIF, path=ALL/MYE/MYI/BLA."""
+    analysis_id = classified(app_store, ["BLA", "LYT"])
+    app_store.review(app_store.get_analysis(analysis_id).predictions[0].id, "NIF", "Dr Who")
+    at = app("5_History").run()
+    assert not at.exception
+    [cells] = [frame.value for frame in at.dataframe if "model's type" in frame.value.columns]
+    reviewed, lymphocyte = cells.to_dict("records")
+    assert (reviewed["type"], reviewed["code"], reviewed["path"], reviewed["model's type"], reviewed["reviewed"]) == \
+        ("not identifiable", "NIF", "ALL/ABN/NIF", "blast", "NIF")
+    assert (lymphocyte["type"], lymphocyte["code"], lymphocyte["path"], lymphocyte["model's type"]) == \
+        ("lymphocyte", "LYT", "ALL/LYM/LYT", "lymphocyte")

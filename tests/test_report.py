@@ -110,3 +110,15 @@ def test_detection_records_convert_to_a_table_and_csv_keeps_accented_names(store
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
     assert [(r["file"], r["code"], r["sub_confidence"]) for r in rows] == [("célula 1.jpg", "NGS", "0.8"),
                                                                            ("célula 1.jpg", "", "")]
+
+
+def test_csv_names_the_final_type_beside_the_models_answer(store, tree):
+    """A blast reviewed to "not identifiable" was exported with name=blast, path=ALL/MYE/MYI/BLA and no name
+    of its final code."""
+    analysis = _stored_analysis(store, ["BLA", "LYT"])
+    store.review(analysis.predictions[0].id, "NIF", "tester")
+    records = report.prediction_records(store.get_analysis(analysis.id), tree)
+    blast, lymphocyte = csv.DictReader(io.StringIO(report.records_csv(records).decode("utf-8-sig")))
+    assert (blast["code"], blast["name"], blast["path"]) == ("BLA", "blast", "x")  # the model's, as before
+    assert (blast["final_code"], blast["final_name"], blast["final_path"]) == ("NIF", "not identifiable", "ALL/ABN/NIF")
+    assert (lymphocyte["final_name"], lymphocyte["final_path"]) == ("lymphocyte", "ALL/LYM/LYT")

@@ -21,8 +21,9 @@ def test_rows_follow_the_clinical_order_and_leave_non_white_cells_out_of_the_den
     codes = ["NGS"] * 6 + ["NGB"] * 2 + ["BLA"] + ["LYI"] + ["EBO"] * 2 + ["LYT"] * 3 + ["HAC"] \
         + ["PLT"] * 5 + ["NIF"] * 4 + ["KSC"]
     rows, apart, counted = clinical_rows(codes, tree, white_cell_count=8.0)
-    assert [row.label for row in rows][:6] == ["Blasts", "Promyelocytes", "Myelocytes", "Metamyelocytes",
-                                               "Band neutrophils", "Segmented neutrophils"]
+    assert [row.label for row in rows][:7] == ["Blasts", "Promyelocytes", "Myelocytes", "Metamyelocytes",
+                                               "Immature granulocytes, stage unclear", "Band neutrophils",
+                                               "Segmented neutrophils"]
     assert [row.label for row in rows][-3:] == ["Plasma cells", "Erythroblasts", "Others"]
     by_label = {row.label: row for row in rows}
     assert counted == 16  # 6 + 2 + 2 blasts + 2 + 3 + 1 hairy cell; platelets, NIF, smudge apart
@@ -181,3 +182,55 @@ def test_an_amended_report_says_so_with_the_changes_after_the_first_sign_off(sto
     assert text.index("signed by Dr Who") < text.index("reopened by Dr No") < text.rindex("signed by Dr No")
     page = to_html(amended)
     assert "Differential count - AMENDED" in page and "NGS -&gt; MON" in page and "second look" in page
+
+
+def test_percentages_add_up_to_the_100_the_total_says(store, tree):
+    """Each row rounded alone: NGS, LYT, MON printed 33 + 33 + 33 over "Total counted ... 100"."""
+    rows, _, _ = clinical_rows(["NGS", "LYT", "MON"], tree)
+    percent = {row.label: row.percent for row in rows if row.count}
+    assert percent == {"Segmented neutrophils": 34, "Monocytes": 33, "Lymphocytes": 33}  # a tie: the first row
+    eighteen = ["BLA"] * 5 + ["NGS"] * 5 + ["LYT"] * 5 + ["MON"] * 3  # 27.8 x 3 and 16.7 each rounded alone: 101
+    rows, _, _ = clinical_rows(eighteen, tree)
+    assert [row.percent for row in rows if row.count] == [28, 28, 16, 28] and sum(row.percent for row in rows) == 100
+    rows, _, _ = clinical_rows(["NGS"] + ["MON"] * 4 + ["LYT"] * 3, tree)  # 12.5, 50, 37.5: a tie, the larger count
+    assert [row.percent for row in rows if row.count] == [12, 50, 38]
+
+    analysis_id = store.start_analysis("three.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"c{n}.png", code, "ALL", 0.9, {}, False) for n, code in enumerate(["NGS", "LYT", "MON"])])
+    text = pdf_text(to_pdf(build_report(store, analysis_id)))
+    assert "Segmented neutrophils 1 34" in text and "Lymphocytes 1 33" in text and "Total counted 3 100" in text
+
+
+def test_a_cell_typed_only_to_an_inner_node_is_counted_in_the_row_a_lab_counts_it_in(tree):
+    """A reviewer's "neutrophil, stage unclear" (NEU, key N) was reported under "Others"."""
+    codes = ["NEU", "NGS", "NGB", "MYI", "MMZ", "BLA", "ERY", "THR", "MYM", "LYM", "HAC"]
+    rows, apart, counted = clinical_rows(codes, tree)
+    counts = {row.label: row.count for row in rows if row.count}
+    assert counts == {"Blasts": 1, "Metamyelocytes": 1, "Immature granulocytes, stage unclear": 1,
+                      "Band neutrophils": 1, "Segmented neutrophils": 2,
+                      "Erythroblasts": 1, "Others": 3}  # others: "mature myeloid", "lymphoid", a hairy cell
+    assert {row.label: row.count for row in apart} == {"Platelets": 1} and counted == 10
+
+
+def test_an_amended_report_lists_the_signed_values_changed(store):
+    """Signed with 7.5 x 10^9/L, reopened, signed again with 8.0: the amended PDF showed only 8, and its
+    changes listed only cells."""
+    analysis_id = store.start_analysis("blood.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"c{n}.png", code, "ALL", 0.99, {}, False) for n, code in enumerate(["NGS", "LYT"])])
+    store.sign_off(analysis_id, "Dr A", category="peripheral blood", comment="Normal.", target=100,
+                   white_cell_count=7.5)
+    store.reopen(analysis_id, "Dr B", reason="count entered wrong")
+    store.sign_off(analysis_id, "Dr B", category="peripheral blood", comment="Normal.", target=200,
+                   white_cell_count=8.0)
+    report = build_report(store, analysis_id)
+    assert report.status == "amended" and report.amendments == []  # no cell changed: its values did
+    assert [(c.person, c.value, c.old, c.new) for c in report.value_changes] == [
+        ("Dr B", "White-cell count", "7.5", "8"), ("Dr B", "Target", "100", "200")]
+    text = pdf_text(to_pdf(report))
+    for expected in ("Differential count - AMENDED", "Changes after the first sign-off", "White-cell count 7.5 -> 8",
+                     "Target 100 -> 200", "Dr B"):
+        assert expected in text, (expected, text)
+    assert "Category peripheral blood ->" not in text  # what did not change is not listed
+    assert "<td>White-cell count</td><td>7.5 -&gt; 8</td>" in to_html(report)

@@ -12,7 +12,7 @@ from PIL import Image
 from bloodcells import report
 from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES, SlideCount
 from bloodcells.inputs import InputError, open_image, thumbnail_png
-from bloodcells.signout import slide_differential
+from bloodcells.signout import clinical_rows, slide_differential
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to
@@ -95,16 +95,18 @@ def show_classification(store: Store, analysis) -> None:
     st.subheader("Cells")
     st.dataframe(cell_table(store, analysis, records), hide_index=True, key=f"cells-{analysis.id}",
                  column_config={"image": st.column_config.ImageColumn("image", width="small"),
-                                "confidence": st.column_config.ProgressColumn(
-                                    "confidence", min_value=0.0, max_value=1.0, format="%.2f")})
+                                "model's confidence": st.column_config.ProgressColumn(
+                                    "model's confidence", min_value=0.0, max_value=1.0, format="%.2f")})
 
 
 def show_differential(codes: list[str], key: str) -> None:
+    """The white-cell differential as the report to sign prints it; the cells it leaves out, apart."""
     percentages = st.toggle("Percentages", key=key)
-    rows = report.differential(codes)
-    st.dataframe([{"code": r.code, "type": r.name, "path": r.path,
-                   ("%" if percentages else "count"): round(r.percent, 1) if percentages else r.count}
-                  for r in rows], hide_index=True)
+    rows, apart, counted = clinical_rows(codes)
+    st.dataframe([{"cell type": row.label, ("%" if percentages else "count"): row.percent if percentages else row.count}
+                  for row in rows], hide_index=True)
+    st.caption(f"Cells counted: {counted}. Not in the count: "
+               + (", ".join(f"{row.label}: {row.count}" for row in apart) or "none") + ".")
 
 
 def sunburst(codes: list[str]) -> go.Figure:
@@ -117,6 +119,7 @@ def sunburst(codes: list[str]) -> go.Figure:
 
 
 def cell_table(store: Store, analysis, records: list[dict]) -> list[dict]:
+    """Each cell's type now (the reviewer's where given: type, code and path agree), then the model's answer."""
     with_images = len(records) <= MAX_THUMBNAILS
     if not with_images:
         st.caption(f"{len(records)} cells: thumbnails are shown for uploads of up to {MAX_THUMBNAILS}.")
@@ -124,9 +127,10 @@ def cell_table(store: Store, analysis, records: list[dict]) -> list[dict]:
     for prediction, record in zip(analysis.predictions, records, strict=True):
         image = (data_uri(cell_image_bytes(store, prediction, THUMBNAIL_PX))
                  if with_images else None)
-        rows.append({"image": image, "file": record["file"], "type": record["name"], "code": record["final_code"],
-                     "path": record["path"], "confidence": record["confidence"],
-                     "needs review": record["needs_review"], "reviewed": record["reviewed_code"]})
+        rows.append({"image": image, "file": record["file"], "type": record["final_name"], "code": record["final_code"],
+                     "path": record["final_path"], "model's type": record["name"],
+                     "model's confidence": record["confidence"], "needs review": record["needs_review"],
+                     "reviewed": record["reviewed_code"]})
     return rows
 
 
