@@ -70,6 +70,7 @@ else:
             st.stop()
         st.session_state.pop("confirm_delete", None)
         st.session_state.pop("analysis_id", None)
+        st.session_state.pop("history_open", None)  # else the next run says it "was deleted meanwhile"
         st.toast(f"Analysis #{analysis.id} deleted.")
         st.rerun()
     if no.button("Cancel", key="delete_cancelled"):
