@@ -15,7 +15,7 @@ import stat
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -221,12 +221,8 @@ def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | 
             raise InputError(f"{label}: the zip is empty")
         images, total = 0, 0
         unreadable: list[InputProblem] = []
-        seen: set[str] = set()
-        for info in members:
-            name = info.filename.replace("\\", "/")  # Windows' Compress-Archive writes NGS\cell.png
-            if _is_noise(name):
-                continue
-            name = _unique(name, seen)
+        wanted = [info for info in members if not _is_noise(_member_name(info))]
+        for info, name in zip(wanted, unique_names(_member_name(info) for info in wanted), strict=True):
             problem = _member_problem(info, limits)
             if problem is None and total + info.file_size > limits.max_total_bytes:
                 problem = f"the zip's total uncompressed size would exceed {limits.max_total_bytes} bytes"
@@ -236,7 +232,7 @@ def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | 
                 except _MEMBER_ERRORS as error:
                     problem = f"cannot be read from the zip ({error or type(error).__name__})"
             if problem is not None:
-                item = InputProblem(f"{label}/{name}", problem)
+                item = InputProblem(name, problem)  # named like the images: by its path inside the upload
                 if is_image_name(name):
                     unreadable.append(item)
                 yield item
@@ -250,15 +246,28 @@ def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | 
             raise InputError(f"{label}: it holds no images ({ACCEPTED})")
 
 
-def _unique(name: str, seen: set[str]) -> str:
-    """``name``, or ``name (2)``... when a zip holds two members of one name (each is its own image:
-    counted as one, a slide credited both fields' cells to each)."""
-    unique, n = name, 1
-    while unique in seen:
-        n += 1
-        path = PurePosixPath(name)
-        unique = str(path.with_name(f"{path.stem} ({n}){path.suffix}"))
-    seen.add(unique)
+def _member_name(info: zipfile.ZipInfo) -> str:
+    """The member's path inside the zip, '/'-separated (Windows' Compress-Archive writes NGS\\cell.png), or
+    a name to report it under when it has none (zipfile ends a name at its first NUL byte)."""
+    return info.filename.replace("\\", "/") or "(no name)"
+
+
+def unique_names(names: Iterable[str]) -> list[str]:
+    """``names`` with the second and later of one name renamed ``name (2).png``, ``name (3).png``...: each
+    file is its own image (counted as one, a slide credited both fields' cells to each). A new name is
+    never one that another file of the upload has: shown under it, one file's cells read as the other's."""
+    names = list(names)
+    taken, seen, unique = set(names), set(), []
+    for name in names:
+        if name in seen:
+            suffix, n = PurePosixPath(name).suffix, 2
+            while (renamed := f"{name.removesuffix(suffix)} ({n}){suffix}") in taken:
+                n += 1
+            taken.add(renamed)
+            unique.append(renamed)
+        else:
+            seen.add(name)
+            unique.append(name)
     return unique
 
 

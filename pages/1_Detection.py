@@ -6,7 +6,7 @@ import streamlit as st
 
 from bloodcells.detection import CLASS_NAMES, DEFAULT_BOX_CONFIDENCE, DETECTOR_CLASSES, annotate, detect
 from bloodcells.inputs import InputImage, iter_inputs, open_image
-from ui.common import page, remembered_analysis, require_store, reviewer_name
+from ui.common import page, remembered_analysis, require_store, reviewer_name, skipped_files
 from ui.models import get_classifier, get_detector
 from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis, show_slide
@@ -64,9 +64,7 @@ if analysis is None:
     st.stop()
 st.success(f"Saved as analysis #{result.analysis_id}: {len(result.boxes)} cells on {len(result.files)} "
            f"image{'s' if len(result.files) != 1 else ''}.")
-if result.problems:
-    with st.expander(f"{len(result.problems)} files were skipped", icon=":material/warning:"):
-        st.write("\n".join(f"- {problem}" for problem in result.problems))
+skipped_files(result.problems)
 if result.typing_skipped:
     st.caption(f"White cells not typed: {result.typing_skipped}.")
 if result.slide is not None:
@@ -86,7 +84,7 @@ if shown["images"]:
     buffer = io.BytesIO()
     annotated.save(buffer, format="PNG")
     st.image(buffer.getvalue(), width="stretch" if annotated.width < 900 else "content", caption=f"{name}: " + ", ".join(
-        f"{count} {CLASS_NAMES.get(cls, cls)}" for cls, count in result.counts(name).items()))
+        f"{count} {CLASS_NAMES.get(cls, cls)}{'' if count == 1 else 's'}" for cls, count in result.counts(name).items()))
     st.download_button("Download annotated PNG", buffer.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-boxes.png",
                        mime="image/png", on_click="ignore", key="download_png", icon=":material/download:")
 

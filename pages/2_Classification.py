@@ -3,7 +3,7 @@
 import streamlit as st
 
 from bloodcells.classify import classify
-from ui.common import page, remembered_analysis, require_store, reviewer_name
+from ui.common import page, remembered_analysis, require_store, reviewer_name, skipped_files
 from ui.models import get_classifier
 from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis
@@ -37,7 +37,5 @@ if shown:
     if analysis is None:
         st.stop()
     st.success(f"Saved as analysis #{analysis.id} ({analysis.name}).")
-    if shown["problems"]:
-        with st.expander(f"{len(shown['problems'])} files were skipped", icon=":material/warning:"):
-            st.write("\n".join(f"- {problem}" for problem in shown["problems"]))
+    skipped_files(shown["problems"])
     show_analysis(store, analysis)

@@ -18,15 +18,17 @@ class DrawnCells:
     """A detector (``Detector``'s interface as ``detect`` uses it) that finds the cells ``smear_field``
     drew, where it drew them, and records the minimum confidence each call asked for."""
     sha256 = "d" * 64
+    min_field_side = 32  # smaller fields are skipped, as by Detector
 
-    def __init__(self, fields: dict[str, list]):
-        self.fields = fields  # file name -> smear_field's true boxes
+    def __init__(self, fields: dict, by_size: bool = False):
+        self.fields = fields  # file name (or with by_size, the field's size) -> smear_field's true boxes
+        self.by_size = by_size
         self.confidences: list[float] = []
 
     def find(self, image, file: str = "", *, confidence: float) -> list[DetectedBox]:
         self.confidences.append(confidence)
         return [DetectedBox(file, canonical_class(box.cls), 0.9, box.x1, box.y1, box.x2, box.y2)
-                for box in self.fields[file]]
+                for box in self.fields[image.size if self.by_size else file]]
 
 
 @pytest.fixture
@@ -140,3 +142,44 @@ def test_slide_mode_counts_the_fields_as_one_slide(models_root, app_store, monke
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Fields"] == "3"
     assert [w.value for w in at.warning] == [statement]
+
+
+@pytest.mark.slow
+def test_uploads_of_one_name_are_each_shown_under_a_name_of_their_own(models_root, app_store, monkeypatch):
+    """field.jpg (A), field.jpg (B) and field-1.jpg (C): the table showed B's counts as field-1.jpg's, and C
+    as field-1-2.jpg."""
+    sizes = {"field.jpg": (320, 240), "field (2).jpg": (352, 240), "field-1.jpg": (384, 240)}  # the names expected
+    drawn = {name: smear_field(*size, n_wbc=1, n_rbc=4 * (n + 1), n_platelets=1, seed=n)
+             for n, (name, size) in enumerate(sizes.items())}
+    detector = DrawnCells({sizes[name]: boxes for name, (_, boxes) in drawn.items()}, by_size=True)
+    monkeypatch.setattr(Detector, "load", classmethod(lambda _cls, *_args, **_options: detector))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.switch_page("pages/1_Detection.py").run()
+    at.toggle(key="slide_mode").set_value(True).run()
+    uploaded = ["field.jpg", "field.jpg", "field-1.jpg"]
+    at.file_uploader[0].set_value([(upload, encode(image, "JPEG"), "image/jpeg")
+                                   for upload, (image, _) in zip(uploaded, drawn.values(), strict=True)]).run()
+    at.button(key="detect").click().run()
+    assert not at.exception and not at.error
+
+    red = {name: sum(box.cls == "RBC" for box in boxes) for name, (_, boxes) in drawn.items()}
+    [per_field] = [table.value for table in at.dataframe if "RBC found" in table.value.columns]
+    assert dict(zip(per_field["field"], per_field["RBC found"], strict=True)) == red
+    assert sorted(at.selectbox(key="detection_image").options) == sorted(sizes)
+
+
+@pytest.mark.slow
+def test_the_page_says_one_file_and_counts_cells_in_words(models_root, app_store, monkeypatch):
+    """It said "1 files were skipped" and captioned a field "1 white cell, 3 red cell, 2 platelet"."""
+    image, boxes = smear_field(320, 240, n_wbc=1, n_rbc=3, n_platelets=2, seed=5)
+    detector = DrawnCells({"field.png": boxes})
+    monkeypatch.setattr(Detector, "load", classmethod(lambda _cls, *_args, **_options: detector))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.switch_page("pages/1_Detection.py").run()
+    at.file_uploader[0].set_value([("field.png", encode(image), "image/png"),
+                                   ("broken.png", b"not an image", "image/png")]).run()
+    at.button(key="detect").click().run()
+    assert not at.exception and not at.error
+
+    assert [e.label for e in at.expander if "skipped" in e.label] == ["1 file was skipped"]
+    assert [i.proto.imgs[0].caption for i in at.image] == ["field.png: 1 white cell, 3 red cells, 2 platelets"]

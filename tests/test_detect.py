@@ -37,6 +37,7 @@ class DiscDetector(Detector):
     """Finds generated discs as connected regions that differ from the background; the class
     follows the disc's colour. Tiles and merges exactly like the YOLO detector (only
     ``predict`` differs), so what it counts is what the tiling logic makes of whole and cut cells."""
+    min_field_side = 32  # its discs are found at any size
 
     def __init__(self, tile_size: int = 640, overlap: int = 200):
         import threading
@@ -221,6 +222,21 @@ def test_detect_counts_per_image_and_per_upload_and_stores_them(tmp_path, store)
     assert analysis.summary["per_image"]["field_1.png"]["counts"] == result.counts("field_1.png")
 
 
+def test_problems_in_a_zip_are_named_by_their_path_inside_it(tmp_path):
+    """The zip's reader named one kind ``mixed.zip/readme.txt``, the decoder another ``sub/broken.jpg``."""
+    import zipfile
+
+    from bloodcells.synthetic import encode
+
+    with zipfile.ZipFile(tmp_path / "mixed.zip", "w") as archive:
+        archive.writestr("field.png", encode(smear_field(480, 360, seed=1)[0]))
+        archive.writestr("readme.txt", b"fields of one slide")
+        archive.writestr("sub/broken.jpg", b"not an image")
+    result = detect(tmp_path / "mixed.zip", detector=DiscDetector(), type_white_cells=False)
+    assert result.files == ["field.png"]
+    assert [p.name for p in result.problems] == ["readme.txt", "sub/broken.jpg"]
+
+
 def test_a_failing_detection_is_stored_as_failed_without_boxes(tmp_path, store):
     _fields(tmp_path / "upload", count=2)
 
@@ -349,6 +365,32 @@ def test_detecting_leaves_torch_thread_count_alone(trained_detector):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_field_too_small_for_the_detector_is_skipped_with_its_size(trained_detector, tmp_path):
+    """A 20x20 crop of a field's corner, in a zip of fields, was magnified to the detector's input and gave
+    a white cell that was typed and counted in the slide's differential."""
+    import zipfile
+
+    from bloodcells.inputs import open_image
+    from bloodcells.synthetic import encode
+
+    field, _ = smear_field(160, 120, seed=7)
+    corner = encode(field.crop((0, 0, 20, 20)))
+    with zipfile.ZipFile(tmp_path / "fields.zip", "w") as archive:
+        archive.writestr("field.png", encode(field))
+        archive.writestr("corner.png", corner)
+    detector = Detector.load(trained_detector)
+    assert detector.min_field_side == detector.imgsz // 2 == 32
+    result = detect(tmp_path / "fields.zip", detector=detector, type_white_cells=False, confidence=0.001, slide=True,
+                    annotate_to=tmp_path / "drawn")
+    assert result.files == ["field.png"] and [f.file for f in result.slide.fields] == ["field.png"]
+    assert [p.name for p in (tmp_path / "drawn").iterdir()] == ["field.png"]
+    assert {b.file for b in result.boxes} == {"field.png"}
+    [problem] = result.problems
+    assert problem.name == "corner.png"
+    assert problem.problem.startswith("20x20 pixels is too small for a smear field (at least 32 pixels")
+    assert open_image(corner, "corner.png").size == (20, 20)  # as a single cell it is still classified
 
 
 @pytest.mark.slow

@@ -6,13 +6,15 @@ import csv
 import ipaddress
 import json
 import socket
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from PIL import Image
 
 from bloodcells.cli import main
-from bloodcells.detection import DETECTOR_CLASSES, train_detector
+from bloodcells.detection import DETECTOR_CLASSES, LARGEST_RED_CELL, MIN_TILE_SIZE, Detector, train_detector
 from bloodcells.synthetic import smear_field, write_voc_dataset, write_yolo_dataset
 
 
@@ -111,6 +113,24 @@ def test_detector_commands_name_what_is_wrong(tmp_path, capsys):
     assert main(["detect", str(field), "--out", str(tmp_path / "d.csv"),
                  "--model", str(tmp_path / "absent.pt")]) == 2
     assert "absent.pt: detector weights missing" in capsys.readouterr().err
+
+
+def test_detect_refuses_tiles_whose_overlap_cannot_hold_a_cell(tmp_path, monkeypatch, capsys):
+    """``--tile-size 64`` was taken: tiles overlapping by 16 px cut every cell, and a field gave 334 white
+    cells instead of 5."""
+    monkeypatch.setattr(Detector, "load", classmethod(lambda *_args, **_options: pytest.fail("refused before")))
+    field = tmp_path / "field.png"
+    smear_field(64, 48)[0].save(field)
+    assert main(["detect", str(field), "--out", str(tmp_path / "d.csv"), "--tile-size", "64"]) == 2
+    error = capsys.readouterr().err
+    assert "tile size 64 px is too small" in error and f"at least {MIN_TILE_SIZE} px" in error
+    with pytest.raises(SystemExit):
+        main(["detect", "--help"])
+    assert f"at least {MIN_TILE_SIZE}: tiles overlap by a quarter" in " ".join(capsys.readouterr().out.split())
+    yolo = SimpleNamespace(names={0: "WBC"})  # what Detector itself reads of the loaded model
+    with pytest.raises(ValueError, match=f"at least {MIN_TILE_SIZE} px"):
+        Detector(yolo, Path("d.pt"), "0" * 64, 480, tile_size=MIN_TILE_SIZE - 1)
+    assert Detector(yolo, Path("d.pt"), "0" * 64, 480, tile_size=MIN_TILE_SIZE).overlap == LARGEST_RED_CELL
 
 
 @pytest.mark.slow

@@ -86,6 +86,7 @@ class SeesTheSmear:
     """A detector (``Detector``'s interface as ``detect`` uses it) that reports the cells of each field and types
     the white ones itself (so ``detect`` runs with typing off)."""
     sha256 = "s" * 64
+    min_field_side = 32  # smaller fields are skipped, as by Detector
 
     def __init__(self, smear: Smear):
         self.smear = smear
@@ -228,6 +229,7 @@ def test_unrelated_fields_keep_all_their_cells(tmp_path):
 
     class Drawn:
         sha256 = "d" * 64
+        min_field_side = 32
 
         def find(self, image, file="", *, confidence):
             return [DetectedBox(file, canonical_class(b.cls), 0.9, b.x1, b.y1, b.x2, b.y2) for b in truths[file]]

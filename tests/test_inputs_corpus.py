@@ -431,10 +431,10 @@ def _build(case: ZipCase) -> bytes:
     return case.patch(data) if case.patch else data
 
 
-def _shown(archive: str, member: str) -> str:
-    """The name a problem is reported under: Windows separators read as folders."""
-    folders = member.replace("\\", "/")
-    return f"{archive}/{folders}"
+def _shown(member: str) -> str:
+    """The name a problem is reported under: its path inside the upload, as an image's (Windows separators
+    read as folders), or "(no name)"."""
+    return member.replace("\\", "/") or "(no name)"
 
 
 def _read_all(data: bytes, name: str, limits: InputLimits):
@@ -459,9 +459,9 @@ def test_zip_corpus(case):
     assert len(images) <= counted <= len(images) + len(problems)
     assert all(isinstance(p, InputProblem) for p in problems)
     found = {p.name: p.problem for p in problems}
-    assert set(found) == {_shown(case.name, member) for member in case.problems}
+    assert set(found) == {_shown(member) for member in case.problems}
     for member, fragment in case.problems.items():
-        assert fragment in found[_shown(case.name, member)]
+        assert fragment in found[_shown(member)]
     # The rest of the batch went on: every member that has no problem was read, whole.
     expected = [m for m in case.members if m.name not in case.problems and not m.name.startswith("__MACOSX/")
                 and m.name != ".DS_Store" and "/._" not in m.name]
@@ -482,6 +482,15 @@ def test_two_members_of_one_name_are_two_images():
     data = _build(next(c for c in ZIP_CASES if c.name == "duplicate-names.zip"))
     images, _ = _read_all(data, "duplicate-names.zip", InputLimits())
     assert [i.name for i in images] == ["same.png", "same (2).png"]
+
+
+def test_a_renamed_member_never_takes_the_name_of_another():
+    """The second ``same.png`` was read as ``same (2).png`` and the zip's own ``same (2).png`` as
+    ``same (2) (2).png``: one field's cells were shown under the other's name."""
+    first, second, third = (_save(_cell(mode), "PNG") for mode in ("RGB", "L", "RGBA"))
+    data = _zip([Member("same.png", first), Member("same.png", second), Member("same (2).png", third)])
+    images, _ = _read_all(data, "clash.zip", InputLimits())
+    assert {i.name: i.content for i in images} == {"same.png": first, "same (3).png": second, "same (2).png": third}
 
 
 @pytest.mark.parametrize(("name", "content"), NOT_ZIPS, ids=[n for n, _ in NOT_ZIPS])

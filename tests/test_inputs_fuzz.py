@@ -77,7 +77,7 @@ def _consume(data: bytes, label: str = "fuzz.zip") -> tuple[int, int]:
     try:
         for item in iter_inputs(data, label, LIMITS):
             if isinstance(item, InputProblem):
-                assert item.name.startswith(f"{label}/") and item.problem
+                assert item.name and item.problem
                 problems += 1
                 continue
             assert isinstance(item, InputImage)
@@ -138,7 +138,7 @@ def test_memory_is_bounded_by_one_member_not_the_zip(tmp_path):
     finally:
         tracemalloc.stop()
     assert read == 96 * member
-    assert [p.name for p in problems] == ["big.zip/bomb.png"] and "zip bomb" in problems[0].problem
+    assert [p.name for p in problems] == ["bomb.png"] and "zip bomb" in problems[0].problem
     print(f"zip of {path.stat().st_size / 2**20:.0f} MiB ({read / 2**20:.0f} MiB of images + a 64 MiB bomb): "
           f"peak traced memory {peak / 2**20:.1f} MiB")
     assert peak < 4 * member

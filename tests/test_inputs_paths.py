@@ -19,7 +19,7 @@ from bloodcells.inputs import InputError
 from bloodcells.synthetic import cell_image, encode
 
 GOOD_CELLS = {f"cells/{code}_{n}.png": encode(cell_image(code, n, 32)) for code in ("LYT", "NGS") for n in range(3)}
-BAD_MEMBERS = {  # member -> what the report must say about it
+BAD_MEMBERS = {  # member -> what the report must say about it (text.jpg and half.png: found when decoding)
     "../../escaped.png": "unsafe path",
     "/etc/absolute.png": "unsafe path",
     "link.png": "symbolic link",
@@ -29,7 +29,6 @@ BAD_MEMBERS = {  # member -> what the report must say about it
     "half.png": "truncated",
     "notes.txt": "not an image file",
 }
-DECODED_BAD = {"text.jpg", "half.png"}  # found when decoding: reported by their name inside the zip
 
 
 def _hostile_zip(path: Path) -> Path:
@@ -62,10 +61,11 @@ def _snapshot(root: Path, excluded: Path) -> set[str]:
     return {str(p) for p in root.rglob("*") if excluded not in p.parents and p != excluded}
 
 
-def _check_report(problems: dict[str, str], label: str) -> None:
-    expected = {name if name in DECODED_BAD else f"{label}/{name}": fragment for name, fragment in BAD_MEMBERS.items()}
-    assert problems.keys() == expected.keys()
-    for name, fragment in expected.items():
+def _check_report(problems: dict[str, str]) -> None:
+    """Every bad member named by its path inside the upload, whether the zip or the decoder refused it (the
+    zip's refusals were named ``hostile.zip/link.png``, the decoder's ``text.jpg``)."""
+    assert problems.keys() == BAD_MEMBERS.keys()
+    for name, fragment in BAD_MEMBERS.items():
         assert fragment in problems[name], (name, problems[name])
 
 
@@ -75,7 +75,7 @@ def test_classify_reports_every_bad_member_and_classifies_the_rest(trained_model
     upload = _hostile_zip(tmp_path / "hostile.zip")
     outcome = classify(upload, classifier=_classifier(trained_models_dir), store=store)
     assert [row.filename for row in outcome.rows] == list(GOOD_CELLS)
-    _check_report({p.name: p.problem for p in outcome.problems}, "hostile.zip")
+    _check_report({p.name: p.problem for p in outcome.problems})
     analysis = store.get_analysis(outcome.analysis_id)
     assert analysis.status == "done" and sorted(p.filename for p in analysis.predictions) == sorted(GOOD_CELLS)
 
@@ -166,7 +166,7 @@ def test_detect_reports_every_bad_member_and_detects_in_the_rest(trained_detecto
     outcome = detect(upload, detector=Detector.load(trained_detector), type_white_cells=False,
                      annotate_to=annotated)
     assert outcome.files == list(GOOD_CELLS)
-    _check_report({p.name: p.problem for p in outcome.problems}, "hostile.zip")
+    _check_report({p.name: p.problem for p in outcome.problems})
     written = {p.relative_to(annotated).as_posix() for p in annotated.rglob("*.png")}
     assert written == set(GOOD_CELLS)  # an unsafe member name never becomes a path
 
@@ -203,6 +203,19 @@ def test_app_uploads_stay_in_the_data_folder_and_are_removed(tmp_path, monkeypat
     with pytest.raises(InputError, match="notes.txt: not an image"), uploaded_source([Upload("notes.txt", b"x")]):
         pass
     assert not os.path.exists(tmp_path.parent / "escape.zip")
+
+
+def test_uploads_of_one_name_each_keep_a_name_no_other_upload_has():
+    """field.jpg, field.jpg, field-1.jpg: the second was written as field-1.jpg and the third as field-1-2.jpg,
+    so the Detection and Classification pages showed the second image's results under the third's name."""
+    from bloodcells.inputs import InputImage, iter_inputs
+    from ui.uploads import uploaded_source
+
+    a, b, c, d = (GOOD_CELLS[name] for name in sorted(GOOD_CELLS)[:4])
+    files = [Upload("field.jpg", a), Upload("field.jpg", b), Upload("field-1.jpg", c), Upload("field (2).jpg", d)]
+    with uploaded_source(files) as source:
+        read = {item.name: item.content for item in iter_inputs(source) if isinstance(item, InputImage)}
+    assert read == {"field.jpg": a, "field (3).jpg": b, "field-1.jpg": c, "field (2).jpg": d}
 
 
 LONG_NAME = "Ausstrich_Zählkammer_" + "ä" * 120 + ".png"  # 142 characters, 265 bytes: over a file name's 255

@@ -112,6 +112,14 @@ def reviewer_name() -> str:
 LISTED = 200  # analyses a list shows, newest first; older ones are found by name or id
 
 
+def skipped_files(problems: list) -> None:
+    """The files an upload held that were not used, each with why, folded away (nothing when none)."""
+    if problems:
+        with st.expander("1 file was skipped" if len(problems) == 1 else f"{len(problems)} files were skipped",
+                         icon=":material/warning:"):
+            st.write("\n".join(f"- {problem}" for problem in problems))
+
+
 def find_analyses(key: str) -> str:
     """The search box of an analysis list: what to look for (name or #id), or ''."""
     return st.text_input("Find analyses", key=key, placeholder="name or #id",

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from bloodcells.inputs import IMAGE_SUFFIXES, InputError, disk_path
+from bloodcells.inputs import IMAGE_SUFFIXES, InputError, disk_path, unique_names
 from bloodcells.settings import settings
 
 IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
@@ -58,9 +58,7 @@ def uploaded_source(files: Sequence, zip_only: bool = False) -> Iterator[Path]:
             return
         images = Path(folder) / "images"  # named by the caller (``upload_label``) in what it reports
         images.mkdir()
-        for n, upload in enumerate(files):
-            target = images / _safe_name(upload.name)
-            if target.exists():  # two uploads with one name: keep both
-                target = images / f"{target.stem}-{n}{target.suffix}"
-            target.write_bytes(upload.getvalue())
+        # two uploads of one name are both kept, the second renamed as a zip's second member is
+        for upload, name in zip(files, unique_names(_safe_name(f.name) for f in files), strict=True):
+            (images / name).write_bytes(upload.getvalue())
         yield images

@@ -76,7 +76,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _configure_detect(parser: argparse.ArgumentParser) -> None:
-    from ..detection import DEFAULT_BOX_CONFIDENCE, DEFAULT_WBC_TARGET
+    from ..detection import DEFAULT_BOX_CONFIDENCE, DEFAULT_WBC_TARGET, LARGEST_RED_CELL, MIN_TILE_SIZE
 
     parser.add_argument("input", help="a smear-field image, a folder of them (recursive) or a .zip")
     parser.add_argument("--out", type=Path, required=True,
@@ -89,8 +89,10 @@ def _configure_detect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-typing", action="store_true", help="do not classify the white cells")
     parser.add_argument("--conf", type=real(0, 1), default=DEFAULT_BOX_CONFIDENCE,
                         help="minimum box confidence (default %(default)s)")
-    parser.add_argument("--tile-size", type=whole(64), default=None,
-                        help="tile images larger than this by a quarter (default: twice the model input)")
+    parser.add_argument("--tile-size", type=whole(1), default=None,
+                        help="tile images larger than this by a quarter (default: twice the model input); at least "
+                             f"{MIN_TILE_SIZE}: tiles overlap by a quarter, which must hold a red cell "
+                             f"(~{LARGEST_RED_CELL} px) whole")
     parser.add_argument("--no-store", action="store_true", help="do not record the analysis in the database")
     parser.add_argument("--slide", action="store_true",
                         help="the images are fields of one slide: overlapping fields are registered and each cell "
@@ -104,7 +106,7 @@ def _configure_detect(parser: argparse.ArgumentParser) -> None:
          _configure_detect)
 def detect_command(args: argparse.Namespace) -> int:
     from ..classify import ModelFileError, TreeClassifier
-    from ..detection import DEFAULT_WBC_TARGET, Detector, DetectorFileError, check_wbc_target, detect
+    from ..detection import DEFAULT_WBC_TARGET, Detector, DetectorFileError, check_tile_size, check_wbc_target, detect
 
     output_file(args.out, reads=args.input)
     output_folder(args.annotated, reads=args.input)
@@ -113,6 +115,8 @@ def detect_command(args: argparse.Namespace) -> int:
     wbc_target = DEFAULT_WBC_TARGET if args.wbc_target is None else args.wbc_target
     try:
         check_wbc_target(wbc_target)
+        if args.tile_size is not None:
+            check_tile_size(args.tile_size)
     except ValueError as error:
         raise CommandError(str(error)) from error
     try:

@@ -9,7 +9,14 @@ functions that need them, so importing this package stays quick.
 
 from .boxes import CLASS_NAMES, DETECTOR_CLASSES, DetectedBox, canonical_class
 from .datasets import DatasetError, PreparedDataset, prepare_dataset
-from .detector import DEFAULT_BOX_CONFIDENCE, Detector, DetectorFileError
+from .detector import (
+    DEFAULT_BOX_CONFIDENCE,
+    LARGEST_RED_CELL,
+    MIN_TILE_SIZE,
+    Detector,
+    DetectorFileError,
+    check_tile_size,
+)
 from .drawing import annotate
 from .pipeline import DetectionResult, detect
 from .slide import (
@@ -23,7 +30,8 @@ from .slide import (
 )
 from .training import TrainedDetector, evaluate_detector, train_detector
 
-__all__ = ["CLASS_NAMES", "DEFAULT_BOX_CONFIDENCE", "DEFAULT_WBC_TARGET", "DETECTOR_CLASSES", "DatasetError",
-           "DetectedBox", "DetectionResult", "Detector", "DetectorFileError", "FieldImage", "FieldOverlap",
-           "PreparedDataset", "SlideCount", "TrainedDetector", "annotate", "canonical_class", "check_wbc_target",
-           "count_slide", "detect", "evaluate_detector", "prepare_dataset", "register_fields", "train_detector"]
+__all__ = ["CLASS_NAMES", "DEFAULT_BOX_CONFIDENCE", "DEFAULT_WBC_TARGET", "DETECTOR_CLASSES", "LARGEST_RED_CELL",
+           "MIN_TILE_SIZE", "DatasetError", "DetectedBox", "DetectionResult", "Detector", "DetectorFileError",
+           "FieldImage", "FieldOverlap", "PreparedDataset", "SlideCount", "TrainedDetector", "annotate",
+           "canonical_class", "check_tile_size", "check_wbc_target", "count_slide", "detect", "evaluate_detector",
+           "prepare_dataset", "register_fields", "train_detector"]

@@ -11,6 +11,23 @@ from .tiling import merge_tiles, plan_tiles
 from .yolo import load_yolo, torch_device, trained_input_size
 
 DEFAULT_BOX_CONFIDENCE = 0.25  # ultralytics' own default
+# Tiles overlap by a quarter of their size, and a cell smaller than the overlap lies whole in some tile
+# (``tiling.merge_tiles``). Red cells, most of a count, measure up to ~140 px on the fields the detector
+# was trained on (BCCD's 640x480: 99% within 138 px), so a tile needs 4 x 140 px. White cells (~200 px) may
+# be cut at any tile size; the merge keeps one view of a cut cell. On 2x2 mosaics of BCCD fields
+# (2026-12-06, shipped detector; the fields one by one: 14 white, 275 red cells) tiles of 560 px found
+# 13 / 281, 480 px 13 / 298, 320 px 14 / 341, 240 px 29 / 435.
+LARGEST_RED_CELL = 140  # pixels
+MIN_TILE_SIZE = 4 * LARGEST_RED_CELL
+
+
+def check_tile_size(tile_size: int) -> int:
+    """A tile size (pixels of the image) whose overlap between tiles holds a red cell: at least MIN_TILE_SIZE."""
+    if tile_size < MIN_TILE_SIZE:
+        raise ValueError(f"tile size {tile_size} px is too small: tiles overlap by a quarter of their size, which "
+                         f"must hold a red cell (up to ~{LARGEST_RED_CELL} px) whole; give at least "
+                         f"{MIN_TILE_SIZE} px")
+    return tile_size
 
 
 class DetectorFileError(RuntimeError):
@@ -40,10 +57,14 @@ class Detector:
         self.imgsz = imgsz
         self.classes = {int(i): canonical_class(name) or str(name) for i, name in yolo.names.items()}
         # Tiles as large as the fields the model was trained on (~1.5-2x its input), overlapping
-        # by more than the largest cell, so every cell lies whole inside at least one tile.
-        self.tile_size = tile_size or 2 * imgsz
+        # by more than a cell, so every cell lies whole inside at least one tile.
+        self.tile_size = 2 * imgsz if tile_size is None else check_tile_size(tile_size)
         self.overlap = overlap if overlap is not None else self.tile_size // 4
         self.iou = iou
+        # Every field is resized to the model's input. One magnified more than twice shows cells larger
+        # than any the model learned, and it finds white cells that are not there (random crops of BCCD
+        # fields, shipped detector: 10-12 white cells invented in 20 crops of 64-160 px, 0-2 from 240 px up).
+        self.min_field_side = imgsz // 2
         # ultralytics keeps one predictor per model and sets each call's options (conf among them) on
         # it: calls must not overlap
         self.lock = threading.RLock()

@@ -131,6 +131,12 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
             except InputError as error:
                 outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
                 continue
+            if max(image.size) < detector.min_field_side:
+                outcome.problems.append(InputProblem(item.name, f"{image.width}x{image.height} pixels is too small "
+                                                     f"for a smear field (at least {detector.min_field_side} pixels "
+                                                     "on the longer side: the detector magnifies a smaller one so "
+                                                     "much that it finds cells that are not there)"))
+                continue
             if pages := later_pages(image, item.name):
                 outcome.problems.append(pages)
             boxes = detector.find(image, item.name, confidence=confidence)
@@ -152,7 +158,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
         if slide:
             outcome.slide, outcome.boxes = count_slide(fields, outcome.boxes, wbc_target)
             if annotate_to is not None:  # drawn once the boxes kept are known (fewer than found)
-                _annotate_again(source, name, outcome.boxes, Path(annotate_to))
+                _annotate_again(source, name, outcome.files, outcome.boxes, Path(annotate_to))
         run.summary = outcome.summary()
         run.detections = (DetectionRow(b.file, b.class_code, b.confidence, b.xyxy, b.code, b.path, b.sub_confidence)
                           for b in outcome.boxes)
@@ -168,20 +174,15 @@ def _save_annotated(folder: Path, file: str, image, boxes: list[DetectedBox]) ->
     annotate(image, boxes).save(target)
 
 
-def _annotate_again(source, name: str | None, boxes: list[DetectedBox], folder: Path) -> None:
-    """Each readable image of ``source``, read a second time, drawn with its ``boxes`` (slide mode: the
-    boxes kept are known only once every field is read, and holding every field's image would grow
-    with the slide)."""
-    from ..inputs import InputError, InputImage, iter_inputs, open_image
+def _annotate_again(source, name: str | None, files: list[str], boxes: list[DetectedBox], folder: Path) -> None:
+    """Each of ``files`` (the images of ``source`` analysed), read a second time, drawn with its ``boxes``
+    (slide mode: the boxes kept are known only once every field is read, and holding every field's image
+    would grow with the slide)."""
+    from ..inputs import InputImage, iter_inputs, open_image
 
-    by_file: dict[str, list[DetectedBox]] = {}
+    by_file: dict[str, list[DetectedBox]] = {file: [] for file in files}
     for box in boxes:
-        by_file.setdefault(box.file, []).append(box)
+        by_file[box.file].append(box)
     for item in iter_inputs(source, name=name):
-        if not isinstance(item, InputImage):
-            continue
-        try:
-            image = open_image(item.content, item.name)
-        except InputError:
-            continue  # already listed among the problems
-        _save_annotated(folder, item.name, image, by_file.get(item.name, []))
+        if isinstance(item, InputImage) and item.name in by_file:
+            _save_annotated(folder, item.name, open_image(item.content, item.name), by_file[item.name])
