@@ -117,9 +117,7 @@ def iter_inputs(source: str | Path | bytes, name: str | None = None,
         else:
             yield InputImage(label, content)
         return
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
+    path = check_source(source)
     if path.is_dir():
         yield from _iter_folder(path, name or path.name or str(path), limits)
         return
@@ -138,6 +136,15 @@ def iter_inputs(source: str | Path | bytes, name: str | None = None,
         yield item
     else:
         raise InputError(f"{label}: not an image, folder or .zip ({ACCEPTED})")
+
+
+def check_source(source: str | Path) -> Path:
+    """``source`` as a path, or InputError when there is nothing there: said before an analysis is
+    recorded, so that a mistyped path leaves no failed analysis behind."""
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    return path
 
 
 def count_images(source: str | Path | bytes, limits: InputLimits = InputLimits()) -> int | None:

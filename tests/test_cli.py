@@ -148,3 +148,14 @@ def test_an_output_file_that_cannot_be_written_is_said_before_anything_is_stored
     assert main(["classify", str(upload), "--models", str(trained_models_dir), "--out", "/proc/cells.csv"]) == 2
     assert "/proc/cells.csv: cannot be written" in capsys.readouterr().err
     assert open_store().list_analyses() == []
+
+
+def test_a_mistyped_input_leaves_no_failed_analysis_behind(trained_models_dir, tmp_path, capsys):
+    """`classify nothere.zip` said so, and History listed a failed "nothere.zip" analysis."""
+    from bloodcells.store import open_store
+
+    out = ["--out", str(tmp_path / "out.csv")]
+    assert main(["classify", str(tmp_path / "nothere.zip"), "--models", str(trained_models_dir), *out]) == 2
+    assert main(["detect", str(tmp_path / "nothere"), "--no-typing", *out]) == 2
+    assert capsys.readouterr().err.count("no such file or folder") == 2
+    assert open_store().list_analyses() == []

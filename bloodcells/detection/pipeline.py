@@ -104,11 +104,22 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
     differential over the fields until ``wbc_target`` white cells.
     """
     from ..classify import TREE_VERSION
-    from ..inputs import InputError, InputProblem, is_image_name, iter_inputs, later_pages, none_readable, open_image
+    from ..inputs import (
+        InputError,
+        InputProblem,
+        check_source,
+        is_image_name,
+        iter_inputs,
+        later_pages,
+        none_readable,
+        open_image,
+    )
     from ..store import DetectionRow, record_analysis
 
     if slide:
         check_wbc_target(wbc_target)
+    if isinstance(source, str | Path):
+        check_source(source)
     detector = detector or Detector.load()
     outcome = DetectionResult()
     fields: list[FieldImage] = []  # slide mode: what registering the fields needs of each
