@@ -242,6 +242,15 @@ class TreeClassifier:
         """The largest input size of the tree's models (images are never needed larger)."""
         return max((node.input_size for node in self.nodes.values()), default=64)
 
+    def compact(self, image):
+        """``image`` as small as the nodes read it, to hold until its batch is classified: a uint8 array
+        at their input size when they share one (what each node would make of it; a batch of 64 images
+        of 10,000 pixels a side, 300 MB each decoded, took the server's memory), else the image itself."""
+        sizes = {node.input_size for node in self.nodes.values()}
+        if len(sizes) != 1:
+            return image
+        return next(iter(self.nodes.values())).prepare([image])[0]
+
     @property
     def tree_version(self) -> str:
         """The version id of this tree (``bloodcells.versions``): which models made an analysis."""
@@ -425,8 +434,9 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
         skipped_images = 0  # counted in ``total`` but not classified: the bar still reaches the end
 
         def report():
-            if progress:
-                progress(len(outcome.rows) + skipped_images, total)
+            if progress:  # ``total`` leaves out some files that are then skipped: the bar never passes its end
+                done = len(outcome.rows) + skipped_images
+                progress(done, None if total is None else max(total, done))
 
         def flush():
             results = classifier.classify_images([image for _, image in batch], batch_size, flips)
@@ -440,19 +450,23 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
             report()
 
         for item in iter_inputs(source, name=name):
+            image = None
             if isinstance(item, InputProblem):
                 outcome.problems.append(item)
                 skipped_images += is_image_name(item.name)
+            else:
+                try:
+                    image = open_image(item.content, item.name, at_least=classifier.input_size)
+                except InputError as error:
+                    outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
+                    skipped_images += 1
+            if image is None:
+                if len(outcome.problems) % batch_size == 0:  # an upload of unreadable files moves the bar too
+                    report()
                 continue
-            try:
-                image = open_image(item.content, item.name, at_least=classifier.input_size)
-            except InputError as error:
-                outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
-                skipped_images += 1
-                continue
-            batch.append((item, image))
             if pages := later_pages(image, item.name):
                 outcome.problems.append(pages)
+            batch.append((item, classifier.compact(image)))
             if len(batch) >= batch_size:
                 flush()
         if batch:

@@ -228,6 +228,7 @@ def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | 
             raise InputError(f"{label}: the zip is empty")
         images, total = 0, 0
         unreadable: list[InputProblem] = []
+        zips: list[str] = []
         wanted = [info for info in members if not _is_noise(_member_name(info))]
         for info, name in zip(wanted, unique_names(_member_name(info) for info in wanted), strict=True):
             problem = _member_problem(info, limits)
@@ -242,6 +243,8 @@ def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | 
                 item = InputProblem(name, problem)  # named like the images: by its path inside the upload
                 if is_image_name(name):
                     unreadable.append(item)
+                elif name.lower().endswith(".zip"):
+                    zips.append(name)
                 yield item
                 continue
             total += len(content)
@@ -250,6 +253,9 @@ def _iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | 
         if images == 0:
             if unreadable:
                 raise none_readable(label, unreadable)
+            if zips:
+                raise InputError(f"{label}: it holds no images, only zips inside it ({', '.join(zips[:3])}"
+                                 f"{', ...' if len(zips) > 3 else ''}), which are not opened: upload each on its own")
             raise InputError(f"{label}: it holds no images ({ACCEPTED})")
 
 
@@ -264,17 +270,20 @@ def unique_names(names: Iterable[str]) -> list[str]:
     file is its own image (counted as one, a slide credited both fields' cells to each). A new name is
     never one that another file of the upload has: shown under it, one file's cells read as the other's."""
     names = list(names)
-    taken, seen, unique = set(names), set(), []
+    taken, unique = set(names), []
+    next_number: dict[str, int] = {}  # per name, the number its next copy tries first (200,000 copies of
+    # one name, each counting up from 2, took hours)
     for name in names:
-        if name in seen:
-            suffix, n = PurePosixPath(name).suffix, 2
-            while (renamed := f"{name.removesuffix(suffix)} ({n}){suffix}") in taken:
-                n += 1
-            taken.add(renamed)
-            unique.append(renamed)
-        else:
-            seen.add(name)
+        if name not in next_number:
+            next_number[name] = 2
             unique.append(name)
+            continue
+        suffix, n = PurePosixPath(name).suffix, next_number[name]
+        while (renamed := f"{name.removesuffix(suffix)} ({n}){suffix}") in taken:
+            n += 1
+        next_number[name] = n + 1
+        taken.add(renamed)
+        unique.append(renamed)
     return unique
 
 
@@ -287,11 +296,18 @@ def _check_zip_index(handle, label: str, limits: InputLimits) -> None:
     if not end_record:
         raise InputError(f"{label}: not a zip file (no zip directory found; truncated or another format)")
     declared, index_bytes = end_record[zipfile._ECD_ENTRIES_TOTAL], end_record[zipfile._ECD_SIZE]
-    if declared > limits.max_members:
-        raise InputError(f"{label}: {declared} files is more than the limit of {limits.max_members}")
     if index_bytes > limits.max_index_bytes:
         raise InputError(f"{label}: its directory of {index_bytes} bytes is over the limit of "
                          f"{limits.max_index_bytes} bytes")
+    # The end record's count can lie (one file declared, 800,000 listed: zipfile then built them all, 500 MB
+    # and 20 s before the limit below was reached), so the entries are counted in the directory itself.
+    directory_end = end_record[zipfile._ECD_LOCATION]
+    if end_record[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        directory_end -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    handle.seek(max(directory_end - index_bytes, 0))
+    listed = handle.read(index_bytes).count(zipfile.stringCentralDir)
+    if max(declared, listed) > limits.max_members:
+        raise InputError(f"{label}: {max(declared, listed)} files is more than the limit of {limits.max_members}")
     handle.seek(0)
 
 

@@ -307,3 +307,16 @@ def test_the_cells_table_shows_the_reviewed_type_beside_the_models(app_store):
         ("not identifiable", "NIF", "ALL/ABN/NIF", "blast", "NIF")
     assert (lymphocyte["type"], lymphocyte["code"], lymphocyte["path"], lymphocyte["model's type"]) == \
         ("lymphocyte", "LYT", "ALL/LYM/LYT", "lymphocyte")
+
+
+def test_a_long_list_of_skipped_files_is_cut_short():
+    """An upload of 100,000 unreadable files put every name into one 14 MB block of text."""
+    def page():
+        from ui.common import skipped_files
+
+        skipped_files([f"broken{n}.png: not an image" for n in range(250)])
+
+    at = AppTest.from_function(page, default_timeout=60).run()
+    assert [e.label for e in at.expander] == ["250 files were skipped"]
+    [listing] = [m.value for m in at.markdown if "broken0.png" in m.value]
+    assert "broken199.png" in listing and "broken200.png" not in listing and listing.endswith("... and 50 more")

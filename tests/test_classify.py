@@ -138,6 +138,41 @@ def test_bad_members_are_reported_and_the_rest_classified(trained_models_dir, tm
     assert outcome.analysis_id is None
 
 
+def test_the_bar_never_passes_its_end_and_moves_through_unreadable_files(trained_models_dir, tmp_path):
+    """Members the count leaves out (an unsafe path) were counted again when skipped: "4 of 1"; a zip of
+    unreadable files moved the bar only at its end."""
+    import zipfile
+
+    upload = tmp_path / "odd.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        archive.writestr("good.png", _png(cell_image("LYT", 1, 32)))
+        for n in range(3):
+            archive.writestr(f"../escape{n}.png", _png(cell_image("LYT", n, 32)))
+        for n in range(10):
+            archive.writestr(f"broken{n}.png", b"\x89PNG not really")
+    seen = []
+    classify(upload, classifier=TreeClassifier.load(trained_models_dir), batch_size=4,
+             progress=lambda done, total: seen.append((done, total)))
+    assert all(done <= total for done, total in seen) and seen[-1][0] == seen[-1][1]
+    assert len(seen) >= 3  # moved while the broken files were skipped, not only at the end
+
+
+def test_a_batch_holds_its_images_at_the_size_the_tree_reads(trained_models_dir, tmp_path, monkeypatch):
+    """Each decoded image waited whole for its batch: 64 images of 10,000 pixels a side held 19 GB."""
+    classifier = TreeClassifier.load(trained_models_dir)
+    upload = write_cell_zip(tmp_path / "big.zip", {"LYT": 2, "EOS": 2}, size=400)
+    held, classify_images = [], TreeClassifier.classify_images
+
+    def holding(self, images, *args, **kwargs):
+        held.extend(images)
+        return classify_images(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(TreeClassifier, "classify_images", holding)
+    classify(upload, classifier=classifier)
+    size = classifier.input_size
+    assert len(held) == 4 and all(image.shape == (size, size, 3) for image in held)
+
+
 def test_failure_marks_the_analysis_failed(trained_models_dir, store, tmp_path):
     from bloodcells.inputs import InputError
 

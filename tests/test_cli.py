@@ -159,3 +159,27 @@ def test_a_mistyped_input_leaves_no_failed_analysis_behind(trained_models_dir, t
     assert main(["detect", str(tmp_path / "nothere"), "--no-typing", *out]) == 2
     assert capsys.readouterr().err.count("no such file or folder") == 2
     assert open_store().list_analyses() == []
+
+
+def test_a_terminated_run_marks_its_analysis_failed(trained_models_dir, tmp_path, monkeypatch, capsys):
+    """`kill` or `timeout` (SIGTERM) left the analysis "running" for a day: undeletable in History."""
+    import os
+    import signal
+    import time
+
+    from bloodcells.classify import TreeClassifier
+    from bloodcells.store import open_store
+    from bloodcells.synthetic import write_cell_zip
+
+    def killed(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(TreeClassifier, "classify_images", killed)
+    upload = write_cell_zip(tmp_path / "in.zip", {"LYT": 2}, size=32)
+    assert main(["classify", str(upload), "--models", str(trained_models_dir)]) == 128 + signal.SIGTERM
+    assert "terminated" in capsys.readouterr().err
+    [analysis] = open_store().list_analyses()
+    assert analysis.status == "failed"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back as it was

@@ -409,6 +409,8 @@ ZIP_CASES = [
     ZipCase("only-folders.zip", [Member("NEU/", b"")], error="empty"),
     ZipCase("only-text.zip", [Member("readme.txt", b"hi"), Member("data.csv", b"1")], error="holds no images"),
     ZipCase("only-noise.zip", [Member("__MACOSX/._a.png", b"\x00")], error="holds no images"),
+    ZipCase("only-a-zip.zip", [Member("inner.zip", _zip([Member("b.png")]))],
+            error="holds no images, only zips inside it (inner.zip), which are not opened: upload each on its own"),
     ZipCase("only-bad-members.zip", [Member("../a.png"), Member("b.png")], error="none of its 2 images",
             patch=_set_flags("b.png", 0x1)),
     ZipCase("too-many-members.zip", _member_limit_zip(11), error="more than the limit of 10",

@@ -144,6 +144,20 @@ def test_memory_is_bounded_by_one_member_not_the_zip(tmp_path):
     assert peak < 4 * member
 
 
+def test_a_zip_whose_end_record_understates_its_files_is_refused_before_parsing(tmp_path):
+    """One file declared, 3000 listed: zipfile built every entry (800,000: 500 MB, 20 s) before the limit."""
+    path = tmp_path / "liar.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for i in range(3000):
+            archive.writestr(f"c/{i}.png", b"")
+    content = bytearray(path.read_bytes())
+    end = content.rindex(zipfile.stringEndArchive)
+    content[end + 8:end + 12] = (1).to_bytes(2, "little") * 2  # entries on this disk, and in all
+    path.write_bytes(bytes(content))
+    with pytest.raises(InputError, match="^liar.zip: 3000 files is more than the limit of 1000"):
+        next(iter_inputs(path, limits=InputLimits(max_members=1000)))
+
+
 def test_index_of_many_members_is_bounded_before_parsing(tmp_path):
     """A zip declaring more members than allowed is refused from its end record, before zipfile indexes it."""
     path = tmp_path / "many.zip"

@@ -112,12 +112,17 @@ def reviewer_name() -> str:
 LISTED = 200  # analyses a list shows, newest first; older ones are found by name or id
 
 
+SKIPPED_LISTED = 200  # an upload of 100,000 unreadable files made one 14 MB block of text
+
+
 def skipped_files(problems: list) -> None:
-    """The files an upload held that were not used, each with why, folded away (nothing when none)."""
+    """The files an upload held that were not used, each with why (the first SKIPPED_LISTED), folded
+    away (nothing when none)."""
     if problems:
         with st.expander("1 file was skipped" if len(problems) == 1 else f"{len(problems)} files were skipped",
                          icon=":material/warning:"):
-            st.write("\n".join(f"- {problem}" for problem in problems))
+            st.write("\n".join(f"- {problem}" for problem in problems[:SKIPPED_LISTED])
+                     + (f"\n\n... and {len(problems) - SKIPPED_LISTED} more" if len(problems) > SKIPPED_LISTED else ""))
 
 
 def find_analyses(key: str) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +29,16 @@ def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentPar
 
 class CommandError(Exception):
     """An error the user caused: printed as one line, exit status 2."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (``kill``, ``timeout``, a job scheduler stopping the run): ended like Ctrl-C, so that an
+    analysis begun is marked failed, not left "running" for a day (undeletable, holding back the
+    clean-up of deleted analyses' images)."""
+
+
+def _terminated(_signal_number, _frame):
+    raise Terminated
 
 
 def output_file(path: str | Path | None, reads: str | Path | None = None) -> Path | None:
@@ -134,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..store import StoreError
     from ..taxonomy import TreeFormatError, UnknownLabelError
 
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set a handler
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         return args.run(args) or 0
     except (CommandError, InputError, StoreError, UnknownLabelError, TreeFormatError, settings_module.SettingsError,
@@ -143,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # what was begun is marked failed or left as it was by the command itself
         print(f"bloodcells {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"bloodcells {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
