@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import lzma
+import re
 import stat
 import struct
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -366,9 +368,13 @@ def open_image(content: bytes, name: str = "image", at_least: int | None = None)
     if not content:
         raise InputError(f"{name}: the file is empty")
     try:
-        image = _pillow_open()(io.BytesIO(content))
-    except Image.DecompressionBombError as error:
-        raise InputError(f"{name}: image too large to open ({error})") from error
+        with warnings.catch_warnings():  # past the limit: refused below, in the same words at any size
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = _pillow_open()(io.BytesIO(content))
+    except Image.DecompressionBombError as error:  # past twice the limit: Pillow refuses it from the header
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        raise InputError(f"{name}: {pixels[1] + ' pixels is ' if pixels else ''}over the limit of "
+                         f"{MAX_IMAGE_PIXELS} pixels") from error
     except (UnidentifiedImageError, ImportError) as error:  # ImportError: see _pillow_open
         raise InputError(f"{name}: not an image (the content is not in a format Pillow reads; "
                          f"{ACCEPTED})") from error
