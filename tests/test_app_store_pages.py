@@ -320,3 +320,40 @@ def test_a_long_list_of_skipped_files_is_cut_short():
     assert [e.label for e in at.expander] == ["250 files were skipped"]
     [listing] = [m.value for m in at.markdown if "broken0.png" in m.value]
     assert "broken199.png" in listing and "broken200.png" not in listing and listing.endswith("... and 50 more")
+
+
+def test_a_secrets_file_that_cannot_be_read_locks_every_page(app_store, tmp_path, monkeypatch):
+    """A secrets.toml with a typo (`password = "abc`, quote unclosed) opened every page to anyone; an
+    unquoted `password = 1234` was an AttributeError at the login."""
+    import streamlit as st
+    from streamlit import config
+    from streamlit.runtime.secrets import Secrets
+
+    from ui.common import PasswordSettingsError, _expected_password
+
+    secrets = tmp_path / "secrets.toml"
+    monkeypatch.delenv("BLOODCELLS_PASSWORD", raising=False)
+    default_files = config.get_option("secrets.files")
+    config.set_option("secrets.files", [str(secrets)])
+    try:
+        secrets.write_text('password = "abc\n')
+        monkeypatch.setattr(st, "secrets", Secrets())
+        with pytest.raises(PasswordSettingsError, match="Error parsing secrets file"):
+            _expected_password()
+        secrets.write_text("password = 1234\n")
+        monkeypatch.setattr(st, "secrets", Secrets())
+        assert _expected_password() == "1234"
+        secrets.unlink()
+        monkeypatch.setattr(st, "secrets", Secrets())
+        assert _expected_password() is None  # no secrets file: no password asked
+    finally:
+        config.set_option("secrets.files", default_files)
+
+    def broken(*_args):
+        raise PasswordSettingsError("Error parsing secrets file at x")
+
+    monkeypatch.setattr("ui.common._expected_password", broken)
+    classified(app_store, ["NGS"])
+    at = app("5_History").run()
+    assert not at.exception and not at.dataframe
+    assert any("password setting cannot be read" in e.value for e in at.error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from pathlib import Path
 
 import streamlit as st
 
@@ -49,17 +50,30 @@ def page(title: str, icon: str = "🩸") -> None:
         st.stop()
 
 
+class PasswordSettingsError(RuntimeError):
+    """Where the password is set cannot be read: every page stays locked rather than open to anyone."""
+
+
 def _expected_password() -> str | None:
+    """BLOODCELLS_PASSWORD, else ``password`` in Streamlit's secrets.toml, else None (no password)."""
     if os.environ.get("BLOODCELLS_PASSWORD"):
         return os.environ["BLOODCELLS_PASSWORD"]
     try:
-        return st.secrets.get("password")
-    except (FileNotFoundError, KeyError, st.errors.StreamlitSecretNotFoundError):
+        password = st.secrets.get("password")
+    except (FileNotFoundError, KeyError, st.errors.StreamlitSecretNotFoundError) as error:
+        # no secrets file means no password; one that cannot be parsed opened every page to anyone
+        if any(Path(path).exists() for path in st.get_option("secrets.files")):
+            raise PasswordSettingsError(f"{error}. Every page stays locked until it is fixed.") from error
         return None
+    return None if password is None else str(password)  # `password = 1234`, unquoted, is a number
 
 
 def require_password() -> None:
-    expected = _expected_password()
+    try:
+        expected = _expected_password()
+    except PasswordSettingsError as error:
+        st.error(f"The password setting cannot be read: {error}")
+        st.stop()
     if not expected or st.session_state.get("authenticated"):
         return
     with st.form("login"):
