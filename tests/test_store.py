@@ -1,5 +1,6 @@
 """The storage suite: runs on SQLite, and on MySQL/MariaDB when BLOODCELLS_TEST_MYSQL_URL is set."""
 
+import re
 import threading
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -542,8 +543,39 @@ def test_a_failed_analysis_leaves_no_images_behind(store):
     ("sqlite:/relative.db", "is not a URL"),
     ("postgresql://lab@db/bloodcells", "names 'postgresql': bloodcells stores in SQLite or MySQL/MariaDB"),
     ("mysql+nosuchdriver://lab@db/bloodcells", "cannot be used: Can't load plugin"),
+    # an unencoded @ and : in the password: the port was read as 'Secret99' and shown in a ValueError
+    ("mysql+pymysql://lab:Tr0ub@dor:Secret99/x@127.0.0.1:3306/lab", "is not a URL (a password with @"),
+    ("mysql+pymysql://lab:secret@127.0.0.1:3306/", "names no database"),  # was an AssertionError
+    ("mysql+pymysql://lab:secret@127.0.0.1/lab?sslmode=require", "PyMySQL) takes no option sslmode"),
+    ("mysql+pymysql://lab:secret@127.0.0.1/lab?charset=utf-8", "knows no charset 'utf-8'"),
+    ("mysql+pymysql://lab:secret@127.0.0.1/lab?connect_timeout=abc", "cannot be used: "),
+    ("sqlite://", "names no database file"),  # in memory: gone with its connection, "ready" all the same
+    ("sqlite:///:memory:", "names no database file"),
 ])
 def test_a_database_url_that_cannot_be_used_is_named_not_a_traceback(url, message):
-    with pytest.raises(StoreError, match=message) as raised:
+    with pytest.raises(StoreError, match=re.escape(message)) as raised:
         Store(url)
-    assert "secret" not in str(raised.value)
+    assert "secret" not in str(raised.value) and "Secret99" not in str(raised.value)
+
+
+def test_a_schema_upgrade_that_cannot_run_is_said_in_words(tmp_path):
+    """A database of a newer bloodcells (revision 0099), or one whose migration check fails, ended `db
+    upgrade` (and every page) in an alembic traceback."""
+    store = Store(f"sqlite:///{tmp_path / 'newer.db'}")
+    store.upgrade()
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    with pytest.raises(StoreError, match=r"schema cannot be upgraded: .*0099.*newer version of bloodcells"):
+        store.upgrade()
+    store.engine.dispose()
+
+    store = Store(f"sqlite:///{tmp_path / 'orphan.db'}")
+    store.upgrade("0004")
+    with store.engine.begin() as connection:  # a row its foreign key does not hold (SQLite let it in)
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.execute(text("INSERT INTO predictions (analysis_id, filename, code, path, confidence, "
+                                "level_confidences, needs_review) VALUES (999, 'c.png', 'NGS', 'ALL', 0.9, '{}', 0)"))
+    with pytest.raises(StoreError, match="upgrade was rolled back, nothing changed: the migration left rows"):
+        store.upgrade()
+    assert store.current_revision() == "0004"
+    store.engine.dispose()

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ..clock import stamp
 from ..taxonomy import Tree
 from .blobs import BlobStore
-from .errors import StoreError
+from .errors import MigrationCheckError, StoreError
 from .lineage import LineageStore
 from .reviews import AnalysisLocked, ReviewStore, signed_by
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_hex
@@ -54,13 +54,16 @@ class Store(BlobStore, ReviewStore, LineageStore):
         self.url = url
         try:
             parsed = make_url(url)
-        except ArgumentError:  # the text itself is not echoed: it may hold a password
-            raise StoreError("the database URL (BLOODCELLS_DATABASE_URL) is not a URL: give one such as "
-                             f"{EXAMPLE_URLS}") from None
+        except (ArgumentError, ValueError):  # the text itself is not echoed: it may hold a password
+            raise StoreError("the database URL (BLOODCELLS_DATABASE_URL) is not a URL (a password with @, /, : "
+                             f"or % in it must be URL-encoded): give one such as {EXAMPLE_URLS}") from None
         if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
             raise StoreError(f"the database URL names {parsed.get_backend_name()!r}: bloodcells stores in SQLite "
                              f"or MySQL/MariaDB ({EXAMPLE_URLS})")
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if parsed.database in (None, "", ":memory:"):  # SQLite's in-memory one is gone with its connection
+            raise StoreError(f"the database URL names no database {'file' if parsed.get_backend_name() == 'sqlite' else ''}"
+                             f": give one such as {EXAMPLE_URLS}")
+        if parsed.get_backend_name() == "sqlite":
             if not create and not Path(parsed.database).is_file():
                 raise StoreError(f"no database at {parsed.database}")
             folder = Path(parsed.database).parent
@@ -74,7 +77,8 @@ class Store(BlobStore, ReviewStore, LineageStore):
             options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
         try:
             self.engine: Engine = create_engine(url, **options)
-        except (ArgumentError, ImportError) as error:  # NoSuchModuleError is an ArgumentError
+            _check_driver_options(self.engine, parsed)
+        except (ArgumentError, ImportError, ValueError) as error:  # NoSuchModuleError is an ArgumentError
             raise StoreError(f"the database URL cannot be used: {_first_line(error)}") from error
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _prepare_sqlite)
@@ -96,9 +100,16 @@ class Store(BlobStore, ReviewStore, LineageStore):
     def upgrade(self, revision: str = "head") -> None:
         """Create or upgrade the schema with Alembic."""
         from alembic import command
+        from alembic.util import CommandError
 
         with self._translate_errors():
-            command.upgrade(self._alembic_config(), revision)
+            try:
+                command.upgrade(self._alembic_config(), revision)
+            except CommandError as error:  # e.g. a revision of a newer bloodcells than this one
+                raise StoreError(f"the database's schema cannot be upgraded: {error} (was it made by a newer "
+                                 "version of bloodcells?)") from error
+            except MigrationCheckError as error:
+                raise StoreError(f"the schema upgrade was rolled back, nothing changed: {error}") from error
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
@@ -407,6 +418,24 @@ def _analysis_conditions(kind: str | None = None, search: str = "", reviewed: bo
         is_id = number.isdecimal() and int(number) <= _LARGEST_ID
         conditions.append(or_(named, Analysis.id == int(number)) if is_id else named)
     return conditions
+
+
+def _check_driver_options(engine: Engine, parsed) -> None:
+    """Refuse (ValueError) URL options the MySQL driver does not take: PyMySQL raised TypeError for an
+    unknown one (``?sslmode=require``, a PostgreSQL option) and AttributeError for an unknown charset,
+    at the first connection, as a traceback on every page."""
+    if engine.dialect.name != "mysql":
+        return
+    import inspect
+
+    from pymysql.charset import charset_by_name
+
+    _, options = engine.dialect.create_connect_args(parsed)  # converts the values: ValueError when it cannot
+    taken = inspect.signature(engine.dialect.loaded_dbapi.connect).parameters
+    if unknown := sorted(set(options) - set(taken)):
+        raise ValueError(f"the MySQL driver (PyMySQL) takes no option {', '.join(unknown)}")
+    if "charset" in options and charset_by_name(options["charset"]) is None:
+        raise ValueError(f"the MySQL driver (PyMySQL) knows no charset {options['charset']!r} (use utf8mb4)")
 
 
 def _fitted(text: str | None, column) -> str | None:

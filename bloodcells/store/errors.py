@@ -1,5 +1,9 @@
-"""The one error the store raises for a failure of the database itself."""
+"""The one error the store raises for a failure of the database itself, and the migrations' own check."""
 
 
 class StoreError(RuntimeError):
     """A storage failure worded for a lab user (the database is down, a value is too large...)."""
+
+
+class MigrationCheckError(RuntimeError):
+    """A schema migration left the data inconsistent; it is rolled back (``Store.upgrade`` words it)."""

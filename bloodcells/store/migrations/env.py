@@ -3,6 +3,7 @@
 from alembic import context
 from sqlalchemy import text
 
+from bloodcells.store.errors import MigrationCheckError
 from bloodcells.store.schema import Base
 
 engine = context.config.attributes["engine"]
@@ -22,7 +23,9 @@ with engine.connect() as connection:
             if sqlite:
                 broken = connection.execute(text("PRAGMA foreign_key_check")).all()
                 if broken:  # rolls the migration back rather than leave rows pointing nowhere
-                    raise RuntimeError(f"the migration left rows referring to missing rows: {broken[:5]}")
+                    raise MigrationCheckError(f"the migration left rows referring to missing rows: {broken[:5]} "
+                                              "(table, row, table referred to, constraint); mend or delete "
+                                              "them and upgrade again")
     finally:
         if sqlite:
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
