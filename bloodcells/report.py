@@ -197,10 +197,10 @@ def labelled_zip(cells: Iterable[tuple[str, str, bytes]]) -> bytes:
 
 
 def analysis_overview(store, kind: str | None = None, limit: int = 200, search: str = "",
-                      reviewed: bool = False) -> list[dict]:
-    """The newest analyses (``search``, ``reviewed``: see ``Store.list_analyses``), one row each:
-    when, what, how many cells or boxes, which models."""
-    analyses = store.list_analyses(kind=kind, limit=limit, search=search, reviewed=reviewed)
+                      reviewed: bool = False, also: int | None = None) -> list[dict]:
+    """The newest analyses (``search``, ``reviewed``, ``also``: see ``Store.list_analyses``), one row
+    each: when, what, how many cells or boxes, which models."""
+    analyses = store.list_analyses(kind=kind, limit=limit, search=search, reviewed=reviewed, also=also)
     counts = store.result_counts(a.id for a in analyses)
     return [{"id": a.id, "date": stamp(a.created_at), "kind": a.kind, "name": a.name,
              "status": a.status, "count": counts[a.id].boxes if a.kind == "detection" else counts[a.id].cells,

@@ -6,7 +6,17 @@ import streamlit as st
 from bloodcells import report
 from bloodcells.clock import stamp
 from bloodcells.store import AnalysisLocked
-from ui.common import LISTED, choose_analysis, find_analyses, link_to, listed_note, page, require_store, reviewer_name
+from ui.common import (
+    LISTED,
+    choose_analysis,
+    find_analyses,
+    link_to,
+    listed_note,
+    open_analysis,
+    page,
+    require_store,
+    reviewer_name,
+)
 from ui.countlog import show_count_log
 from ui.results import show_analysis
 
@@ -24,7 +34,8 @@ show, find = st.columns(2, vertical_alignment="bottom")
 kind = show.segmented_control("Show", ["all", "classification", "detection"], default="all", key="history_kind")
 with find:
     search = find_analyses("history_search")
-rows = report.analysis_overview(store, kind=None if kind in (None, "all") else kind, limit=LISTED, search=search)
+rows = report.analysis_overview(store, kind=None if kind in (None, "all") else kind, limit=LISTED, search=search,
+                                also=open_analysis())
 listed_note(len(rows), search)
 if search and not rows:
     st.stop()

@@ -255,3 +255,20 @@ def test_an_analysis_deleted_while_open_is_said_so_not_swapped_for_another_in_si
     assert at.selectbox(key="review_analysis").value == older
     at.run()
     assert f"Analysis #{newer} was deleted meanwhile." not in [i.value for i in at.info]  # said once
+
+
+def test_an_analysis_older_than_the_list_opens_where_it_is_sent(app_store, monkeypatch):
+    """History found #1 by its number, "Review this analysis" went to Review, and Review opened the
+    newest analysis instead (#1 was not among the newest listed): a 5,000-cell count reviewed by mistake."""
+    monkeypatch.setattr("ui.common.LISTED", 2)
+    oldest = classified(app_store, ["NGS", "LYT"], name="marrow.zip")
+    for n in range(3):
+        classified(app_store, ["EOS"], name=f"newer{n}.zip")
+    at = app("5_History").run()
+    at.text_input(key="history_search").input(f"#{oldest}").run()
+    assert at.selectbox(key="history_open").value == oldest
+    at.text_input(key="history_search").input("").run()  # the list of the newest again: it still holds #1
+    assert at.selectbox(key="history_open").value == oldest
+    at.switch_page("pages/4_Review.py").run()
+    assert not at.exception and at.selectbox(key="review_analysis").value == oldest
+    assert {m.label: m.value for m in at.metric}["Reviewed"] == "0 of 2"

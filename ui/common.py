@@ -153,6 +153,13 @@ def listed_note(shown: int, search: str) -> None:
         st.info(f"No analysis matches “{search}”.")
 
 
+def open_analysis() -> int | None:
+    """The analysis this session has open (chosen on another page, or by a link such as History's "Review
+    this analysis"), for a list to hold even when it is older than the newest LISTED: else the list's select
+    box fell back to its newest, and another analysis was opened without a word."""
+    return st.session_state.get("analysis_id")
+
+
 def choose_analysis(store: Store, labels: dict[int, str], prompt: str, key: str):
     """A select box over analyses (id -> label) that remembers the choice across pages; returns the
     chosen analysis, or stops the page with a warning when it was deleted meanwhile."""
@@ -176,7 +183,7 @@ def choose_classification(store: Store, key: str, nothing_yet: str):
     (``<key>_analysis``) a finished classification; returns it with its cells loaded, or None after
     saying why there is none (``nothing_yet`` and a link to classify, when nothing was searched)."""
     search = find_analyses(f"{key}_search")
-    analyses = store.list_analyses(kind="classification", limit=LISTED, search=search, done=True)
+    analyses = store.list_analyses(kind="classification", limit=LISTED, search=search, done=True, also=open_analysis())
     if len(analyses) >= LISTED:
         listed_note(len(analyses), search)
     if analyses:

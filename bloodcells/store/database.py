@@ -318,14 +318,20 @@ class Store(BlobStore, ReviewStore, LineageStore):
                     self._unrecorded_failures.setdefault(analysis_id, error)
 
     def list_analyses(self, kind: str | None = None, limit: int = 200, search: str = "", reviewed: bool = False,
-                      done: bool = False, made: tuple[datetime | None, datetime | None] = (None, None)) -> list[Analysis]:
+                      done: bool = False, made: tuple[datetime | None, datetime | None] = (None, None),
+                      also: int | None = None) -> list[Analysis]:
         """The newest analyses, at most ``limit``, of ``kind``; ``reviewed``: only those with a reviewed
         cell; ``done``: only finished ones; ``made``: begun from the first (naive UTC) time to before
         the second. ``search`` keeps those whose name contains it, and the one whose id it is (``#12``
-        or ``12``): how older analyses are found."""
+        or ``12``): how older analyses are found. ``also``: an analysis listed last when it meets the
+        conditions but is older than the newest ``limit`` (the one a page has open)."""
+        conditions = _analysis_conditions(kind, search, reviewed, done, made)
         with self.session() as session:
-            query = select(Analysis).where(*_analysis_conditions(kind, search, reviewed, done, made))
-            return list(session.scalars(query.order_by(Analysis.id.desc()).limit(limit)))
+            analyses = list(session.scalars(select(Analysis).where(*conditions).order_by(Analysis.id.desc())
+                                            .limit(limit)))
+            if also is not None and also not in {a.id for a in analyses}:
+                analyses += session.scalars(select(Analysis).where(Analysis.id == also, *conditions))
+            return analyses
 
     def count_analyses(self, kind: str | None = None, search: str = "", reviewed: bool = False, done: bool = False,
                        made: tuple[datetime | None, datetime | None] = (None, None)) -> int:
