@@ -39,7 +39,7 @@ def apply_other(prediction_id: int, before: str | None) -> None:
     code = st.session_state[f"other_{prediction_id}"]
     if code:
         apply_review(prediction_id, code, before)
-        st.session_state[f"other_{prediction_id}"] = None  # back to "other…": the same type can be picked again
+        st.session_state.pop("other_open", None)  # closed; opened again, it starts at "other…"
 
 
 # -- counts that follow the reviews ---------------------------------------------------------------
@@ -110,7 +110,8 @@ for code in (node.code for node in tree.root.walk()):
     choices = {code: f"✓ {code}"} | {c: c for c in alternatives if c != code}
     choices.setdefault(report.UNIDENTIFIED, "unidentified")
     st.subheader(f"Predicted {label(code)} ({len(cells)})")
-    shown = st.session_state.get(f"shown_{code}", PAGE_SIZE)
+    shown_key = f"shown_{analysis.id}_{code}"  # per analysis: another one opens at its first page
+    shown = st.session_state.get(shown_key, PAGE_SIZE)
     grid = st.columns(4)
     for n, prediction in enumerate(cells[:shown]):
         with grid[n % 4].container(border=True, key=f"cell_{prediction.id}"):
@@ -126,9 +127,16 @@ for code in (node.code for node in tree.root.walk()):
                               disabled=not reviewer or locked,
                               type="primary" if prediction.reviewed and final == choice else "secondary",
                               on_click=apply_review, args=(prediction.id, choice, prediction.reviewed_code))
-            st.selectbox("Other type", [None, *all_codes], format_func=lambda c: "other…" if c is None else label(c),
-                         key=f"other_{prediction.id}", label_visibility="collapsed", disabled=not reviewer or locked,
-                         on_change=apply_other, args=(prediction.id, prediction.reviewed_code))
+                # The list of every type opens for one cell at a time: a select box on each of hundreds of
+                # cards made every click take seconds (Streamlit checks each widget against all the others).
+                if st.session_state.get("other_open") != prediction.id:
+                    st.button("other…", key=f"open_other_{prediction.id}", help="Any type of the tree",
+                              disabled=not reviewer or locked, on_click=st.session_state.__setitem__,
+                              args=("other_open", prediction.id))
+            if st.session_state.get("other_open") == prediction.id:
+                st.selectbox("Other type", [None, *all_codes], format_func=lambda c: "other…" if c is None else label(c),
+                             key=f"other_{prediction.id}", label_visibility="collapsed", disabled=not reviewer or locked,
+                             on_change=apply_other, args=(prediction.id, prediction.reviewed_code))
     if len(cells) > shown and st.button(f"Show more ({len(cells) - shown} left)", key=f"more_{code}"):
-        st.session_state[f"shown_{code}"] = shown + PAGE_SIZE
+        st.session_state[shown_key] = shown + PAGE_SIZE
         st.rerun()

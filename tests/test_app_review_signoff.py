@@ -31,7 +31,7 @@ def test_sign_off_locks_the_cells_until_reopened_and_changes_after_are_amendment
     assert (signed.action, signed.person, signed.category, signed.comment, signed.target) == \
         ("signed", "Dr Who", "peripheral blood", "Normal film.", 200)
     assert any("Signed off by Dr Who" in i.value and "locked" in i.value for i in at.info)
-    assert at.button(key=f"set_{first.id}_NGB").disabled and at.selectbox(key=f"other_{first.id}").disabled
+    assert at.button(key=f"set_{first.id}_NGB").disabled and at.button(key=f"open_other_{first.id}").disabled
     assert "signed" in at.expander[0].label
 
     at.text_input(key=f"reopen-reason-{analysis_id}").input("band cells missed")
@@ -272,3 +272,20 @@ def test_an_analysis_older_than_the_list_opens_where_it_is_sent(app_store, monke
     at.switch_page("pages/4_Review.py").run()
     assert not at.exception and at.selectbox(key="review_analysis").value == oldest
     assert {m.label: m.value for m in at.metric}["Reviewed"] == "0 of 2"
+
+
+def test_show_more_belongs_to_its_analysis_and_a_cut_gallery_says_so(app_store, monkeypatch):
+    """"Show more" on one analysis showed every cell of the next one opened; History's gallery of flagged
+    cells showed 60 of 248 under "Needs review: 248 cells" without a word."""
+    monkeypatch.setattr("ui.results.GALLERY_CELLS", 3)
+    first = classified(app_store, ["EOS"] * 30, needs_review=range(30), name="first.zip")
+    second = classified(app_store, ["EOS"] * 30, needs_review=range(30), name="second.zip")
+    at = app("4_Review").run()
+    at.selectbox(key="review_analysis").select(first).run()
+    at.button(key="more_EOS").click().run()
+    assert len([b for b in at.button if b.key.startswith("open_other_")]) == 30
+    at.selectbox(key="review_analysis").select(second).run()
+    assert len([b for b in at.button if b.key.startswith("open_other_")]) == 24  # its own first page
+
+    history = app("5_History").run()
+    assert any("The first 3 are shown; the Review page shows them all." in c.value for c in history.caption)

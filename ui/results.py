@@ -20,6 +20,7 @@ from ui.signoff import signoff_panel
 
 THUMBNAIL_PX = 48
 MAX_THUMBNAILS = 2000  # beyond this the table shows names only: the page must stay responsive
+GALLERY_CELLS = 60  # flagged cells shown on the Classification and History pages; Review shows every one
 
 
 @st.cache_data(show_spinner=False, max_entries=20_000)
@@ -91,7 +92,9 @@ def show_classification(store: Store, analysis) -> None:
         with st.expander(f"Needs review: {len(unreviewed)} cells under the confidence threshold, not reviewed yet",
                          expanded=True):
             link_to("pages/4_Review.py", "Review them")
-            gallery(store, unreviewed[:60])
+            gallery(store, unreviewed[:GALLERY_CELLS])
+            if len(unreviewed) > GALLERY_CELLS:
+                st.caption(f"The first {GALLERY_CELLS} are shown; the Review page shows them all.")
     st.subheader("Cells")
     st.dataframe(cell_table(store, analysis, records), hide_index=True, key=f"cells-{analysis.id}",
                  column_config={"image": st.column_config.ImageColumn("image", width="small"),
