@@ -10,8 +10,10 @@ FROM ${BASE_IMAGE}
 # default Linux wheels pull several GB of CUDA libraries a CPU image never uses).
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
+# Offline, as outside the image; HF_HUB_OFFLINE is set by bloodcells on start unless
+# BLOODCELLS_ALLOW_DOWNLOADS=1 (`docker run -e BLOODCELLS_ALLOW_DOWNLOADS=1`), so it is not fixed here.
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 \
+    YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false NO_ALBUMENTATIONS_UPDATE=1 \
     BLOODCELLS_DATA_DIR=/data BLOODCELLS_MODELS_DIR=/app/models BLOODCELLS_CACHE_DIR=/app/.cache \
     YOLO_CONFIG_DIR=/app/.cache/ultralytics MPLCONFIGDIR=/app/.cache/matplotlib \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false

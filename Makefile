@@ -10,9 +10,10 @@ DATASETS ?= ../shared/datasets
 
 # Nothing is downloaded at run time (see README, "Offline environment"). bloodcells also sets
 # these itself on import of its CLI and app; they are exported here for every tool make runs.
+# HF_HUB_OFFLINE is left to bloodcells alone, which sets it unless BLOODCELLS_ALLOW_DOWNLOADS=1:
+# exported here, it kept `make run BLOODCELLS_ALLOW_DOWNLOADS=1` offline.
 export YOLO_OFFLINE ?= 1
 export YOLO_AUTOINSTALL ?= false
-export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export YOLO_CONFIG_DIR ?= $(CURDIR)/.cache/ultralytics
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib

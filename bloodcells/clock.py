@@ -23,7 +23,7 @@ def lab_zone() -> tzinfo:
 def _zone(name: str) -> tzinfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as error:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as error:  # OSError: a folder of zones, e.g. "Europe"
         raise SettingsError(f"BLOODCELLS_TIMEZONE={name}: not a time zone (give an IANA name such as "
                          "Europe/Berlin)") from error
 

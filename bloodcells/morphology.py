@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,18 +102,27 @@ class AttributeHead:
             path = path / "attributes.json"
         try:
             meta = json.loads(path.read_text())
-            with np.load(path.with_suffix(".npz"), allow_pickle=False) as arrays:
-                weights = {name: (arrays[f"coef_{n}"], arrays[f"intercept_{n}"])
-                           for n, name in enumerate(meta["attributes"])}
-                return cls(attributes=meta["attributes"], nodes=meta["nodes"], node_sha256=meta["node_sha256"],
-                           feature_mean=arrays["feature_mean"], feature_scale=arrays["feature_scale"],
-                           weights=weights, metrics=meta.get("metrics", {}), path=path,
-                           backbone=meta.get("backbone"))
+            arrays = _read_arrays(path.with_suffix(".npz"))
+            weights = {name: (arrays[f"coef_{n}"], arrays[f"intercept_{n}"])
+                       for n, name in enumerate(meta["attributes"])}
+            return cls(attributes=meta["attributes"], nodes=meta["nodes"], node_sha256=meta["node_sha256"],
+                       feature_mean=arrays["feature_mean"], feature_scale=arrays["feature_scale"],
+                       weights=weights, metrics=meta.get("metrics", {}), path=path, backbone=meta.get("backbone"))
         except FileNotFoundError as error:
             raise AttributeHeadError(f"{error.filename}: no attribute head here "
                                      "(train one with `make models-attributes`)") from error
         except (OSError, ValueError, KeyError) as error:
             raise AttributeHeadError(f"{path}: unreadable attribute head ({error})") from error
+
+
+def _read_arrays(file: Path) -> dict[str, np.ndarray]:
+    """Every array of the head's ``.npz``; a damaged one raises AttributeHeadError naming it (numpy
+    raises zipfile's, zlib's and its own errors, which named no file and ended the CLI in a traceback)."""
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise AttributeHeadError(f"{file}: unreadable attribute head weights ({error})") from error
 
 
 def default_head_dir() -> Path:

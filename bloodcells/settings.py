@@ -42,16 +42,22 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        data_dir = Path(os.environ.get("BLOODCELLS_DATA_DIR", PROJECT_DIR / "data")).resolve()
-        url = os.environ.get("BLOODCELLS_DATABASE_URL") or f"sqlite:///{data_dir / 'bloodcells.db'}"
+        data_dir = Path(_variable("BLOODCELLS_DATA_DIR", PROJECT_DIR / "data")).resolve()
         return cls(
             data_dir=data_dir,
-            models_dir=Path(os.environ.get("BLOODCELLS_MODELS_DIR", PROJECT_DIR / "models")).resolve(),
-            cache_dir=Path(os.environ.get("BLOODCELLS_CACHE_DIR", PROJECT_DIR / ".cache")).resolve(),
-            database_url=url,
-            allow_downloads=os.environ.get("BLOODCELLS_ALLOW_DOWNLOADS", "0").lower() in {"1", "true", "yes"},
-            timezone=os.environ.get("BLOODCELLS_TIMEZONE", "").strip() or "UTC",
+            models_dir=Path(_variable("BLOODCELLS_MODELS_DIR", PROJECT_DIR / "models")).resolve(),
+            cache_dir=Path(_variable("BLOODCELLS_CACHE_DIR", PROJECT_DIR / ".cache")).resolve(),
+            database_url=_variable("BLOODCELLS_DATABASE_URL", f"sqlite:///{data_dir / 'bloodcells.db'}"),
+            allow_downloads=_variable("BLOODCELLS_ALLOW_DOWNLOADS", "0").lower() in {"1", "true", "yes"},
+            timezone=_variable("BLOODCELLS_TIMEZONE", "UTC"),
         )
+
+
+def _variable(name: str, default: str | Path) -> str:
+    """Environment variable ``name`` without surrounding blanks, or ``default`` when it is unset or blank:
+    ``NAME=`` (a shell, an env file, compose's ``${NAME:-}``) means unset for every variable. An empty
+    folder variable read as the current folder and put a new, empty database there."""
+    return os.environ.get(name, "").strip() or str(default)
 
 
 def settings() -> Settings:
@@ -80,7 +86,13 @@ def apply_offline_environment(current: Settings | None = None) -> None:
         defaults["HF_HUB_OFFLINE"] = "1"
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    _install_yolo_font(Path(os.environ["YOLO_CONFIG_DIR"]))
+    config_dir = Path(os.environ["YOLO_CONFIG_DIR"])
+    try:
+        _install_yolo_font(config_dir)
+    except OSError as error:  # a file, or a folder this user may not write
+        named = f"BLOODCELLS_CACHE_DIR={current.cache_dir}" if config_dir == yolo_dir else f"YOLO_CONFIG_DIR={config_dir}"
+        raise SettingsError(f"{named}: the library caches cannot be written there ({error.strerror}: "
+                            f"{error.filename}); give a folder bloodcells may write in") from error
 
 
 def _install_yolo_font(config_dir: Path) -> None:
@@ -89,10 +101,10 @@ def _install_yolo_font(config_dir: Path) -> None:
     targets = [font_dir / "Arial.ttf", font_dir / "Arial.Unicode.ttf"]
     if all(t.exists() for t in targets):
         return
+    font_dir.mkdir(parents=True, exist_ok=True)  # before matplotlib, which warns of an unusable MPLCONFIGDIR
     import matplotlib
 
     source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    font_dir.mkdir(parents=True, exist_ok=True)
     for target in targets:
         if not target.exists():
             shutil.copyfile(source, target)

@@ -22,9 +22,10 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# What keeps ultralytics, albumentations and the Hugging Face hub from going online (as
-# bloodcells.settings.apply_offline_environment sets them outside the image).
-OFFLINE = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
+# What keeps ultralytics and albumentations from going online (as
+# bloodcells.settings.apply_offline_environment sets them outside the image). HF_HUB_OFFLINE is left
+# to bloodcells, which sets it unless BLOODCELLS_ALLOW_DOWNLOADS=1.
+OFFLINE = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "NO_ALBUMENTATIONS_UPDATE": "1"}
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -190,6 +191,26 @@ def test_offline_environment_and_the_data_volume():
     assert env["BLOODCELLS_MODELS_DIR"] == f"{workdir}/models"  # the shipped models, copied with the source
 
 
+def test_allow_downloads_reaches_the_hub_under_make_and_in_the_image(monkeypatch):
+    """The Makefile and the image set HF_HUB_OFFLINE=1 themselves: BLOODCELLS_ALLOW_DOWNLOADS=1 did nothing
+    under `make run` or `docker run -e`. bloodcells alone sets it, from that switch."""
+    assert "HF_HUB_OFFLINE" not in _variables("ENV")
+    environment = {name: value for name, value in os.environ.items() if name != "HF_HUB_OFFLINE"}
+    shown = subprocess.run(["make", "--no-print-directory", "-s", "-f", "Makefile", "-f", "-", "show"], cwd=ROOT,
+                           input='show:\n\t@echo "HF_HUB_OFFLINE=[$$HF_HUB_OFFLINE]"\n', capture_output=True,
+                           text=True, check=True, env={**environment, "BLOODCELLS_ALLOW_DOWNLOADS": "1"})
+    assert shown.stdout.strip() == "HF_HUB_OFFLINE=[]"  # what make's commands (streamlit, bloodcells) start with
+    from bloodcells.settings import apply_offline_environment
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("BLOODCELLS_ALLOW_DOWNLOADS", "1")
+    apply_offline_environment()
+    assert "HF_HUB_OFFLINE" not in os.environ
+    monkeypatch.delenv("BLOODCELLS_ALLOW_DOWNLOADS")
+    apply_offline_environment()
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # offline unless allowed
+
+
 def _docker_engine_problem() -> str | None:
     """Why no Docker engine can build here, or None when one answers."""
     if shutil.which("docker") is None:
@@ -220,7 +241,7 @@ def test_the_image_builds_and_runs_as_described():
         assert f"{_exposed_port()}/tcp" in config["ExposedPorts"]
         assert "/_stcore/health" in " ".join(config["Healthcheck"]["Test"])
         env = dict(pair.split("=", 1) for pair in config["Env"])
-        assert {name: env.get(name) for name in OFFLINE} == OFFLINE
+        assert {name: env.get(name) for name in OFFLINE} == OFFLINE and "HF_HUB_OFFLINE" not in env
         # the entry points and curl are installed, and the container runs as that user, not root
         ran = subprocess.run(["docker", "run", "--rm", tag, "sh", "-c", "bloodcells --help >/dev/null "
                               "&& streamlit version && command -v curl && id -u"],

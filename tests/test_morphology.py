@@ -101,6 +101,59 @@ def test_head_refuses_other_classifier_weights(head_dir, classifier, tmp_path):
         predict_attributes(cell_image("NGS", 1, 32), classifier, tmp_path / "nothing")
 
 
+def models_with_a_damaged_head(root: Path, trained_models_dir: Path, head_dir: Path, damage) -> Path:
+    """``root/models``, holding the tiny tree and the head, its ``attributes.npz`` damaged by ``damage``
+    (its content -> the damaged content); returns that file."""
+    import shutil
+
+    shutil.copytree(trained_models_dir, root / "models" / "classifier" / "default")
+    shutil.copytree(head_dir, root / "models" / "attributes" / "default")
+    weights = root / "models" / "attributes" / "default" / "attributes.npz"
+    weights.write_bytes(damage(weights.read_bytes()))
+    return weights
+
+
+@pytest.mark.parametrize("damage", [
+    lambda content: b"PK\x03\x04" + bytes(range(256)),  # numpy's zip reader: BadZipFile
+    lambda content: content[:len(content) // 2],  # truncated: BadZipFile
+    lambda content: b"",  # EOFError
+    lambda content: b"not an npz at all",  # numpy's own ValueError
+], ids=["garbage", "truncated", "empty", "text"])
+def test_a_damaged_head_is_named(damage, head_dir, trained_models_dir, tmp_path):
+    """Loading it raised zipfile.BadZipFile ("File is not a zip file") or EOFError, naming no file."""
+    weights = models_with_a_damaged_head(tmp_path, trained_models_dir, head_dir, damage)
+    with pytest.raises(AttributeHeadError) as raised:
+        load_attribute_head(weights.parent)
+    assert str(raised.value).startswith(f"{weights}: unreadable attribute head weights (")
+
+
+def test_the_explanation_of_a_cell_keeps_its_heatmaps_when_the_head_is_damaged(head_dir, trained_models_dir, app_store,
+                                                                              tmp_path, monkeypatch, capsys):
+    """`bloodcells explain` ended in a zipfile.BadZipFile traceback; the app said only "Explanation failed:
+    File is not a zip file", naming no file, and showed no heatmap either."""
+    from streamlit.testing.v1 import AppTest
+
+    from bloodcells.cli import main
+    from bloodcells.synthetic import cell_image
+
+    weights = models_with_a_damaged_head(tmp_path, trained_models_dir, head_dir, lambda content: b"PK\x03\x04")
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
+    problem = f"{weights}: unreadable attribute head weights (File is not a zip file)"
+    cell = tmp_path / "cell.png"
+    cell_image("NGS", 1, 32).save(cell)
+    assert main(["explain", str(cell), "--out", str(tmp_path / "map.png")]) == 0
+    assert f"(no morphology: {problem})" in capsys.readouterr().out and (tmp_path / "map.png").is_file()
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.switch_page("pages/3_Explanation.py")
+    at.run()
+    at.file_uploader[0].set_value(("cell.png", cell.read_bytes(), "image/png")).run()
+    at.button(key="explain").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [image for image in at.image if "→" in (image.proto.imgs[0].caption or "")]  # the heatmaps
+    assert f"No attributes in words: {problem}" in [c.value for c in at.caption]
+
+
 def test_bad_tables_are_named(classifier, tmp_path):
     table = write_attribute_table(tmp_path / "data", per_type=1)
     lines = table.read_text().splitlines()

@@ -182,6 +182,20 @@ def test_an_unreadable_pointer_is_named(models):
         default_models_dir()
 
 
+def test_an_unreadable_pointer_is_one_message_on_the_training_page(models, app_store):
+    """The Versions section was a ModelFileError traceback (the CLI said which file)."""
+    from test_app_adapt import training_page
+
+    pointer(models).write_text("not json")
+    for task in ("versions", "adapt to this lab"):
+        at = training_page(task)
+        assert not at.exception, task
+        [error] = [e.value for e in at.error]
+        assert error.startswith(f"{pointer(models)}: unreadable (") and "delete it to use" in error, task
+    at.segmented_control(key="training_task").set_value("train a new tree").run()
+    assert not at.exception and not at.error and at.file_uploader(key="training_upload")
+
+
 def test_each_analysis_records_the_tree_version_that_made_it(models, trained_models_dir, tmp_path, store):
     from bloodcells.classify import classify
     from bloodcells.report import analysis_overview

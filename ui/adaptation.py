@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from bloodcells.adapt import AdaptConfig, adapt_from_reviews, replay_unavailable
+from bloodcells.classify import ModelFileError
 from bloodcells.clock import stamp
 from bloodcells.report import analysis_overview
 from bloodcells.store import Store
@@ -91,7 +92,11 @@ def figures_table(figures: dict, kind: str = "adapted") -> list[dict]:
 
 def versions_section(store: Store, person: str) -> None:
     tree = default_tree().name
-    in_use = current_version(tree)
+    try:
+        in_use, earlier = current_version(tree), can_roll_back(tree)
+    except ModelFileError as error:  # a damaged pointer file: named, with what to do; the other tasks work
+        st.error(str(error))
+        return
     st.markdown(f"In use: **{in_use or SHIPPED_LABEL}**. Every analysis records the version that made it "
                 "(History, “models”).")
     for row in store.list_model_versions(tree):
@@ -124,7 +129,6 @@ def versions_section(store: Store, person: str) -> None:
                         st.rerun()
     versions = list_versions(tree)
     left, right = st.columns(2)
-    earlier = can_roll_back(tree)
     if right.button("Roll back to the version in use before", disabled=not earlier, key="rollback",
                     help=None if earlier else "No version was in use before this one."):
         with run_safely("Rolling back") as done:

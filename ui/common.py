@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 from pathlib import Path
@@ -13,7 +14,8 @@ from bloodcells.settings import SettingsError, apply_offline_environment, settin
 from bloodcells.store import Store, StoreError, open_store
 from bloodcells.taxonomy import default_tree
 
-apply_offline_environment()
+with contextlib.suppress(SettingsError):  # said by page(), on the page, where the user sees it
+    apply_offline_environment()
 
 # Every page, in menu order: file -> (title, icon). The menu is drawn by ``page()`` (Streamlit's own
 # would call the home page "app", after its file). Material icons ship with Streamlit's frontend, so
@@ -43,7 +45,8 @@ def page(title: str, icon: str = "🩸") -> None:
             link_to(path)
         st.divider()
     require_password()
-    try:  # a wrong setting is said once, here, rather than as a traceback wherever a time is shown
+    try:  # a wrong setting is said once, here, rather than as a traceback where it is first used
+        apply_offline_environment()
         lab_zone()
     except SettingsError as error:
         st.error(str(error))

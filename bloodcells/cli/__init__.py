@@ -139,7 +139,11 @@ def _load_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings_module.apply_offline_environment()
+    try:
+        settings_module.apply_offline_environment()
+    except settings_module.SettingsError as error:
+        print(f"bloodcells: error: {error}", file=sys.stderr)
+        return 2
     _load_commands()
     args = build_parser().parse_args(argv)
     from ..inputs import InputError
