@@ -127,6 +127,25 @@ def test_keyboard_review_with_keys_arrows_and_undo(page, server):
     page.screenshot(path=str(ARTIFACTS / "keyboard_review_after_keys.png"), full_page=True)
 
 
+def test_keys_pressed_faster_than_the_page_runs_never_review_a_cell_twice(page, server):
+    """6, 7, 9 with no pause were three reviews of the first cell (saved as the last key's type) and
+    none of the next two: each key reached the server as a click of the buttons drawn for cell 1."""
+    from playwright.sync_api import expect
+
+    analysis_id = stored_analysis(server, "NGS", "ALL/MYE/MYM/NEU/NGS", 4)
+    open_review(page, server, analysis_id, "Dr Quick")
+    keyboard_mode(page)
+    for key in "679":
+        page.keyboard.press(key)
+    settled(page)
+    cells = cells_of(server, analysis_id)
+    reviewed = [n for n, (_, reviews) in enumerate(cells) if reviews]
+    assert all(len(reviews) <= 1 for _, reviews in cells), cells  # no cell reviewed by a key meant for another
+    assert reviewed == list(range(len(reviewed))) and reviewed, cells  # the first cells, in order
+    if len(reviewed) < 3:  # keys that came before their cell was shown: said, not applied
+        expect(page.get_by_text("pressed before this cell was shown")).to_be_visible()
+
+
 def test_sign_off_locks_keys_reopen_amend_and_the_report_says_amended(page, server):
     from playwright.sync_api import expect
     from pypdf import PdfReader

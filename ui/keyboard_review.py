@@ -42,6 +42,14 @@ def _undo_key(analysis_id: int) -> str:
     return f"keyboard_undo_{analysis_id}"
 
 
+# Keys pressed faster than the page runs reach the server as clicks of the buttons last drawn, for the
+# cell those showed: three keys in a row were three reviews of the first cell, the next two left
+# unreviewed. Each drawing of a cell takes one key; the others are counted and said, never applied.
+DRAWING = "keyboard_drawing"  # session keys: the number of the latest drawing,
+KEYED = "keyboard_keyed"  # the drawing a key was taken for,
+IGNORED = "keyboard_ignored"  # and keys that came too early to be taken since the page last said so
+
+
 def record_change(analysis_id: int, prediction_id: int, before: str | None, after: str) -> None:
     """Remember a change this session made (the cell's reviewed label ``before`` it and ``after``) for
     Undo, in either review mode: Undo takes back the last change, whichever way it was made."""
@@ -87,11 +95,19 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
     cell = shown[index]
     st.session_state[cursor] = cell.id
     following = shown[index + 1].id if index + 1 < len(shown) else cell.id
+    drawing = st.session_state[DRAWING] = st.session_state.get(DRAWING, 0) + 1
+    if ignored := st.session_state.pop(IGNORED, 0):
+        st.warning(f"{ignored} key{'s' if ignored > 1 else ''} pressed before this cell was shown "
+                   f"{'were' if ignored > 1 else 'was'} not applied: press again for the cell you see.")
 
     def name(code: str) -> str:
         return tree[code].name.replace("_", " ")
 
     def classify(code: str) -> None:
+        if st.session_state.get(DRAWING) != drawing or st.session_state.get(KEYED) == drawing:
+            st.session_state[IGNORED] = st.session_state.get(IGNORED, 0) + 1
+            return
+        st.session_state[KEYED] = drawing
         before = cell.reviewed_code  # None: not reviewed, which undoing restores
         if attempt(store.review, cell.id, code, reviewer) is not None:
             record_change(analysis.id, cell.id, before, code)
