@@ -420,8 +420,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
     from .store import PredictionRow, record_analysis
 
     classifier = classifier or load_classifier()
-    if isinstance(source, str | Path):
-        check_source(source)
+    check_source(source)
     label = name or (Path(source).name if isinstance(source, str | Path) else "upload")
     outcome = ClassificationResult()
     total = count_images(source)

@@ -119,7 +119,8 @@ def iter_inputs(source: str | Path | bytes, name: str | None = None,
         else:
             yield InputImage(label, content)
         return
-    path = check_source(source)
+    check_source(source)
+    path = Path(source)
     if path.is_dir():
         yield from _iter_folder(path, name or path.name or str(path), limits)
         return
@@ -140,13 +141,11 @@ def iter_inputs(source: str | Path | bytes, name: str | None = None,
         raise InputError(f"{label}: not an image, folder or .zip ({ACCEPTED})")
 
 
-def check_source(source: str | Path) -> Path:
-    """``source`` as a path, or InputError when there is nothing there: said before an analysis is
-    recorded, so that a mistyped path leaves no failed analysis behind."""
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    return path
+def check_source(source: str | Path | bytes) -> None:
+    """InputError when ``source`` is a path with nothing there (uploaded bytes are always there): said
+    before an analysis is recorded, so that a mistyped path leaves no failed analysis behind."""
+    if isinstance(source, str | Path) and not Path(source).exists():
+        raise InputError(f"{source}: no such file or folder")
 
 
 def count_images(source: str | Path | bytes, limits: InputLimits = InputLimits()) -> int | None:

@@ -118,8 +118,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
 
     if slide:
         check_wbc_target(wbc_target)
-    if isinstance(source, str | Path):
-        check_source(source)
+    check_source(source)
     detector = detector or Detector.load()
     outcome = DetectionResult()
     fields: list[FieldImage] = []  # slide mode: what registering the fields needs of each
