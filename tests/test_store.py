@@ -1,7 +1,11 @@
 """The storage suite: runs on SQLite, and on MySQL/MariaDB when BLOODCELLS_TEST_MYSQL_URL is set."""
 
 import re
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -22,6 +26,7 @@ from bloodcells.store import (
     Store,
     StoreError,
     record_analysis,
+    schema,
     sha256_file,
     sha256_hex,
 )
@@ -145,9 +150,10 @@ def test_migration_0005_keeps_every_row_and_its_links(database_url):
     from alembic import command
 
     store = Store(database_url)
-    store.upgrade("0004")
+    store.upgrade()
     store.sync_cell_types(default_tree())
-    cells = _store_one_of_everything(store)
+    cells = _store_one_of_everything(store)  # written by today's code, then taken back to 0004
+    command.downgrade(store._alembic_config(), "0004")
     before = _row_counts(store)
     store.upgrade()
     assert _row_counts(store) == before and min(before.values()) > 0
@@ -309,10 +315,75 @@ def test_an_analysis_still_running_is_not_deleted_but_one_its_process_left_is(st
     store.finish_analysis(running, predictions=_rows(2))
     assert store.get_analysis(running).status == "done"
     left = store.start_analysis("server restarted.zip", "classification")
-    with store.session() as session:  # its process died two days ago
-        session.get(Analysis, left).created_at -= timedelta(days=2)
+    with store.session() as session:  # its process fell silent six minutes ago
+        session.get(Analysis, left).heartbeat_at -= timedelta(minutes=6)
     store.delete_analysis(left)
     assert [a.id for a in store.list_analyses()] == [running]
+
+
+def test_an_analysis_whose_process_fell_silent_is_marked_interrupted_once_listed(store):
+    """A killed app server left its analysis "running" for a day: shown as running, undeletable."""
+    recent = store.start_analysis("being stored.zip", "classification")
+    silent = store.start_analysis("server killed.zip", "classification")
+    old_style = store.start_analysis("stored by an older bloodcells.zip", "classification")
+    with store.session() as session:
+        session.get(Analysis, silent).heartbeat_at -= timedelta(minutes=6)
+        # no heartbeat (stored before them): the rule of a day still holds, either side of it
+        session.get(Analysis, old_style).heartbeat_at = None
+        session.get(Analysis, old_style).created_at -= timedelta(hours=23)
+    assert [store.get_analysis(i).being_stored for i in (recent, silent, old_style)] == [True, False, True]
+    listed = {a.id: a for a in store.list_analyses()}
+    assert [listed[i].status for i in (recent, silent, old_style)] == ["running", "failed", "running"]
+    assert listed[silent].error.startswith("interrupted: the process storing it stopped (its last sign of life: ")
+    with store.session() as session:
+        session.get(Analysis, old_style).created_at -= timedelta(hours=2)
+    assert {a.id: a.status for a in store.list_analyses()}[old_style] == "failed"
+    store.finish_analysis(recent, predictions=_rows(1))  # a live run is never touched
+    assert store.get_analysis(recent).status == "done"
+
+
+def test_a_running_analysis_gives_a_sign_of_life_until_it_ends(store, monkeypatch):
+    monkeypatch.setattr(schema, "HEARTBEAT", timedelta(seconds=0.05))
+    with store.analysis("slow.zip", "classification") as run:
+        first = store.get_analysis(run.id).heartbeat_at
+        deadline = time.monotonic() + 10
+        while store.get_analysis(run.id).heartbeat_at == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.get_analysis(run.id).heartbeat_at > first
+        run.predictions = _rows(1)
+    assert store.get_analysis(run.id).status == "done"
+    assert not [t for t in threading.enumerate() if t.name.endswith("heartbeat")]
+
+
+def test_an_analysis_of_a_killed_process_is_interrupted_once_it_falls_silent(database_url, monkeypatch, tmp_path):
+    """SIGKILL (the OOM killer, `docker kill`, a power cut) runs no Python: only the silence tells."""
+    Store(database_url).upgrade()
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from datetime import timedelta
+        from bloodcells.store import Store, schema
+        schema.HEARTBEAT = timedelta(seconds=0.1)
+        with Store({database_url!r}).analysis("killed.zip", "classification") as run:
+            print(run.id, flush=True)
+            time.sleep(600)
+    """))
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        analysis_id = int(child.stdout.readline())
+        monkeypatch.setattr(schema, "SILENT_AFTER", timedelta(seconds=1))
+        store = Store(database_url)
+        time.sleep(2)  # longer than SILENT_AFTER: only its beats keep it running
+        assert store.get_analysis(analysis_id).being_stored
+        assert store.list_analyses()[0].status == "running"
+    finally:
+        child.kill()
+        child.wait()
+    time.sleep(1.5)
+    assert not store.get_analysis(analysis_id).being_stored
+    assert store.list_analyses()[0].status == "failed"
+    store.delete_analysis(analysis_id)
+    store.engine.dispose()
 
 
 def test_names_longer_than_their_columns_are_shortened_in_the_middle_not_refused(store):
@@ -505,8 +576,8 @@ def test_images_stay_while_another_analysis_is_being_stored(store):
     store.finish_analysis(again, predictions=_cells(["a", "b"]))
     assert [store.read_blob(p.blob_id) for p in store.get_analysis(again).predictions] == [b"image of a",
                                                                                          b"image of b"]
-    with store.session() as session:  # a run left "running" two days ago by a process that died
-        session.get(Analysis, store.start_analysis("stale.zip", "classification")).created_at = datetime(2000, 1, 1)
+    with store.session() as session:  # a run left "running" by a process that fell silent long ago
+        session.get(Analysis, store.start_analysis("stale.zip", "classification")).heartbeat_at = datetime(2000, 1, 1)
     store.delete_analysis(again)
     assert store.count_rows(Blob) == 0
 

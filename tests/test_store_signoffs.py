@@ -117,8 +117,9 @@ def test_migration_0003_adds_sign_offs_and_keeps_the_reviews(database_url):
     from alembic import command
 
     store = Store(database_url)
-    store.upgrade("0002")
-    analysis_id = classified(store, ["NGS"])  # analyses and predictions are written as 0002 has them
+    store.upgrade()
+    analysis_id = classified(store, ["NGS"])  # analyses and predictions are taken back to 0002
+    command.downgrade(store._alembic_config(), "0002")
     with store.engine.begin() as connection:  # and a review without the column 0003 adds
         connection.exec_driver_sql("INSERT INTO reviews (prediction_id, old_code, new_code, reviewer, created_at) "
                                    "SELECT id, code, 'NGB', 'dr.a', '2026-11-01 12:00:00' FROM predictions")

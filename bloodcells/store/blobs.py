@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from .errors import StoreError
 from .rows import sha256_hex
-from .schema import CHUNK_SIZE, LONGEST_ANALYSIS, Analysis, Blob, BlobChunk, Explanation, Prediction, utcnow
+from .schema import CHUNK_SIZE, Analysis, Blob, BlobChunk, Explanation, Prediction
 
 _DEADLOCK_RETRIES = 3
 _MYSQL_DEADLOCK = 1213
@@ -101,11 +101,9 @@ class BlobStore:
         Skipped while an analysis is being stored: ``finish_analysis`` stores its images before the
         rows that refer to them, so one of these may be about to be referred to again (the same zip
         classified twice). What is skipped is collected by the next analysis to finish, fail or be
-        deleted once none is running. An analysis left ``running`` for a day by a process that died
-        does not count."""
-        running_since = utcnow() - LONGEST_ANALYSIS
-        if session.scalar(select(func.count()).select_from(Analysis).where(
-                Analysis.status == "running", Analysis.created_at > running_since)):
+        deleted once none is running. An analysis left ``running`` by a process that died (silent
+        for ``SILENT_AFTER``) does not count."""
+        if session.scalar(select(func.count()).select_from(Analysis).where(Analysis.being_stored)):
             return
         referred = select(Prediction.blob_id).where(Prediction.blob_id.is_not(None))
         orphans = list(session.scalars(select(Blob.id).where(Blob.media_type == "image", Blob.id.not_in(referred))))

@@ -11,13 +11,14 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, func, or_, select
+from sqlalchemy import create_engine, delete, event, func, or_, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from ..clock import stamp
 from ..taxonomy import Tree
+from . import schema
 from .blobs import BlobStore
 from .errors import MigrationCheckError, StoreError
 from .lineage import LineageStore
@@ -214,22 +215,30 @@ class Store(BlobStore, ReviewStore, LineageStore):
 
     # -- analyses ------------------------------------------------------------------------
     def start_analysis(self, name: str, kind: str, model_versions: dict | None = None) -> int:
-        """Record that an analysis began (status ``running``) and return its id."""
+        """Record that an analysis began (status ``running``, a first sign of life) and return its id."""
         with self.session() as session:
             # one form of its characters (NFC): a name from a Mac's zip comes decomposed, and MySQL finds it
             # only in the form people type
+            now = utcnow()
             analysis = Analysis(name=_fitted(unicodedata.normalize("NFC", name), Analysis.name), kind=kind, status="running",
-                                model_versions=model_versions or {})
+                                model_versions=model_versions or {}, created_at=now, heartbeat_at=now)
             session.add(analysis)
             session.flush()
             return analysis.id
 
     @contextmanager
     def analysis(self, name: str, kind: str, model_versions: dict | None = None) -> Iterator[AnalysisRun]:
-        """Record the analysis the block runs: ``running`` from the start; ``done`` with the run's
-        results when the block ends (all of them or none); ``failed`` with the error on any exception,
-        cancellation and Ctrl-C included, so that none stays ``running``. The error is re-raised."""
+        """Record the analysis the block runs: ``running`` from the start, with a sign of life every
+        ``HEARTBEAT`` while it runs; ``done`` with the run's results when the block ends (all of them
+        or none); ``failed`` with the error on any exception, cancellation and Ctrl-C included, so that
+        none stays ``running``. The error is re-raised. A process killed outside Python's reach
+        (SIGKILL, a power cut) falls silent: its analysis counts as interrupted once ``SILENT_AFTER``
+        has passed, and is marked failed the next time analyses are listed."""
         run = AnalysisRun(self.start_analysis(name, kind, model_versions))
+        stop = threading.Event()
+        heartbeat = threading.Thread(target=self._beat, args=(run.id, stop), daemon=True,
+                                     name=f"bloodcells analysis {run.id} heartbeat")
+        heartbeat.start()
         try:
             yield run
             self.finish_analysis(run.id, predictions=run.predictions, detections=run.detections,
@@ -237,6 +246,29 @@ class Store(BlobStore, ReviewStore, LineageStore):
         except BaseException as error:
             self.fail_analysis(run.id, f"{type(error).__name__}: {error}")
             raise
+        finally:
+            stop.set()
+            heartbeat.join()
+
+    def _beat(self, analysis_id: int, stop: threading.Event) -> None:
+        """Record a sign of life of a running analysis every HEARTBEAT until ``stop`` is set. A beat the
+        database does not take (unreachable, locked by a long write) is tried again at the next one."""
+        while not stop.wait(schema.HEARTBEAT.total_seconds()):
+            try:
+                with self._translate_errors(), self._sessions() as session, session.begin():
+                    session.execute(update(Analysis).where(Analysis.id == analysis_id, Analysis.status == "running")
+                                    .values(heartbeat_at=utcnow()))
+            except StoreError:
+                continue
+
+    def _fail_interrupted(self) -> None:
+        """Mark failed every analysis left ``running`` by a process that fell silent."""
+        with self._translate_errors(), self._sessions() as session:
+            silent = list(session.execute(select(Analysis.id, Analysis.heartbeat_at, Analysis.created_at).where(
+                Analysis.status == "running", ~Analysis.being_stored)))
+        for analysis_id, heartbeat_at, created_at in silent:
+            self._fail(analysis_id, "interrupted: the process storing it stopped (its last sign of life: "
+                       f"{stamp(heartbeat_at or created_at)}); nothing of it was stored", only_running=True)
 
     def finish_analysis(self, analysis_id: int, *, predictions: Iterable[PredictionRow] = (),
                         detections: Iterable[DetectionRow] = (), summary: dict | None = None) -> None:
@@ -326,6 +358,7 @@ class Store(BlobStore, ReviewStore, LineageStore):
         or ``12``): how older analyses are found. ``also``: an analysis listed last when it meets the
         conditions but is older than the newest ``limit`` (the one a page has open)."""
         conditions = _analysis_conditions(kind, search, reviewed, done, made)
+        self._fail_interrupted()
         with self.session() as session:
             analyses = list(session.scalars(select(Analysis).where(*conditions).order_by(Analysis.id.desc())
                                             .limit(limit)))

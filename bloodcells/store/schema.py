@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import (
     JSON,
     Boolean,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
@@ -19,9 +20,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
+    or_,
     select,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
 # SQLite otherwise gives the id of the newest deleted row to the next row stored, and an id a user
@@ -105,7 +109,12 @@ class Model(Base):
     cell_types: Mapped[list[CellType]] = relationship(secondary="model_cell_types", viewonly=True)
 
 
-LONGEST_ANALYSIS = timedelta(days=1)  # a "running" analysis older than this was left by a process that died
+# A process storing an analysis records a sign of life (``heartbeat_at``) every HEARTBEAT; one silent
+# for SILENT_AFTER has died (a killed app server, a power cut) and its analysis is no longer running.
+HEARTBEAT = timedelta(seconds=60)
+SILENT_AFTER = 5 * HEARTBEAT
+# Analyses stored by a bloodcells before heartbeats (heartbeat_at empty): running for at most this long.
+LONGEST_ANALYSIS = timedelta(days=1)
 
 
 class Analysis(Base):
@@ -119,6 +128,7 @@ class Analysis(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)  # the storing process's last sign of life
     model_versions: Mapped[dict] = mapped_column(JSON, default=dict)
     summary: Mapped[dict] = mapped_column(JSON, default=dict)
     predictions: Mapped[list[Prediction]] = relationship(
@@ -128,10 +138,22 @@ class Analysis(Base):
     signoffs: Mapped[list[Signoff]] = relationship(
         back_populates="analysis", cascade="all, delete-orphan", order_by="Signoff.id")
 
-    @property
+    @hybrid_property
     def being_stored(self) -> bool:
         """Still running in some process (not one left ``running`` by a process that died)."""
-        return self.status == "running" and self.created_at > utcnow() - LONGEST_ANALYSIS
+        now = utcnow()
+        if self.heartbeat_at is None:
+            return self.status == "running" and self.created_at > now - LONGEST_ANALYSIS
+        return self.status == "running" and self.heartbeat_at > now - SILENT_AFTER
+
+    @being_stored.inplace.expression
+    @classmethod
+    def _being_stored(cls) -> ColumnElement[bool]:
+        now = utcnow()
+        # no comparison with NULL: its negation (not being stored) must be true or false too
+        return and_(cls.status == "running", or_(
+            and_(cls.heartbeat_at.is_not(None), cls.heartbeat_at > now - SILENT_AFTER),
+            and_(cls.heartbeat_at.is_(None), cls.created_at > now - LONGEST_ANALYSIS)))
 
     @property
     def signed_off(self) -> Signoff | None:
