@@ -383,18 +383,13 @@ class ClassificationResult:
         return dict(Counter(row.result.code for row in self.rows).most_common())
 
     def write_csv(self, path: str | Path) -> Path:
-        """``file,code,name,path,confidence,needs_review``, one row per image."""
-        import csv
+        """``file,code,name,path,confidence,needs_review``, one row per image, as the app's
+        downloads (``spreadsheet``: UTF-8 with a byte-order mark, formulas written as text)."""
+        from .spreadsheet import write_csv
 
-        path = Path(path)
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file", "code", "name", "path", "confidence", "needs_review"])
-            for row in self.rows:
-                r = row.result
-                writer.writerow([row.filename, r.code, r.name, r.path, f"{r.confidence:.4f}",
-                                 str(r.needs_review).lower()])
-        return path
+        return write_csv(path, ["file", "code", "name", "path", "confidence", "needs_review"],
+                         ([row.filename, row.result.code, row.result.name, row.result.path,
+                           f"{row.result.confidence:.4f}", str(row.result.needs_review).lower()] for row in self.rows))
 
 
 def classify(source, *, classifier: TreeClassifier | None = None, store=None, name: str | None = None,

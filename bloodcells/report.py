@@ -6,7 +6,6 @@ shows is computed, and tested, here.
 
 from __future__ import annotations
 
-import csv
 import io
 import re
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from .classify import TREE_VERSION
 from .clock import stamp
+from .spreadsheet import csv_bytes
 from .taxonomy import Tree, default_tree
 
 UNIDENTIFIED = "NIF"  # the tree's "not identifiable" leaf, the reviewer's "unidentified"
@@ -171,14 +171,12 @@ def analysis_counts(analysis) -> dict[str, int]:
 
 
 def records_csv(records: list[dict]) -> bytes:
-    """CSV (UTF-8, header from the first record) of a list of flat dicts. It starts with a byte-order
-    mark: without one, Excel reads the file as the system's code page and garbles accented file names."""
-    buffer = io.StringIO()
-    if records:
-        writer = csv.DictWriter(buffer, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
-    return buffer.getvalue().encode("utf-8-sig")
+    """CSV of a list of flat dicts, the header from the first record (``spreadsheet.csv_bytes``:
+    UTF-8 with a byte-order mark, a text a spreadsheet would run as a formula written as text)."""
+    if not records:
+        return b""
+    header = list(records[0])
+    return csv_bytes(header, ([record.get(column, "") for column in header] for record in records))
 
 
 def labelled_zip(cells: Iterable[tuple[str, str, bytes]]) -> bytes:

@@ -115,7 +115,7 @@ def test_classify_zip_writes_csv_and_stores_analysis(trained_models_dir, store, 
         assert stored[filename].needs_review == result.needs_review
     assert store.read_blob(blob_id=stored[outcome.rows[0].filename].blob_id)[:4] == b"\x89PNG"
     out = outcome.write_csv(tmp_path / "results.csv")
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.open(encoding="utf-8-sig")))
     assert list(rows[0]) == ["file", "code", "name", "path", "confidence", "needs_review"]
     assert {r["file"] for r in rows} == set(stored)
 

@@ -74,7 +74,7 @@ def test_detect_command_writes_rows_counts_and_annotated_images(trained_detector
                  "--model", str(trained_detector), "--conf", "0.001"])
     printed = capsys.readouterr().out
     assert code == 0
-    with out.open() as handle:
+    with out.open(encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["file", "class", "confidence", "x1", "y1", "x2", "y2", "code", "path",
                              "sub_confidence"]

@@ -285,7 +285,7 @@ def test_detect_command_in_slide_mode(tmp_path, monkeypatch, capsys):
                  "--no-typing", "--no-store"]) == 0
     printed = capsys.readouterr().out
     union = per_class(smear.cells_in_union())
-    with out.open() as handle:
+    with out.open(encoding="utf-8-sig") as handle:
         assert per_class([DetectedBox(r["file"], r["class"], 1, 0, 0, 0, 0) for r in csv.DictReader(handle)]) == union
     assert "slide: 5 fields, 1 group of overlapping fields, 0 fields overlapping no other" in printed
     assert "a.png + b.png: offset (+448, +0), 30% of the smaller field" in printed

@@ -50,19 +50,14 @@ class DetectionResult:
         return summary
 
     def write_csv(self, path: str | Path) -> Path:
-        """``file,class,confidence,x1,y1,x2,y2,code,path,sub_confidence``, one row per box."""
-        import csv
+        """``file,class,confidence,x1,y1,x2,y2,code,path,sub_confidence``, one row per box, as the
+        app's downloads (``spreadsheet``: UTF-8 with a byte-order mark, formulas written as text)."""
+        from ..spreadsheet import write_csv
 
-        path = Path(path)
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file", "class", "confidence", "x1", "y1", "x2", "y2", "code", "path",
-                             "sub_confidence"])
-            for b in self.boxes:
-                writer.writerow([b.file, b.class_code, f"{b.confidence:.4f}", *(f"{v:.1f}" for v in b.xyxy),
-                                 b.code or "", b.path or "",
-                                 "" if b.sub_confidence is None else f"{b.sub_confidence:.4f}"])
-        return path
+        return write_csv(path, ["file", "class", "confidence", "x1", "y1", "x2", "y2", "code", "path", "sub_confidence"],
+                         ([b.file, b.class_code, f"{b.confidence:.4f}", *(f"{v:.1f}" for v in b.xyxy), b.code or "",
+                           b.path or "", "" if b.sub_confidence is None else f"{b.sub_confidence:.4f}"]
+                          for b in self.boxes))
 
 
 def cell_crop(image, box: DetectedBox, margin: float = 0.35):
