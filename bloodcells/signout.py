@@ -366,11 +366,11 @@ def to_html(report: ClinicalReport) -> str:
     signoffs = "".join(f"<li>{escape(line)}</li>" for line in signoff_lines(report.signoffs))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Differential, analysis "
             f"#{report.analysis_id}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
-            f"text-align:left}}figure{{display:inline-block;margin:4px}}</style></head><body>"
+            f"text-align:left}}figure{{display:inline-block;margin:4px}}p.comment{{white-space:pre-wrap}}</style></head><body>"
             f"<h1>{escape(_title(report))}</h1><table>{facts}</table>"
             f"<h2>Differential</h2>{_html_table(*_table(report))}<h2>Not in the count</h2><ul>{apart}</ul>"
             + (f"<h2>Flagged cells not yet reviewed</h2>{gallery}" if gallery else "")
-            + (f"<h2>Comment</h2><p>{escape(report.comment)}</p>" if report.comment else "")
+            + (f"<h2>Comment</h2><p class='comment'>{escape(report.comment)}</p>" if report.comment else "")
             + (f"<h2>Sign-off</h2><ul>{signoffs}</ul>" if signoffs else "")
             + (f"<h2>Changes after the first sign-off</h2>{_html_table(*_amendment_table(report))}"
                if report.amendments or report.value_changes else "")
@@ -420,15 +420,23 @@ def to_pdf(report: ClinicalReport) -> bytes:
     section("Not in the count")
     paragraph(", ".join(f"{row.label}: {row.count}" for row in report.apart) or "none")
     if report.gallery:
+        size, per_row = 24, 7
+        if pdf.will_page_break(8 + size + 7):  # the title with its first row
+            pdf.add_page()
         section("Flagged cells not yet reviewed")
-        top, size = pdf.get_y(), 24
-        for n, (_name, code, content) in enumerate(report.gallery):
-            x, y = pdf.l_margin + (n % 7) * (size + 3), top + (n // 7) * (size + 7)
-            pdf.image(io.BytesIO(thumbnail_png(content, "cell", 128)), x=x, y=y, w=size, h=size)
-            pdf.set_xy(x, y + size)
-            pdf.set_font(PDF_FONT, size=7)
-            pdf.cell(size, 4, text(code))
-        pdf.set_xy(pdf.l_margin, top + (len(report.gallery) + 6) // 7 * (size + 7))
+        for first in range(0, len(report.gallery), per_row):
+            # a row goes whole to the next page: images are placed at a height, and fpdf breaks the page
+            # only for text, which put a row's images at the foot of one page and their codes on the next
+            if pdf.will_page_break(size + 7):
+                pdf.add_page()
+            top = pdf.get_y()
+            for n, (_name, code, content) in enumerate(report.gallery[first:first + per_row]):
+                x = pdf.l_margin + n * (size + 3)
+                pdf.image(io.BytesIO(thumbnail_png(content, "cell", 128)), x=x, y=top, w=size, h=size)
+                pdf.set_xy(x, top + size)
+                pdf.set_font(PDF_FONT, size=7)
+                pdf.cell(size, 4, text(code))
+            pdf.set_xy(pdf.l_margin, top + size + 7)
         pdf.set_font(PDF_FONT, size=9)
     if report.comment:
         section("Comment")

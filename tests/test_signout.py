@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -234,3 +235,33 @@ def test_an_amended_report_lists_the_signed_values_changed(store):
         assert expected in text, (expected, text)
     assert "Category peripheral blood ->" not in text  # what did not change is not listed
     assert "<td>White-cell count</td><td>7.5 -&gt; 8</td>" in to_html(report)
+
+
+def test_the_gallery_of_flagged_cells_breaks_between_rows_with_each_code_under_its_image(store):
+    """Images are placed at a height: a gallery reaching the foot of a page put each image there and its
+    code at the top of the next page (7 pages for 5 cells under a long name)."""
+    from pypdf import PdfReader
+
+    codes = ["BLA", "PMO", "MYB", "MMZ", "MON", "LYT", "EOS"] * 3
+    broke_between_rows = False
+    for words in range(0, 400, 25):  # longer names push the gallery down the first page, past its foot
+        analysis_id = store.start_analysis("Ausstrich " * words + ".zip", "classification")
+        store.finish_analysis(analysis_id, predictions=[
+            PredictionRow(f"c{n}.png", code, "ALL", 0.4, {}, True, encode(cell_image(code, n, 32)))
+            for n, code in enumerate(codes)])
+        report = build_report(store, analysis_id)
+        pages = PdfReader(io.BytesIO(to_pdf(report))).pages
+        placed = [(len(re.findall(rb"/I\d+ Do", page.get_contents().get_data())), sum(page.extract_text().split().count(code) for code in set(codes)))
+                  for page in pages]
+        assert sum(images for images, _ in placed) == len(report.gallery) > 7
+        assert all(labels >= images for images, labels in placed), (words, placed)  # codes under their images
+        assert len(pages) <= 3, (words, placed)
+        broke_between_rows |= sum(images > 0 for images, _ in placed) > 1
+    assert broke_between_rows
+
+
+def test_a_comment_keeps_its_line_breaks_in_the_html_report(store):
+    analysis_id = store.start_analysis("marrow.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow("c.png", "LYT", "ALL", 0.99, {}, False)])
+    page = to_html(build_report(store, analysis_id, comment="Line one.\nLine two."))
+    assert "p.comment{white-space:pre-wrap}" in page and "<p class='comment'>Line one.\nLine two.</p>" in page
