@@ -151,3 +151,12 @@ def test_fine_tuning_earlier_weights_at_a_larger_input_records_where_it_started(
     assert recorded["initial_weights"] == {"file": str(trained_detector), "sha256": sha256_file(trained_detector)}
     assert recorded["architecture"] == "yolo11n.yaml" and recorded["imgsz"] == 96
     assert Detector.load(trained.path).imgsz == 96 and sha256_file(trained.path) != sha256_file(trained_detector)
+
+
+def test_the_command_line_prints_the_differential_as_the_report_counts_it():
+    """NGS, NGS, LYT and a smudge cell: the CLI said NGS 50.0% where the PDF and the pages say 67%."""
+    from bloodcells.cli.detection import differential_line
+
+    assert differential_line({"NGS": 2, "LYT": 1, "KSC": 1}) == (
+        "3 counted, Segmented neutrophils 2 (67%), Lymphocytes 1 (33%); not in the count: Smudge cells 1")
+    assert differential_line({"NIF": 1, "PLT": 2}) == "0 counted; not in the count: Platelets 2, Not identifiable 1"
