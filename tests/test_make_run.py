@@ -49,3 +49,34 @@ def test_make_run_serves_the_home_page(tmp_path):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as the kernel lists them) of the sockets listening on ``port``."""
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, local_port = local.split(":")
+            if state == "0A" and int(local_port, 16) == port:  # 0A: LISTEN
+                addresses.add(address)
+    return addresses
+
+
+@pytest.mark.slow
+def test_a_plain_streamlit_run_serves_this_machine_only(tmp_path):
+    """README: Streamlit binds 127.0.0.1 by default. Started without --server.address it listened on
+    every interface (and looked up the machine's external address)."""
+    port = free_port()
+    env = {**os.environ, "BLOODCELLS_DATA_DIR": str(tmp_path / "data")}
+    log = tmp_path / "server.log"
+    with log.open("w") as output:
+        process = subprocess.Popen([str(ROOT / ".venv" / "bin" / "streamlit"), "run", "app.py", "--server.port",
+                                    str(port)], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        assert wait_for_health(port, process, log) == "ok"
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, and nothing on 0.0.0.0 or ::
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
