@@ -9,7 +9,16 @@ import pytest
 from sqlalchemy import event, inspect
 from test_store import head_revision
 
-from bloodcells.store import AnalysisLocked, ChangedSince, DetectionRow, PredictionRow, ReviewError, Signoff, Store
+from bloodcells.store import (
+    AnalysisLocked,
+    ChangedSince,
+    DetectionRow,
+    PredictionRow,
+    Review,
+    ReviewError,
+    Signoff,
+    Store,
+)
 
 
 def classified(store, codes, name="cells.zip") -> int:
@@ -74,6 +83,26 @@ def test_one_name_typed_two_ways_is_one_reviewer(store):
     store.review(first.id, "NGB", "Jos\u00e9")
     store.review(second.id, "MON", "Jose\u0301")  # e and a combining accent: the same name on screen
     assert store.reviewers([analysis_id]) == {analysis_id: ["Jos\u00e9"]}
+
+
+def test_control_characters_in_names_categories_and_comments_are_refused_not_stored(store):
+    """A NUL or a line break in a reviewer's name printed as "?" in the PDF; U+202E turned the date shown
+    after a name around. Comments keep their line breaks; an upload's name is put on one line."""
+    analysis_id = classified(store, ["NGS"])
+    cell = store.get_analysis(analysis_id).predictions[0].id
+    for name, code in (("Dr\x00Null", "0000"), ("Dr\nSmith", "000A"), ("\u202eDr Evil", "202E")):
+        with pytest.raises(ReviewError, match=f"the review's name holds the control character U\\+{code}"):
+            store.review(cell, "NGB", name)
+    with pytest.raises(ReviewError, match="category holds the control character U\\+0009: type it again without it "
+                                          "\\(one line\\)"):
+        store.sign_off(analysis_id, "dr.a", category="marrow\tchild")
+    with pytest.raises(ReviewError, match="comment holds the control character U\\+0000"):
+        store.sign_off(analysis_id, "dr.a", comment="fine\x00")
+    assert store.count_rows(Review) == 0 and store.signoffs([analysis_id]) == {analysis_id: []}
+    store.sign_off(analysis_id, "dr.a", category="marrow", comment="Line one.\nLine two.\tIndented.")
+    assert store.signoffs([analysis_id])[analysis_id][0].comment == "Line one.\nLine two.\tIndented."
+    uploaded = store.start_analysis("smear\t1\n\u202eod.zip", "classification")
+    assert store.get_analysis(uploaded).name == "smear 1 od.zip"
 
 
 def test_bad_sign_offs_are_refused_with_the_reason(store):

@@ -22,7 +22,7 @@ from . import schema
 from .blobs import BlobStore
 from .errors import MigrationCheckError, StoreError
 from .lineage import LineageStore
-from .reviews import AnalysisLocked, ReviewStore, signed_by
+from .reviews import DIRECTION_CONTROLS, AnalysisLocked, ReviewStore, signed_by
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_hex
 from .schema import (
     SIGNED,
@@ -220,7 +220,8 @@ class Store(BlobStore, ReviewStore, LineageStore):
             # one form of its characters (NFC): a name from a Mac's zip comes decomposed, and MySQL finds it
             # only in the form people type
             now = utcnow()
-            analysis = Analysis(name=_fitted(unicodedata.normalize("NFC", name), Analysis.name), kind=kind, status="running",
+            analysis = Analysis(name=_fitted(_one_line(unicodedata.normalize("NFC", name)), Analysis.name), kind=kind,
+                                status="running",
                                 model_versions=model_versions or {}, created_at=now, heartbeat_at=now)
             session.add(analysis)
             session.flush()
@@ -475,6 +476,13 @@ def _check_driver_options(engine: Engine, parsed) -> None:
         raise ValueError(f"the MySQL driver (PyMySQL) takes no option {', '.join(unknown)}")
     if "charset" in options and charset_by_name(options["charset"]) is None:
         raise ValueError(f"the MySQL driver (PyMySQL) knows no charset {options['charset']!r} (use utf8mb4)")
+
+
+def _one_line(name: str) -> str:
+    """An upload's name on one line of the pages and the report: its control characters (a tab or a
+    line break in a file name) as spaces, direction overrides dropped (U+202E turned the date after
+    the name around)."""
+    return "".join(" " if unicodedata.category(c) == "Cc" else c for c in name if c not in DIRECTION_CONTROLS)
 
 
 def _fitted(text: str | None, column) -> str | None:

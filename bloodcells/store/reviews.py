@@ -35,22 +35,47 @@ class ChangedSince(ReviewError):
     """Undo refused: someone else changed the cell after the change being undone."""
 
 
+# Direction overrides, embeddings and isolates: in a name, U+202E turns what follows around (the date
+# after it on the pages); a person types none of them.
+DIRECTION_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _printable(text: str, what: str, line_breaks: bool = False) -> str:
+    """``text``, refused with the character named when it holds one that prints as nothing or as "?"
+    in the report (a NUL, a control character; a line break or tab where one line is expected) or a
+    direction override."""
+    allowed = "\n\r\t" if line_breaks else ""
+    for character in text:
+        if (unicodedata.category(character) == "Cc" and character not in allowed) or character in DIRECTION_CONTROLS:
+            raise ReviewError(f"the {what} holds the control character U+{ord(character):04X}: type it again "
+                              "without it" + ("" if line_breaks or character not in "\n\r\t" else " (one line)"))
+    return text
+
+
 def _comment(text: str, what: str) -> str:
     text = (text or "").strip()
     if len(text) > COMMENT_LENGTH:
         raise ReviewError(f"the {what} is longer than {COMMENT_LENGTH:,} characters")
-    return text
+    return _printable(text, what, line_breaks=True)
+
+
+def _category(text: str) -> str:
+    text = (text or "").strip()
+    if len(text) > NAME_LENGTH:
+        raise ReviewError(f"the category is longer than {NAME_LENGTH} characters")
+    return _printable(text, "category")
 
 
 def _person(name: str, role: str) -> str:
     """The name as one form of its characters (NFC: "José" typed with a combining accent is the same
-    person as "José"), refused when it holds no letter or digit (a zero-width space is no name)."""
+    person as "José"), refused when it holds no letter or digit (a zero-width space is no name) or a
+    control character."""
     name = unicodedata.normalize("NFC", name or "").strip()
     if not any(character.isalnum() for character in name):
         raise ReviewError(f"a {role} needs the name of the person making it")
     if len(name) > NAME_LENGTH:
         raise ReviewError(f"the {role}'s name is longer than {NAME_LENGTH} characters")
-    return name
+    return _printable(name, f"{role}'s name")
 
 
 _NOT_AN_UNDO = object()  # _record_review's ``undone`` for a plain review (None is an undone label)
@@ -128,9 +153,7 @@ class ReviewStore:
         """Sign off a finished analysis's differential: who, when, the count log's category and the
         report's comment, target and white-cell count. The analysis is locked until reopened."""
         person = _person(person, "sign-off")
-        category = (category or "").strip()
-        if len(category) > NAME_LENGTH:
-            raise ReviewError(f"the category is longer than {NAME_LENGTH} characters")
+        category = _category(category)
         comment = _comment(comment, "comment")
         with self.locked(analysis_id) as (session, last):
             analysis = session.get(Analysis, analysis_id)
