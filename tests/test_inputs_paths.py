@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import stat
+import subprocess
+import sys
+import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -306,3 +311,41 @@ def test_a_field_too_large_to_open_is_an_error_not_an_empty_smear(trained_detect
         detect(content.getvalue(), name="big.png", detector=Detector.load(trained_detector), type_white_cells=False,
                store=store)
     assert [a.status for a in store.list_analyses()] == ["failed"]
+
+
+def test_an_upload_left_by_a_killed_server_is_removed_by_the_next_and_a_live_one_kept(tmp_path, monkeypatch):
+    """kill -9 of the app server mid-classification left the lab's zip in data/uploads for good."""
+    from bloodcells.settings import settings
+    from ui.uploads import uploaded_source
+
+    monkeypatch.setenv("BLOODCELLS_DATA_DIR", str(tmp_path / "data"))
+    script = textwrap.dedent("""
+        import sys, time
+        from ui.uploads import uploaded_source
+
+        class Upload:
+            name = sys.argv[1]
+            def getvalue(self):
+                return b"PK cells of a patient"
+
+        with uploaded_source([Upload()]) as source:
+            print(source, flush=True)
+            time.sleep(600)
+    """)
+    children = [subprocess.Popen([sys.executable, "-c", script, name], stdout=subprocess.PIPE, text=True,
+                                 cwd=Path(__file__).resolve().parents[1]) for name in ("killed.zip", "running.zip")]
+    try:
+        killed, running = (Path(child.stdout.readline().strip()) for child in children)
+        children[0].send_signal(signal.SIGKILL)
+        children[0].wait()
+        for folder in (killed.parent, running.parent):  # older than a lock being taken
+            os.utime(folder, (time.time() - 120, time.time() - 120))
+        with uploaded_source([Upload("next.png", GOOD_CELLS["cells/LYT_0.png"])]) as source:
+            assert source.is_dir()
+        assert not killed.parent.exists()
+        assert running.is_file()  # its server still works on it
+        assert sorted(p.name for p in (settings().data_dir / "uploads").iterdir()) == [running.parent.name]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()

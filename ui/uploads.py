@@ -1,12 +1,16 @@
 """Uploaded files, handed to ``bloodcells`` as files on disk in the app's scratch space.
 
 On disk, the package can count a zip's members for the progress bar and stream it member by
-member; the scratch folder lives under the data folder and goes when the work is done.
+member; the scratch folder lives under the data folder and goes when the work is done, or, when
+the server was killed before it could remove it, with the next upload (``_remove_abandoned``).
 """
 
 from __future__ import annotations
 
+import fcntl
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -18,6 +22,26 @@ IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 # The uploaders take any file: Streamlit's own type filter would answer a wrong file with a traceback
 # on the server side, where uploaded_source and open_image answer with the file's name and the reason.
 ACCEPTED = f"Accepted: .zip, {', '.join('.' + t for t in IMAGE_TYPES)}"
+
+
+# Each upload's scratch folder holds this file, locked while the upload is worked on: the system
+# releases the lock when the process ends, however it ends (SIGKILL, the OOM killer, a power cut).
+IN_USE = ".in-use"
+SETTLING_SECONDS = 60  # a folder younger than this may be one whose lock is being taken
+
+
+def _remove_abandoned(scratch: Path) -> None:
+    """Remove the scratch folders of uploads whose process died before its ``with`` block could: a
+    lab's zip of cells left on the server for good, filling the disk."""
+    for folder in scratch.iterdir():
+        try:
+            if not folder.is_dir() or time.time() - folder.stat().st_mtime < SETTLING_SECONDS:
+                continue
+            with (folder / IN_USE).open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its upload is being worked on
+                shutil.rmtree(folder)
+        except OSError:  # in use, or removed meanwhile by another server's sweep
+            continue
 
 
 def _safe_name(name: str) -> str:
@@ -50,7 +74,11 @@ def uploaded_source(files: Sequence, zip_only: bool = False) -> Iterator[Path]:
         raise InputError(f"{', '.join(f.name for f in zips)}: drop one .zip on its own, or several images")
     scratch = settings().data_dir / "uploads"
     scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+    _remove_abandoned(scratch)
+    # the lock is let go before the folder goes; a sweep that takes it in between removes the folder first
+    with tempfile.TemporaryDirectory(dir=scratch, ignore_cleanup_errors=True) as folder, \
+            (Path(folder) / IN_USE).open("w") as in_use:
+        fcntl.flock(in_use, fcntl.LOCK_EX)
         if zips:
             path = Path(folder) / _safe_name(zips[0].name)
             path.write_bytes(zips[0].getvalue())
