@@ -650,3 +650,34 @@ def test_a_schema_upgrade_that_cannot_run_is_said_in_words(tmp_path):
         store.upgrade()
     assert store.current_revision() == "0004"
     store.engine.dispose()
+
+
+def test_two_servers_upgrading_one_database_at_once_both_succeed(database_url, tmp_path):
+    """Two app servers restarted together after an update both migrate on their first page: one failed
+    with "duplicate column name: heartbeat_at" (both had read the old revision)."""
+    from alembic import command
+
+    script = tmp_path / "upgrade.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from bloodcells.store import Store
+        store = Store({database_url!r})
+        print("ready", flush=True)
+        while not Path({str(tmp_path / "go")!r}).exists():
+            time.sleep(0.001)
+        store.upgrade()
+    """))
+    first = Store(database_url)
+    first.upgrade()
+    for _ in range(3):
+        command.downgrade(first._alembic_config(), "0005")
+        (tmp_path / "go").unlink(missing_ok=True)
+        servers = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for _ in range(2)]
+        assert [server.stdout.readline() for server in servers] == ["ready\n"] * 2
+        (tmp_path / "go").touch()  # both upgrade at once
+        failures = [server.communicate(timeout=120)[1] for server in servers]
+        assert [server.returncode for server in servers] == [0, 0], failures
+        assert first.current_revision() == head_revision(first)
+    first.engine.dispose()

@@ -6,6 +6,9 @@ from sqlalchemy import text
 from bloodcells.store.errors import MigrationCheckError
 from bloodcells.store.schema import Base
 
+UPGRADE_LOCK = "bloodcells schema upgrade"
+UPGRADE_WAIT_SECONDS = 600
+
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
     sqlite = connection.dialect.name == "sqlite"
@@ -17,6 +20,14 @@ with engine.connect() as connection:
         connection.commit()
     try:
         with connection.begin():
+            # Two servers started together both upgrade: each reads the schema's revision only once it
+            # holds the database for itself, so the second finds the first's work done (it added the
+            # same column again: "duplicate column name"). SQLite: the write lock; MySQL, whose DDL does
+            # not wait for transactions: a named lock.
+            if sqlite:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                connection.exec_driver_sql(f"SELECT GET_LOCK('{UPGRADE_LOCK}', {UPGRADE_WAIT_SECONDS})")
             context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=sqlite)
             with context.begin_transaction():
                 context.run_migrations()
@@ -30,3 +41,5 @@ with engine.connect() as connection:
         if sqlite:
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
             connection.commit()
+        else:
+            connection.exec_driver_sql(f"SELECT RELEASE_LOCK('{UPGRADE_LOCK}')")
