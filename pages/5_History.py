@@ -5,7 +5,7 @@ import streamlit as st
 
 from bloodcells import report
 from bloodcells.clock import stamp
-from bloodcells.store import AnalysisLocked
+from bloodcells.store import AnalysisLocked, StoreError
 from ui.common import (
     LISTED,
     choose_analysis,
@@ -75,7 +75,7 @@ else:
     if yes.button(f"Yes, delete #{analysis.id}", type="primary", key="delete_confirmed"):
         try:
             store.delete_analysis(analysis.id)
-        except AnalysisLocked as error:  # signed off in another tab since the question was asked
+        except (AnalysisLocked, StoreError) as error:  # signed off in another tab since; the database full or lost
             st.session_state.pop("confirm_delete", None)
             st.error(f"Not deleted: {error}.")
             st.stop()

@@ -49,6 +49,26 @@ def test_home_lists_the_loaded_tree(models_root, app_store):
     assert any("No detector is available" in w.value for w in at.warning)
 
 
+def test_a_full_server_disk_is_said_in_words(models_root, app_store, tmp_path, monkeypatch):
+    """The upload's scratch copy on a full disk: "Classification failed: [Errno 28] No space left on device"."""
+    import errno
+    from pathlib import Path
+
+    def full_disk(_path, _content):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    upload = write_cell_zip(tmp_path / "cells.zip", {"LYT": 2}, size=32)
+    at = app("2_Classification").run()
+    at.file_uploader[0].set_value(("cells.zip", upload.read_bytes(), "application/zip")).run()
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    at.button(key="classify").click().run()
+    assert not at.exception
+    [message] = [e.value for e in at.error]
+    assert message.startswith("Classification failed: the server's disk is full (the data folder is ")
+    assert "ask whoever runs the server to free space" in message and "Errno" not in message
+    assert app_store.list_analyses() == []
+
+
 def test_classification_of_a_zip_is_counted_and_saved(models_root, app_store, tmp_path):
     cells = {"LYT": 3, "EOS": 2, "NGS": 3}
     upload = write_cell_zip(tmp_path / "cells.zip", cells, size=32)
@@ -203,7 +223,7 @@ def test_explanation_finds_cells_of_analyses_older_than_the_list(models_root, ap
     assert at.selectbox(key="explain_analysis").value == oldest
 
 
-def training_form(tmp_path, cells: dict[str, int], epochs: int, min_per_class: int | None = None) -> AppTest:
+def training_form(tmp_path, cells: dict[str, int], epochs: int, per_class: int | None = None) -> AppTest:
     """The Training page with a zip of generated ``cells`` uploaded and a tiny scratch network chosen
     (not run yet: a test sets more options, then runs it)."""
     upload = write_cell_zip(tmp_path / "labelled.zip", cells, size=32)
@@ -213,8 +233,8 @@ def training_form(tmp_path, cells: dict[str, int], epochs: int, min_per_class: i
     at.text_input(key="training_timm_name").input("test_efficientnet")
     at.number_input(key="training_size").set_value(32)
     at.number_input(key="training_epochs").set_value(epochs)
-    if min_per_class is not None:
-        at.number_input(key="training_min_per_class").set_value(min_per_class)
+    if per_class is not None:
+        at.number_input(key="training_per_class").set_value(per_class)
     at.selectbox(key="training_mode").select("scratch")
     return at
 
@@ -231,7 +251,7 @@ def test_training_on_one_cell_type_is_refused_and_nothing_can_be_accepted(tmp_pa
 
 def test_training_again_without_accepting_removes_the_first_candidate(tmp_path, monkeypatch, app_store):
     monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
-    at = training_form(tmp_path, {"neutrophil": 10, "lymphocyte": 10}, epochs=1, min_per_class=4).run()
+    at = training_form(tmp_path, {"neutrophil": 10, "lymphocyte": 10}, epochs=1, per_class=4).run()
     at.button(key="train").click().run()
     first = at.session_state["training"]["report"].out_dir
     assert first.is_dir()
@@ -251,7 +271,7 @@ def test_training_again_without_accepting_removes_the_first_candidate(tmp_path, 
 @pytest.mark.parametrize("shared_trunk", [False, True], ids=["network per node", "shared trunk"])
 def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monkeypatch, app_store):
     monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
-    at = training_form(tmp_path, {"neutrophil": 12, "lymphocyte": 12}, epochs=2, min_per_class=8)
+    at = training_form(tmp_path, {"neutrophil": 12, "lymphocyte": 12}, epochs=2, per_class=8)
     at.checkbox(key="training_cross_site").uncheck()
     at.slider(key="training_plain_background").set_value(0.25)
     at.number_input(key="training_cell_focus").set_value(0.5)

@@ -101,6 +101,25 @@ def test_history_offers_no_delete_for_an_analysis_still_running(app_store):
     assert not at.button(key="delete").disabled
 
 
+def test_a_delete_the_database_refuses_is_a_message_and_keeps_the_analysis(app_store, monkeypatch):
+    """On a full disk, History showed the StoreError's traceback."""
+    from bloodcells.store import Store, StoreError
+
+    kept = classified(app_store, ["NGS", "LYT"])
+
+    def full(_store, _analysis_id):
+        raise StoreError("the database at sqlite:///x.db is full: the disk it is on has no space left")
+
+    monkeypatch.setattr(Store, "delete_analysis", full)
+    at = app("5_History").run()
+    at.button(key="delete").click().run()
+    at.button(key="delete_confirmed").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Not deleted: the database at sqlite:///x.db is full: the disk it is on "
+                                           "has no space left."]
+    assert [a.id for a in app_store.list_analyses()] == [kept]
+
+
 def test_a_signed_off_analysis_is_deleted_only_after_reopening(app_store):
     from bloodcells.store import AnalysisLocked
 

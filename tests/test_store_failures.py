@@ -494,3 +494,24 @@ def test_pages_keep_working_with_a_corrupt_classifier(models_copy, monkeypatch):
     assert any(weights.name in warning.value for warning in classification.warning)
     for other in (page(), page("pages/5_History.py")):
         assert not other.exception and not other.error
+
+
+def test_a_full_database_is_said_in_words_and_keeps_what_was_stored(tmp_path):
+    """SQLite on a full disk said the database "cannot be reached or refused the operation"."""
+    from bloodcells.store import PredictionRow, StoreError, open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'full.db'}")
+    kept = store.start_analysis("kept.zip", "classification")
+    store.finish_analysis(kept, predictions=[PredictionRow("c.png", "LYT", "ALL/LYM/LYT", 0.9, {}, False, b"cell")])
+    pages = store.engine.connect().exec_driver_sql("PRAGMA page_count").scalar()
+    store.engine.dispose()
+    # SQLite's own size limit answers as a full disk does (SQLITE_FULL)
+    event.listen(store.engine, "connect", lambda connection, _record: connection.execute(
+        f"PRAGMA max_page_count = {pages + 2}"))
+    big = store.start_analysis("big.zip", "classification")
+    with pytest.raises(StoreError, match=r"is full: the disk it is on has no space left \(database or disk is full\); "
+                                         "free space there. Nothing stored before was lost"):
+        store.finish_analysis(big, predictions=[PredictionRow(f"c{n}.png", "LYT", "ALL/LYM/LYT", 0.9, {}, False,
+                                                              bytes([n]) * 100_000) for n in range(20)])
+    assert [p.filename for p in store.get_analysis(kept).predictions] == ["c.png"]
+    store.engine.dispose()

@@ -152,6 +152,10 @@ class Store(BlobStore, ReviewStore, LineageStore):
         try:
             yield
         except OperationalError as error:
+            if _disk_full(error.orig):
+                raise StoreError(f"the database at {self.display_url} is full: the disk it is on has no space "
+                                 f"left ({_first_line(error.orig)}); free space there. Nothing stored before was "
+                                 "lost") from error
             raise StoreError(f"the database at {self.display_url} cannot be reached or refused "
                              f"the operation: {_first_line(error.orig)}") from error
         except DBAPIError as error:
@@ -476,6 +480,18 @@ def _check_driver_options(engine: Engine, parsed) -> None:
         raise ValueError(f"the MySQL driver (PyMySQL) takes no option {', '.join(unknown)}")
     if "charset" in options and charset_by_name(options["charset"]) is None:
         raise ValueError(f"the MySQL driver (PyMySQL) knows no charset {options['charset']!r} (use utf8mb4)")
+
+
+# MySQL/MariaDB: "The table ... is full" (1114), "Disk full" (1021), a write failing with errno 28
+_MYSQL_FULL = (1114, 1021)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether the database refused because its disk (or its size limit) is full."""
+    code = error.args[0] if error.args else None
+    text = str(error)
+    return code in _MYSQL_FULL or "database or disk is full" in text or "No space left on device" in text \
+        or "Errcode: 28" in text
 
 
 def _one_line(name: str) -> str:
