@@ -84,7 +84,7 @@ ADAPT_BASES ?= .cache/adapt
 models-adapt-bases: install
 	for site in pbc matek; do $(PY) -m bloodcells train --data $(DATASETS)/$$site --out $(ADAPT_BASES)/$$site-only \
 		--backbone efficientnet_lite0 --mode pretrained+aug --shared-trunk --size 144 --epochs 6 --per-class 250 \
-		--patience 4 --batch-size 32 --lr 1e-3 --no-stain-norm --head-views 2 --plain-background 0.5 \
+		--patience 4 --batch-size 32 --lr 1e-3 --no-stain-norm --head-views 2 --plain-background 0.5 --cell-focus 0 \
 		--no-register || exit 1; done
 
 adapt-cross-site: install

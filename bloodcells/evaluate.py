@@ -172,18 +172,28 @@ def _seen_digests(models_dir: Path) -> set[str]:
 
 
 def _print(outcome: Evaluation, log) -> None:
-    log(f"{outcome.cells} unseen cells" + (f" ({outcome.skipped_seen} used in training left out)"
-                                           if outcome.skipped_seen else ""))
+    log(f"{outcome.cells} unseen cell{'' if outcome.cells == 1 else 's'}"
+        + (f" ({outcome.skipped_seen} used in training left out)" if outcome.skipped_seen else ""))
     log("per node (each node's model alone, on the cells below it):")
     for scores in outcome.nodes.values():
         log("  " + scores.summary())
     log("whole tree, leaf level:\n  " + outcome.tree.summary())
-    log(f"  review: {outcome.flagged:.1%} of cells flagged; cells not flagged are "
-        f"{outcome.unflagged_accuracy:.1%} correct")
+    log("  review: " + _review_line(outcome))
     log(outcome.tree.report)
     for scores in (*outcome.by_source.values(), *outcome.merged.values()):
         per_class = ", ".join(f"{c} {a:.2f}" for c, a in scores.per_class.items())
         log(f"  {scores.summary()}\n    accuracy per class: {per_class}")
+
+
+def _review_line(outcome: Evaluation) -> str:
+    """The share flagged for review and the accuracy of the rest, in words where there is no share
+    (no cell of a leaf type) or no rest (every cell flagged): it read "nan% correct"."""
+    if np.isnan(outcome.flagged):
+        return "no cell of a leaf type to count"
+    if np.isnan(outcome.unflagged_accuracy):
+        return "every cell flagged (none left unflagged to score)"
+    return (f"{outcome.flagged:.1%} of cells flagged; cells not flagged are "
+            f"{outcome.unflagged_accuracy:.1%} correct")
 
 
 def _write_outputs(outcome: Evaluation, classifier: TreeClassifier, out_dir: Path) -> list[Path]:

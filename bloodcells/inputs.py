@@ -71,7 +71,8 @@ class InputProblem:
 def none_readable(label: str, problems: list[InputProblem]) -> InputError:
     """The error for an input none of whose images could be read, naming the first few and why."""
     shown = "; ".join(map(str, problems[:3])) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-    return InputError(f"{label}: none of its {len(problems)} images could be read ({shown})")
+    images = "its one image" if len(problems) == 1 else f"none of its {len(problems)} images"
+    return InputError(f"{label}: {images} could {'not ' if len(problems) == 1 else ''}be read ({shown})")
 
 
 def disk_path(name: str, suffix: str = "") -> PurePosixPath:

@@ -220,7 +220,7 @@ def read_attribute_table(csv_path: Path, images_root: Path) -> tuple[list[dict],
         raise AttributeDataError(f"{csv_path}: no rows")
     absent = [r["path"] for r in rows if not (images_root / r["path"]).is_file()]
     if absent:
-        raise AttributeDataError(f"{csv_path}: {len(absent)} image(s) not found under {images_root}, "
+        raise AttributeDataError(f"{csv_path}: {len(absent)} {'image' if len(absent) == 1 else 'images'} not found under {images_root}, "
                                  f"e.g. {', '.join(absent[:3])}")
     blank = [f"row {n + 2} ({r['path']}): {c}" for n, r in enumerate(rows) for c in attributes if not r[c]]
     if blank:

@@ -246,6 +246,9 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         analysis = store.get_analysis(analysis_id)
     except KeyError:
         raise ReportError(f"analysis #{analysis_id} does not exist") from None
+    if analysis.status == "running" and not analysis.being_stored:
+        raise ReportError(f"analysis #{analysis_id} was interrupted (the process storing it stopped): it has no "
+                          "results; run it again")
     if analysis.status != "done":
         raise ReportError(f"analysis #{analysis_id} is {analysis.status}: only a finished analysis has a report")
     signed = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)

@@ -192,7 +192,10 @@ def _build(spec: dict, parent: Node | None, where: str) -> Node:
         raise TreeFormatError(f"{where}: 'aliases' of {spec['code']} must be a list")
     node = Node(code=str(spec["code"]), name=str(spec["name"]),
                 aliases=tuple(str(a) for a in aliases), parent=parent)
-    for child in spec.get("children") or []:
+    children = spec.get("children") or []
+    if not isinstance(children, list):
+        raise TreeFormatError(f"{where}: 'children' of {spec['code']} must be a list")
+    for child in children:
         node.children.append(_build(child, node, where))
     return node
 
@@ -204,7 +207,13 @@ def load_tree(source: str | Path | None = None) -> Tree:
     if not path.is_file():
         bundled = ", ".join(sorted(p.stem for p in TREES_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"no tree file {path} (bundled trees: {bundled})")
-    spec = yaml.safe_load(path.read_text())
+    try:  # bytes: PyYAML decodes them, and says so (a YAMLError) when they are not UTF-8 or UTF-16 text
+        spec = yaml.safe_load(path.read_bytes())
+    except yaml.YAMLError as error:  # its own text is several lines, quoting the file: one line instead
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise TreeFormatError(f"{path}{where}: not a valid YAML file ({problem})") from error
     if not isinstance(spec, dict) or "root" not in spec:
         raise TreeFormatError(f"{path}: a tree file needs a top-level 'root' node")
     return Tree(str(spec.get("name") or path.stem), _build(spec["root"], None, str(path)))

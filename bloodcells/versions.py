@@ -100,6 +100,11 @@ def promote(candidate: str | Path, tree_name: str, store=None) -> Path:
     a database failure switches nothing either (registering is idempotent: accepting again works).
     """
     root = versions_dir()
+    candidate = Path(candidate)
+    if not (candidate / "classifier.json").is_file():
+        raise ModelFileError(f"{candidate}: not a trained tree's folder (it has no classifier.json)")
+    if candidate.resolve() in root.resolve().parents:  # the copy would go inside what it copies, for ever
+        raise ModelFileError(f"{candidate}: holds the versions folder {root}; give the trained tree's own folder")
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".incoming-{uuid.uuid4().hex}"
     try:

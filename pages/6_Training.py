@@ -1,13 +1,14 @@
 """Training page (the lab's admin): train a new tree on labelled cells; accept it for every page."""
 
 import shutil
+from dataclasses import replace
 
 import streamlit as st
 
 from bloodcells.backbones import KNOWN_BACKBONES
 from bloodcells.evaluate import evaluate
 from bloodcells.taxonomy import default_tree
-from bloodcells.train import MODES, TrainConfig, train_tree
+from bloodcells.train import MODES, SHIPPED_RECIPE, train_tree
 from bloodcells.versions import accept_trained, candidate_dir
 from ui.adaptation import adapt_section, versions_section
 from ui.common import page, require_store, reviewer_name, skipped_files
@@ -38,11 +39,12 @@ st.caption("Upload a .zip of class folders (one folder per cell type: tree codes
 
 upload = st.file_uploader("Labelled cells (.zip of class folders)", key="training_upload")
 left, middle, right = st.columns(3)
-backbone = left.selectbox("Backbone", [*KNOWN_BACKBONES, "other timm model…"], key="training_backbone",
+backbones = [*KNOWN_BACKBONES, "other timm model…"]
+backbone = left.selectbox("Backbone", backbones, index=backbones.index(SHIPPED_RECIPE.architecture), key="training_backbone",
                           help="\n".join(f"- `{name}`: {text}" for name, text in KNOWN_BACKBONES.items()))
 if backbone == "other timm model…":
     backbone = left.text_input("timm model name", key="training_timm_name").strip()
-mode = middle.selectbox("Mode", list(MODES), index=list(MODES).index("pretrained+aug"), key="training_mode",
+mode = middle.selectbox("Mode", list(MODES), index=list(MODES).index(SHIPPED_RECIPE.mode), key="training_mode",
                         format_func=lambda m: f"{m} ({MODE_TEXT.get(m, m)})")
 checkpoint = None
 if mode.startswith("pretrained"):
@@ -50,32 +52,39 @@ if mode.startswith("pretrained"):
                                    help="Nothing is downloaded. Leave empty for the ImageNet weights that ship "
                                         "with the app (EfficientNet-Lite); otherwise timm's weights file for "
                                         "this backbone.") or None
-size = right.number_input("Input size (px)", 16, 512, 144, step=16, key="training_size")
+size = right.number_input("Input size (px)", 16, 512, SHIPPED_RECIPE.input_size, step=16, key="training_size")
 with st.expander("More settings"):
     columns = st.columns(4)
-    epochs = columns[0].number_input("Epochs (at most)", 1, 200, 15, key="training_epochs")
-    min_per_class = columns[1].number_input("Images per child per epoch, at least", 1, 100_000, 1000,
-                                            key="training_min_per_class")
-    cross_site = columns[2].checkbox("Strong stain and scale augmentation", True, key="training_cross_site")
-    stain_norm = columns[3].checkbox("Colour standardisation", False, key="training_stain_norm")
-    plain_background = st.slider("Share of augmented images shown on a plain background", 0.0, 1.0, 0.5, 0.05,
+    epochs = columns[0].number_input("Epochs (at most)", 1, 200, SHIPPED_RECIPE.epochs, key="training_epochs")
+    per_class = columns[1].number_input("Images per cell type per epoch", 1, 100_000, SHIPPED_RECIPE.per_class,
+                                        key="training_per_class",
+                                        help="Types with more are sampled anew each epoch, types with fewer "
+                                             "repeated with augmentation.")
+    cross_site = columns[2].checkbox("Strong stain and scale augmentation", SHIPPED_RECIPE.cross_site,
+                                     key="training_cross_site")
+    stain_norm = columns[3].checkbox("Colour standardisation", SHIPPED_RECIPE.stain_norm, key="training_stain_norm")
+    plain_background = st.slider("Share of augmented images shown on a plain background", 0.0, 1.0,
+                                 SHIPPED_RECIPE.plain_background, 0.05,
                                  key="training_plain_background",
                                  help="Everything but the centred stained cell becomes a plain field, so the "
                                       "models learn from the cell, not from the red cells around it.")
-    cell_focus = st.number_input("Cell focus (weight of the loss on evidence off the cell)", 0.0, 10.0, 0.0, 0.25,
+    cell_focus = st.number_input("Cell focus (weight of the loss on evidence off the cell)", 0.0, 10.0,
+                                 SHIPPED_RECIPE.cell_focus, 0.25,
                                  key="training_cell_focus",
                                  help="Adds to the loss the share of each training cell's class activation map "
                                       "that lies off the stained cell: the models, and their Grad-CAM maps, look "
                                       "at the cell. 0 turns it off. EfficientNet and ResNet backbones only.")
-    shared_trunk = st.checkbox("One network for the tree, a head per node (one pass per cell: fast)", True,
+    shared_trunk = st.checkbox("One network for the tree, a head per node (one pass per cell: fast)",
+                               SHIPPED_RECIPE.shared_trunk,
                                key="training_shared_trunk")
 
 if st.button("Train", type="primary", disabled=not upload or not backbone, key="train"):
     with cancel_button("cancel_training"), run_safely("Training") as outcome:
-        config = TrainConfig(architecture=backbone, input_size=int(size), mode=mode, pretrained_checkpoint=checkpoint,
-                             epochs=int(epochs), min_per_class=int(min_per_class), cross_site=cross_site,
-                             stain_norm=stain_norm, plain_background=plain_background, cell_focus=cell_focus,
-                             shared_trunk=shared_trunk)
+        # the shipped tree's recipe (batch, learning rate, patience...) with what the form sets
+        config = replace(SHIPPED_RECIPE, architecture=backbone, input_size=int(size), mode=mode,
+                         pretrained_checkpoint=checkpoint, epochs=int(epochs), per_class=int(per_class),
+                         cross_site=cross_site, stain_norm=stain_norm, plain_background=plain_background,
+                         cell_focus=cell_focus, shared_trunk=shared_trunk)
         live = LiveCurves()
         with uploaded_source([upload], zip_only=True) as source, progress_bar("Training…") as progress:
             report = train_tree([source], candidate_dir(), tree=default_tree(), config=config, progress=progress,

@@ -183,3 +183,70 @@ def test_a_terminated_run_marks_its_analysis_failed(trained_models_dir, tmp_path
     [analysis] = open_store().list_analyses()
     assert analysis.status == "failed"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back as it was
+
+
+def test_a_malformed_tree_file_is_one_line_and_exit_status_2(tmp_path, capsys):
+    """`--tree bad.yaml` ended in PyYAML's traceback and exit status 1."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x: [")
+    assert main(["tree", "show", "--tree", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bloodcells tree: error: {bad}, line 1, column 5: not a valid YAML file")
+    assert err.count("\n") == 1
+
+
+def test_tree_refuses_a_word_its_action_does_not_take(capsys):
+    """`tree show extra` ignored the extra word; `tree resolve` without a label is refused as well."""
+    for argv in (["tree", "show", "extra"], ["tree", "resolve"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: extra" in err and "required: label" in err
+
+
+def test_classify_prints_its_finished_progress_bar_once_and_counts_in_words(trained_models_dir, tmp_path, capsys):
+    """The bar of a run that reported its end twice was drawn at its start, at each report and at
+    its close: `24/24 [00:00<?, ?cells/s]` four times. One cell was "1 cells"."""
+    from bloodcells.synthetic import write_cell_zip
+
+    upload = write_cell_zip(tmp_path / "in.zip", {"LYT": 12, "EOS": 12}, size=32)
+    assert main(["classify", str(upload), "--models", str(trained_models_dir), "--no-store",
+                 "--out", str(tmp_path / "cells.csv")]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.count("24/24") == 1 and printed.err.endswith("\n")
+    one = write_cell_zip(tmp_path / "one.zip", {"LYT": 1}, size=32)
+    assert main(["classify", str(one), "--models", str(trained_models_dir), "--no-store"]) == 0
+    assert "\n1 cell: " in "\n" + capsys.readouterr().out
+
+
+def test_train_attributes_prints_each_attribute_once(trained_models_dir, tmp_path, capsys):
+    """Each attribute's accuracy was logged as it was fitted, then printed again in a table."""
+    from test_morphology import write_attribute_table
+
+    table = write_attribute_table(tmp_path / "data", per_type=8)
+    assert main(["train-attributes", "--csv", str(table), "--models", str(trained_models_dir),
+                 "--out", str(tmp_path / "head"), "--test-fraction", "0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert sum(line.startswith("nucleus_shape") for line in printed.splitlines()) == 1
+    assert "mean accuracy" in printed
+
+
+def test_explain_names_the_option_a_method_does_not_use(tmp_path, capsys):
+    """It said "gradcam does not use n_steps", the library's name, for --steps."""
+    from bloodcells.synthetic import cell_image
+
+    cell_image("LYT", 1, 32).save(tmp_path / "cell.png")
+    assert main(["explain", str(tmp_path / "cell.png"), "--out", str(tmp_path / "maps.png"), "--steps", "8"]) == 2
+    assert "gradcam does not use --steps" in capsys.readouterr().err
+
+
+def test_evaluate_help_groups_the_options_that_only_its_experiments_use(capsys):
+    """Some 30 training options were listed among evaluate's own, nothing saying they only shape --compare
+    and --cross-site."""
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    described = capsys.readouterr().out.partition("\noptions:")[2]  # after the usage line, which names them all
+    own, _, experiments = described.partition("training (only with --compare or --cross-site):")
+    assert "--models" in own and "--epochs" not in own
+    assert all(option in experiments for option in ("--backbones", "--modes", "--epochs", "--lr", "--shared-trunk"))

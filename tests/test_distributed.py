@@ -20,7 +20,8 @@ def test_torchrun_two_cpu_processes_train_one_tree(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "bloodcells", "train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "models"),
          "--backbone", "test_efficientnet", "--size", "24", "--epochs", "2", "--per-class", "8",
-         "--batch-size", "4", "--mode", "scratch", "--no-register"],
+         "--batch-size", "4", "--mode", "scratch", "--no-shared-trunk", "--stain-norm", "--plain-background", "0",
+         "--cell-focus", "0", "--no-register"],
         capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     output = run.stdout + run.stderr

@@ -110,3 +110,19 @@ def test_comparison_and_cross_site_tables(tmp_path):
     away = results[0].away.tree
     assert set(away.truth) == {"EOS", "LYT"} and len(away.truth) == 24  # all of site b's shared cells
     assert "other site" in format_cross_site(results[0])
+
+
+def test_review_line_says_in_words_when_every_cell_is_flagged(trained_models_dir, tmp_path):
+    """With every cell flagged there is no accuracy of the unflagged ones: it printed "nan% correct"."""
+    from bloodcells.classify import TreeClassifier
+
+    write_cell_folders(tmp_path / "fresh", {"LYT": 3, "EOS": 3}, size=32, start_seed=800)
+    classifier = TreeClassifier.load(trained_models_dir)
+    lines = []
+    evaluate([tmp_path / "fresh"], classifier=classifier, log=lines.append)
+    assert any("cells not flagged are" in line and "% correct" in line for line in lines)
+    classifier.review_threshold = 1.01  # above any confidence: every cell flagged
+    lines.clear()
+    evaluate([tmp_path / "fresh"], classifier=classifier, log=lines.append)
+    assert "  review: every cell flagged (none left unflagged to score)" in lines
+    assert not any("nan" in line for line in lines)

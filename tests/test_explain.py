@@ -305,7 +305,7 @@ def test_explain_command_writes_the_overlays_and_prints_the_time(trained_models_
 @pytest.mark.parametrize(("arguments", "message"), [
     (["missing.png", "--out", "x.png"], "missing.png: no such image"),
     (["{image}", "--out", "x.jpg"], "x.jpg: the output must be a .png file"),
-    (["{image}", "--out", "x.png", "--method", "gradcam", "--steps", "4"], "gradcam does not use n_steps"),
+    (["{image}", "--out", "x.png", "--method", "gradcam", "--steps", "4"], "gradcam does not use --steps"),
     (["{image}", "--out", "x.png", "--node", "LYT"], "node 'LYT' has no model"),
     (["{image}", "--out", "x.png", "--target", "nonsense-cell"], "nonsense-cell"),
 ])

@@ -162,7 +162,7 @@ def test_bad_tables_are_named(classifier, tmp_path):
     with pytest.raises(AttributeDataError, match=r"no_label.csv: needs columns .*missing: label"):
         train_attribute_head(no_label, classifier, images_root=tmp_path / "data", out_dir=tmp_path / "out")
     (tmp_path / "data" / "pbc" / "EOS" / "EOS_0.png").unlink()
-    with pytest.raises(AttributeDataError, match=r"attributes.csv: 1 image\(s\) not found .*pbc/EOS/EOS_0.png"):
+    with pytest.raises(AttributeDataError, match=r"attributes.csv: 1 image not found .*pbc/EOS/EOS_0.png"):
         train_attribute_head(table, classifier, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import timedelta
 
 import pytest
 
 from bloodcells.signout import ReportError, SignedReportError, build_report, clinical_rows, to_html, to_pdf
-from bloodcells.store import DetectionRow, PredictionRow
+from bloodcells.store import Analysis, DetectionRow, PredictionRow
 from bloodcells.synthetic import cell_image, encode
 
 
@@ -128,6 +129,13 @@ def test_bad_requests_are_named(store):
     store.fail_analysis(failed, "InputError: nope")
     with pytest.raises(ReportError, match="is failed"):
         build_report(store, failed)
+    running = store.start_analysis("z.zip", "classification", {})
+    with pytest.raises(ReportError, match="is running: only a finished analysis has a report"):
+        build_report(store, running)
+    with store.session() as session:  # its process was killed: the CLI said "is running" for good
+        session.get(Analysis, running).heartbeat_at -= timedelta(minutes=10)
+    with pytest.raises(ReportError, match="was interrupted \\(the process storing it stopped\\): it has no results"):
+        build_report(store, running)
     done = store.start_analysis("y.zip", "classification", {})
     store.finish_analysis(done, predictions=[])
     with pytest.raises(ReportError, match="target 150"):

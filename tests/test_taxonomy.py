@@ -69,3 +69,16 @@ def test_any_tree_in_the_same_format_loads(tmp_path):
     path.write_text("root:\n  code: R\n  name: root\n  children:\n    - {code: A, name: x}\n    - {code: A, name: y}\n")
     with pytest.raises(TreeFormatError, match="appears twice"):
         load_tree(path)
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("x: [", r"bad.yaml, line 1, column 5: not a valid YAML file \(expected the node content"),
+    (b"root: \xff\xfe\x00", r"bad.yaml: not a valid YAML file \(unacceptable character #x00ff"),
+    ("root: {code: R, name: r, children: 5}", r"bad.yaml: 'children' of R must be a list")])
+def test_a_malformed_tree_file_is_one_line_naming_the_file_and_the_place(tmp_path, text, said):
+    """It was PyYAML's traceback (or a TypeError) from every command given the file with --tree."""
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(TreeFormatError, match=said) as raised:
+        load_tree(path)
+    assert "\n" not in str(raised.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -245,23 +246,45 @@ def test_unknown_mode_is_refused():
         tiny_train_config(mode="fine-tuned")
 
 
+# `bloodcells train` defaults to the shipped recipe (45 epochs of EfficientNet-Lite0 at 144 px): the
+# tests train a tiny network for one epoch, each option that shapes the run given.
+TINY_TRAINING = ["--backbone", "test_efficientnet", "--size", "24", "--epochs", "1", "--per-class", "8", "--mode",
+                 "scratch", "--batch-size", "8", "--no-shared-trunk", "--stain-norm", "--plain-background", "0",
+                 "--cell-focus", "0"]
+
+
 def test_cli_train_classify_round_trip(tmp_path, monkeypatch):
     from bloodcells.cli import main
     from bloodcells.synthetic import write_cell_zip
 
     write_cell_folders(tmp_path / "cells", {"LYT": 10, "MON": 10}, size=24)
-    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "models"),
-                 "--backbone", "test_efficientnet", "--size", "24", "--epochs", "1", "--per-class", "8",
-                 "--mode", "scratch", "--batch-size", "8"]) == 0
+    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "models"), *TINY_TRAINING]) == 0
     upload = write_cell_zip(tmp_path / "in.zip", {"LYT": 2, "MON": 2}, size=24)
     assert main(["classify", str(upload), "--models", str(tmp_path / "models"),
                  "--out", str(tmp_path / "out.csv")]) == 0
     assert len((tmp_path / "out.csv").read_text().splitlines()) == 5
-    assert main(["train", "--data", str(tmp_path / "cells"), "--mode", "pretrained",
-                 "--backbone", "test_efficientnet", "--out", str(tmp_path / "m2")]) == 2
-    for option, value in (("--plain-background", "1.5"), ("--cell-focus", "-1")):
-        assert main(["train", "--data", str(tmp_path / "cells"), option, value,
-                     "--out", str(tmp_path / "m3")]) == 2 and not (tmp_path / "m3").exists()
+    assert main(["train", "--data", str(tmp_path / "cells"), *TINY_TRAINING, "--mode", "pretrained",
+                 "--out", str(tmp_path / "m2")]) == 2
+
+
+def test_cli_train_defaults_are_the_shipped_recipe():
+    """`bloodcells train --data X --out Y` trained an old recipe (MobileNetV3 at 64 px from scratch, a
+    network per node, no plain background nor cell focus): a far worse tree than the shipped one."""
+    from bloodcells.cli import _load_commands, build_parser
+    from bloodcells.cli.classification import _config
+    from bloodcells.train import SHIPPED_RECIPE
+
+    _load_commands()
+    args = build_parser().parse_args(["train", "--data", "cells", "--out", "tree"])
+    assert _config(args) == SHIPPED_RECIPE
+    assert (SHIPPED_RECIPE.architecture, SHIPPED_RECIPE.input_size, SHIPPED_RECIPE.mode, SHIPPED_RECIPE.shared_trunk,
+            SHIPPED_RECIPE.stain_norm, SHIPPED_RECIPE.plain_background, SHIPPED_RECIPE.cell_focus) == \
+        ("efficientnet_lite0", 144, "pretrained+aug", True, False, 0.5, 1.0)
+    # each can be turned off, the shared trunk and the colour standardisation too
+    args = build_parser().parse_args(["train", "--data", "cells", "--out", "tree", "--no-shared-trunk",
+                                      "--stain-norm", "--cell-focus", "0", "--per-class", "0"])
+    assert _config(args) == replace(SHIPPED_RECIPE, shared_trunk=False, stain_norm=True, cell_focus=0.0,
+                                    per_class=None)  # --min-per-class balances
 
 
 def test_cli_train_never_deletes_a_folder_of_other_files(tmp_path, capsys):
@@ -270,20 +293,21 @@ def test_cli_train_never_deletes_a_folder_of_other_files(tmp_path, capsys):
     from bloodcells.cli import main
 
     write_cell_folders(tmp_path / "cells", {"LYT": 10, "MON": 10}, size=24)
-    tiny = ["--backbone", "test_efficientnet", "--size", "24", "--epochs", "1", "--per-class", "8", "--mode",
-            "scratch", "--batch-size", "8"]
     before = sorted(p.name for p in (tmp_path / "cells").rglob("*"))
-    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "cells"), *tiny]) == 2
+    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "cells"), *TINY_TRAINING]) == 2
     assert "holds files that are not a trained tree" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "cells").rglob("*")) == before
     assert not list(tmp_path.glob("*.training"))  # nothing half-built left beside it
-    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "tree"), *tiny]) == 0
-    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "tree"), *tiny]) == 0  # a tree
+    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "tree"), *TINY_TRAINING]) == 0
+    assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "tree"), *TINY_TRAINING]) == 0  # a tree
 
 
 @pytest.mark.parametrize(("command", "option", "value"), [
     ("train", "--epochs", "0"), ("train", "--batch-size", "0"), ("train", "--lr", "-1"),
     ("train", "--review-accuracy", "1.5"), ("train", "--patience", "-3"),
+    # the library's messages named its own names (plain_background...), not the option typed
+    ("train", "--plain-background", "1.5"), ("train", "--cell-focus", "-1"), ("train", "--review-certainty", "1"),
+    ("train", "--ema", "1"), ("train", "--workers", "-1"), ("train-detector", "--workers", "-3"),
     ("adapt", "--lr", "-1"), ("detect", "--conf", "2"), ("detect", "--tile-size", "0"),
     ("explain", "--steps", "0"), ("classify", "--batch-size", "-5")])
 def test_cli_numbers_out_of_range_are_refused_before_anything_runs(command, option, value, capsys):
@@ -531,15 +555,14 @@ def test_the_train_command_runs_with_augmenting_workers(tmp_path):
 
     write_cell_folders(tmp_path / "cells", {"LYT": 8, "MON": 8}, size=24)
     command = [sys.executable, "-m", "bloodcells", "train", "--data", str(tmp_path / "cells"), "--no-register",
-               "--backbone", "test_efficientnet", "--size", "24", "--epochs", "1", "--per-class", "8",
-               "--mode", "scratch+aug", "--batch-size", "8", "--out"]
+               *TINY_TRAINING, "--mode", "scratch+aug", "--out"]
     done = subprocess.run([*command, str(tmp_path / "models"), "--workers", "1"], capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "models" / "ALL.json").exists() and done.stdout.count("models written to") == 1
     refused = subprocess.run([*command, str(tmp_path / "m2"), "--workers", "-1"], capture_output=True, text=True,
                              timeout=240)
-    assert refused.returncode == 2 and "workers is a number of processes" in refused.stderr
+    assert refused.returncode == 2 and "argument --workers: -1: give a whole number from 0 up" in refused.stderr
     assert not (tmp_path / "m2").exists()
 
 

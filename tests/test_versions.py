@@ -265,3 +265,39 @@ def test_two_writers_registering_one_new_architecture_at_once_both_succeed(store
     second = register("b")
     first.join(30)
     assert done["first"] != second and store.count_rows(ModelType) == 1
+
+
+def test_the_command_line_lists_promotes_switches_and_rolls_back(models, trained_models_dir, tmp_path, monkeypatch,
+                                                                   capsys):
+    """The docs said to train into a new folder "and promote it": the CLI had no way to."""
+    from bloodcells.cli import main
+    from bloodcells.store import open_store
+
+    monkeypatch.setenv("BLOODCELLS_DATA_DIR", str(tmp_path / "data"))
+    new = candidate(trained_models_dir, tmp_path, "run-cli")
+    assert main(["versions", "promote", str(new)]) == 0
+    [version] = versions.list_versions(TREE)
+    assert f"{version} is in use for tree 'default'" in capsys.readouterr().out
+    assert TreeClassifier.load().manifest["trained_at"] == "run-cli" and new.is_dir()
+    assert {m.sha256 for m in open_store().list_models(kind="classifier")}  # registered, as the app's Accept does
+    assert main(["versions", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["  shipped", f"* {version}"]
+    assert main(["versions", "use", "shipped"]) == 0 and versions.current_version(TREE) is None
+    assert main(["versions", "rollback"]) == 0 and versions.current_version(TREE) == version
+    assert f"rolled back: {version} is in use" in capsys.readouterr().out
+    for arguments, message in ((["use", "20000101T000000Z-deadbeef"], "has no version '20000101T000000Z-deadbeef'"),
+                               (["promote", str(tmp_path / "data")], "not a trained tree's folder"),
+                               (["promote", str(models)], "not a trained tree's folder"),
+                               (["promote"], "needs a FOLDER"), (["list", "extra"], "takes no 'extra'")):
+        assert main(["versions", *arguments]) == 2
+        assert message in capsys.readouterr().err, arguments
+    assert versions.current_version(TREE) == version  # nothing a refused command did changed the tree in use
+
+
+def test_a_folder_holding_the_versions_is_refused_before_anything_is_copied(models, trained_models_dir):
+    """A tree folder that holds the models folder (trained beside its own output, say): copying it into
+    versions/ copied the copy, until the disk filled or shutil gave up with a wall of paths."""
+    shutil.copytree(trained_models_dir, models, dirs_exist_ok=True)  # models/ itself looks like a tree now
+    with pytest.raises(ModelFileError, match="holds the versions folder"):
+        versions.promote(models, TREE)
+    assert not (models / "classifier" / "versions").exists()

@@ -16,6 +16,10 @@ from pathlib import Path
 
 from .. import settings as settings_module
 
+# What a --models option falls back to (``classify.default_models_dir``), for the help texts.
+TREE_IN_USE = ("the tree in use: the version promoted last under BLOODCELLS_MODELS_DIR (by default the "
+               "project's models/), else the shipped classifier/default there")
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
@@ -89,6 +93,11 @@ def output_folder(path: str | Path | None, reads: str | Path | None = None) -> P
     return path
 
 
+def plural(count: int, word: str) -> str:
+    """``count`` and ``word``, with an s unless one: "1 cell", "2 cells"."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def whole(minimum: int, maximum: int = 2**63 - 1) -> Callable[[str], int]:
     """argparse type: a whole number from ``minimum`` to ``maximum`` (argparse names the option when
     it is not; a number out of range otherwise reached the code as a traceback or a silent result)."""
@@ -128,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMAND_MODULES = ("database", "classification", "adaptation", "detection", "explanation", "signout")
+COMMAND_MODULES = ("database", "classification", "adaptation", "detection", "explanation", "signout", "versions", "history")
 
 
 def _load_commands() -> None:

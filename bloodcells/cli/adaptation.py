@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import CommandError, command, real, whole
+from . import TREE_IN_USE, CommandError, command, real, whole
 
 
 def _adapt_args(parser):
@@ -13,7 +13,7 @@ def _adapt_args(parser):
                         help="the lab's labelled cells: a folder or .zip of class folders (tree codes, names or "
                              "aliases, e.g. Neutrophil/ or NGS/), the Review page's export, or a CSV (path,label)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the adapted tree (a new folder)")
-    parser.add_argument("--models", metavar="DIR", help="the tree to start from (default: the one in use)")
+    parser.add_argument("--models", metavar="DIR", help=f"the tree to start from (default: {TREE_IN_USE})")
     parser.add_argument("--hold-out", type=float, default=defaults.hold_out, metavar="FRACTION",
                         help=f"share of the lab's cells held back to score before and after, stratified "
                              f"(default {defaults.hold_out})")
@@ -28,14 +28,16 @@ def _adapt_args(parser):
                         help=f"original cells replayed per cell type (default {defaults.replay_per_label}; 0: "
                              "none, when the original sources are not at hand: the tree then learns only the "
                              "lab's cell types)")
-    parser.add_argument("--lr", type=real(0, low_included=False), default=defaults.learning_rate, help="learning rate of the trunk")
+    parser.add_argument("--lr", type=real(0, low_included=False), default=defaults.learning_rate,
+                        help="learning rate of the trunk (default %(default)s)")
     parser.add_argument("--layer-decay", type=float, default=defaults.layer_decay, metavar="FACTOR",
                         help="each layer below the trunk's top learns at this factor of the rate of the one above "
                              f"(default {defaults.layer_decay}: one rate)")
     parser.add_argument("--linear-probe", action="store_true",
                         help="fit the trunk's new classifier on its frozen features before fine-tuning it "
                              "(more accuracy on the new site, more lost on the original: docs/classification.md)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seed of the hold-out, sampling and augmentation (default %(default)s)")
 
 
 @command("adapt", "tune the tree to a new lab's camera and stain with a few of its labelled cells", _adapt_args)

@@ -1,13 +1,14 @@
 """Commands for the database and the cell-type tree."""
 
-from . import CommandError, command
+from . import command
 
 
 # -- db ---------------------------------------------------------------------------------------
 def _db_args(parser):
     parser.add_argument("action", choices=["init", "upgrade", "current"],
                         help="init/upgrade: create or migrate the schema; current: print its revision")
-    parser.add_argument("--url", help="database URL (default: BLOODCELLS_DATABASE_URL or data/bloodcells.db)")
+    parser.add_argument("--url", help="database URL (default: BLOODCELLS_DATABASE_URL, else the SQLite file "
+                                      "bloodcells.db in BLOODCELLS_DATA_DIR, by default the project's data/)")
 
 
 @command("db", "create, upgrade or inspect the database schema", _db_args)
@@ -26,9 +27,12 @@ def _db(args) -> int:
 
 # -- tree -------------------------------------------------------------------------------------
 def _tree_args(parser):
-    parser.add_argument("action", choices=["show", "resolve"])
-    parser.add_argument("label", nargs="?", help="for resolve: a label, code, alias or file path")
-    parser.add_argument("--tree", help="a tree YAML file (default: the bundled default tree)")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print the tree", description="print the tree")
+    resolve = actions.add_parser("resolve", help="the node a label names", description="the node a label names")
+    resolve.add_argument("label", help="a label, code, alias or file path")
+    for action in (show, resolve):
+        action.add_argument("--tree", help="a tree YAML file (default: the bundled default tree)")
 
 
 @command("tree", "show the cell-type tree or resolve a label to a node", _tree_args)
@@ -39,10 +43,6 @@ def _tree(args) -> int:
     if args.action == "show":
         print(tree.render())
         return 0
-    if not args.label:
-        raise CommandError("tree resolve needs a LABEL")
     node = tree.label_for_file(args.label) if "/" in args.label or "." in args.label else tree.resolve(args.label)
     print(f"{node.code}\t{node.name}\t{tree.path_codes(node.code)}")
     return 0
-
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CommandError, command, output_file, output_folder, real, whole
+from . import TREE_IN_USE, CommandError, command, output_file, output_folder, plural, real, whole
 
 
 def _configure_train(parser: argparse.ArgumentParser) -> None:
@@ -13,14 +13,16 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
                         help="YOLO dataset (data.yaml or its folder) or Pascal VOC folder; repeat to combine")
     parser.add_argument("--model", default="yolo11n.yaml",
                         help="ultralytics model config (trained from scratch) or a local .pt (default %(default)s)")
-    parser.add_argument("--epochs", type=whole(1), default=50)
+    parser.add_argument("--epochs", type=whole(1), default=50, help="epochs at most (default %(default)s)")
     parser.add_argument("--hours", type=real(0, low_included=False), default=None,
                         help="stop after this many hours (epochs are re-planned to fit)")
-    parser.add_argument("--imgsz", type=whole(32), default=320)
-    parser.add_argument("--batch", type=whole(1), default=16)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--patience", type=whole(1), default=20)
-    parser.add_argument("--multi-scale", type=float, default=0.0, metavar="FRACTION",
+    parser.add_argument("--imgsz", type=whole(32), default=320, help="training input size in pixels (default %(default)s)")
+    parser.add_argument("--batch", type=whole(1), default=16, help="images per training step (default %(default)s)")
+    parser.add_argument("--workers", type=whole(0), default=2,
+                        help="processes that load and augment the images (default %(default)s)")
+    parser.add_argument("--patience", type=whole(1), default=20,
+                        help="stop after this many epochs without a better validation score (default %(default)s)")
+    parser.add_argument("--multi-scale", type=real(0, 1, high_included=False), default=0.0, metavar="FRACTION",
                         help="train each batch at a size within this fraction of --imgsz (default 0: off)")
     parser.add_argument("--no-cache", action="store_true", help="do not cache the images in RAM")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
@@ -28,7 +30,7 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
                              "name it to replace it)")
 
 
-@command("train-detector", "Train the YOLO cell detector (white cells, red cells, platelets).", _configure_train)
+@command("train-detector", "train the YOLO cell detector (white cells, red cells, platelets)", _configure_train)
 def train_detector_command(args: argparse.Namespace) -> int:
     from ..detection import train_detector
 
@@ -49,11 +51,11 @@ def train_detector_command(args: argparse.Namespace) -> int:
 def _configure_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="YOLO dataset or Pascal VOC folder")
     parser.add_argument("--model", type=Path, default=None, help="detector weights (default models/detector/*.pt)")
-    parser.add_argument("--split", default="val", choices=["train", "val"])
+    parser.add_argument("--split", default="val", choices=["train", "val"], help="the split to score (default %(default)s)")
     parser.add_argument("--imgsz", type=whole(32), default=None, help="default: the size it was trained at")
 
 
-@command("evaluate-detector", "Precision, recall, mAP50 and mAP50-95 per class on a labelled dataset.",
+@command("evaluate-detector", "precision, recall, mAP50 and mAP50-95 per class on a labelled dataset",
          _configure_evaluate)
 def evaluate_detector_command(args: argparse.Namespace) -> int:
     from ..detection import DatasetError, DetectorFileError, evaluate_detector
@@ -85,7 +87,7 @@ def _configure_detect(parser: argparse.ArgumentParser) -> None:
                         help="also write each image with its boxes drawn (PNG) into DIR")
     parser.add_argument("--model", type=Path, default=None, help="detector weights (default models/detector/*.pt)")
     parser.add_argument("--classifier", type=Path, default=None, metavar="DIR",
-                        help="classifier tree for the white cells (default models/classifier/default)")
+                        help=f"classifier tree for the white cells (default: {TREE_IN_USE})")
     parser.add_argument("--no-typing", action="store_true", help="do not classify the white cells")
     parser.add_argument("--conf", type=real(0, 1), default=DEFAULT_BOX_CONFIDENCE,
                         help="minimum box confidence (default %(default)s)")
@@ -102,7 +104,7 @@ def _configure_detect(parser: argparse.ArgumentParser) -> None:
                              "usually 100 or 200)")
 
 
-@command("detect", "Find and count cells on smear fields; type the white cells with the classifier tree.",
+@command("detect", "find and count cells on smear fields; type the white cells with the classifier tree",
          _configure_detect)
 def detect_command(args: argparse.Namespace) -> int:
     from ..classify import ModelFileError, TreeClassifier
@@ -143,7 +145,7 @@ def detect_command(args: argparse.Namespace) -> int:
     else:
         for file in result.files:
             print(f"{file}: {_counts_line(result.counts(file), result.differential(file))}")
-        print(f"all {len(result.files)} images: {_counts_line(result.counts(), result.differential())}{stored}")
+        print(f"all {plural(len(result.files), 'image')}: {_counts_line(result.counts(), result.differential())}{stored}")
     print(f"written {args.out}" + (f" and annotated images in {args.annotated}" if args.annotated else ""))
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import CommandError, command, output_file, real, whole
+from . import TREE_IN_USE, CommandError, command, output_file, plural, real, whole
 
 
 def _configure_explain(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
                                        "predicted path)")
     parser.add_argument("--target", help="explain the choice of this cell type (default: the predicted one)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write: the overlays, one per level")
-    parser.add_argument("--models", type=Path, help="trained classifier folder (default: models/classifier/default)")
+    parser.add_argument("--models", type=Path, help=f"trained classifier folder (default: {TREE_IN_USE})")
     parser.add_argument("--steps", type=whole(1), help="integrated-gradients: integration steps (default 32)")
     parser.add_argument("--window", type=whole(1), help="occlusion: window side in model pixels (default: input/4)")
     parser.add_argument("--stride", type=whole(1), help="occlusion: stride in model pixels (default: window/2)")
@@ -39,10 +39,11 @@ def explain_command(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".png":
         raise CommandError(f"{args.out}: the output must be a .png file")
     output_file(args.out, reads=args.image)
-    given = {"n_steps": args.steps, "window": args.window, "stride": args.stride}
-    settings = {name: value for name, value in given.items()
+    given = {"--steps": ("n_steps", args.steps), "--window": ("window", args.window),
+             "--stride": ("stride", args.stride)}  # option -> (the method's setting, value)
+    settings = {name: value for name, value in given.values()
                 if value is not None and name in METHODS[args.method].defaults}
-    ignored = [name for name, value in given.items() if value is not None and name not in settings]
+    ignored = [option for option, (name, value) in given.items() if value is not None and name not in settings]
     if ignored:
         raise CommandError(f"{args.method} does not use {', '.join(ignored)}")
     started = time.perf_counter()
@@ -68,7 +69,7 @@ def explain_command(args: argparse.Namespace) -> int:
         print(f"{level.node} -> {level.target}  p={level.probability:.2f}  {level.seconds:.3f} s"
               f"{'  (cached)' if level.cached else ''}")
     sheet.save(args.out)
-    print(f"{args.method}: {len(levels)} level(s) explained in {finished - loaded:.2f} s "
+    print(f"{args.method}: {plural(len(levels), 'level')} explained in {finished - loaded:.2f} s "
           f"(models loaded in {loaded - started:.2f} s); wrote {args.out}")
     _print_attributes(args.image, classifier)
     return 0
@@ -91,7 +92,8 @@ def _configure_train_attributes(parser: argparse.ArgumentParser) -> None:
                         help="attribute table (WBCAtt's pbc_attributes.csv: img_name, label, attributes..., path)")
     parser.add_argument("--images", type=Path, help="folder the csv's paths are relative to (default: the csv's "
                                                     "parent's parent, as in ../shared/datasets)")
-    parser.add_argument("--models", type=Path, help="trained classifier folder whose features are used")
+    parser.add_argument("--models", type=Path,
+                        help=f"trained classifier folder whose features are used (default: {TREE_IN_USE})")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="where to write the head (the shipped one is models/attributes/default: name it to "
                              "replace it)")
@@ -115,8 +117,6 @@ def train_attributes_command(args: argparse.Namespace) -> int:
                                         images_root=args.images, test_fraction=args.test_fraction, log=print)
     except (ModelFileError, AttributeDataError) as error:
         raise CommandError(str(error)) from error
-    for name, metrics in head.metrics["attributes"].items():
-        print(f"{name:28s} accuracy {metrics['accuracy']:.3f}  (majority {metrics['majority']:.3f}, "
-              f"n={metrics['test_images']})")
+    # each attribute's accuracy was logged as it was fitted: only the summary is left to say
     print(f"mean accuracy {head.metrics['mean_accuracy']:.3f}; wrote {head.path}")
     return 0

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import CommandError, command, output_file, whole
+from . import CommandError, command, output_file, plural, whole
 
 
 def _report_args(parser):
     from ..signout import TARGETS
 
-    parser.add_argument("analysis", type=whole(1), metavar="ANALYSIS_ID", help="the analysis (see History)")
+    parser.add_argument("analysis", type=whole(1), metavar="ANALYSIS_ID",
+                        help="the analysis (its id: `bloodcells analyses`, or History)")
     parser.add_argument("--out", required=True, help="FILE.pdf or FILE.html")
     parser.add_argument("--wbc", type=float, metavar="COUNT",
                         help="the white-cell count in 10^9/L, for absolute counts (e.g. 7.5)")
@@ -38,6 +39,6 @@ def _report(args) -> int:
         out.write_bytes(to_pdf(report))
     else:
         out.write_text(to_html(report), encoding="utf-8")
-    print(f"written {out}: {report.counted} cells counted (target {report.target}), "
-          f"{report.unreviewed_flagged} flagged cells not reviewed")
+    print(f"written {out}: {plural(report.counted, 'cell')} counted (target {report.target}), "
+          f"{plural(report.unreviewed_flagged, 'flagged cell')} not reviewed")
     return 0

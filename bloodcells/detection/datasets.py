@@ -43,7 +43,7 @@ def _class_map(names, where: Path) -> dict:
         else:
             mapping[key] = DETECTOR_CLASSES.index(code)
     if unknown:
-        raise DatasetError(f"{where}: unknown class name(s) {', '.join(sorted(set(unknown)))}; accepted are "
+        raise DatasetError(f"{where}: unknown class {'name' if len(set(unknown)) == 1 else 'names'} {', '.join(sorted(set(unknown)))}; accepted are "
                            f"{', '.join(sorted(set().union(*CLASS_ALIASES.values())))}")
     return mapping
 

@@ -8,11 +8,11 @@ temperature and the review threshold on validation cells and writes the models w
 metadata (see ``classify`` for the format). Under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, nccl on GPU).
 """
 
-from .config import FORMAT_VERSION, MODES, EpochCallback, Progress, TrainConfig, TrainReport
+from .config import FORMAT_VERSION, MODES, SHIPPED_RECIPE, EpochCallback, Progress, TrainConfig, TrainReport
 from .files import network_sha256, register_models, review_threshold, save_node
 from .network import NodeView, fit_network, labels_view, node_view, train_node
 from .tree import calibrate_tree, fit_tree, train_tree
 
-__all__ = ["FORMAT_VERSION", "MODES", "EpochCallback", "NodeView", "Progress", "TrainConfig", "TrainReport",
+__all__ = ["FORMAT_VERSION", "MODES", "SHIPPED_RECIPE", "EpochCallback", "NodeView", "Progress", "TrainConfig", "TrainReport",
            "calibrate_tree", "fit_network", "fit_tree", "labels_view", "network_sha256", "node_view", "register_models",
            "review_threshold", "save_node", "train_node", "train_tree"]

@@ -68,6 +68,15 @@ class TrainConfig:
             raise ValueError(f"cell_focus is a loss weight, 0 or more (not {self.cell_focus})")
 
 
+# The recipe of the shipped tree (the Makefile's models-classifier): what `bloodcells train` does
+# unless told otherwise, so that a tree trained on one's own cells is made as the shipped one was.
+# TrainConfig's own defaults stay small and quick for code and tests that set what they need.
+SHIPPED_RECIPE = TrainConfig(
+    architecture="efficientnet_lite0", input_size=144, mode="pretrained+aug", shared_trunk=True, per_class=250,
+    epochs=45, patience=6, batch_size=32, learning_rate=1e-3, stain_norm=False, plain_background=0.5,
+    cell_focus=1.0)
+
+
 @dataclass
 class TrainReport:
     out_dir: Path

@@ -246,7 +246,7 @@ def _pooled_map(backbone) -> list:
     if (not hasattr(pool, "register_forward_pre_hook")
             or getattr(classifier, "in_features", None) != getattr(backbone, "num_features", None)):
         raise ValueError(f"cell focus needs a network whose linear classifier reads its pooled feature map "
-                         f"(EfficientNet, ResNet), not {type(backbone).__name__}")
+                         f"(EfficientNet, ResNet), not {type(backbone).__name__}: train it with --cell-focus 0")
     pool.register_forward_pre_hook(lambda _module, inputs: maps.__setitem__(slice(None), inputs[:1]))
     return maps
 

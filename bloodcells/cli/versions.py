@@ -1,0 +1,44 @@
+"""Commands for the versions of a classifier tree: which is in use, promoting, switching, rolling back
+(the Training page's Versions section, for a server run from the command line)."""
+
+from . import CommandError, command
+
+
+def _versions_args(parser):
+    parser.add_argument("action", choices=["list", "promote", "use", "rollback"],
+                        help="list: the versions and which is in use; promote FOLDER: make a trained tree folder "
+                             "the one in use (copied, verified, registered in the database); use VERSION: put a "
+                             "listed version (or 'shipped') in use; rollback: put back the version in use before")
+    parser.add_argument("target", nargs="?", help="promote: a trained tree's folder; use: a version id or 'shipped'")
+    parser.add_argument("--tree", default="default", help="the tree's name (default: default)")
+
+
+@command("versions", "list, promote, switch or roll back the classifier tree's versions", _versions_args)
+def _versions(args) -> int:
+    from .. import versions
+
+    needs_target = args.action in ("promote", "use")
+    if needs_target and not args.target:
+        raise CommandError(f"versions {args.action} needs a {'FOLDER' if args.action == 'promote' else 'VERSION'}")
+    if not needs_target and args.target:
+        raise CommandError(f"versions {args.action} takes no {args.target!r}")
+    try:
+        if args.action == "promote":
+            from ..store import open_store
+
+            folder = versions.promote(args.target, args.tree, store=open_store())
+            print(f"{folder.name} is in use for tree {args.tree!r} ({folder}); the one before is kept for rollback")
+        elif args.action == "use":
+            version = None if args.target == versions.SHIPPED else args.target
+            print(f"{args.target} is in use for tree {args.tree!r} ({versions.use_version(args.tree, version)})")
+        elif args.action == "rollback":
+            versions.rollback(args.tree)
+            print(f"rolled back: {versions.current_version(args.tree) or versions.SHIPPED} is in use "
+                  f"for tree {args.tree!r}")
+        else:
+            in_use = versions.current_version(args.tree)
+            for version in [None, *versions.list_versions(args.tree)]:
+                print(f"{'*' if version == in_use else ' '} {version or versions.SHIPPED}")
+    except (ValueError, versions.ModelFileError, FileNotFoundError) as error:
+        raise CommandError(str(error)) from error
+    return 0
