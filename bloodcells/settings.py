@@ -48,9 +48,22 @@ class Settings:
             models_dir=Path(_variable("BLOODCELLS_MODELS_DIR", PROJECT_DIR / "models")).resolve(),
             cache_dir=Path(_variable("BLOODCELLS_CACHE_DIR", PROJECT_DIR / ".cache")).resolve(),
             database_url=_variable("BLOODCELLS_DATABASE_URL", f"sqlite:///{data_dir / 'bloodcells.db'}"),
-            allow_downloads=_variable("BLOODCELLS_ALLOW_DOWNLOADS", "0").lower() in {"1", "true", "yes"},
+            allow_downloads=_switch("BLOODCELLS_ALLOW_DOWNLOADS", default=False),
             timezone=_variable("BLOODCELLS_TIMEZONE", "UTC"),
         )
+
+
+SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                 "off": False}
+
+
+def _switch(name: str, default: bool) -> bool:
+    """A yes/no variable; a value that is neither is refused (BLOODCELLS_ALLOW_DOWNLOADS=2 or =enabled
+    quietly meant "no", and a lab that meant to allow downloads was left wondering why none came)."""
+    value = _variable(name, "1" if default else "0").lower()
+    if value not in SWITCH_VALUES:
+        raise SettingsError(f"{name}={os.environ[name].strip()}: give 1 or 0 (also true/false, yes/no, on/off)")
+    return SWITCH_VALUES[value]
 
 
 def _variable(name: str, default: str | Path) -> str:

@@ -68,3 +68,18 @@ def test_the_cli_and_every_page_say_an_unusable_cache_dir_in_one_message(cache_f
     at = AppTest.from_file("../app.py", default_timeout=60).run()
     assert not at.exception
     assert [e.value for e in at.error if "BLOODCELLS_CACHE_DIR" in e.value]
+
+
+@pytest.mark.parametrize(("value", "allowed"), [("1", True), ("Yes", True), ("on", True), ("true", True), ("0", False),
+                                                ("off", False), ("no", False)])
+def test_allow_downloads_reads_yes_and_no(value, allowed, monkeypatch):
+    monkeypatch.setenv("BLOODCELLS_ALLOW_DOWNLOADS", value)
+    assert Settings.from_env().allow_downloads is allowed
+
+
+@pytest.mark.parametrize("value", ["2", "enabled", "y es"])
+def test_allow_downloads_that_is_neither_yes_nor_no_is_refused(value, monkeypatch):
+    """=2 or =enabled quietly meant "no": a lab that meant to allow downloads got none, and no word why."""
+    monkeypatch.setenv("BLOODCELLS_ALLOW_DOWNLOADS", value)
+    with pytest.raises(SettingsError, match=rf"^BLOODCELLS_ALLOW_DOWNLOADS={value}: give 1 or 0"):
+        Settings.from_env()
