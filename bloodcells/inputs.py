@@ -31,7 +31,8 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 MIN_IMAGE_SIDE = 16  # pixels: less shows no cell (a 1x1 image was typed "blast" and counted)
 MAX_NAME_LENGTH = 512  # the store keeps file names of up to 512 characters
 DISK_NAME_BYTES = 200  # a file name written to disk (filesystems allow 255 bytes)
-ACCEPTED = f"accepted: {', '.join(sorted(IMAGE_SUFFIXES))}, .zip"
+IMAGES_ACCEPTED = f"accepted: {', '.join(sorted(IMAGE_SUFFIXES))}"  # an image on its own, a zip's member
+ACCEPTED = f"{IMAGES_ACCEPTED}, .zip"  # an upload or a command's input
 
 # What reading a damaged zip member can raise besides BadZipFile (zlib/lzma errors are not OSErrors).
 _MEMBER_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError, zlib.error,
@@ -199,7 +200,7 @@ def _iter_folder(root: Path, label: str, limits: InputLimits) -> Iterator[InputI
         if _is_noise(relative):
             continue
         if path.is_symlink():
-            yield InputProblem(relative, "symbolic link, skipped")
+            yield InputProblem(relative, "symbolic link")
         elif not path.is_file():
             continue
         elif path.suffix.lower() == ".zip":
@@ -317,24 +318,24 @@ def _member_problem(info: zipfile.ZipInfo, limits: InputLimits) -> str | None:
     name = info.filename
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
-        return "unsafe path (absolute or '..'), skipped"
+        return "unsafe path (absolute or '..')"
     if stat.S_ISLNK(info.external_attr >> 16):
-        return "symbolic link, skipped"
+        return "symbolic link"
     if name.lower().endswith(".zip"):
         return "zip inside the zip (not opened; upload it on its own)"
     if not is_image_name(name):
-        return f"not an image file, skipped ({ACCEPTED})"
+        return f"not an image file ({IMAGES_ACCEPTED})"
     if any(ord(character) < 32 for character in name):
-        return "name contains control characters, skipped"
+        return "name contains control characters"
     if len(name) > MAX_NAME_LENGTH:
-        return f"name longer than {MAX_NAME_LENGTH} characters, skipped"
+        return f"name longer than {MAX_NAME_LENGTH} characters"
     if info.flag_bits & 0x1:
         return "encrypted (password-protected), cannot be read"
     if info.file_size > limits.max_file_bytes:
         return f"{info.file_size} bytes uncompressed is over the limit of {limits.max_file_bytes} bytes"
     if info.file_size > limits.ratio_floor_bytes and info.file_size > limits.max_ratio * max(info.compress_size, 1):
         return (f"compression ratio {info.file_size / max(info.compress_size, 1):.0f}:1 is over "
-                f"{limits.max_ratio:.0f}:1 (looks like a zip bomb), skipped")
+                f"{limits.max_ratio:.0f}:1 (looks like a zip bomb)")
     if info.file_size == 0:
         return "the file is empty"
     return None
@@ -377,7 +378,7 @@ def open_image(content: bytes, name: str = "image", at_least: int | None = None)
                          f"{MAX_IMAGE_PIXELS} pixels") from error
     except (UnidentifiedImageError, ImportError) as error:  # ImportError: see _pillow_open
         raise InputError(f"{name}: not an image (the content is not in a format Pillow reads; "
-                         f"{ACCEPTED})") from error
+                         f"{IMAGES_ACCEPTED})") from error
     except Exception as error:  # any decoder failure on user bytes is a damaged file, not a bug of ours
         raise InputError(f"{name}: damaged image ({type(error).__name__}: {error})") from error
     if image.width * image.height > MAX_IMAGE_PIXELS:

@@ -349,3 +349,21 @@ def test_an_upload_left_by_a_killed_server_is_removed_by_the_next_and_a_live_one
         for child in children:
             child.kill()
             child.wait()
+
+
+def test_a_skipped_member_is_said_once_and_an_image_alone_is_not_offered_zip(trained_models_dir, tmp_path, capsys):
+    """"skipped ../evil.png: unsafe path (absolute or '..'), skipped"; ``explain x.zip``: "... accepted: ..., .zip"."""
+    from bloodcells.cli import main
+    from bloodcells.inputs import open_image
+
+    upload = tmp_path / "cells.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        archive.writestr("../evil.png", GOOD_CELLS["cells/LYT_0.png"])
+        archive.writestr("notes.txt", b"x")
+        archive.writestr("cell.png", GOOD_CELLS["cells/LYT_0.png"])
+    assert main(["classify", str(upload), "--no-store", "--models", str(trained_models_dir)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped")]
+    assert lines == ["skipped ../evil.png: unsafe path (absolute or '..')",
+                     "skipped notes.txt: not an image file (accepted: .bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)"]
+    with pytest.raises(InputError, match=r"not an image .*accepted: .*\.webp\)$"):
+        open_image(b"PK not an image", "cells.zip")
