@@ -1,0 +1,43 @@
+"""What reading an input yields and how it fails: an image's bytes, a problem with one file (the rest
+of the batch goes on), an error for the whole input, and the limits that bound the reading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Bounds against zip bombs and oversized files (see docs/operations.md)."""
+    max_members: int = 200_000  # a Matek-sized (171k cells) export still fits
+    max_index_bytes: int = 48 * 1024 * 1024  # the zip's central directory, held in memory
+    max_file_bytes: int = 256 * 1024 * 1024  # one image, in a zip or on disk
+    max_total_bytes: int = 8 * 1024 * 1024 * 1024  # all members of one zip, uncompressed
+    max_ratio: float = 200.0  # uncompressed / compressed, per member ...
+    ratio_floor_bytes: int = 1024 * 1024  # ... once it is larger than this (tiny members are harmless)
+
+
+class InputError(ValueError):
+    """A whole input that cannot be read (not a zip, empty, missing...)."""
+
+
+@dataclass(frozen=True)
+class InputImage:
+    name: str  # path inside the upload, '/'-separated
+    content: bytes
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    name: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.problem}"
+
+
+def none_readable(label: str, problems: list[InputProblem]) -> InputError:
+    """The error for an input none of whose images could be read, naming the first few and why."""
+    shown = "; ".join(map(str, problems[:3])) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    images = "its one image" if len(problems) == 1 else f"none of its {len(problems)} images"
+    return InputError(f"{label}: {images} could {'not ' if len(problems) == 1 else ''}be read ({shown})")
