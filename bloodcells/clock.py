@@ -44,4 +44,7 @@ def lab_days(first: date | None, last: date | None) -> tuple[datetime | None, da
     def start_of(day: date) -> datetime:
         return datetime.combine(day, time.min, lab_zone()).astimezone(UTC).replace(tzinfo=None)
 
+    for day in (first, last):  # the day after 9999-12-31, or 0001-01-01 east of UTC, is no datetime
+        if day is not None and not date(1, 1, 2) <= day <= date(9999, 12, 30):
+            raise ValueError(f"{day}: give a date between 0001-01-02 and 9999-12-30")
     return (None if first is None else start_of(first)), (None if last is None else start_of(last + timedelta(days=1)))

@@ -112,19 +112,29 @@ def review_choices(code: str, tree: Tree | None = None) -> list[str]:
 
 def classifier_overview(classifier) -> list[dict]:
     """One row per trained node of a loaded tree: what it tells apart, how, how well, when."""
-    stamp = classifier.manifest.get("trained_at", "")  # ISO 8601 in UTC, e.g. 2026-11-22T00:50:46Z
-    trained_at = f"{stamp[:16].replace('T', ' ')} UTC" if stamp else ""
+    trained_at = _lab_time(classifier.manifest.get("trained_at"))  # ISO 8601 in UTC, e.g. 2026-11-22T00:50:46Z
     return [{"node": code, "name": classifier.tree[code].name.replace("_", " "), "children": ", ".join(node.classes),
              "architecture": node.architecture, "input px": node.input_size,
              "val accuracy": node.metrics.get("val_accuracy"), "trained": trained_at, "sha256": node.sha256[:12]}
             for code, node in classifier.nodes.items()]
 
 
+def _lab_time(iso: str | None) -> str:
+    """An ISO 8601 time (with its offset, or Z; none: UTC) in the lab's zone, as every page shows times;
+    "" when there is none or it cannot be read."""
+    from datetime import datetime
+
+    try:
+        return stamp(datetime.fromisoformat(iso)) if iso else ""
+    except ValueError:
+        return ""
+
+
 def detector_overview(detector) -> dict:
-    """The loaded detector: file, input size, when it was trained and its validation mAP50 (from the
-    ``metrics.json`` training writes beside the weights, when there is one)."""
+    """The loaded detector: file, input size, when it was trained (the date ultralytics writes into its
+    checkpoint; the file's time said when it was copied, e.g. checked out) and its validation mAP50
+    (from the ``metrics.json`` training writes beside the weights, when there is one)."""
     import json
-    from datetime import UTC, datetime
 
     path = Path(detector.path)
     metrics_file = path.with_name("metrics.json")
@@ -136,7 +146,7 @@ def detector_overview(detector) -> dict:
             validation = {}
     map50 = {source: figures.get("overall", {}).get("mAP50") for source, figures in validation.items()}
     return {"file": path.name, "classes": ", ".join(detector.classes.values()), "input px": detector.imgsz,
-            "trained": stamp(datetime.fromtimestamp(path.stat().st_mtime, UTC)),
+            "trained": _lab_time((getattr(detector.yolo, "ckpt", None) or {}).get("date")),
             "val mAP50": ", ".join(f"{source} {value:.3f}" for source, value in map50.items() if value is not None),
             "sha256": detector.sha256[:12]}
 

@@ -149,3 +149,11 @@ def test_a_wrong_time_zone_is_a_message_on_every_page_and_in_the_cli(app_store, 
                                                "such as Europe/Berlin)"], page
     assert main(["report", str(analysis_id), "--out", str(app_store.url.split("///")[1] + ".pdf")]) == 2
     assert f"BLOODCELLS_TIMEZONE={zone}: not a time zone" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("start", "end"), [(None, date(9999, 12, 31)), (date(1, 1, 1), None)])
+def test_dates_at_the_ends_of_the_calendar_are_refused_in_words(store, monkeypatch, start, end):
+    """An OverflowError, which the page does not catch: a traceback."""
+    monkeypatch.setenv("BLOODCELLS_TIMEZONE", "Europe/Berlin")
+    with pytest.raises(ValueError, match="give a date between 0001-01-02 and 9999-12-30"):
+        count_log(store, start=start, end=end)

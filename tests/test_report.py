@@ -122,3 +122,22 @@ def test_csv_names_the_final_type_beside_the_models_answer(store, tree):
     assert (blast["code"], blast["name"], blast["path"]) == ("BLA", "blast", "x")  # the model's, as before
     assert (blast["final_code"], blast["final_name"], blast["final_path"]) == ("NIF", "not identifiable", "ALL/ABN/NIF")
     assert (lymphocyte["final_name"], lymphocyte["final_path"]) == ("lymphocyte", "ALL/LYM/LYT")
+
+
+def test_the_models_training_times_are_shown_in_the_labs_zone(monkeypatch):
+    """Home: the classifier's time was always labelled UTC; the detector's was its file's time (when it
+    was checked out), in the lab's zone."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("BLOODCELLS_TIMEZONE", "Europe/Berlin")
+    classifier = SimpleNamespace(manifest={"trained_at": "2026-11-28T09:57:18Z"}, nodes={}, tree=None)
+    assert report.classifier_overview(classifier) == []  # no nodes: no rows, and no error
+    node = SimpleNamespace(classes=["LYM", "MYE"], architecture="efficientnet_lite0", input_size=144, metrics={},
+                           sha256="a" * 64)
+    classifier.nodes, classifier.tree = {"ALL": node}, {"ALL": SimpleNamespace(name="all cells")}
+    assert report.classifier_overview(classifier)[0]["trained"] == "2026-11-28 10:57 CET"
+    detector = SimpleNamespace(path="models/detector/detector.pt", classes={0: "WBC"}, imgsz=480, sha256="b" * 64,
+                               yolo=SimpleNamespace(ckpt={"date": "2026-07-01T01:57:48.705083+00:00"}))
+    assert report.detector_overview(detector)["trained"] == "2026-07-01 03:57 CEST"
+    detector.yolo.ckpt = {}
+    assert report.detector_overview(detector)["trained"] == ""
