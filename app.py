@@ -5,6 +5,7 @@ import platform
 import streamlit as st
 
 from bloodcells import report
+from bloodcells.versions import version_of
 from ui.common import get_store, link_to, page
 from ui.models import get_classifier, get_detector, model_problem
 
@@ -32,8 +33,8 @@ link_to("pages/6_Training.py", "Train new models (admin)", others[2])
 st.subheader("Models")
 classifier = get_classifier(required=False)
 if classifier is not None:
-    st.markdown(f"**Classifier tree** `{classifier.tree.name}`: {len(classifier.nodes)} trained nodes, "
-                f"review threshold {classifier.review_threshold:.2f}")
+    st.markdown(f"**Classifier tree** `{classifier.tree.name}`, version `{version_of(classifier.models_dir)}`: "
+                f"{len(classifier.nodes)} trained nodes, review threshold {classifier.review_threshold:.2f}")
     st.dataframe(report.classifier_overview(classifier), hide_index=True, key="classifier_models",
                  column_config={"val accuracy": st.column_config.NumberColumn(format="%.3f")})
 else:

@@ -250,7 +250,9 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         raise ReportError(f"analysis #{analysis_id} was interrupted (the process storing it stopped): it has no "
                           "results; run it again")
     if analysis.status != "done":
-        raise ReportError(f"analysis #{analysis_id} is {analysis.status}: only a finished analysis has a report")
+        reason = f" ({analysis.error})" if analysis.error else ""
+        raise ReportError(f"analysis #{analysis_id} is {analysis.status}{reason}: only a finished analysis has a "
+                          "report")
     signed = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)
     if analysis.signed_off is not None:
         given = {"white-cell count": (white_cell_count, signed.white_cell_count), "target": (target, signed.target),

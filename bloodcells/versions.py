@@ -119,6 +119,9 @@ def promote(candidate: str | Path, tree_name: str, store=None) -> Path:
         else:
             target = root / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{files_sha256[:8]}"
             staging.rename(target)
+    except ModelFileError as error:  # about the copy, a folder gone with it: said of the folder given
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelFileError(str(error).replace(str(staging), str(candidate))) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -31,6 +31,28 @@ def models_root(tmp_path, monkeypatch, trained_models_dir):
     return root
 
 
+def test_a_version_put_in_use_from_the_command_line_reaches_the_running_app(models_root, app_store, tmp_path,
+                                                                           shared_trunk_models_dir):
+    """`bloodcells versions promote` while the app ran: Training said the new version was in use, every
+    other page went on with the tree it had loaded (and recorded "tree version shipped") until restarted."""
+    from bloodcells import versions
+
+    home = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    before = home.dataframe[0].value["sha256"].tolist()
+    promoted = versions.promote(shared_trunk_models_dir, "default")  # what the CLI does: the app is not told
+    home.run()
+    assert not home.exception
+    assert any(f"version `{promoted.name}`" in m.value for m in home.markdown)
+    assert home.dataframe[0].value["sha256"].tolist() != before
+    at = app("2_Classification").run()
+    upload = write_cell_zip(tmp_path / "cells.zip", {"LYT": 2, "EOS": 2}, size=32)
+    at.file_uploader[0].set_value(("cells.zip", upload.read_bytes(), "application/zip")).run()
+    at.button(key="classify").click().run()
+    assert not at.exception and not at.error
+    [analysis] = app_store.list_analyses()
+    assert analysis.model_versions["tree version"] == promoted.name
+
+
 @pytest.mark.parametrize("page", ["1_Detection", "2_Classification", "3_Explanation"])
 def test_pages_say_when_no_model_is_trained(page, tmp_path, monkeypatch, app_store):
     monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "empty-models"))

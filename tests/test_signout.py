@@ -127,7 +127,7 @@ def test_bad_requests_are_named(store):
         build_report(store, 999)
     failed = store.start_analysis("x.zip", "classification", {})
     store.fail_analysis(failed, "InputError: nope")
-    with pytest.raises(ReportError, match="is failed"):
+    with pytest.raises(ReportError, match="is failed \\(InputError: nope\\): only a finished analysis"):
         build_report(store, failed)
     running = store.start_analysis("z.zip", "classification", {})
     with pytest.raises(ReportError, match="is running: only a finished analysis has a report"):

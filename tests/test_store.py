@@ -342,6 +342,20 @@ def test_an_analysis_whose_process_fell_silent_is_marked_interrupted_once_listed
     assert store.get_analysis(recent).status == "done"
 
 
+def test_a_paused_run_marked_interrupted_meanwhile_stays_failed_when_it_resumes(store):
+    """A process paused (SIGSTOP, a suspended VM) for longer than the silence allowed is marked interrupted;
+    resumed, it stored its cells under "done (interrupted: ...)", or failed on images deleted meanwhile."""
+    interrupted = "was marked failed meanwhile \\(interrupted: the process storing it stopped"
+    with pytest.raises(StoreError, match=interrupted), store.analysis("paused.zip", "classification") as run:
+        with store.session() as session:
+            session.get(Analysis, run.id).heartbeat_at -= timedelta(minutes=6)
+        store.list_analyses()  # another page lists analyses while it is paused
+        run.predictions = _rows(3)
+    analysis = store.get_analysis(run.id)
+    assert analysis.status == "failed" and analysis.error.startswith("interrupted: the process storing it stopped")
+    assert analysis.predictions == [] and store.count_rows(Blob) == 0
+
+
 def test_a_running_analysis_gives_a_sign_of_life_until_it_ends(store, monkeypatch):
     monkeypatch.setattr(schema, "HEARTBEAT", timedelta(seconds=0.05))
     with store.analysis("slow.zip", "classification") as run:

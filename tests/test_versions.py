@@ -301,3 +301,19 @@ def test_a_folder_holding_the_versions_is_refused_before_anything_is_copied(mode
     with pytest.raises(ModelFileError, match="holds the versions folder"):
         versions.promote(models, TREE)
     assert not (models / "classifier" / "versions").exists()
+
+
+def test_a_promoted_version_is_never_trained_over_and_a_broken_tree_is_named_as_given(models, trained_models_dir,
+                                                                                      tmp_path):
+    """`train --out models/classifier/versions/<id in use>` replaced the version analyses name; a tree missing
+    a file was said of a hidden copy (versions/.incoming-...) that was gone by then."""
+    from bloodcells.cli import main
+
+    folder = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
+    assert main(["train", "--data", str(tmp_path), "--out", str(folder), "--epochs", "1"]) == 2
+    broken = candidate(trained_models_dir, tmp_path, "broken")
+    next(broken.glob("*.safetensors")).unlink()
+    with pytest.raises(ModelFileError, match=re.escape(str(broken))) as raised:
+        versions.promote(broken, TREE)
+    assert ".incoming-" not in str(raised.value)
+    assert versions.current_version(TREE) == folder.name

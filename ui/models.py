@@ -11,16 +11,27 @@ import streamlit as st
 from bloodcells.settings import settings
 
 NOT_TRAINED_HINT = {
-    "classifier": "Train one on the Training page, or with `bloodcells train --data FOLDER`.",
+    "classifier": "Train one on the Training page, or with `bloodcells train --data FOLDER --out DIR` and "
+                  "`bloodcells versions promote DIR`.",
     "detector": "Train one with `bloodcells train-detector --data FOLDER`.",
 }
 
 
-@st.cache_resource(show_spinner="Loading the classifier tree…")
-def _classifier(models_dir: str):
+# Keyed by the folder of the tree in use, read from its version pointer on every page run: a version put
+# in use from the command line (`bloodcells versions`) while the app runs reaches every page at once
+# (keyed by the models folder alone, the app went on with the tree it had loaded until restarted).
+# Two entries: the tree in use and the one before it, for the sessions still running on it.
+@st.cache_resource(show_spinner="Loading the classifier tree…", max_entries=2)
+def _classifier(tree_dir: str):
     from bloodcells.classify import TreeClassifier
 
-    return TreeClassifier.load(models_dir=None)  # the settings' models dir; the argument keys the cache
+    return TreeClassifier.load(tree_dir)
+
+
+def _tree_in_use() -> str:
+    from bloodcells.classify import default_models_dir
+
+    return str(default_models_dir())
 
 
 @st.cache_resource(show_spinner="Loading the detector…")
@@ -32,7 +43,7 @@ def _detector(models_dir: str):
 
 def _load(kind: str, loader):
     try:
-        return loader(str(settings().models_dir)), None
+        return loader(_tree_in_use() if loader is _classifier else str(settings().models_dir)), None
     except ImportError as error:
         return None, f"The {kind} is not part of this installation yet ({error})."
     except (OSError, ValueError, RuntimeError, KeyError) as error:  # ModelFileError and friends

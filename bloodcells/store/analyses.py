@@ -83,7 +83,7 @@ class AnalysisStore:
                 Analysis.status == "running", ~Analysis.being_stored)))
         for analysis_id, heartbeat_at, created_at in silent:
             self._fail(analysis_id, "interrupted: the process storing it stopped (its last sign of life: "
-                       f"{stamp(heartbeat_at or created_at)}); nothing of it was stored", only_running=True)
+                       f"{stamp(heartbeat_at or created_at)}); nothing of it was stored")
 
     def finish_analysis(self, analysis_id: int, *, predictions: Iterable[PredictionRow] = (),
                         detections: Iterable[DetectionRow] = (), summary: dict | None = None) -> None:
@@ -92,8 +92,11 @@ class AnalysisStore:
         ``predictions`` are read once, as a stream. Their images go first, a batch at a time, in
         transactions of their own (a blob is content-addressed and may be shared, so one stored
         early is never half of anything); then every prediction, detection and the status in one
-        transaction. Only the small rows are held in memory meanwhile, never the images.
+        transaction. Only the small rows are held in memory meanwhile, never the images. Refused
+        (StoreError) when the analysis ended meanwhile: marked interrupted while its process was paused.
         """
+        with self.session() as session:  # before any image is stored for nothing
+            _check_still_running(session.get(Analysis, analysis_id), analysis_id)
         rows: list[tuple[PredictionRow, str | None]] = []
         blob_ids: dict[str, int] = {}
         pending: dict[str, bytes] = {}
@@ -112,8 +115,7 @@ class AnalysisStore:
             blob_ids.update(self.put_blobs(pending))
         with self.session() as session:
             analysis = session.get(Analysis, analysis_id)
-            if analysis is None:
-                raise StoreError(f"analysis {analysis_id} does not exist (deleted meanwhile?)")
+            _check_still_running(analysis, analysis_id)  # and still, once its images are stored
             for row, digest in rows:
                 session.add(Prediction(analysis_id=analysis_id, blob_id=blob_ids[digest] if digest else None,
                                        filename=_fitted(row.filename, Prediction.filename), code=row.code, path=row.path,
@@ -132,7 +134,8 @@ class AnalysisStore:
             self._delete_unreferenced_images(session)
 
     def fail_analysis(self, analysis_id: int, error: str) -> None:
-        """Mark an analysis failed with its error; it keeps no partial results.
+        """Mark a running analysis failed with its error; it keeps no partial results. One that ended
+        meanwhile (marked interrupted while its process was paused) keeps its status and reason.
 
         When the database cannot be reached, the failure is kept and written by this Store's next
         transaction once it is back (and StoreError is raised as usual).
@@ -144,10 +147,10 @@ class AnalysisStore:
                 self._unrecorded_failures[analysis_id] = error
             raise
 
-    def _fail(self, analysis_id: int, error: str, only_running: bool = False) -> None:
+    def _fail(self, analysis_id: int, error: str) -> None:
         with self._translate_errors(), self._sessions() as session, session.begin():
             analysis = session.get(Analysis, analysis_id)
-            if analysis is not None and (analysis.status == "running" or not only_running):
+            if analysis is not None and analysis.status == "running":  # one that ended keeps its status
                 session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
                 session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
                 analysis.status, analysis.error, analysis.finished_at = "failed", error[:4000], utcnow()
@@ -159,7 +162,7 @@ class AnalysisStore:
             pending, self._unrecorded_failures = self._unrecorded_failures, {}
         for analysis_id, error in pending.items():
             try:
-                self._fail(analysis_id, error, only_running=True)  # unless finished meanwhile
+                self._fail(analysis_id, error)  # unless finished meanwhile
             except StoreError:  # still unreachable: kept for the next transaction
                 with self._failures_lock:
                     self._unrecorded_failures.setdefault(analysis_id, error)
@@ -245,6 +248,14 @@ class AnalysisStore:
                 for analysis_id, count in session.execute(query.group_by(query.selected_columns[0])):
                     setattr(counts[analysis_id], name, count)
         return counts
+
+
+def _check_still_running(analysis: Analysis | None, analysis_id: int) -> None:
+    if analysis is None:
+        raise StoreError(f"analysis {analysis_id} does not exist (deleted meanwhile?)")
+    if analysis.status != "running":  # marked interrupted while its process was paused: its images may be gone
+        raise StoreError(f"analysis #{analysis_id} was marked {analysis.status} meanwhile ({analysis.error}); "
+                         "run it again")
 
 
 def _analysis_conditions(kind: str | None = None, search: str = "", reviewed: bool = False, done: bool = False,

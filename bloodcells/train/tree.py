@@ -100,7 +100,14 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
     ``seen_before`` (digests' first 16 hex digits, kept in split.json). The nodes' temperatures
     and the review threshold are calibrated on ``calibration`` (default: the validation cells).
     """
+    from ..versions import versions_dir
+
     out_dir = Path(out_dir).resolve()
+    promoted = versions_dir().resolve()
+    if out_dir == promoted or promoted in out_dir.parents:
+        # a promoted version is never changed: analyses name it, and rollback returns to it as it was
+        raise InputError(f"{out_dir}: a promoted version of the tree, which is never changed; write the tree to a "
+                         "new folder and promote it (`bloodcells versions promote DIR`)")
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir())
                              and not (out_dir / "classifier.json").is_file()):
         # it is replaced whole: a folder of other files (the training images themselves) would be deleted
