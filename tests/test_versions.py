@@ -307,10 +307,17 @@ def test_a_promoted_version_is_never_trained_over_and_a_broken_tree_is_named_as_
                                                                                       tmp_path):
     """`train --out models/classifier/versions/<id in use>` replaced the version analyses name; a tree missing
     a file was said of a hidden copy (versions/.incoming-...) that was gone by then."""
-    from bloodcells.cli import main
+    from bloodcells.inputs import InputError
+    from bloodcells.synthetic import write_cell_folders
+    from bloodcells.train import TrainConfig, train_tree
 
     folder = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
-    assert main(["train", "--data", str(tmp_path), "--out", str(folder), "--epochs", "1"]) == 2
+    weights = {path.name: path.read_bytes() for path in folder.iterdir()}
+    write_cell_folders(tmp_path / "cells", {"LYT": 8, "MON": 8}, size=24)
+    with pytest.raises(InputError, match="a promoted version of the tree, which is never changed"):
+        train_tree([tmp_path / "cells"], folder, config=TrainConfig(architecture="test_efficientnet", input_size=24,
+                                                                     epochs=1, min_per_class=4))
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == weights
     broken = candidate(trained_models_dir, tmp_path, "broken")
     next(broken.glob("*.safetensors")).unlink()
     with pytest.raises(ModelFileError, match=re.escape(str(broken))) as raised:
