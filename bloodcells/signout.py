@@ -27,6 +27,7 @@ from pathlib import Path
 from .clock import stamp
 from .inputs import thumbnail_png
 from .report import model_versions_text, myeloid_erythroid_ratio
+from .store import printable
 from .store.schema import REOPENED, SIGNED
 from .taxonomy import Tree, default_tree
 
@@ -253,6 +254,11 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         reason = f" ({analysis.error})" if analysis.error else ""
         raise ReportError(f"analysis #{analysis_id} is {analysis.status}{reason}: only a finished analysis has a "
                           "report")
+    try:  # as a sign-off takes them: a tab or a direction override printed as nothing in the PDF
+        category = None if category is None else printable(category.strip(), "category")
+        comment = None if comment is None else printable(comment.strip(), "comment", line_breaks=True)
+    except ValueError as error:
+        raise ReportError(str(error)) from error
     signed = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)
     if analysis.signed_off is not None:
         given = {"white-cell count": (white_cell_count, signed.white_cell_count), "target": (target, signed.target),

@@ -1,6 +1,7 @@
 """Sign-off, reopening and amendments in the store (SQLite, and MySQL/MariaDB when
 BLOODCELLS_TEST_MYSQL_URL is set)."""
 
+import re
 import threading
 import time
 from collections import Counter
@@ -90,19 +91,33 @@ def test_control_characters_in_names_categories_and_comments_are_refused_not_sto
     after a name around. Comments keep their line breaks; an upload's name is put on one line."""
     analysis_id = classified(store, ["NGS"])
     cell = store.get_analysis(analysis_id).predictions[0].id
-    for name, code in (("Dr\x00Null", "0000"), ("Dr\nSmith", "000A"), ("\u202eDr Evil", "202E")):
-        with pytest.raises(ReviewError, match=f"the review's name holds the control character U\\+{code}"):
+    for name, found in (("Dr\x00Null", "a control character (U+0000)"), ("Dr\nSmith", "a line break (U+000A)"),
+                        ("Ana\tLopez", "a tab (U+0009)"), ("Ana\u2028Lopez", "a line break (U+2028)"),
+                        ("\u202eDr Evil", "a direction override (U+202E)")):
+        with pytest.raises(ReviewError, match=re.escape(f"the name of the person making the review holds {found}: "
+                                                        "type it again without it")):
             store.review(cell, "NGB", name)
-    with pytest.raises(ReviewError, match="category holds the control character U\\+0009: type it again without it "
-                                          "\\(one line\\)"):
+    with pytest.raises(ReviewError, match=re.escape("the category holds a tab (U+0009)")):
         store.sign_off(analysis_id, "dr.a", category="marrow\tchild")
-    with pytest.raises(ReviewError, match="comment holds the control character U\\+0000"):
+    with pytest.raises(ReviewError, match=re.escape("the comment holds a control character (U+0000)")):
         store.sign_off(analysis_id, "dr.a", comment="fine\x00")
     assert store.count_rows(Review) == 0 and store.signoffs([analysis_id]) == {analysis_id: []}
     store.sign_off(analysis_id, "dr.a", category="marrow", comment="Line one.\nLine two.\tIndented.")
     assert store.signoffs([analysis_id])[analysis_id][0].comment == "Line one.\nLine two.\tIndented."
     uploaded = store.start_analysis("smear\t1\n\u202eod.zip", "classification")
     assert store.get_analysis(uploaded).name == "smear 1 od.zip"
+
+
+def test_a_report_takes_no_category_or_comment_a_sign_off_would_refuse(store):
+    """`report --category $'bone\tmarrow'` and the page's draft report printed "bonemarrow"."""
+    from bloodcells.signout import ReportError, build_report
+
+    analysis_id = classified(store, ["NGS"])
+    with pytest.raises(ReportError, match=re.escape("the category holds a tab (U+0009)")):
+        build_report(store, analysis_id, category="bone\tmarrow")
+    with pytest.raises(ReportError, match=re.escape("the comment holds a direction override (U+202E)")):
+        build_report(store, analysis_id, comment="normal \u202e")
+    assert build_report(store, analysis_id, category=" marrow ", comment="a\nb").category == "marrow"
 
 
 def test_bad_sign_offs_are_refused_with_the_reason(store):

@@ -40,15 +40,27 @@ class ChangedSince(ReviewError):
 DIRECTION_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-def _printable(text: str, what: str, line_breaks: bool = False) -> str:
-    """``text``, refused with the character named when it holds one that prints as nothing or as "?"
-    in the report (a NUL, a control character; a line break or tab where one line is expected) or a
-    direction override."""
-    allowed = "\n\r\t" if line_breaks else ""
+LINE_BREAKS = "\n\r\u2028\u2029"  # the last two: Unicode's line and paragraph separators
+
+
+def printable(text: str, what: str, line_breaks: bool = False) -> str:
+    """``text``, refused (ReviewError) with the character named when it holds one that prints as nothing or
+    as "?" in the report: a NUL or another control character, a tab or a line break where one line is
+    expected (``line_breaks`` allows them), a direction override."""
     for character in text:
-        if (unicodedata.category(character) == "Cc" and character not in allowed) or character in DIRECTION_CONTROLS:
-            raise ReviewError(f"the {what} holds the control character U+{ord(character):04X}: type it again "
-                              "without it" + ("" if line_breaks or character not in "\n\r\t" else " (one line)"))
+        if line_breaks and character in LINE_BREAKS + "\t":
+            continue
+        if character == "\t":
+            found = "a tab"
+        elif character in LINE_BREAKS:
+            found = "a line break"
+        elif character in DIRECTION_CONTROLS:
+            found = "a direction override"
+        elif unicodedata.category(character) == "Cc":
+            found = "a control character"
+        else:
+            continue
+        raise ReviewError(f"the {what} holds {found} (U+{ord(character):04X}): type it again without it")
     return text
 
 
@@ -56,14 +68,14 @@ def _comment(text: str, what: str) -> str:
     text = (text or "").strip()
     if len(text) > COMMENT_LENGTH:
         raise ReviewError(f"the {what} is longer than {COMMENT_LENGTH:,} characters")
-    return _printable(text, what, line_breaks=True)
+    return printable(text, what, line_breaks=True)
 
 
 def _category(text: str) -> str:
     text = (text or "").strip()
     if len(text) > NAME_LENGTH:
         raise ReviewError(f"the category is longer than {NAME_LENGTH} characters")
-    return _printable(text, "category")
+    return printable(text, "category")
 
 
 def _person(name: str, role: str) -> str:
@@ -75,7 +87,7 @@ def _person(name: str, role: str) -> str:
         raise ReviewError(f"a {role} needs the name of the person making it")
     if len(name) > NAME_LENGTH:
         raise ReviewError(f"the {role}'s name is longer than {NAME_LENGTH} characters")
-    return _printable(name, f"{role}'s name")
+    return printable(name, f"name of the person making the {role}")
 
 
 _NOT_AN_UNDO = object()  # _record_review's ``undone`` for a plain review (None is an undone label)
