@@ -19,6 +19,7 @@ import numpy as np
 
 from .classify import TreeClassifier
 from .data import load_dataset, node_targets
+from .spreadsheet import write_csv
 
 
 @dataclass
@@ -197,8 +198,6 @@ def _review_line(outcome: Evaluation) -> str:
 
 
 def _write_outputs(outcome: Evaluation, classifier: TreeClassifier, out_dir: Path) -> list[Path]:
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,12 +208,8 @@ def _write_outputs(outcome: Evaluation, classifier: TreeClassifier, out_dir: Pat
     for key, scores in [("tree", outcome.tree), *outcome.nodes.items()]:
         if scores is None or scores.matrix is None:
             continue
-        table = out_dir / f"confusion_{key}.csv"
-        with table.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["true \\ predicted", *scores.labels])
-            for label, row in zip(scores.labels, scores.matrix, strict=True):
-                writer.writerow([label, *row.tolist()])
+        table = write_csv(out_dir / f"confusion_{key}.csv", ["true \\ predicted", *scores.labels],
+                          ([label, *row.tolist()] for label, row in zip(scores.labels, scores.matrix, strict=True)))
         figure, axes = plt.subplots(figsize=(1.2 + 0.5 * len(scores.labels), 1 + 0.5 * len(scores.labels)))
         axes.imshow(scores.matrix, cmap="Blues")
         axes.set_xticks(range(len(scores.labels)), scores.labels, rotation=90)

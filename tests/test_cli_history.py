@@ -27,7 +27,7 @@ def test_analyses_lists_the_newest_first_and_finds_by_name(tmp_path, monkeypatch
     assert main(["analyses", "--search", "muller"]) == 0
     assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == [f"#{marrow}"]
     assert main(["analyses", "--search", "nothing like it", "--kind", "detection"]) == 0
-    assert capsys.readouterr().out == "no analyses match 'nothing like it'\n"
+    assert capsys.readouterr().out == "no detection analyses match 'nothing like it'\n"
     with pytest.raises(SystemExit, match="2"):
         main(["analyses", "--limit", "0"])
     assert "--limit: 0: give a whole number from 1 up" in capsys.readouterr().err

@@ -59,7 +59,7 @@ def test_scores_per_node_tree_and_source_with_files(trained_models_dir, tmp_path
     assert tree.accuracy > 0.5  # far above chance (1/4) on a learnable toy problem
     assert set(result.by_source) == {"fresh"} and result.by_source["fresh"].accuracy == tree.accuracy
     assert "precision" in tree.report and any("macro-F1" in line for line in lines)
-    rows = list(csv.reader((tmp_path / "report" / "confusion_tree.csv").open()))
+    rows = list(csv.reader((tmp_path / "report" / "confusion_tree.csv").open(encoding="utf-8-sig")))
     assert rows[0][1:] == tree.labels
     assert sum(int(v) for row in rows[1:] for v in row[1:]) == result.cells
     for name in ("confusion_tree.png", "confusion_NEU.png", "training_curves.png"):

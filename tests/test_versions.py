@@ -288,7 +288,8 @@ def test_the_command_line_lists_promotes_switches_and_rolls_back(models, trained
     for arguments, message in ((["use", "20000101T000000Z-deadbeef"], "has no version '20000101T000000Z-deadbeef'"),
                                (["promote", str(tmp_path / "data")], "not a trained tree's folder"),
                                (["promote", str(models)], "not a trained tree's folder"),
-                               (["promote"], "needs a FOLDER"), (["list", "extra"], "takes no 'extra'")):
+                               (["promote"], "needs a FOLDER"), (["list", "extra"], "takes no 'extra'"),
+                               (["list", "--tree", "nosuch"], "no tree 'nosuch' in ")):
         assert main(["versions", *arguments]) == 2
         assert message in capsys.readouterr().err, arguments
     assert versions.current_version(TREE) == version  # nothing a refused command did changed the tree in use

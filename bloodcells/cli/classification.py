@@ -53,8 +53,8 @@ def _training_options(parser, defaults):
     parser.add_argument("--patience", type=whole(1), default=defaults.patience,
                         help="early stopping patience in epochs (default %(default)s)")
     parser.add_argument("--min-per-class", type=whole(1), default=defaults.min_per_class,
-                        help="balancing: each child gets at least this many images per epoch (oversampled; "
-                             "default %(default)s, unless --per-class is set)")
+                        help="with --per-class 0: each child gets at least this many images per epoch "
+                             "(oversampled; default %(default)s)")
     parser.add_argument("--per-class", type=whole(0), default=defaults.per_class or 0,
                         help="balancing: exactly this many images per child per epoch, in place of "
                              "--min-per-class (default %(default)s; 0: --min-per-class balances)")

@@ -20,7 +20,8 @@ def _analyses(args) -> int:
 
     rows = analysis_overview(open_store(), kind=args.kind, limit=args.limit, search=args.search)
     if not rows:
-        print("no analyses" + (f" match {args.search!r}" if args.search else " yet"))
+        kind = f"{args.kind} " if args.kind else ""
+        print(f"no {kind}analyses" + (f" match {args.search!r}" if args.search else " yet"))
     for row in rows:
         flagged = f", {row['needs review']} to review" if row["needs review"] else ""
         error = f" ({row['error']})" if row["error"] else ""

@@ -17,6 +17,9 @@ def _versions_args(parser):
 def _versions(args) -> int:
     from .. import versions
 
+    # a tree of that name must exist, but for its first promotion (listed as "* shipped": a mistyped --tree)
+    if args.action != "promote" and not versions.shipped_dir(args.tree).is_dir() and not versions.list_versions(args.tree):
+        raise CommandError(f"no tree {args.tree!r} in {versions.shipped_dir(args.tree).parent}")
     needs_target = args.action in ("promote", "use")
     if needs_target and not args.target:
         raise CommandError(f"versions {args.action} needs a {'FOLDER' if args.action == 'promote' else 'VERSION'}")
