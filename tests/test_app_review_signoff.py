@@ -289,3 +289,24 @@ def test_show_more_belongs_to_its_analysis_and_a_cut_gallery_says_so(app_store, 
 
     history = app("5_History").run()
     assert any("The first 3 are shown; the Review page shows them all." in c.value for c in history.caption)
+
+
+def test_a_refused_sign_off_is_said_in_its_open_panel_and_a_draft_it_would_refuse_is_not_offered(app_store):
+    """A tab in the category: the refusal showed at the top of the page with the panel closed, and the draft
+    report downloaded as "bonemarrow"."""
+    analysis_id = classified(app_store, ["NGS", "LYT"])
+    at = review_page_as("Dr Who")
+    at.text_input(key=f"report-category-{analysis_id}").input("bone\tmarrow")
+    at.run()
+    assert [e.value for e in at.expander[0].error] == ["the category holds a tab (U+0009): type it again without it"]
+    assert at.get("download_button")[0].disabled
+    at.button(key=f"sign-{analysis_id}").click().run()
+    assert not at.exception
+    assert app_store.signoffs([analysis_id]) == {analysis_id: []}
+    assert at.expander[0].proto.expanded  # open, the message beside the field to correct
+    assert "the category holds a tab (U+0009)" in " ".join(e.value for e in at.expander[0].error)
+    at.text_input(key=f"report-category-{analysis_id}").input("bone marrow")
+    at.run()
+    assert not at.expander[0].error and not at.get("download_button")[0].disabled
+    at.button(key=f"sign-{analysis_id}").click().run()
+    assert [s.category for s in app_store.signoffs([analysis_id])[analysis_id]] == ["bone marrow"]

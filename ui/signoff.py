@@ -18,10 +18,11 @@ from bloodcells.signout import (
     slide_differential,
     to_pdf,
 )
-from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, ReviewError, Store, StoreError
+from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, ReviewError, Store, StoreError, printable
 from bloodcells.store.schema import SIGNED
 
-REFUSAL = "review_refusal"  # session key: why the last review or sign-off was refused
+REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
+PANEL_REFUSAL = "signoff_refusal"  # why the last sign-off or reopening was refused (shown in its open panel)
 
 
 def attempt(action: Callable, *args, **kwargs):
@@ -38,9 +39,17 @@ def attempt(action: Callable, *args, **kwargs):
         return None
 
 
-def show_refusal() -> None:
-    if message := st.session_state.pop(REFUSAL, None):
+def show_refusal(key: str = REFUSAL) -> None:
+    if message := st.session_state.pop(key, None):
         st.error(message)
+
+
+def attempt_in_panel(action: Callable, *args, **kwargs) -> None:
+    """``attempt`` for the sign-off panel's buttons: a refusal is shown in the panel, kept open, beside
+    the fields to correct (shown at the top of the page, with the panel closed, it was far from them)."""
+    attempt(action, *args, **kwargs)
+    if REFUSAL in st.session_state:
+        st.session_state[PANEL_REFUSAL] = st.session_state.pop(REFUSAL)
 
 
 def amendments(analysis) -> int:
@@ -61,8 +70,10 @@ def signoff_panel(store: Store, analysis) -> None:
     signed = analysis.signed_off
     status = signoff_status(analysis.signoffs, amendments(analysis))
     key = analysis.id
-    with st.expander(f"Sign-off and report (PDF) · {status}", icon=":material/description:"):
-        show_refusal()
+    with st.expander(f"Sign-off and report (PDF) · {status}", icon=":material/description:",
+                     expanded=PANEL_REFUSAL in st.session_state):
+        show_refusal(PANEL_REFUSAL)
+        draft_problem = None  # why the report of the fields as typed cannot be made
         if analysis.signoffs:
             st.caption("  \n".join(signoff_lines(analysis.signoffs)))
         if not person:
@@ -71,8 +82,8 @@ def signoff_panel(store: Store, analysis) -> None:
             st.text_input("Reason for reopening", key=f"reopen-reason-{key}", help="Kept with the reopening.",
                           max_chars=COMMENT_LENGTH)
             st.button("Reopen to amend", key=f"reopen-{key}", icon=":material/lock_open:", disabled=not person,
-                      on_click=lambda: attempt(store.reopen, analysis.id, person,
-                                               st.session_state[f"reopen-reason-{key}"]))
+                      on_click=lambda: attempt_in_panel(store.reopen, analysis.id, person,
+                                                        st.session_state[f"reopen-reason-{key}"]))
 
             def pdf() -> bytes:  # what was signed: its count, target, category and comment
                 return to_pdf(build_report(store, analysis.id))
@@ -91,13 +102,19 @@ def signoff_panel(store: Store, analysis) -> None:
                                      help="e.g. bone marrow, peripheral blood. No patient names or identifiers.")
             comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}",
                                    max_chars=COMMENT_LENGTH, help="No patient names or identifiers.")
+            try:  # what the report and a sign-off would refuse, said beside the fields (the PDF needs them)
+                printable(category, "category")
+                printable(comment, "comment", line_breaks=True)
+            except ReviewError as error:
+                draft_problem = str(error)
+                st.error(draft_problem)
             if analysis.kind == "classification" and (flagged := sum(
                     1 for p in analysis.predictions if p.needs_review and not p.reviewed)):
                 st.warning(f"{flagged} flagged cells are not reviewed yet.")
 
             def sign() -> None:  # the inputs as they are at the click, which may follow an edit without Enter
                 state = st.session_state
-                attempt(store.sign_off, analysis.id, person, category=state[f"report-category-{key}"],
+                attempt_in_panel(store.sign_off, analysis.id, person, category=state[f"report-category-{key}"],
                         comment=state[f"report-comment-{key}"], target=state[f"report-target-{key}"],
                         white_cell_count=state[f"report-wbc-{key}"] or None)
 
@@ -112,6 +129,7 @@ def signoff_panel(store: Store, analysis) -> None:
                 except SignedReportError:  # someone signed it off since this page was drawn: what they signed
                     return to_pdf(build_report(store, analysis.id))
 
-        st.download_button("Download report (PDF)", pdf, file_name=f"differential-{analysis.id}"
+        st.download_button("Download report (PDF)", pdf, disabled=draft_problem is not None,
+                           file_name=f"differential-{analysis.id}"
                            f"{'-amended' if status == AMENDED else ''}.pdf", mime="application/pdf", on_click="ignore",
                            key=f"report-pdf-{key}", icon=":material/download:")
