@@ -247,7 +247,12 @@ def _levels(classifier, picture: Image.Image, node: str | None, target: str | No
         codes = [n.code for n in tree.path(tree.resolve(target).code)]
     else:
         codes = classifier.classify_images([picture])[0].path.split("/")
-    return [(parent, child) for parent, child in zip(codes, codes[1:], strict=False) if parent in classifier.nodes]
+    levels = [(parent, child) for parent, child in zip(codes, codes[1:], strict=False) if parent in classifier.nodes]
+    if not levels:  # the root, or a type below nodes without models: no choice was made to explain
+        first = next(iter(classifier.nodes.values()))
+        raise ExplanationError(f"{target!r} is not a choice of any model of the tree: give a cell type below "
+                               f"one (e.g. {', '.join(first.classes)})")
+    return levels
 
 
 def explain(image: Image.Image | bytes | str | Path, classifier, *, method: str = "gradcam",
@@ -261,7 +266,9 @@ def explain(image: Image.Image | bytes | str | Path, classifier, *, method: str 
     """
     explainer = get_method(method)
     resolved = explainer.settings(settings)
-    picture = open_any(image)
+    # decoded as classification decodes it (a JPEG at the scale the network needs): the answer explained
+    # is the one stored (at full size a stored band neutrophil was explained as a segmented one)
+    picture = open_any(image, at_least=classifier.input_size)
     digest = image_sha256(image)
     explanations = []
     for node_code, target_code in _levels(classifier, picture, node, target):

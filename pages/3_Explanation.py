@@ -24,12 +24,13 @@ tree = classifier.tree
 
 source = st.segmented_control("Cell", ["upload an image", "a cell from an analysis"], default="upload an image",
                               key="explain_source") or "upload an image"
-image, image_name, image_key = None, None, None
+# the file's bytes go to explain(): decoded as classification decodes them, and cached under the file's
+# sha256 as the command line and the store key them (a stored cell's maps go with its image)
+content, image_name = None, None
 if source == "upload an image":
     upload = st.file_uploader("Cell image", key="explain_upload", help=ACCEPTED.replace(".zip, ", ""))
     if upload is not None:
-        image, image_name = open_upload_image(upload.getvalue(), upload.name), upload.name
-        image_key = hashlib.sha256(upload.getvalue()).hexdigest()
+        content, image_name = upload.getvalue(), upload.name
 else:
     analysis = choose_classification(store, "explain", "No classified cells yet: classify a zip first, or upload "
                                                        "an image.")
@@ -41,8 +42,9 @@ else:
         st.stop()
     cell = st.selectbox("Cell", cells, key="explain_cell",
                         format_func=lambda p: f"{p.filename} · {p.final_code} ({p.confidence:.2f})")
-    image_name, image_key = cell.filename, cell.image_sha256  # its content: the same image is one explanation
-    image = open_upload_image(store.read_blob(cell.blob_id), cell.filename)
+    content, image_name = store.read_blob(cell.blob_id), cell.filename
+image = None if content is None else open_upload_image(content, image_name, at_least=classifier.input_size)
+image_key = None if content is None else hashlib.sha256(content).hexdigest()  # the same image is one explanation
 
 nodes = [EVERY_LEVEL, *classifier.nodes]
 left, middle, right = st.columns(3)
@@ -63,7 +65,7 @@ request = (image_key, node, target, method, tuple(classifier.versions().items())
 if st.button("Explain", type="primary", key="explain"):
     with run_safely("Explanation") as outcome:
         started = time.perf_counter()
-        levels = explain(image, classifier, method=method, node=None if node == EVERY_LEVEL else node,
+        levels = explain(content, classifier, method=method, node=None if node == EVERY_LEVEL else node,
                          target=target, store=store)
         result = classifier.classify_images([image])[0]
         outcome.update(request=request, levels=levels, result=result, image=image, name=image_name,

@@ -5,11 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from bloodcells.classify import default_models_dir
 from bloodcells.signout import clinical_rows
-from bloodcells.store import PredictionRow
+from bloodcells.store import Explanation, PredictionRow, sha256_hex
 from bloodcells.synthetic import cell_image, encode, write_cell_zip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +215,12 @@ def test_explanation_of_a_stored_cell_and_of_a_bad_file(models_root, app_store):
     at.selectbox(key="explain_cell").set_value(app_store.get_analysis(analysis_id).predictions[0]).run()
     assert [image.proto.imgs[0].caption for image in at.image] == ["NGB_0.png"]  # not the other cell's maps
     assert not at.metric and any("Click Explain" in c.value for c in at.caption)
+    # its maps are kept under the file's sha256, as the command line and the store key images: they went
+    # unshared with the CLI and stayed in the database after the analysis and its images were deleted
+    with app_store.session() as session:
+        assert set(session.scalars(select(Explanation.image_sha256))) == {sha256_hex(app_store.read_blob(cell.blob_id))}
+    app_store.delete_analysis(analysis_id)
+    assert app_store.count_rows(Explanation) == 0
 
 
 def test_explanation_finds_cells_of_analyses_older_than_the_list(models_root, app_store):

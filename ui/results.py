@@ -224,10 +224,10 @@ def _spread(spread) -> str:
     return f"{spread.mean:.1f}" + ("" if spread.sd is None else f" ± {spread.sd:.1f}")
 
 
-def open_upload_image(content: bytes, name: str) -> Image.Image | None:
-    """An uploaded image, or None after saying in words why it cannot be read."""
+def open_upload_image(content: bytes, name: str, at_least: int | None = None) -> Image.Image | None:
+    """An uploaded image (``at_least``: see ``open_image``), or None after saying in words why it cannot be read."""
     try:
-        return open_image(content, name)
+        return open_image(content, name, at_least=at_least)
     except InputError as error:
         st.error(str(error))
         return None

@@ -108,13 +108,14 @@ def _stretched(array):
     return np.where(finite, (array - low) / (high - low) * 255 if high > low else 0.0, 0.0).astype("uint8")
 
 
-def open_any(image: Image.Image | bytes | str | Path) -> Image.Image:
-    """An RGB image from a PIL image, image bytes or an image file's path (decoded by ``open_image``)."""
+def open_any(image: Image.Image | bytes | str | Path, at_least: int | None = None) -> Image.Image:
+    """An RGB image from a PIL image, image bytes or an image file's path (decoded by ``open_image``,
+    ``at_least`` as there)."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, str | Path):
-        return open_image(Path(image).read_bytes(), str(image))
-    return open_image(image)
+        return open_image(Path(image).read_bytes(), str(image), at_least=at_least)
+    return open_image(image, at_least=at_least)
 
 
 def _pillow_open():
