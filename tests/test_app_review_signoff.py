@@ -24,7 +24,10 @@ def test_sign_off_locks_the_cells_until_reopened_and_changes_after_are_amendment
     at = review_page_as("Dr Who")
     assert any("1 flagged cells are not reviewed yet" in w.value for w in at.warning)
     at.text_input(key=f"report-category-{analysis_id}").input("peripheral blood")
-    at.text_area(key=f"report-comment-{analysis_id}").input("Normal film.")
+    at.text_area(key=f"report-comment-{analysis_id}").input("Normal film.").run()
+    # signed with a flagged cell nobody looked at only on purpose (it signed at the first click)
+    assert at.button(key=f"sign-{analysis_id}").disabled
+    at.checkbox(key=f"sign-unreviewed-{analysis_id}").check().run()
     at.button(key=f"sign-{analysis_id}").click().run()
     assert not at.exception, at.exception
     [signed] = app_store.signoffs([analysis_id])[analysis_id]
@@ -34,6 +37,9 @@ def test_sign_off_locks_the_cells_until_reopened_and_changes_after_are_amendment
     assert at.button(key=f"set_{first.id}_NGB").disabled and at.button(key=f"open_other_{first.id}").disabled
     assert "signed" in at.expander[0].label
 
+    at.button(key=f"reopen-{analysis_id}").click().run()  # without a reason: the audit trail would not say why
+    assert "Say why it is reopened" in " ".join(e.value for e in at.expander[0].error)
+    assert [e.action for e in app_store.signoffs([analysis_id])[analysis_id]] == ["signed"]
     at.text_input(key=f"reopen-reason-{analysis_id}").input("band cells missed")
     at.button(key=f"reopen-{analysis_id}").click().run()
     assert not at.button(key=f"set_{first.id}_NGB").disabled and "reopened" in at.expander[0].label

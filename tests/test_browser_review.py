@@ -156,6 +156,8 @@ def test_sign_off_locks_keys_reopen_amend_and_the_report_says_amended(page, serv
     signing.get_by_role("textbox", name="Category").fill("peripheral blood")
     signing.get_by_role("textbox", name="Category").press("Enter")
     settled(page)  # a click while the page reruns for the text can be lost
+    signing.get_by_text("Sign off with the 3 flagged cells not reviewed").click()  # on purpose
+    settled(page)
     click_until(page, signing.get_by_role("button", name="Sign off", exact=True),
                 page.get_by_text("Signed off by Dr Sign"))
     settled(page)
@@ -176,6 +178,8 @@ def test_sign_off_locks_keys_reopen_amend_and_the_report_says_amended(page, serv
     page.get_by_role("heading", level=1).click()
     press(page, "5", then="Cell 2 of 3")
     assert cells_of(server, analysis_id)[0] == ("NGB", [("NGS", "NGB", "Dr Sign", True)])
+    panel(page).get_by_text("Sign off with the 2 flagged cells not reviewed").click()
+    settled(page)
     click_until(page, panel(page).get_by_role("button", name="Sign off the amended differential"),
                 page.get_by_text("Signed off by Dr Sign"))
     settled(page)

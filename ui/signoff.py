@@ -81,9 +81,15 @@ def signoff_panel(store: Store, analysis) -> None:
         if signed is not None:
             st.text_input("Reason for reopening", key=f"reopen-reason-{key}", help="Kept with the reopening.",
                           max_chars=COMMENT_LENGTH)
+            def reopen() -> None:  # the reason as it is at the click, which may follow an edit without Enter
+                reason = st.session_state[f"reopen-reason-{key}"].strip()
+                if not reason:  # the audit trail says why a signed record was changed
+                    st.session_state[PANEL_REFUSAL] = "Say why it is reopened: the reason is kept with the reopening."
+                    return
+                attempt_in_panel(store.reopen, analysis.id, person, reason)
+
             st.button("Reopen to amend", key=f"reopen-{key}", icon=":material/lock_open:", disabled=not person,
-                      on_click=lambda: attempt_in_panel(store.reopen, analysis.id, person,
-                                                        st.session_state[f"reopen-reason-{key}"]))
+                      on_click=reopen)
 
             def pdf() -> bytes:  # what was signed: its count, target, category and comment
                 return to_pdf(build_report(store, analysis.id))
@@ -108,18 +114,22 @@ def signoff_panel(store: Store, analysis) -> None:
             except ReviewError as error:
                 draft_problem = str(error)
                 st.error(draft_problem)
+            unconfirmed = False
             if analysis.kind == "classification" and (flagged := sum(
                     1 for p in analysis.predictions if p.needs_review and not p.reviewed)):
                 st.warning(f"{flagged} flagged cells are not reviewed yet.")
+                # a sign-off with cells nobody looked at is a choice made on purpose, not a slip
+                unconfirmed = not st.checkbox(f"Sign off with the {flagged} flagged cells not reviewed",
+                                              key=f"sign-unreviewed-{key}")
 
             def sign() -> None:  # the inputs as they are at the click, which may follow an edit without Enter
                 state = st.session_state
                 attempt_in_panel(store.sign_off, analysis.id, person, category=state[f"report-category-{key}"],
-                        comment=state[f"report-comment-{key}"], target=state[f"report-target-{key}"],
-                        white_cell_count=state[f"report-wbc-{key}"] or None)
+                                 comment=state[f"report-comment-{key}"], target=state[f"report-target-{key}"],
+                                 white_cell_count=state[f"report-wbc-{key}"] or None)
 
             st.button("Sign off the amended differential" if status == REOPENED else "Sign off", type="primary",
-                      key=f"sign-{key}", icon=":material/verified:", disabled=not person, on_click=sign,
+                      key=f"sign-{key}", icon=":material/verified:", disabled=not person or unconfirmed, on_click=sign,
                       help="Records who and when with the category and comment; the cells are locked until reopened.")
 
             def pdf() -> bytes:  # made when the button is clicked, not on every rerun of the page
