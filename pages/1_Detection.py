@@ -47,7 +47,7 @@ if st.button("Detect", type="primary", disabled=not files, key="detect"):
                             slide=slide_mode, wbc_target=wbc_target)
             images = {item.name: item.content for item in iter_inputs(source)
                       if isinstance(item, InputImage) and item.name in result.files[:MAX_SHOWN_IMAGES]}
-        outcome.update(result=result, images=images)
+        outcome.update(result=result, images=images, confidence=confidence)
     if outcome:
         st.session_state["detection"] = outcome
         st.session_state["analysis_id"] = outcome["result"].analysis_id
@@ -64,6 +64,9 @@ if analysis is None:
     st.stop()
 st.success(f"Saved as analysis #{result.analysis_id}: {len(result.boxes)} cells on {len(result.files)} "
            f"image{'s' if len(result.files) != 1 else ''}.")
+if shown["confidence"] != confidence:  # the boxes shown were found at the confidence of that run
+    st.info(f"These cells were found at a minimum box confidence of {shown['confidence']:.3f}; press **Detect** "
+            f"to count them at {confidence:.3f} (a new analysis).")
 skipped_files(result.problems)
 if result.typing_skipped:
     st.caption(f"White cells not typed: {result.typing_skipped}.")

@@ -6,7 +6,7 @@ import time
 import streamlit as st
 
 from bloodcells.explain import METHODS, explain
-from ui.common import choose_classification, page, require_store
+from ui.common import choose_classification, page, require_store, sentence
 from ui.models import get_classifier, predicted_attributes
 from ui.results import open_upload_image
 from ui.uploads import ACCEPTED
@@ -85,12 +85,16 @@ cell_column, maps_column = st.columns([1, 3])
 with cell_column:
     st.image(shown["image"], caption=shown["name"], width=192)
     st.markdown(f"**{result.name}** ({result.code})  \n`{result.path}`")
-    st.metric("Confidence", f"{result.confidence:.2f}")
+    st.metric("Confidence", f"{result.confidence:.2f}",
+              help="Below the review threshold: flagged for review on the Classification and Review pages."
+              if result.needs_review else None)
+    if result.needs_review:
+        st.caption(f"Flagged for review: under the tree's review threshold ({classifier.review_threshold:.2f}).")
     st.metric("Time", f"{shown['seconds']:.2f} s")
     st.subheader("Morphology")
     attributes, text = shown["attributes"]
     if attributes:
-        st.markdown(text.capitalize() + ".")
+        st.markdown(sentence(text))
         st.markdown("\n".join(f"- {name.replace('_', ' ')}: **{value}**" for name, value in attributes.items()))
     else:
         st.caption(f"No attributes in words: {text}")

@@ -11,7 +11,7 @@ from bloodcells.taxonomy import default_tree
 from bloodcells.train import MODES, SHIPPED_RECIPE, train_tree
 from bloodcells.versions import accept_trained, candidate_dir
 from ui.adaptation import adapt_section, versions_section
-from ui.common import page, require_store, reviewer_name, skipped_files
+from ui.common import page, require_store, reviewer_name, sentence, skipped_files
 from ui.models import reload_models
 from ui.progress import cancel_button, progress_bar
 from ui.training import LiveCurves, confusion_heatmap, curves
@@ -114,7 +114,7 @@ if not trained:
 report, evaluation = trained["report"], trained["evaluation"]
 st.success(f"Trained {len(report.nodes)} node model{'s' if len(report.nodes) != 1 else ''} in {report.seconds:.0f} s "
            f"({trained['config'].architecture}, {trained['config'].mode}).")
-(st.warning if report.review_threshold >= 1.0 else st.caption)(report.review_summary(trained['config']).capitalize() + ".")
+(st.warning if report.review_threshold >= 1.0 else st.caption)(sentence(report.review_summary(trained['config'])))
 skipped_files(report.problems)
 st.subheader("Per node")
 # With a shared trunk a node's epochs are its head's, fitted on the trunk's features (far more than the trunk's).

@@ -76,6 +76,10 @@ def test_detection_boxes_counts_and_saves(models_root, tmp_path, monkeypatch):
     assert len(annotated) == 1
     labels = {b.label for b in at.get("download_button")}
     assert {"Download annotated PNG", "Download CSV"} <= labels
+    assert not any("minimum box confidence" in i.value for i in at.info)
+    at.sidebar.number_input(key="box_confidence").set_value(0.5).run()  # the count shown is still the 0.4 one
+    assert any("found at a minimum box confidence of 0.400; press **Detect** to count them at 0.500" in i.value
+               for i in at.info)
     # Each white cell is typed through the tree, and the white-cell differential counts them all.
     white = [d for d in stored if d.class_code == "WBC"]
     assert len(white) == sum(box.cls == "WBC" for box in drawn_boxes) > 0

@@ -210,3 +210,9 @@ def remembered_analysis(store: Store, state_key: str, analysis_id: int, again: s
         st.session_state.pop(state_key)
         st.info(f"Analysis #{analysis_id} was deleted in History: {again}.")
         return None
+
+
+def sentence(text: str) -> str:
+    """``text`` as a sentence: its first letter upper case and a full stop, the rest as written
+    (``str.capitalize`` lowered the rest: the morphology's "N:C ratio" read "n:c ratio")."""
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")

@@ -106,8 +106,9 @@ def show_differential(codes: list[str], key: str) -> None:
     """The white-cell differential as the report to sign prints it; the cells it leaves out, apart."""
     percentages = st.toggle("Percentages", key=key)
     rows, apart, counted = clinical_rows(codes)
+    # every row shown: at the default height (ten rows) a laptop screen hid the last rows, lymphocytes among them
     st.dataframe([{"cell type": row.label, ("%" if percentages else "count"): row.percent if percentages else row.count}
-                  for row in rows], hide_index=True)
+                  for row in rows], hide_index=True, height="content")
     st.caption(f"Cells counted: {counted}. Not in the count: "
                + (", ".join(f"{row.label}: {row.count}" for row in apart) or "none") + ".")
 
