@@ -170,7 +170,14 @@ def show_detection(store: Store, analysis) -> None:
                        mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon=":material/download:")
     if white:
         signoff_panel(store, analysis)
-    st.dataframe(records, hide_index=True, key=f"boxes-{analysis.id}")
+    # the lab's columns; the box corners stay in the CSV
+    st.dataframe(records, hide_index=True, key=f"boxes-{analysis.id}", placeholder="",
+                 column_order=["file", "class", "confidence", "code", "sub_confidence"],
+                 column_config={"file": "image", "class": st.column_config.TextColumn("cell", help=", ".join(
+                                    f"{code}: {name}" for code, name in CLASS_NAMES.items())),
+                                "confidence": st.column_config.NumberColumn("box confidence", format="%.2f"),
+                                "code": "white-cell type",
+                                "sub_confidence": st.column_config.NumberColumn("type confidence", format="%.2f")})
 
 
 def show_slide(slide: SlideCount, key: str) -> None:
