@@ -158,5 +158,5 @@ def test_the_command_line_prints_the_differential_as_the_report_counts_it():
     from bloodcells.cli.detection import differential_line
 
     assert differential_line({"NGS": 2, "LYT": 1, "KSC": 1}) == (
-        "3 counted, Segmented neutrophils 2 (67%), Lymphocytes 1 (33%); not in the count: Smudge cells 1")
+        "3 counted, Segmented neutrophils 2 (66.7%), Lymphocytes 1 (33.3%); not in the count: Smudge cells 1")
     assert differential_line({"NIF": 1, "PLT": 2}) == "0 counted; not in the count: Platelets 2, Not identifiable 1"
