@@ -27,7 +27,7 @@ from pathlib import Path
 from .clock import stamp
 from .inputs import thumbnail_png
 from .report import model_versions_text, myeloid_erythroid_ratio
-from .store import printable
+from .store import signoff_text
 from .store.schema import REOPENED, SIGNED
 from .taxonomy import Tree, default_tree
 
@@ -257,10 +257,11 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         raise ReportError(f"analysis #{analysis_id} is {analysis.status}{reason}: only a finished analysis has a "
                           "report")
     try:  # as a sign-off takes them: a tab or a direction override printed as nothing in the PDF
-        category = None if category is None else printable(category.strip(), "category")
-        comment = None if comment is None else printable(comment.strip(), "comment", line_breaks=True)
+        checked_category, checked_comment = signoff_text(category, comment)
     except ValueError as error:
         raise ReportError(str(error)) from error
+    category = None if category is None else checked_category  # None: the sign-off's
+    comment = None if comment is None else checked_comment
     signed = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)
     if analysis.signed_off is not None:
         given = {"white-cell count": (white_cell_count, signed.white_cell_count), "target": (target, signed.target),
@@ -397,8 +398,9 @@ def to_pdf(report: ClinicalReport) -> bytes:
 
     regular, bold, covered = _pdf_font()
 
-    def text(value: str) -> str:
-        return "".join(c if ord(c) in covered or c in "\n\t" else "?" for c in value)
+    def text(value: str) -> str:  # the font has no tab, and a carriage return would print as "?"
+        value = value.replace("\r\n", "\n").replace("\r", "\n").expandtabs(4)
+        return "".join(c if ord(c) in covered or c == "\n" else "?" for c in value)
 
     def section(title: str) -> None:
         pdf.ln(2)

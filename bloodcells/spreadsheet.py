@@ -32,7 +32,9 @@ def as_text(value: Any) -> Any:
 def csv_bytes(header: list[str], rows: Iterable[Iterable[Any]]) -> bytes:
     """The header and the rows as the bytes of a CSV file, every cell safe to open."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    # every cell quoted: where the lab's Excel splits on ";" (German, French...), a name holding
+    # ";=cmd..." would otherwise start a cell of its own with a formula
+    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL)
     writer.writerow(header)
     writer.writerows([as_text(value) for value in row] for row in rows)
     return buffer.getvalue().encode(ENCODING)

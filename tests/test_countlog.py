@@ -37,7 +37,7 @@ def logged(store):
     store.sign_off(marrow, "Dr A", category="bone marrow")
     blood = classified(store, ["NGS", "NGS", "LYT", "NIF"], "blood.zip", date(2026, 11, 10))
     store.sign_off(blood, "Dr A", category="peripheral blood")
-    store.reopen(blood, "Dr B")
+    store.reopen(blood, "Dr B", "recount")
     store.review(store.get_analysis(blood).predictions[3].id, "MON", "Dr B")
     store.sign_off(blood, "Dr B", category="peripheral blood")
     draft = classified(store, ["LYT"], "draft.zip", date(2026, 11, 20))

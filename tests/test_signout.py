@@ -279,6 +279,16 @@ def test_the_gallery_of_flagged_cells_breaks_between_rows_with_each_code_under_i
     assert broke_between_rows
 
 
+def test_a_comments_tabs_and_windows_line_breaks_print_in_the_pdf(store):
+    """A comment pasted from Windows with a tab: "WBC\t7.5\r\nsee note" printed "WBC7.5?"."""
+    analysis_id = store.start_analysis("marrow.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow("c.png", "LYT", "ALL", 0.99, {}, False)])
+    store.sign_off(analysis_id, "Dr A", comment="WBC\t7.5\r\nsee note")
+    assert store.signoffs([analysis_id])[analysis_id][0].comment == "WBC\t7.5\nsee note"
+    text = pdf_text(to_pdf(build_report(store, analysis_id)))
+    assert "WBC 7.5" in text and "?" not in text and "see note" in text
+
+
 def test_a_comment_keeps_its_line_breaks_in_the_html_report(store):
     analysis_id = store.start_analysis("marrow.zip", "classification")
     store.finish_analysis(analysis_id, predictions=[PredictionRow("c.png", "LYT", "ALL", 0.99, {}, False)])

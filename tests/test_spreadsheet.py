@@ -32,6 +32,13 @@ def test_records_csv_writes_formulas_as_text_and_leaves_numbers_and_plain_names(
     assert [r["confidence"] for r in rows][:len(FORMULAS) + 2] == ["0.5"] * len(FORMULAS) + ["-0.5", "1e-3"]
 
 
+def test_a_formula_after_a_semicolon_is_quoted_for_excel_where_semicolons_part_cells():
+    """A file name "x;=cmd|' /C calc'!A0" was written unquoted: Excel in a locale that parts cells at ";"
+    (German, French) read "=cmd..." as a cell of its own, a formula."""
+    text = records_csv([{"file": "x;=cmd|' /C calc'!A0", "count": 3}]).decode("utf-8-sig")
+    assert text.splitlines()[1] == '"x;=cmd|\' /C calc\'!A0","3"'
+
+
 def test_classify_csv_writes_a_zip_members_formula_name_as_text(trained_models_dir, tmp_path):
     upload = tmp_path / "cells.zip"
     with zipfile.ZipFile(upload, "w") as archive:

@@ -356,6 +356,45 @@ def test_a_paused_run_marked_interrupted_meanwhile_stays_failed_when_it_resumes(
     assert analysis.predictions == [] and store.count_rows(Blob) == 0
 
 
+def test_a_paused_run_not_listed_meanwhile_is_not_brought_back_by_its_next_beat(store, monkeypatch):
+    """Resumed, its beat revived it, while another analysis's finish had deleted the images it had stored:
+    it failed at the end on "FOREIGN KEY constraint failed"."""
+    monkeypatch.setattr(schema, "HEARTBEAT", timedelta(seconds=0.05))
+    interrupted = "gave no sign of life for .* and counts as interrupted"
+    with pytest.raises(StoreError, match=interrupted), store.analysis("paused.zip", "classification") as run:
+        with store.session() as session:
+            session.get(Analysis, run.id).heartbeat_at -= timedelta(minutes=6)
+        time.sleep(0.3)  # resumed: several beats
+        assert not store.get_analysis(run.id).being_stored
+        run.predictions = _rows(3)
+    assert store.get_analysis(run.id).predictions == []
+
+
+def test_a_beat_that_fails_in_any_way_leaves_the_heartbeat_going(store, monkeypatch):
+    """A pool out of connections (sqlalchemy's TimeoutError) killed the thread: the live run then counted as
+    interrupted and was lost."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    monkeypatch.setattr(schema, "HEARTBEAT", timedelta(seconds=0.05))
+    original, failures = store._sessions, []
+
+    def flaky():
+        if not failures and threading.current_thread().name.endswith("heartbeat"):
+            failures.append(1)
+            raise PoolTimeout("QueuePool limit reached")
+        return original()
+
+    monkeypatch.setattr(store, "_sessions", flaky)
+    with store.analysis("long.zip", "classification") as run:
+        first = store.get_analysis(run.id).heartbeat_at
+        deadline = time.monotonic() + 10
+        while store.get_analysis(run.id).heartbeat_at == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert failures and store.get_analysis(run.id).heartbeat_at > first  # beats after the failed one
+        run.predictions = _rows(1)
+    assert store.get_analysis(run.id).status == "done"
+
+
 def test_a_running_analysis_gives_a_sign_of_life_until_it_ends(store, monkeypatch):
     monkeypatch.setattr(schema, "HEARTBEAT", timedelta(seconds=0.05))
     with store.analysis("slow.zip", "classification") as run:
@@ -385,15 +424,18 @@ def test_an_analysis_of_a_killed_process_is_interrupted_once_it_falls_silent(dat
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         analysis_id = int(child.stdout.readline())
-        monkeypatch.setattr(schema, "SILENT_AFTER", timedelta(seconds=1))
+        # 3 s: MySQL's DATETIME keeps whole seconds, and a loaded machine may delay a beat
+        monkeypatch.setattr(schema, "SILENT_AFTER", timedelta(seconds=3))
         store = Store(database_url)
-        time.sleep(2)  # longer than SILENT_AFTER: only its beats keep it running
+        time.sleep(4)  # longer than SILENT_AFTER: only its beats keep it running
         assert store.get_analysis(analysis_id).being_stored
         assert store.list_analyses()[0].status == "running"
     finally:
         child.kill()
         child.wait()
-    time.sleep(1.5)
+    deadline = time.monotonic() + 15
+    while store.get_analysis(analysis_id).being_stored and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not store.get_analysis(analysis_id).being_stored
     assert store.list_analyses()[0].status == "failed"
     store.delete_analysis(analysis_id)

@@ -130,8 +130,10 @@ def test_bad_sign_offs_are_refused_with_the_reason(store):
         store.review(store.get_analysis(analysis_id).predictions[0].id, "NGB", "\u00a0\u200b")
     with pytest.raises(ReviewError, match="category is longer than 128"):
         store.sign_off(analysis_id, "dr.a", category="x" * 129)
+    with pytest.raises(ReviewError, match="a reopening needs its reason"):  # the audit trail says why
+        store.reopen(analysis_id, "dr.a", "  ")
     with pytest.raises(ReviewError, match="not signed off: there is nothing to reopen"):
-        store.reopen(analysis_id, "dr.a")
+        store.reopen(analysis_id, "dr.a", "a second look")
     store.sign_off(analysis_id, "dr.a")
     with pytest.raises(ReviewError, match="already signed off by dr.a"):
         store.sign_off(analysis_id, "dr.b")
@@ -152,7 +154,7 @@ def test_counts_of_detections_and_deleting_a_signed_analysis(store):
         DetectionRow("field.png", "RBC", 0.9, (0, 9, 9, 19))])
     assert store.final_code_counts([boxes]) == {boxes: Counter({"MON": 2})}
     store.sign_off(boxes, "dr.a")
-    store.reopen(boxes, "dr.b")
+    store.reopen(boxes, "dr.b", "recount")
     store.delete_analysis(boxes)
     assert store.count_rows(Signoff) == 0 and store.signoffs([boxes]) == {boxes: []}
 

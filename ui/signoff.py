@@ -18,7 +18,7 @@ from bloodcells.signout import (
     slide_differential,
     to_pdf,
 )
-from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, ReviewError, Store, StoreError, printable
+from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, ReviewError, Store, StoreError, signoff_text
 from bloodcells.store.schema import SIGNED
 
 REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
@@ -109,8 +109,7 @@ def signoff_panel(store: Store, analysis) -> None:
             comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}",
                                    max_chars=COMMENT_LENGTH, help="No patient names or identifiers.")
             try:  # what the report and a sign-off would refuse, said beside the fields (the PDF needs them)
-                printable(category, "category")
-                printable(comment, "comment", line_breaks=True)
+                signoff_text(category, comment)
             except ReviewError as error:
                 draft_problem = str(error)
                 st.error(draft_problem)

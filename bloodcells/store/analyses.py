@@ -3,6 +3,7 @@ or marking it failed, listing, finding, counting and deleting them; mixed into `
 
 from __future__ import annotations
 
+import logging
 import threading
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -16,10 +17,12 @@ from sqlalchemy.orm import selectinload
 from ..clock import stamp
 from . import schema
 from .errors import StoreError
-from .reviews import DIRECTION_CONTROLS, AnalysisLocked, signed_by
+from .reviews import DIRECTION_CONTROLS, LINE_BREAKS, AnalysisLocked, signed_by
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_hex
 from .schema import SIGNED, Analysis, Detection, Prediction, Review, Signoff, utcnow
 from .search import fold, folded
+
+log = logging.getLogger("bloodcells.store")
 
 _LARGEST_ID = 2**63 - 1  # a BIGINT; SQLite's INTEGER holds the same
 _BLOB_BATCH = 32  # images per blob transaction in finish_analysis
@@ -63,18 +66,22 @@ class AnalysisStore:
             raise
         finally:
             stop.set()
-            heartbeat.join()
+            # a daemon: a beat hung on a lost database connection must not hold the run's end
+            heartbeat.join(timeout=schema.HEARTBEAT.total_seconds())
 
     def _beat(self, analysis_id: int, stop: threading.Event) -> None:
         """Record a sign of life of a running analysis every HEARTBEAT until ``stop`` is set. A beat the
-        database does not take (unreachable, locked by a long write) is tried again at the next one."""
+        database does not take (unreachable, locked by a long write, a pool out of connections) is tried
+        again at the next one: the thread never dies of it, or the live run would count as interrupted.
+        An analysis silent for SILENT_AFTER is not brought back (its process was paused meanwhile: its
+        images may be gone, and it may already be marked failed)."""
         while not stop.wait(schema.HEARTBEAT.total_seconds()):
             try:
                 with self._translate_errors(), self._sessions() as session, session.begin():
-                    session.execute(update(Analysis).where(Analysis.id == analysis_id, Analysis.status == "running")
+                    session.execute(update(Analysis).where(Analysis.id == analysis_id, Analysis.being_stored)
                                     .values(heartbeat_at=utcnow()))
-            except StoreError:
-                continue
+            except Exception:  # noqa: BLE001 - logged; the next beat tries again
+                log.warning("analysis %s: its sign of life was not recorded", analysis_id, exc_info=True)
 
     def _fail_interrupted(self) -> None:
         """Mark failed every analysis left ``running`` by a process that fell silent."""
@@ -114,7 +121,8 @@ class AnalysisStore:
         if pending:
             blob_ids.update(self.put_blobs(pending))
         with self.session() as session:
-            analysis = session.get(Analysis, analysis_id)
+            # the row held (MySQL) against a failure written meanwhile by a page listing analyses
+            analysis = session.get(Analysis, analysis_id, with_for_update=True)
             _check_still_running(analysis, analysis_id)  # and still, once its images are stored
             for row, digest in rows:
                 session.add(Prediction(analysis_id=analysis_id, blob_id=blob_ids[digest] if digest else None,
@@ -149,7 +157,7 @@ class AnalysisStore:
 
     def _fail(self, analysis_id: int, error: str) -> None:
         with self._translate_errors(), self._sessions() as session, session.begin():
-            analysis = session.get(Analysis, analysis_id)
+            analysis = session.get(Analysis, analysis_id, with_for_update=True)  # not over a finish committed meanwhile
             if analysis is not None and analysis.status == "running":  # one that ended keeps its status
                 session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
                 session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
@@ -256,6 +264,9 @@ def _check_still_running(analysis: Analysis | None, analysis_id: int) -> None:
     if analysis.status != "running":  # marked interrupted while its process was paused: its images may be gone
         raise StoreError(f"analysis #{analysis_id} was marked {analysis.status} meanwhile ({analysis.error}); "
                          "run it again")
+    if not analysis.being_stored:  # silent that long, not listed meanwhile: the same, not marked yet
+        raise StoreError(f"analysis #{analysis_id} gave no sign of life for {schema.SILENT_AFTER} (was its "
+                         "process paused?) and counts as interrupted: its images may be gone; run it again")
 
 
 def _analysis_conditions(kind: str | None = None, search: str = "", reviewed: bool = False, done: bool = False,
@@ -285,7 +296,8 @@ def _one_line(name: str) -> str:
     """An upload's name on one line of the pages and the report: its control characters (a tab or a
     line break in a file name) as spaces, direction overrides dropped (U+202E turned the date after
     the name around)."""
-    return "".join(" " if unicodedata.category(c) == "Cc" else c for c in name if c not in DIRECTION_CONTROLS)
+    return "".join(" " if unicodedata.category(c) == "Cc" or c in LINE_BREAKS else c
+                   for c in name if c not in DIRECTION_CONTROLS)
 
 
 def _fitted(text: str | None, column) -> str | None:

@@ -134,14 +134,14 @@ class Store(AnalysisStore, BlobStore, ReviewStore, LineageStore):
     def _translate_errors(self):
         try:
             yield
-        except OperationalError as error:
+        except DBAPIError as error:  # OperationalError among them
             if _disk_full(error.orig):
                 raise StoreError(f"the database at {self.display_url} is full: the disk it is on has no space "
                                  f"left ({_first_line(error.orig)}); free space there. Nothing stored before was "
                                  "lost") from error
-            raise StoreError(f"the database at {self.display_url} cannot be reached or refused "
-                             f"the operation: {_first_line(error.orig)}") from error
-        except DBAPIError as error:
+            if isinstance(error, OperationalError):
+                raise StoreError(f"the database at {self.display_url} cannot be reached or refused "
+                                 f"the operation: {_first_line(error.orig)}") from error
             if "max_allowed_packet" in str(error.orig):
                 raise StoreError("the database refused a value larger than its max_allowed_packet; "
                                  "raise max_allowed_packet on the server") from error
@@ -231,8 +231,8 @@ def _disk_full(error: BaseException) -> bool:
     """Whether the database refused because its disk (or its size limit) is full."""
     code = error.args[0] if error.args else None
     text = str(error)
-    return code in _MYSQL_FULL or "database or disk is full" in text or "No space left on device" in text \
-        or "Errcode: 28" in text
+    return code in _MYSQL_FULL or any(sign in text for sign in (
+        "database or disk is full", "No space left on device", "Errcode: 28", "error 28 from storage engine"))
 
 
 def _prepare_sqlite(dbapi_connection, _record) -> None:

@@ -65,7 +65,7 @@ def printable(text: str, what: str, line_breaks: bool = False) -> str:
 
 
 def _comment(text: str, what: str) -> str:
-    text = (text or "").strip()
+    text = (text or "").replace("\r\n", "\n").replace("\r", "\n").strip()  # one kind of line break
     if len(text) > COMMENT_LENGTH:
         raise ReviewError(f"the {what} is longer than {COMMENT_LENGTH:,} characters")
     return printable(text, what, line_breaks=True)
@@ -76,6 +76,13 @@ def _category(text: str) -> str:
     if len(text) > NAME_LENGTH:
         raise ReviewError(f"the category is longer than {NAME_LENGTH} characters")
     return printable(text, "category")
+
+
+def signoff_text(category: str | None, comment: str | None) -> tuple[str, str]:
+    """A sign-off's category and comment as they are stored and printed (the report of a draft takes
+    the same): trimmed, one kind of line break, within their lengths, nothing that prints as nothing or
+    "?"; refused (ReviewError) in words otherwise."""
+    return _category(category), _comment(comment, "comment")
 
 
 def _person(name: str, role: str) -> str:
@@ -165,8 +172,7 @@ class ReviewStore:
         """Sign off a finished analysis's differential: who, when, the count log's category and the
         report's comment, target and white-cell count. The analysis is locked until reopened."""
         person = _person(person, "sign-off")
-        category = _category(category)
-        comment = _comment(comment, "comment")
+        category, comment = signoff_text(category, comment)
         with self.locked(analysis_id) as (session, last):
             analysis = session.get(Analysis, analysis_id)
             if analysis is None:
@@ -182,10 +188,12 @@ class ReviewStore:
             session.flush()
             return signoff
 
-    def reopen(self, analysis_id: int, person: str, reason: str = "") -> Signoff:
+    def reopen(self, analysis_id: int, person: str, reason: str) -> Signoff:
         """Reopen a signed-off analysis so that its cells can be changed again (an amendment)."""
         person = _person(person, "reopening")
         reason = _comment(reason, "reason for reopening")
+        if not reason:  # the audit trail says why a signed record was changed
+            raise ReviewError("a reopening needs its reason: it is kept with the reopening in the report")
         with self.locked(analysis_id) as (session, last):
             if last is None or last.action != SIGNED:
                 raise ReviewError(f"analysis #{analysis_id} is not signed off: there is nothing to reopen")

@@ -26,8 +26,9 @@ with engine.connect() as connection:
             # not wait for transactions: a named lock.
             if sqlite:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
-            else:
-                connection.exec_driver_sql(f"SELECT GET_LOCK('{UPGRADE_LOCK}', {UPGRADE_WAIT_SECONDS})")
+            elif connection.exec_driver_sql(f"SELECT GET_LOCK('{UPGRADE_LOCK}', {UPGRADE_WAIT_SECONDS})").scalar() != 1:
+                raise MigrationCheckError(f"another server has been upgrading this database for over "
+                                          f"{UPGRADE_WAIT_SECONDS} s; try again once it has finished")
             context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=sqlite)
             with context.begin_transaction():
                 context.run_migrations()
