@@ -316,3 +316,22 @@ def test_a_refused_sign_off_is_said_in_its_open_panel_and_a_draft_it_would_refus
     assert not at.expander[0].error and not at.get("download_button")[0].disabled
     at.button(key=f"sign-{analysis_id}").click().run()
     assert [s.category for s in app_store.signoffs([analysis_id])[analysis_id]] == ["bone marrow"]
+
+
+def test_a_review_undone_after_the_page_was_drawn_still_asks_for_the_tick(app_store):
+    """All flagged cells reviewed when the page was drawn (no box to tick), one undone by a colleague before
+    the click: it signed off with a flagged cell unreviewed and no tick."""
+    analysis_id = classified(app_store, ["NGS", "LYT"], needs_review=[0])
+    first = app_store.get_analysis(analysis_id).predictions[0]
+    app_store.review(first.id, "NGB", "Dr B")
+    at = review_page_as("Dr A")
+    assert not at.checkbox  # nothing flagged and unreviewed: nothing to confirm
+    app_store.undo_review(first.id, None, "Dr B", "NGB")  # in another tab, meanwhile
+    at.button(key=f"sign-{analysis_id}").click().run()
+    assert not at.exception and app_store.signoffs([analysis_id]) == {analysis_id: []}
+    assert "Not signed: 1 flagged cells are not reviewed" in " ".join(e.value for e in at.expander[0].error)
+    at.text_input(key=f"report-category-{analysis_id}").input("marrow").run()  # the panel stays open as one types
+    assert at.expander[0].proto.expanded
+    at.checkbox(key=f"sign-unreviewed-{analysis_id}").check().run()
+    at.button(key=f"sign-{analysis_id}").click().run()
+    assert [s.person for s in app_store.signoffs([analysis_id])[analysis_id]] == ["Dr A"]

@@ -23,6 +23,7 @@ from bloodcells.store.schema import SIGNED
 
 REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
 PANEL_REFUSAL = "signoff_refusal"  # why the last sign-off or reopening was refused (shown in its open panel)
+PANEL_OPEN = "signoff_open"  # the panel stays open once it has said why something was refused
 
 
 def attempt(action: Callable, *args, **kwargs):
@@ -44,12 +45,24 @@ def show_refusal(key: str = REFUSAL) -> None:
         st.error(message)
 
 
+def refuse_in_panel(message: str) -> None:
+    """Say ``message`` in the sign-off panel, which stays open from then on (shown at the top of the page
+    with the panel closed, it was far from the fields to correct; closed at the next keystroke, the field
+    being corrected went with it)."""
+    st.session_state[PANEL_REFUSAL] = message
+    st.session_state[PANEL_OPEN] = True
+
+
 def attempt_in_panel(action: Callable, *args, **kwargs) -> None:
-    """``attempt`` for the sign-off panel's buttons: a refusal is shown in the panel, kept open, beside
-    the fields to correct (shown at the top of the page, with the panel closed, it was far from them)."""
+    """``attempt`` for the sign-off panel's buttons: a refusal is said in the panel (``refuse_in_panel``)."""
     attempt(action, *args, **kwargs)
     if REFUSAL in st.session_state:
-        st.session_state[PANEL_REFUSAL] = st.session_state.pop(REFUSAL)
+        refuse_in_panel(st.session_state.pop(REFUSAL))
+
+
+def flagged_not_reviewed(analysis) -> int:
+    """The cells flagged for review that nobody has reviewed (none in a detection)."""
+    return sum(1 for p in analysis.predictions if p.needs_review and not p.reviewed)
 
 
 def amendments(analysis) -> int:
@@ -71,7 +84,7 @@ def signoff_panel(store: Store, analysis) -> None:
     status = signoff_status(analysis.signoffs, amendments(analysis))
     key = analysis.id
     with st.expander(f"Sign-off and report (PDF) · {status}", icon=":material/description:",
-                     expanded=PANEL_REFUSAL in st.session_state):
+                     expanded=st.session_state.get(PANEL_OPEN, False)):
         show_refusal(PANEL_REFUSAL)
         draft_problem = None  # why the report of the fields as typed cannot be made
         if analysis.signoffs:
@@ -84,7 +97,7 @@ def signoff_panel(store: Store, analysis) -> None:
             def reopen() -> None:  # the reason as it is at the click, which may follow an edit without Enter
                 reason = st.session_state[f"reopen-reason-{key}"].strip()
                 if not reason:  # the audit trail says why a signed record was changed
-                    st.session_state[PANEL_REFUSAL] = "Say why it is reopened: the reason is kept with the reopening."
+                    refuse_in_panel("Say why it is reopened: the reason is kept with the reopening.")
                     return
                 attempt_in_panel(store.reopen, analysis.id, person, reason)
 
@@ -114,8 +127,7 @@ def signoff_panel(store: Store, analysis) -> None:
                 draft_problem = str(error)
                 st.error(draft_problem)
             unconfirmed = False
-            if analysis.kind == "classification" and (flagged := sum(
-                    1 for p in analysis.predictions if p.needs_review and not p.reviewed)):
+            if flagged := flagged_not_reviewed(analysis):
                 st.warning(f"{flagged} flagged cells are not reviewed yet.")
                 # a sign-off with cells nobody looked at is a choice made on purpose, not a slip
                 unconfirmed = not st.checkbox(f"Sign off with the {flagged} flagged cells not reviewed",
@@ -123,6 +135,12 @@ def signoff_panel(store: Store, analysis) -> None:
 
             def sign() -> None:  # the inputs as they are at the click, which may follow an edit without Enter
                 state = st.session_state
+                # counted again at the click: a colleague may have undone a review since the page was drawn
+                unreviewed = flagged_not_reviewed(store.get_analysis(analysis.id))
+                if unreviewed and not state.get(f"sign-unreviewed-{key}"):
+                    refuse_in_panel(f"Not signed: {unreviewed} flagged cells are not reviewed (a review was undone "
+                                    "since this page was drawn?). Tick the box to sign off anyway.")
+                    return
                 attempt_in_panel(store.sign_off, analysis.id, person, category=state[f"report-category-{key}"],
                                  comment=state[f"report-comment-{key}"], target=state[f"report-target-{key}"],
                                  white_cell_count=state[f"report-wbc-{key}"] or None)

@@ -20,10 +20,12 @@ from .errors import MigrationCheckError, StoreError
 from .lineage import LineageStore
 from .reviews import ReviewStore
 from .rows import AnalysisRun
-from .schema import CellType, Model, ModelCellType, ModelType
+from .schema import CHUNK_SIZE, CellType, Model, ModelCellType, ModelType
 from .search import register_fold
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# a piece of an image (CHUNK_SIZE) goes in one statement, escaped: room for it twice over and the rest
+MIN_PACKET_BYTES = 4 * CHUNK_SIZE
 SUPPORTED_BACKENDS = ("sqlite", "mysql", "mariadb")
 EXAMPLE_URLS = "sqlite:////srv/bloodcells/bloodcells.db or mysql+pymysql://user:password@host/bloodcells"
 
@@ -87,6 +89,7 @@ class Store(AnalysisStore, BlobStore, ReviewStore, LineageStore):
         from alembic.util import CommandError
 
         with self._translate_errors():
+            self._check_mysql_server()
             try:
                 command.upgrade(self._alembic_config(), revision)
             except CommandError as error:  # e.g. a revision of a newer bloodcells than this one
@@ -94,6 +97,26 @@ class Store(AnalysisStore, BlobStore, ReviewStore, LineageStore):
                                  "version of bloodcells?)") from error
             except MigrationCheckError as error:
                 raise StoreError(f"the schema upgrade was rolled back, nothing changed: {error}") from error
+
+    def _check_mysql_server(self) -> None:
+        """Refuse, in words, a MySQL database that would fail later with a misleading error: one whose
+        character set cannot hold "Łukasz" or "王" (latin1, MariaDB's default before 11.6: "Incorrect string
+        value" at the first such name), or a server whose max_allowed_packet is smaller than an image's
+        piece needs ("MySQL server has gone away" at the first image over about 1 MB, for ever)."""
+        if self.backend not in ("mysql", "mariadb"):
+            return
+        with self.engine.connect() as connection:
+            charset, packet = connection.exec_driver_sql(
+                "SELECT @@character_set_database, @@max_allowed_packet").one()
+        name = make_url(self.url).database
+        if charset != "utf8mb4":
+            raise StoreError(f"the database {name} uses the character set {charset}, which cannot hold names "
+                             f"such as Łukasz or 王: make it utf8mb4 (CREATE DATABASE {name} CHARACTER SET utf8mb4, "
+                             f"or ALTER DATABASE {name} CHARACTER SET utf8mb4 before its tables are made)")
+        if packet < MIN_PACKET_BYTES:
+            raise StoreError(f"the MySQL server's max_allowed_packet is {packet // 1024} KiB: images are stored in "
+                             f"{CHUNK_SIZE // 2**20} MiB pieces; raise it to at least {MIN_PACKET_BYTES // 2**20} MB "
+                             "(e.g. --max-allowed-packet=64M, as docker-compose.yml does)")
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
