@@ -43,6 +43,12 @@ else:
     cell = st.selectbox("Cell", cells, key="explain_cell",
                         format_func=lambda p: f"{p.filename} · {p.final_code} ({p.confidence:.2f})")
     content, image_name = store.read_blob(cell.blob_id), cell.filename
+    if cell.reviewed:  # the maps explain the model's answer, which a reviewer changed
+        def named(code: str) -> str:
+            return f"{tree[code].name} ({code})" if code in tree else code
+
+        st.caption(f"Reviewed as {named(cell.final_code)}; the model said {named(cell.code)} at "
+                   f"{cell.confidence:.2f}: the maps explain the model's answer.")
 image = None if content is None else open_upload_image(content, image_name, at_least=classifier.input_size)
 image_key = None if content is None else hashlib.sha256(content).hexdigest()  # the same image is one explanation
 

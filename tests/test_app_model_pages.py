@@ -203,6 +203,7 @@ def test_explanation_of_a_stored_cell_and_of_a_bad_file(models_root, app_store):
     at.file_uploader[0].set_value(("cell.png", b"not a picture", "image/png")).run()
     assert not at.exception
     assert any(e.value.startswith("cell.png: not") for e in at.error)  # the file and the reason
+    app_store.review(app_store.get_analysis(analysis_id).predictions[1].id, "MYB", "Dr A")
     at.segmented_control(key="explain_source").set_value("a cell from an analysis").run()
     cell = app_store.get_analysis(analysis_id).predictions[1]
     at.selectbox(key="explain_cell").set_value(cell)
@@ -210,6 +211,8 @@ def test_explanation_of_a_stored_cell_and_of_a_bad_file(models_root, app_store):
     at.button(key="explain").click().run()
     assert not at.exception and not at.error
     assert any(image.proto.imgs[0].caption == "NGB_1.png" for image in at.image)  # the stored cell is shown
+    assert any("Reviewed as myelocyte (MYB); the model said band neutrophil (NGB) at 0.90" in c.value
+               for c in at.caption)  # the maps explain the model's answer, not the reviewer's
     assert [image for image in at.image if "→" in (image.proto.imgs[0].caption or "")]
 
     at.selectbox(key="explain_cell").set_value(app_store.get_analysis(analysis_id).predictions[0]).run()

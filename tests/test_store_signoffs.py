@@ -131,7 +131,7 @@ def test_bad_sign_offs_are_refused_with_the_reason(store):
     with pytest.raises(ReviewError, match="category is longer than 128"):
         store.sign_off(analysis_id, "dr.a", category="x" * 129)
     with pytest.raises(ReviewError, match="a reopening needs its reason"):  # the audit trail says why
-        store.reopen(analysis_id, "dr.a", "  ")
+        store.reopen(analysis_id, "dr.a", " \u200b ")
     with pytest.raises(ReviewError, match="not signed off: there is nothing to reopen"):
         store.reopen(analysis_id, "dr.a", "a second look")
     store.sign_off(analysis_id, "dr.a")

@@ -192,7 +192,7 @@ class ReviewStore:
         """Reopen a signed-off analysis so that its cells can be changed again (an amendment)."""
         person = _person(person, "reopening")
         reason = _comment(reason, "reason for reopening")
-        if not reason:  # the audit trail says why a signed record was changed
+        if not any(character.isalnum() for character in reason):  # the audit trail says why (a zero-width space is no reason)
             raise ReviewError("a reopening needs its reason: it is kept with the reopening in the report")
         with self.locked(analysis_id) as (session, last):
             if last is None or last.action != SIGNED:
