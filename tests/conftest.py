@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -23,8 +24,9 @@ def _isolated_data_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("BLOODCELLS_DATABASE_URL", raising=False)
 
 
-def _mysql_database_url():
-    """A fresh, empty database on the test MySQL server; dropped afterwards."""
+@contextmanager
+def mysql_database(charset: str = "utf8mb4"):
+    """The URL of a fresh, empty database on the test MySQL server; dropped afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -32,7 +34,7 @@ def _mysql_database_url():
     name = f"bc_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(server.set(database=""), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+        connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET {charset}"))
     try:
         yield server.set(database=name).render_as_string(hide_password=False)
     finally:
@@ -49,7 +51,8 @@ def database_url(request, tmp_path):
         return
     if not MYSQL_URL:
         pytest.skip("BLOODCELLS_TEST_MYSQL_URL is not set")
-    yield from _mysql_database_url()
+    with mysql_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -739,28 +739,22 @@ def test_two_servers_upgrading_one_database_at_once_both_succeed(database_url, t
     first.engine.dispose()
 
 
-def test_a_mysql_database_that_would_fail_later_is_refused_in_words(tmp_path, monkeypatch):
+def test_a_mysql_database_that_would_fail_later_is_refused_in_words(monkeypatch):
     """A latin1 database said "Database ready", then "Incorrect string value" at the first "Łukasz"; a small
     max_allowed_packet said "MySQL server has gone away" at every image over 1 MB, for ever."""
-    from conftest import MYSQL_URL
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
+    from conftest import MYSQL_URL, mysql_database
 
     from bloodcells.store import database
 
     if not MYSQL_URL:
         pytest.skip("BLOODCELLS_TEST_MYSQL_URL is not set")
-    server = make_url(MYSQL_URL)
-    name = f"bc_test_latin1_{tmp_path.name[-8:].replace('-', '_')}"
-    admin = create_engine(server.set(database=""), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET latin1"))
-    try:
-        store = Store(server.set(database=name).render_as_string(hide_password=False))
+    with mysql_database("latin1") as url:
+        store = Store(url)
+        name = store.engine.url.database
         with pytest.raises(StoreError, match=f"the database {name} uses the character set latin1, which cannot hold"):
             store.upgrade()
         assert store.current_revision() is None  # no table made in it
-        with admin.connect() as connection:
+        with store.engine.begin() as connection:
             connection.execute(text(f"ALTER DATABASE `{name}` CHARACTER SET utf8mb4"))
         store.engine.dispose()  # a connection reads the database's character set when it opens
         monkeypatch.setattr(database, "MIN_PACKET_BYTES", 2**40)  # a server whose packet is smaller than needed
@@ -769,7 +763,3 @@ def test_a_mysql_database_that_would_fail_later_is_refused_in_words(tmp_path, mo
         monkeypatch.undo()
         store.upgrade()
         store.engine.dispose()
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-        admin.dispose()
