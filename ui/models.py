@@ -41,9 +41,18 @@ def _detector(models_dir: str):
     return Detector.load()  # the settings' models dir; the argument keys the cache
 
 
-def _load(kind: str, loader):
+def _models_dir() -> str:
+    return str(settings().models_dir)
+
+
+# what each kind is loaded by, and what keys its cache
+_LOADERS = {"classifier": (_classifier, _tree_in_use), "detector": (_detector, _models_dir)}
+
+
+def _load(kind: str):
+    loader, key = _LOADERS[kind]
     try:
-        return loader(_tree_in_use() if loader is _classifier else str(settings().models_dir)), None
+        return loader(key()), None
     except ImportError as error:
         return None, f"The {kind} is not part of this installation yet ({error})."
     except (OSError, ValueError, RuntimeError, KeyError) as error:  # ModelFileError and friends
@@ -52,7 +61,7 @@ def _load(kind: str, loader):
 
 def get_classifier(required: bool = True):
     """The classifier tree, or None. When ``required``, a missing one stops the page with a message."""
-    classifier, problem = _load("classifier", _classifier)
+    classifier, problem = _load("classifier")
     if problem and required:
         st.warning(problem)
         st.info(NOT_TRAINED_HINT["classifier"])
@@ -62,7 +71,7 @@ def get_classifier(required: bool = True):
 
 def get_detector(required: bool = True):
     """The detector, or None. When ``required``, a missing one stops the page with a message."""
-    detector, problem = _load("detector", _detector)
+    detector, problem = _load("detector")
     if problem and required:
         st.warning(problem)
         st.info(NOT_TRAINED_HINT["detector"])
@@ -72,7 +81,7 @@ def get_detector(required: bool = True):
 
 def model_problem(kind: str) -> str | None:
     """Why the classifier or detector cannot be used, or None when it loads."""
-    return _load(kind, _classifier if kind == "classifier" else _detector)[1]
+    return _load(kind)[1]
 
 
 def reload_models() -> None:

@@ -136,7 +136,7 @@ def signoff_panel(store: Store, analysis) -> None:
             def sign() -> None:  # the inputs as they are at the click, which may follow an edit without Enter
                 state = st.session_state
                 # counted again at the click: a colleague may have undone a review since the page was drawn
-                unreviewed = flagged_not_reviewed(store.get_analysis(analysis.id))
+                unreviewed = store.result_counts([analysis.id])[analysis.id].needs_review
                 if unreviewed and not state.get(f"sign-unreviewed-{key}"):
                     refuse_in_panel(f"Not signed: {unreviewed} flagged cells are not reviewed (a review was undone "
                                     "since this page was drawn?). Tick the box to sign off anyway.")

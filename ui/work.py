@@ -32,15 +32,11 @@ def run_safely(what: str) -> Iterator[dict]:
     except StoreError as error:
         outcome.clear()
         st.error(f"The database is not available: {error}. Nothing was half-stored; try again when it is back.")
-    except OSError as error:
+    except Exception as error:
         outcome.clear()
-        if error.errno != errno.ENOSPC:
-            log.exception("%s failed", what)
-            st.error(f"{what} failed: {error}")
-        else:  # the upload's scratch copy, a model folder: the server's disk, not the user's files
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:  # the server's disk, not the user's files
             st.error(f"{what} failed: the server's disk is full (the data folder is {settings().data_dir}). "
                      "Nothing was half-stored; ask whoever runs the server to free space, then try again.")
-    except Exception as error:  # a message in words for the user; the traceback goes to the server log
-        outcome.clear()
-        log.exception("%s failed", what)
-        st.error(f"{what} failed: {error}")
+        else:  # a message in words for the user; the traceback goes to the server log
+            log.exception("%s failed", what)
+            st.error(f"{what} failed: {error}")
