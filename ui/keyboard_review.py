@@ -8,6 +8,8 @@ keeps both). The layout comes from ``bloodcells.keyboard``; a user may change it
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from bloodcells.keyboard import (
@@ -47,7 +49,10 @@ def _undo_key(analysis_id: int) -> str:
 # unreviewed. Each drawing of a cell takes one key; the others are counted and said, never applied.
 DRAWING = "keyboard_drawing"  # session keys: the number of the latest drawing,
 KEYED = "keyboard_keyed"  # the drawing a key was taken for,
-IGNORED = "keyboard_ignored"  # and keys that came too early to be taken since the page last said so
+IGNORED = "keyboard_ignored"  # and (count, monotonic time of the last) keys that came too early to be taken
+# The warning stays this long after the last key not applied: said once, it was drawn away by the next
+# key of the same burst (or never reached the browser when that key interrupted the page's run).
+IGNORED_SHOWN_SECONDS = 10.0
 
 
 def record_change(analysis_id: int, prediction_id: int, before: str | None, after: str) -> None:
@@ -96,7 +101,10 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
     st.session_state[cursor] = cell.id
     following = shown[index + 1].id if index + 1 < len(shown) else cell.id
     drawing = st.session_state[DRAWING] = st.session_state.get(DRAWING, 0) + 1
-    if ignored := st.session_state.pop(IGNORED, 0):
+    ignored, last_ignored = st.session_state.get(IGNORED, (0, 0.0))
+    if ignored and time.monotonic() - last_ignored > IGNORED_SHOWN_SECONDS:
+        del st.session_state[IGNORED]  # said long enough: the next early key starts a new count
+    elif ignored:
         st.warning(f"{ignored} key{'s' if ignored > 1 else ''} pressed before this cell was shown "
                    f"{'were' if ignored > 1 else 'was'} not applied: press again for the cell you see.")
 
@@ -105,7 +113,7 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
 
     def classify(code: str) -> None:
         if st.session_state.get(DRAWING) != drawing or st.session_state.get(KEYED) == drawing:
-            st.session_state[IGNORED] = st.session_state.get(IGNORED, 0) + 1
+            st.session_state[IGNORED] = (st.session_state.get(IGNORED, (0, 0.0))[0] + 1, time.monotonic())
             return
         st.session_state[KEYED] = drawing
         before = cell.reviewed_code  # None: not reviewed, which undoing restores
