@@ -10,7 +10,17 @@ from datetime import date, datetime
 
 from .clock import lab_days, lab_time, stamp
 from .report import records_csv
-from .signout import APART, CLINICAL_ORDER, OTHERS, SIGNED, clinical_rows, signoff_status, slide_differential
+from .signout import (
+    APART,
+    CLINICAL_ORDER,
+    NOT_STATED,
+    OTHERS,
+    SIGNED,
+    clinical_rows,
+    signed_specimen,
+    signoff_status,
+    slide_differential,
+)
 from .taxonomy import Tree, default_tree
 
 LOG_LIMIT = 5000  # analyses one count log reads: a lab with more in the dates chosen narrows them
@@ -26,11 +36,12 @@ class LogEntry:
     name: str
     kind: str
     category: str
+    specimen: str  # as its latest sign-off states it, else "not stated"
     reviewers: list[str]  # who changed or confirmed its cells
     signers: list[str]  # who signed it off
     status: str  # bloodcells.signout.signoff_status
     signed_at: datetime | None  # its latest sign-off
-    counted: int  # cells in the differential (platelets, smudge, not identifiable, artefacts apart)
+    counted: int  # cells in the differential (platelets, smudge, not identifiable, artefacts, a blood film's erythroblasts apart)
     counts: dict[str, int]  # every COUNT_COLUMNS label
 
     @property
@@ -60,12 +71,14 @@ def count_log(store, tree: Tree | None = None, start: date | None = None, end: d
             codes[analysis.id] = slide.codes
         if not codes[analysis.id]:
             continue
-        rows, apart, counted = clinical_rows(codes[analysis.id].elements(), tree)
         events = signoffs[analysis.id]
         signed = [e for e in events if e.action == SIGNED]
+        specimen = signed_specimen(events)
+        rows, apart, counted = clinical_rows(codes[analysis.id].elements(), tree, specimen=specimen)
         entries.append(LogEntry(
             analysis_id=analysis.id, created_at=lab_time(analysis.created_at), name=analysis.name, kind=analysis.kind,
             category=signed[-1].category if signed and signed[-1].category else NO_CATEGORY,
+            specimen=specimen or NOT_STATED,
             reviewers=reviewers[analysis.id], signers=sorted({e.person for e in signed}),
             status=signoff_status(events, results[analysis.id].amendments),
             signed_at=lab_time(signed[-1].created_at) if signed else None, counted=counted,
@@ -93,7 +106,7 @@ def filter_log(entries: Iterable[LogEntry], *, categories: Iterable[str] = (), s
 def log_rows(entries: Iterable[LogEntry]) -> list[dict]:
     """The count log's table (and CSV): one flat row per entry, counts in clinical order."""
     return [{"id": e.analysis_id, "date": stamp(e.created_at), "name": e.name, "kind": e.kind,
-             "category": e.category, "reviewers": ", ".join(e.reviewers), "signed by": ", ".join(e.signers),
+             "category": e.category, "specimen": e.specimen, "reviewers": ", ".join(e.reviewers), "signed by": ", ".join(e.signers),
              "status": e.status, "signed": stamp(e.signed_at) if e.signed_at else "",
              "cells counted": e.counted, **{label: e.counts[label] for label in COUNT_COLUMNS}}
             for e in entries]

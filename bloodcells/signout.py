@@ -1,9 +1,10 @@
 """The report a haematologist signs: one analysis's differential in the clinical order, as PDF or HTML.
 
 Counts in the conventional order (blasts -> promyelocytes -> ... -> erythroblasts -> others),
-whole-number percentages over the cells counted that add up to 100 (platelets, smudge cells,
+percentages to a tenth over the cells counted that add up to 100 (platelets, smudge cells,
 not-identifiable cells and artefacts are listed apart and left out of the denominator), absolute
-counts when the user gives the white-cell count, the myeloid:erythroid ratio, the cells counted
+counts when the user gives the white-cell count, the specimen: a marrow's myeloid:erythroid ratio, or
+a blood film's erythroblasts apart from its white cells, per 100 of them; the cells counted
 against a 100/200/400 target, the flagged cells nobody reviewed yet with a small gallery of them,
 the models' versions, the reviewers and the time; its sign-offs, and once a signed analysis was
 reopened and changed, "Amended" with every change made after the first sign-off (a cell's old and
@@ -28,7 +29,7 @@ from .clock import stamp
 from .inputs import thumbnail_png
 from .report import model_versions_text, myeloid_erythroid_ratio
 from .store import signoff_text
-from .store.schema import REOPENED, SIGNED
+from .store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED, SPECIMENS
 from .taxonomy import Tree, default_tree
 
 # (row label, tree codes counted in it), in the order a differential is written. A row takes the cells
@@ -53,6 +54,10 @@ CLINICAL_ORDER = (
     ("Plasma cells", ("PLM",)),
     ("Erythroblasts", ("EBO", "PEB", "ERY")),
 )
+# A blood film's erythroblasts (nucleated red cells) are not white cells: its differential is of the
+# white cells, and the erythroblasts are reported apart, per 100 of them (as analysers give NRBC/100 WBC).
+ERYTHROBLASTS = CLINICAL_ORDER[-1]
+NOT_STATED = "not stated"  # the specimen of a sign-off that names none (all before it was asked)
 # counted and shown, but not white cells of the differential: not in the denominator
 APART = (("Platelets", ("PLT", "THR")), ("Smudge cells", ("KSC",)), ("Not identifiable", ("NIF",)),
          ("Artefacts", ("ART",)))
@@ -87,13 +92,13 @@ def signoff_status(signoffs, amendments: int) -> str:
 
 
 # what a sign-off records for the report (a stored Signoff's fields), named as the report prints them
-SIGNED_VALUES = (("white_cell_count", "White-cell count"), ("target", "Target"), ("category", "Category"),
-                 ("comment", "Comment"))
+SIGNED_VALUES = (("white_cell_count", "White-cell count"), ("target", "Target"), ("specimen", "Specimen"),
+                 ("category", "Category"), ("comment", "Comment"))
 
 
 @dataclass
 class ValueChange:
-    """A signed value (white-cell count, target, category, comment) that a later sign-off changed."""
+    """A signed value (white-cell count, target, specimen, category, comment) that a later sign-off changed."""
     at: datetime
     person: str
     value: str  # its name, as the report prints it
@@ -108,6 +113,13 @@ def signed_value_changes(signoffs) -> list[ValueChange]:
     return [ValueChange(later.created_at, later.person, label, old, new)
             for earlier, later in pairwise(signed) for name, label in SIGNED_VALUES
             if (old := _value_text(getattr(earlier, name))) != (new := _value_text(getattr(later, name)))]
+
+
+def signed_specimen(signoffs) -> str | None:
+    """The specimen of an analysis's latest sign-off (oldest first): None when it was never signed, or
+    signed before the specimen was asked."""
+    signed = [s for s in signoffs if s.action == SIGNED]
+    return signed[-1].specimen if signed else None
 
 
 def _value_text(value) -> str:
@@ -151,12 +163,14 @@ class ClinicalReport:
     apart: list[Row]
     counted: int
     target: int
-    me_ratio: float | None
+    me_ratio: float | None  # a marrow's (or an unstated specimen's), never a blood film's
     unreviewed_flagged: int
     reviewers: list[str]
     reviewed_at: datetime | None
     model_versions: str
     white_cell_count: float | None = None
+    specimen: str | None = None  # one of SPECIMENS, None: not stated
+    erythroblasts_per_100: float | None = None  # a blood film's erythroblasts per 100 white cells counted
     category: str = ""
     comment: str = ""
     gallery: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file, code, image) of flagged cells
@@ -167,13 +181,13 @@ class ClinicalReport:
     made_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-def clinical_rows(codes: Iterable[str], tree: Tree | None = None,
-                  white_cell_count: float | None = None) -> tuple[list[Row], list[Row], int]:
+def clinical_rows(codes: Iterable[str], tree: Tree | None = None, white_cell_count: float | None = None,
+                  specimen: str | None = None) -> tuple[list[Row], list[Row], int]:
     """The differential rows in clinical order, the rows kept apart, and the cells counted.
 
     Percentages, to a tenth, are over the counted cells and add up to 100 (``percentages``);
     ``white_cell_count`` (x 10^9/L) gives each row's absolute count. A code is counted in the first row
-    whose codes lie at or above it.
+    whose codes lie at or above it. Of a ``specimen`` of peripheral blood, erythroblasts are kept apart.
     """
     tree = tree or default_tree()
     counts = Counter(codes)
@@ -190,8 +204,9 @@ def clinical_rows(codes: Iterable[str], tree: Tree | None = None,
             rows.append(Row(label, sum(counts[code] for code in mine)))
         return rows, used
 
-    apart, kept_apart = gather(APART)
-    rows, in_rows = gather(CLINICAL_ORDER)
+    blood_film = specimen == PERIPHERAL_BLOOD
+    apart, kept_apart = gather(APART + (ERYTHROBLASTS,) if blood_film else APART)
+    rows, in_rows = gather(tuple(row for row in CLINICAL_ORDER if not (blood_film and row == ERYTHROBLASTS)))
     rows.append(Row(OTHERS, sum(n for code, n in counts.items() if code not in in_rows | kept_apart)))
     counted = sum(row.count for row in rows)
     if counted:
@@ -236,13 +251,14 @@ def slide_differential(summary: dict | None) -> SlideDifferential | None:
 
 
 def build_report(store, analysis_id: int, *, white_cell_count: float | None = None, target: int | None = None,
-                 category: str | None = None, comment: str | None = None, tree: Tree | None = None) -> ClinicalReport:
+                 specimen: str | None = None, category: str | None = None, comment: str | None = None,
+                 tree: Tree | None = None) -> ClinicalReport:
     """The report of a finished analysis: its cells' final labels (a reviewer's label where given).
 
-    The white-cell count, target, category and comment not given are those of the latest sign-off
-    (the target defaults to 200 cells). While the analysis is signed off, its report says what was
-    signed: other values are refused (SignedReportError), e.g. a draft from a page drawn before
-    someone else signed it off.
+    The white-cell count, target, specimen, category and comment not given are those of the latest
+    sign-off (the target defaults to 200 cells, the specimen to not stated). While the analysis is
+    signed off, its report says what was signed: other values are refused (SignedReportError), e.g. a
+    draft from a page drawn before someone else signed it off.
     """
     tree = tree or default_tree()
     try:
@@ -265,7 +281,8 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     signed = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)
     if analysis.signed_off is not None:
         given = {"white-cell count": (white_cell_count, signed.white_cell_count), "target": (target, signed.target),
-                 "category": (category, signed.category), "comment": (comment, signed.comment)}
+                 "specimen": (specimen, signed.specimen), "category": (category, signed.category),
+                 "comment": (comment, signed.comment)}
         if differing := [name for name, (value, kept) in given.items() if value is not None and value != kept]:
             raise SignedReportError(f"analysis #{analysis_id} is signed off by {signed.person} on "
                                     f"{stamp(signed.created_at)}: its report says the signed {', '.join(differing)}; "
@@ -273,12 +290,15 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     if signed is not None:
         white_cell_count = signed.white_cell_count if white_cell_count is None else white_cell_count
         target = signed.target if target is None else target
+        specimen = signed.specimen if specimen is None else specimen
         category = signed.category if category is None else category
         comment = signed.comment if comment is None else comment
     slide = slide_differential(analysis.summary)
     target = (slide.target if slide else 200) if target is None else target
     if target not in TARGETS and not (slide and target == slide.target):  # a slide counted to its own target
         raise ReportError(f"target {target}: a differential counts {', '.join(map(str, TARGETS))} cells")
+    if specimen is not None and specimen not in SPECIMENS:
+        raise ReportError(f"specimen {specimen!r}: a differential is of {' or '.join(SPECIMENS)}")
     if white_cell_count is not None and not 0 < white_cell_count < 1000:
         raise ReportError(f"white-cell count {white_cell_count}: give it in 10^9/L (e.g. 7.5)")
     if analysis.kind == "detection":
@@ -292,11 +312,15 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         reviews = [(p, r) for p in analysis.predictions for r in p.reviews]
     amendments = sorted((Amendment(r.created_at, r.reviewer, p.filename, r.old_code, r.new_code)
                          for p, r in reviews if r.reopening_id is not None), key=lambda a: a.at)
-    rows, apart, counted = clinical_rows(codes, tree, white_cell_count)
+    rows, apart, counted = clinical_rows(codes, tree, white_cell_count, specimen)
+    erythroblasts = next((row.count for row in apart if row.label == ERYTHROBLASTS[0]), 0)
+    blood_film = specimen == PERIPHERAL_BLOOD
     gallery = [(p.filename, p.code, store.read_blob(p.blob_id)) for p in gallery_source if p.blob_id is not None]
     return ClinicalReport(
         analysis_id=analysis.id, name=analysis.name, kind=analysis.kind, created_at=analysis.created_at, rows=rows,
-        apart=apart, counted=counted, target=target, me_ratio=myeloid_erythroid_ratio(codes, tree),
+        apart=apart, counted=counted, target=target,
+        me_ratio=None if blood_film else myeloid_erythroid_ratio(codes, tree), specimen=specimen,
+        erythroblasts_per_100=100 * erythroblasts / counted if blood_film and counted else None,
         unreviewed_flagged=flagged, reviewers=sorted({r.reviewer for _, r in reviews}),
         reviewed_at=max((r.created_at for _, r in reviews), default=None),
         model_versions=model_versions_text(analysis.model_versions), white_cell_count=white_cell_count,
@@ -312,9 +336,13 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
     return [
         ("Analysis", f"#{report.analysis_id} {report.name} ({report.kind}, {stamp(report.created_at)})"),
         ("Status", _status_text(report)),
+        ("Specimen", report.specimen or NOT_STATED),
         ("Category", report.category or "-"),
         ("Cells counted", f"{report.counted} of a {report.target}-cell target ({reached})"),
-        ("Myeloid : erythroid", "-" if report.me_ratio is None else f"{report.me_ratio:.2f} : 1"),
+        (("Erythroblasts", "-" if report.erythroblasts_per_100 is None
+          else f"{report.erythroblasts_per_100:.1f} per 100 white cells (not in the differential)")
+         if report.specimen == PERIPHERAL_BLOOD else
+         ("Myeloid : erythroid", "-" if report.me_ratio is None else f"{report.me_ratio:.2f} : 1")),
         ("White-cell count", "-" if report.white_cell_count is None else f"{report.white_cell_count:g} x 10^9/L"),
         ("Flagged, not reviewed", str(report.unreviewed_flagged)),
         ("Reviewed by", ", ".join(report.reviewers) or "nobody yet"),

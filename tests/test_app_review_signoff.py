@@ -23,16 +23,18 @@ def test_sign_off_locks_the_cells_until_reopened_and_changes_after_are_amendment
     first = app_store.get_analysis(analysis_id).predictions[0]
     at = review_page_as("Dr Who")
     assert any("1 flagged cells are not reviewed yet" in w.value for w in at.warning)
-    at.text_input(key=f"report-category-{analysis_id}").input("peripheral blood")
+    at.text_input(key=f"report-category-{analysis_id}").input("routine")
     at.text_area(key=f"report-comment-{analysis_id}").input("Normal film.").run()
+    assert at.button(key=f"sign-{analysis_id}").disabled and any("Choose the specimen" in c.value for c in at.caption)
+    at.selectbox(key=f"report-specimen-{analysis_id}").select("peripheral blood").run()
     # signed with a flagged cell nobody looked at only on purpose (it signed at the first click)
     assert at.button(key=f"sign-{analysis_id}").disabled
     at.checkbox(key=f"sign-unreviewed-{analysis_id}").check().run()
     at.button(key=f"sign-{analysis_id}").click().run()
     assert not at.exception, at.exception
     [signed] = app_store.signoffs([analysis_id])[analysis_id]
-    assert (signed.action, signed.person, signed.category, signed.comment, signed.target) == \
-        ("signed", "Dr Who", "peripheral blood", "Normal film.", 200)
+    assert (signed.action, signed.person, signed.category, signed.comment, signed.target, signed.specimen) == \
+        ("signed", "Dr Who", "routine", "Normal film.", 200, "peripheral blood")
     assert any("Signed off by Dr Who" in i.value and "locked" in i.value for i in at.info)
     assert at.button(key=f"set_{first.id}_NGB").disabled and at.button(key=f"open_other_{first.id}").disabled
     assert "signed" in at.expander[0].label
@@ -45,7 +47,8 @@ def test_sign_off_locks_the_cells_until_reopened_and_changes_after_are_amendment
     assert not at.button(key=f"set_{first.id}_NGB").disabled and "reopened" in at.expander[0].label
     at.button(key=f"set_{first.id}_NGB").click().run()
     assert reviews_of(app_store, analysis_id) == [("NGS", "NGB", "Dr Who", True)]
-    assert at.text_input(key=f"report-category-{analysis_id}").value == "peripheral blood"  # kept from the sign-off
+    assert at.text_input(key=f"report-category-{analysis_id}").value == "routine"  # kept from the sign-off
+    assert at.selectbox(key=f"report-specimen-{analysis_id}").value == "peripheral blood"
     sign_again = at.button(key=f"sign-{analysis_id}")
     assert sign_again.label == "Sign off the amended differential"
     sign_again.click().run()
@@ -324,6 +327,7 @@ def test_a_refused_sign_off_is_said_in_its_open_panel_and_a_draft_it_would_refus
     report downloaded as "bonemarrow"."""
     analysis_id = classified(app_store, ["NGS", "LYT"])
     at = review_page_as("Dr Who")
+    at.selectbox(key=f"report-specimen-{analysis_id}").select("bone marrow")
     at.text_input(key=f"report-category-{analysis_id}").input("bone\tmarrow")
     at.run()
     assert [e.value for e in at.expander[0].error] == ["the category holds a tab (U+0009): type it again without it"]
@@ -348,6 +352,7 @@ def test_a_review_undone_after_the_page_was_drawn_still_asks_for_the_tick(app_st
     app_store.review(first.id, "NGB", "Dr B")
     at = review_page_as("Dr A")
     assert not at.checkbox  # nothing flagged and unreviewed: nothing to confirm
+    at.selectbox(key=f"report-specimen-{analysis_id}").select("bone marrow").run()
     app_store.undo_review(first.id, None, "Dr B", "NGB")  # in another tab, meanwhile
     at.button(key=f"sign-{analysis_id}").click().run()
     assert not at.exception and app_store.signoffs([analysis_id]) == {analysis_id: []}
@@ -357,3 +362,23 @@ def test_a_review_undone_after_the_page_was_drawn_still_asks_for_the_tick(app_st
     at.checkbox(key=f"sign-unreviewed-{analysis_id}").check().run()
     at.button(key=f"sign-{analysis_id}").click().run()
     assert [s.person for s in app_store.signoffs([analysis_id])[analysis_id]] == ["Dr A"]
+
+
+def test_pages_count_a_signed_blood_films_erythroblasts_apart_as_its_report(app_store):
+    """Signed as peripheral blood, the page's differential still counted the erythroblast among the white
+    cells and showed an M:E ratio, unlike the report."""
+    analysis_id = classified(app_store, ["NGS", "EBO", "LYT"])
+
+    def differential_and_metrics():
+        at = app("5_History").run()
+        assert not at.exception, at.exception
+        [table] = [d.value for d in at.dataframe if "cell type" in d.value.columns]
+        return dict(zip(table["cell type"], table["count"], strict=True)), [m.label for m in at.metric]
+
+    counts, metrics = differential_and_metrics()
+    assert counts["Erythroblasts"] == 1 and "Myeloid : erythroid" in metrics  # not stated: as before
+    app_store.sign_off(analysis_id, "Dr A", specimen="peripheral blood")
+    counts, metrics = differential_and_metrics()
+    assert "Erythroblasts" not in counts and sum(counts.values()) == 2 and "Myeloid : erythroid" not in metrics
+    at = app("5_History").run()
+    assert any("Erythroblasts: 1" in c.value for c in at.caption)

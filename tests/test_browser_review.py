@@ -153,9 +153,12 @@ def test_sign_off_locks_keys_reopen_amend_and_the_report_says_amended(page, serv
     analysis_id = stored_analysis(server, "NGS", "ALL/MYE/MYM/NEU/NGS", 3)
     open_review(page, server, analysis_id, "Dr Sign")
     signing = panel(page)
-    signing.get_by_role("textbox", name="Category").fill("peripheral blood")
+    signing.get_by_role("textbox", name="Category").fill("routine")
     signing.get_by_role("textbox", name="Category").press("Enter")
     settled(page)  # a click while the page reruns for the text can be lost
+    signing.get_by_test_id("stSelectbox").filter(has_text="Specimen").click()
+    page.get_by_role("option", name="peripheral blood").click()
+    settled(page)
     signing.get_by_text("Sign off with the 3 flagged cells not reviewed").click()  # on purpose
     settled(page)
     click_until(page, signing.get_by_role("button", name="Sign off", exact=True),
@@ -185,7 +188,7 @@ def test_sign_off_locks_keys_reopen_amend_and_the_report_says_amended(page, serv
     settled(page)
     report = downloaded(page, panel(page).get_by_role("button", name="Download report (PDF)"))
     text = "\n".join(p.extract_text() for p in PdfReader(report).pages)
-    for expected in ("Differential count - AMENDED", "Amended: signed off again by Dr Sign", "peripheral blood",
+    for expected in ("Differential count - AMENDED", "Amended: signed off again by Dr Sign", "Specimen peripheral blood",
                      "reopened by Dr Sign: a band was missed", "Changes after the first sign-off", "NGS -> NGB"):
         assert expected in text, expected
     page.screenshot(path=str(ARTIFACTS / "review_signed_amended.png"), full_page=True)

@@ -95,9 +95,9 @@ def test_a_lab_with_more_analyses_than_the_log_reads_reaches_the_older_ones_by_d
 def test_table_and_csv_list_counts_in_clinical_order(store, logged):
     entries = filter_log(count_log(store), categories=["peripheral blood"])
     [row] = log_rows(entries)
-    assert list(row)[:10] == ["id", "date", "name", "kind", "category", "reviewers", "signed by", "status", "signed",
-                              "cells counted"]
-    assert list(row)[10:] == COUNT_COLUMNS and COUNT_COLUMNS[:2] == ["Blasts", "Promyelocytes"]
+    assert list(row)[:11] == ["id", "date", "name", "kind", "category", "specimen", "reviewers", "signed by", "status",
+                              "signed", "cells counted"]
+    assert list(row)[11:] == COUNT_COLUMNS and COUNT_COLUMNS[:2] == ["Blasts", "Promyelocytes"]
     assert (row["date"], row["signed by"], row["status"], row["Segmented neutrophils"]) == \
         ("2026-11-10 00:00 UTC", "Dr A, Dr B", "amended", 2)
     [read_back] = csv.DictReader(io.StringIO(log_csv(entries).decode("utf-8-sig")))
@@ -157,3 +157,18 @@ def test_dates_at_the_ends_of_the_calendar_are_refused_in_words(store, monkeypat
     monkeypatch.setenv("BLOODCELLS_TIMEZONE", "Europe/Berlin")
     with pytest.raises(ValueError, match="give a date between 0001-01-02 and 9999-12-30"):
         count_log(store, start=start, end=end)
+
+
+def test_a_blood_films_erythroblasts_are_logged_apart_from_its_white_cells(store):
+    """The count log counted a blood film's erythroblasts among its white cells, as its report did."""
+    film = classified(store, ["NGS", "NGS", "LYT", "EBO"], "film.zip", date(2026, 11, 12))
+    marrow = classified(store, ["NGS", "NGS", "LYT", "EBO"], "marrow.zip", date(2026, 11, 12))
+    store.sign_off(film, "Dr A", specimen="peripheral blood")
+    store.sign_off(marrow, "Dr A", specimen="bone marrow")
+    entries = {e.analysis_id: e for e in count_log(store)}
+    assert (entries[film].specimen, entries[film].counted, entries[film].counts["Erythroblasts"]) == \
+        ("peripheral blood", 3, 1)
+    assert (entries[marrow].specimen, entries[marrow].counted, entries[marrow].counts["Erythroblasts"]) == \
+        ("bone marrow", 4, 1)
+    store.reopen(film, "Dr B", "wrong specimen")  # reopened: the specimen of the last sign-off stands
+    assert {e.analysis_id: e.specimen for e in count_log(store)}[film] == "peripheral blood"

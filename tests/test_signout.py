@@ -294,3 +294,66 @@ def test_a_comment_keeps_its_line_breaks_in_the_html_report(store):
     store.finish_analysis(analysis_id, predictions=[PredictionRow("c.png", "LYT", "ALL", 0.99, {}, False)])
     page = to_html(build_report(store, analysis_id, comment="Line one.\nLine two."))
     assert "p.comment{white-space:pre-wrap}" in page and "<p class='comment'>Line one.\nLine two.</p>" in page
+
+
+def test_a_blood_films_erythroblasts_are_reported_apart_per_100_white_cells_and_a_marrows_in_its_differential(store):
+    """A peripheral-blood report counted erythroblasts among the white cells and printed a myeloid:erythroid
+    ratio: 2 NGS, 1 LYT, 1 EBO read NGS 50% and M:E 2.00 : 1 on a blood film."""
+    analysis_id = store.start_analysis("film.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"c{n}.png", code, "ALL", 0.99, {}, False) for n, code in enumerate(["NGS", "NGS", "LYT", "EBO"])])
+    film = build_report(store, analysis_id, specimen="peripheral blood", white_cell_count=6.0)
+    by_label = {row.label: row for row in film.rows}
+    assert film.counted == 3 and "Erythroblasts" not in by_label and by_label["Segmented neutrophils"].percent == 66.7
+    assert by_label["Segmented neutrophils"].per_litre == pytest.approx(4.0)  # of the white cells only
+    assert {row.label: row.count for row in film.apart} == {"Erythroblasts": 1}
+    assert film.erythroblasts_per_100 == pytest.approx(33.33, abs=0.01) and film.me_ratio is None
+    text = pdf_text(to_pdf(film))
+    for expected in ("Specimen peripheral blood", "33.3 per 100 white cells (not in the differential)",
+                     "Erythroblasts: 1"):
+        assert expected in text, (expected, text)
+    assert "Myeloid" not in text and "Myeloid" not in to_html(film)
+    marrow = build_report(store, analysis_id, specimen="bone marrow")
+    assert marrow.counted == 4 and {row.label: row.count for row in marrow.rows}["Erythroblasts"] == 1
+    assert marrow.me_ratio == pytest.approx(2.0) and marrow.erythroblasts_per_100 is None
+    assert "Specimen bone marrow" in pdf_text(to_pdf(marrow)) and "2.00 : 1" in pdf_text(to_pdf(marrow))
+    unstated = build_report(store, analysis_id)  # as every report read before the specimen was asked
+    assert (unstated.counted, unstated.me_ratio, unstated.specimen) == (4, pytest.approx(2.0), None)
+    assert "Specimen not stated" in pdf_text(to_pdf(unstated))
+
+
+def test_the_signed_specimen_is_the_reports_and_a_change_is_an_amendment(store):
+    from bloodcells.store import ReviewError
+
+    analysis_id = store.start_analysis("film.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow("c.png", "EBO", "ALL", 0.99, {}, False),
+                                                    PredictionRow("d.png", "LYT", "ALL", 0.99, {}, False)])
+    with pytest.raises(ReviewError, match="specimen 'urine': a differential is of bone marrow or peripheral blood"):
+        store.sign_off(analysis_id, "Dr A", specimen="urine")
+    assert store.get_analysis(analysis_id).signoffs == []  # nothing stored
+    with pytest.raises(ReportError, match="specimen 'blood': a differential is of bone marrow or peripheral blood"):
+        build_report(store, analysis_id, specimen="blood")
+    store.sign_off(analysis_id, "Dr A", specimen="bone marrow")
+    assert build_report(store, analysis_id).specimen == "bone marrow"
+    with pytest.raises(SignedReportError, match="the signed specimen; reopen"):
+        build_report(store, analysis_id, specimen="peripheral blood")
+    store.reopen(analysis_id, "Dr B", "a blood film, not marrow")
+    store.sign_off(analysis_id, "Dr B", specimen="peripheral blood")
+    report = build_report(store, analysis_id)
+    assert report.status == "amended" and report.counted == 1
+    assert [(c.value, c.old, c.new) for c in report.value_changes] == [("Specimen", "bone marrow", "peripheral blood")]
+    assert "<td>Specimen</td><td>bone marrow -&gt; peripheral blood</td>" in to_html(report)
+
+
+def test_cli_report_takes_the_specimen(app_store, tmp_path, capsys):
+    from bloodcells.cli import main
+
+    analysis_id = app_store.start_analysis("cells.zip", "classification", {})
+    app_store.finish_analysis(analysis_id, predictions=[PredictionRow("a.png", "EBO", "ALL", 0.99, {}, False),
+                                                        PredictionRow("b.png", "LYT", "ALL", 0.99, {}, False)])
+    assert main(["report", str(analysis_id), "--out", str(tmp_path / "r.pdf"), "--specimen", "peripheral-blood"]) == 0
+    assert "1 cell counted" in capsys.readouterr().out
+    assert "Specimen peripheral blood" in pdf_text((tmp_path / "r.pdf").read_bytes())
+    with pytest.raises(SystemExit):
+        main(["report", str(analysis_id), "--out", str(tmp_path / "r.pdf"), "--specimen", "urine"])
+    assert "invalid choice: 'urine'" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from PIL import Image
 from bloodcells import report
 from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES, SlideCount
 from bloodcells.inputs import InputError, open_image, thumbnail_png
-from bloodcells.signout import clinical_rows, slide_differential
+from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, signed_specimen, slide_differential
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to
@@ -69,19 +69,21 @@ def show_classification(store: Store, analysis) -> None:
     codes = [r["final_code"] for r in records]
     # "Needs review" means what it means on Review and in the report: flagged and not reviewed yet.
     unreviewed = [p for p in analysis.predictions if p.needs_review and not p.reviewed]
-    ratio = report.myeloid_erythroid_ratio(codes, tree)
+    specimen = signed_specimen(analysis.signoffs)  # as the signed report counts: a blood film has no M:E ratio
     columns = st.columns(4)
     columns[0].metric("Cells", len(records))
     columns[1].metric("Needs review", len(unreviewed))
     columns[2].metric("Reviewed", sum(1 for p in analysis.predictions if p.reviewed))
-    columns[3].metric("Myeloid : erythroid", "–" if ratio is None else f"{ratio:.2f} : 1",
-                      help="Granulocytes and their precursors over erythroid precursors (monocytes not counted)."
-                      + (" No erythroid cell was found, so there is no ratio." if ratio is None else ""))
+    if specimen != PERIPHERAL_BLOOD:
+        ratio = report.myeloid_erythroid_ratio(codes, tree)
+        columns[3].metric("Myeloid : erythroid", "–" if ratio is None else f"{ratio:.2f} : 1",
+                          help="Granulocytes and their precursors over erythroid precursors (monocytes not counted)."
+                          + (" No erythroid cell was found, so there is no ratio." if ratio is None else ""))
 
     left, right = st.columns([3, 2])
     with left:
         st.subheader("Differential")
-        show_differential(codes, key=f"percent-{analysis.id}")
+        show_differential(codes, key=f"percent-{analysis.id}", specimen=specimen)
     with right:
         st.plotly_chart(sunburst(codes), key=f"sunburst-{analysis.id}")
 
@@ -102,10 +104,11 @@ def show_classification(store: Store, analysis) -> None:
                                     "model's confidence", min_value=0.0, max_value=1.0, format="%.2f")})
 
 
-def show_differential(codes: list[str], key: str) -> None:
-    """The white-cell differential as the report to sign prints it; the cells it leaves out, apart."""
+def show_differential(codes: list[str], key: str, specimen: str | None = None) -> None:
+    """The white-cell differential as the report to sign prints it (of ``specimen``, as signed); the cells
+    it leaves out, apart."""
     percentages = st.toggle("Percentages", key=key)
-    rows, apart, counted = clinical_rows(codes)
+    rows, apart, counted = clinical_rows(codes, specimen=specimen)
     # every row shown: at the default height (ten rows) a laptop screen hid the last rows, lymphocytes among them
     st.dataframe([{"cell type": row.label, ("%" if percentages else "count"): row.percent if percentages else row.count}
                   for row in rows], hide_index=True, height="content")
@@ -165,7 +168,7 @@ def show_detection(store: Store, analysis) -> None:
     white = list(slide.codes.elements()) if slide else [r["code"] for r in records if r["code"]]
     if white:
         st.subheader("White-cell differential")
-        show_differential(white, key=f"wbc-percent-{analysis.id}")
+        show_differential(white, key=f"wbc-percent-{analysis.id}", specimen=signed_specimen(analysis.signoffs))
     st.download_button("Download CSV", lambda: report.records_csv(records), file_name=f"detections-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon=":material/download:")
     if white:

@@ -10,6 +10,7 @@ from bloodcells.clock import stamp
 from bloodcells.signout import (
     AMENDED,
     REOPENED,
+    SPECIMENS,
     TARGETS,
     SignedReportError,
     build_report,
@@ -19,7 +20,7 @@ from bloodcells.signout import (
     to_pdf,
 )
 from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, ReviewError, Store, StoreError, signoff_text
-from bloodcells.store.schema import SIGNED
+from bloodcells.store.schema import PERIPHERAL_BLOOD, SIGNED
 
 REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
 PANEL_REFUSAL = "signoff_refusal"  # why the last sign-off or reopening was refused (shown in its open panel)
@@ -78,7 +79,7 @@ def locked_notice(analysis) -> None:
 
 
 def signoff_panel(store: Store, analysis) -> None:
-    """Sign off (white-cell count, target, category, comment), or reopen a signed analysis; the PDF."""
+    """Sign off (white-cell count, target, specimen, category, comment), or reopen a signed analysis; the PDF."""
     person = st.session_state.get("reviewer", "")
     signed = analysis.signed_off
     status = signoff_status(analysis.signoffs, amendments(analysis))
@@ -104,11 +105,11 @@ def signoff_panel(store: Store, analysis) -> None:
             st.button("Reopen to amend", key=f"reopen-{key}", icon=":material/lock_open:", disabled=not person,
                       on_click=reopen)
 
-            def pdf() -> bytes:  # what was signed: its count, target, category and comment
+            def pdf() -> bytes:  # what was signed: its count, target, specimen, category and comment
                 return to_pdf(build_report(store, analysis.id))
         else:
             last = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)
-            left, middle = st.columns(2)
+            left, middle, right = st.columns(3)
             wbc = left.number_input("White-cell count (10^9/L), for absolute counts", 0.0, 999.0,
                                     (last.white_cell_count or 0.0) if last else 0.0, step=0.1, key=f"report-wbc-{key}",
                                     help="Leave at 0 when not known.")
@@ -116,9 +117,17 @@ def signoff_panel(store: Store, analysis) -> None:
             counted_to = last.target if last else slide.target if slide else 200
             target = middle.selectbox("Cells to count", TARGETS, key=f"report-target-{key}",
                                       index=TARGETS.index(counted_to if counted_to in TARGETS else 200))
+            # chosen, never assumed for cells (a marrow's and a blood film's reports count erythroblasts apart
+            # or not); smear fields are blood films
+            stated = last.specimen if last else PERIPHERAL_BLOOD if analysis.kind == "detection" else None
+            specimen = right.selectbox("Specimen", SPECIMENS, key=f"report-specimen-{key}",
+                                       index=SPECIMENS.index(stated) if stated else None, placeholder="Choose one",
+                                       help="A marrow's erythroblasts are in its differential, with the M:E ratio; "
+                                            "a blood film's are counted apart, per 100 white cells.")
             category = st.text_input("Category", last.category if last else "", key=f"report-category-{key}",
                                      max_chars=NAME_LENGTH,
-                                     help="e.g. bone marrow, peripheral blood. No patient names or identifiers.")
+                                     help="How the count log groups it, e.g. routine, follow-up, a study. "
+                                          "No patient names or identifiers.")
             comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}",
                                    max_chars=COMMENT_LENGTH, help="No patient names or identifiers.")
             try:  # what the report and a sign-off would refuse, said beside the fields (the PDF needs them)
@@ -133,8 +142,14 @@ def signoff_panel(store: Store, analysis) -> None:
                 unconfirmed = not st.checkbox(f"Sign off with the {flagged} flagged cells not reviewed",
                                               key=f"sign-unreviewed-{key}")
 
+            if specimen is None:
+                st.caption("Choose the specimen to sign off.")
+
             def sign() -> None:  # the inputs as they are at the click, which may follow an edit without Enter
                 state = st.session_state
+                if not state.get(f"report-specimen-{key}"):
+                    refuse_in_panel("Not signed: choose the specimen (bone marrow or peripheral blood).")
+                    return
                 # counted again at the click: a colleague may have undone a review since the page was drawn
                 unreviewed = store.result_counts([analysis.id])[analysis.id].needs_review
                 if unreviewed and not state.get(f"sign-unreviewed-{key}"):
@@ -143,16 +158,18 @@ def signoff_panel(store: Store, analysis) -> None:
                     return
                 attempt_in_panel(store.sign_off, analysis.id, person, category=state[f"report-category-{key}"],
                                  comment=state[f"report-comment-{key}"], target=state[f"report-target-{key}"],
+                                 specimen=state[f"report-specimen-{key}"],
                                  white_cell_count=state[f"report-wbc-{key}"] or None)
 
             st.button("Sign off the amended differential" if status == REOPENED else "Sign off", type="primary",
-                      key=f"sign-{key}", icon=":material/verified:", disabled=not person or unconfirmed, on_click=sign,
+                      key=f"sign-{key}", icon=":material/verified:",
+                      disabled=not person or unconfirmed or specimen is None, on_click=sign,
                       help="Records who and when with the category and comment; the cells are locked until reopened.")
 
             def pdf() -> bytes:  # made when the button is clicked, not on every rerun of the page
                 try:
                     return to_pdf(build_report(store, analysis.id, white_cell_count=wbc or None, target=target,
-                                               category=category, comment=comment))
+                                               specimen=specimen, category=category, comment=comment))
                 except SignedReportError:  # someone signed it off since this page was drawn: what they signed
                     return to_pdf(build_report(store, analysis.id))
 

@@ -8,7 +8,7 @@ from . import CommandError, command, output_file, plural, whole
 
 
 def _report_args(parser):
-    from ..signout import TARGETS
+    from ..signout import SPECIMENS, TARGETS
 
     parser.add_argument("analysis", type=whole(1), metavar="ANALYSIS_ID",
                         help="the analysis (its id: `bloodcells analyses`, or History)")
@@ -17,6 +17,9 @@ def _report_args(parser):
                         help="the white-cell count in 10^9/L, for absolute counts (e.g. 7.5)")
     parser.add_argument("--target", type=int, choices=TARGETS,
                         help="cells to count (default: the sign-off's, else 200)")
+    parser.add_argument("--specimen", choices=[specimen.replace(" ", "-") for specimen in SPECIMENS],
+                        help="what was sampled (default: the sign-off's, else not stated): a blood film's "
+                             "erythroblasts are reported apart from its white cells, a marrow's M:E ratio")
     parser.add_argument("--category", help="a category (default: the sign-off's; no patient identifiers)")
     parser.add_argument("--comment", help="a free comment (default: the sign-off's; no patient identifiers)")
 
@@ -32,7 +35,7 @@ def _report(args) -> int:
     output_file(out)
     try:
         report = build_report(open_store(), args.analysis, white_cell_count=args.wbc, target=args.target,
-                              category=args.category, comment=args.comment)
+                              specimen=args.specimen and args.specimen.replace("-", " "), category=args.category, comment=args.comment)
     except ReportError as error:
         raise CommandError(str(error)) from error
     if out.suffix.lower() == ".pdf":

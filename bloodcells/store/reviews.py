@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from ..clock import stamp
-from .schema import REOPENED, SIGNED, Analysis, Detection, Prediction, Review, Signoff
+from .schema import REOPENED, SIGNED, SPECIMENS, Analysis, Detection, Prediction, Review, Signoff
 
 NAME_LENGTH = 128  # Review.reviewer, Signoff.person and Signoff.category are String(128)
 # Signoff.comment is TEXT: 65,535 bytes on MySQL, which this many characters of 4 bytes fit
@@ -168,11 +168,15 @@ class ReviewStore:
             return review
 
     def sign_off(self, analysis_id: int, person: str, *, category: str = "", comment: str = "",
-                 target: int | None = None, white_cell_count: float | None = None) -> Signoff:
+                 target: int | None = None, white_cell_count: float | None = None,
+                 specimen: str | None = None) -> Signoff:
         """Sign off a finished analysis's differential: who, when, the count log's category and the
-        report's comment, target and white-cell count. The analysis is locked until reopened."""
+        report's comment, target, white-cell count and specimen (one of SPECIMENS, None when not
+        stated). The analysis is locked until reopened."""
         person = _person(person, "sign-off")
         category, comment = signoff_text(category, comment)
+        if specimen is not None and specimen not in SPECIMENS:
+            raise ReviewError(f"specimen {specimen!r}: a differential is of {' or '.join(SPECIMENS)}")
         with self.locked(analysis_id) as (session, last):
             analysis = session.get(Analysis, analysis_id)
             if analysis is None:
@@ -183,7 +187,7 @@ class ReviewStore:
             if last is not None and last.action == SIGNED:
                 raise ReviewError(f"analysis #{analysis_id} is already signed off by {signed_by(last)}")
             signoff = Signoff(analysis_id=analysis_id, action=SIGNED, person=person, category=category,
-                              comment=comment, target=target, white_cell_count=white_cell_count)
+                              comment=comment, target=target, white_cell_count=white_cell_count, specimen=specimen)
             session.add(signoff)
             session.flush()
             return signoff

@@ -211,6 +211,10 @@ class Review(Base):
 
 
 SIGNED, REOPENED = "signed", "reopened"
+# what was sampled, as a sign-off records it: the report counts erythroblasts in a marrow's differential
+# (and gives its myeloid:erythroid ratio) but apart from a blood film's white cells, per 100 of them
+BONE_MARROW, PERIPHERAL_BLOOD = "bone marrow", "peripheral blood"
+SPECIMENS = (BONE_MARROW, PERIPHERAL_BLOOD)
 
 
 class Signoff(Base):
@@ -226,6 +230,7 @@ class Signoff(Base):
     comment: Mapped[str] = mapped_column(Text, default="")  # the report's comment, or why it was reopened
     target: Mapped[int | None] = mapped_column(Integer)  # cells to count (100/200/400) when signed
     white_cell_count: Mapped[float | None] = mapped_column(Float)  # 10^9/L, when given for absolute counts
+    specimen: Mapped[str | None] = mapped_column(String(32))  # one of SPECIMENS; None: not stated (before 0007)
     analysis: Mapped[Analysis] = relationship(back_populates="signoffs")
 
 
