@@ -74,15 +74,18 @@ filters, modes = st.columns([3, 2])
 if st.session_state.get("review_filter_of") != analysis.id:  # another analysis: its own default view
     st.session_state.pop("review_filter", None)
     st.session_state["review_filter_of"] = analysis.id
-show = filters.segmented_control("Cells", ["needs review", "not reviewed yet", "all"],
-                                 default="needs review" if any(p.needs_review for p in predictions) else "all",
-                                 key="review_filter") or "all"
+# "flagged", not "needs review": elsewhere "needs review" counts the flagged cells nobody reviewed yet, and
+# this view keeps a flagged cell once reviewed, to be seen again
+show = filters.segmented_control("Cells", ["flagged", "not reviewed yet", "all"],
+                                 default="flagged" if any(p.needs_review for p in predictions) else "all",
+                                 key="review_filter", help="Flagged: under the confidence threshold, reviewed or "
+                                 "not. Not reviewed yet: every cell nobody reviewed, flagged or not.") or "all"
 mode = modes.segmented_control("Review with", ["mouse", "keyboard"], default="mouse", key="review_mode",
                                help="Keyboard: one cell at a time, a key per cell type, ← → to move.") or "mouse"
 tree_order = {node.code: n for n, node in enumerate(tree.root.walk())}
 ordered = sorted(predictions, key=lambda p: (tree_order[p.code], p.id))
 selected = [p for p in ordered
-            if show == "all" or (show == "needs review" and p.needs_review) or (show == "not reviewed yet"
+            if show == "all" or (show == "flagged" and p.needs_review) or (show == "not reviewed yet"
                                                                                and not p.reviewed)]
 if not selected:
     st.success("No cell left in this view.")

@@ -216,7 +216,7 @@ def test_each_analysis_opens_in_its_own_default_view(app_store):
     at = app("4_Review").run()
     at.sidebar.text_input[0].input("Dr Who").run()
     assert at.selectbox(key="review_analysis").value == flagged
-    assert at.segmented_control(key="review_filter").value == "needs review"
+    assert at.segmented_control(key="review_filter").value == "flagged"
     at.selectbox(key="review_analysis").select(unflagged).run()
     assert at.segmented_control(key="review_filter").value == "all"
     assert not at.success and len([b for b in at.button if b.key.startswith("open_other_")]) == 2  # its two cells
