@@ -763,3 +763,21 @@ def test_a_mysql_database_that_would_fail_later_is_refused_in_words(monkeypatch)
         monkeypatch.undo()
         store.upgrade()
         store.engine.dispose()
+
+
+def test_a_database_holding_another_programs_table_of_one_of_its_names_is_refused_untouched(database_url):
+    """A MySQL database shared with a program that has a `reviews` table: the first upgrade made eleven
+    tables in it, then failed with "cannot be reached or refused the operation: Table 'reviews' already
+    exists" (MySQL cannot roll DDL back)."""
+    store = Store(database_url)
+    with store.engine.begin() as connection:
+        connection.execute(text("CREATE TABLE reviews (id INTEGER PRIMARY KEY, body TEXT)"))
+        connection.execute(text("CREATE TABLE users (id INTEGER PRIMARY KEY)"))
+        connection.execute(text("INSERT INTO reviews (id, body) VALUES (1, 'theirs')"))
+    with pytest.raises(StoreError, match="nothing changed: the database already holds tables that bloodcells did "
+                                         "not make but would: reviews; give bloodcells a database of its own"):
+        store.upgrade()
+    assert set(inspect(store.engine).get_table_names()) == {"reviews", "users"}
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT body FROM reviews")).scalar_one() == "theirs"
+    store.engine.dispose()

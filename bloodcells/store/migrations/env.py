@@ -1,13 +1,15 @@
 """Alembic environment: runs migrations on the Store's engine (no alembic.ini needed)."""
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from bloodcells.store.errors import MigrationCheckError
 from bloodcells.store.schema import Base
 
 UPGRADE_LOCK = "bloodcells schema upgrade"
 UPGRADE_WAIT_SECONDS = 600
+# the tables the migrations make: the schema's, and 'cells', which 0001 made and 0002 dropped
+MADE_TABLES = {*Base.metadata.tables, "cells"}
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
@@ -29,6 +31,15 @@ with engine.connect() as connection:
             elif connection.exec_driver_sql(f"SELECT GET_LOCK('{UPGRADE_LOCK}', {UPGRADE_WAIT_SECONDS})").scalar() != 1:
                 raise MigrationCheckError(f"another server has been upgrading this database for over "
                                           f"{UPGRADE_WAIT_SECONDS} s; try again once it has finished")
+            # A database shared with another program that has a table of one of these names: the first
+            # migration made eleven tables in it and failed at the twelfth ("Table 'reviews' already exists",
+            # worded as a database that cannot be reached); MySQL's DDL cannot be rolled back.
+            tables = set(inspect(connection).get_table_names())
+            if "alembic_version" not in tables and (clashing := sorted(tables & MADE_TABLES)):
+                raise MigrationCheckError(
+                    f"the database already holds tables that bloodcells did not make but would: "
+                    f"{', '.join(clashing)}; give bloodcells a database of its own (e.g. CREATE DATABASE "
+                    "bloodcells CHARACTER SET utf8mb4) or a new SQLite file")
             context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=sqlite)
             with context.begin_transaction():
                 context.run_migrations()
