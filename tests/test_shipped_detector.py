@@ -41,3 +41,24 @@ def test_shipped_detector_keeps_its_scores(source, tmp_path):
     assert metrics["overall"]["mAP50"] >= floors["mAP50"], metrics
     assert metrics["classes"]["PLT"]["recall"] >= floors["PLT recall"], metrics["classes"]
     assert metrics["classes"]["WBC"]["recall"] >= floors["WBC recall"], metrics["classes"]
+
+
+@pytest.mark.parametrize("size", [(2560, 1920), (4000, 3000)])
+def test_a_camera_photo_of_one_field_counts_as_the_field(size):
+    """A field photographed at 5-12 MP: tiles cut its magnified cells into pieces, each counted (BCCD field
+    00014, 1 white / 22 red cells / 4 platelets: 1 / 40 / 6 at 2560x1920, 4 white cells at 4000x3000)."""
+    from collections import Counter
+
+    from PIL import Image
+
+    from bloodcells.detection import Detector
+
+    detector = Detector.load(SHIPPED)
+    field = Image.open(DATASETS / "bccd" / "JPEGImages" / "BloodImage_00014.jpg").convert("RGB")
+    photo = field.resize(size, Image.Resampling.BICUBIC)
+    assert detector.needs_tiles(*photo.size)
+
+    def counts(image):
+        return Counter(box.class_code for box in detector.find(image, "field.jpg"))
+
+    assert counts(photo) == counts(field)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 from pathlib import Path
 
@@ -19,6 +20,18 @@ DEFAULT_BOX_CONFIDENCE = 0.25  # ultralytics' own default
 # 13 / 281, 480 px 13 / 298, 320 px 14 / 341, 240 px 29 / 435.
 LARGEST_RED_CELL = 140  # pixels
 MIN_TILE_SIZE = 4 * LARGEST_RED_CELL
+# A camera's photo of one field (12 MP) shows cells far larger than the training fields' (red cells' median
+# size: BCCD 102 px, TXL-PBC 81 px): tiles overlapping by 240 px cut a 400 px cell into pieces that no tile
+# sees whole, each counted (BCCD field 00014 at 4x: 40 red cells for 22, at 4000x3000 four white cells for
+# one). A large image is first looked at whole, at the model's input; when its red cells' median exceeds
+# 1.5 x the training scale, the image is shrunk to that scale before it is tiled. The look tells only when
+# the cells it sees are of a size the model knows at its input (75 px on a BCCD field): a mosaic of 25 BCCD
+# fields (3200x2400) shrinks to 480 px with red cells of 15 px, and the clumps the model then boxes measured
+# "1.85x" (shrunk by that, it counted 385 red cells for 558).
+TRAINING_RED_CELL = 100  # pixels
+MAGNIFIED = 1.5
+MIN_RED_CELLS_MEASURED = 5  # fewer tell no scale: the image is taken at the training scale
+MIN_RED_CELL_AT_INPUT = 45  # pixels of the model's input: smaller ones are not measured reliably
 
 
 def check_tile_size(tile_size: int) -> int:
@@ -117,10 +130,36 @@ class Detector:
     def find(self, image, file: str = "", *, confidence: float = DEFAULT_BOX_CONFIDENCE,
              batch: int = 16) -> list[DetectedBox]:
         """Every cell found with at least ``confidence`` on one PIL image; large images are tiled and
-        the tiles merged."""
+        the tiles merged, after shrinking one whose cells are magnified beyond the training scale."""
         width, height = image.size
         if not self.needs_tiles(width, height):
             return self.predict([image], file, confidence=confidence)[0]
+        magnification = self.magnification(image)
+        if magnification <= MAGNIFIED:
+            return self._tiled(image, file, confidence, batch)
+        from PIL import Image
+
+        shrunk = image.resize((round(width / magnification), round(height / magnification)), Image.Resampling.LANCZOS)
+        found = (self._tiled(shrunk, file, confidence, batch) if self.needs_tiles(*shrunk.size)
+                 else self.predict([shrunk], file, confidence=confidence)[0])
+        x_scale, y_scale = width / shrunk.width, height / shrunk.height
+        return [DetectedBox(b.file, b.class_code, b.confidence, b.x1 * x_scale, b.y1 * y_scale, b.x2 * x_scale,
+                            b.y2 * y_scale) for b in found]
+
+    def magnification(self, image) -> float:
+        """How much larger than on the training fields the red cells of ``image`` are (their median
+        size, seen in the whole image at the model's input), or 1.0 when that look cannot tell: too few
+        red cells, or too small at the model's input to be measured."""
+        reds = [((b.x2 - b.x1) * (b.y2 - b.y1)) ** 0.5 for b in self.predict([image])[0] if b.class_code == "RBC"]
+        if len(reds) < MIN_RED_CELLS_MEASURED:
+            return 1.0
+        median = statistics.median(reds)
+        if median * self.imgsz / max(image.size) < MIN_RED_CELL_AT_INPUT:
+            return 1.0
+        return median / TRAINING_RED_CELL
+
+    def _tiled(self, image, file: str, confidence: float, batch: int) -> list[DetectedBox]:
+        width, height = image.size
         tiles = plan_tiles(width, height, self.tile_size, self.overlap)
         per_tile = []
         for start in range(0, len(tiles), batch):
