@@ -217,6 +217,11 @@ def clinical_rows(codes: Iterable[str], tree: Tree | None = None, white_cell_cou
     return rows, [row for row in apart if row.count], counted
 
 
+def in_differential(code: str, tree: Tree | None = None, specimen: str | None = None) -> bool:
+    """Whether a cell typed ``code`` counts in the differential of ``specimen`` (is not kept apart)."""
+    return clinical_rows([code], tree, specimen=specimen)[2] == 1
+
+
 def percentages(counts: list[int]) -> list[float]:
     """Percentages of ``counts`` (not all zero) to a tenth, as automated differentials give them, that
     add up to 100.0, so that the report's "Total counted ... 100.0" is true (each rounded alone, 1:1:1

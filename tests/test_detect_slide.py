@@ -27,6 +27,7 @@ from bloodcells.detection import (
     detect,
     register_fields,
 )
+from bloodcells.signout import clinical_rows, slide_differential
 from bloodcells.synthetic import encode, smear_field
 
 CROP = (640, 480)
@@ -219,6 +220,26 @@ def test_the_differential_stops_at_the_target_in_upload_order():
     assert str(short.white_cells) == "16 of 100 white cells: target not reached (5 fields)"
     with pytest.raises(ValueError, match="positive number of white cells"):
         count_slide(fields, boxes, wbc_target=0)
+
+
+def test_cells_the_differential_keeps_apart_do_not_count_towards_the_target():
+    """A white cell cut at a field's edge, typed "not identifiable", was the second of a 2-cell target: the
+    count stopped before the next field's neutrophil, and the report said "1 of a 2-cell target"."""
+    fields, boxes = [], []
+    for n, codes in enumerate([["NGS", "NIF", "EBO", "KSC"], ["LYT", "NGS"]]):
+        image, _ = smear_field(*CROP, n_wbc=0, n_rbc=2, n_platelets=0, seed=300 + n)
+        fields.append(FieldImage.of(f"{n}.png", image))
+        boxes += [DetectedBox(f"{n}.png", "WBC", 0.9, 10, 10 + 40 * i, 40, 40 + 40 * i, code=code)
+                  for i, code in enumerate(codes)]
+    slide, _ = count_slide(fields, boxes, wbc_target=2)
+    white = slide.white_cells
+    # NGS, then the not identifiable, erythroblast (a blood film's: apart) and smudge cells taken but not
+    # counted, then the next field's lymphocyte
+    assert (white.counted, white.fields_used, white.reached) == (2, 2, True)
+    assert {code: row["count"] for code, row in white.differential.items()} == \
+        {"NGS": 1, "NIF": 1, "EBO": 1, "KSC": 1, "LYT": 1}
+    assert clinical_rows(list(slide_differential({"slide": slide.as_dict()}).codes.elements()),
+                         specimen="peripheral blood")[2] == 2  # the report counts what the slide counted
 
 
 def test_unrelated_fields_keep_all_their_cells(tmp_path):

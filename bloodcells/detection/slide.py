@@ -302,9 +302,9 @@ class SlideField:
 class WhiteCellCount:
     """The white-cell differential over the fields in upload order, until ``target`` white cells."""
     target: int
-    counted: int
+    counted: int  # cells of the differential (those kept apart, e.g. not identifiable, not among them)
     fields_used: int
-    differential: dict[str, dict[str, float]]  # tree cell type -> {"count", "percent"} of the typed cells
+    differential: dict[str, dict[str, float]]  # tree cell type -> {"count", "percent"} of the typed cells taken
     untyped: int  # white cells counted towards the target without a type (typing off or unavailable)
 
     @property
@@ -377,21 +377,30 @@ def _class_counts(files: list[str], boxes: list[DetectedBox]) -> dict[str, dict[
 
 def _white_cells_to_target(files: list[str], unique: list[DetectedBox], target: int) -> WhiteCellCount:
     """The white cells counted once, field by field in upload order and in reading order within a field
-    (top to bottom), until ``target``: as a differential is counted at the microscope."""
+    (top to bottom), until ``target`` cells of the differential, as it is counted at the microscope: a cell
+    the report keeps apart (not identifiable, smudge, a blood film's erythroblast) is taken with the others
+    but does not count towards the target (a cut cell typed "not identifiable" stopped the count short of
+    the neutrophil in the next field)."""
+    from ..signout import PERIPHERAL_BLOOD, in_differential
+
     white: dict[str, list[DetectedBox]] = {file: [] for file in files}
     for box in unique:
         if box.class_code == "WBC":
             white[box.file].append(box)
-    counted: list[DetectedBox] = []
-    fields_used = 0
+    taken: list[DetectedBox] = []
+    counted = fields_used = 0
     for file in files:
-        fields_used += 1
-        counted += sorted(white[file], key=lambda b: (b.y1, b.x1))[:target - len(counted)]
-        if len(counted) >= target:
+        if counted >= target:
             break
-    typed = Counter(b.code for b in counted if b.code)
+        fields_used += 1
+        for box in sorted(white[file], key=lambda b: (b.y1, b.x1)):
+            if counted >= target:
+                break
+            taken.append(box)  # smear fields are blood films, as their sign-off assumes until told otherwise
+            counted += not box.code or in_differential(box.code, specimen=PERIPHERAL_BLOOD)
+    typed = Counter(b.code for b in taken if b.code)
     total_typed = sum(typed.values())
-    return WhiteCellCount(target, len(counted), fields_used,
+    return WhiteCellCount(target, counted, fields_used,
                           {code: {"count": n, "percent": round(100 * n / total_typed, 1)}
                            for code, n in typed.most_common()},
-                          len(counted) - total_typed)
+                          len(taken) - total_typed)
