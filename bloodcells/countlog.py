@@ -17,7 +17,7 @@ from .signout import (
     OTHERS,
     SIGNED,
     clinical_rows,
-    signed_specimen,
+    report_specimen,
     signoff_status,
     slide_differential,
 )
@@ -36,7 +36,7 @@ class LogEntry:
     name: str
     kind: str
     category: str
-    specimen: str  # as its latest sign-off states it, else "not stated"
+    specimen: str  # as its report counts it (``signout.report_specimen``), or "not stated"
     reviewers: list[str]  # who changed or confirmed its cells
     signers: list[str]  # who signed it off
     status: str  # bloodcells.signout.signoff_status
@@ -73,7 +73,7 @@ def count_log(store, tree: Tree | None = None, start: date | None = None, end: d
             continue
         events = signoffs[analysis.id]
         signed = [e for e in events if e.action == SIGNED]
-        specimen = signed_specimen(events)
+        specimen = report_specimen(events, analysis.kind)
         rows, apart, counted = clinical_rows(codes[analysis.id].elements(), tree, specimen=specimen)
         entries.append(LogEntry(
             analysis_id=analysis.id, created_at=lab_time(analysis.created_at), name=analysis.name, kind=analysis.kind,

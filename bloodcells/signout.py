@@ -115,11 +115,14 @@ def signed_value_changes(signoffs) -> list[ValueChange]:
             if (old := _value_text(getattr(earlier, name))) != (new := _value_text(getattr(later, name)))]
 
 
-def signed_specimen(signoffs) -> str | None:
-    """The specimen of an analysis's latest sign-off (oldest first): None when it was never signed, or
-    signed before the specimen was asked."""
+def report_specimen(signoffs, kind: str) -> str | None:
+    """The specimen an analysis's report is of unless told otherwise: its latest sign-off's (None, not
+    stated, for one signed before the specimen was asked); never signed, smear fields (a detection) are
+    a blood film, and cells are not stated. ``signoffs`` oldest first."""
     signed = [s for s in signoffs if s.action == SIGNED]
-    return signed[-1].specimen if signed else None
+    if signed:
+        return signed[-1].specimen
+    return PERIPHERAL_BLOOD if kind == "detection" else None
 
 
 def _value_text(value) -> str:
@@ -261,7 +264,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     """The report of a finished analysis: its cells' final labels (a reviewer's label where given).
 
     The white-cell count, target, specimen, category and comment not given are those of the latest
-    sign-off (the target defaults to 200 cells, the specimen to not stated). While the analysis is
+    sign-off (the target defaults to 200 cells, the specimen to ``report_specimen``'s). While the analysis is
     signed off, its report says what was signed: other values are refused (SignedReportError), e.g. a
     draft from a page drawn before someone else signed it off.
     """
@@ -295,13 +298,13 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     if signed is not None:
         white_cell_count = signed.white_cell_count if white_cell_count is None else white_cell_count
         target = signed.target if target is None else target
-        specimen = signed.specimen if specimen is None else specimen
         category = signed.category if category is None else category
         comment = signed.comment if comment is None else comment
     slide = slide_differential(analysis.summary)
     target = (slide.target if slide else 200) if target is None else target
     if target not in TARGETS and not (slide and target == slide.target):  # a slide counted to its own target
         raise ReportError(f"target {target}: a differential counts {', '.join(map(str, TARGETS))} cells")
+    specimen = report_specimen(analysis.signoffs, analysis.kind) if specimen is None else specimen
     if specimen is not None and specimen not in SPECIMENS:
         raise ReportError(f"specimen {specimen!r}: a differential is of {' or '.join(SPECIMENS)}")
     if white_cell_count is not None and not 0 < white_cell_count < 1000:

@@ -382,3 +382,27 @@ def test_pages_count_a_signed_blood_films_erythroblasts_apart_as_its_report(app_
     assert "Erythroblasts" not in counts and sum(counts.values()) == 2 and "Myeloid : erythroid" not in metrics
     at = app("5_History").run()
     assert any("Erythroblasts: 1" in c.value for c in at.caption)
+
+
+def test_a_slide_counted_to_its_own_target_is_reported_against_it_as_a_blood_film(app_store):
+    """A slide counted to 3 white cells: the panel's target fell back to 200 and its PDF said "3 of a
+    200-cell target (not reached: 197 short)"; the CLI's report said "Specimen not stated" where the
+    panel's said peripheral blood."""
+    from bloodcells.detection import DetectedBox, FieldImage, count_slide
+    from bloodcells.signout import build_report
+    from bloodcells.store import DetectionRow
+    from bloodcells.synthetic import smear_field
+
+    image, truth = smear_field(320, 240, n_wbc=4, n_rbc=4, n_platelets=0, seed=310)
+    white = [DetectedBox("0.png", "WBC", 0.9, b.x1, b.y1, b.x2, b.y2, code="LYT") for b in truth if b.cls == "WBC"]
+    slide, kept = count_slide([FieldImage.of("0.png", image)], white, wbc_target=3)
+    analysis_id = app_store.start_analysis("slide.zip", "detection")
+    app_store.finish_analysis(analysis_id, summary={"slide": slide.as_dict()}, detections=[
+        DetectionRow(b.file, "WBC", 0.9, (b.x1, b.y1, b.x2, b.y2), b.code, "ALL/LYM/LYT", 0.8) for b in kept])
+    at = app("5_History").run()
+    assert not at.exception, at.exception
+    target = at.selectbox(key=f"report-target-{analysis_id}")
+    assert target.value == 3 and list(target.options) == ["3", "100", "200", "400"]
+    assert at.selectbox(key=f"report-specimen-{analysis_id}").value == "peripheral blood"
+    report = build_report(app_store, analysis_id)  # as the CLI makes it
+    assert (report.counted, report.target, report.specimen) == (3, 3, "peripheral blood")

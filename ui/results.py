@@ -12,7 +12,7 @@ from PIL import Image
 from bloodcells import report
 from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES, SlideCount
 from bloodcells.inputs import InputError, open_image, thumbnail_png
-from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, signed_specimen, slide_differential
+from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, report_specimen, slide_differential
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to
@@ -69,7 +69,7 @@ def show_classification(store: Store, analysis) -> None:
     codes = [r["final_code"] for r in records]
     # "Needs review" means what it means on Review and in the report: flagged and not reviewed yet.
     unreviewed = [p for p in analysis.predictions if p.needs_review and not p.reviewed]
-    specimen = signed_specimen(analysis.signoffs)  # as the signed report counts: a blood film has no M:E ratio
+    specimen = report_specimen(analysis.signoffs, analysis.kind)  # as its report counts: a blood film has no M:E ratio
     columns = st.columns(4)
     columns[0].metric("Cells", len(records))
     columns[1].metric("Needs review", len(unreviewed))
@@ -105,7 +105,7 @@ def show_classification(store: Store, analysis) -> None:
 
 
 def show_differential(codes: list[str], key: str, specimen: str | None = None) -> None:
-    """The white-cell differential as the report to sign prints it (of ``specimen``, as signed); the cells
+    """The white-cell differential as the report to sign prints it (of ``specimen``, as the report's); the cells
     it leaves out, apart."""
     percentages = st.toggle("Percentages", key=key)
     rows, apart, counted = clinical_rows(codes, specimen=specimen)
@@ -168,7 +168,7 @@ def show_detection(store: Store, analysis) -> None:
     white = list(slide.codes.elements()) if slide else [r["code"] for r in records if r["code"]]
     if white:
         st.subheader("White-cell differential")
-        show_differential(white, key=f"wbc-percent-{analysis.id}", specimen=signed_specimen(analysis.signoffs))
+        show_differential(white, key=f"wbc-percent-{analysis.id}", specimen=report_specimen(analysis.signoffs, analysis.kind))
     st.download_button("Download CSV", lambda: report.records_csv(records), file_name=f"detections-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon=":material/download:")
     if white:

@@ -14,13 +14,14 @@ from bloodcells.signout import (
     TARGETS,
     SignedReportError,
     build_report,
+    report_specimen,
     signoff_lines,
     signoff_status,
     slide_differential,
     to_pdf,
 )
 from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, ReviewError, Store, StoreError, signoff_text
-from bloodcells.store.schema import PERIPHERAL_BLOOD, SIGNED
+from bloodcells.store.schema import SIGNED
 
 REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
 PANEL_REFUSAL = "signoff_refusal"  # why the last sign-off or reopening was refused (shown in its open panel)
@@ -115,11 +116,13 @@ def signoff_panel(store: Store, analysis) -> None:
                                     help="Leave at 0 when not known.")
             slide = slide_differential(analysis.summary)
             counted_to = last.target if last else slide.target if slide else 200
-            target = middle.selectbox("Cells to count", TARGETS, key=f"report-target-{key}",
-                                      index=TARGETS.index(counted_to if counted_to in TARGETS else 200))
+            # a slide counted to a target of its own is reported against it (200 said "197 short" of a 3-cell count)
+            targets = sorted({*TARGETS, counted_to}) if slide and counted_to == slide.target else TARGETS
+            target = middle.selectbox("Cells to count", targets, key=f"report-target-{key}",
+                                      index=targets.index(counted_to if counted_to in targets else 200))
             # chosen, never assumed for cells (a marrow's and a blood film's reports count erythroblasts apart
             # or not); smear fields are blood films
-            stated = last.specimen if last else PERIPHERAL_BLOOD if analysis.kind == "detection" else None
+            stated = report_specimen(analysis.signoffs, analysis.kind)
             specimen = right.selectbox("Specimen", SPECIMENS, key=f"report-specimen-{key}",
                                        index=SPECIMENS.index(stated) if stated else None, placeholder="Choose one",
                                        help="A marrow's erythroblasts are in its differential, with the M:E ratio; "
