@@ -38,6 +38,7 @@ class DiscDetector(Detector):
     follows the disc's colour. Tiles and merges exactly like the YOLO detector (only
     ``predict`` differs), so what it counts is what the tiling logic makes of whole and cut cells."""
     min_field_side = 32  # its discs are found at any size
+    imgsz = 480  # the shipped model's input, for measuring magnified cells
 
     def __init__(self, tile_size: int = 640, overlap: int = 200):
         import threading
@@ -418,32 +419,14 @@ def test_one_loaded_yolo_detector_keeps_each_calls_minimum_confidence(trained_de
     assert len(detector.find(field, "x.png", confidence=0.001)) == len(everything)  # nothing kept between calls
 
 
-class DiscFinder(Detector):
-    """A stand-in for YOLO that boxes each dark disc of an image as a red cell: like the model, it sees a
-    cell cut by a tile's edge as a smaller cell."""
-
-    def __init__(self):
-        super().__init__(yolo=type("Yolo", (), {"names": {0: "RBC"}})(), path=None, sha256="", imgsz=480)
-
-    def predict(self, images, file="", *, confidence=0.25):
-        from scipy import ndimage
-
-        found = []
-        for image in images:
-            labels, _ = ndimage.label(np.asarray(image.convert("L")) < 128)
-            found.append([DetectedBox(file, "RBC", 0.9, box[1].start, box[0].start, box[1].stop, box[0].stop)
-                          for box in ndimage.find_objects(labels)])
-        return found
-
-
 def discs(width: int, height: int, diameter: int, spacing: int) -> tuple[Image.Image, int]:
     from PIL import ImageDraw
 
-    image = Image.new("RGB", (width, height), "white")
+    image = Image.new("RGB", (width, height), BACKGROUND)
     draw, count = ImageDraw.Draw(image), 0
     for y in range(spacing // 2, height - diameter // 2, spacing):
         for x in range(spacing // 2, width - diameter // 2, spacing):
-            draw.ellipse((x - diameter // 2, y - diameter // 2, x + diameter // 2, y + diameter // 2), fill="black")
+            draw.ellipse((x - diameter // 2, y - diameter // 2, x + diameter // 2, y + diameter // 2), fill=RBC_COLOUR)
             count += 1
     return image, count
 
@@ -452,10 +435,11 @@ def test_a_photo_whose_cells_are_magnified_is_shrunk_to_the_training_scale_befor
     """How shrinking works (the shipped detector on a real field: test_shipped_detector): cells of 400 px are
     measured at 4x, found at the training scale and boxed in the photo's pixels; cells at the training scale,
     or too small at the model's input to be measured, are tiled as they are."""
-    finder = DiscFinder()
+    finder = DiscDetector(tile_size=960, overlap=240)
     photo, cells = discs(2560, 1920, diameter=400, spacing=520)
     boxes = finder.find(photo, "photo.png")
     assert finder.needs_tiles(*photo.size) and len(boxes) == cells == 15
+    assert finder.tiles_seen == [(2560, 1920), (640, 480)]  # looked at whole, then found shrunk 4x, untiled
     assert all(380 <= b.x2 - b.x1 <= 420 for b in boxes)  # in the photo's pixels
     assert finder.magnification(photo) == pytest.approx(4.0, rel=0.02)
     scan, cells = discs(3200, 2400, diameter=90, spacing=200)  # cells at the training scale: tiled as before

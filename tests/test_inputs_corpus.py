@@ -569,7 +569,7 @@ def test_missing_and_unreadable_paths_are_named(tmp_path, monkeypatch):
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "a.png").write_bytes(GOOD)
     seen = []
-    with pytest.raises(InputError, match=r"^uploaded images: its one image could not be read \(a.png: cannot be "
+    with pytest.raises(InputError, match=r"^uploaded images: its one image could not be used \(a.png: cannot be "
                        r"read \(Permission denied\)\)"):  # the reason, not only the (scratch) folder's name
         for item in iter_inputs(tmp_path / "folder", name="uploaded images"):
             seen.append(item)

@@ -275,14 +275,14 @@ def test_images_none_of_which_can_be_read_fail_the_analysis_naming_each(trained_
     from bloodcells.cli import main
 
     upload = _zip_of({"a.png": b"not an image", "b.png": GOOD_CELLS["cells/LYT_0.png"][:60]})
-    with pytest.raises(InputError, match=r"^bad.zip: none of its 2 images could be read \(a.png: not an image .*; "
+    with pytest.raises(InputError, match=r"^bad.zip: none of its 2 images could be used \(a.png: not an image .*; "
                                          r"b.png: damaged or truncated"):
         classify(upload, name="bad.zip", classifier=load_classifier(trained_models_dir), store=store)
     [analysis] = store.list_analyses()
-    assert analysis.status == "failed" and "none of its 2 images could be read" in analysis.error
+    assert analysis.status == "failed" and "none of its 2 images could be used" in analysis.error
     (tmp_path / "bad.zip").write_bytes(upload)
     assert main(["classify", str(tmp_path / "bad.zip"), "--models", str(trained_models_dir), "--no-store"]) == 2
-    assert "bad.zip: none of its 2 images could be read" in capsys.readouterr().err
+    assert "bad.zip: none of its 2 images could be used" in capsys.readouterr().err
 
 
 def test_the_pages_after_a_multi_page_files_first_are_reported(trained_models_dir):
@@ -306,7 +306,7 @@ def test_a_field_too_large_to_open_is_an_error_not_an_empty_smear(trained_detect
     big = Image.new("RGB", (10_001, 10_000), (230, 200, 200))
     content = io.BytesIO()
     big.save(content, "PNG")
-    with pytest.raises(InputError, match=r"^big.png: its one image could not be read \(big.png: 10001x10000 "
+    with pytest.raises(InputError, match=r"^big.png: its one image could not be used \(big.png: 10001x10000 "
                                          r"pixels is over the limit"):
         detect(content.getvalue(), name="big.png", detector=Detector.load(trained_detector), type_white_cells=False,
                store=store)

@@ -37,7 +37,8 @@ class InputProblem:
 
 
 def none_readable(label: str, problems: list[InputProblem]) -> InputError:
-    """The error for an input none of whose images could be read, naming the first few and why."""
+    """The error for an input none of whose images could be used (unreadable, too small...), naming the
+    first few and why ("could not be read" was said of a 64x64 image that was read, and too small)."""
     shown = "; ".join(map(str, problems[:3])) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
     images = "its one image" if len(problems) == 1 else f"none of its {len(problems)} images"
-    return InputError(f"{label}: {images} could {'not ' if len(problems) == 1 else ''}be read ({shown})")
+    return InputError(f"{label}: {images} could {'not ' if len(problems) == 1 else ''}be used ({shown})")
