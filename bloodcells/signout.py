@@ -29,7 +29,8 @@ from .clock import stamp
 from .inputs import thumbnail_png
 from .report import model_versions_text, myeloid_erythroid_ratio
 from .store import signoff_text
-from .store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED, SPECIMENS
+from .store.reviews import MARROW_HAS_NO_ABSOLUTE_COUNTS
+from .store.schema import BONE_MARROW, PERIPHERAL_BLOOD, REOPENED, SIGNED, SPECIMENS
 from .taxonomy import Tree, default_tree
 
 # (row label, tree codes counted in it), in the order a differential is written. A row takes the cells
@@ -112,7 +113,7 @@ def signed_value_changes(signoffs) -> list[ValueChange]:
     signed = [s for s in signoffs if s.action == SIGNED]
     return [ValueChange(later.created_at, later.person, label, old, new)
             for earlier, later in pairwise(signed) for name, label in SIGNED_VALUES
-            if (old := _value_text(getattr(earlier, name))) != (new := _value_text(getattr(later, name)))]
+            if (old := _value_text(name, getattr(earlier, name))) != (new := _value_text(name, getattr(later, name)))]
 
 
 def report_specimen(signoffs, kind: str) -> str | None:
@@ -125,7 +126,9 @@ def report_specimen(signoffs, kind: str) -> str | None:
     return PERIPHERAL_BLOOD if kind == "detection" else None
 
 
-def _value_text(value) -> str:
+def _value_text(name: str, value) -> str:
+    if name == "specimen" and value is None:  # as the report's facts say it ("- -> peripheral blood" read as a slip)
+        return NOT_STATED
     return "-" if value is None or value == "" else f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -309,6 +312,8 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         raise ReportError(f"specimen {specimen!r}: a differential is of {' or '.join(SPECIMENS)}")
     if white_cell_count is not None and not 0 < white_cell_count < 1000:
         raise ReportError(f"white-cell count {white_cell_count}: give it in 10^9/L (e.g. 7.5)")
+    if white_cell_count is not None and specimen == BONE_MARROW:
+        raise ReportError(MARROW_HAS_NO_ABSOLUTE_COUNTS)
     if analysis.kind == "detection":
         codes = list(slide.codes.elements()) if slide else [d.code for d in analysis.detections if d.code]
         flagged, gallery_source = 0, []
@@ -347,7 +352,7 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
         ("Specimen", report.specimen or NOT_STATED),
         ("Category", report.category or "-"),
         ("Cells counted", f"{report.counted} of a {report.target}-cell target ({reached})"),
-        (("Erythroblasts", "-" if report.erythroblasts_per_100 is None
+        (("Erythroblasts", "none counted, no white cells to compare with" if report.erythroblasts_per_100 is None
           else f"{report.erythroblasts_per_100:.1f} per 100 white cells (not in the differential)")
          if report.specimen == PERIPHERAL_BLOOD else
          ("Myeloid : erythroid", "-" if report.me_ratio is None else f"{report.me_ratio:.2f} : 1")),
@@ -391,7 +396,8 @@ def _amendment_table(report: ClinicalReport) -> tuple[list[str], list[list[str]]
 def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
     header = ["Cell type", "Count", "%"] + (["x 10^9/L"] if report.white_cell_count is not None else [])
     body = [[row.label, str(row.count), "-" if row.percent is None else f"{row.percent:.1f}"]
-            + ([f"{row.per_litre:.2f}"] if report.white_cell_count is not None else []) for row in report.rows]
+            + (["-" if row.per_litre is None else f"{row.per_litre:.2f}"] if report.white_cell_count is not None else [])
+            for row in report.rows]  # no per-litre figure where no white cell was counted
     body.append(["Total counted", str(report.counted), "100.0" if report.counted else "-"]
                 + ([f"{report.white_cell_count:g}"] if report.white_cell_count is not None else []))
     return header, body

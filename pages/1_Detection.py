@@ -72,7 +72,7 @@ if result.typing_skipped:
     st.caption(f"White cells not typed: {result.typing_skipped}.")
 if result.slide is not None:
     st.subheader("Slide")
-    show_slide(result.slide, key=f"slide-{result.analysis_id}")
+    show_slide(result.slide, analysis, key=f"slide-{result.analysis_id}")
 
 if shown["images"]:
     picked, classes_column = st.columns([2, 3])

@@ -406,3 +406,25 @@ def test_a_slide_counted_to_its_own_target_is_reported_against_it_as_a_blood_fil
     assert at.selectbox(key=f"report-specimen-{analysis_id}").value == "peripheral blood"
     report = build_report(app_store, analysis_id)  # as the CLI makes it
     assert (report.counted, report.target, report.specimen) == (3, 3, "peripheral blood")
+
+
+def test_the_page_counts_as_the_specimen_chosen_in_the_panel_and_a_marrow_takes_no_white_cell_count(app_store):
+    """Peripheral blood chosen in the panel: its draft PDF counted the erythroblast apart while the page
+    beside it still showed it among the white cells, with an M:E ratio."""
+    analysis_id = classified(app_store, ["NGS", "EBO", "LYT"])
+    at = app("5_History").run()
+    at.selectbox(key=f"report-specimen-{analysis_id}").select("peripheral blood").run()
+    assert not at.exception, at.exception
+    [table] = [d.value for d in at.dataframe if "cell type" in d.value.columns]
+    assert "Erythroblasts" not in list(table["cell type"]) and "Myeloid : erythroid" not in [m.label for m in at.metric]
+    assert not at.number_input(key=f"report-wbc-{analysis_id}").disabled
+    at.number_input(key=f"report-wbc-{analysis_id}").set_value(7.5)
+    at.selectbox(key=f"report-specimen-{analysis_id}").select("bone marrow").run()
+    assert at.number_input(key=f"report-wbc-{analysis_id}").disabled and "Myeloid : erythroid" in [m.label for m in at.metric]
+    review = review_page_as("Dr Marrow")
+    review.number_input(key=f"report-wbc-{analysis_id}").set_value(7.5)
+    review.selectbox(key=f"report-specimen-{analysis_id}").select("bone marrow").run()
+    review.button(key=f"sign-{analysis_id}").click().run()
+    assert not review.exception and not review.expander[0].error
+    [signed] = app_store.signoffs([analysis_id])[analysis_id]
+    assert (signed.specimen, signed.white_cell_count) == ("bone marrow", None)  # the greyed-out count is not kept

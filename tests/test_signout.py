@@ -357,3 +357,34 @@ def test_cli_report_takes_the_specimen(app_store, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(analysis_id), "--out", str(tmp_path / "r.pdf"), "--specimen", "urine"])
     assert "invalid choice: 'urine'" in capsys.readouterr().err
+
+
+def test_a_blood_film_with_no_white_cell_counted_is_reported(store):
+    """Ten erythroblasts signed as peripheral blood with a white-cell count: every report of it (PDF, HTML,
+    CLI) failed on formatting the missing per-litre figure; the signed record could not be printed."""
+    analysis_id = store.start_analysis("erythroblasts.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"c{n}.png", "EBO", "ALL", 0.99, {}, False) for n in range(10)])
+    store.sign_off(analysis_id, "Dr A", specimen="peripheral blood", white_cell_count=5.0)
+    report = build_report(store, analysis_id)
+    assert report.counted == 0 and {row.label: row.count for row in report.apart} == {"Erythroblasts": 10}
+    text = pdf_text(to_pdf(report))
+    for expected in ("Total counted 0", "none counted, no white cells to compare with", "Erythroblasts: 10"):
+        assert expected in text, (expected, text)
+    assert "Erythroblasts: 10" in to_html(report)
+
+
+def test_a_marrow_has_no_absolute_counts_and_an_unstated_specimen_is_said_so_when_amended(store):
+    from bloodcells.store import ReviewError
+
+    analysis_id = store.start_analysis("marrow.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow("c.png", "NGS", "ALL", 0.99, {}, False)])
+    with pytest.raises(ReviewError, match="a bone marrow differential has no absolute counts: leave the white-cell"):
+        store.sign_off(analysis_id, "Dr A", specimen="bone marrow", white_cell_count=7.5)
+    with pytest.raises(ReportError, match="a bone marrow differential has no absolute counts"):
+        build_report(store, analysis_id, specimen="bone marrow", white_cell_count=7.5)
+    store.sign_off(analysis_id, "Dr A")  # as every sign-off before the specimen was asked
+    store.reopen(analysis_id, "Dr B", "state the specimen")
+    store.sign_off(analysis_id, "Dr B", specimen="bone marrow")
+    assert [(c.value, c.old, c.new) for c in build_report(store, analysis_id).value_changes] == [
+        ("Specimen", "not stated", "bone marrow")]  # it read "- -> bone marrow"

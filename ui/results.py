@@ -12,11 +12,11 @@ from PIL import Image
 from bloodcells import report
 from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES, SlideCount
 from bloodcells.inputs import InputError, open_image, thumbnail_png
-from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, report_specimen, slide_differential
+from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, slide_differential
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to
-from ui.signoff import signoff_panel
+from ui.signoff import shown_specimen, signoff_panel
 
 THUMBNAIL_PX = 48
 MAX_THUMBNAILS = 2000  # beyond this the table shows names only: the page must stay responsive
@@ -53,7 +53,7 @@ def show_analysis(store: Store, analysis, with_slide: bool = True) -> None:
     if analysis.kind == "detection":
         if with_slide and "slide" in (analysis.summary or {}):
             st.subheader("Slide")
-            show_slide(SlideCount.from_dict(analysis.summary["slide"]), key=f"slide-{analysis.id}")
+            show_slide(SlideCount.from_dict(analysis.summary["slide"]), analysis, key=f"slide-{analysis.id}")
             st.subheader("Cells counted once")
         show_detection(store, analysis)
     else:
@@ -69,7 +69,7 @@ def show_classification(store: Store, analysis) -> None:
     codes = [r["final_code"] for r in records]
     # "Needs review" means what it means on Review and in the report: flagged and not reviewed yet.
     unreviewed = [p for p in analysis.predictions if p.needs_review and not p.reviewed]
-    specimen = report_specimen(analysis.signoffs, analysis.kind)  # as its report counts: a blood film has no M:E ratio
+    specimen = shown_specimen(analysis)  # as its report counts: a blood film has no M:E ratio
     columns = st.columns(4)
     columns[0].metric("Cells", len(records))
     columns[1].metric("Needs review", len(unreviewed))
@@ -168,7 +168,7 @@ def show_detection(store: Store, analysis) -> None:
     white = list(slide.codes.elements()) if slide else [r["code"] for r in records if r["code"]]
     if white:
         st.subheader("White-cell differential")
-        show_differential(white, key=f"wbc-percent-{analysis.id}", specimen=report_specimen(analysis.signoffs, analysis.kind))
+        show_differential(white, key=f"wbc-percent-{analysis.id}", specimen=shown_specimen(analysis))
     st.download_button("Download CSV", lambda: report.records_csv(records), file_name=f"detections-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon=":material/download:")
     if white:
@@ -183,7 +183,7 @@ def show_detection(store: Store, analysis) -> None:
                                 "sub_confidence": st.column_config.NumberColumn("type confidence", format="%.2f")})
 
 
-def show_slide(slide: SlideCount, key: str) -> None:
+def show_slide(slide: SlideCount, analysis, key: str) -> None:
     """A slide's count: the whole slide, the white-cell differential to its target, each field, the overlaps."""
     groups = [group for group in slide.groups if len(group) > 1]
     ratio = slide.platelet_rbc_ratio
@@ -210,7 +210,7 @@ def show_slide(slide: SlideCount, key: str) -> None:
     (st.success if white.reached else st.warning)(f"Differential: {white}.")
     codes = [code for code, row in white.differential.items() for _ in range(int(row["count"]))]
     if codes:
-        show_differential(codes, key=f"{key}-percent")
+        show_differential(codes, key=f"{key}-percent", specimen=shown_specimen(analysis))
     if white.untyped:
         st.caption(f"{white.untyped} of the white cells counted have no type (typing off or unavailable).")
 

@@ -21,7 +21,7 @@ from bloodcells.signout import (
     to_pdf,
 )
 from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, ReviewError, Store, StoreError, signoff_text
-from bloodcells.store.schema import SIGNED
+from bloodcells.store.schema import BONE_MARROW, SIGNED
 
 REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
 PANEL_REFUSAL = "signoff_refusal"  # why the last sign-off or reopening was refused (shown in its open panel)
@@ -79,6 +79,14 @@ def locked_notice(analysis) -> None:
                 "To change them, **Reopen to amend** under *Sign-off and report*.", icon=":material/lock:")
 
 
+def shown_specimen(analysis) -> str | None:
+    """The specimen a page counts an analysis's cells as: the one chosen in its sign-off panel while it is
+    not signed off (as the draft report does: the page showed a marrow's count beside a blood film's draft),
+    else its report's."""
+    chosen = st.session_state.get(f"report-specimen-{analysis.id}") if analysis.signed_off is None else None
+    return chosen or report_specimen(analysis.signoffs, analysis.kind)
+
+
 def signoff_panel(store: Store, analysis) -> None:
     """Sign off (white-cell count, target, specimen, category, comment), or reopen a signed analysis; the PDF."""
     person = st.session_state.get("reviewer", "")
@@ -111,22 +119,26 @@ def signoff_panel(store: Store, analysis) -> None:
         else:
             last = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)
             left, middle, right = st.columns(3)
-            wbc = left.number_input("White-cell count (10^9/L), for absolute counts", 0.0, 999.0,
-                                    (last.white_cell_count or 0.0) if last else 0.0, step=0.1, key=f"report-wbc-{key}",
-                                    help="Leave at 0 when not known.")
+            # chosen, never assumed for cells (a marrow's and a blood film's reports count erythroblasts apart
+            # or not); smear fields are blood films
+            stated = report_specimen(analysis.signoffs, analysis.kind)
+            specimen = left.selectbox("Specimen", SPECIMENS, key=f"report-specimen-{key}",
+                                      index=SPECIMENS.index(stated) if stated else None, placeholder="Choose one",
+                                      help="A marrow's erythroblasts are in its differential, with the M:E ratio; "
+                                           "a blood film's are counted apart, per 100 white cells.")
+            marrow = specimen == BONE_MARROW
+            wbc = right.number_input("White-cell count (10^9/L), for absolute counts", 0.0, 999.0,
+                                     (last.white_cell_count or 0.0) if last else 0.0, step=0.1, key=f"report-wbc-{key}",
+                                     disabled=marrow, help="A blood film's: the blood count's white cells (corrected "
+                                     "for nucleated red cells). Leave at 0 when not known. A bone marrow has no "
+                                     "absolute counts.")
+            wbc = None if marrow else wbc or None
             slide = slide_differential(analysis.summary)
             counted_to = last.target if last else slide.target if slide else 200
             # a slide counted to a target of its own is reported against it (200 said "197 short" of a 3-cell count)
             targets = sorted({*TARGETS, counted_to}) if slide and counted_to == slide.target else TARGETS
             target = middle.selectbox("Cells to count", targets, key=f"report-target-{key}",
                                       index=targets.index(counted_to if counted_to in targets else 200))
-            # chosen, never assumed for cells (a marrow's and a blood film's reports count erythroblasts apart
-            # or not); smear fields are blood films
-            stated = report_specimen(analysis.signoffs, analysis.kind)
-            specimen = right.selectbox("Specimen", SPECIMENS, key=f"report-specimen-{key}",
-                                       index=SPECIMENS.index(stated) if stated else None, placeholder="Choose one",
-                                       help="A marrow's erythroblasts are in its differential, with the M:E ratio; "
-                                            "a blood film's are counted apart, per 100 white cells.")
             category = st.text_input("Category", last.category if last else "", key=f"report-category-{key}",
                                      max_chars=NAME_LENGTH,
                                      help="How the count log groups it, e.g. routine, follow-up, a study. "
@@ -162,7 +174,8 @@ def signoff_panel(store: Store, analysis) -> None:
                 attempt_in_panel(store.sign_off, analysis.id, person, category=state[f"report-category-{key}"],
                                  comment=state[f"report-comment-{key}"], target=state[f"report-target-{key}"],
                                  specimen=state[f"report-specimen-{key}"],
-                                 white_cell_count=state[f"report-wbc-{key}"] or None)
+                                 white_cell_count=None if state[f"report-specimen-{key}"] == BONE_MARROW
+                                 else state[f"report-wbc-{key}"] or None)
 
             st.button("Sign off the amended differential" if status == REOPENED else "Sign off", type="primary",
                       key=f"sign-{key}", icon=":material/verified:",
@@ -171,7 +184,7 @@ def signoff_panel(store: Store, analysis) -> None:
 
             def pdf() -> bytes:  # made when the button is clicked, not on every rerun of the page
                 try:
-                    return to_pdf(build_report(store, analysis.id, white_cell_count=wbc or None, target=target,
+                    return to_pdf(build_report(store, analysis.id, white_cell_count=wbc, target=target,
                                                specimen=specimen, category=category, comment=comment))
                 except SignedReportError:  # someone signed it off since this page was drawn: what they signed
                     return to_pdf(build_report(store, analysis.id))

@@ -16,11 +16,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from ..clock import stamp
-from .schema import REOPENED, SIGNED, SPECIMENS, Analysis, Detection, Prediction, Review, Signoff
+from .schema import BONE_MARROW, REOPENED, SIGNED, SPECIMENS, Analysis, Detection, Prediction, Review, Signoff
 
 NAME_LENGTH = 128  # Review.reviewer, Signoff.person and Signoff.category are String(128)
 # Signoff.comment is TEXT: 65,535 bytes on MySQL, which this many characters of 4 bytes fit
 COMMENT_LENGTH = 10_000
+# a blood count's white cells per litre say nothing of a marrow aspirate's cells: absolute counts are a blood film's
+MARROW_HAS_NO_ABSOLUTE_COUNTS = ("a bone marrow differential has no absolute counts: leave the white-cell count "
+                                 "empty (it is a blood count's)")
 
 
 class ReviewError(ValueError):
@@ -177,6 +180,8 @@ class ReviewStore:
         category, comment = signoff_text(category, comment)
         if specimen is not None and specimen not in SPECIMENS:
             raise ReviewError(f"specimen {specimen!r}: a differential is of {' or '.join(SPECIMENS)}")
+        if specimen == BONE_MARROW and white_cell_count is not None:
+            raise ReviewError(MARROW_HAS_NO_ABSOLUTE_COUNTS)
         with self.locked(analysis_id) as (session, last):
             analysis = session.get(Analysis, analysis_id)
             if analysis is None:
