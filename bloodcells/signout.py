@@ -159,6 +159,40 @@ class Row:
     per_litre: float | None = None  # x 10^9/L, when the white-cell count is given
 
 
+@dataclass(frozen=True)
+class SmearFields:
+    """A detection's red cells and platelets, which its report states beside the white cells (a signed
+    blood film's record had only its white cells: no platelet estimate)."""
+    fields: int
+    red_cells: int  # on a slide, each cell once
+    platelets: int
+    red_cells_per_field: str  # mean ± SD (range) of each field's own count
+    platelets_per_field: str
+    slide: bool
+
+    @property
+    def platelet_rbc_ratio(self) -> float | None:
+        return self.platelets / self.red_cells if self.red_cells else None
+
+
+def smear_fields(summary: dict | None) -> SmearFields | None:
+    """The red cells and platelets of a detection's stored summary (a slide's, each cell once), or None
+    for an analysis with none."""
+    from .detection.slide import Spread
+
+    summary = summary or {}
+    if slide := summary.get("slide"):
+        counts, fields = slide["counts"], len(slide["fields"])
+        red, platelets = Spread(**slide["rbc_per_field"]), Spread(**slide["plt_per_field"])
+    elif per_image := summary.get("per_image"):
+        counts, fields = summary["counts"], len(per_image)
+        red, platelets = (Spread.of([image["counts"].get(code, 0) for image in per_image.values()])
+                          for code in ("RBC", "PLT"))
+    else:
+        return None
+    return SmearFields(fields, counts.get("RBC", 0), counts.get("PLT", 0), str(red), str(platelets), bool(slide))
+
+
 @dataclass
 class ClinicalReport:
     analysis_id: int
@@ -185,6 +219,7 @@ class ClinicalReport:
     amendments: list[Amendment] = field(default_factory=list)
     value_changes: list[ValueChange] = field(default_factory=list)  # signed values changed by a later sign-off
     made_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    smear: SmearFields | None = None  # a detection's red cells and platelets
 
 
 def clinical_rows(codes: Iterable[str], tree: Tree | None = None, white_cell_count: float | None = None,
@@ -340,18 +375,26 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         category=(category or "").strip(), comment=(comment or "").strip(), gallery=gallery,
         status=signoff_status(analysis.signoffs, len(amendments)),
         signoffs=[Event(s.action, s.person, s.created_at, s.comment) for s in analysis.signoffs],
-        amendments=amendments, value_changes=signed_value_changes(analysis.signoffs))
+        amendments=amendments, value_changes=signed_value_changes(analysis.signoffs),
+        smear=smear_fields(analysis.summary) if analysis.kind == "detection" else None)
 
 
 def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
     """The lines above the table, as (label, value)."""
     reached = "reached" if report.counted >= report.target else f"not reached: {report.target - report.counted} short"
+    smear = report.smear
+    fields = [] if smear is None else [
+        ("Smear fields", f"{smear.fields} field{'s' if smear.fields != 1 else ''}: {smear.red_cells} red cells, "
+                         f"{smear.platelets} platelets" + (" (each cell once)" if smear.slide else "")),
+        ("Per field", f"red cells {smear.red_cells_per_field}; platelets {smear.platelets_per_field}"),
+        ("Platelets : red cells", "-" if smear.platelet_rbc_ratio is None else f"{smear.platelet_rbc_ratio:.3f}")]
     return [
         ("Analysis", f"#{report.analysis_id} {report.name} ({report.kind}, {stamp(report.created_at)})"),
         ("Status", _status_text(report)),
         ("Specimen", report.specimen or NOT_STATED),
         ("Category", report.category or "-"),
         ("Cells counted", f"{report.counted} of a {report.target}-cell target ({reached})"),
+        *fields,
         (("Erythroblasts", "none counted, no white cells to compare with" if report.erythroblasts_per_100 is None
           else f"{report.erythroblasts_per_100:.1f} per 100 white cells (not in the differential)")
          if report.specimen == PERIPHERAL_BLOOD else

@@ -116,6 +116,8 @@ def test_a_slide_is_reported_and_logged_with_the_cells_its_differential_counted(
 
     report = build_report(store, analysis_id)
     assert (report.counted, report.target) == (4, 4)
+    assert (report.smear.fields, report.smear.red_cells, report.smear.slide) == (3, slide.counts["RBC"], True)
+    assert "(each cell once)" in pdf_text(to_pdf(report))
     percent = {r.label: r.percent for r in report.rows if r.count}
     assert percent == {"Lymphocytes": 75, "Segmented neutrophils": 25}
     [entry] = count_log(store)
@@ -388,3 +390,27 @@ def test_a_marrow_has_no_absolute_counts_and_an_unstated_specimen_is_said_so_whe
     store.sign_off(analysis_id, "Dr B", specimen="bone marrow")
     assert [(c.value, c.old, c.new) for c in build_report(store, analysis_id).value_changes] == [
         ("Specimen", "not stated", "bone marrow")]  # it read "- -> bone marrow"
+
+
+def test_a_detections_report_gives_its_red_cells_platelets_per_field_and_their_ratio(store):
+    """A signed blood film from smear fields had only its white cells: no red cells, platelets or ratio."""
+    from bloodcells.detection import DetectedBox, DetectionResult
+
+    boxes = [DetectedBox("a.png", "WBC", 0.9, 0, 0, 9, 9, code="NGS")] \
+        + [DetectedBox("a.png", "RBC", 0.9, 10 * n, 20, 10 * n + 9, 29) for n in range(6)] \
+        + [DetectedBox("b.png", "RBC", 0.9, 10 * n, 20, 10 * n + 9, 29) for n in range(10)] \
+        + [DetectedBox(file, "PLT", 0.9, 0, 40, 3, 43) for file in ("a.png", "b.png", "b.png")]
+    result = DetectionResult(boxes=boxes, files=["a.png", "b.png"])
+    analysis_id = store.start_analysis("fields.zip", "detection")
+    store.finish_analysis(analysis_id, summary=result.summary(), detections=[
+        DetectionRow(b.file, b.class_code, b.confidence, b.xyxy, b.code, b.code and f"ALL/{b.code}") for b in boxes])
+    report = build_report(store, analysis_id)
+    assert (report.smear.fields, report.smear.red_cells, report.smear.platelets) == (2, 16, 3)
+    text = pdf_text(to_pdf(report))
+    for expected in ("Smear fields 2 fields: 16 red cells, 3 platelets",
+                     "red cells 8.0 ± 2.8 (range 6-10); platelets 1.5 ± 0.7 (range 1-2)",
+                     "Platelets : red cells 0.188", "Specimen peripheral blood"):
+        assert expected in text, (expected, text)
+    cells = store.start_analysis("cells.zip", "classification")
+    store.finish_analysis(cells, predictions=[PredictionRow("c.png", "NGS", "ALL", 0.99, {}, False)])
+    assert build_report(store, cells).smear is None and "Smear fields" not in pdf_text(to_pdf(build_report(store, cells)))
