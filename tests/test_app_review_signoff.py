@@ -413,8 +413,12 @@ def test_the_page_counts_as_the_specimen_chosen_in_the_panel_and_a_marrow_takes_
     beside it still showed it among the white cells, with an M:E ratio."""
     analysis_id = classified(app_store, ["NGS", "EBO", "LYT"])
     at = app("5_History").run()
+    [panel] = [e for e in at.expander if e.label.startswith("Sign-off and report")]
+    assert not panel.proto.expanded
     at.selectbox(key=f"report-specimen-{analysis_id}").select("peripheral blood").run()
     assert not at.exception, at.exception
+    [panel] = [e for e in at.expander if e.label.startswith("Sign-off and report")]
+    assert panel.proto.expanded  # an edit keeps it open (the first rerun after classifying drew it closed)
     [table] = [d.value for d in at.dataframe if "cell type" in d.value.columns]
     assert "Erythroblasts" not in list(table["cell type"]) and "Myeloid : erythroid" not in [m.label for m in at.metric]
     assert not at.number_input(key=f"report-wbc-{analysis_id}").disabled

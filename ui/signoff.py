@@ -25,7 +25,7 @@ from bloodcells.store.schema import BONE_MARROW, SIGNED
 
 REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
 PANEL_REFUSAL = "signoff_refusal"  # why the last sign-off or reopening was refused (shown in its open panel)
-PANEL_OPEN = "signoff_open"  # the panel stays open once it has said why something was refused
+PANEL_OPEN = "signoff_open"  # the panel stays open once it has said why something was refused, or was edited
 
 
 def attempt(action: Callable, *args, **kwargs):
@@ -52,6 +52,12 @@ def refuse_in_panel(message: str) -> None:
     with the panel closed, it was far from the fields to correct; closed at the next keystroke, the field
     being corrected went with it)."""
     st.session_state[PANEL_REFUSAL] = message
+    st.session_state[PANEL_OPEN] = True
+
+
+def keep_open() -> None:
+    """An edit keeps the panel open: its first rerun after an analysis ran redrew it closed, the value
+    being typed with it."""
     st.session_state[PANEL_OPEN] = True
 
 
@@ -102,7 +108,7 @@ def signoff_panel(store: Store, analysis) -> None:
         if not person:
             st.caption("Enter your name in the sidebar to sign off or reopen.")
         if signed is not None:
-            st.text_input("Reason for reopening", key=f"reopen-reason-{key}", help="Kept with the reopening.",
+            st.text_input("Reason for reopening", key=f"reopen-reason-{key}", on_change=keep_open, help="Kept with the reopening.",
                           max_chars=COMMENT_LENGTH)
             def reopen() -> None:  # the reason as it is at the click, which may follow an edit without Enter
                 reason = st.session_state[f"reopen-reason-{key}"].strip()
@@ -122,13 +128,13 @@ def signoff_panel(store: Store, analysis) -> None:
             # chosen, never assumed for cells (a marrow's and a blood film's reports count erythroblasts apart
             # or not); smear fields are blood films
             stated = report_specimen(analysis.signoffs, analysis.kind)
-            specimen = left.selectbox("Specimen", SPECIMENS, key=f"report-specimen-{key}",
+            specimen = left.selectbox("Specimen", SPECIMENS, key=f"report-specimen-{key}", on_change=keep_open,
                                       index=SPECIMENS.index(stated) if stated else None, placeholder="Choose one",
                                       help="A marrow's erythroblasts are in its differential, with the M:E ratio; "
                                            "a blood film's are counted apart, per 100 white cells.")
             marrow = specimen == BONE_MARROW
             wbc = right.number_input("White-cell count (10^9/L), for absolute counts", 0.0, 999.0,
-                                     (last.white_cell_count or 0.0) if last else 0.0, step=0.1, key=f"report-wbc-{key}",
+                                     (last.white_cell_count or 0.0) if last else 0.0, step=0.1, key=f"report-wbc-{key}", on_change=keep_open,
                                      disabled=marrow, help="A blood film's: the blood count's white cells (corrected "
                                      "for nucleated red cells). Leave at 0 when not known. A bone marrow has no "
                                      "absolute counts.")
@@ -137,13 +143,13 @@ def signoff_panel(store: Store, analysis) -> None:
             counted_to = last.target if last else slide.target if slide else 200
             # a slide counted to a target of its own is reported against it (200 said "197 short" of a 3-cell count)
             targets = sorted({*TARGETS, counted_to}) if slide and counted_to == slide.target else TARGETS
-            target = middle.selectbox("Cells to count", targets, key=f"report-target-{key}",
+            target = middle.selectbox("Cells to count", targets, key=f"report-target-{key}", on_change=keep_open,
                                       index=targets.index(counted_to if counted_to in targets else 200))
-            category = st.text_input("Category", last.category if last else "", key=f"report-category-{key}",
+            category = st.text_input("Category", last.category if last else "", key=f"report-category-{key}", on_change=keep_open,
                                      max_chars=NAME_LENGTH,
                                      help="How the count log groups it, e.g. routine, follow-up, a study. "
                                           "No patient names or identifiers.")
-            comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}",
+            comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}", on_change=keep_open,
                                    max_chars=COMMENT_LENGTH, help="No patient names or identifiers.")
             try:  # what the report and a sign-off would refuse, said beside the fields (the PDF needs them)
                 signoff_text(category, comment)
@@ -155,7 +161,7 @@ def signoff_panel(store: Store, analysis) -> None:
                 st.warning(f"{flagged} flagged cells are not reviewed yet.")
                 # a sign-off with cells nobody looked at is a choice made on purpose, not a slip
                 unconfirmed = not st.checkbox(f"Sign off with the {flagged} flagged cells not reviewed",
-                                              key=f"sign-unreviewed-{key}")
+                                              key=f"sign-unreviewed-{key}", on_change=keep_open)
 
             if specimen is None:
                 st.caption("Choose the specimen to sign off.")
