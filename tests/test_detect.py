@@ -445,5 +445,14 @@ def test_a_photo_whose_cells_are_magnified_is_shrunk_to_the_training_scale_befor
     assert finder.magnification(photo) == pytest.approx(4.0, rel=0.02)
     scan, cells = discs(3200, 2400, diameter=90, spacing=200)  # cells at the training scale: tiled as before
     assert finder.magnification(scan) == 1.0 and len(finder.find(scan, "scan.png")) == cells
-    too_small, _ = discs(3200, 2400, diameter=200, spacing=400)  # 30 px at the model's input: not measured
+    at_the_threshold, _ = discs(1300, 975, diameter=140, spacing=200)  # 1.4x: tiled as it is
+    assert finder.magnification(at_the_threshold) == pytest.approx(1.4, rel=0.03)
+    finder.tiles_seen.clear()
+    finder.find(at_the_threshold, "x.png")
+    assert finder.tiles_seen[1:] == [(960, 960)] * 4  # after the look, its tiles at full size
+    # a mosaic of magnified fields: 300 px cells are 36 px at the model's input whole, 75 px in its centre
+    # two tiles wide, which tells
+    mosaic, _ = discs(4000, 3000, diameter=300, spacing=420)
+    assert finder.magnification(mosaic) == pytest.approx(3.0, rel=0.03)
+    too_small, _ = discs(3200, 2400, diameter=60, spacing=150)  # 15 px at the input whole, 30 in the centre
     assert finder.magnification(too_small) == 1.0

@@ -62,3 +62,27 @@ def test_a_camera_photo_of_one_field_counts_as_the_field(size):
         return Counter(box.class_code for box in detector.find(image, "field.jpg"))
 
     assert counts(photo) == counts(field)
+
+
+def test_a_magnified_mosaic_of_fields_counts_as_at_the_training_scale():
+    """Four BCCD fields side by side, photographed at 3x (3840x2880): whole, its red cells are too small at
+    the model's input to tell the scale, so it was tiled as it was and counted 114 red and 6 white cells where
+    the mosaic at the training scale has about 106 and 4."""
+    from collections import Counter
+
+    from PIL import Image
+
+    from bloodcells.detection import Detector
+
+    detector = Detector.load(SHIPPED)
+    fields = sorted((DATASETS / "bccd" / "JPEGImages").glob("*.jpg"))[:4]
+    mosaic = Image.new("RGB", (1280, 960))
+    for n, path in enumerate(fields):
+        mosaic.paste(Image.open(path).convert("RGB").resize((640, 480)), ((n % 2) * 640, (n // 2) * 480))
+
+    def counts(image):
+        return Counter(box.class_code for box in detector.find(image, "mosaic.jpg"))
+
+    native, magnified = counts(mosaic), counts(mosaic.resize((3840, 2880), Image.Resampling.BICUBIC))
+    assert magnified["WBC"] == native["WBC"]
+    assert magnified["RBC"] == pytest.approx(native["RBC"], rel=0.08)
