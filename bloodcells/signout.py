@@ -57,7 +57,7 @@ CLINICAL_ORDER = (
 )
 # A blood film's erythroblasts (nucleated red cells) are not white cells: its differential is of the
 # white cells, and the erythroblasts are reported apart, per 100 of them (as analysers give NRBC/100 WBC).
-ERYTHROBLASTS = CLINICAL_ORDER[-1]
+ERYTHROBLASTS = next(row for row in CLINICAL_ORDER if row[0] == "Erythroblasts")
 NOT_STATED = "not stated"  # the specimen of a sign-off that names none (all before it was asked)
 # counted and shown, but not white cells of the differential: not in the denominator
 APART = (("Platelets", ("PLT", "THR")), ("Smudge cells", ("KSC",)), ("Not identifiable", ("NIF",)),
@@ -259,8 +259,17 @@ def clinical_rows(codes: Iterable[str], tree: Tree | None = None, white_cell_cou
 
 
 def in_differential(code: str, tree: Tree | None = None, specimen: str | None = None) -> bool:
-    """Whether a cell typed ``code`` counts in the differential of ``specimen`` (is not kept apart)."""
-    return clinical_rows([code], tree, specimen=specimen)[2] == 1
+    """Whether a cell typed ``code`` counts in the differential of ``specimen`` (is not kept apart); a code
+    of another tree (a classifier trained with its own) counts, as one of the "Others" would."""
+    tree = tree or default_tree()
+    return code not in tree or clinical_rows([code], tree, specimen=specimen)[2] == 1
+
+
+def erythroblasts_per_100(apart: list[Row], counted: int) -> float | None:
+    """A blood film's erythroblasts (in ``apart``, as ``clinical_rows`` keeps them) per 100 white cells
+    counted; None without white cells."""
+    erythroblasts = next((row.count for row in apart if row.label == ERYTHROBLASTS[0]), 0)
+    return 100 * erythroblasts / counted if counted else None
 
 
 def percentages(counts: list[int]) -> list[float]:
@@ -361,14 +370,13 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     amendments = sorted((Amendment(r.created_at, r.reviewer, p.filename, r.old_code, r.new_code)
                          for p, r in reviews if r.reopening_id is not None), key=lambda a: a.at)
     rows, apart, counted = clinical_rows(codes, tree, white_cell_count, specimen)
-    erythroblasts = next((row.count for row in apart if row.label == ERYTHROBLASTS[0]), 0)
     blood_film = specimen == PERIPHERAL_BLOOD
     gallery = [(p.filename, p.code, store.read_blob(p.blob_id)) for p in gallery_source if p.blob_id is not None]
     return ClinicalReport(
         analysis_id=analysis.id, name=analysis.name, kind=analysis.kind, created_at=analysis.created_at, rows=rows,
         apart=apart, counted=counted, target=target,
         me_ratio=None if blood_film else myeloid_erythroid_ratio(codes, tree), specimen=specimen,
-        erythroblasts_per_100=100 * erythroblasts / counted if blood_film and counted else None,
+        erythroblasts_per_100=erythroblasts_per_100(apart, counted) if blood_film else None,
         unreviewed_flagged=flagged, reviewers=sorted({r.reviewer for _, r in reviews}),
         reviewed_at=max((r.created_at for _, r in reviews), default=None),
         model_versions=model_versions_text(analysis.model_versions), white_cell_count=white_cell_count,
@@ -395,7 +403,8 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
         ("Category", report.category or "-"),
         ("Cells counted", f"{report.counted} of a {report.target}-cell target ({reached})"),
         *fields,
-        (("Erythroblasts", "none counted, no white cells to compare with" if report.erythroblasts_per_100 is None
+        (("Erythroblasts", f"{sum(row.count for row in report.apart if row.label == ERYTHROBLASTS[0])} counted, "
+                           "no white cells to give them per 100" if report.erythroblasts_per_100 is None
           else f"{report.erythroblasts_per_100:.1f} per 100 white cells (not in the differential)")
          if report.specimen == PERIPHERAL_BLOOD else
          ("Myeloid : erythroid", "-" if report.me_ratio is None else f"{report.me_ratio:.2f} : 1")),

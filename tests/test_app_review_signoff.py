@@ -380,6 +380,7 @@ def test_pages_count_a_signed_blood_films_erythroblasts_apart_as_its_report(app_
     app_store.sign_off(analysis_id, "Dr A", specimen="peripheral blood")
     counts, metrics = differential_and_metrics()
     assert "Erythroblasts" not in counts and sum(counts.values()) == 2 and "Myeloid : erythroid" not in metrics
+    assert "Erythroblasts / 100 white cells" in metrics
     at = app("5_History").run()
     assert any("Erythroblasts: 1" in c.value for c in at.caption)
 

@@ -160,3 +160,6 @@ def test_the_command_line_prints_the_differential_as_the_report_counts_it():
     assert differential_line({"NGS": 2, "LYT": 1, "KSC": 1}) == (
         "3 counted, Segmented neutrophils 2 (66.7%), Lymphocytes 1 (33.3%); not in the count: Smudge cells 1")
     assert differential_line({"NIF": 1, "PLT": 2}) == "0 counted; not in the count: Platelets 2, Not identifiable 1"
+    # smear fields are a blood film, as their report: its erythroblasts are not white cells
+    assert differential_line({"NGS": 3, "EBO": 2}) == (
+        "3 counted, Segmented neutrophils 3 (100.0%); not in the count: Erythroblasts 2")

@@ -345,3 +345,13 @@ def test_annotated_fields_show_the_boxes_kept(tmp_path, slide):
         kept = [b for b in result.boxes if b.file == name]
         drawn = np.asarray(Image.open(tmp_path / "drawn" / name).convert("RGB"))
         assert np.array_equal(drawn, np.asarray(annotate(Image.open(io.BytesIO(png)).convert("RGB"), kept)))
+
+
+def test_a_slide_typed_by_a_classifier_of_another_tree_is_still_counted():
+    """The target's check of the cells the report keeps apart raised "codes not in tree" for a classifier
+    trained with a tree of its own, after every field had been through the models."""
+    image, _ = smear_field(*CROP, n_wbc=0, n_rbc=2, n_platelets=0, seed=330)
+    boxes = [DetectedBox("0.png", "WBC", 0.9, 10, 10 + 40 * i, 40, 40 + 40 * i, code=code)
+             for i, code in enumerate(["MYCODE", "NGS"])]
+    slide, _ = count_slide([FieldImage.of("0.png", image)], boxes, wbc_target=2)
+    assert slide.white_cells.counted == 2

@@ -12,7 +12,7 @@ from PIL import Image
 from bloodcells import report
 from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES, SlideCount
 from bloodcells.inputs import InputError, open_image, thumbnail_png
-from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, slide_differential
+from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, erythroblasts_per_100, slide_differential
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to
@@ -74,7 +74,12 @@ def show_classification(store: Store, analysis) -> None:
     columns[0].metric("Cells", len(records))
     columns[1].metric("Needs review", len(unreviewed))
     columns[2].metric("Reviewed", sum(1 for p in analysis.predictions if p.reviewed))
-    if specimen != PERIPHERAL_BLOOD:
+    if specimen == PERIPHERAL_BLOOD:
+        per_100 = erythroblasts_per_100(*clinical_rows(codes, tree, specimen=specimen)[1:])
+        columns[3].metric("Erythroblasts / 100 white cells", "–" if per_100 is None else f"{per_100:.1f}",
+                          help="A blood film's erythroblasts (nucleated red cells), counted apart from its white "
+                          "cells, as its report gives them.")
+    else:
         ratio = report.myeloid_erythroid_ratio(codes, tree)
         columns[3].metric("Myeloid : erythroid", "–" if ratio is None else f"{ratio:.2f} : 1",
                           help="Granulocytes and their precursors over erythroid precursors (monocytes not counted)."

@@ -161,10 +161,11 @@ def differential_line(typed: dict[str, int]) -> str:
     """White cells per type as the report to sign and the pages show them (``signout.clinical_rows``):
     rows in clinical order, percentages to a tenth over the cells counted; platelets, smudge and
     unidentifiable cells apart (the CLI printed each type over every typed cell: NGS 50% on the
-    command line was 67% in the PDF)."""
-    from ..signout import clinical_rows
+    command line was 67% in the PDF), and erythroblasts too: smear fields are a blood film."""
+    from ..signout import PERIPHERAL_BLOOD, clinical_rows
 
-    rows, apart, counted = clinical_rows([code for code, n in typed.items() for _ in range(int(n))])
+    rows, apart, counted = clinical_rows([code for code, n in typed.items() for _ in range(int(n))],
+                                         specimen=PERIPHERAL_BLOOD)
     text = f"{counted} counted" + "".join(f", {row.label} {row.count} ({row.percent:.1f}%)" for row in rows if row.count)
     left_out = ", ".join(f"{row.label} {row.count}" for row in apart if row.count)
     return text + (f"; not in the count: {left_out}" if left_out else "")

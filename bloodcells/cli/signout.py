@@ -18,7 +18,8 @@ def _report_args(parser):
     parser.add_argument("--target", type=int, choices=TARGETS,
                         help="cells to count (default: the sign-off's, else 200)")
     parser.add_argument("--specimen", choices=[specimen.replace(" ", "-") for specimen in SPECIMENS],
-                        help="what was sampled (default: the sign-off's, else not stated): a blood film's "
+                        help="what was sampled (default: the sign-off's; unsigned, smear fields are peripheral "
+                             "blood, cells not stated): a blood film's "
                              "erythroblasts are reported apart from its white cells, a marrow's M:E ratio")
     parser.add_argument("--category", help="a category (default: the sign-off's; no patient identifiers)")
     parser.add_argument("--comment", help="a free comment (default: the sign-off's; no patient identifiers)")
