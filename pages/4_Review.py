@@ -30,15 +30,15 @@ show_refusal()
 locked_notice(analysis)
 
 
-def apply_review(prediction_id: int, code: str, before: str | None) -> None:
-    if attempt(store.review, prediction_id, code, reviewer) is not None:
-        record_change(analysis.id, prediction_id, before, code)
+def apply_review(prediction_id: int, code: str) -> None:
+    if (review := attempt(store.review, prediction_id, code, reviewer)) is not None:
+        record_change(analysis.id, prediction_id, review.replaced, code)
 
 
-def apply_other(prediction_id: int, before: str | None) -> None:
+def apply_other(prediction_id: int) -> None:
     code = st.session_state[f"other_{prediction_id}"]
     if code:
-        apply_review(prediction_id, code, before)
+        apply_review(prediction_id, code)
         st.session_state.pop("other_open", None)  # closed; opened again, it starts at "other…"
 
 
@@ -129,7 +129,7 @@ for code in (node.code for node in tree.root.walk()):
                     st.button(text, key=f"set_{prediction.id}_{choice}", help=label(choice),
                               disabled=not reviewer or locked,
                               type="primary" if prediction.reviewed and final == choice else "secondary",
-                              on_click=apply_review, args=(prediction.id, choice, prediction.reviewed_code))
+                              on_click=apply_review, args=(prediction.id, choice))
                 # The list of every type opens for one cell at a time: a select box on each of hundreds of
                 # cards made every click take seconds (Streamlit checks each widget against all the others).
                 if st.session_state.get("other_open") != prediction.id:
@@ -139,7 +139,7 @@ for code in (node.code for node in tree.root.walk()):
             if st.session_state.get("other_open") == prediction.id:
                 st.selectbox("Other type", [None, *all_codes], format_func=lambda c: "other…" if c is None else label(c),
                              key=f"other_{prediction.id}", label_visibility="collapsed", disabled=not reviewer or locked,
-                             on_change=apply_other, args=(prediction.id, prediction.reviewed_code))
+                             on_change=apply_other, args=(prediction.id,))
     if len(cells) > shown and st.button(f"Show more ({len(cells) - shown} left)", key=f"more_{code}"):
         st.session_state[shown_key] = shown + PAGE_SIZE
         st.rerun()

@@ -118,6 +118,27 @@ def test_undo_takes_back_the_last_change_whichever_mode_made_it(app_store):
     assert at.button(key="review_undo").disabled
 
 
+def test_undo_gives_back_a_colleagues_review_made_before_the_change_it_takes_back(app_store):
+    """Dr B reviewed a cell after Dr A's page was drawn; Dr A changed it too, then undid: the cell went back
+    to unreviewed (Dr A's page's label), Dr B's review lost, in either review mode."""
+    analysis_id = classified(app_store, ["NGS", "NGS"], needs_review=[0, 1])
+    first = app_store.get_analysis(analysis_id).predictions[0]
+    at = review_page_as("Dr A")
+    app_store.review(first.id, "NGB", "Dr B")  # on another computer, after Dr A's page was drawn
+    at.button(key=f"set_{first.id}_NIF").click().run()
+    at.button(key="review_undo").click().run()
+    assert not at.exception
+    assert app_store.get_analysis(analysis_id).predictions[0].reviewed_code == "NGB"  # Dr B's stands
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    at.segmented_control(key="review_filter").set_value("not reviewed yet").run()
+    second = app_store.get_analysis(analysis_id).predictions[1]
+    assert any(f"· {second.filename}" in m.value and "not reviewed" in m.value for m in at.markdown)
+    app_store.review(second.id, "EOS", "Dr B")  # after the page showed the second cell unreviewed
+    at.button(key="keyboard_key_6").click().run()
+    at.button(key="keyboard_undo").click().run()
+    assert [p.reviewed_code for p in app_store.get_analysis(analysis_id).predictions] == ["NGB", "EOS"]
+
+
 def test_undo_refuses_to_take_back_another_users_later_change(app_store):
     analysis_id = classified(app_store, ["NGS", "NGS"], needs_review=[0, 1])
     first = app_store.get_analysis(analysis_id).predictions[0]

@@ -116,9 +116,8 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
             st.session_state[IGNORED] = (st.session_state.get(IGNORED, (0, 0.0))[0] + 1, time.monotonic())
             return
         st.session_state[KEYED] = drawing
-        before = cell.reviewed_code  # None: not reviewed, which undoing restores
-        if attempt(store.review, cell.id, code, reviewer) is not None:
-            record_change(analysis.id, cell.id, before, code)
+        if (review := attempt(store.review, cell.id, code, reviewer)) is not None:
+            record_change(analysis.id, cell.id, review.replaced, code)
             st.session_state[cursor] = following
 
     def move(prediction_id: int) -> None:

@@ -130,6 +130,8 @@ class ReviewStore:
 
     def review(self, prediction_id: int, new_code: str, reviewer: str) -> Review:
         """Confirm or correct a prediction; the change is kept with old and new label, who and when.
+        The review returned says in ``replaced`` the cell's reviewed label it replaced (None: none),
+        which Undo gives back.
 
         Refused (AnalysisLocked) while the analysis is signed off; marked as an amendment while it
         is reopened.
@@ -165,6 +167,7 @@ class ReviewStore:
             review = Review(prediction_id=prediction_id, old_code=prediction.final_code,
                             new_code=reviewed_code or prediction.code, reviewer=reviewer,
                             reopening_id=last.id if last is not None else None)
+            review.replaced = prediction.reviewed_code
             prediction.reviewed_code = reviewed_code
             session.add(review)
             session.flush()

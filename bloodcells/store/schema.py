@@ -208,6 +208,10 @@ class Review(Base):
     # (an id, not a time, tells them apart: MySQL's DATETIME keeps whole seconds)
     reopening_id: Mapped[int | None] = mapped_column(ForeignKey("signoffs.id", ondelete="CASCADE"))
     prediction: Mapped[Prediction] = relationship(back_populates="reviews")
+    # Not stored: the cell's reviewed label that this review replaced (None: it had none), as the database
+    # held it, for Undo: a page drawn before a colleague's review held a stale one, and undoing restored it
+    # over their change.
+    replaced = None
 
 
 SIGNED, REOPENED = "signed", "reopened"
