@@ -71,15 +71,14 @@ st.download_button("Download corrected labels (class-folder zip for `bloodcells 
 
 # -- the cells, grouped by predicted class: a gallery (mouse) or one at a time (keyboard) ----------
 filters, modes = st.columns([3, 2])
-if st.session_state.get("review_filter_of") != analysis.id:  # another analysis: its own default view
-    st.session_state.pop("review_filter", None)
-    st.session_state["review_filter_of"] = analysis.id
 # "flagged", not "needs review": elsewhere "needs review" counts the flagged cells nobody reviewed yet, and
-# this view keeps a flagged cell once reviewed, to be seen again
+# this view keeps a flagged cell once reviewed, to be seen again. Each analysis has its own control, with its
+# own default: one control's state cleared for the next analysis left the browser showing (and sending back
+# at the next click) the old choice, and the view changed under the pointer.
 show = filters.segmented_control("Cells", ["flagged", "not reviewed yet", "all"],
                                  default="flagged" if any(p.needs_review for p in predictions) else "all",
-                                 key="review_filter", help="Flagged: under the confidence threshold, reviewed or "
-                                 "not. Not reviewed yet: every cell nobody reviewed, flagged or not.") or "all"
+                                 key=f"review_filter-{analysis.id}", help="Flagged: under the confidence threshold, "
+                                 "reviewed or not. Not reviewed yet: every cell nobody reviewed, flagged or not.") or "all"
 mode = modes.segmented_control("Review with", ["mouse", "keyboard"], default="mouse", key="review_mode",
                                help="Keyboard: one cell at a time, a key per cell type, ← → to move.") or "mouse"
 tree_order = {node.code: n for n, node in enumerate(tree.root.walk())}

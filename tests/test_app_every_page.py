@@ -76,7 +76,7 @@ def test_review_shows_every_cell_type_at_once(models_root, every_kind, app_store
     at = app("4_Review")
     at.run()
     at.sidebar.text_input[0].input("Dr Who").run()
-    at.segmented_control(key="review_filter").set_value("all").run()
+    at.segmented_control(key=f"review_filter-{every_kind['every type']}").set_value("all").run()
     assert not at.exception, at.exception
     predictions = app_store.get_analysis(every_kind["every type"]).predictions
     confirm = {b.key for b in at.button if b.label.startswith("✓ ")}

@@ -130,7 +130,7 @@ def test_undo_gives_back_a_colleagues_review_made_before_the_change_it_takes_bac
     assert not at.exception
     assert app_store.get_analysis(analysis_id).predictions[0].reviewed_code == "NGB"  # Dr B's stands
     at.segmented_control(key="review_mode").set_value("keyboard").run()
-    at.segmented_control(key="review_filter").set_value("not reviewed yet").run()
+    at.segmented_control(key=f"review_filter-{analysis_id}").set_value("not reviewed yet").run()
     second = app_store.get_analysis(analysis_id).predictions[1]
     assert any(f"· {second.filename}" in m.value and "not reviewed" in m.value for m in at.markdown)
     app_store.review(second.id, "EOS", "Dr B")  # after the page showed the second cell unreviewed
@@ -156,7 +156,7 @@ def test_a_mis_key_on_the_last_cell_of_the_view_can_still_be_undone(app_store):
     analysis_id = classified(app_store, ["NGS", "NGS"], needs_review=[0, 1])
     at = review_page_as("Dr Key")
     at.segmented_control(key="review_mode").set_value("keyboard").run()
-    at.segmented_control(key="review_filter").set_value("not reviewed yet").run()
+    at.segmented_control(key=f"review_filter-{analysis_id}").set_value("not reviewed yet").run()
     at.button(key="keyboard_key_5").click().run()
     at.button(key="keyboard_key_U").click().run()  # a mis-key on the last cell left: the view is empty
     assert any("No cell left" in s.value for s in at.success)

@@ -181,7 +181,7 @@ def test_review_reclassifies_with_one_click_and_counts_follow(app_store):
     assert counts.loc["NGB", "now"] == 1 and counts.loc["NGB", "change"] == 1
     assert {m.label: m.value for m in at.metric}["Reviewed"] == "1 of 3"
 
-    at.segmented_control(key="review_filter").set_value("all").run()
+    at.segmented_control(key=f"review_filter-{analysis_id}").set_value("all").run()
     lymphocyte = app_store.get_analysis(analysis_id).predictions[2]
     at.button(key=f"set_{lymphocyte.id}_NIF").click().run()  # "unidentified"
     at.button(key=f"open_other_{prediction.id}").click().run()
@@ -216,9 +216,9 @@ def test_each_analysis_opens_in_its_own_default_view(app_store):
     at = app("4_Review").run()
     at.sidebar.text_input[0].input("Dr Who").run()
     assert at.selectbox(key="review_analysis").value == flagged
-    assert at.segmented_control(key="review_filter").value == "flagged"
+    assert at.segmented_control(key=f"review_filter-{flagged}").value == "flagged"
     at.selectbox(key="review_analysis").select(unflagged).run()
-    assert at.segmented_control(key="review_filter").value == "all"
+    assert at.segmented_control(key=f"review_filter-{unflagged}").value == "all"
     assert not at.success and len([b for b in at.button if b.key.startswith("open_other_")]) == 2  # its two cells
 
 

@@ -20,7 +20,8 @@ from test_browser import (
     stored_analysis,
 )
 
-from bloodcells.store import open_store
+from bloodcells.store import PredictionRow, open_store
+from bloodcells.synthetic import cell_image, encode
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 browser, page = test_browser.browser, test_browser.page  # the same chromium and tabs, this module's server
@@ -214,3 +215,28 @@ def test_count_log_filters_and_downloads_csv(page, server):
     rows = list(csv.DictReader(io.StringIO(count_log.read_text(encoding="utf-8-sig"))))
     assert [(r["id"], r["category"], r["signed by"], r["status"], r["Erythroblasts"]) for r in rows] == [
         (str(marrow), "bone marrow", "Dr Marrow", "signed", "2")]
+
+
+def test_the_cells_filter_shown_is_the_one_applied_after_choosing_another_analysis(page, server):
+    """Chosen after an analysis with nothing flagged ("all"), an analysis showed its flagged cells while the
+    control still read "all", which the browser sent back at the first click: the view jumped to every cell."""
+    from playwright.sync_api import expect
+
+    store = open_store(server["database"])
+    mixed = store.start_analysis("two flagged.zip", "classification", {"ALL": "0" * 64})
+    store.finish_analysis(mixed, predictions=[
+        PredictionRow(f"NGS_{n}.png", "NGS", "ALL/MYE/MYM/NEU/NGS", 0.4 if n < 2 else 0.99, {}, n < 2,
+                      encode(cell_image("NGS", n, 64))) for n in range(6)])
+    calm = store.start_analysis("none flagged.zip", "classification", {"ALL": "0" * 64})
+    store.finish_analysis(calm, predictions=[
+        PredictionRow(f"LYT_{n}.png", "LYT", "ALL/LYM/LYT", 0.99, {}, False, encode(cell_image("LYT", n, 64)))
+        for n in range(2)])
+    store.engine.dispose()
+    open_review(page, server, calm, "Dr Filter")
+    choose_analysis(page, mixed)
+    others = page.get_by_role("button", name="other…")
+    expect(others).to_have_count(2)  # its flagged cells
+    page.get_by_role("button", name="✓ NGS").first.click()
+    settled(page)
+    expect(others).to_have_count(2)  # still the flagged view
+    assert [len(reviews) for _, reviews in cells_of(server, mixed)] == [1, 0, 0, 0, 0, 0]
