@@ -454,3 +454,23 @@ def test_the_page_counts_as_the_specimen_chosen_in_the_panel_and_a_marrow_takes_
     assert not review.exception and not review.expander[0].error
     [signed] = app_store.signoffs([analysis_id])[analysis_id]
     assert (signed.specimen, signed.white_cell_count) == ("bone marrow", None)  # the greyed-out count is not kept
+
+
+def test_a_cell_reviewed_with_the_mouse_in_not_reviewed_yet_stays_in_place_until_the_view_is_chosen_again(app_store):
+    """It left the view at once: the cards after it moved under the pointer, and a second click 0.6 s later
+    confirmed the next cell, never looked at."""
+    analysis_id = classified(app_store, ["NGS", "NGS", "NGS"], needs_review=[0, 1, 2])
+    first = app_store.get_analysis(analysis_id).predictions[0]
+    at = review_page_as("Dr Mouse")
+    view = at.segmented_control(key=f"review_filter-{analysis_id}")
+    view.set_value("not reviewed yet").run()
+
+    def cards():
+        return [b.key for b in at.button if b.key and b.key.startswith("open_other_")]
+
+    assert len(cards()) == 3
+    at.button(key=f"set_{first.id}_NGB").click().run()
+    assert len(cards()) == 3 and f"open_other_{first.id}" in cards()  # in place, shown as reviewed
+    at.segmented_control(key=f"review_filter-{analysis_id}").set_value("all").run()
+    at.segmented_control(key=f"review_filter-{analysis_id}").set_value("not reviewed yet").run()
+    assert len(cards()) == 2 and f"open_other_{first.id}" not in cards()  # chosen again: what is left to review

@@ -61,6 +61,16 @@ def record_change(analysis_id: int, prediction_id: int, before: str | None, afte
     st.session_state.setdefault(_undo_key(analysis_id), []).append((prediction_id, before, after))
 
 
+def changed_since(analysis_id: int, start: int) -> set[int]:
+    """The cells (prediction ids) this session changed, from its ``start``-th change on (``changes``)."""
+    return {prediction_id for prediction_id, _, _ in st.session_state.get(_undo_key(analysis_id), [])[start:]}
+
+
+def changes(analysis_id: int) -> int:
+    """How many changes of this session Undo holds for the analysis."""
+    return len(st.session_state.get(_undo_key(analysis_id), []))
+
+
 def undo_button(store: Store, analysis_id: int, reviewer: str, disabled: bool, key: str,
                 shortcut: str | None = None) -> None:
     """"Undo my last change": gives the last changed cell back its label before (kept to retry when refused,
