@@ -120,7 +120,7 @@ def load_dataset(sources: Iterable[str | Path], tree: Tree, size: int,
                 continue
             name, code, content, group = entry
             if code == tree.root.code:  # teaches no node: it was left out without a word
-                problems.append(f"{source.name}/{name}: labelled {tree.root.name.replace('_', ' ')} (the tree's "
+                problems.append(f"{source.name}/{name}: labelled {tree.root.title} (the tree's "
                                 "root), which says no cell type: put it in a class folder")
                 continue
             try:

@@ -60,7 +60,7 @@ def parse_layout(text: str, tree: Tree | None = None) -> dict[str, str]:
 def layout_text(layout: dict[str, str], tree: Tree | None = None) -> str:
     """The editable text of a layout, each line with the type's name as a comment."""
     tree = tree or default_tree()
-    return "\n".join(f"{key}: {code}  # {tree[code].name.replace('_', ' ')}" for key, code in layout.items())
+    return "\n".join(f"{key}: {code}  # {tree[code].title}" for key, code in layout.items())
 
 
 def default_layout() -> dict[str, str]:

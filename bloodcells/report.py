@@ -82,7 +82,7 @@ def sunburst_data(codes: Iterable[str], tree: Tree | None = None) -> dict[str, l
     for node in tree.root.walk():
         if totals[node.code]:
             data["ids"].append(node.code)
-            data["labels"].append(node.name.replace("_", " "))
+            data["labels"].append(node.title)
             data["parents"].append(node.parent.code if node.parent else "")
             data["values"].append(totals[node.code])
     return data
@@ -113,7 +113,7 @@ def review_choices(code: str, tree: Tree | None = None) -> list[str]:
 def classifier_overview(classifier) -> list[dict]:
     """One row per trained node of a loaded tree: what it tells apart, how, how well, when."""
     trained_at = _lab_time(classifier.manifest.get("trained_at"))  # ISO 8601 in UTC, e.g. 2026-11-22T00:50:46Z
-    return [{"node": code, "name": classifier.tree[code].name.replace("_", " "), "children": ", ".join(node.classes),
+    return [{"node": code, "name": classifier.tree[code].title, "children": ", ".join(node.classes),
              "architecture": node.architecture, "input px": node.input_size,
              "val accuracy": node.metrics.get("val_accuracy"), "trained": trained_at, "sha256": node.sha256[:12]}
             for code, node in classifier.nodes.items()]

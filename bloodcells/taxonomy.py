@@ -44,6 +44,11 @@ class Node:
         return not self.children
 
     @property
+    def title(self) -> str:
+        """The name as a person reads it ("myeloid immature" for ``myeloid_immature``)."""
+        return self.name.replace("_", " ")
+
+    @property
     def depth(self) -> int:
         return 0 if self.parent is None else self.parent.depth + 1
 

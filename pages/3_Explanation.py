@@ -45,7 +45,7 @@ else:
     content, image_name = store.read_blob(cell.blob_id), cell.filename
     if cell.reviewed:  # the maps explain the model's answer, which a reviewer changed
         def named(code: str) -> str:
-            return f"{tree[code].name} ({code})" if code in tree else code
+            return f"{tree[code].title} ({code})" if code in tree else code
 
         st.caption(f"Reviewed as {named(cell.final_code)}; the model said {named(cell.code)} at "
                    f"{cell.confidence:.2f}: the maps explain the model's answer.")
@@ -56,11 +56,11 @@ nodes = [EVERY_LEVEL, *classifier.nodes]
 left, middle, right = st.columns(3)
 node = left.selectbox("Model (tree node)", nodes, key="explain_node",
                       format_func=lambda code: code if code == EVERY_LEVEL else
-                      f"{code} · {tree[code].name.replace('_', ' ')} → {', '.join(classifier.nodes[code].classes)}")
+                      f"{code} · {tree[code].title} → {', '.join(classifier.nodes[code].classes)}")
 target = None
 if node != EVERY_LEVEL:
     target = middle.selectbox("Explain the choice of", [None, *classifier.nodes[node].classes], key="explain_target",
-                              format_func=lambda c: "the predicted child" if c is None else f"{c} · {tree[c].name}")
+                              format_func=lambda c: "the predicted child" if c is None else f"{c} · {tree[c].title}")
 method = right.selectbox("Method", list(METHODS), format_func=lambda m: METHODS[m].title, key="explain_method")
 
 if image is None:
@@ -107,4 +107,4 @@ with cell_column:
 with maps_column:
     columns = st.columns(max(len(shown["levels"]), 1))
     for column, level in zip(columns, shown["levels"], strict=False):
-        column.image(level.overlay, caption=f"{tree[level.node].name} → {tree[level.target].name}".replace("_", " "))
+        column.image(level.overlay, caption=f"{tree[level.node].title} → {tree[level.target].title}")

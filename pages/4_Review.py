@@ -49,7 +49,7 @@ done = sum(1 for p in predictions if p.reviewed)
 summary, counts = st.columns([1, 3])
 summary.metric("Reviewed", f"{done} of {len(predictions)}")
 summary.metric("Needs review", sum(1 for p in predictions if p.needs_review and not p.reviewed))
-counts.dataframe([{"code": code, "type": tree[code].name, "predicted": before.get(code, 0), "now": now.get(code, 0),
+counts.dataframe([{"code": code, "type": tree[code].title, "predicted": before.get(code, 0), "now": now.get(code, 0),
                    "change": now.get(code, 0) - before.get(code, 0)}
                   for code in (n.code for n in tree.root.walk()) if code in before or code in now],
                  hide_index=True, key="review_counts")
@@ -104,7 +104,7 @@ all_codes = [node.code for node in tree.root.walk() if node.parent is not None]
 
 
 def label(code: str) -> str:
-    return f"{code} · {tree[code].name.replace('_', ' ')}"
+    return f"{code} · {tree[code].title}"
 
 
 for code in (node.code for node in tree.root.walk()):

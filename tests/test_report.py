@@ -134,7 +134,7 @@ def test_the_models_training_times_are_shown_in_the_labs_zone(monkeypatch):
     assert report.classifier_overview(classifier) == []  # no nodes: no rows, and no error
     node = SimpleNamespace(classes=["LYM", "MYE"], architecture="efficientnet_lite0", input_size=144, metrics={},
                            sha256="a" * 64)
-    classifier.nodes, classifier.tree = {"ALL": node}, {"ALL": SimpleNamespace(name="all cells")}
+    classifier.nodes, classifier.tree = {"ALL": node}, {"ALL": SimpleNamespace(title="all cells")}
     assert report.classifier_overview(classifier)[0]["trained"] == "2026-11-28 10:57 CET"
     detector = SimpleNamespace(path="models/detector/detector.pt", classes={0: "WBC"}, imgsz=480, sha256="b" * 64,
                                yolo=SimpleNamespace(ckpt={"date": "2026-07-01T01:57:48.705083+00:00"}))

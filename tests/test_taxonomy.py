@@ -82,3 +82,9 @@ def test_a_malformed_tree_file_is_one_line_naming_the_file_and_the_place(tmp_pat
     with pytest.raises(TreeFormatError, match=said) as raised:
         load_tree(path)
     assert "\n" not in str(raised.value)
+
+
+def test_a_nodes_title_is_its_name_as_people_read_it(tree):
+    """Review's counts table said "myeloid_immature"; every page and report takes the title."""
+    assert tree["MYI"].name == "myeloid_immature" and tree["MYI"].title == "myeloid immature"
+    assert tree["NGS"].title == "segmented neutrophil"

@@ -119,7 +119,7 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
                    f"{'were' if ignored > 1 else 'was'} not applied: press again for the cell you see.")
 
     def name(code: str) -> str:
-        return tree[code].name.replace("_", " ")
+        return tree[code].title
 
     def classify(code: str) -> None:
         if st.session_state.get(DRAWING) != drawing or st.session_state.get(KEYED) == drawing:

@@ -47,7 +47,7 @@ class LiveCurves:
 
 def confusion_heatmap(scores, tree) -> go.Figure:
     """Rows: the true type; columns: the predicted one; each cell the number of held-out cells."""
-    names = [f"{code} · {tree[code].name}".replace("_", " ") for code in scores.labels]
+    names = [f"{code} · {tree[code].title}" for code in scores.labels]
     counts = scores.matrix.tolist()
     figure = go.Figure(go.Heatmap(z=counts, x=names, y=names, colorscale="Reds", text=counts, texttemplate="%{text}",
                                   hovertemplate="true %{y}<br>predicted %{x}<br>%{z} cells<extra></extra>"))
