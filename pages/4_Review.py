@@ -49,7 +49,11 @@ done = sum(1 for p in predictions if p.reviewed)
 summary, counts = st.columns([1, 3])
 summary.metric("Reviewed", f"{done} of {len(predictions)}")
 summary.metric("Needs review", sum(1 for p in predictions if p.needs_review and not p.reviewed))
-counts.dataframe([{"code": code, "type": tree[code].title, "predicted": before.get(code, 0), "now": now.get(code, 0),
+# Folded while reviewing with the keyboard: at 1366x768 its rows pushed the cell being reviewed below the
+# fold, and keys pressed at once changed a cell the reviewer could not see.
+with counts.expander("Cells per type: predicted, now, change",
+                     expanded=st.session_state.get("review_mode", "mouse") != "keyboard"):
+    st.dataframe([{"code": code, "type": tree[code].title, "predicted": before.get(code, 0), "now": now.get(code, 0),
                    "change": now.get(code, 0) - before.get(code, 0)}
                   for code in (n.code for n in tree.root.walk()) if code in before or code in now],
                  hide_index=True, key="review_counts")

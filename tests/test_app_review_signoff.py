@@ -11,6 +11,11 @@ def reviews_of(store, analysis_id):
             for p in store.get_analysis(analysis_id).predictions for r in p.reviews]
 
 
+def panel_of(at):
+    """The sign-off panel of a page drawn by AppTest."""
+    return next(e for e in at.expander if e.label.startswith("Sign-off and report"))
+
+
 def review_page_as(name: str):
     at = app("4_Review").run()
     at.sidebar.text_input[0].input(name).run()
@@ -37,14 +42,14 @@ def test_sign_off_locks_the_cells_until_reopened_and_changes_after_are_amendment
         ("signed", "Dr Who", "routine", "Normal film.", 200, "peripheral blood")
     assert any("Signed off by Dr Who" in i.value and "locked" in i.value for i in at.info)
     assert at.button(key=f"set_{first.id}_NGB").disabled and at.button(key=f"open_other_{first.id}").disabled
-    assert "signed" in at.expander[0].label
+    assert "signed" in panel_of(at).label
 
     at.button(key=f"reopen-{analysis_id}").click().run()  # without a reason: the audit trail would not say why
-    assert "Say why it is reopened" in " ".join(e.value for e in at.expander[0].error)
+    assert "Say why it is reopened" in " ".join(e.value for e in panel_of(at).error)
     assert [e.action for e in app_store.signoffs([analysis_id])[analysis_id]] == ["signed"]
     at.text_input(key=f"reopen-reason-{analysis_id}").input("band cells missed")
     at.button(key=f"reopen-{analysis_id}").click().run()
-    assert not at.button(key=f"set_{first.id}_NGB").disabled and "reopened" in at.expander[0].label
+    assert not at.button(key=f"set_{first.id}_NGB").disabled and "reopened" in panel_of(at).label
     at.button(key=f"set_{first.id}_NGB").click().run()
     assert reviews_of(app_store, analysis_id) == [("NGS", "NGB", "Dr Who", True)]
     assert at.text_input(key=f"report-category-{analysis_id}").value == "routine"  # kept from the sign-off
@@ -54,7 +59,7 @@ def test_sign_off_locks_the_cells_until_reopened_and_changes_after_are_amendment
     sign_again.click().run()
     assert [(e.action, e.comment) for e in app_store.signoffs([analysis_id])[analysis_id]] == [
         ("signed", "Normal film."), ("reopened", "band cells missed"), ("signed", "Normal film.")]
-    assert "amended" in at.expander[0].label and at.button(key=f"set_{first.id}_NGB").disabled
+    assert "amended" in panel_of(at).label and at.button(key=f"set_{first.id}_NGB").disabled
 
 
 def test_a_review_refused_because_another_user_signed_meanwhile_is_a_message(app_store):
@@ -71,8 +76,12 @@ def test_a_review_refused_because_another_user_signed_meanwhile_is_a_message(app
 def test_keyboard_review_reclassifies_moves_and_undoes(app_store):
     analysis_id = classified(app_store, ["NGS", "NGS", "NGS"], needs_review=[0, 1, 2])
     at = review_page_as("Dr Key")
+    [counts] = [e for e in at.expander if e.label.startswith("Cells per type")]
+    assert counts.proto.expanded
     at.segmented_control(key="review_mode").set_value("keyboard").run()
     assert not at.exception, at.exception
+    [counts] = [e for e in at.expander if e.label.startswith("Cells per type")]
+    assert not counts.proto.expanded  # folded: at 1366x768 its rows pushed the cell below the fold
     assert at.button(key="keyboard_key_5").label == "NGB · band neutrophil"
     assert at.button(key="keyboard_key_5").proto.shortcut == "5"
     assert at.button(key="keyboard_key_U").proto.shortcut == "u" and at.button(key="keyboard_previous").disabled
@@ -351,16 +360,16 @@ def test_a_refused_sign_off_is_said_in_its_open_panel_and_a_draft_it_would_refus
     at.selectbox(key=f"report-specimen-{analysis_id}").select("bone marrow")
     at.text_input(key=f"report-category-{analysis_id}").input("bone\tmarrow")
     at.run()
-    assert [e.value for e in at.expander[0].error] == ["the category holds a tab (U+0009): type it again without it"]
+    assert [e.value for e in panel_of(at).error] == ["the category holds a tab (U+0009): type it again without it"]
     assert at.get("download_button")[0].disabled
     at.button(key=f"sign-{analysis_id}").click().run()
     assert not at.exception
     assert app_store.signoffs([analysis_id]) == {analysis_id: []}
-    assert at.expander[0].proto.expanded  # open, the message beside the field to correct
-    assert "the category holds a tab (U+0009)" in " ".join(e.value for e in at.expander[0].error)
+    assert panel_of(at).proto.expanded  # open, the message beside the field to correct
+    assert "the category holds a tab (U+0009)" in " ".join(e.value for e in panel_of(at).error)
     at.text_input(key=f"report-category-{analysis_id}").input("bone marrow")
     at.run()
-    assert not at.expander[0].error and not at.get("download_button")[0].disabled
+    assert not panel_of(at).error and not at.get("download_button")[0].disabled
     at.button(key=f"sign-{analysis_id}").click().run()
     assert [s.category for s in app_store.signoffs([analysis_id])[analysis_id]] == ["bone marrow"]
 
@@ -377,9 +386,9 @@ def test_a_review_undone_after_the_page_was_drawn_still_asks_for_the_tick(app_st
     app_store.undo_review(first.id, None, "Dr B", "NGB")  # in another tab, meanwhile
     at.button(key=f"sign-{analysis_id}").click().run()
     assert not at.exception and app_store.signoffs([analysis_id]) == {analysis_id: []}
-    assert "Not signed: 1 flagged cells are not reviewed" in " ".join(e.value for e in at.expander[0].error)
+    assert "Not signed: 1 flagged cells are not reviewed" in " ".join(e.value for e in panel_of(at).error)
     at.text_input(key=f"report-category-{analysis_id}").input("marrow").run()  # the panel stays open as one types
-    assert at.expander[0].proto.expanded
+    assert panel_of(at).proto.expanded
     at.checkbox(key=f"sign-unreviewed-{analysis_id}").check().run()
     at.button(key=f"sign-{analysis_id}").click().run()
     assert [s.person for s in app_store.signoffs([analysis_id])[analysis_id]] == ["Dr A"]
@@ -451,7 +460,7 @@ def test_the_page_counts_as_the_specimen_chosen_in_the_panel_and_a_marrow_takes_
     review.number_input(key=f"report-wbc-{analysis_id}").set_value(7.5)
     review.selectbox(key=f"report-specimen-{analysis_id}").select("bone marrow").run()
     review.button(key=f"sign-{analysis_id}").click().run()
-    assert not review.exception and not review.expander[0].error
+    assert not review.exception and not panel_of(review).error
     [signed] = app_store.signoffs([analysis_id])[analysis_id]
     assert (signed.specimen, signed.white_cell_count) == ("bone marrow", None)  # the greyed-out count is not kept
 
