@@ -28,6 +28,8 @@ from .data import CellDataset, load_dataset
 from .evaluate import Evaluation, Scores, score
 from .settings import recorded_folder, settings
 
+READ_STEP = 100  # cells read between two progress calls
+
 
 class AdaptError(ValueError):
     """Input that adaptation cannot use, worded for a lab user."""
@@ -108,6 +110,7 @@ def adapt(labelled: str | Path, out_dir: str | Path, *, models_dir: str | Path |
     """
     from .train import fit_tree
     from .train.config import Distributed, pick_device
+    from .train.tree import check_out_dir
 
     config = config or AdaptConfig()
     started = time.perf_counter()
@@ -119,14 +122,24 @@ def adapt(labelled: str | Path, out_dir: str | Path, *, models_dir: str | Path |
     out_dir = Path(out_dir)
     if out_dir.resolve() == base.models_dir.resolve():
         raise AdaptError(f"{out_dir}: write the adapted tree to a new folder, not over the tree it starts from")
+    check_out_dir(out_dir)  # before a minute of reading and scoring
+
+    def step(done: int, total: int | None, text: str) -> None:
+        if should_stop and should_stop():
+            raise AdaptCancelled("adaptation cancelled: nothing was written")
+        if progress:  # the app's Cancel acts at each call: reading and scoring took minutes without one
+            progress(done, total, text)
+
+    def reading(what: str) -> Callable[[int, int | None], None]:
+        return lambda read, _: read % READ_STEP or step(0, None, f"reading {what}: {read}")
 
     log(f"reading the lab's cells from {labelled}")
-    lab = load_dataset([labelled], tree, base.input_size)
+    lab = load_dataset([labelled], tree, base.input_size, progress=reading("the lab's cells"))
     for problem in lab.problems:
         log(f"skipped: {problem}")
     lab = _distinct(lab, log)
     learn, held = _hold_out(lab, config)
-    originals = _original_cells(base, replay, config.replay_per_label > 0, log, lab)
+    originals = _original_cells(base, replay, config.replay_per_label > 0, log, lab, reading("the original cells"))
     rng = np.random.default_rng(config.seed)
     split = _split_file(base.models_dir)
     seen, test_digests = split.get("seen", []), set(split.get("test", []))
@@ -140,6 +153,7 @@ def adapt(labelled: str | Path, out_dir: str | Path, *, models_dir: str | Path |
              "replay_val": originals.subset(replay_val), "original_test": originals.subset(original_test)}
     result = AdaptResult(out_dir, _base_versions(base), dict(Counter(parts["learn"].labels)), len(held),
                          len(replay_train))
+    step(0, None, "scoring the tree before adapting")
     result.before = _scores(base, parts["held"], parts["original_test"])
 
     combined = CellDataset.concatenate(list(parts.values()))
@@ -152,13 +166,6 @@ def adapt(labelled: str | Path, out_dir: str | Path, *, models_dir: str | Path |
     train_config = _train_config(manifest, config)
     _, _, trunk_state = read_verified(base.models_dir / manifest["trunk"])
     tree_file = base.models_dir / "tree.yaml"
-
-    def step(done: int, total: int, text: str) -> None:
-        if should_stop and should_stop():
-            raise AdaptCancelled("adaptation cancelled: nothing was written")
-        if progress:
-            progress(done, total, text)
-
     try:
         fit_tree(combined, splits, out_dir, tree=tree, tree_file=tree_file if tree_file.is_file() else None,
                  config=train_config, manifest={"sources": manifest.get("sources", []),
@@ -237,7 +244,7 @@ def _missing_sources(sources: Sequence[Path]) -> str | None:
 
 
 def _original_cells(base: TreeClassifier, replay: Sequence[str | Path] | None, required: bool, log,
-                    lab: CellDataset) -> CellDataset:
+                    lab: CellDataset, progress: Callable[[int, int | None], None]) -> CellDataset:
     """The original training sources' cells; without them, an error, or (no replay asked for) none."""
     sources = ([Path(s) for s in replay] if replay
                else [recorded_folder(s) for s in base.manifest.get("sources", [])])
@@ -252,7 +259,7 @@ def _original_cells(base: TreeClassifier, replay: Sequence[str | Path] | None, r
         log(f"not replayed nor scored: the original training cells ({where})")
         return lab.subset([])
     log(f"reading the original training cells from {', '.join(map(str, sources))}")
-    return load_dataset(sources, base.tree, base.input_size)
+    return load_dataset(sources, base.tree, base.input_size, progress)
 
 
 def _replay_sample(labels: Sequence[str], pool: Sequence[int], per_label: int,

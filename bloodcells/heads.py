@@ -98,10 +98,13 @@ def pooled_width(trunk) -> int:
 
 
 def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, int], config, device,
-                log: Callable[[str], None], step: Callable[[str, str], None] | None = None) -> dict[str, tuple]:
+                log: Callable[[str], None], step: Callable[[str, str], None] | None = None,
+                note: Callable[[str], None] | None = None) -> dict[str, tuple]:
     """A linear head per node of ``views`` (code -> ``train.NodeView``) on the trunk's features.
 
-    Returns code -> (metrics, head state dict). ``step(code, text)`` is called once per head.
+    Returns code -> (metrics, head state dict). ``step(code, text)`` is called once per head, ``note(text)``
+    before each pass over the cells' features (a page's Cancel acts at such calls: the passes took minutes
+    between two steps).
     """
     import torch
     from torch import nn
@@ -113,6 +116,8 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
     mean, std = normalisation(trunk)
     train, val = np.asarray(splits["train"]), np.asarray(splits["val"])
     started = time.perf_counter()
+    if note:
+        note(f"features of the training cells, view 1 of {config.head_views}")
     clean = features(trunk, dataset.images[train], mean, std, config.stain_norm, device=device)
     views_of_train = [clean]
     rng = np.random.default_rng(config.seed)
@@ -121,11 +126,15 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
                    workers=config.workers if config.head_views > 1 else 0) as cell_views:
         every = np.ones(len(train), bool)
         for view in range(1, config.head_views):
+            if note:
+                note(f"features of the training cells, view {view + 1} of {config.head_views}")
             requests = [BatchRequest((view, start), train[start:start + VIEW_BATCH], every[start:start + VIEW_BATCH])
                         for start in range(0, len(train), VIEW_BATCH)]
             augmented = np.concatenate([images for images, _ in cell_views.map(requests)])
             views_of_train.append(features(trunk, augmented, mean, std, config.stain_norm, device=device))
     train_features = torch.from_numpy(np.stack(views_of_train))  # V x N_train x D
+    if note:
+        note("features of the validation cells")
     val_features = torch.from_numpy(features(trunk, dataset.images[val], mean, std, config.stain_norm,
                                              device=device))
     position = {index: n for n, index in enumerate(train)}
@@ -202,8 +211,11 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
     def step(code: str, text: str) -> None:
         nonlocal done
         done += 1
+        note(f"{code}: {text}")
+
+    def note(text: str) -> None:  # progress without a step done
         if progress and dist.main:
-            progress(done, total, f"{code}: {text}")
+            progress(done, total, text)
 
     trunk_view = labels_view(tree, dataset, splits["train"])
     per_label = config.per_class or max(config.min_per_class // 4, 1)
@@ -234,7 +246,7 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
     views = {code: node_view(tree, code, dataset, splits["train"]) for code in codes}
     metrics = {}
     for code, (head_metrics, state) in train_heads(trunk, views, dataset, splits, per_child, config, device,
-                                                   log, step).items():
+                                                   log, step, note).items():
         save_node(folder, code, state, head_metrics, config, fingerprint, trunk=trunk_file)
         metrics[code] = head_metrics
     return trunk_metrics, metrics

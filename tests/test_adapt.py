@@ -54,7 +54,9 @@ def test_adapting_to_another_labs_look_raises_its_accuracy_and_keeps_the_origina
     assert lab_after.accuracy >= lab_before.accuracy + 0.25
     original_before, original_after = result.before["original"].tree, result.after["original"].tree
     assert original_after.accuracy >= original_before.accuracy - 0.1
-    assert steps and all(0 < done <= total for done, total in steps)
+    training = [(done, total) for done, total in steps if total is not None]
+    assert training and all(0 < done <= total for done, total in training)
+    assert (0, None) in steps  # a call (at which the app's Cancel acts) before training: scoring the base
 
     adapted = TreeClassifier.load(tmp_path / "adapted")  # a complete, verified tree folder
     manifest = json.loads((tmp_path / "adapted" / "classifier.json").read_text())
@@ -248,11 +250,26 @@ def test_bad_input_is_a_clear_error_and_nothing_is_written(problem, message, bas
 
 
 def test_cancel_stops_before_anything_is_written(base_tree, lab_cells, tmp_path):
+    """Cancel acted only once training had begun: the app said "cancelled" while the server read and
+    scored cells for minutes more."""
     from bloodcells.adapt import AdaptCancelled, adapt
 
+    logged = []
     with pytest.raises(AdaptCancelled):
-        adapt(lab_cells, tmp_path / "adapted", models_dir=base_tree, should_stop=lambda: True, log=lambda _t: None)
+        adapt(lab_cells, tmp_path / "adapted", models_dir=base_tree, should_stop=lambda: True, log=logged.append)
     assert not (tmp_path / "adapted").exists() and not (tmp_path / "adapted.training").exists()
+    assert not any(line.startswith("[") for line in logged), logged  # stopped before training ("[trunk] ...") began
+
+
+def test_a_folder_that_cannot_take_the_tree_is_refused_before_any_cell_is_read(base_tree, lab_cells, tmp_path):
+    """`adapt --out` a folder of images was refused only after a minute of reading and scoring cells."""
+    from bloodcells.adapt import adapt
+    from bloodcells.inputs import InputError
+
+    logged = []
+    with pytest.raises(InputError, match="holds files that are not a trained tree"):
+        adapt(lab_cells, lab_cells, models_dir=base_tree, log=logged.append)
+    assert logged == []
 
 
 def test_without_the_original_sources_adapting_needs_replay_switched_off(base_tree, lab_cells, tmp_path, capsys):

@@ -87,19 +87,10 @@ def train_tree(sources: Sequence[str | Path], out_dir: str | Path, *,
     return report
 
 
-def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, tree_file: Path | None,
-             config: TrainConfig, manifest: dict, device, dist, progress: Progress | None = None,
-             log: Callable[[str], None] = print, on_epoch: EpochCallback | None = None,
-             initial_trunk: dict | None = None, seen_before: Sequence[str] = (),
-             calibration: CellDataset | None = None) -> TrainReport:
-    """Train the nodes of ``tree`` that have data in ``dataset`` (``splits``: train/val/test
-    indices) and write the folder ``out_dir`` whole (built aside, then renamed into place).
-
-    ``manifest``: entries for ``classifier.json`` beyond the training's own (sources, lineage).
-    ``initial_trunk``: the shared trunk starts from these weights, which saw the cells
-    ``seen_before`` (digests' first 16 hex digits, kept in split.json). The nodes' temperatures
-    and the review threshold are calibrated on ``calibration`` (default: the validation cells).
-    """
+def check_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` resolved, if a trained tree may be written there (it is replaced whole): refused
+    (InputError) when it is a promoted version or holds files that are not a trained tree. Callers with
+    work before training check it first: adapting refused a bad folder only after a minute of reading."""
     from ..versions import versions_dir
 
     out_dir = Path(out_dir).resolve()
@@ -113,6 +104,23 @@ def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, t
         # it is replaced whole: a folder of other files (the training images themselves) would be deleted
         raise InputError(f"{out_dir}: holds files that are not a trained tree; write the tree to a new or empty "
                          "folder, or to a tree folder it replaces")
+    return out_dir
+
+
+def fit_tree(dataset: CellDataset, splits: dict, out_dir: Path, *, tree: Tree, tree_file: Path | None,
+             config: TrainConfig, manifest: dict, device, dist, progress: Progress | None = None,
+             log: Callable[[str], None] = print, on_epoch: EpochCallback | None = None,
+             initial_trunk: dict | None = None, seen_before: Sequence[str] = (),
+             calibration: CellDataset | None = None) -> TrainReport:
+    """Train the nodes of ``tree`` that have data in ``dataset`` (``splits``: train/val/test
+    indices) and write the folder ``out_dir`` whole (built aside, then renamed into place).
+
+    ``manifest``: entries for ``classifier.json`` beyond the training's own (sources, lineage).
+    ``initial_trunk``: the shared trunk starts from these weights, which saw the cells
+    ``seen_before`` (digests' first 16 hex digits, kept in split.json). The nodes' temperatures
+    and the review threshold are calibrated on ``calibration`` (default: the validation cells).
+    """
+    out_dir = check_out_dir(out_dir)
     train_labels = [dataset.labels[i] for i in splits["train"]]
     table = count_table(tree, train_labels)
     targets_per_node = {code: balance_target(counts, config.min_per_class, config.per_class)
