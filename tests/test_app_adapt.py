@@ -77,9 +77,12 @@ def test_adapt_accept_rollback_with_lineage(lab_analysis, app_store):
     assert not at.exception and versions.current_version("default") is None
     assert at.button(key="rollback").disabled  # the shipped tree: nothing was in use before it
     assert versions.list_versions("default") == [accepted.version]  # kept, for switching back
-    at.selectbox(key="use_version").select(accepted.version).run()
+    at.selectbox(key="use_version-").select(accepted.version).run()
     at.button(key="use_version_button").click().run()
     assert versions.current_version("default") == accepted.version
+    at.button(key="rollback").click().run()  # the choice follows the version in use: it kept the old one,
+    assert at.selectbox(key="use_version-").value is None  # one click from switching back by mistake
+    assert not any(b.key == "use_version_button" for b in at.button)
 
 
 def test_without_the_training_cells_on_the_server_the_lab_adapts_on_its_own_cells(lab_analysis, app_store,

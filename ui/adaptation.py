@@ -136,8 +136,10 @@ def versions_section(store: Store, person: str) -> None:
         if done:
             _switched(f"Rolled back: {current_version(tree) or SHIPPED_LABEL} is in use.")
     options = [None, *versions]
+    # keyed by the version in use: a switch (a rollback, an accepted version, another tab) redraws it at that
+    # version; under one key it kept the old choice beside "In use", one click from switching back
     chosen = left.selectbox("Use a version", options, index=options.index(in_use) if in_use in options else 0,
-                            format_func=lambda v: v or SHIPPED_LABEL, key="use_version")
+                            format_func=lambda v: v or SHIPPED_LABEL, key=f"use_version-{in_use or ''}")
     if chosen != in_use and left.button("Use this version", key="use_version_button"):
         with run_safely("Switching versions") as done:
             done["folder"] = use_version(tree, chosen)
@@ -150,5 +152,7 @@ def versions_section(store: Store, person: str) -> None:
 def _switched(message: str) -> None:
     reload_models()
     st.session_state.pop("adapted", None)
+    for key in [key for key in st.session_state if str(key).startswith("use_version-")]:
+        del st.session_state[key]  # "Use a version" shows the version now in use
     st.session_state["switched"] = message
     st.rerun()
