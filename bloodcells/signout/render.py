@@ -1,0 +1,202 @@
+"""A report as HTML or as an A4 PDF."""
+
+from __future__ import annotations
+
+import html
+import io
+from functools import cache
+from pathlib import Path
+
+from ..clock import stamp
+from ..inputs import thumbnail_png
+from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
+from .counts import ERYTHROBLASTS, NOT_STATED
+from .records import AMENDED, ClinicalReport
+
+
+def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
+    """The lines above the table, as (label, value)."""
+    reached = "reached" if report.counted >= report.target else f"not reached: {report.target - report.counted} short"
+    smear = report.smear
+    fields = [] if smear is None else [
+        ("Smear fields", f"{smear.fields} field{'s' if smear.fields != 1 else ''}: {smear.red_cells} red cells, "
+                         f"{smear.platelets} platelets" + (" (each cell once)" if smear.slide else "")),
+        ("Per field", f"red cells {smear.red_cells_per_field}; platelets {smear.platelets_per_field}"),
+        ("Platelets : red cells", "-" if smear.platelet_rbc_ratio is None else f"{smear.platelet_rbc_ratio:.3f}")]
+    return [
+        ("Analysis", f"#{report.analysis_id} {report.name} ({report.kind}, {stamp(report.created_at)})"),
+        ("Status", _status_text(report)),
+        ("Specimen", report.specimen or NOT_STATED),
+        ("Category", report.category or "-"),
+        ("Cells counted", f"{report.counted} of a {report.target}-cell target ({reached})"),
+        *fields,
+        (("Erythroblasts", f"{sum(row.count for row in report.apart if row.label == ERYTHROBLASTS[0])} counted, "
+                           "no white cells to give them per 100" if report.erythroblasts_per_100 is None
+          else f"{report.erythroblasts_per_100:.1f} per 100 white cells (not in the differential)")
+         if report.specimen == PERIPHERAL_BLOOD else
+         ("Myeloid : erythroid", "-" if report.me_ratio is None else f"{report.me_ratio:.2f} : 1")),
+        ("White-cell count", "-" if report.white_cell_count is None else f"{report.white_cell_count:g} x 10^9/L"),
+        ("Flagged, not reviewed", str(report.unreviewed_flagged)),
+        ("Reviewed by", ", ".join(report.reviewers) or "nobody yet"),
+        ("Last review", "-" if report.reviewed_at is None else stamp(report.reviewed_at)),
+        ("Models", report.model_versions or "not recorded"),
+        ("Report made", stamp(report.made_at)),
+    ]
+
+
+def _status_text(report: ClinicalReport) -> str:
+    if not report.signoffs:
+        return "Not signed off"
+    last = report.signoffs[-1]
+    when = f"{last.person} on {stamp(last.created_at)}"
+    return {SIGNED: f"Signed off by {when}", AMENDED: f"Amended: signed off again by {when}",
+            REOPENED: f"Reopened to amend by {when}; not signed off again"}[report.status]
+
+
+def _title(report: ClinicalReport) -> str:
+    return "Differential count - AMENDED" if report.status == AMENDED else "Differential count"
+
+
+def signoff_lines(signoffs) -> list[str]:
+    """Stored sign-offs and reopenings (oldest first), one line each: when, what, who, the note."""
+    return [f"{stamp(s.created_at)}  {s.action} by {s.person}" + (f": {s.comment}" if s.comment else "")
+            for s in signoffs]
+
+
+def _amendment_table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
+    """The audit trail of the changes made after the first sign-off: cells' types and signed values, by time."""
+    changes = [(a.at, a.reviewer, a.cell, a.old_code, a.new_code) for a in report.amendments] \
+        + [(c.at, c.person, c.value, c.old, c.new) for c in report.value_changes]
+    return (["When", "By", "What", "Change"],
+            [[stamp(at), person, what, f"{old} -> {new}"]
+             for at, person, what, old, new in sorted(changes, key=lambda change: change[0])])
+
+
+def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
+    header = ["Cell type", "Count", "%"] + (["x 10^9/L"] if report.white_cell_count is not None else [])
+    body = [[row.label, str(row.count), "-" if row.percent is None else f"{row.percent:.1f}"]
+            + (["-" if row.per_litre is None else f"{row.per_litre:.2f}"] if report.white_cell_count is not None else [])
+            for row in report.rows]  # no per-litre figure where no white cell was counted
+    body.append(["Total counted", str(report.counted), "100.0" if report.counted else "-"]
+                + ([f"{report.white_cell_count:g}"] if report.white_cell_count is not None else []))
+    return header, body
+
+
+def _html_table(header: list[str], body: list[list[str]]) -> str:
+    escape = html.escape
+    return ("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body) + "</table>")
+
+
+def to_html(report: ClinicalReport) -> str:
+    """A self-contained HTML page (gallery images inline)."""
+    import base64
+
+    escape = html.escape
+    facts = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _facts(report))
+    apart = "".join(f"<li>{escape(row.label)}: {row.count}</li>" for row in report.apart) or "<li>none</li>"
+    gallery = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(thumbnail_png(content, "cell", 128)).decode()}" '
+                      f'width="96"><figcaption>{escape(name)} ({escape(code)})</figcaption></figure>'
+                      for name, code, content in report.gallery)
+    signoffs = "".join(f"<li>{escape(line)}</li>" for line in signoff_lines(report.signoffs))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Differential, analysis "
+            f"#{report.analysis_id}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
+            f"text-align:left}}figure{{display:inline-block;margin:4px}}p.comment{{white-space:pre-wrap}}</style></head><body>"
+            f"<h1>{escape(_title(report))}</h1><table>{facts}</table>"
+            f"<h2>Differential</h2>{_html_table(*_table(report))}<h2>Not in the count</h2><ul>{apart}</ul>"
+            + (f"<h2>Flagged cells not yet reviewed</h2>{gallery}" if gallery else "")
+            + (f"<h2>Comment</h2><p class='comment'>{escape(report.comment)}</p>" if report.comment else "")
+            + (f"<h2>Sign-off</h2><ul>{signoffs}</ul>" if signoffs else "")
+            + (f"<h2>Changes after the first sign-off</h2>{_html_table(*_amendment_table(report))}"
+               if report.amendments or report.value_changes else "")
+            + "</body></html>")
+
+
+def to_pdf(report: ClinicalReport) -> bytes:
+    """An A4 PDF with extractable text in DejaVu Sans (matplotlib's copy): names, comments and units
+    as typed ("Müller", "Łukasz", "≥ 5%", "μL"); a character the font lacks (e.g. Chinese) is "?"."""
+    from fpdf import FPDF
+
+    regular, bold, covered = _pdf_font()
+
+    def text(value: str) -> str:  # the font has no tab, and a carriage return would print as "?"
+        value = value.replace("\r\n", "\n").replace("\r", "\n").expandtabs(4)
+        return "".join(c if ord(c) in covered or c == "\n" else "?" for c in value)
+
+    def section(title: str) -> None:
+        pdf.ln(2)
+        pdf.set_font(PDF_FONT, "B", 10)
+        pdf.cell(0, 6, text(title), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font(PDF_FONT, size=9)
+
+    def paragraph(value: str) -> None:
+        pdf.multi_cell(0, 5, text(value), new_x="LMARGIN", new_y="NEXT")
+
+    def table(header: list[str], body: list[list[str]], widths: tuple[int, ...]) -> None:
+        with pdf.table(col_widths=widths, text_align="LEFT", width=sum(widths)) as grid:
+            for values in [header, *body]:
+                line = grid.row()
+                for value in values:
+                    line.cell(text(value))
+
+    pdf = FPDF(format="A4")
+    pdf.add_font(PDF_FONT, "", regular)
+    pdf.add_font(PDF_FONT, "B", bold)
+    pdf.set_auto_page_break(True, margin=15)
+    pdf.add_page()
+    pdf.set_font(PDF_FONT, "B", 15)
+    pdf.cell(0, 9, text(_title(report)), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(PDF_FONT, size=9)
+    for label, value in _facts(report):
+        pdf.cell(42, 5, text(label))
+        paragraph(value)
+    pdf.ln(3)
+    header, body = _table(report)
+    table(header, body, (60, 25, 20, 30)[:len(header)])
+    section("Not in the count")
+    paragraph(", ".join(f"{row.label}: {row.count}" for row in report.apart) or "none")
+    if report.gallery:
+        size, per_row = 24, 7
+        if pdf.will_page_break(8 + size + 7):  # the title with its first row
+            pdf.add_page()
+        section("Flagged cells not yet reviewed")
+        for first in range(0, len(report.gallery), per_row):
+            # a row goes whole to the next page: images are placed at a height, and fpdf breaks the page
+            # only for text, which put a row's images at the foot of one page and their codes on the next
+            if pdf.will_page_break(size + 7):
+                pdf.add_page()
+            top = pdf.get_y()
+            for n, (_name, code, content) in enumerate(report.gallery[first:first + per_row]):
+                x = pdf.l_margin + n * (size + 3)
+                pdf.image(io.BytesIO(thumbnail_png(content, "cell", 128)), x=x, y=top, w=size, h=size)
+                pdf.set_xy(x, top + size)
+                pdf.set_font(PDF_FONT, size=7)
+                pdf.cell(size, 4, text(code))
+            pdf.set_xy(pdf.l_margin, top + size + 7)
+        pdf.set_font(PDF_FONT, size=9)
+    if report.comment:
+        section("Comment")
+        paragraph(report.comment)
+    if report.signoffs:
+        section("Sign-off")
+        for line in signoff_lines(report.signoffs):
+            paragraph(line)
+    if report.amendments or report.value_changes:
+        section("Changes after the first sign-off")
+        table(*_amendment_table(report), (32, 35, 70, 40))
+    return bytes(pdf.output())
+
+
+PDF_FONT = "DejaVu"
+
+
+@cache
+def _pdf_font() -> tuple[Path, Path, frozenset[int]]:
+    """DejaVu Sans regular and bold (shipped with matplotlib, a dependency) and the characters it has."""
+    import matplotlib
+    from fontTools.ttLib import TTFont
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    regular = folder / "DejaVuSans.ttf"
+    return regular, folder / "DejaVuSans-Bold.ttf", frozenset(TTFont(regular).getBestCmap())
+
