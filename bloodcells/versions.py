@@ -144,13 +144,13 @@ def accept_candidate(store, model_version_id: int, person: str) -> Path:
     return target
 
 
-def accept_trained(store, folder: str | Path, tree_name: str, evaluation, person: str) -> Path:
-    """Accept a tree just trained in the app (its ``evaluation`` on the uploaded cells it never saw):
-    recorded as a "trained" model version, like an adapted tree, then accepted as one."""
-    version_id = store.record_model_version(
+def record_trained(store, folder: str | Path, tree_name: str, evaluation, person: str) -> int:
+    """Record a tree just trained in the app (its ``evaluation`` on the uploaded cells it never saw) as a
+    candidate "trained" model version, like an adapted tree: listed under Versions for anyone to accept or
+    discard (held only by the page that trained it, it was lost with its tab, its folder left on disk)."""
+    return store.record_model_version(
         tree=tree_name, kind="trained", folder=str(folder), base={}, cells=evaluation.cells + evaluation.skipped_seen,
         analyses=[], figures={"after": {"lab": evaluation.lineage_figures()}}, started_by=person)
-    return accept_candidate(store, version_id, person)
 
 
 def discard_candidate(store, model_version_id: int, person: str) -> None:

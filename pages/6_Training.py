@@ -9,7 +9,7 @@ from bloodcells.backbones import KNOWN_BACKBONES
 from bloodcells.evaluate import evaluate
 from bloodcells.taxonomy import default_tree
 from bloodcells.train import MODES, SHIPPED_RECIPE, train_tree
-from bloodcells.versions import accept_trained, candidate_dir
+from bloodcells.versions import accept_candidate, candidate_dir, discard_candidate, record_trained
 from ui.adaptation import adapt_section, versions_section
 from ui.common import page, require_store, reviewer_name, sentence, skipped_files
 from ui.models import reload_models
@@ -78,7 +78,9 @@ with st.expander("More settings"):
                                SHIPPED_RECIPE.shared_trunk,
                                key="training_shared_trunk")
 
-if st.button("Train", type="primary", disabled=not upload or not backbone, key="train"):
+if not person:
+    st.caption("Enter your name in the sidebar: a new tree records who trained it.")
+if st.button("Train", type="primary", disabled=not upload or not backbone or not person, key="train"):
     with cancel_button("cancel_training"), run_safely("Training") as outcome:
         # the shipped tree's recipe (batch, learning rate, patience...) with what the form sets
         config = replace(SHIPPED_RECIPE, architecture=backbone, input_size=int(size), mode=mode,
@@ -95,12 +97,15 @@ if st.button("Train", type="primary", disabled=not upload or not backbone, key="
                 shutil.rmtree(report.out_dir, ignore_errors=True)
                 raise
         live.clear()
-        outcome.update(report=report, config=config, evaluation=evaluation)
+        version_id = record_trained(store, report.out_dir, default_tree().name, evaluation, person)
+        outcome.update(report=report, config=config, evaluation=evaluation, version_id=version_id)
     if outcome:
         # trained again before accepting or discarding the earlier one: only now that this one
-        # exists is the earlier removed (a failed or cancelled run keeps it on offer)
+        # exists is the earlier discarded (a failed or cancelled run keeps it on offer)
         if earlier := st.session_state.get("training"):
-            shutil.rmtree(earlier["report"].out_dir, ignore_errors=True)
+            with run_safely("Discarding the models trained before"):
+                if store.get_model_version(earlier["version_id"]).status == "candidate":  # else decided elsewhere
+                    discard_candidate(store, earlier["version_id"], person)
         st.session_state["training"] = outcome
 
 if st.session_state.pop("cancelled", False):
@@ -150,14 +155,17 @@ if not person:
     st.warning("Enter your name in the sidebar: accepting models records who put them in use.")
 if accept.button("Accept: use these models everywhere", type="primary", disabled=not person, key="accept_models"):
     with run_safely("Accepting the models") as accepted:  # recorded under Versions like an adapted tree
-        accepted["version"] = accept_trained(store, report.out_dir, default_tree().name, evaluation, person)
+        accepted["version"] = accept_candidate(store, trained["version_id"], person)
     if accepted:
         reload_models()
         st.session_state.pop("training")
         st.session_state["accepted"] = (f"The new models are in use (version {accepted['version'].name}); "
                                         "the previous ones are kept for rollback.")
         st.rerun()
-if discard.button("Discard", key="discard_models"):
-    shutil.rmtree(report.out_dir, ignore_errors=True)
-    st.session_state.pop("training")
-    st.rerun()
+if discard.button("Discard", disabled=not person, key="discard_models"):
+    with run_safely("Discarding the models") as discarded:
+        discard_candidate(store, trained["version_id"], person)
+        discarded["ok"] = True
+    if discarded:
+        st.session_state.pop("training")
+        st.rerun()

@@ -255,11 +255,13 @@ def test_explanation_finds_cells_of_analyses_older_than_the_list(models_root, ap
     assert at.selectbox(key="explain_analysis").value == oldest
 
 
-def training_form(tmp_path, cells: dict[str, int], epochs: int, per_class: int | None = None) -> AppTest:
-    """The Training page with a zip of generated ``cells`` uploaded and a tiny scratch network chosen
-    (not run yet: a test sets more options, then runs it)."""
+def training_form(tmp_path, cells: dict[str, int], epochs: int, per_class: int | None = None,
+                  person: str = "Dr Admin") -> AppTest:
+    """The Training page with ``person`` named in the sidebar, a zip of generated ``cells`` uploaded and a
+    tiny scratch network chosen (not run yet: a test sets more options, then runs it)."""
     upload = write_cell_zip(tmp_path / "labelled.zip", cells, size=32)
     at = app("6_Training").run()
+    at.sidebar.text_input[0].input(person)
     at.file_uploader[0].set_value(("labelled.zip", upload.read_bytes(), "application/zip"))
     at.selectbox(key="training_backbone").select("other timm model…").run()
     at.text_input(key="training_timm_name").input("test_efficientnet")
@@ -297,6 +299,28 @@ def test_training_again_without_accepting_removes_the_first_candidate(tmp_path, 
     at.button(key="train").click().run()
     assert not at.exception and not first.exists()
     assert at.session_state["training"]["report"].out_dir.is_dir()
+    assert [v.status for v in app_store.list_model_versions()] == ["candidate", "discarded"]  # newest first
+
+
+def test_a_trained_tree_nobody_decided_on_is_offered_to_every_session(tmp_path, monkeypatch, app_store):
+    """Held only by the page that trained it, a tree was lost with its tab (its folder left on disk): it is a
+    candidate under Versions, which another session accepts or discards; training needs a name to record."""
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "models"))
+    at = training_form(tmp_path, {"neutrophil": 10, "lymphocyte": 10}, epochs=1, per_class=4, person="").run()
+    assert at.button(key="train").disabled and any("Enter your name" in c.value for c in at.caption)
+    at.sidebar.text_input[0].input("Dr Gone").run()
+    at.button(key="train").click().run()
+    folder = at.session_state["training"]["report"].out_dir
+    [row] = app_store.list_model_versions()
+    assert (row.kind, row.status, row.started_by, row.folder) == ("trained", "candidate", "Dr Gone", str(folder))
+    other = app("6_Training").run()  # another session: the tab that trained it was closed
+    other.sidebar.text_input[0].input("Dr Next").run()
+    other.segmented_control(key="training_task").set_value("versions").run()
+    other.button(key=f"discard_{row.id}").click().run()
+    assert not other.exception and app_store.get_model_version(row.id).status == "discarded"
+    assert not folder.exists()
+    at.button(key="accept_models").click().run()  # the first tab, later: told, not a traceback
+    assert not at.exception and any("already discarded by Dr Next" in e.value for e in at.error)
 
 
 @pytest.mark.slow
@@ -327,8 +351,6 @@ def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monke
                                                                             f"{network} val": [1, 2]}
     assert not (tmp_path / "models" / "classifier" / "default").exists()  # not in use before it is accepted
 
-    assert at.button(key="accept_models").disabled  # who puts models in use is recorded
-    at.sidebar.text_input[0].input("Dr Admin").run()
     candidate = at.session_state["training"]["report"].out_dir
     at.button(key="accept_models").click().run()
     assert not at.exception and not candidate.exists()  # promoted as a copy
