@@ -108,8 +108,8 @@ def signoff_panel(store: Store, analysis) -> None:
         if not person:
             st.caption("Enter your name in the sidebar to sign off or reopen.")
         if signed is not None:
-            st.text_input("Reason for reopening", key=f"reopen-reason-{key}", on_change=keep_open, help="Kept with the reopening.",
-                          max_chars=COMMENT_LENGTH)
+            st.text_input("Reason for reopening", key=f"reopen-reason-{key}", on_change=keep_open,
+                          help="Kept with the reopening.", max_chars=COMMENT_LENGTH)
             def reopen() -> None:  # the reason as it is at the click, which may follow an edit without Enter
                 reason = st.session_state[f"reopen-reason-{key}"].strip()
                 if not reason:  # the audit trail says why a signed record was changed
@@ -134,8 +134,8 @@ def signoff_panel(store: Store, analysis) -> None:
                                            "a blood film's are counted apart, per 100 white cells.")
             marrow = specimen == BONE_MARROW
             wbc = right.number_input("White-cell count (10^9/L), for absolute counts", 0.0, 999.0,
-                                     (last.white_cell_count or 0.0) if last else 0.0, step=0.1, key=f"report-wbc-{key}", on_change=keep_open,
-                                     disabled=marrow, help="A blood film's: the blood count's white cells (corrected "
+                                     (last.white_cell_count or 0.0) if last else 0.0, step=0.1, key=f"report-wbc-{key}",
+                                     on_change=keep_open, disabled=marrow, help="A blood film's: the blood count's white cells (corrected "
                                      "for nucleated red cells). Leave at 0 when not known. A bone marrow has no "
                                      "absolute counts.")
             wbc = None if marrow else wbc or None
@@ -145,12 +145,12 @@ def signoff_panel(store: Store, analysis) -> None:
             targets = sorted({*TARGETS, counted_to}) if slide and counted_to == slide.target else TARGETS
             target = middle.selectbox("Cells to count", targets, key=f"report-target-{key}", on_change=keep_open,
                                       index=targets.index(counted_to if counted_to in targets else 200))
-            category = st.text_input("Category", last.category if last else "", key=f"report-category-{key}", on_change=keep_open,
-                                     max_chars=NAME_LENGTH,
+            category = st.text_input("Category", last.category if last else "", key=f"report-category-{key}",
+                                     on_change=keep_open, max_chars=NAME_LENGTH,
                                      help="How the count log groups it, e.g. routine, follow-up, a study. "
                                           "No patient names or identifiers.")
-            comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}", on_change=keep_open,
-                                   max_chars=COMMENT_LENGTH, help="No patient names or identifiers.")
+            comment = st.text_area("Comment", last.comment if last else "", key=f"report-comment-{key}",
+                                   on_change=keep_open, max_chars=COMMENT_LENGTH, help="No patient names or identifiers.")
             try:  # what the report and a sign-off would refuse, said beside the fields (the PDF needs them)
                 signoff_text(category, comment)
             except ReviewError as error:
