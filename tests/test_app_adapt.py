@@ -159,3 +159,26 @@ def test_a_trained_versions_figures_say_which_cells_they_were_measured_on():
     assert [row["cells"] for row in figures_table({"after": {"lab": scores}}, "trained")] == ["uploaded cells it never saw"]
     assert [row["cells"] for row in figures_table({"before": {"lab": scores}, "after": {"lab": scores}})] == [
         "this lab's held-back cells"] * 2
+
+
+def test_a_decision_clicked_in_a_page_drawn_before_anothers_is_said_not_lost(tmp_path, monkeypatch,
+                                                                            shared_trunk_models_dir, app_store):
+    """Tab B showed a candidate that tab A then accepted; B's Discard did nothing and said nothing (its
+    button was gone from the page that reran)."""
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(shared_trunk_models_dir, root / "classifier" / "default")
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(root))
+    candidate = tmp_path / "data" / "training" / "candidate"
+    shutil.copytree(shared_trunk_models_dir, candidate)
+    row_id = app_store.record_model_version(tree="default", kind="adapted", folder=str(candidate), base={},
+                                            cells=10, analyses=[], figures={}, started_by="dr.lab")
+    first, second = training_page("versions"), training_page("versions")
+    first.button(key=f"accept_{row_id}").click().run()
+    assert not first.exception and app_store.get_model_version(row_id).status == "accepted"
+    assert any("is in use" in s.value for s in first.success)
+    second.button(key=f"discard_{row_id}").click().run()  # drawn before the acceptance
+    assert not second.exception
+    assert any("was already accepted by dr.lab" in e.value for e in second.error)
+    assert app_store.get_model_version(row_id).status == "accepted"

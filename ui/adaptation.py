@@ -113,20 +113,13 @@ def versions_section(store: Store, person: str) -> None:
                              column_config={c: st.column_config.NumberColumn(format="%.3f")
                                             for c in table[0] if c not in ("cells", "models", "n")})
             if row.status == "candidate":
+                # callbacks: a click runs even when someone decided meanwhile (the rerun no longer draws the
+                # button, and a click checked in the page's body did nothing, in silence)
                 accept, discard = st.columns(2)
-                if accept.button("Accept: use these models everywhere", type="primary", disabled=not person,
-                                 key=f"accept_{row.id}"):
-                    with run_safely("Accepting the models") as done:
-                        done["folder"] = accept_candidate(store, row.id, person)
-                    if done:
-                        _switched(f"Version {done['folder'].name} is in use; the previous one is kept for rollback.")
-                if discard.button("Discard", disabled=not person, key=f"discard_{row.id}"):
-                    with run_safely("Discarding the models") as done:
-                        discard_candidate(store, row.id, person)
-                        done["ok"] = True
-                    if done:
-                        st.session_state.pop("adapted", None)
-                        st.rerun()
+                accept.button("Accept: use these models everywhere", type="primary", disabled=not person,
+                              key=f"accept_{row.id}", on_click=_decide, args=(store, row.id, person, True))
+                discard.button("Discard", disabled=not person, key=f"discard_{row.id}", on_click=_decide,
+                               args=(store, row.id, person, False))
     versions = list_versions(tree)
     left, right = st.columns(2)
     if right.button("Roll back to the version in use before", disabled=not earlier, key="rollback",
@@ -149,10 +142,27 @@ def versions_section(store: Store, person: str) -> None:
         st.success(st.session_state.pop("switched"))
 
 
+def _decide(store: Store, model_version_id: int, person: str, accept: bool) -> None:
+    """Accept or discard a candidate (a button's callback: what it did, or why not, is said on the page)."""
+    with run_safely("Accepting the models" if accept else "Discarding the models") as done:
+        if accept:
+            done["folder"] = accept_candidate(store, model_version_id, person)
+        else:
+            discard_candidate(store, model_version_id, person)
+            done["ok"] = True
+    if done:
+        _changed(f"Version {done['folder'].name} is in use; the previous one is kept for rollback."
+                 if accept else f"Model version #{model_version_id} was discarded.")
+
+
 def _switched(message: str) -> None:
+    _changed(message)
+    st.rerun()
+
+
+def _changed(message: str) -> None:
     reload_models()
     st.session_state.pop("adapted", None)
     for key in [key for key in st.session_state if str(key).startswith("use_version-")]:
         del st.session_state[key]  # "Use a version" shows the version now in use
     st.session_state["switched"] = message
-    st.rerun()
