@@ -68,6 +68,8 @@ if shown["confidence"] != confidence:  # the boxes shown were found at the confi
     st.info(f"These cells were found at a minimum box confidence of {shown['confidence']:.3f}; press **Detect** "
             f"to count them at {confidence:.3f} (a new analysis).")
 skipped_files(result.problems)
+for warning in result.warnings:
+    st.warning(warning)
 if result.typing_skipped:
     st.caption(f"White cells not typed: {result.typing_skipped}.")
 if result.slide is not None:

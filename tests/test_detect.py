@@ -456,3 +456,28 @@ def test_a_photo_whose_cells_are_magnified_is_shrunk_to_the_training_scale_befor
     assert finder.magnification(mosaic) == pytest.approx(3.0, rel=0.03)
     too_small, _ = discs(3200, 2400, diameter=60, spacing=150)  # 15 px at the input whole, 30 in the centre
     assert finder.magnification(too_small) == 1.0
+
+
+def test_counts_not_to_be_trusted_are_said_with_why(tmp_path):
+    """A minimum box confidence of 0 filled a field with 1000 boxes (174 "white cells") in silence; a greyscale
+    field gave 17 red cells and 1 platelet for 22 and 4."""
+    from bloodcells.detection.detector import MAX_BOXES
+
+    class Saturated:
+        sha256, min_field_side = "s" * 64, 32
+
+        def find(self, image, file="", *, confidence):
+            return [DetectedBox(file, "RBC", 0.01, 0, 0, 5, 5)] * (MAX_BOXES if file == "specks.png" else 3)
+
+    colour, _ = smear_field(320, 240, seed=5)
+    colour.save(tmp_path / "specks.png")
+    colour.convert("L").save(tmp_path / "grey.png")
+    colour.save(tmp_path / "fine.png")
+    result = detect(tmp_path, detector=Saturated(), type_white_cells=False, confidence=0.0)
+    assert sorted(result.warnings) == [  # the fields in whatever order the folder lists them
+        "grey.png: a greyscale image: the detector learnt stained colour fields, and finds fewer red cells and "
+        "platelets on it; use the colour original",
+        "specks.png: 1000 boxes, at least the 1000 the detector gives for one image: with a minimum box confidence "
+        "of 0.000 it boxes specks and parts of cells; raise it (default 0.25)"]
+    assert result.summary()["warnings"] == result.warnings and sorted(result.files) == ["fine.png", "grey.png",
+                                                                                       "specks.png"]

@@ -139,6 +139,8 @@ def detect_command(args: argparse.Namespace) -> int:
         print(f"skipped {problem}")
     if result.typing_skipped:
         print(f"white cells not typed: {result.typing_skipped}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     stored = f"; analysis {result.analysis_id}" if result.analysis_id else ""
     if result.slide is not None:
         _print_slide(result.slide, stored)

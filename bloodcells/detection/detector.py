@@ -12,6 +12,7 @@ from .tiling import merge_tiles, plan_tiles
 from .yolo import load_yolo, torch_device, trained_input_size
 
 DEFAULT_BOX_CONFIDENCE = 0.25  # ultralytics' own default
+MAX_BOXES = 1000  # boxes the model gives for one image (ultralytics' max_det)
 # Tiles overlap by a quarter of their size, and a cell smaller than the overlap lies whole in some tile
 # (``tiling.merge_tiles``). Red cells, most of a count, measure up to ~140 px on the fields the detector
 # was trained on (BCCD's 640x480: 99% within 138 px), so a tile needs 4 x 140 px. White cells (~200 px) may
@@ -117,7 +118,7 @@ class Detector:
             # which would halve every later CPU inference in this process on a 2-core server.
             threads = torch.get_num_threads()
             try:
-                results = self.yolo.predict(images, imgsz=self.imgsz, conf=confidence, iou=self.iou, max_det=1000,
+                results = self.yolo.predict(images, imgsz=self.imgsz, conf=confidence, iou=self.iou, max_det=MAX_BOXES,
                                             device=torch_device(), verbose=False)
             finally:
                 torch.set_num_threads(threads)
