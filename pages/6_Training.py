@@ -6,6 +6,7 @@ from dataclasses import replace
 import streamlit as st
 
 from bloodcells.backbones import KNOWN_BACKBONES
+from bloodcells.clock import stamp
 from bloodcells.evaluate import evaluate
 from bloodcells.taxonomy import default_tree
 from bloodcells.train import MODES, SHIPPED_RECIPE, train_tree
@@ -150,6 +151,11 @@ else:
 with st.expander("Images per node and child"):
     st.code(report.count_table, language=None)
 
+decided = store.get_model_version(trained["version_id"])
+if decided.status != "candidate":  # under Versions, maybe in another session: the buttons could only fail
+    st.info(f"These models were {decided.status} by {decided.decided_by} on {stamp(decided.decided_at)} "
+            "(see **versions**).")
+    st.stop()
 accept, discard = st.columns(2)
 if not person:
     st.warning("Enter your name in the sidebar: accepting models records who put them in use.")
