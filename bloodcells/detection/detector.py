@@ -30,7 +30,7 @@ MIN_TILE_SIZE = 4 * LARGEST_RED_CELL
 # fields (3200x2400) shrinks to 480 px with red cells of 15 px, and the clumps the model then boxes measured
 # "1.85x" (shrunk by that, it counted 385 red cells for 558). When the whole image cannot tell, its centre
 # (two tiles wide) is looked at: a 2x2 mosaic of fields at 3x (3840x2880) shows its 300 px red cells at 37 px
-# whole, and tiled as it was it counted 114 red and 6 white cells for 84 and 4.
+# whole, and tiled as it was it counted 114 red and 6 white cells for about 106 and 4.
 TRAINING_RED_CELL = 100  # pixels
 MAGNIFIED = 1.5
 MIN_RED_CELLS_MEASURED = 5  # fewer tell no scale: the image is taken at the training scale
