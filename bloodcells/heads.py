@@ -99,7 +99,7 @@ def pooled_width(trunk) -> int:
 
 def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, int], config, device,
                 log: Callable[[str], None], step: Callable[[str, str], None] | None = None,
-                note: Callable[[str], None] | None = None) -> dict[str, tuple]:
+                note: Callable[[str], None] = lambda _text: None) -> dict[str, tuple]:
     """A linear head per node of ``views`` (code -> ``train.NodeView``) on the trunk's features.
 
     Returns code -> (metrics, head state dict). ``step(code, text)`` is called once per head, ``note(text)``
@@ -116,8 +116,7 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
     mean, std = normalisation(trunk)
     train, val = np.asarray(splits["train"]), np.asarray(splits["val"])
     started = time.perf_counter()
-    if note:
-        note(f"features of the training cells, view 1 of {config.head_views}")
+    note(f"features of the training cells, view 1 of {config.head_views}")
     clean = features(trunk, dataset.images[train], mean, std, config.stain_norm, device=device)
     views_of_train = [clean]
     rng = np.random.default_rng(config.seed)
@@ -126,15 +125,13 @@ def train_heads(trunk, views: dict, dataset, splits: dict, per_child: dict[str, 
                    workers=config.workers if config.head_views > 1 else 0) as cell_views:
         every = np.ones(len(train), bool)
         for view in range(1, config.head_views):
-            if note:
-                note(f"features of the training cells, view {view + 1} of {config.head_views}")
+            note(f"features of the training cells, view {view + 1} of {config.head_views}")
             requests = [BatchRequest((view, start), train[start:start + VIEW_BATCH], every[start:start + VIEW_BATCH])
                         for start in range(0, len(train), VIEW_BATCH)]
             augmented = np.concatenate([images for images, _ in cell_views.map(requests)])
             views_of_train.append(features(trunk, augmented, mean, std, config.stain_norm, device=device))
     train_features = torch.from_numpy(np.stack(views_of_train))  # V x N_train x D
-    if note:
-        note("features of the validation cells")
+    note("features of the validation cells")
     val_features = torch.from_numpy(features(trunk, dataset.images[val], mean, std, config.stain_norm,
                                              device=device))
     position = {index: n for n, index in enumerate(train)}

@@ -74,8 +74,15 @@ def show_classification(store: Store, analysis) -> None:
     columns[0].metric("Cells", len(records))
     columns[1].metric("Needs review", len(unreviewed))
     columns[2].metric("Reviewed", sum(1 for p in analysis.predictions if p.reviewed))
-    if specimen == PERIPHERAL_BLOOD:
-        per_100 = erythroblasts_per_100(*clinical_rows(codes, tree, specimen=specimen)[1:])
+
+    left, right = st.columns([3, 2])
+    with left:
+        st.subheader("Differential")
+        apart, counted = show_differential(codes, key=f"percent-{analysis.id}", specimen=specimen)
+    with right:
+        st.plotly_chart(sunburst(codes), key=f"sunburst-{analysis.id}")
+    if specimen == PERIPHERAL_BLOOD:  # the metrics' row above, filled from the differential's count
+        per_100 = erythroblasts_per_100(apart, counted)
         columns[3].metric("Erythroblasts / 100 white cells", "–" if per_100 is None else f"{per_100:.1f}",
                           help="A blood film's erythroblasts (nucleated red cells), counted apart from its white "
                           "cells, as its report gives them.")
@@ -84,13 +91,6 @@ def show_classification(store: Store, analysis) -> None:
         columns[3].metric("Myeloid : erythroid", "–" if ratio is None else f"{ratio:.2f} : 1",
                           help="Granulocytes and their precursors over erythroid precursors (monocytes not counted)."
                           + (" No erythroid cell was found, so there is no ratio." if ratio is None else ""))
-
-    left, right = st.columns([3, 2])
-    with left:
-        st.subheader("Differential")
-        show_differential(codes, key=f"percent-{analysis.id}", specimen=specimen)
-    with right:
-        st.plotly_chart(sunburst(codes), key=f"sunburst-{analysis.id}")
 
     st.download_button("Download CSV", lambda: report.records_csv(records), file_name=f"analysis-{analysis.id}.csv",
                        mime="text/csv", on_click="ignore", key=f"csv-{analysis.id}", icon=":material/download:")
@@ -109,9 +109,9 @@ def show_classification(store: Store, analysis) -> None:
                                     "model's confidence", min_value=0.0, max_value=1.0, format="%.2f")})
 
 
-def show_differential(codes: list[str], key: str, specimen: str | None = None) -> None:
+def show_differential(codes: list[str], key: str, specimen: str | None = None) -> tuple[list, int]:
     """The white-cell differential as the report to sign prints it (of ``specimen``, as the report's); the cells
-    it leaves out, apart."""
+    it leaves out, apart. Returns those rows kept apart and the cells counted."""
     percentages = st.toggle("Percentages", key=key)
     rows, apart, counted = clinical_rows(codes, specimen=specimen)
     # every row shown: at the default height (ten rows) a laptop screen hid the last rows, lymphocytes among them
@@ -119,6 +119,7 @@ def show_differential(codes: list[str], key: str, specimen: str | None = None) -
                   for row in rows], hide_index=True, height="content")
     st.caption(f"Cells counted: {counted}. Not in the count: "
                + (", ".join(f"{row.label}: {row.count}" for row in apart) or "none") + ".")
+    return apart, counted
 
 
 def sunburst(codes: list[str]) -> go.Figure:

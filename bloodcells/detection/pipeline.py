@@ -184,7 +184,7 @@ def _doubtful(name: str, image, boxes: list[DetectedBox], confidence: float) -> 
         said.append(f"{name}: {len(boxes)} boxes, at least the {MAX_BOXES} the detector gives for one image: with a "
                     f"minimum box confidence of {confidence:.3f} it boxes specks and parts of cells; raise it "
                     f"(default {DEFAULT_BOX_CONFIDENCE})")
-    pixels = np.asarray(image.convert("RGB").resize((64, 64))).astype(int)
+    pixels = np.asarray(image.resize((64, 64))).astype(int)  # open_image gives RGB
     if np.ptp(pixels, axis=2).max() <= 2:  # the three channels alike everywhere
         said.append(f"{name}: a greyscale image: the detector learnt stained colour fields, and finds fewer red "
                     "cells and platelets on it; use the colour original")

@@ -9,9 +9,8 @@ from itertools import pairwise
 
 from ..clock import stamp
 from ..report import model_versions_text, myeloid_erythroid_ratio
-from ..store import signoff_text
-from ..store.reviews import MARROW_HAS_NO_ABSOLUTE_COUNTS
-from ..store.schema import BONE_MARROW, PERIPHERAL_BLOOD, REOPENED, SIGNED, SPECIMENS
+from ..store import check_specimen, signoff_text
+from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
 from ..taxonomy import Tree, default_tree
 from .counts import (
     GALLERY_CELLS,
@@ -182,12 +181,12 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     if target not in TARGETS and not (slide and target == slide.target):  # a slide counted to its own target
         raise ReportError(f"target {target}: a differential counts {', '.join(map(str, TARGETS))} cells")
     specimen = report_specimen(analysis.signoffs, analysis.kind) if specimen is None else specimen
-    if specimen is not None and specimen not in SPECIMENS:
-        raise ReportError(f"specimen {specimen!r}: a differential is of {' or '.join(SPECIMENS)}")
     if white_cell_count is not None and not 0 < white_cell_count < 1000:
         raise ReportError(f"white-cell count {white_cell_count}: give it in 10^9/L (e.g. 7.5)")
-    if white_cell_count is not None and specimen == BONE_MARROW:
-        raise ReportError(MARROW_HAS_NO_ABSOLUTE_COUNTS)
+    try:  # as a sign-off takes them
+        check_specimen(specimen, white_cell_count)
+    except ValueError as error:
+        raise ReportError(str(error)) from error
     if analysis.kind == "detection":
         codes = list(slide.codes.elements()) if slide else [d.code for d in analysis.detections if d.code]
         flagged, gallery_source = 0, []

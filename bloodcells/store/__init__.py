@@ -1,7 +1,15 @@
 """Storage: SQLAlchemy models and the Store that reads and writes them."""
 
 from .database import Store, StoreError, open_store, record_analysis
-from .reviews import COMMENT_LENGTH, NAME_LENGTH, AnalysisLocked, ChangedSince, ReviewError, signoff_text
+from .reviews import (
+    COMMENT_LENGTH,
+    NAME_LENGTH,
+    AnalysisLocked,
+    ChangedSince,
+    ReviewError,
+    check_specimen,
+    signoff_text,
+)
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_file, sha256_hex
 from .schema import (
                      Analysis,
@@ -21,4 +29,4 @@ from .schema import (
 
 __all__ = ["COMMENT_LENGTH", "NAME_LENGTH", "Analysis", "AnalysisLocked", "AnalysisRun", "Blob", "BlobChunk", "CellType",
            "ChangedSince", "Detection", "DetectionRow", "Explanation", "Model", "ModelCellType", "ModelType", "ModelVersion", "Prediction", "PredictionRow",
-           "ResultCounts", "Review", "ReviewError", "Signoff", "Store", "StoreError", "open_store", "record_analysis", "sha256_file", "sha256_hex", "signoff_text"]
+           "ResultCounts", "Review", "ReviewError", "Signoff", "Store", "StoreError", "open_store", "record_analysis", "sha256_file", "sha256_hex", "check_specimen", "signoff_text"]

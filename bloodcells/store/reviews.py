@@ -21,9 +21,6 @@ from .schema import BONE_MARROW, REOPENED, SIGNED, SPECIMENS, Analysis, Detectio
 NAME_LENGTH = 128  # Review.reviewer, Signoff.person and Signoff.category are String(128)
 # Signoff.comment is TEXT: 65,535 bytes on MySQL, which this many characters of 4 bytes fit
 COMMENT_LENGTH = 10_000
-# a blood count's white cells per litre say nothing of a marrow aspirate's cells: absolute counts are a blood film's
-MARROW_HAS_NO_ABSOLUTE_COUNTS = ("a bone marrow differential has no absolute counts: leave the white-cell count "
-                                 "empty (it is a blood count's)")
 
 
 class ReviewError(ValueError):
@@ -86,6 +83,17 @@ def signoff_text(category: str | None, comment: str | None) -> tuple[str, str]:
     the same): trimmed, one kind of line break, within their lengths, nothing that prints as nothing or
     "?"; refused (ReviewError) in words otherwise."""
     return _category(category), _comment(comment, "comment")
+
+
+def check_specimen(specimen: str | None, white_cell_count: float | None) -> None:
+    """A sign-off's specimen (one of SPECIMENS, or None: not stated) with its white-cell count, as the store
+    and the report of a draft take them; refused (ReviewError) in words otherwise."""
+    if specimen is not None and specimen not in SPECIMENS:
+        raise ReviewError(f"specimen {specimen!r}: a differential is of {' or '.join(SPECIMENS)}")
+    if specimen == BONE_MARROW and white_cell_count is not None:
+        # a blood count's white cells per litre say nothing of a marrow aspirate's cells
+        raise ReviewError("a bone marrow differential has no absolute counts: leave the white-cell count empty "
+                          "(it is a blood count's)")
 
 
 def _person(name: str, role: str) -> str:
@@ -181,10 +189,7 @@ class ReviewStore:
         stated). The analysis is locked until reopened."""
         person = _person(person, "sign-off")
         category, comment = signoff_text(category, comment)
-        if specimen is not None and specimen not in SPECIMENS:
-            raise ReviewError(f"specimen {specimen!r}: a differential is of {' or '.join(SPECIMENS)}")
-        if specimen == BONE_MARROW and white_cell_count is not None:
-            raise ReviewError(MARROW_HAS_NO_ABSOLUTE_COUNTS)
+        check_specimen(specimen, white_cell_count)
         with self.locked(analysis_id) as (session, last):
             analysis = session.get(Analysis, analysis_id)
             if analysis is None:
