@@ -460,7 +460,8 @@ def test_a_photo_whose_cells_are_magnified_is_shrunk_to_the_training_scale_befor
 
 def test_counts_not_to_be_trusted_are_said_with_why(tmp_path):
     """A minimum box confidence of 0 filled a field with 1000 boxes (174 "white cells") in silence; a greyscale
-    field gave 17 red cells and 1 platelet for 22 and 4."""
+    field gave 17 red cells and 1 platelet for 22 and 4, and the same field as a GIF 21 and 1 (13 and
+    0 dithered to the web palette)."""
     from bloodcells.detection.detector import MAX_BOXES
 
     class Saturated:
@@ -473,11 +474,17 @@ def test_counts_not_to_be_trusted_are_said_with_why(tmp_path):
     colour.save(tmp_path / "specks.png")
     colour.convert("L").save(tmp_path / "grey.png")
     colour.save(tmp_path / "fine.png")
+    colour.quantize(256).save(tmp_path / "palette.gif")
+    colour.convert("L").quantize(256).save(tmp_path / "grey-palette.png")  # said once, as greyscale
     result = detect(tmp_path, detector=Saturated(), type_white_cells=False, confidence=0.0)
     assert sorted(result.warnings) == [  # the fields in whatever order the folder lists them
+        "grey-palette.png: a greyscale image: the detector learnt stained colour fields, and finds fewer red cells "
+        "and platelets on it; use the colour original",
         "grey.png: a greyscale image: the detector learnt stained colour fields, and finds fewer red cells and "
         "platelets on it; use the colour original",
+        "palette.gif: a palette image (a GIF or an 8-bit PNG) of at most 256 colours: the detector finds fewer red "
+        "cells and platelets on it; use the camera's original (JPEG, PNG or TIFF)",
         "specks.png: 1000 boxes, at least the 1000 the detector gives for one image: with a minimum box confidence "
         "of 0.000 it boxes specks and parts of cells; raise it (default 0.25)"]
-    assert result.summary()["warnings"] == result.warnings and sorted(result.files) == ["fine.png", "grey.png",
-                                                                                       "specks.png"]
+    assert result.summary()["warnings"] == result.warnings and sorted(result.files) == [
+        "fine.png", "grey-palette.png", "grey.png", "palette.gif", "specks.png"]

@@ -61,6 +61,7 @@ def open_image(content: bytes, name: str = "image", at_least: int | None = None)
     except Exception as error:  # as above: truncated data, bad EXIF, unsupported mode
         raise InputError(f"{name}: damaged or truncated image ({type(error).__name__}: {error})") from error
     rgb.info["pages"] = getattr(image, "n_frames", 1)
+    rgb.info["palette"] = image.mode in ("P", "PA")  # at most 256 colours (a GIF): detection finds fewer cells
     return rgb
 
 
