@@ -4,11 +4,13 @@ Layout under ``<models_dir>/classifier/``::
 
     default/                         the shipped tree (in git): in use while nothing was promoted
     versions/20261123T101500Z-1a2b3c4d/   one folder per promoted tree, never changed afterwards
-    default.current                  {"version": "20261123T101500Z-1a2b3c4d", "history": [null]}
+    default.current                  {"version": "20261123T101500Z-1a2b3c4d", "history": [null],
+                                      "log": [{"version": ..., "action": "promote", "by": "ana", "at": ...}]}
 
 A version id is the UTC time of its first promotion and the start of the sha256 of its files (the
 same files promoted again are that version). The pointer file ``<tree>.current`` names the version
-in use (null: the shipped folder) and the ones in use before it, most recent last, for ``rollback``. Every switch first loads the folder it
+in use (null: the shipped folder) and the ones in use before it, most recent last, for ``rollback``, and the log of every switch: what was put in use, how, by whom and when (written in
+the same replacement of the file as the switch itself, so neither is ever without the other). Every switch first loads the folder it
 switches to (``TreeClassifier.load`` verifies every file's sha256), then replaces the pointer
 with ``os.replace``: readers see the old pointer or the new one, and either names a complete tree.
 No folder is moved or deleted, so the trees in use before stay available.
@@ -25,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .classify import ModelFileError, TreeClassifier
@@ -60,6 +63,13 @@ def can_roll_back(tree_name: str) -> bool:
     return bool(_read_pointer(tree_name)["history"])
 
 
+def switch_log(tree_name: str) -> list[dict]:
+    """Every switch of the version in use, newest first: {"version" (None: shipped), "action" ("promote",
+    "accept", "use" or "rollback"), "by", "at" (a UTC datetime)}. Switches made before they were logged
+    are not in it."""
+    return [{**entry, "at": datetime.fromisoformat(entry["at"])} for entry in reversed(_read_pointer(tree_name)["log"])]
+
+
 def current_dir(tree_name: str) -> Path:
     """The folder of the tree in use."""
     return _folder(tree_name, current_version(tree_name))
@@ -91,16 +101,16 @@ def list_versions(tree_name: str) -> list[str]:
     return sorted(found)  # ids start with the time of promotion
 
 
-def promote(candidate: str | Path, tree_name: str, store=None) -> Path:
+def promote(candidate: str | Path, tree_name: str, store=None, *, by: str, action: str = "promote") -> Path:
     """Make the trained tree in folder ``candidate`` the one in use; returns its version folder.
 
     The candidate is copied to a hidden folder under ``versions/`` and loaded from there (every
     file's sha256 verified) before the pointer switches to it: a copy that fails to load raises
     and leaves the tree in use as it was. With ``store``, its models are registered first, so that
     a database failure switches nothing either (registering is idempotent: accepting again works).
+    ``by``: who, for the log of switches.
     """
-    root = versions_dir()
-    candidate = Path(candidate)
+    by, root, candidate = _who(by), versions_dir(), Path(candidate)
     if not (candidate / "classifier.json").is_file():
         raise ModelFileError(f"{candidate}: not a trained tree's folder (it has no classifier.json)")
     if candidate.resolve() in root.resolve().parents:  # the copy would go inside what it copies, for ever
@@ -129,7 +139,7 @@ def promote(candidate: str | Path, tree_name: str, store=None) -> Path:
         from .train import register_models
 
         register_models(store, target, classifier.tree)
-    _switch(tree_name, target.name)
+    _switch(tree_name, target.name, action, by)
     return target
 
 
@@ -138,7 +148,7 @@ def accept_candidate(store, model_version_id: int, person: str) -> Path:
     it; the tree in use before stays for rollback), record who accepted it and the version id, and
     remove the candidate folder (its copy is the version)."""
     row = _candidate(store, model_version_id)
-    target = promote(row.folder, row.tree, store)
+    target = promote(row.folder, row.tree, store, by=person, action="accept")
     store.decide_model_version(model_version_id, "accepted", person, version=target.name)
     shutil.rmtree(row.folder, ignore_errors=True)  # promoted as a copy: the candidate would only fill the disk
     return target
@@ -167,21 +177,23 @@ def _candidate(store, model_version_id: int):
     return row
 
 
-def use_version(tree_name: str, version: str | None) -> Path:
+def use_version(tree_name: str, version: str | None, *, by: str) -> Path:
     """Put ``version`` (an id from ``list_versions``; None: the shipped folder) in use, after loading
     it; the one in use before is kept for ``rollback``. Returns its folder."""
+    by = _who(by)
     if version is not None and version not in list_versions(tree_name):
         raise ValueError(f"tree {tree_name!r} has no version {version!r} "
                          f"(versions: {', '.join(list_versions(tree_name)) or 'none'})")
     folder = _folder(tree_name, version)
     _load(folder, tree_name)
-    _switch(tree_name, version)
+    _switch(tree_name, version, "use", by)
     return folder
 
 
-def rollback(tree_name: str) -> Path:
+def rollback(tree_name: str, *, by: str) -> Path:
     """Put back the version in use before the current one (after loading it); returns its folder.
     Versions whose folders were removed from disk since are passed over (and left out of the history)."""
+    by = _who(by)
     with _pointer_held(tree_name):
         state = _read_pointer(tree_name)
         history, removed = list(state["history"]), []
@@ -194,7 +206,8 @@ def rollback(tree_name: str) -> Path:
         previous = history[-1]
         folder = _folder(tree_name, previous)
         _load(folder, tree_name)
-        _write_pointer(tree_name, {"version": previous, "history": history[:-1]})
+        _write_pointer(tree_name, {"version": previous, "history": history[:-1],
+                                   "log": [*state["log"], _logged(previous, "rollback", by)]})
         return folder
 
 
@@ -226,10 +239,11 @@ def _pointer_file(tree_name: str) -> Path:
 def _read_pointer(tree_name: str) -> dict:
     pointer = _pointer_file(tree_name)
     if not pointer.is_file():
-        return {"version": None, "history": []}
+        return {"version": None, "history": [], "log": []}
     try:
         state = json.loads(pointer.read_text())
-        return {"version": state["version"], "history": list(state["history"])}
+        # "log" is missing from the files written before switches were logged
+        return {"version": state["version"], "history": list(state["history"]), "log": list(state.get("log", []))}
     except (ValueError, KeyError, TypeError) as error:
         raise ModelFileError(f"{pointer}: unreadable ({error}); delete it to use {shipped_dir(tree_name)}") from error
 
@@ -246,11 +260,24 @@ def _pointer_held(tree_name: str) -> Iterator[None]:
         yield
 
 
-def _switch(tree_name: str, version: str | None) -> None:
+def _switch(tree_name: str, version: str | None, action: str, by: str) -> None:
     with _pointer_held(tree_name):
         state = _read_pointer(tree_name)
         if version != state["version"]:
-            _write_pointer(tree_name, {"version": version, "history": [*state["history"], state["version"]]})
+            _write_pointer(tree_name, {"version": version, "history": [*state["history"], state["version"]],
+                                       "log": [*state["log"], _logged(version, action, by)]})
+
+
+def _who(by: str | None) -> str:
+    """The name a switch is logged under, checked before any work: a lab must know who changed the models
+    every analysis uses."""
+    if not (by or "").strip():
+        raise ValueError("say who is switching the version in use (a name)")
+    return by.strip()
+
+
+def _logged(version: str | None, action: str, by: str) -> dict:
+    return {"version": version, "action": action, "by": by, "at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def _write_pointer(tree_name: str, state: dict) -> None:

@@ -13,6 +13,7 @@ from bloodcells import versions
 from bloodcells.classify import TreeClassifier, classify
 from bloodcells.settings import settings
 from bloodcells.synthetic import other_lab, write_cell_folders
+from ui.adaptation import SHIPPED_LABEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +84,10 @@ def test_adapt_accept_rollback_with_lineage(lab_analysis, app_store):
     at.button(key="rollback").click().run()  # the choice follows the version in use: it kept the old one,
     assert at.selectbox(key="use_version-").value is None  # one click from switching back by mistake
     assert not any(b.key == "use_version_button" for b in at.button)
+    (log,) = [frame.value for frame in at.dataframe if "how" in frame.value.columns]  # who switched, newest first
+    assert list(log["how"]) == ["rolled back", "put in use", "rolled back", "accepted"]
+    assert set(log["by"]) == {"dr.lab"} and list(log["version"]) == [SHIPPED_LABEL, accepted.version,
+                                                                      SHIPPED_LABEL, accepted.version]
 
 
 def test_without_the_training_cells_on_the_server_the_lab_adapts_on_its_own_cells(lab_analysis, app_store,

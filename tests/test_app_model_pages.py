@@ -40,7 +40,7 @@ def test_a_version_put_in_use_from_the_command_line_reaches_the_running_app(mode
 
     home = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
     before = home.dataframe[0].value["sha256"].tolist()
-    promoted = versions.promote(shared_trunk_models_dir, "default")  # what the CLI does: the app is not told
+    promoted = versions.promote(shared_trunk_models_dir, "default", by="ana")  # what the CLI does: the app is not told
     home.run()
     assert not home.exception
     assert any(f"version `{promoted.name}`" in m.value for m in home.markdown)

@@ -3,10 +3,12 @@ complete tree, rollback returns to the one in use before, and the shipped folder
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import shutil
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -49,7 +51,7 @@ def test_the_shipped_folder_is_used_without_a_pointer(models):
 
 def test_promotion_puts_a_verified_copy_in_use(models, trained_models_dir, tmp_path):
     new = candidate(trained_models_dir, tmp_path, "run-1")
-    folder = versions.promote(new, TREE)
+    folder = versions.promote(new, TREE, by="ana")
     assert folder.parent == models / "classifier" / "versions"
     assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", folder.name)  # UTC time of promotion, files' sha256
     assert versions.current_version(TREE) == folder.name and versions.list_versions(TREE) == [folder.name]
@@ -61,7 +63,7 @@ def test_promotion_puts_a_verified_copy_in_use(models, trained_models_dir, tmp_p
 
 @pytest.mark.parametrize("damage", ["weights", "manifest", "other tree"])
 def test_a_candidate_that_fails_to_load_leaves_the_tree_in_use(models, trained_models_dir, tmp_path, damage):
-    in_use = versions.promote(candidate(trained_models_dir, tmp_path, "good"), TREE)
+    in_use = versions.promote(candidate(trained_models_dir, tmp_path, "good"), TREE, by="ana")
     before = pointer(models).read_bytes()
     broken = candidate(trained_models_dir, tmp_path, "broken")
     tree_name = TREE
@@ -75,7 +77,7 @@ def test_a_candidate_that_fails_to_load_leaves_the_tree_in_use(models, trained_m
     else:
         tree_name = "marrow"  # a tree of another name must not take this one's place
     with pytest.raises(ModelFileError):
-        versions.promote(broken, tree_name)
+        versions.promote(broken, tree_name, by="ana")
     assert pointer(models).read_bytes() == before and default_models_dir() == in_use
     assert versions.list_versions(TREE) == [in_use.name]
     assert not list(in_use.parent.glob(".*"))  # the rejected copy is gone
@@ -83,59 +85,80 @@ def test_a_candidate_that_fails_to_load_leaves_the_tree_in_use(models, trained_m
 
 def test_rollback_returns_to_the_tree_in_use_before(models, trained_models_dir, tmp_path):
     shipped = default_models_dir()
-    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
-    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
+    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, by="ana")
+    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE, by="ana")
     assert versions.list_versions(TREE) == sorted([first.name, second.name])
-    assert versions.rollback(TREE) == first and default_models_dir() == first
+    assert versions.rollback(TREE, by="ana") == first and default_models_dir() == first
     assert TreeClassifier.load().manifest["trained_at"] == "run-1"
-    assert versions.rollback(TREE) == shipped and versions.current_version(TREE) is None
+    assert versions.rollback(TREE, by="ana") == shipped and versions.current_version(TREE) is None
     with pytest.raises(ValueError, match="no earlier version"):
-        versions.rollback(TREE)
+        versions.rollback(TREE, by="ana")
     assert versions.list_versions(TREE) == sorted([first.name, second.name])  # every version stays available
+
+
+def test_every_switch_is_logged_with_who_and_when_and_a_switch_needs_a_name(models, trained_models_dir, tmp_path):
+    """Switches and rollbacks recorded no one: a lab could not tell who changed the models every analysis used."""
+    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, by="ana")
+    versions.use_version(TREE, None, by=" bo ")
+    versions.use_version(TREE, None, by="bo")  # already in use: nothing switched, nothing logged
+    versions.rollback(TREE, by="cy")
+    log = versions.switch_log(TREE)
+    assert [(s["action"], s["version"], s["by"]) for s in log] == [
+        ("rollback", first.name, "cy"), ("use", None, "bo"), ("promote", first.name, "ana")]
+    assert all(s["at"].tzinfo is not None and abs(s["at"] - datetime.now(UTC)) < timedelta(minutes=5) for s in log)
+    for switch in (lambda: versions.rollback(TREE, by=" "), lambda: versions.use_version(TREE, None, by=""),
+                   lambda: versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE, by=None)):
+        with pytest.raises(ValueError, match="say who is switching"):
+            switch()
+    assert versions.current_version(TREE) == first.name and versions.list_versions(TREE) == [first.name]
+    pointer = models / "classifier" / f"{TREE}.current"  # written before switches were logged: still read
+    pointer.write_text(json.dumps({"version": first.name, "history": [None]}))
+    assert versions.switch_log(TREE) == [] and versions.rollback(TREE, by="di") == default_models_dir()
+    assert [(s["action"], s["by"]) for s in versions.switch_log(TREE)] == [("rollback", "di")]
 
 
 def test_rollback_passes_over_versions_removed_from_disk(models, trained_models_dir, tmp_path):
     """A version folder deleted by hand must not make rollback fail on every click."""
     shipped = default_models_dir()
-    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
-    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
-    versions.promote(candidate(trained_models_dir, tmp_path, "run-3"), TREE)
+    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, by="ana")
+    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE, by="ana")
+    versions.promote(candidate(trained_models_dir, tmp_path, "run-3"), TREE, by="ana")
     shutil.rmtree(second)  # by an administrator cleaning up
-    assert versions.rollback(TREE) == first and versions.current_version(TREE) == first.name
-    assert versions.rollback(TREE) == shipped
+    assert versions.rollback(TREE, by="ana") == first and versions.current_version(TREE) == first.name
+    assert versions.rollback(TREE, by="ana") == shipped
 
 
 def test_the_same_files_promoted_again_are_the_same_version(models, trained_models_dir, tmp_path, monkeypatch):
     """Accept clicked twice, or a folder promoted anew later, must not make a second copy of one tree."""
     run = candidate(trained_models_dir, tmp_path, "run-1")
-    first = versions.promote(run, TREE)
+    first = versions.promote(run, TREE, by="ana")
     later = versions.time.gmtime(versions.time.time() + 3600)
     monkeypatch.setattr(versions.time, "gmtime", lambda *_: later)
-    assert versions.promote(run, TREE) == first
+    assert versions.promote(run, TREE, by="ana") == first
     assert versions.list_versions(TREE) == [first.name]
-    other = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
-    assert versions.promote(run, TREE) == first and versions.current_version(TREE) == first.name
+    other = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE, by="ana")
+    assert versions.promote(run, TREE, by="ana") == first and versions.current_version(TREE) == first.name
     assert versions.list_versions(TREE) == sorted([first.name, other.name])
-    assert versions.rollback(TREE) == other and versions.rollback(TREE) == first
+    assert versions.rollback(TREE, by="ana") == other and versions.rollback(TREE, by="ana") == first
 
 
 def test_use_version_switches_to_a_listed_version_and_back(models, trained_models_dir, tmp_path):
-    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
-    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
-    assert versions.use_version(TREE, first.name) == first and default_models_dir() == first
+    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, by="ana")
+    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE, by="ana")
+    assert versions.use_version(TREE, first.name, by="ana") == first and default_models_dir() == first
     with pytest.raises(ValueError, match="no version 'nonsense'"):
-        versions.use_version(TREE, "nonsense")
+        versions.use_version(TREE, "nonsense", by="ana")
     assert default_models_dir() == first
-    assert versions.use_version(TREE, None) == models / "classifier" / TREE
-    assert versions.rollback(TREE) == first and versions.rollback(TREE) == second
+    assert versions.use_version(TREE, None, by="ana") == models / "classifier" / TREE
+    assert versions.rollback(TREE, by="ana") == first and versions.rollback(TREE, by="ana") == second
 
 
 def test_a_version_damaged_after_promotion_is_not_switched_to(models, trained_models_dir, tmp_path):
-    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
-    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
+    first = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, by="ana")
+    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE, by="ana")
     sorted(first.glob("*.safetensors"))[0].unlink()
     with pytest.raises(ModelFileError):
-        versions.rollback(TREE)
+        versions.rollback(TREE, by="ana")
     assert default_models_dir() == second
 
 
@@ -160,8 +183,8 @@ def test_the_pointer_always_names_a_complete_tree_while_promoting(models, traine
     reader.start()
     try:
         for new in candidates:
-            versions.promote(new, TREE)
-        versions.rollback(TREE)
+            versions.promote(new, TREE, by="ana")
+        versions.rollback(TREE, by="ana")
     finally:
         done.set()
         reader.join()
@@ -169,7 +192,7 @@ def test_the_pointer_always_names_a_complete_tree_while_promoting(models, traine
 
 
 def test_promotion_registers_the_models_in_the_store(models, trained_models_dir, tmp_path, store):
-    folder = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, store=store)
+    folder = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, store=store, by="ana")
     registered = store.list_models(kind="classifier")
     nodes = json.loads((folder / "classifier.json").read_text())["nodes"]
     assert {m.node_code for m in registered} == set(nodes)
@@ -203,7 +226,7 @@ def test_each_analysis_records_the_tree_version_that_made_it(models, trained_mod
 
     upload = write_cell_zip(tmp_path / "cells.zip", {"LYT": 2, "NGS": 2}, size=32)
     first = classify(upload, classifier=TreeClassifier.load(), store=store).analysis_id
-    promoted = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
+    promoted = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, by="ana")
     second = classify(upload, classifier=TreeClassifier.load(), store=store).analysis_id
     assert versions.version_of(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")
     recorded = {a: store.get_analysis(a).model_versions["tree version"] for a in (first, second)}
@@ -230,14 +253,14 @@ def test_two_trees_accepted_at_once_both_stay_in_the_history(models, trained_mod
 
     monkeypatch.setattr(versions, "_write_pointer", slow_write)
     first = threading.Thread(target=versions.promote, args=(candidate(trained_models_dir, tmp_path, "run-1"), TREE),
-                             name="first")
+                             kwargs={"by": "bo"}, name="first")
     first.start()
     assert first_read.wait(60)
-    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE)
+    second = versions.promote(candidate(trained_models_dir, tmp_path, "run-2"), TREE, by="ana")
     first.join(60)
     assert versions.current_version(TREE) == second.name
     [first_version] = set(versions.list_versions(TREE)) - {second.name}
-    assert versions.rollback(TREE).name == first_version and versions.rollback(TREE) == shipped
+    assert versions.rollback(TREE, by="ana").name == first_version and versions.rollback(TREE, by="ana") == shipped
 
 
 def test_two_writers_registering_one_new_architecture_at_once_both_succeed(store):
@@ -285,6 +308,14 @@ def test_the_command_line_lists_promotes_switches_and_rolls_back(models, trained
     assert main(["versions", "use", "shipped"]) == 0 and versions.current_version(TREE) is None
     assert main(["versions", "rollback"]) == 0 and versions.current_version(TREE) == version
     assert f"rolled back: {version} is in use" in capsys.readouterr().out
+    assert main(["versions", "use", "shipped", "--by", "dr.lab"]) == 0 and capsys.readouterr()
+    assert main(["versions", "log"]) == 0
+    logged = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [line[3:] for line in logged] == [["use", "shipped", "by", "dr.lab"],
+                                            ["rollback", version, "by", getpass.getuser()],
+                                            ["use", "shipped", "by", getpass.getuser()],
+                                            ["promote", version, "by", getpass.getuser()]]
+    assert main(["versions", "rollback", "--by", " "]) == 2 and "--by NAME" in capsys.readouterr().err
     for arguments, message in ((["use", "20000101T000000Z-deadbeef"], "has no version '20000101T000000Z-deadbeef'"),
                                (["promote", str(tmp_path / "data")], "not a trained tree's folder"),
                                (["promote", str(models)], "not a trained tree's folder"),
@@ -292,7 +323,7 @@ def test_the_command_line_lists_promotes_switches_and_rolls_back(models, trained
                                (["list", "--tree", "nosuch"], "no tree 'nosuch' in ")):
         assert main(["versions", *arguments]) == 2
         assert message in capsys.readouterr().err, arguments
-    assert versions.current_version(TREE) == version  # nothing a refused command did changed the tree in use
+    assert versions.current_version(TREE) is None  # as put last: nothing a refused command did changed it
 
 
 def test_a_folder_holding_the_versions_is_refused_before_anything_is_copied(models, trained_models_dir):
@@ -300,7 +331,7 @@ def test_a_folder_holding_the_versions_is_refused_before_anything_is_copied(mode
     versions/ copied the copy, until the disk filled or shutil gave up with a wall of paths."""
     shutil.copytree(trained_models_dir, models, dirs_exist_ok=True)  # models/ itself looks like a tree now
     with pytest.raises(ModelFileError, match="holds the versions folder"):
-        versions.promote(models, TREE)
+        versions.promote(models, TREE, by="ana")
     assert not (models / "classifier" / "versions").exists()
 
 
@@ -312,7 +343,7 @@ def test_a_promoted_version_is_never_trained_over_and_a_broken_tree_is_named_as_
     from bloodcells.synthetic import write_cell_folders
     from bloodcells.train import TrainConfig, train_tree
 
-    folder = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE)
+    folder = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, by="ana")
     weights = {path.name: path.read_bytes() for path in folder.iterdir()}
     write_cell_folders(tmp_path / "cells", {"LYT": 8, "MON": 8}, size=24)
     with pytest.raises(InputError, match="a promoted version of the tree, which is never changed"):
@@ -322,6 +353,6 @@ def test_a_promoted_version_is_never_trained_over_and_a_broken_tree_is_named_as_
     broken = candidate(trained_models_dir, tmp_path, "broken")
     next(broken.glob("*.safetensors")).unlink()
     with pytest.raises(ModelFileError, match=re.escape(str(broken))) as raised:
-        versions.promote(broken, TREE)
+        versions.promote(broken, TREE, by="ana")
     assert ".incoming-" not in str(raised.value)
     assert versions.current_version(TREE) == folder.name

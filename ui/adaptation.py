@@ -19,6 +19,7 @@ from bloodcells.versions import (
     discard_candidate,
     list_versions,
     rollback,
+    switch_log,
     use_version,
 )
 from ui.common import LISTED, find_analyses, listed_note
@@ -27,6 +28,7 @@ from ui.progress import cancel_button, progress_bar
 from ui.work import run_safely
 
 SHIPPED_LABEL = "the shipped models"
+SWITCHES = {"promote": "promoted (command line)", "accept": "accepted", "use": "put in use", "rollback": "rolled back"}
 
 
 def adapt_section(store: Store, person: str) -> None:
@@ -122,10 +124,10 @@ def versions_section(store: Store, person: str) -> None:
                                args=(store, row.id, person, False))
     versions = list_versions(tree)
     left, right = st.columns(2)
-    if right.button("Roll back to the version in use before", disabled=not earlier, key="rollback",
+    if right.button("Roll back to the version in use before", disabled=not earlier or not person, key="rollback",
                     help=None if earlier else "No version was in use before this one."):
         with run_safely("Rolling back") as done:
-            done["folder"] = rollback(tree)
+            done["folder"] = rollback(tree, by=person)
         if done:
             _switched(f"Rolled back: {current_version(tree) or SHIPPED_LABEL} is in use.")
     options = [None, *versions]
@@ -133,13 +135,17 @@ def versions_section(store: Store, person: str) -> None:
     # version; under one key it kept the old choice beside "In use", one click from switching back
     chosen = left.selectbox("Use a version", options, index=options.index(in_use) if in_use in options else 0,
                             format_func=lambda v: v or SHIPPED_LABEL, key=f"use_version-{in_use or ''}")
-    if chosen != in_use and left.button("Use this version", key="use_version_button"):
+    if chosen != in_use and left.button("Use this version", key="use_version_button", disabled=not person):
         with run_safely("Switching versions") as done:
-            done["folder"] = use_version(tree, chosen)
+            done["folder"] = use_version(tree, chosen, by=person)
         if done:
             _switched(f"{chosen or SHIPPED_LABEL} is in use.")
     if "switched" in st.session_state:
         st.success(st.session_state.pop("switched"))
+    if log := switch_log(tree):
+        with st.expander(f"Switches of the version in use ({len(log)})"):
+            st.dataframe([{"when": stamp(s["at"]), "by": s["by"], "how": SWITCHES[s["action"]],
+                           "version": s["version"] or SHIPPED_LABEL} for s in log], hide_index=True, key="switch_log")
 
 
 def _decide(store: Store, model_version_id: int, person: str, accept: bool) -> None:
