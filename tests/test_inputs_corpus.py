@@ -71,7 +71,8 @@ def _sixteen_bit_tiff() -> bytes:
 
 def _twelve_bit_colour_cell() -> np.ndarray:
     """A generated cell as a 12-bit camera writes it into 16-bit channels (RGB, 0..4095)."""
-    return (np.asarray(cell_image("NGS", 4, 32).crop((0, 0, 32, 24)), dtype=np.uint16) * 4095 // 255)
+    eight_bit = np.asarray(cell_image("NGS", 4, 32).crop((0, 0, 32, 24)), dtype=np.int64)
+    return (eight_bit * 4095 // 255).astype(np.uint16)  # multiplied in 16 bits, it wrapped round
 
 
 def _sixteen_bit_colour(fmt: str) -> bytes:
@@ -193,21 +194,48 @@ def test_transparency_is_composited_on_white():
     assert rgb.getpixel((15, 15)) == (255, 255, 255)
 
 
-def test_high_bit_depth_is_rescaled_not_clipped():
+def test_high_bit_depth_is_scaled_by_its_bit_depth_not_clipped():
     rgb = np.asarray(open_image(_sixteen_bit_tiff(), "sixteen-bit.tif"))
-    assert rgb.min() == 0 and rgb.max() == 255  # 0..61380 spread over 0..255, not saturated at 255
+    # 0..61380 in 16 bits: 0..239 of 255 (Pillow alone saturated it at 255), not stretched to 0..255
+    assert rgb.min() == 0 and rgb.max() == round(61380 * 255 / 65535) == 239
     assert len(np.unique(rgb)) > 200
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_the_same_picture_at_16_bits_decodes_to_the_same_pixels(fmt):
+    """Each 16-bit image was stretched to its own darkest and brightest pixel: a BCCD field saved at 16 bits
+    had its colours shifted by 53 of 255 on average, and its white cell (a monocyte) became a segmented
+    neutrophil."""
+    import cv2
+
+    field = np.asarray(cell_image("MON", 2, 48).point(lambda v: 100 + v * 155 // 255))  # pixels 100..255
+    sixteen = field.astype(np.uint16) * 257
+    colour = cv2.imencode(f".{fmt.lower()}", sixteen[..., ::-1])[1].tobytes()
+    assert np.array_equal(np.asarray(open_image(colour, f"field.{fmt.lower()}")), field)
+    grey = np.asarray(Image.fromarray(field).convert("L"))
+    grey_sixteen = _save(Image.fromarray(grey.astype(np.uint16) * 257), fmt)
+    assert np.array_equal(np.asarray(open_image(grey_sixteen, "grey")), np.dstack([grey] * 3))
+    # a float image from 0 to 1, and the same picture in its 8-bit form
+    floats = _save(Image.fromarray(grey.astype(np.float32) / 255), "TIFF")
+    assert np.array_equal(np.asarray(open_image(floats, "float.tif"))[..., 0], grey)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
 def test_sixteen_bit_colour_keeps_its_brightness_and_colours(fmt):
     """Pillow kept each 16-bit value's high byte: a 12-bit camera's cell came out nearly black
-    (mean 12 of 255) and was typed a blast."""
-    original = _twelve_bit_colour_cell().astype(float)
+    (mean 12 of 255) and was typed a blast. Its 0..4095 are scaled as 12 bits: the 8-bit cell it came from."""
     rgb = np.asarray(open_image(_sixteen_bit_colour(fmt), f"camera.{fmt.lower()}"), dtype=float)
-    expected = (original - original.min()) / (original.max() - original.min()) * 255
-    assert np.abs(rgb - expected).max() <= 1
+    eight_bit = np.asarray(cell_image("NGS", 4, 32).crop((0, 0, 32, 24)), dtype=float)
+    assert np.abs(rgb - eight_bit).max() <= 1
     assert rgb.mean() > 100
+
+
+def test_values_of_no_known_scale_are_stretched():
+    """Negative or beyond 16 bits or floats beyond 0..1: the darkest value black, the brightest white."""
+    for name, content in (("float.tif", _float_tiff()), ("float-nan-inf.tif", _float_tiff(with_nan=True)),
+                          ("thirty-two-bit.tif", FILE_CASES[[c.name for c in FILE_CASES].index("thirty-two-bit.tif")].content)):
+        rgb = np.asarray(open_image(content, name))
+        assert (rgb.min(), rgb.max()) == (0, 255), name
 
 
 def test_a_multi_page_files_later_pages_are_reported_not_silently_dropped():
