@@ -3,6 +3,7 @@ and the tiny trained tree typing the white ones."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -46,7 +47,9 @@ def test_detection_boxes_counts_and_saves(models_root, tmp_path, monkeypatch):
     monkeypatch.setenv("BLOODCELLS_DATABASE_URL", url)
     store = open_store(url)
     drawn = {f"field{n}.png": smear_field(128, 96, seed=n) for n in range(2)}
-    blank = Image.new("RGB", (128, 96), (236, 226, 230))  # a field where no cell is found
+    # a field where no cell is found: the smear's background and its grain (one flat colour is refused as blank)
+    grain = np.random.default_rng(0).normal((236, 226, 230), 16, (96, 128, 3))
+    blank = Image.fromarray(grain.clip(0, 255).astype(np.uint8))
     detector = DrawnCells({"blank.png": [], **{name: boxes for name, (_, boxes) in drawn.items()}})
     # The page's detector comes from Detector.load (through ui.models' cache, keyed by this test's models dir).
     monkeypatch.setattr(Detector, "load", classmethod(lambda _cls, *_args, **_options: detector))

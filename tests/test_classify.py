@@ -138,6 +138,31 @@ def test_bad_members_are_reported_and_the_rest_classified(trained_models_dir, tm
     assert outcome.analysis_id is None
 
 
+def test_a_blank_frame_is_refused_not_typed_and_counted(trained_models_dir, tmp_path):
+    """A black frame (a lamp-off or failed capture) was typed "blast" and counted in the differential."""
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    dark = np.random.default_rng(0).normal(6, 1.5, (96, 96, 3)).clip(0, 255).astype(np.uint8)  # sensor noise
+    upload = tmp_path / "with-blanks.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        archive.writestr("cell.png", _png(cell_image("LYT", 1, 32)))
+        archive.writestr("black.jpg", _png(Image.new("RGB", (96, 96))))
+        archive.writestr("dark.png", _png(Image.fromarray(dark)))
+        archive.writestr("background.png", _png(Image.new("RGB", (96, 96), (230, 200, 210))))
+    outcome = classify(upload, classifier=TreeClassifier.load(trained_models_dir))
+    assert [row.filename for row in outcome.rows] == ["cell.png"]
+    assert sorted(map(str, outcome.problems)) == [
+        "background.png: a blank image (one colour throughout, RGB 230, 200, 210): nothing to analyse; a failed "
+        "or lamp-off capture?",
+        "black.jpg: a blank image (one colour throughout, RGB 0, 0, 0): nothing to analyse; a failed or lamp-off "
+        "capture?",
+        "dark.png: a blank image (one colour throughout, RGB 6, 5, 6): nothing to analyse; a failed or lamp-off "
+        "capture?"]
+
+
 def test_the_bar_never_passes_its_end_and_moves_through_unreadable_files(trained_models_dir, tmp_path):
     """Members the count leaves out (an unsafe path) were counted again when skipped: "4 of 1"; a zip of
     unreadable files moved the bar only at its end."""

@@ -394,6 +394,22 @@ def test_a_field_too_small_for_the_detector_is_skipped_with_its_size(trained_det
     assert open_image(corner, "corner.png").size == (20, 20)  # as a single cell it is still classified
 
 
+def test_a_blank_field_is_refused_not_counted_as_a_field_of_no_cells(tmp_path):
+    """A blank field (a lamp-off capture) in a slide counted as a field of 0 red cells and 0 platelets."""
+    class Counting:
+        sha256, min_field_side = "c" * 64, 32
+
+        def find(self, image, file="", *, confidence):
+            return [DetectedBox(file, "RBC", 0.9, 0, 0, 5, 5)]
+
+    smear_field(320, 240, seed=5)[0].save(tmp_path / "field.png")
+    Image.new("RGB", (320, 240)).save(tmp_path / "black.png")
+    result = detect(tmp_path, detector=Counting(), type_white_cells=False)
+    assert result.files == ["field.png"] and [str(p) for p in result.problems] == [
+        "black.png: a blank image (one colour throughout, RGB 0, 0, 0): nothing to analyse; a failed or lamp-off "
+        "capture?"]
+
+
 @pytest.mark.slow
 def test_trained_yolo_detector_finds_boxes_and_tiles_large_images(trained_detector, tmp_path):
     detector = Detector.load(trained_detector)

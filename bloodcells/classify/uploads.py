@@ -56,6 +56,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
         InputError,
         InputImage,
         InputProblem,
+        blank_image,
         check_source,
         count_images,
         is_image_name,
@@ -106,6 +107,9 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
                 except InputError as error:
                     outcome.problems.append(InputProblem(item.name, str(error).removeprefix(f"{item.name}: ")))
                     skipped_images += 1
+                if image is not None and (blank := blank_image(image, item.name)):
+                    outcome.problems.append(blank)
+                    skipped_images, image = skipped_images + 1, None
             if image is None:
                 if len(outcome.problems) % batch_size == 0:  # an upload of unreadable files moves the bar too
                     report()

@@ -104,6 +104,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
     from ..inputs import (
         InputError,
         InputProblem,
+        blank_image,
         check_source,
         is_image_name,
         iter_inputs,
@@ -143,6 +144,9 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
                                                      f"for a smear field (at least {detector.min_field_side} pixels "
                                                      "on the longer side: the detector magnifies a smaller one so "
                                                      "much that it finds cells that are not there)"))
+                continue
+            if blank := blank_image(image, item.name):  # counted as a field of 0 cells, it lowered a slide's means
+                outcome.problems.append(blank)
                 continue
             if pages := later_pages(image, item.name):
                 outcome.problems.append(pages)

@@ -11,7 +11,16 @@ names, noise files, unique names, paths on disk), ``sources`` (an input of any k
 a time), ``zips`` (a zip's members checked and streamed) and ``decoding`` (image bytes to RGB).
 """
 
-from .decoding import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, later_pages, open_any, open_image, thumbnail_png, to_rgb
+from .decoding import (
+    MAX_IMAGE_PIXELS,
+    MIN_IMAGE_SIDE,
+    blank_image,
+    later_pages,
+    open_any,
+    open_image,
+    thumbnail_png,
+    to_rgb,
+)
 from .items import InputError, InputImage, InputLimits, InputProblem, none_readable
 from .names import (
     ACCEPTED,
@@ -26,6 +35,6 @@ from .names import (
 from .sources import check_source, count_images, iter_inputs
 
 __all__ = ["ACCEPTED", "DISK_NAME_BYTES", "IMAGES_ACCEPTED", "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "MAX_NAME_LENGTH",
-           "MIN_IMAGE_SIDE", "InputError", "InputImage", "InputLimits", "InputProblem", "check_source", "count_images",
+           "MIN_IMAGE_SIDE", "InputError", "InputImage", "InputLimits", "InputProblem", "blank_image", "check_source", "count_images",
            "disk_path", "is_image_name", "iter_inputs", "later_pages", "none_readable", "open_any", "open_image",
            "thumbnail_png", "to_rgb", "unique_names"]

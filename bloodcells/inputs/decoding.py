@@ -19,6 +19,7 @@ MAX_IMAGE_PIXELS = 100_000_000  # 10k x 10k
 # refuses everything above the limit itself, before decoding.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 MIN_IMAGE_SIDE = 16  # pixels: less shows no cell (a 1x1 image was typed "blast" and counted)
+BLANK_SPREAD = 4.0  # grey levels (standard deviation at 64x64): below it an image is one colour (blank_image)
 
 
 def open_image(content: bytes, name: str = "image", at_least: int | None = None) -> Image.Image:
@@ -63,6 +64,20 @@ def open_image(content: bytes, name: str = "image", at_least: int | None = None)
     rgb.info["pages"] = getattr(image, "n_frames", 1)
     rgb.info["palette"] = image.mode in ("P", "PA")  # at most 256 colours (a GIF): detection finds fewer cells
     return rgb
+
+
+def blank_image(image: Image.Image, name: str) -> InputProblem | None:
+    """The image as a problem to report when it is one colour throughout (a lamp-off or failed capture, a
+    frame of background), else None: a black frame was typed "blast" and counted in the differential. Real
+    cells and fields spread their grey levels by 17 or more (the standard deviation at 64x64 pixels of every
+    40th PBC, Matek and BCCD image); BLANK_SPREAD leaves room for a dark frame's sensor noise."""
+    from PIL import ImageStat
+
+    if ImageStat.Stat(image.convert("L").resize((64, 64))).stddev[0] >= BLANK_SPREAD:
+        return None
+    colour = ", ".join(str(round(c)) for c in ImageStat.Stat(image.resize((64, 64))).mean[:3])
+    return InputProblem(name, f"a blank image (one colour throughout, RGB {colour}): nothing to analyse; a failed "
+                        "or lamp-off capture?")
 
 
 def later_pages(image: Image.Image, name: str) -> InputProblem | None:
