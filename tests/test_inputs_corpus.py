@@ -555,7 +555,7 @@ def _folder_with_zip_and_text(root):
     (root / "notes.txt").write_text("hello")
     (root / "more.zip").write_bytes(_zip([Member("b.png")]))
     (root / "empty.png").write_bytes(b"")
-    return {"more.zip": "zip inside a folder", "empty.png": "empty"}
+    return {"more.zip": "zip inside a folder", "empty.png": "empty", "notes.txt": "not an image file"}
 
 
 FOLDER_CASES = [_folder_with_symlink_out, _folder_with_zip_and_text]
@@ -573,6 +573,23 @@ def test_folder_reports_links_and_zips_and_reads_the_rest(make, tmp_path):
     for problem in problems:
         assert expected[problem.name] in problem.problem
     assert [i.content for i in images] == [GOOD]
+
+
+def test_jpegs_named_jfif_or_jpe_are_read_and_other_files_of_a_folder_reported(tmp_path):
+    """A folder of a.jpg, b.jfif (as Windows saves photos), c.jpe and e.jpg.bak was read as "1 cell", the
+    others left out in silence (in a zip each was reported)."""
+    jpeg = _save(_cell(), "JPEG")
+    root = tmp_path / "cells"
+    root.mkdir()
+    for name in ("a.jpg", "b.jfif", "c.jpe", "d.JPEG", "e.jpg.bak"):
+        (root / name).write_bytes(jpeg)
+    items = list(iter_inputs(root))
+    assert [i.name for i in items if isinstance(i, InputImage)] == ["a.jpg", "b.jfif", "c.jpe", "d.JPEG"]
+    assert [str(p) for p in items if isinstance(p, InputProblem)] == [
+        "e.jpg.bak: not an image file (accepted: .bmp, .gif, .jfif, .jpe, .jpeg, .jpg, .png, .tif, .tiff, .webp)"]
+    assert list(iter_inputs(jpeg, "photo.jfif")) == [InputImage("photo.jfif", jpeg)]  # on its own, as uploaded
+    images, problems = _read_all(_zip([Member("b.jfif", jpeg), Member("e.jpg.bak", jpeg)]), "cells.zip", InputLimits())
+    assert [i.name for i in images] == ["b.jfif"] and [p.name for p in problems] == ["e.jpg.bak"]
 
 
 def test_folder_without_images_is_refused(tmp_path):

@@ -364,6 +364,6 @@ def test_a_skipped_member_is_said_once_and_an_image_alone_is_not_offered_zip(tra
     assert main(["classify", str(upload), "--no-store", "--models", str(trained_models_dir)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped")]
     assert lines == ["skipped ../evil.png: unsafe path (absolute or '..')",
-                     "skipped notes.txt: not an image file (accepted: .bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)"]
+                     "skipped notes.txt: not an image file (accepted: .bmp, .gif, .jfif, .jpe, .jpeg, .jpg, .png, .tif, .tiff, .webp)"]
     with pytest.raises(InputError, match=r"not an image .*accepted: .*\.webp\)$"):
         open_image(b"PK not an image", "cells.zip")

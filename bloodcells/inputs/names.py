@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+# .jfif and .jpe are JPEGs under other names (Windows saves photos as .jfif); the content decides the format
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
+NOT_AN_IMAGE = "not an image file"  # then IMAGES_ACCEPTED
 MAX_NAME_LENGTH = 512  # the store keeps file names of up to 512 characters
 DISK_NAME_BYTES = 200  # a file name written to disk (filesystems allow 255 bytes)
 IMAGES_ACCEPTED = f"accepted: {', '.join(sorted(IMAGE_SUFFIXES))}"  # an image on its own, a zip's member

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .items import InputError, InputImage, InputLimits, InputProblem, none_readable
-from .names import ACCEPTED, is_image_name, is_noise
+from .names import ACCEPTED, IMAGES_ACCEPTED, NOT_AN_IMAGE, is_image_name, is_noise
 from .zips import MEMBER_ERRORS, count_zip_images, iter_zip
 
 DEFAULT_LIMITS = InputLimits()  # frozen: the one default of every reader
@@ -102,8 +102,8 @@ def _read_file(path: Path, name: str, limits: InputLimits) -> InputImage | Input
 
 
 def _iter_folder(root: Path, label: str, limits: InputLimits) -> Iterator[InputImage | InputProblem]:
-    """Every image under ``root`` (called ``label``); symbolic links are reported, never followed
-    (nothing outside it is read)."""
+    """Every image under ``root`` (called ``label``); other files and symbolic links are reported, links
+    never followed (nothing outside it is read)."""
     images, unreadable = 0, []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).as_posix()
@@ -121,6 +121,8 @@ def _iter_folder(root: Path, label: str, limits: InputLimits) -> Iterator[InputI
             if isinstance(item, InputProblem):
                 unreadable.append(item)
             yield item
+        else:  # as in a zip: a folder's .jfif photos and .bak copies were left out in silence
+            yield InputProblem(relative, f"{NOT_AN_IMAGE} ({IMAGES_ACCEPTED})")
     if images == 0:
         if unreadable:
             raise none_readable(label, unreadable)

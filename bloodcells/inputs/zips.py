@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 from .items import InputError, InputImage, InputLimits, InputProblem, none_readable
-from .names import ACCEPTED, IMAGES_ACCEPTED, MAX_NAME_LENGTH, is_image_name, is_noise, unique_names
+from .names import ACCEPTED, IMAGES_ACCEPTED, MAX_NAME_LENGTH, NOT_AN_IMAGE, is_image_name, is_noise, unique_names
 
 # What reading a damaged zip member can raise besides BadZipFile (zlib/lzma errors are not OSErrors).
 MEMBER_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError, zlib.error,
@@ -116,7 +116,7 @@ def _member_problem(info: zipfile.ZipInfo, limits: InputLimits) -> str | None:
     if name.lower().endswith(".zip"):
         return "zip inside the zip (not opened; upload it on its own)"
     if not is_image_name(name):
-        return f"not an image file ({IMAGES_ACCEPTED})"
+        return f"{NOT_AN_IMAGE} ({IMAGES_ACCEPTED})"
     if any(ord(character) < 32 for character in name):
         return "name contains control characters"
     if len(name) > MAX_NAME_LENGTH:
