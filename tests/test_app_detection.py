@@ -1,6 +1,7 @@
 """AppTest of the Detection page: a detector that finds exactly the cells drawn on generated fields,
 and the tiny trained tree typing the white ones."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +180,7 @@ def test_uploads_of_one_name_are_each_shown_under_a_name_of_their_own(models_roo
 def test_the_page_says_one_file_and_counts_cells_in_words(models_root, app_store, monkeypatch):
     """It said "1 files were skipped" and captioned a field "1 white cell, 3 red cell, 2 platelet"."""
     image, boxes = smear_field(320, 240, n_wbc=1, n_rbc=3, n_platelets=2, seed=5)
-    detector = DrawnCells({"field.png": boxes})
+    detector = DrawnCells({"field.png": boxes, "moving.gif": boxes})
     monkeypatch.setattr(Detector, "load", classmethod(lambda _cls, *_args, **_options: detector))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.switch_page("pages/1_Detection.py").run()
@@ -190,3 +191,14 @@ def test_the_page_says_one_file_and_counts_cells_in_words(models_root, app_store
 
     assert [e.label for e in at.expander if "skipped" in e.label] == ["1 file was skipped"]
     assert [i.proto.imgs[0].caption for i in at.image] == ["field.png: 1 white cell, 3 red cells, 2 platelets"]
+    # an animated GIF is counted on its first page: it was counted among the files skipped as well
+    animated = io.BytesIO()
+    image.save(animated, "GIF", save_all=True, append_images=[image.rotate(90), image.rotate(180)])
+    at.file_uploader[0].set_value([("field.png", encode(image), "image/png"), ("moving.gif", animated.getvalue(),
+                                                                             "image/gif"),
+                                   ("broken.png", b"not an image", "image/png")]).run()
+    at.button(key="detect").click().run()
+    assert not at.exception and not at.error
+    assert [e.label for e in at.expander if "not read" in e.label] == [
+        "1 file was skipped; later pages of 1 file not read"]
+    assert {m.label: m.value for m in at.metric}["Images"] == "2"

@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from bloodcells.clock import lab_zone, stamp
+from bloodcells.inputs import LATER_PAGES_UNREAD
 from bloodcells.settings import SettingsError, apply_offline_environment, settings
 from bloodcells.store import Store, StoreError, open_store
 from bloodcells.taxonomy import default_tree
@@ -134,10 +135,15 @@ SKIPPED_LISTED = 200  # an upload of 100,000 unreadable files made one 14 MB blo
 
 def skipped_files(problems: list) -> None:
     """The files an upload held that were not used, each with why (the first SKIPPED_LISTED), folded
-    away (nothing when none)."""
+    away (nothing when none). The later pages of a multi-page file are said apart: the file was used (counted
+    as a file skipped, 6 cells and "4 files were skipped" were shown for 9 files)."""
     if problems:
-        with st.expander("1 file was skipped" if len(problems) == 1 else f"{len(problems)} files were skipped",
-                         icon=":material/warning:"):
+        pages = sum(LATER_PAGES_UNREAD in str(problem) for problem in problems)
+        files = len(problems) - pages
+        said = ([f"{files} file{'s were' if files > 1 else ' was'} skipped"] if files else []) + (
+            [f"{'later pages' if files else 'Later pages'} of {pages} file{'s' if pages > 1 else ''} not read"]
+            if pages else [])
+        with st.expander("; ".join(said), icon=":material/warning:"):
             st.write("\n".join(f"- {problem}" for problem in problems[:SKIPPED_LISTED])
                      + (f"\n\n... and {len(problems) - SKIPPED_LISTED} more" if len(problems) > SKIPPED_LISTED else ""))
 

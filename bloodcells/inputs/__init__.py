@@ -12,6 +12,7 @@ a time), ``zips`` (a zip's members checked and streamed) and ``decoding`` (image
 """
 
 from .decoding import (
+    LATER_PAGES_UNREAD,
     MAX_IMAGE_PIXELS,
     MIN_IMAGE_SIDE,
     blank_image,
@@ -34,7 +35,7 @@ from .names import (
 )
 from .sources import check_source, count_images, iter_inputs
 
-__all__ = ["ACCEPTED", "DISK_NAME_BYTES", "IMAGES_ACCEPTED", "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "MAX_NAME_LENGTH",
+__all__ = ["ACCEPTED", "DISK_NAME_BYTES", "IMAGES_ACCEPTED", "IMAGE_SUFFIXES", "LATER_PAGES_UNREAD", "MAX_IMAGE_PIXELS", "MAX_NAME_LENGTH",
            "MIN_IMAGE_SIDE", "InputError", "InputImage", "InputLimits", "InputProblem", "blank_image", "check_source", "count_images",
            "disk_path", "is_image_name", "iter_inputs", "later_pages", "none_readable", "open_any", "open_image",
            "thumbnail_png", "to_rgb", "unique_names"]

@@ -19,6 +19,7 @@ MAX_IMAGE_PIXELS = 100_000_000  # 10k x 10k
 # refuses everything above the limit itself, before decoding.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 MIN_IMAGE_SIDE = 16  # pixels: less shows no cell (a 1x1 image was typed "blast" and counted)
+LATER_PAGES_UNREAD = "not read: only the first page of a multi-page file is analysed"  # the file itself was used
 BLANK_SPREAD = 4.0  # grey levels (standard deviation at 64x64): below it an image is one colour (blank_image)
 
 
@@ -86,8 +87,7 @@ def later_pages(image: Image.Image, name: str) -> InputProblem | None:
     pages = image.info.get("pages", 1)
     if pages < 2:
         return None
-    return InputProblem(f"{name} (pages 2-{pages})", "not read: only the first page of a multi-page file is "
-                        "analysed; save each page as an image of its own")
+    return InputProblem(f"{name} (pages 2-{pages})", f"{LATER_PAGES_UNREAD}; save each page as an image of its own")
 
 
 def _sixteen_bit_colour(content: bytes, image: Image.Image) -> Image.Image | None:
