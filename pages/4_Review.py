@@ -30,15 +30,16 @@ show_refusal()
 locked_notice(analysis)
 
 
-def apply_review(prediction_id: int, code: str) -> None:
-    if (review := attempt(store.review, prediction_id, code, reviewer)) is not None:
-        record_change(analysis.id, prediction_id, review.replaced, code)
+def apply_review(prediction_id: int, code: str, seen: int | None) -> None:
+    """``seen``: the cell's latest review as drawn: a colleague's review since is said, not overwritten."""
+    if (review := attempt(store.review, prediction_id, code, reviewer, seen=seen)) is not None:
+        record_change(analysis.id, prediction_id, review, seen)
 
 
-def apply_other(prediction_id: int) -> None:
+def apply_other(prediction_id: int, seen: int | None) -> None:
     code = st.session_state[f"other_{prediction_id}"]
     if code:
-        apply_review(prediction_id, code)
+        apply_review(prediction_id, code, seen)
         st.session_state.pop("other_open", None)  # closed; opened again, it starts at "other…"
 
 
@@ -137,7 +138,7 @@ for code in (node.code for node in tree.root.walk()):
                     st.button(text, key=f"set_{prediction.id}_{choice}", help=label(choice),
                               disabled=not reviewer or locked,
                               type="primary" if prediction.reviewed and final == choice else "secondary",
-                              on_click=apply_review, args=(prediction.id, choice))
+                              on_click=apply_review, args=(prediction.id, choice, prediction.last_review_id))
                 # The list of every type opens for one cell at a time: a select box on each of hundreds of
                 # cards made every click take seconds (Streamlit checks each widget against all the others).
                 if st.session_state.get("other_open") != prediction.id:
@@ -147,7 +148,7 @@ for code in (node.code for node in tree.root.walk()):
             if st.session_state.get("other_open") == prediction.id:
                 st.selectbox("Other type", [None, *all_codes], format_func=lambda c: "other…" if c is None else label(c),
                              key=f"other_{prediction.id}", label_visibility="collapsed", disabled=not reviewer or locked,
-                             on_change=apply_other, args=(prediction.id,))
+                             on_change=apply_other, args=(prediction.id, prediction.last_review_id))
     if len(cells) > shown and st.button(f"Show more ({len(cells) - shown} left)", key=f"more_{code}"):
         st.session_state[shown_key] = shown + PAGE_SIZE
         st.rerun()

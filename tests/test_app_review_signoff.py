@@ -127,25 +127,43 @@ def test_undo_takes_back_the_last_change_whichever_mode_made_it(app_store):
     assert at.button(key="review_undo").disabled
 
 
-def test_undo_gives_back_a_colleagues_review_made_before_the_change_it_takes_back(app_store):
-    """Dr B reviewed a cell after Dr A's page was drawn; Dr A changed it too, then undid: the cell went back
-    to unreviewed (Dr A's page's label), Dr B's review lost, in either review mode."""
+def test_a_click_on_a_cell_a_colleague_reviewed_since_the_page_was_drawn_is_refused_in_words(app_store):
+    """Dr B reviewed a cell after Dr A's page was drawn; Dr A's click on it (both review modes) wrote over
+    Dr B's review with no word to either (a confirmation of the model's label undid a correction)."""
     analysis_id = classified(app_store, ["NGS", "NGS"], needs_review=[0, 1])
     first = app_store.get_analysis(analysis_id).predictions[0]
     at = review_page_as("Dr A")
     app_store.review(first.id, "NGB", "Dr B")  # on another computer, after Dr A's page was drawn
-    at.button(key=f"set_{first.id}_NIF").click().run()
-    at.button(key="review_undo").click().run()
+    at.button(key=f"set_{first.id}_NGS").click().run()
     assert not at.exception
+    assert any("was changed to NGB by Dr B" in e.value and "since: look at it again" in e.value for e in at.error)
     assert app_store.get_analysis(analysis_id).predictions[0].reviewed_code == "NGB"  # Dr B's stands
+    assert at.button(key="review_undo").disabled  # nothing of Dr A's to undo
+    at.button(key=f"set_{first.id}_NGS").click().run()  # the page now shows Dr B's review: Dr A may change it
+    assert app_store.get_analysis(analysis_id).predictions[0].reviewed_code == "NGS"
     at.segmented_control(key="review_mode").set_value("keyboard").run()
     at.segmented_control(key=f"review_filter-{analysis_id}").set_value("not reviewed yet").run()
     second = app_store.get_analysis(analysis_id).predictions[1]
     assert any(f"· {second.filename}" in m.value and "not reviewed" in m.value for m in at.markdown)
     app_store.review(second.id, "EOS", "Dr B")  # after the page showed the second cell unreviewed
     at.button(key="keyboard_key_6").click().run()
-    at.button(key="keyboard_undo").click().run()
-    assert [p.reviewed_code for p in app_store.get_analysis(analysis_id).predictions] == ["NGB", "EOS"]
+    assert any("was changed to EOS by Dr B" in e.value for e in at.error)
+    assert [p.reviewed_code for p in app_store.get_analysis(analysis_id).predictions] == ["NGS", "EOS"]
+
+
+def test_two_changes_of_one_cell_are_undone_one_after_the_other(app_store):
+    """Undo compares the cell's latest review with the one it takes back: after the first undo, the change
+    before it is the cell's state again and is undone in turn."""
+    analysis_id = classified(app_store, ["NGS"], needs_review=[0])
+    cell = app_store.get_analysis(analysis_id).predictions[0]
+    at = review_page_as("Dr A")
+    at.button(key=f"set_{cell.id}_NGB").click().run()
+    at.button(key=f"set_{cell.id}_NIF").click().run()
+    at.button(key="review_undo").click().run()
+    assert app_store.get_analysis(analysis_id).predictions[0].reviewed_code == "NGB"
+    at.button(key="review_undo").click().run()
+    assert not at.error and not app_store.get_analysis(analysis_id).predictions[0].reviewed
+    assert at.button(key="review_undo").disabled
 
 
 def test_undo_refuses_to_take_back_another_users_later_change(app_store):
@@ -379,11 +397,11 @@ def test_a_review_undone_after_the_page_was_drawn_still_asks_for_the_tick(app_st
     the click: it signed off with a flagged cell unreviewed and no tick."""
     analysis_id = classified(app_store, ["NGS", "LYT"], needs_review=[0])
     first = app_store.get_analysis(analysis_id).predictions[0]
-    app_store.review(first.id, "NGB", "Dr B")
+    by_b = app_store.review(first.id, "NGB", "Dr B")
     at = review_page_as("Dr A")
     assert not at.checkbox  # nothing flagged and unreviewed: nothing to confirm
     at.selectbox(key=f"report-specimen-{analysis_id}").select("bone marrow").run()
-    app_store.undo_review(first.id, None, "Dr B", "NGB")  # in another tab, meanwhile
+    app_store.undo_review(first.id, None, "Dr B", by_b.id)  # in another tab, meanwhile
     at.button(key=f"sign-{analysis_id}").click().run()
     assert not at.exception and app_store.signoffs([analysis_id]) == {analysis_id: []}
     assert "Not signed: 1 flagged cells are not reviewed" in " ".join(e.value for e in panel_of(at).error)

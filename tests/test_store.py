@@ -591,7 +591,8 @@ def test_analyses_with_reviewed_cells_are_listed_past_newer_unreviewed_ones(stor
     assert [a.id for a in store.list_analyses(limit=1)] == [unreviewed]
     assert [a.id for a in store.list_analyses(limit=1, reviewed=True)] == [reviewed]
     assert store.list_analyses(reviewed=True, search="later") == []
-    store.undo_review(store.get_analysis(reviewed).predictions[0].id, None, "Dr A", undone="LYT")
+    cell = store.get_analysis(reviewed).predictions[0]
+    store.undo_review(cell.id, None, "Dr A", cell.last_review_id)
     assert store.list_analyses(reviewed=True) == []  # an undone review leaves nothing learnt from
 
 

@@ -33,17 +33,17 @@ def test_undoing_a_review_restores_the_cells_label_and_its_reviewed_state(store)
     analysis_id = classified(store, ["NGS", "LYT"])
     first, second = store.get_analysis(analysis_id).predictions
     store.review(first.id, "NGB", "dr.a")
-    store.review(second.id, "MON", "dr.a")  # a mis-key on a cell nobody had reviewed
-    store.review(first.id, "NGS", "dr.a")
-    store.undo_review(first.id, "NGB", "dr.a", undone="NGS")  # back to the first reviewer's label: still reviewed
-    undone = store.undo_review(second.id, None, "dr.a", undone="MON")  # back to not reviewed
+    mis_key = store.review(second.id, "MON", "dr.a")  # a mis-key on a cell nobody had reviewed
+    again = store.review(first.id, "NGS", "dr.a")
+    store.undo_review(first.id, "NGB", "dr.a", again.id)  # back to the first reviewer's label: still reviewed
+    undone = store.undo_review(second.id, None, "dr.a", mis_key.id)  # back to not reviewed
     first, second = store.get_analysis(analysis_id).predictions
     assert (first.final_code, first.reviewed, second.final_code, second.reviewed) == ("NGB", True, "LYT", False)
     assert (undone.old_code, undone.new_code) == ("MON", "LYT") and len(second.reviews) == 2  # audit trail
     assert store.result_counts([analysis_id])[analysis_id].reviewed == 1
     store.sign_off(analysis_id, "dr.a")
     with pytest.raises(AnalysisLocked):
-        store.undo_review(first.id, None, "dr.a", undone="NGB")
+        store.undo_review(first.id, None, "dr.a", first.last_review_id)
 
 
 def test_a_signed_analysis_is_locked_until_reopened_and_later_reviews_are_amendments(store):
@@ -258,8 +258,30 @@ def test_a_review_waits_for_what_another_user_did_to_the_analysis_meanwhile(stor
 def test_undo_does_not_take_back_another_users_later_change(store):
     analysis_id = classified(store, ["NGS"])
     [cell] = store.get_analysis(analysis_id).predictions
-    store.review(cell.id, "NGB", "dr.a")
+    mine = store.review(cell.id, "NGB", "dr.a")
     store.review(cell.id, "EOS", "dr.b")
-    with pytest.raises(ChangedSince, match="c0.png was changed to EOS by dr.b on .* since"):
-        store.undo_review(cell.id, None, "dr.a", undone="NGB")
+    with pytest.raises(ChangedSince, match="c0.png was changed to EOS by dr.b on .* since: undoing would take"):
+        store.undo_review(cell.id, None, "dr.a", mine.id)
     assert store.get_analysis(analysis_id).predictions[0].final_code == "EOS"
+    # a colleague's later confirmation of the same label: undoing was allowed (only labels were compared)
+    mine = store.review(cell.id, "NGB", "dr.a")
+    store.review(cell.id, "NGB", "dr.b")
+    with pytest.raises(ChangedSince, match="c0.png was confirmed as NGB by dr.b on .* since"):
+        store.undo_review(cell.id, None, "dr.a", mine.id)
+    assert store.get_analysis(analysis_id).predictions[0].reviewed
+
+
+def test_a_review_from_a_page_drawn_before_a_colleagues_review_is_refused_not_written_over_it(store):
+    """Two people on one analysis: B's page, drawn before A's correction, confirmed the model's label with a
+    click and overwrote A's correction, with no word to either."""
+    analysis_id = classified(store, ["NGB", "LYT"])
+    first, second = store.get_analysis(analysis_id).predictions
+    drawn = {p.id: p.last_review_id for p in (first, second)}  # what B's page shows: nothing reviewed
+    store.review(first.id, "NGS", "dr.a")  # A corrects it
+    with pytest.raises(ChangedSince, match="c0.png was changed to NGS by dr.a on .* since: look at it again"):
+        store.review(first.id, "NGB", "dr.b", seen=drawn[first.id])
+    assert store.get_analysis(analysis_id).predictions[0].final_code == "NGS"
+    agreeing = store.review(first.id, "NGS", "dr.b", seen=drawn[first.id])  # to the label it has: taken
+    assert (agreeing.old_code, agreeing.new_code, agreeing.reviewer) == ("NGS", "NGS", "dr.b")
+    assert store.review(first.id, "NGB", "dr.b", seen=agreeing.id).new_code == "NGB"  # redrawn: B may change it
+    assert store.review(second.id, "MON", "dr.b", seen=drawn[second.id]).new_code == "MON"  # untouched since

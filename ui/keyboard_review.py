@@ -55,15 +55,15 @@ IGNORED = "keyboard_ignored"  # and (count, monotonic time of the last) keys tha
 IGNORED_SHOWN_SECONDS = 10.0
 
 
-def record_change(analysis_id: int, prediction_id: int, before: str | None, after: str) -> None:
-    """Remember a change this session made (the cell's reviewed label ``before`` it and ``after``) for
-    Undo, in either review mode: Undo takes back the last change, whichever way it was made."""
-    st.session_state.setdefault(_undo_key(analysis_id), []).append((prediction_id, before, after))
+def record_change(analysis_id: int, prediction_id: int, review, seen: int | None) -> None:
+    """Remember a change this session made (its review, and the cell's latest review the page showed before
+    it) for Undo, in either review mode: Undo takes back the last change, whichever way it was made."""
+    st.session_state.setdefault(_undo_key(analysis_id), []).append((prediction_id, review.replaced, review.id, seen))
 
 
 def changed_since(analysis_id: int, start: int) -> set[int]:
     """The cells (prediction ids) this session changed, from its ``start``-th change on (``changes``)."""
-    return {prediction_id for prediction_id, _, _ in st.session_state.get(_undo_key(analysis_id), [])[start:]}
+    return {change[0] for change in st.session_state.get(_undo_key(analysis_id), [])[start:]}
 
 
 def changes(analysis_id: int) -> int:
@@ -78,17 +78,20 @@ def undo_button(store: Store, analysis_id: int, reviewer: str, disabled: bool, k
     stack = _undo_key(analysis_id)
 
     def undo_last() -> None:
-        prediction_id, before, after = st.session_state[stack][-1]
+        prediction_id, before, review_id, seen = st.session_state[stack][-1]
 
         def undo():
             try:
-                return store.undo_review(prediction_id, before, reviewer, undone=after)
+                return store.undo_review(prediction_id, before, reviewer, review_id)
             except ChangedSince:  # their change stands: this session's is no longer there to undo
                 st.session_state[stack].pop()
                 raise
 
-        if attempt(undo) is not None:
+        if (undoing := attempt(undo)) is not None:
             st.session_state[stack].pop()
+            # the cell is as this session's change before left it: that change can be undone in turn
+            st.session_state[stack] = [(p, b, undoing.id if (p, r) == (prediction_id, seen) else r, s)
+                                       for p, b, r, s in st.session_state[stack]]
         st.session_state[_cursor_key(analysis_id)] = prediction_id  # the keyboard view shows that cell
 
     st.button("Undo my last change", key=key, icon=":material/undo:", shortcut=shortcut,
@@ -108,6 +111,7 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
     cursor = _cursor_key(analysis.id)
     index = current_position([p.id for p in order], [p.id for p in shown], st.session_state.get(cursor))
     cell = shown[index]
+    seen = cell.last_review_id  # a key applies to the cell as drawn: a colleague's review since is not overwritten
     st.session_state[cursor] = cell.id
     following = shown[index + 1].id if index + 1 < len(shown) else cell.id
     drawing = st.session_state[DRAWING] = st.session_state.get(DRAWING, 0) + 1
@@ -126,8 +130,8 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
             st.session_state[IGNORED] = (st.session_state.get(IGNORED, (0, 0.0))[0] + 1, time.monotonic())
             return
         st.session_state[KEYED] = drawing
-        if (review := attempt(store.review, cell.id, code, reviewer)) is not None:
-            record_change(analysis.id, cell.id, review.replaced, code)
+        if (review := attempt(store.review, cell.id, code, reviewer, seen=seen)) is not None:
+            record_change(analysis.id, cell.id, review, seen)
             st.session_state[cursor] = following
 
     def move(prediction_id: int) -> None:

@@ -108,7 +108,7 @@ def _person(name: str, role: str) -> str:
     return printable(name, f"name of the person making the {role}")
 
 
-_NOT_AN_UNDO = object()  # _record_review's ``undone`` for a plain review (None is an undone label)
+ANY_STATE = object()  # Store.review's ``seen`` when the caller showed no state (None: it showed none)
 
 
 def signed_by(signoff: Signoff) -> str:
@@ -136,26 +136,31 @@ class ReviewStore:
             yield session, session.scalar(select(Signoff).where(Signoff.analysis_id == analysis_id)
                                           .order_by(Signoff.id.desc()).limit(1))
 
-    def review(self, prediction_id: int, new_code: str, reviewer: str) -> Review:
+    def review(self, prediction_id: int, new_code: str, reviewer: str, *,
+               seen: int | None | object = ANY_STATE) -> Review:
         """Confirm or correct a prediction; the change is kept with old and new label, who and when.
         The review returned says in ``replaced`` the cell's reviewed label it replaced (None: none),
         which Undo gives back.
 
-        Refused (AnalysisLocked) while the analysis is signed off; marked as an amendment while it
-        is reopened.
+        ``seen``: the id of the cell's latest review as the page asking showed it (None: it showed the
+        cell unreviewed). When someone reviewed the cell since to another label, the review is refused
+        (ChangedSince): a page drawn before a colleague's correction overwrote it with a click, in silence.
+        (To the label it has now, it is taken: a double click, or agreeing with the colleague.) Refused
+        (AnalysisLocked) while the analysis is signed off; marked as an amendment while it is reopened.
         """
-        return self._record_review(prediction_id, new_code, reviewer)
+        return self._record_review(prediction_id, new_code, reviewer, seen, "look at it again", agreeing=new_code)
 
-    def undo_review(self, prediction_id: int, restore: str | None, reviewer: str, undone: str | None) -> Review:
+    def undo_review(self, prediction_id: int, restore: str | None, reviewer: str, review_id: int) -> Review:
         """Give a cell back the label it had before a review: ``restore`` is its reviewed label then,
         None when it had none, so that a mis-keyed cell is unreviewed again (not confirmed as the
-        model said). ``undone`` is the label that review gave: when someone has changed the cell
-        since, undoing would silently revert their change, so it is refused (ChangedSince). The
-        undoing is kept in the audit trail like any review."""
-        return self._record_review(prediction_id, restore, reviewer, undone=undone)
+        model said). ``review_id``: the review undone. When the cell was reviewed since, undoing would
+        take back that change, so it is refused (ChangedSince), even when it gave the same label (a
+        colleague's later confirmation was taken back when only labels were compared). The undoing is
+        kept in the audit trail like any review."""
+        return self._record_review(prediction_id, restore, reviewer, review_id, "undoing would take back their change")
 
     def _record_review(self, prediction_id: int, reviewed_code: str | None, reviewer: str,
-                       undone: str | None | object = _NOT_AN_UNDO) -> Review:
+                       seen: int | None | object, refused: str, agreeing: str | None = None) -> Review:
         reviewer = _person(reviewer, "review")
         with self.session() as session:  # which analysis: it never changes, so read before the lock
             analysis_id = session.scalar(select(Prediction.analysis_id).where(Prediction.id == prediction_id))
@@ -168,10 +173,12 @@ class ReviewStore:
             if last is not None and last.action == SIGNED:
                 raise AnalysisLocked(f"analysis #{analysis_id} was signed off by {signed_by(last)}: "
                                      "reopen it to amend it")
-            if undone is not _NOT_AN_UNDO and prediction.reviewed_code != undone:
-                changed = prediction.reviews[-1]
-                raise ChangedSince(f"{prediction.filename} was changed to {prediction.final_code} by {changed.reviewer} "
-                                  f"on {stamp(changed.created_at)} since: undoing would take back their change")
+            latest = prediction.reviews[-1] if prediction.reviews else None
+            changed = seen is not ANY_STATE and (latest.id if latest else None) != seen
+            if changed and not (agreeing and agreeing == prediction.final_code):
+                raise ChangedSince(f"{prediction.filename} was {'confirmed as' if latest.new_code == latest.old_code else 'changed to'} "
+                                  f"{prediction.final_code} by {latest.reviewer} on {stamp(latest.created_at)} since: "
+                                  f"{refused}")
             review = Review(prediction_id=prediction_id, old_code=prediction.final_code,
                             new_code=reviewed_code or prediction.code, reviewer=reviewer,
                             reopening_id=last.id if last is not None else None)

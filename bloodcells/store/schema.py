@@ -193,6 +193,11 @@ class Prediction(Base):
         """A person has given this cell its label (an undone review leaves it unreviewed again)."""
         return self.reviewed_code is not None
 
+    @property
+    def last_review_id(self) -> int | None:
+        """Its latest review's id (None: never reviewed): what a page shows, for ``Store.review``'s ``seen``."""
+        return self.reviews[-1].id if self.reviews else None
+
 
 class Review(Base):
     """One correction or confirmation by a lab user; never overwritten."""
