@@ -180,6 +180,19 @@ def analysis_counts(analysis) -> dict[str, int]:
     return dict(Counter(p.final_code for p in analysis.predictions))
 
 
+def analysis_csv(store, analysis_id: int, tree: Tree | None = None) -> bytes:
+    """The CSV of a stored analysis as it is when asked (its cells with their reviews, or its boxes): made
+    from the records a page drew, it missed a colleague's review made since, which the PDF beside it had."""
+    from .signout import ReportError
+
+    try:
+        analysis = store.get_analysis(analysis_id)
+    except KeyError:
+        raise ReportError(f"analysis #{analysis_id} does not exist (deleted meanwhile?)") from None
+    return records_csv(detection_records(analysis) if analysis.kind == "detection"
+                       else prediction_records(analysis, tree))
+
+
 def records_csv(records: list[dict]) -> bytes:
     """CSV of a list of flat dicts, the header from the first record (``spreadsheet.csv_bytes``:
     UTF-8 with a byte-order mark, a text a spreadsheet would run as a formula written as text)."""

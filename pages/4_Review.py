@@ -71,7 +71,7 @@ def corrected_labels() -> bytes:
 
 signoff_panel(store, analysis)
 st.download_button("Download corrected labels (class-folder zip for `bloodcells train`)", corrected_labels,
-                   file_name=f"labels-analysis-{analysis.id}.zip", mime="application/zip", on_click="ignore",
+                   file_name=f"labels-analysis-{analysis.id}.zip", mime="application/zip",
                    icon=":material/download:", key="export_labels", disabled=only_reviewed and done == 0)
 
 # -- the cells, grouped by predicted class: a gallery (mouse) or one at a time (keyboard) ----------

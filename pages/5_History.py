@@ -60,6 +60,8 @@ if analysis.kind == "classification" and analysis.status == "done":
     link_to("pages/4_Review.py", "Review this analysis", actions)
 
 confirming = st.session_state.get("confirm_delete") == analysis.id
+if refused := st.session_state.pop("delete_refused", None):
+    st.error(refused)
 if not confirming:
     signed = analysis.signed_off
     why_not = ("Signed off: reopen it (below) to delete it." if signed else
@@ -77,8 +79,9 @@ else:
             store.delete_analysis(analysis.id)
         except (AnalysisLocked, StoreError) as error:  # signed off in another tab since; the database full or lost
             st.session_state.pop("confirm_delete", None)
-            st.error(f"Not deleted: {error}.")
-            st.stop()
+            # said in the page drawn again (stopped here, it showed a live "Yes, delete" and no analysis)
+            st.session_state["delete_refused"] = f"Not deleted: {error}."
+            st.rerun()
         st.session_state.pop("confirm_delete", None)
         st.session_state.pop("analysis_id", None)
         st.session_state.pop("history_open", None)  # else the next run says it "was deleted meanwhile"

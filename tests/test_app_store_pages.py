@@ -118,6 +118,9 @@ def test_a_delete_the_database_refuses_is_a_message_and_keeps_the_analysis(app_s
     assert [e.value for e in at.error] == ["Not deleted: the database at sqlite:///x.db is full: the disk it is on "
                                            "has no space left."]
     assert [a.id for a in app_store.list_analyses()] == [kept]
+    # the page drawn again, the analysis with it (it stopped, showing only a live "Yes, delete #N")
+    assert not any(b.key == "delete_confirmed" for b in at.button) and not at.button(key="delete").disabled
+    assert any(m.label == "Cells" and m.value == "2" for m in at.metric)
 
 
 def test_a_signed_off_analysis_is_deleted_only_after_reopening(app_store):

@@ -67,6 +67,25 @@ def test_analysis_records_and_csv_follow_reviews(store, tree):
     assert len(parsed) == 3
 
 
+def test_the_csv_is_read_when_asked_not_from_the_page_drawn_before_a_colleagues_review(store, tree):
+    """History's CSV came from the records drawn with the page: BAS 2 / EOS 3 where the database (and the PDF
+    made at the click) had BAS 3 / EOS 2 after a colleague's review; a deleted analysis failed in silence."""
+    from bloodcells.signout import ReportError
+
+    analysis = _stored_analysis(store, ["EOS", "LYT"])
+    drawn = report.records_csv(report.prediction_records(analysis, tree))  # what the page held
+    store.review(analysis.predictions[0].id, "BAS", "colleague")
+    rows = list(csv.DictReader(io.StringIO(report.analysis_csv(store, analysis.id, tree).decode("utf-8-sig"))))
+    assert [r["final_code"] for r in rows] == ["BAS", "LYT"] and b"BAS" not in drawn
+    field = store.start_analysis("field.png", "detection")
+    store.finish_analysis(field, detections=[DetectionRow("field.png", "WBC", 0.9, (0, 0, 9, 9), "NGS", "ALL/NGS", 0.8)])
+    boxes = list(csv.DictReader(io.StringIO(report.analysis_csv(store, field).decode("utf-8-sig"))))
+    assert [(b["file"], b["class"], b["code"]) for b in boxes] == [("field.png", "WBC", "NGS")]
+    store.delete_analysis(analysis.id)
+    with pytest.raises(ReportError, match=f"analysis #{analysis.id} does not exist"):
+        report.analysis_csv(store, analysis.id)
+
+
 def test_labelled_zip_reads_back_with_the_reviewed_labels(store, tree):
     from bloodcells.inputs import InputImage, iter_inputs
 

@@ -92,8 +92,11 @@ def show_classification(store: Store, analysis) -> None:
                           help="Granulocytes and their precursors over erythroid precursors (monocytes not counted)."
                           + (" No erythroid cell was found, so there is no ratio." if ratio is None else ""))
 
-    st.download_button("Download CSV", lambda: report.records_csv(records), file_name=f"analysis-{analysis.id}.csv",
-                       mime="text/csv", on_click="ignore", key=f"csv-{analysis.id}", icon=":material/download:")
+    # read at the click (a colleague's review since the page was drawn is in it, as in the PDF); the rerun says
+    # when the analysis was deleted meanwhile (the download then fails, and said nothing)
+    st.download_button("Download CSV", lambda: report.analysis_csv(store, analysis.id, tree),
+                       file_name=f"analysis-{analysis.id}.csv", mime="text/csv", key=f"csv-{analysis.id}",
+                       icon=":material/download:")
     signoff_panel(store, analysis)
     if unreviewed:
         with st.expander(f"Needs review: {len(unreviewed)} cells under the confidence threshold, not reviewed yet",
@@ -175,8 +178,9 @@ def show_detection(store: Store, analysis) -> None:
     if white:
         st.subheader("White-cell differential")
         show_differential(white, key=f"wbc-percent-{analysis.id}", specimen=shown_specimen(analysis))
-    st.download_button("Download CSV", lambda: report.records_csv(records), file_name=f"detections-{analysis.id}.csv",
-                       mime="text/csv", on_click="ignore", key=f"det-csv-{analysis.id}", icon=":material/download:")
+    st.download_button("Download CSV", lambda: report.analysis_csv(store, analysis.id),  # as above
+                       file_name=f"detections-{analysis.id}.csv", mime="text/csv", key=f"det-csv-{analysis.id}",
+                       icon=":material/download:")
     if white:
         signoff_panel(store, analysis)
     # the lab's columns; the box corners stay in the CSV

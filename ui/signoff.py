@@ -195,7 +195,8 @@ def signoff_panel(store: Store, analysis) -> None:
                 except SignedReportError:  # someone signed it off since this page was drawn: what they signed
                     return to_pdf(build_report(store, analysis.id))
 
+        # the click reruns the page: when the analysis was deleted meanwhile, the download fails and the page says so
         st.download_button("Download report (PDF)", pdf, disabled=draft_problem is not None,
                            file_name=f"differential-{analysis.id}"
-                           f"{'-amended' if status == AMENDED else ''}.pdf", mime="application/pdf", on_click="ignore",
+                           f"{'-amended' if status == AMENDED else ''}.pdf", mime="application/pdf",
                            key=f"report-pdf-{key}", icon=":material/download:")
