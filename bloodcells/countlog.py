@@ -67,7 +67,8 @@ def count_log(store, tree: Tree | None = None, start: date | None = None, end: d
     reviewers, results = store.reviewers(ids), store.result_counts(ids)
     entries = []
     for analysis in analyses:
-        if slide := slide_differential(analysis.summary):
+        # a slide stored before its counted white cells were kept as cells: the white cells its summary counted
+        if not results[analysis.id].cells and (slide := slide_differential(analysis.summary)):
             codes[analysis.id] = slide.codes
         if not codes[analysis.id]:
             continue

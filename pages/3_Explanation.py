@@ -6,7 +6,7 @@ import time
 import streamlit as st
 
 from bloodcells.explain import METHODS, explain
-from ui.common import choose_classification, page, require_store, sentence
+from ui.common import choose_cells_analysis, page, require_store, sentence
 from ui.models import get_classifier, predicted_attributes
 from ui.results import open_upload_image
 from ui.uploads import ACCEPTED
@@ -32,7 +32,7 @@ if source == "upload an image":
     if upload is not None:
         content, image_name = upload.getvalue(), upload.name
 else:
-    analysis = choose_classification(store, "explain", "No classified cells yet: classify a zip first, or upload "
+    analysis = choose_cells_analysis(store, "explain", "No classified cells yet: classify a zip first, or upload "
                                                        "an image.")
     if analysis is None:
         st.stop()

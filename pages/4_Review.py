@@ -4,7 +4,7 @@ import streamlit as st
 
 from bloodcells import report
 from bloodcells.taxonomy import default_tree
-from ui.common import choose_classification, page, require_store, reviewer_name
+from ui.common import choose_cells_analysis, page, require_store, reviewer_name
 from ui.keyboard_review import changed_since, changes, keyboard_review, record_change, undo_button
 from ui.results import cell_image_bytes
 from ui.signoff import attempt, locked_notice, show_refusal, signoff_panel
@@ -18,7 +18,7 @@ tree = default_tree()
 store = require_store()
 reviewer = reviewer_name()
 
-analysis = choose_classification(store, "review", "There is nothing to review yet: classify a zip of cells first.")
+analysis = choose_cells_analysis(store, "review", "There is nothing to review yet: classify a zip of cells first.")
 if analysis is None:
     st.stop()
 predictions = analysis.predictions

@@ -89,6 +89,19 @@ def test_detection_boxes_counts_and_saves(models_root, tmp_path, monkeypatch):
     assert len(white) == sum(box.cls == "WBC" for box in drawn_boxes) > 0
     assert all(d.code and d.path.startswith("ALL/") for d in white)
     assert at.dataframe[0].value["count"].sum() == len(white)
+    # ... and each is a cell of the analysis, flagged like a classified one, reviewed on the Review page
+    cells = store.get_analysis(analysis.id).predictions
+    flagged = sum(c.needs_review for c in cells)
+    assert len(cells) == len(white) and any(
+        f"{len(white)} white cells typed and counted" in c.value and (f"{flagged} flagged" in c.value if flagged
+                                                                     else "none flagged" in c.value)
+        for c in at.caption)
+    review = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)  # another user's session
+    review.switch_page("pages/4_Review.py").run()
+    assert not review.exception
+    [listed] = review.selectbox(key="review_analysis").options
+    assert listed.startswith(f"#{analysis.id} · ") and listed.endswith("(white cells of smear fields)")
+    assert {m.label: m.value for m in review.metric}["Reviewed"] == f"0 of {len(white)}"
 
     at.pills(key="detection_classes").set_value(["RBC"]).run()  # toggle classes off: the image is redrawn
     assert not at.exception
@@ -142,14 +155,17 @@ def test_slide_mode_counts_the_fields_as_one_slide(models_root, app_store, monke
     red = [sum(canonical_class(b.cls) == "RBC" for b in boxes) for _, boxes in fields.values()]
     assert metrics["Red cells per field"].startswith(f"{sum(red) / 3:.1f} ± ")
     statement = f"Differential: {counts['WBC']} of 100 white cells: target not reached (3 fields)."
-    assert [w.value for w in at.warning] == [statement]
+    flagged = sum(p.needs_review for p in stored.predictions)  # its typed white cells, to review on Review
+    assert len(stored.predictions) == counts["WBC"]  # every white cell the differential took, short of the target
+    said = [statement] + ([f"{flagged} flagged cells are not reviewed yet."] if flagged else [])
+    assert [w.value for w in at.warning] == said
     [per_field] = [table.value for table in at.dataframe if "RBC found" in table.value.columns]
     assert per_field["RBC found"].tolist() == red and per_field["field"].tolist() == list(fields)
 
     at.switch_page("pages/5_History.py").run()  # the slide's count is kept with the analysis
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Fields"] == "3"
-    assert [w.value for w in at.warning] == [statement]
+    assert [w.value for w in at.warning] == said
 
 
 @pytest.mark.slow

@@ -243,9 +243,10 @@ def test_explanation_finds_cells_of_analyses_older_than_the_list(models_root, ap
     assert listed.startswith(f"#{oldest} · ") and listed.endswith("march smear.zip")
     assert at.selectbox(key="explain_cell").options == ["NGB_0.png · NGB (0.90)"]
     at.text_input(key="explain_search").input("failed 1").run()
-    assert [i.value for i in at.info] == ["No finished classification matches “failed 1”."]
+    assert [i.value for i in at.info] == ["No finished analysis with cells matches “failed 1”."]
     for n in range(LISTED):  # past the newest LISTED finished ones, it is found by name
-        app_store.finish_analysis(app_store.start_analysis(f"later {n}.zip", "classification"))
+        app_store.finish_analysis(app_store.start_analysis(f"later {n}.zip", "classification"), predictions=[
+            PredictionRow("LYT_0.png", "LYT", "ALL/LYM/LYT", 0.9, {}, False, b"not read here")])
     at.text_input(key="explain_search").input("").run()
     options = at.selectbox(key="explain_analysis").options  # the newest LISTED, and the one open, last
     assert len(options) == LISTED + 1 and options[-1].endswith("march smear.zip")

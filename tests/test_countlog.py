@@ -172,3 +172,19 @@ def test_a_blood_films_erythroblasts_are_logged_apart_from_its_white_cells(store
         ("bone marrow", 4, 1)
     store.reopen(film, "Dr B", "wrong specimen")  # reopened: the specimen of the last sign-off stands
     assert {e.analysis_id: e.specimen for e in count_log(store)}[film] == "peripheral blood"
+
+
+def test_a_detections_white_cells_kept_as_cells_are_counted_once_with_their_reviews(store):
+    """A detection's typed white cells are its cells (reviewed on Review) besides its boxes: counted from
+    both, each would count twice; a reviewer's type is the one logged."""
+    field = store.start_analysis("field.png", "detection")
+    store.finish_analysis(field, detections=[DetectionRow("field.png", "WBC", 0.9, (0, 0, 9, 9), "EOS", "ALL"),
+                                             DetectionRow("field.png", "WBC", 0.9, (20, 0, 29, 9), "LYT", "ALL")],
+                          predictions=[PredictionRow("field.png · white cell at (0, 0)", "EOS", "ALL", 0.4, {}, True),
+                                       PredictionRow("field.png · white cell at (20, 0)", "LYT", "ALL", 0.9, {}, False)])
+    eosinophil = store.get_analysis(field).predictions[0]
+    store.review(eosinophil.id, "BAS", "dr.a")
+    [entry] = count_log(store)
+    assert entry.counted == 2 and (entry.counts["Basophils"], entry.counts["Eosinophils"],
+                                   entry.counts["Lymphocytes"]) == (1, 0, 1)
+    assert store.final_code_counts([field])[field] == {"BAS": 1, "LYT": 1}

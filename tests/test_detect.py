@@ -21,6 +21,7 @@ from bloodcells.detection import (
     detect,
     prepare_dataset,
 )
+from bloodcells.detection.pipeline import cell_crop
 from bloodcells.detection.tiling import merge_tiles, plan_tiles
 from bloodcells.synthetic import (
     BACKGROUND,
@@ -303,6 +304,42 @@ def test_white_cells_are_typed_through_the_classifier_tree(tmp_path, trained_mod
     assert set(stored.model_versions) == {"detector", "tree version",
                                           *(f"classifier:{c}" for c in classifier.versions())}
     assert stored.model_versions["tree version"] == classifier.tree_version
+
+
+def test_typed_white_cells_are_kept_as_cells_to_review_flagged_like_classified_ones(tmp_path, trained_models_dir,
+                                                                                      store):
+    """A white cell typed at 0.44 on a field was flagged nowhere (History "needs review 0", the report
+    "flagged, not reviewed 0"): the same crop on the Explanation page was "flagged for review". Nor could a
+    detected cell be corrected. Each typed white cell the differential counts is now a cell of the analysis:
+    its crop, the tree's answer and its flag, reviewed on the Review page."""
+    from bloodcells.classify import load_classifier
+    from bloodcells.inputs import open_image
+    from bloodcells.signout import build_report, differential_codes
+
+    classifier = load_classifier(trained_models_dir)
+    _fields(tmp_path / "upload", count=2, codes=("LYT", "EOS", "NGS"))
+    result = detect(tmp_path / "upload", detector=DiscDetector(), classifier=classifier, store=store)
+    white = sorted((b for b in result.boxes if b.class_code == "WBC"), key=lambda b: (b.file, b.x1, b.y1))
+    cells = store.get_analysis(result.analysis_id).predictions
+    assert sorted((c.filename, c.code, round(c.confidence, 6)) for c in cells) == sorted(
+        (f"{b.file} · white cell at ({b.x1:.0f}, {b.y1:.0f})", b.code, round(b.sub_confidence, 6)) for b in white)
+    # as a classified cell of that crop would be: the same answer, flagged the same way
+    crops = classifier.classify_images([cell_crop(open_image((tmp_path / "upload" / b.file).read_bytes()), b)
+                                        for b in white])
+    by_name = {c.filename: c for c in cells}
+    for box, again in zip(white, crops, strict=True):
+        cell = by_name[f"{box.file} · white cell at ({box.x1:.0f}, {box.y1:.0f})"]
+        assert (cell.code, cell.needs_review) == (again.code, again.needs_review)
+        assert open_image(store.read_blob(cell.blob_id)).size == cell_crop(open_image(
+            (tmp_path / "upload" / box.file).read_bytes()), box).size
+    flagged = [c for c in cells if c.needs_review]
+    assert build_report(store, result.analysis_id).unreviewed_flagged == len(flagged)
+    # a reviewer's type is the one the differential counts
+    store.review(cells[0].id, "BAS", "dr.a", seen=None)
+    reviewed = store.get_analysis(result.analysis_id)
+    assert sorted(differential_codes(reviewed)) == sorted(["BAS", *(c.code for c in cells[1:])])
+    assert any(row.label.startswith("Basophil") and row.count == 1 for row in build_report(store, reviewed.id).rows)
+    assert build_report(store, reviewed.id).unreviewed_flagged == len(flagged) - cells[0].needs_review
 
 
 def _generated_code(truth, box, codes) -> str:

@@ -187,22 +187,24 @@ def choose_analysis(store: Store, labels: dict[int, str], prompt: str, key: str)
         st.stop()
 
 
-def choose_classification(store: Store, key: str, nothing_yet: str):
+def choose_cells_analysis(store: Store, key: str, nothing_yet: str):
     """Find (the newest LISTED finished ones; older ones by name or #id, in ``<key>_search``) and choose
-    (``<key>_analysis``) a finished classification; returns it with its cells loaded, or None after
-    saying why there is none (``nothing_yet`` and a link to classify, when nothing was searched)."""
+    (``<key>_analysis``) a finished analysis with cells: a classification, or a detection's typed white cells;
+    returns it with its cells loaded, or None after saying why there is none (``nothing_yet`` and a link to
+    classify, when nothing was searched)."""
     search = find_analyses(f"{key}_search")
-    analyses = store.list_analyses(kind="classification", limit=LISTED, search=search, done=True, also=open_analysis())
+    analyses = store.list_analyses(limit=LISTED, search=search, done=True, with_cells=True, also=open_analysis())
     if len(analyses) >= LISTED:
         listed_note(len(analyses), search)
     if analyses:
-        return choose_analysis(store, {a.id: f"#{a.id} · {stamp(a.created_at)} · {a.name}" for a in analyses},
-                               "Analysis", f"{key}_analysis")
+        return choose_analysis(store, {a.id: f"#{a.id} · {stamp(a.created_at)} · {a.name}"
+                                              + (" (white cells of smear fields)" if a.kind == "detection" else "")
+                                       for a in analyses}, "Analysis", f"{key}_analysis")
     if not search:
         st.info(nothing_yet)
         link_to("pages/2_Classification.py")
     else:
-        st.info(f"No finished classification matches “{search}”.")
+        st.info(f"No finished analysis with cells matches “{search}”.")
     return None
 
 

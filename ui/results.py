@@ -12,7 +12,7 @@ from PIL import Image
 from bloodcells import report
 from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES, SlideCount
 from bloodcells.inputs import InputError, open_image, thumbnail_png
-from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, erythroblasts_per_100, slide_differential
+from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, differential_codes, erythroblasts_per_100
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to
@@ -173,8 +173,12 @@ def show_detection(store: Store, analysis) -> None:
     columns[0].metric("Images", (analysis.summary or {}).get("images", len({r["file"] for r in records})))
     for column, cls in zip(columns[1:], classes, strict=True):
         column.metric(cls, counts[cls], help=CLASS_NAMES.get(cls))
-    slide = slide_differential(analysis.summary)  # a slide's differential stops at its target, as its report
-    white = list(slide.codes.elements()) if slide else [r["code"] for r in records if r["code"]]
+    white = differential_codes(analysis)  # a slide's stops at its target; reviewed types count, as in its report
+    if analysis.predictions:  # its typed white cells, flagged like classified cells, are reviewed on Review
+        flagged = sum(1 for p in analysis.predictions if p.needs_review and not p.reviewed)
+        st.caption(f"{len(analysis.predictions)} white cells typed and counted · **{flagged} flagged for review**"
+                   if flagged else f"{len(analysis.predictions)} white cells typed and counted · none flagged")
+        link_to("pages/4_Review.py", "Review its white cells")
     if white:
         st.subheader("White-cell differential")
         show_differential(white, key=f"wbc-percent-{analysis.id}", specimen=shown_specimen(analysis))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .boxes import DETECTOR_CLASSES, DetectedBox
 from .detector import DEFAULT_BOX_CONFIDENCE, MAX_BOXES, Detector
 from .drawing import annotate
-from .slide import DEFAULT_WBC_TARGET, FieldImage, SlideCount, check_wbc_target, count_slide
+from .slide import DEFAULT_WBC_TARGET, FieldImage, SlideCount, check_wbc_target, count_slide, taken_white_cells
 
 if TYPE_CHECKING:
     from ..classify import TreeClassifier
@@ -72,6 +72,19 @@ def cell_crop(image, box: DetectedBox, margin: float = 0.35):
     return image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
 
 
+def white_cell_name(box: DetectedBox) -> str:
+    """What a typed white cell is called as a cell of its analysis (on the Review page, in its CSV)."""
+    return f"{box.file} · white cell at ({box.x1:.0f}, {box.y1:.0f})"
+
+
+def _png(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _default_classifier() -> tuple[TreeClassifier | None, str | None]:
     """The shipped classifier tree, or the reason there is none."""
     from ..classify import ModelFileError, load_classifier
@@ -112,7 +125,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
         none_readable,
         open_image,
     )
-    from ..store import DetectionRow, record_analysis
+    from ..store import DetectionRow, PredictionRow, record_analysis
 
     if slide:
         check_wbc_target(wbc_target)
@@ -120,6 +133,9 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
     detector = detector or Detector.load()
     outcome = DetectionResult()
     fields: list[FieldImage] = []  # slide mode: what registering the fields needs of each
+    # each typed white cell (by its box) as a cell of the analysis: its crop and the tree's answer, flagged
+    # for review like a classified cell; those the differential counts are stored, for the Review page
+    cells: dict[int, PredictionRow] = {}
     if not type_white_cells:
         classifier, outcome.typing_skipped = None, "white-cell typing switched off"
     elif classifier is None:
@@ -154,9 +170,11 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
             outcome.warnings += _doubtful(item.name, image, boxes, confidence)
             white = [b for b in boxes if b.class_code == "WBC"]
             if classifier is not None and white:
-                for box, cell in zip(white, classifier.classify_images([cell_crop(image, b) for b in white]),
-                                     strict=True):
+                crops = [cell_crop(image, b) for b in white]
+                for box, crop, cell in zip(white, crops, classifier.classify_images(crops), strict=True):
                     box.code, box.path, box.sub_confidence = cell.code, cell.path, cell.confidence
+                    cells[id(box)] = PredictionRow(white_cell_name(box), cell.code, cell.path, cell.confidence,
+                                                   cell.level_confidences, cell.needs_review, _png(crop))
             outcome.boxes += boxes
             outcome.files.append(item.name)
             if slide:
@@ -167,11 +185,14 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
                 progress(len(outcome.files), None)
         if not outcome.files:  # images, none decodable: an error, not a finished analysis of 0 cells
             raise none_readable(label, [p for p in outcome.problems if is_image_name(p.name)])
+        counted = outcome.boxes
         if slide:
             outcome.slide, outcome.boxes = count_slide(fields, outcome.boxes, wbc_target)
+            counted = taken_white_cells(outcome.files, outcome.boxes, wbc_target)[0]
             if annotate_to is not None:  # drawn once the boxes kept are known (fewer than found)
                 _annotate_again(source, name, outcome.files, outcome.boxes, Path(annotate_to))
         run.summary = outcome.summary()
+        run.predictions = (cells[id(box)] for box in counted if id(box) in cells)
         run.detections = (DetectionRow(b.file, b.class_code, b.confidence, b.xyxy, b.code, b.path, b.sub_confidence)
                           for b in outcome.boxes)
     return outcome

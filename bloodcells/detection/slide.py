@@ -375,12 +375,12 @@ def _class_counts(files: list[str], boxes: list[DetectedBox]) -> dict[str, dict[
     return {file: {code: per_file[(file, code)] for code in DETECTOR_CLASSES} for file in files}
 
 
-def _white_cells_to_target(files: list[str], unique: list[DetectedBox], target: int) -> WhiteCellCount:
-    """The white cells counted once, field by field in upload order and in reading order within a field
-    (top to bottom), until ``target`` cells of the differential, as it is counted at the microscope: a cell
-    the report keeps apart (not identifiable, smudge, a blood film's erythroblast) is taken with the others
-    but does not count towards the target (a cut cell typed "not identifiable" stopped the count short of
-    the neutrophil in the next field)."""
+def taken_white_cells(files: list[str], unique: list[DetectedBox], target: int) -> tuple[list[DetectedBox], int, int]:
+    """The white cells counted once that the differential takes, field by field in upload order and in reading
+    order within a field (top to bottom), until ``target`` cells of the differential, as it is counted at the
+    microscope; with how many count towards the target and the fields used. A cell the report keeps apart (not
+    identifiable, smudge, a blood film's erythroblast) is taken with the others but does not count towards the
+    target (a cut cell typed "not identifiable" stopped the count short of the neutrophil in the next field)."""
     from ..signout import PERIPHERAL_BLOOD, in_differential
 
     white: dict[str, list[DetectedBox]] = {file: [] for file in files}
@@ -398,6 +398,12 @@ def _white_cells_to_target(files: list[str], unique: list[DetectedBox], target: 
                 break
             taken.append(box)  # smear fields are blood films, as their sign-off assumes until told otherwise
             counted += not box.code or in_differential(box.code, specimen=PERIPHERAL_BLOOD)
+    return taken, counted, fields_used
+
+
+def _white_cells_to_target(files: list[str], unique: list[DetectedBox], target: int) -> WhiteCellCount:
+    """The white-cell differential of the cells ``taken_white_cells`` takes."""
+    taken, counted, fields_used = taken_white_cells(files, unique, target)
     typed = Counter(b.code for b in taken if b.code)
     total_typed = sum(typed.values())
     return WhiteCellCount(target, counted, fields_used,

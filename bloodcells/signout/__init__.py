@@ -30,6 +30,7 @@ from .counts import (
     SlideDifferential,
     SmearFields,
     clinical_rows,
+    differential_codes,
     erythroblasts_per_100,
     in_differential,
     percentages,
@@ -55,6 +56,6 @@ from .render import signoff_lines, to_html, to_pdf
 __all__ = ["AMENDED", "APART", "BONE_MARROW", "CLINICAL_ORDER", "ERYTHROBLASTS", "GALLERY_CELLS", "NOT_SIGNED",
            "NOT_STATED", "OTHERS", "PERIPHERAL_BLOOD", "REOPENED", "SIGNED", "SIGNED_VALUES", "SPECIMENS", "TARGETS",
            "Amendment", "ClinicalReport", "Event", "ReportError", "Row", "SignedReportError", "SlideDifferential",
-           "SmearFields", "ValueChange", "build_report", "clinical_rows", "erythroblasts_per_100", "in_differential",
+           "SmearFields", "ValueChange", "build_report", "clinical_rows", "differential_codes", "erythroblasts_per_100", "in_differential",
            "percentages", "report_specimen", "signed_value_changes", "signoff_lines", "signoff_status",
            "slide_differential", "smear_fields", "to_html", "to_pdf"]

@@ -166,6 +166,16 @@ class SlideDifferential:
     codes: Counter  # tree code -> white cells of that type counted
 
 
+def differential_codes(analysis) -> list[str]:
+    """The cell types an analysis's differential counts: its cells' final types (a reviewer's where given), the
+    white cells a detection typed and counted among them. A detection stored before its white cells were kept
+    as cells (2026-12-07) has none: its slide's counted white cells, else every typed white cell."""
+    if analysis.predictions or analysis.kind != "detection":
+        return [p.final_code for p in analysis.predictions]
+    slide = slide_differential(analysis.summary)
+    return list(slide.codes.elements()) if slide else [d.code for d in analysis.detections if d.code]
+
+
 def slide_differential(summary: dict | None) -> SlideDifferential | None:
     """A slide-mode analysis's differential as its Slide panel shows it (None for any other analysis):
     the report, the count log and the page must count these cells, not every white cell on the fields."""

@@ -20,6 +20,7 @@ from .counts import (
     Row,
     SmearFields,
     clinical_rows,
+    differential_codes,
     erythroblasts_per_100,
     slide_differential,
     smear_fields,
@@ -187,15 +188,10 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         check_specimen(specimen, white_cell_count)
     except ValueError as error:
         raise ReportError(str(error)) from error
-    if analysis.kind == "detection":
-        codes = list(slide.codes.elements()) if slide else [d.code for d in analysis.detections if d.code]
-        flagged, gallery_source = 0, []
-        reviews = []
-    else:
-        codes = [p.final_code for p in analysis.predictions]
-        unreviewed = [p for p in analysis.predictions if p.needs_review and not p.reviewed]
-        flagged, gallery_source = len(unreviewed), unreviewed[:GALLERY_CELLS]
-        reviews = [(p, r) for p in analysis.predictions for r in p.reviews]
+    codes = differential_codes(analysis)
+    unreviewed = [p for p in analysis.predictions if p.needs_review and not p.reviewed]
+    flagged, gallery_source = len(unreviewed), unreviewed[:GALLERY_CELLS]
+    reviews = [(p, r) for p in analysis.predictions for r in p.reviews]
     amendments = sorted((Amendment(r.created_at, r.reviewer, p.filename, r.old_code, r.new_code)
                          for p, r in reviews if r.reopening_id is not None), key=lambda a: a.at)
     rows, apart, counted = clinical_rows(codes, tree, white_cell_count, specimen)

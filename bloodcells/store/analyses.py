@@ -177,13 +177,14 @@ class AnalysisStore:
 
     def list_analyses(self, kind: str | None = None, limit: int = 200, search: str = "", reviewed: bool = False,
                       done: bool = False, made: tuple[datetime | None, datetime | None] = (None, None),
-                      also: int | None = None) -> list[Analysis]:
+                      also: int | None = None, with_cells: bool = False) -> list[Analysis]:
         """The newest analyses, at most ``limit``, of ``kind``; ``reviewed``: only those with a reviewed
-        cell; ``done``: only finished ones; ``made``: begun from the first (naive UTC) time to before
+        cell; ``with_cells``: only those with cells (a classification's, or a detection's typed white cells);
+        ``done``: only finished ones; ``made``: begun from the first (naive UTC) time to before
         the second. ``search`` keeps those whose name contains it, and the one whose id it is (``#12``
         or ``12``): how older analyses are found. ``also``: an analysis listed last when it meets the
         conditions but is older than the newest ``limit`` (the one a page has open)."""
-        conditions = _analysis_conditions(kind, search, reviewed, done, made)
+        conditions = _analysis_conditions(kind, search, reviewed, done, made, with_cells)
         self._fail_interrupted()
         with self.session() as session:
             analyses = list(session.scalars(select(Analysis).where(*conditions).order_by(Analysis.id.desc())
@@ -270,11 +271,13 @@ def _check_still_running(analysis: Analysis | None, analysis_id: int) -> None:
 
 
 def _analysis_conditions(kind: str | None = None, search: str = "", reviewed: bool = False, done: bool = False,
-                         made: tuple[datetime | None, datetime | None] = (None, None)) -> list:
+                         made: tuple[datetime | None, datetime | None] = (None, None), with_cells: bool = False) -> list:
     """The WHERE conditions of ``Store.list_analyses`` and ``count_analyses``."""
     conditions = []
     if kind:
         conditions.append(Analysis.kind == kind)
+    if with_cells:
+        conditions.append(Analysis.predictions.any())
     if reviewed:
         conditions.append(Analysis.predictions.any(Prediction.reviewed_code.is_not(None)))
     if done:

@@ -249,15 +249,17 @@ class ReviewStore:
         return {analysis_id: sorted(names) for analysis_id, names in found.items()}
 
     def final_code_counts(self, analysis_ids: Iterable[int]) -> dict[int, Counter[str]]:
-        """Cells per final label (the reviewer's where given) of each analysis; for a detection, its
-        white cells per type. Counted in the database: no prediction is loaded."""
+        """Cells per final label (the reviewer's where given) of each analysis, a detection's typed white
+        cells among them; for a detection stored before those were kept as cells, its white cells per type
+        (``signout.differential_codes``). Counted in the database: no prediction is loaded."""
         ids = list(analysis_ids)
         counts: dict[int, Counter[str]] = {analysis_id: Counter() for analysis_id in ids}
         final = func.coalesce(Prediction.reviewed_code, Prediction.code)
         queries = [select(Prediction.analysis_id, final, func.count()).where(Prediction.analysis_id.in_(ids))
                    .group_by(Prediction.analysis_id, final),
                    select(Detection.analysis_id, Detection.code, func.count())
-                   .where(Detection.analysis_id.in_(ids), Detection.code.is_not(None))
+                   .where(Detection.analysis_id.in_(ids), Detection.code.is_not(None),
+                          ~select(Prediction.id).where(Prediction.analysis_id == Detection.analysis_id).exists())
                    .group_by(Detection.analysis_id, Detection.code)]
         with self.session() as session:
             for query in queries:
