@@ -296,7 +296,7 @@ def _explain_level(classifier, node_model, picture, digest, explainer, settings,
             if store is not None:
                 save_attribution(store, key, attribution)
     seconds = time.perf_counter() - started
-    name = classifier.tree[target_code].name
+    name = classifier.tree[target_code].title  # as the pages write it ("myeloid mature", not "myeloid_mature")
     caption = (f"{explainer.title} | node {node_model.code} -> {target_code} {name} "
                f"(p={float(probabilities[index]):.2f}) | {seconds:.2f} s{' (cached)' if cached else ''}")
     seen = _denormalise(inputs[0], node_model.mean, node_model.std)

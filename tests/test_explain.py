@@ -207,6 +207,8 @@ def test_one_map_per_level_of_the_predicted_path(classifier, method):
         assert level.png()[:8] == b"\x89PNG\r\n\x1a\n"
         assert METHODS[method].title in level.caption and level.node in level.caption
         assert level.target in level.caption and f"{level.seconds:.2f} s" in level.caption
+        # named as the pages name it: the map of a band neutrophil at MYE said "myeloid_mature"
+        assert f"{level.target} {classifier.tree[level.target].title} (p=" in level.caption
         assert 0 < level.probability <= 1
 
 
