@@ -36,6 +36,10 @@ from .settings import settings
 SHIPPED = "shipped"
 
 
+class VersionError(ValueError):
+    """A switch that cannot be made as asked (no such version, nothing to roll back to, decided already, no name)."""
+
+
 def candidate_dir() -> Path:
     """A fresh folder for a training run's models (in the data folder): not in use until promoted."""
     # unique: two people training in the same second must not write one folder
@@ -173,7 +177,7 @@ def discard_candidate(store, model_version_id: int, person: str) -> None:
 def _candidate(store, model_version_id: int):
     row = store.get_model_version(model_version_id)
     if row.status != "candidate":
-        raise ValueError(f"model version #{model_version_id} was already {row.status} by {row.decided_by}")
+        raise VersionError(f"model version #{model_version_id} was already {row.status} by {row.decided_by}")
     return row
 
 
@@ -182,7 +186,7 @@ def use_version(tree_name: str, version: str | None, *, by: str) -> Path:
     it; the one in use before is kept for ``rollback``. Returns its folder."""
     by = _who(by)
     if version is not None and version not in list_versions(tree_name):
-        raise ValueError(f"tree {tree_name!r} has no version {version!r} "
+        raise VersionError(f"tree {tree_name!r} has no version {version!r} "
                          f"(versions: {', '.join(list_versions(tree_name)) or 'none'})")
     folder = _folder(tree_name, version)
     _load(folder, tree_name)
@@ -202,7 +206,7 @@ def rollback(tree_name: str, *, by: str) -> Path:
         if removed:
             _write_pointer(tree_name, {**state, "history": history})
         if not history:
-            raise ValueError(f"tree {tree_name!r} has no earlier version to roll back to")
+            raise VersionError(f"tree {tree_name!r} has no earlier version to roll back to")
         previous = history[-1]
         folder = _folder(tree_name, previous)
         _load(folder, tree_name)
@@ -272,7 +276,7 @@ def _who(by: str | None) -> str:
     """The name a switch is logged under, checked before any work: a lab must know who changed the models
     every analysis uses."""
     if not (by or "").strip():
-        raise ValueError("say who is switching the version in use (a name)")
+        raise VersionError("say who is switching the version in use (a name)")
     return by.strip()
 
 

@@ -384,3 +384,27 @@ def test_a_secrets_file_that_cannot_be_read_locks_every_page(app_store, tmp_path
     at = app("5_History").run()
     assert not at.exception and not at.dataframe
     assert any("password setting cannot be read" in e.value for e in at.error)
+
+
+def test_a_users_mistake_is_said_without_a_traceback_in_the_log_a_bug_keeps_its_traceback(caplog):
+    """Adapting with too few cells, or accepting a version decided already, put six tracebacks in the server's
+    log for mistakes the page had said in words."""
+    def page():
+        import streamlit as st
+
+        from bloodcells.adapt import AdaptError
+        from bloodcells.versions import VersionError
+        from ui.work import run_safely
+
+        for what, error in (("Adapting", AdaptError("LYT: 2 cells, at least 5 needed")),
+                            ("Accepting", VersionError("already accepted")),
+                            ("Drawing", ValueError("a bug of ours"))):
+            with run_safely(what):
+                raise error
+        st.write("drawn")
+
+    with caplog.at_level("ERROR", logger="bloodcells.app"):
+        at = AppTest.from_function(page, default_timeout=60).run()
+    assert [e.value for e in at.error] == ["Adapting failed: LYT: 2 cells, at least 5 needed",
+                                           "Accepting failed: already accepted", "Drawing failed: a bug of ours"]
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == ["Drawing failed"]

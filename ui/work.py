@@ -26,17 +26,19 @@ def run_safely(what: str) -> Iterator[dict]:
     outcome: dict = {}
     try:
         yield outcome
-    except (InputError, UnknownLabelError) as error:  # the user's files: no traceback in the log
-        outcome.clear()
-        st.error(f"{what}: {error}")
     except StoreError as error:
         outcome.clear()
         st.error(f"The database is not available: {error}. Nothing was half-stored; try again when it is back.")
     except Exception as error:
         outcome.clear()
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:  # the server's disk, not the user's files
+        if isinstance(error, InputError | UnknownLabelError):  # the user's files
+            st.error(f"{what}: {error}")
+        elif isinstance(error, OSError) and error.errno == errno.ENOSPC:  # the server's disk, not the user's files
             st.error(f"{what} failed: the server's disk is full (the data folder is {settings().data_dir}). "
                      "Nothing was half-stored; ask whoever runs the server to free space, then try again.")
         else:  # a message in words for the user; the traceback goes to the server log
-            log.exception("%s failed", what)
+            # bloodcells' own ValueErrors say what the user asked wrong (too few cells, a version decided
+            # already): no traceback for them (six in the log for one afternoon's adapting)
+            if not (isinstance(error, ValueError) and type(error).__module__.startswith("bloodcells.")):
+                log.exception("%s failed", what)
             st.error(f"{what} failed: {error}")
