@@ -501,3 +501,19 @@ def test_a_cell_reviewed_with_the_mouse_in_not_reviewed_yet_stays_in_place_until
     at.segmented_control(key=f"review_filter-{analysis_id}").set_value("all").run()
     at.segmented_control(key=f"review_filter-{analysis_id}").set_value("not reviewed yet").run()
     assert len(cards()) == 2 and f"open_other_{first.id}" not in cards()  # chosen again: what is left to review
+
+
+def test_an_analysis_signed_elsewhere_and_reopened_here_starts_at_the_signed_values(app_store):
+    """Bob's page was drawn before Alice signed off a blood film: after he reopens it, the fields are the signed
+    ones (a walkthrough in a browser saw the specimen blank there, twice; not reproduced here)."""
+    analysis_id = classified(app_store, ["NGS", "LYT"])
+    bob = review_page_as("Dr Bob")
+    assert bob.selectbox(key=f"report-specimen-{analysis_id}").value is None  # not chosen on his page
+    app_store.sign_off(analysis_id, "Dr Alice", category="routine", comment="Normal film.", specimen="peripheral blood")
+    bob.run()
+    bob.text_input(key=f"reopen-reason-{analysis_id}").input("recount bands")
+    bob.button(key=f"reopen-{analysis_id}").click().run()
+    assert not bob.exception and "reopened" in panel_of(bob).label
+    assert bob.selectbox(key=f"report-specimen-{analysis_id}").value == "peripheral blood"
+    assert bob.text_input(key=f"report-category-{analysis_id}").value == "routine"
+    assert bob.text_area(key=f"report-comment-{analysis_id}").value == "Normal film."
