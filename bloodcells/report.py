@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from .classify import TREE_VERSION
 from .clock import stamp
+from .inputs import is_image_name
 from .spreadsheet import csv_bytes
 from .taxonomy import Tree, default_tree
 
@@ -165,11 +166,17 @@ def prediction_records(analysis, tree: Tree | None = None) -> list[dict]:
 
 
 def detection_records(analysis) -> list[dict]:
-    """One row per detected box of a stored analysis (white cells with the tree's answer)."""
+    """One row per detected box of a stored analysis: white cells with the tree's answer and, for those kept
+    as cells of the analysis, the type a reviewer gave (``reviewed_code``; the CSV said the model's type
+    beside a PDF that counted the reviewed one)."""
+    from .detection.pipeline import white_cell_name
+
+    reviewed = {p.filename: p.reviewed_code for p in analysis.predictions if p.reviewed}
     return [{"file": d.filename, "class": d.class_code, "confidence": round(d.score, 4),
              "x1": round(d.x1, 1), "y1": round(d.y1, 1), "x2": round(d.x2, 1), "y2": round(d.y2, 1),
              "code": d.code or "", "path": d.path or "",
-             "sub_confidence": None if d.sub_confidence is None else round(d.sub_confidence, 4)}
+             "sub_confidence": None if d.sub_confidence is None else round(d.sub_confidence, 4),
+             "reviewed_code": reviewed.get(white_cell_name(d.filename, d.x1, d.y1), "") if d.code else ""}
             for d in analysis.detections]
 
 
@@ -213,6 +220,8 @@ def labelled_zip(cells: Iterable[tuple[str, str, bytes]]) -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for n, (filename, code, content) in enumerate(cells):
             base = re.sub(r"[^A-Za-z0-9._-]+", "-", PurePosixPath(filename.replace("\\", "/")).name)
+            if not is_image_name(base):  # a detection's white cell, named by its field: its crop is a PNG
+                base += ".png"
             archive.writestr(f"{code}/{code}_{n:05d}_{base}", content)
     return buffer.getvalue()
 

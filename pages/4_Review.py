@@ -33,7 +33,7 @@ locked_notice(analysis)
 def apply_review(prediction_id: int, code: str, seen: int | None) -> None:
     """``seen``: the cell's latest review as drawn: a colleague's review since is said, not overwritten."""
     if (review := attempt(store.review, prediction_id, code, reviewer, seen=seen)) is not None:
-        record_change(analysis.id, prediction_id, review, seen)
+        record_change(analysis.id, prediction_id, review)
 
 
 def apply_other(prediction_id: int, seen: int | None) -> None:

@@ -166,6 +166,11 @@ def test_slide_mode_counts_the_fields_as_one_slide(models_root, app_store, monke
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Fields"] == "3"
     assert [w.value for w in at.warning] == said
+    # a cell reviewed on Review: the slide's differential and the whole one count its type
+    app_store.review(stored.predictions[0].id, "BAS", "Dr A")
+    at.run()
+    tables = [list(t.value["cell type"]) for t in at.dataframe if "cell type" in t.value.columns]
+    assert len(tables) == 2 and all("Basophils" in table for table in tables)
 
 
 @pytest.mark.slow

@@ -340,6 +340,20 @@ def test_typed_white_cells_are_kept_as_cells_to_review_flagged_like_classified_o
     assert sorted(differential_codes(reviewed)) == sorted(["BAS", *(c.code for c in cells[1:])])
     assert any(row.label.startswith("Basophil") and row.count == 1 for row in build_report(store, reviewed.id).rows)
     assert build_report(store, reviewed.id).unreviewed_flagged == len(flagged) - cells[0].needs_review
+    # the detection CSV says the reviewed type beside the model's (it said the model's beside a PDF of the other)
+    from bloodcells import report as reports
+    from bloodcells.data import load_dataset
+
+    records = reports.detection_records(reviewed)
+    assert [r["reviewed_code"] for r in records if r["code"]].count("BAS") == 1
+    assert all(r["reviewed_code"] == "" for r in records if not r["code"])
+    # the corrected labels read back for training: named by their field, the crops had no image suffix
+    from bloodcells.taxonomy import default_tree
+
+    reviewed.predictions = [p for p in reviewed.predictions if p.reviewed]  # as the Review page exports them
+    exported = tmp_path / "labels.zip"
+    exported.write_bytes(reports.labelled_zip(reports.reviewed_cells(store, reviewed)))
+    assert load_dataset([exported], default_tree(), 32).labels == ["BAS"]
 
 
 def _generated_code(truth, box, codes) -> str:

@@ -271,6 +271,23 @@ def test_undo_does_not_take_back_another_users_later_change(store):
     assert store.get_analysis(analysis_id).predictions[0].reviewed
 
 
+def test_a_double_click_and_two_undos_give_the_cell_back_unreviewed(store):
+    """Both clicks of a double click carry the page's state: the second, agreeing, follows the first, and Undo
+    goes back through both (it was refused, naming the reviewer's own undo as a colleague's change)."""
+    analysis_id = classified(store, ["NGS"])
+    [cell] = store.get_analysis(analysis_id).predictions
+    first = store.review(cell.id, "LYT", "ana", seen=None)
+    second = store.review(cell.id, "LYT", "ana", seen=None)  # the same page, clicked again
+    assert (first.previous, second.previous, second.replaced) == (None, first.id, "LYT")
+    undone = store.undo_review(cell.id, second.replaced, "ana", second.id)
+    store.undo_review(cell.id, first.replaced, "ana", undone.id)  # Undo's list now follows the undo
+    assert not store.get_analysis(analysis_id).predictions[0].reviewed
+    colleague = store.review(cell.id, "EOS", "bo")
+    store.undo_review(cell.id, None, "bo", colleague.id)
+    with pytest.raises(ChangedSince, match="c0.png was given back unreviewed by bo on .* since"):
+        store.review(cell.id, "NGB", "ana", seen=colleague.id)
+
+
 def test_a_review_from_a_page_drawn_before_a_colleagues_review_is_refused_not_written_over_it(store):
     """Two people on one analysis: B's page, drawn before A's correction, confirmed the model's label with a
     click and overwrote A's correction, with no word to either."""

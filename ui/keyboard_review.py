@@ -55,10 +55,11 @@ IGNORED = "keyboard_ignored"  # and (count, monotonic time of the last) keys tha
 IGNORED_SHOWN_SECONDS = 10.0
 
 
-def record_change(analysis_id: int, prediction_id: int, review, seen: int | None) -> None:
-    """Remember a change this session made (its review, and the cell's latest review the page showed before
-    it) for Undo, in either review mode: Undo takes back the last change, whichever way it was made."""
-    st.session_state.setdefault(_undo_key(analysis_id), []).append((prediction_id, review.replaced, review.id, seen))
+def record_change(analysis_id: int, prediction_id: int, review) -> None:
+    """Remember a change this session made (its review: the label it replaced, the review it followed) for
+    Undo, in either review mode: Undo takes back the last change, whichever way it was made."""
+    st.session_state.setdefault(_undo_key(analysis_id), []).append(
+        (prediction_id, review.replaced, review.id, review.previous))
 
 
 def changed_since(analysis_id: int, start: int) -> set[int]:
@@ -78,7 +79,7 @@ def undo_button(store: Store, analysis_id: int, reviewer: str, disabled: bool, k
     stack = _undo_key(analysis_id)
 
     def undo_last() -> None:
-        prediction_id, before, review_id, seen = st.session_state[stack][-1]
+        prediction_id, before, review_id, previous = st.session_state[stack][-1]
 
         def undo():
             try:
@@ -90,8 +91,8 @@ def undo_button(store: Store, analysis_id: int, reviewer: str, disabled: bool, k
         if (undoing := attempt(undo)) is not None:
             st.session_state[stack].pop()
             # the cell is as this session's change before left it: that change can be undone in turn
-            st.session_state[stack] = [(p, b, undoing.id if (p, r) == (prediction_id, seen) else r, s)
-                                       for p, b, r, s in st.session_state[stack]]
+            st.session_state[stack] = [(p, b, undoing.id if (p, r) == (prediction_id, previous) else r, f)
+                                       for p, b, r, f in st.session_state[stack]]
         st.session_state[_cursor_key(analysis_id)] = prediction_id  # the keyboard view shows that cell
 
     st.button("Undo my last change", key=key, icon=":material/undo:", shortcut=shortcut,
@@ -131,7 +132,7 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
             return
         st.session_state[KEYED] = drawing
         if (review := attempt(store.review, cell.id, code, reviewer, seen=seen)) is not None:
-            record_change(analysis.id, cell.id, review, seen)
+            record_change(analysis.id, cell.id, review)
             st.session_state[cursor] = following
 
     def move(prediction_id: int) -> None:

@@ -189,12 +189,13 @@ def show_detection(store: Store, analysis) -> None:
         signoff_panel(store, analysis)
     # the lab's columns; the box corners stay in the CSV
     st.dataframe(records, hide_index=True, key=f"boxes-{analysis.id}", placeholder="",
-                 column_order=["file", "class", "confidence", "code", "sub_confidence"],
+                 column_order=["file", "class", "confidence", "code", "sub_confidence", "reviewed_code"],
                  column_config={"file": "image", "class": st.column_config.TextColumn("cell", help=", ".join(
                                     f"{code}: {name}" for code, name in CLASS_NAMES.items())),
                                 "confidence": st.column_config.NumberColumn("box confidence", format="%.2f"),
                                 "code": "white-cell type",
-                                "sub_confidence": st.column_config.NumberColumn("type confidence", format="%.2f")})
+                                "sub_confidence": st.column_config.NumberColumn("type confidence", format="%.2f"),
+                                "reviewed_code": "reviewed type"})
 
 
 def show_slide(slide: SlideCount, analysis, key: str) -> None:
@@ -222,7 +223,9 @@ def show_slide(slide: SlideCount, analysis, key: str) -> None:
 
     white = slide.white_cells
     (st.success if white.reached else st.warning)(f"Differential: {white}.")
-    codes = [code for code, row in white.differential.items() for _ in range(int(row["count"]))]
+    # the types of the cells counted, as reviewed since (those stored before typed cells were kept: as counted)
+    codes = differential_codes(analysis) if analysis.predictions else [
+        code for code, row in white.differential.items() for _ in range(int(row["count"]))]
     if codes:
         show_differential(codes, key=f"{key}-percent", specimen=shown_specimen(analysis))
     if white.untyped:

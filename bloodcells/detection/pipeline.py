@@ -72,9 +72,10 @@ def cell_crop(image, box: DetectedBox, margin: float = 0.35):
     return image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
 
 
-def white_cell_name(box: DetectedBox) -> str:
-    """What a typed white cell is called as a cell of its analysis (on the Review page, in its CSV)."""
-    return f"{box.file} · white cell at ({box.x1:.0f}, {box.y1:.0f})"
+def white_cell_name(file: str, x1: float, y1: float) -> str:
+    """What the typed white cell boxed from (x1, y1) on ``file`` is called as a cell of its analysis (on the
+    Review page; the detection CSV finds its reviewed type by it)."""
+    return f"{file} · white cell at ({x1:.0f}, {y1:.0f})"
 
 
 def _png(image) -> bytes:
@@ -173,7 +174,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
                 crops = [cell_crop(image, b) for b in white]
                 for box, crop, cell in zip(white, crops, classifier.classify_images(crops), strict=True):
                     box.code, box.path, box.sub_confidence = cell.code, cell.path, cell.confidence
-                    cells[id(box)] = PredictionRow(white_cell_name(box), cell.code, cell.path, cell.confidence,
+                    cells[id(box)] = PredictionRow(white_cell_name(box.file, box.x1, box.y1), cell.code, cell.path, cell.confidence,
                                                    cell.level_confidences, cell.needs_review, _png(crop))
             outcome.boxes += boxes
             outcome.files.append(item.name)

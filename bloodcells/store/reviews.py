@@ -140,7 +140,7 @@ class ReviewStore:
                seen: int | None | object = ANY_STATE) -> Review:
         """Confirm or correct a prediction; the change is kept with old and new label, who and when.
         The review returned says in ``replaced`` the cell's reviewed label it replaced (None: none),
-        which Undo gives back.
+        which Undo gives back, and in ``previous`` the id of the review it follows (None: none).
 
         ``seen``: the id of the cell's latest review as the page asking showed it (None: it showed the
         cell unreviewed). When someone reviewed the cell since to another label, the review is refused
@@ -176,13 +176,16 @@ class ReviewStore:
             latest = prediction.reviews[-1] if prediction.reviews else None
             changed = seen is not ANY_STATE and (latest.id if latest else None) != seen
             if changed and not (agreeing and agreeing == prediction.final_code):
-                raise ChangedSince(f"{prediction.filename} was {'confirmed as' if latest.new_code == latest.old_code else 'changed to'} "
-                                  f"{prediction.final_code} by {latest.reviewer} on {stamp(latest.created_at)} since: "
-                                  f"{refused}")
+                done = ("given back unreviewed" if not prediction.reviewed else
+                        f"confirmed as {prediction.final_code}" if latest.new_code == latest.old_code else
+                        f"changed to {prediction.final_code}")
+                raise ChangedSince(f"{prediction.filename} was {done} by {latest.reviewer} on "
+                                  f"{stamp(latest.created_at)} since: {refused}")
             review = Review(prediction_id=prediction_id, old_code=prediction.final_code,
                             new_code=reviewed_code or prediction.code, reviewer=reviewer,
                             reopening_id=last.id if last is not None else None)
             review.replaced = prediction.reviewed_code
+            review.previous = latest.id if latest else None  # the review it follows (Undo puts the cell back to it)
             prediction.reviewed_code = reviewed_code
             session.add(review)
             session.flush()
