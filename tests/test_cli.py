@@ -220,6 +220,22 @@ def test_classify_prints_its_finished_progress_bar_once_and_counts_in_words(trai
     assert "\n1 cell: " in "\n" + capsys.readouterr().out
 
 
+def test_classify_says_a_multi_page_files_later_pages_apart_from_the_files_skipped(trained_models_dir, tmp_path,
+                                                                                       capsys):
+    """"skipped cells.tif (pages 2-2): ..." was said of a file whose first page was classified."""
+    from bloodcells.synthetic import cell_image
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    cell_image("LYT", 1, 32).save(folder / "cells.tif", save_all=True, append_images=[cell_image("EOS", 2, 32)])
+    (folder / "broken.png").write_bytes(b"not an image")
+    assert main(["classify", str(folder), "--models", str(trained_models_dir), "--no-store"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed if line.startswith(("note", "skipped"))] == [
+        "skipped broken.png", "note cells.tif (pages 2-2)"]
+    assert "\n1 cell: " in "\n" + "\n".join(printed)
+
+
 def test_train_attributes_prints_each_attribute_once(trained_models_dir, tmp_path, capsys):
     """Each attribute's accuracy was logged as it was fitted, then printed again in a table."""
     from test_morphology import write_attribute_table

@@ -297,6 +297,8 @@ def test_the_command_line_lists_promotes_switches_and_rolls_back(models, trained
     from bloodcells.store import open_store
 
     monkeypatch.setenv("BLOODCELLS_DATA_DIR", str(tmp_path / "data"))
+    assert main(["versions", "log"]) == 0  # it printed nothing
+    assert capsys.readouterr().out.startswith("no switch of tree 'default' logged yet")
     new = candidate(trained_models_dir, tmp_path, "run-cli")
     assert main(["versions", "promote", str(new)]) == 0
     [version] = versions.list_versions(TREE)
@@ -356,3 +358,16 @@ def test_a_promoted_version_is_never_trained_over_and_a_broken_tree_is_named_as_
         versions.promote(broken, TREE, by="ana")
     assert ".incoming-" not in str(raised.value)
     assert versions.current_version(TREE) == folder.name
+
+
+def test_the_versions_section_says_why_its_buttons_wait_for_a_name(models, trained_models_dir, tmp_path, app_store):
+    """Use and Roll back were greyed out with no reason given when the sidebar had no name."""
+    from test_app_adapt import training_page
+
+    versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, by="ana")
+    at = training_page("versions")
+    assert not any("Enter your name in the sidebar" in c.value for c in at.caption)
+    at.session_state["reviewer"] = ""
+    at.run()
+    assert not at.exception and at.button(key="rollback").disabled
+    assert any("Enter your name in the sidebar to accept, discard, switch or roll back" in c.value for c in at.caption)

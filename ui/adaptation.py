@@ -101,6 +101,8 @@ def versions_section(store: Store, person: str) -> None:
         return
     st.markdown(f"In use: **{in_use or SHIPPED_LABEL}**. Every analysis records the version that made it "
                 "(History, “models”).")
+    if not person:  # Accept, Discard, Use and Roll back were greyed out with no reason given
+        st.caption("Enter your name in the sidebar to accept, discard, switch or roll back: each is logged with it.")
     for row in store.list_model_versions(tree):
         title = (f"#{row.id} · {row.kind} by {row.started_by}, {stamp(row.started_at)} · {row.cells} cells"
                  f" · {row.status}" + (f" as {row.version}" if row.version else ""))

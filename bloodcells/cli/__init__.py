@@ -93,6 +93,15 @@ def output_folder(path: str | Path | None, reads: str | Path | None = None) -> P
     return path
 
 
+def print_problems(problems) -> None:
+    """The files of an input not used, each with why: "skipped ..."; the later pages of a multi-page file whose
+    first page was used, "not read: ..." (it said "skipped" of a file that was analysed)."""
+    from ..inputs import LATER_PAGES_UNREAD
+
+    for problem in problems:
+        print(f"{'note' if LATER_PAGES_UNREAD in str(problem) else 'skipped'} {problem}")
+
+
 def plural(count: int, word: str) -> str:
     """``count`` and ``word``, with an s unless one: "1 cell", "2 cells"."""
     return f"{count} {word}{'' if count == 1 else 's'}"

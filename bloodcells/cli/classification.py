@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import TREE_IN_USE, CommandError, command, output_file, output_folder, plural, real, whole
+from . import TREE_IN_USE, CommandError, command, output_file, output_folder, plural, print_problems, real, whole
 
 
 def _tree_option(parser):
@@ -229,8 +229,7 @@ def _classify(args) -> int:
     with TqdmProgress("cells") as progress:
         outcome = classify(args.input, classifier=classifier, store=store, progress=progress,
                            batch_size=args.batch_size, flips=args.flips)
-    for problem in outcome.problems:
-        print(f"skipped {problem}")
+    print_problems(outcome.problems)
     counts = ", ".join(f"{code} {n}" for code, n in outcome.counts().items())
     review = sum(row.result.needs_review for row in outcome.rows)
     print(f"{plural(len(outcome.rows), 'cell')}: {counts}; {review} to review"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import TREE_IN_USE, CommandError, command, output_file, output_folder, plural, real, whole
+from . import TREE_IN_USE, CommandError, command, output_file, output_folder, plural, print_problems, real, whole
 
 
 def _configure_train(parser: argparse.ArgumentParser) -> None:
@@ -135,8 +135,7 @@ def detect_command(args: argparse.Namespace) -> int:
                     confidence=args.conf, store=store, annotate_to=args.annotated, slide=args.slide,
                     wbc_target=wbc_target)
     result.write_csv(args.out)
-    for problem in result.problems:
-        print(f"skipped {problem}")
+    print_problems(result.problems)
     if result.typing_skipped:
         print(f"white cells not typed: {result.typing_skipped}")
     for warning in result.warnings:
