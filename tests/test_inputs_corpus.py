@@ -218,6 +218,8 @@ def test_the_same_picture_at_16_bits_decodes_to_the_same_pixels(fmt):
     # a float image from 0 to 1, and the same picture in its 8-bit form
     floats = _save(Image.fromarray(grey.astype(np.float32) / 255), "TIFF")
     assert np.array_equal(np.asarray(open_image(floats, "float.tif"))[..., 0], grey)
+    mask = _save(Image.fromarray((grey > 150).astype(np.float32)), "TIFF")  # floats of 0.0 and 1.0 only: 0..1
+    assert np.array_equal(np.asarray(open_image(mask, "mask.tif"))[..., 0], (grey > 150) * 255)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])

@@ -125,11 +125,11 @@ def _eight_bit(array):
     cell, a monocyte, became a segmented neutrophil."""
     import numpy as np
 
+    integers = np.issubdtype(np.asarray(array).dtype, np.integer)  # a float image of 0.0 and 1.0 is 0..1
     array = np.asarray(array, dtype=np.float64)
     finite = np.isfinite(array)
     low, high = (float(array[finite].min()), float(array[finite].max())) if finite.any() else (0.0, 0.0)
-    whole = bool(np.all(array[finite] == np.round(array[finite])))
-    if low >= 0 and whole and high < 2 ** 16:
+    if low >= 0 and integers and high < 2 ** 16:
         low, high = 0.0, float(next(2 ** bits - 1 for bits in (8, 10, 12, 14, 16) if high < 2 ** bits))
     elif low >= 0 and high <= 1:
         low, high = 0.0, 1.0
