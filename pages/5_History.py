@@ -24,6 +24,8 @@ page("History")
 st.title("History")
 store = require_store()
 reviewer_name()  # who signs off or reopens an analysis shown here
+if deleted := st.session_state.pop("deleted", None):
+    st.toast(f"Analysis #{deleted} deleted.")
 
 view = st.segmented_control("View", ["analyses", "count log"], default="analyses", key="history_view",
                             help="Count log: past differentials by category, date and reviewer, as CSV.") or "analyses"
@@ -74,19 +76,25 @@ else:
     st.warning(f"Delete analysis #{analysis.id} ({analysis.name}) with all its results and reviews? "
                "This cannot be undone.")
     yes, no = st.columns(2)
-    if yes.button(f"Yes, delete #{analysis.id}", type="primary", key="delete_confirmed"):
+
+    def delete() -> None:  # a callback: the "Open" box can be set to the analysis shown next before it is drawn
+        st.session_state.pop("confirm_delete", None)
         try:
             store.delete_analysis(analysis.id)
         except (AnalysisLocked, StoreError) as error:  # signed off in another tab since; the database full or lost
-            st.session_state.pop("confirm_delete", None)
             # said in the page drawn again (stopped here, it showed a live "Yes, delete" and no analysis)
             st.session_state["delete_refused"] = f"Not deleted: {error}."
-            st.rerun()
-        st.session_state.pop("confirm_delete", None)
+            return
         st.session_state.pop("analysis_id", None)
-        st.session_state.pop("history_open", None)  # else the next run says it "was deleted meanwhile"
-        st.toast(f"Analysis #{analysis.id} deleted.")
-        st.rerun()
+        # the newest one left, set rather than forgotten: forgotten, the browser's box kept naming the deleted
+        # analysis above the page of another, under its Delete button
+        if left := [other for other in labels if other != analysis.id]:
+            st.session_state["history_open"] = left[0]
+        else:
+            st.session_state.pop("history_open", None)
+        st.session_state["deleted"] = analysis.id
+
+    yes.button(f"Yes, delete #{analysis.id}", type="primary", key="delete_confirmed", on_click=delete)
     if no.button("Cancel", key="delete_cancelled"):
         st.session_state.pop("confirm_delete", None)
         st.rerun()

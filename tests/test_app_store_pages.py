@@ -90,6 +90,9 @@ def test_history_lists_opens_and_deletes_with_confirmation(app_store):
     assert list(at.dataframe[0].value["id"]) == [detection]
     assert not [i.value for i in at.info if "deleted meanwhile" in i.value]  # it was this user who deleted it
     assert {m.label: m.value for m in at.metric}["WBC"] == "1"  # the detection opens now
+    # and the box says so, set to it (forgotten, the browser's box kept naming the deleted analysis)
+    assert at.session_state["history_open"] == detection and at.selectbox(key="history_open").value == detection
+    assert any(f"Analysis #{first} deleted." in t.value for t in at.toast)
 
 
 def test_history_offers_no_delete_for_an_analysis_still_running(app_store):

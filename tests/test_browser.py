@@ -290,3 +290,22 @@ def test_review_downloads_the_report_to_sign(page, server):
     text = "\n".join(p.extract_text() for p in PdfReader(report).pages)
     assert "Segmented neutrophils" in text and "peripheral blood" in text
     assert "3 of a 200-cell target" in text and "Flagged, not reviewed 3" in text
+
+
+def test_history_after_a_delete_names_the_analysis_it_shows(page, server):
+    """After "Yes, delete", the Open box went on naming the deleted analysis above another one's page (and its
+    Delete button): Streamlit's browser side kept the forgotten choice."""
+    stored_analysis(server, "LYT", "ALL/LYM/LYT", 2)  # one left to show
+    doomed = stored_analysis(server, "EOS", "ALL/MYE/MYM/EOS", 2)
+    open_page(page, server, "History")
+    settled(page)
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Open").first.click()
+    page.get_by_role("option", name=f"#{doomed} ").click()
+    settled(page)
+    page.get_by_text("Delete…").first.click()
+    settled(page)
+    page.get_by_text(f"Yes, delete #{doomed}").click()
+    settled(page)
+    shown = page.get_by_role("combobox", name="Open").input_value()  # "#12 · date · kind · name (status)"
+    assert not shown.startswith(f"#{doomed} ")
+    assert shown.split(" ")[0] == page.locator("h3").first.inner_text().split(" ")[0]  # the page's "#12 name"
