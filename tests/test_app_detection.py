@@ -93,8 +93,8 @@ def test_detection_boxes_counts_and_saves(models_root, tmp_path, monkeypatch):
     cells = store.get_analysis(analysis.id).predictions
     flagged = sum(c.needs_review for c in cells)
     assert len(cells) == len(white) and any(
-        f"{len(white)} white cells typed and counted" in c.value and (f"{flagged} flagged" in c.value if flagged
-                                                                     else "none flagged" in c.value)
+        f"{len(white)} white cells typed" in c.value and (f"{flagged} flagged for review, not reviewed yet" in c.value
+                                                          if flagged else "none flagged for review" in c.value)
         for c in at.caption)
     review = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)  # another user's session
     review.switch_page("pages/4_Review.py").run()

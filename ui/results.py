@@ -175,9 +175,11 @@ def show_detection(store: Store, analysis) -> None:
         column.metric(cls, counts[cls], help=CLASS_NAMES.get(cls))
     white = differential_codes(analysis)  # a slide's stops at its target; reviewed types count, as in its report
     if analysis.predictions:  # its typed white cells, flagged like classified cells, are reviewed on Review
-        flagged = sum(1 for p in analysis.predictions if p.needs_review and not p.reviewed)
-        st.caption(f"{len(analysis.predictions)} white cells typed and counted · **{flagged} flagged for review**"
-                   if flagged else f"{len(analysis.predictions)} white cells typed and counted · none flagged")
+        flagged = sum(1 for p in analysis.predictions if p.needs_review)
+        waiting = sum(1 for p in analysis.predictions if p.needs_review and not p.reviewed)
+        st.caption(f"{len(analysis.predictions)} white cells typed (the differential below counts them as reviewed) · "
+                   + (f"**{waiting} flagged for review, not reviewed yet**" if waiting else
+                      f"all {flagged} flagged for review reviewed" if flagged else "none flagged for review"))
         link_to("pages/4_Review.py", "Review its white cells")
     if white:
         st.subheader("White-cell differential")
