@@ -159,7 +159,7 @@ def test_a_blank_frame_is_refused_not_typed_and_counted(trained_models_dir, tmp_
         "or lamp-off capture?",
         "black.jpg: a blank image (one colour throughout, RGB 0, 0, 0): nothing to analyse; a failed or lamp-off "
         "capture?",
-        "dark.png: a blank image (one colour throughout, RGB 6, 5, 6): nothing to analyse; a failed or lamp-off "
+        "dark.png: a blank image (one colour throughout, RGB 6, 6, 6): nothing to analyse; a failed or lamp-off "
         "capture?"]
 
 

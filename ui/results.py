@@ -16,7 +16,7 @@ from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, differential_cod
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to
-from ui.signoff import shown_specimen, signoff_panel
+from ui.signoff import flagged_not_reviewed, shown_specimen, signoff_panel
 
 THUMBNAIL_PX = 48
 MAX_THUMBNAILS = 2000  # beyond this the table shows names only: the page must stay responsive
@@ -176,7 +176,7 @@ def show_detection(store: Store, analysis) -> None:
     white = differential_codes(analysis)  # a slide's stops at its target; reviewed types count, as in its report
     if analysis.predictions:  # its typed white cells, flagged like classified cells, are reviewed on Review
         flagged = sum(1 for p in analysis.predictions if p.needs_review)
-        waiting = sum(1 for p in analysis.predictions if p.needs_review and not p.reviewed)
+        waiting = flagged_not_reviewed(analysis)
         st.caption(f"{len(analysis.predictions)} white cells typed (the differential below counts them as reviewed) · "
                    + (f"**{waiting} flagged for review, not reviewed yet**" if waiting else
                       f"all {flagged} flagged for review reviewed" if flagged else "none flagged for review"))

@@ -69,7 +69,7 @@ def attempt_in_panel(action: Callable, *args, **kwargs) -> None:
 
 
 def flagged_not_reviewed(analysis) -> int:
-    """The cells flagged for review that nobody has reviewed (none in a detection)."""
+    """The cells flagged for review that nobody has reviewed (a detection's: its typed white cells')."""
     return sum(1 for p in analysis.predictions if p.needs_review and not p.reviewed)
 
 

@@ -174,8 +174,9 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
                 crops = [cell_crop(image, b) for b in white]
                 for box, crop, cell in zip(white, crops, classifier.classify_images(crops), strict=True):
                     box.code, box.path, box.sub_confidence = cell.code, cell.path, cell.confidence
-                    cells[id(box)] = PredictionRow(white_cell_name(box.file, box.x1, box.y1), cell.code, cell.path, cell.confidence,
-                                                   cell.level_confidences, cell.needs_review, _png(crop))
+                    cells[id(box)] = PredictionRow(white_cell_name(box.file, box.x1, box.y1), cell.code, cell.path,
+                                                   cell.confidence, cell.level_confidences, cell.needs_review,
+                                                   _png(crop))
             outcome.boxes += boxes
             outcome.files.append(item.name)
             if slide:
