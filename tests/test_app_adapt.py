@@ -187,3 +187,27 @@ def test_a_decision_clicked_in_a_page_drawn_before_anothers_is_said_not_lost(tmp
     assert not second.exception
     assert any("was already accepted by dr.lab" in e.value for e in second.error)
     assert app_store.get_model_version(row_id).status == "accepted"
+
+
+def test_a_detections_reviewed_white_cells_are_offered_to_adapt_from(lab_analysis, app_store, tmp_path):
+    """Only classifications were listed: the white cells a lab reviewed on its own smear fields (their crops)
+    could not teach the models its camera."""
+    from bloodcells.adapt import reviewed_cells_zip
+    from bloodcells.data import load_dataset
+    from bloodcells.store import PredictionRow
+    from bloodcells.synthetic import cell_image, encode
+    from bloodcells.taxonomy import default_tree
+
+    field = app_store.start_analysis("fields.zip", "detection")
+    app_store.finish_analysis(field, predictions=[
+        PredictionRow(f"f{n}.jpg · white cell at ({n}, 0)", "LYT", "ALL/LYM/LYT", 0.5, {}, True,
+                      encode(cell_image("LYT", n, 32))) for n in range(3)])
+    for cell in app_store.get_analysis(field).predictions:
+        app_store.review(cell.id, "LYT", "dr.lab")
+    at = training_page("adapt to this lab")
+    assert not at.exception
+    options = at.multiselect(key="adapt_analyses").options
+    assert any(o.startswith(f"#{field} · ") and o.endswith("(3 reviewed white cells of smear fields)") for o in options)
+    content, counts = reviewed_cells_zip(app_store, [field])  # what adapting reads: three labelled crops
+    (tmp_path / "reviewed.zip").write_bytes(content)
+    assert counts == {"LYT": 3} and load_dataset([tmp_path / "reviewed.zip"], default_tree(), 32).labels == ["LYT"] * 3

@@ -37,14 +37,16 @@ def adapt_section(store: Store, person: str) -> None:
                "cells of the original training sources are mixed in so that they are not forgotten. The "
                "result is a candidate: nothing changes until you accept it below.")
     search = find_analyses("adapt_search")
-    rows = analysis_overview(store, kind="classification", reviewed=True, limit=LISTED, search=search)
+    # a detection's reviewed white cells too: crops of this lab's own fields
+    rows = analysis_overview(store, reviewed=True, limit=LISTED, search=search)
     listed_note(len(rows), search)
     if not rows:
         if not search:
             st.info("No analysis has reviewed cells yet: classify a zip of this lab's cells and review them "
                     "on the Review page first.")
         return
-    labels = {row["id"]: f"#{row['id']} · {row['date']} · {row['name']} ({row['reviewed']} reviewed)" for row in rows}
+    labels = {row["id"]: f"#{row['id']} · {row['date']} · {row['name']} ({row['reviewed']} reviewed"
+                         + (" white cells of smear fields)" if row["kind"] == "detection" else ")") for row in rows}
     chosen = st.multiselect("Analyses whose reviewed cells to learn from", list(labels), default=list(labels),
                             format_func=labels.__getitem__, key="adapt_analyses")
     left, right = st.columns(2)
