@@ -41,7 +41,10 @@ else:
         st.info("This analysis kept no images.")
         st.stop()
     cell = st.selectbox("Cell", cells, key="explain_cell",
-                        format_func=lambda p: f"{p.filename} · {p.final_code} ({p.confidence:.2f})")
+                        # the confidence is the model's, for its own answer: beside a reviewed type it read as the
+                        # model's confidence in the reviewer's
+                        format_func=lambda p: f"{p.filename} · {p.code} ({p.confidence:.2f})"
+                                              + (f" · reviewed {p.final_code}" if p.reviewed else ""))
     content, image_name = store.read_blob(cell.blob_id), cell.filename
     if cell.reviewed:  # the maps explain the model's answer, which a reviewer changed
         def named(code: str) -> str:

@@ -242,6 +242,9 @@ def test_explanation_finds_cells_of_analyses_older_than_the_list(models_root, ap
     [listed] = at.selectbox(key="explain_analysis").options
     assert listed.startswith(f"#{oldest} · ") and listed.endswith("march smear.zip")
     assert at.selectbox(key="explain_cell").options == ["NGB_0.png · NGB (0.90)"]
+    app_store.review(app_store.get_analysis(oldest).predictions[0].id, "MON", "Dr A")
+    at.run()  # the model's type beside its confidence, the reviewer's apart (MON (0.90) read as the model's)
+    assert at.selectbox(key="explain_cell").options == ["NGB_0.png · NGB (0.90) · reviewed MON"]
     at.text_input(key="explain_search").input("failed 1").run()
     assert [i.value for i in at.info] == ["No finished analysis with cells matches “failed 1”."]
     for n in range(LISTED):  # past the newest LISTED finished ones, it is found by name
