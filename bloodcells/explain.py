@@ -190,9 +190,9 @@ class Explanation:
     cached: bool = False
 
     def png(self) -> bytes:
-        buffer = io.BytesIO()
-        self.overlay.save(buffer, format="PNG")
-        return buffer.getvalue()
+        from .inputs import png_bytes
+
+        return png_bytes(self.overlay)
 
 
 @dataclass

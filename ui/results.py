@@ -225,9 +225,7 @@ def show_slide(slide: SlideCount, analysis, key: str) -> None:
 
     white = slide.white_cells
     (st.success if white.reached else st.warning)(f"Differential: {white}.")
-    # the types of the cells counted, as reviewed since (those stored before typed cells were kept: as counted)
-    codes = differential_codes(analysis) if analysis.predictions else [
-        code for code, row in white.differential.items() for _ in range(int(row["count"]))]
+    codes = differential_codes(analysis)  # the types of the cells counted, as reviewed since
     if codes:
         show_differential(codes, key=f"{key}-percent", specimen=shown_specimen(analysis))
     if white.untyped:

@@ -54,9 +54,9 @@ def _versions(args) -> int:
             print(f"rolled back: {versions.current_version(args.tree) or versions.SHIPPED} is in use "
                   f"for tree {args.tree!r}")
         elif args.action == "log":
-            if not versions.switch_log(args.tree):
+            if not (log := versions.switch_log(args.tree)):
                 print(f"no switch of tree {args.tree!r} logged yet (it is logged since 2026-12-07)")
-            for switch in versions.switch_log(args.tree):
+            for switch in log:
                 print(f"{stamp(switch['at'])}  {switch['action']:<8}  {switch['version'] or versions.SHIPPED}"
                       f"  by {switch['by']}")
         else:

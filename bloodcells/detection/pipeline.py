@@ -78,14 +78,6 @@ def white_cell_name(file: str, x1: float, y1: float) -> str:
     return f"{file} · white cell at ({x1:.0f}, {y1:.0f})"
 
 
-def _png(image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _default_classifier() -> tuple[TreeClassifier | None, str | None]:
     """The shipped classifier tree, or the reason there is none."""
     from ..classify import ModelFileError, load_classifier
@@ -125,6 +117,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
         later_pages,
         none_readable,
         open_image,
+        png_bytes,
     )
     from ..store import DetectionRow, PredictionRow, record_analysis
 
@@ -134,9 +127,9 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
     detector = detector or Detector.load()
     outcome = DetectionResult()
     fields: list[FieldImage] = []  # slide mode: what registering the fields needs of each
-    # each typed white cell (by its box) as a cell of the analysis: its crop and the tree's answer, flagged
-    # for review like a classified cell; those the differential counts are stored, for the Review page
-    cells: dict[int, PredictionRow] = {}
+    # each typed white cell (by its box): the tree's answer and its crop, to store those the differential counts
+    # as cells of the analysis, flagged for review like classified cells (encoded only when stored)
+    cells: dict[int, tuple] = {}
     if not type_white_cells:
         classifier, outcome.typing_skipped = None, "white-cell typing switched off"
     elif classifier is None:
@@ -174,9 +167,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
                 crops = [cell_crop(image, b) for b in white]
                 for box, crop, cell in zip(white, crops, classifier.classify_images(crops), strict=True):
                     box.code, box.path, box.sub_confidence = cell.code, cell.path, cell.confidence
-                    cells[id(box)] = PredictionRow(white_cell_name(box.file, box.x1, box.y1), cell.code, cell.path,
-                                                   cell.confidence, cell.level_confidences, cell.needs_review,
-                                                   _png(crop))
+                    cells[id(box)] = cell, crop
             outcome.boxes += boxes
             outcome.files.append(item.name)
             if slide:
@@ -194,7 +185,9 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
             if annotate_to is not None:  # drawn once the boxes kept are known (fewer than found)
                 _annotate_again(source, name, outcome.files, outcome.boxes, Path(annotate_to))
         run.summary = outcome.summary()
-        run.predictions = (cells[id(box)] for box in counted if id(box) in cells)
+        run.predictions = (PredictionRow(white_cell_name(box.file, box.x1, box.y1), cell.code, cell.path,
+                                         cell.confidence, cell.level_confidences, cell.needs_review, png_bytes(crop))
+                           for box in counted if id(box) in cells for cell, crop in [cells[id(box)]])
         run.detections = (DetectionRow(b.file, b.class_code, b.confidence, b.xyxy, b.code, b.path, b.sub_confidence)
                           for b in outcome.boxes)
     return outcome

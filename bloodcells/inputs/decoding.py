@@ -178,6 +178,11 @@ def thumbnail_png(content: bytes, name: str = "image", size: int | None = None) 
     image = open_image(content, name)
     if size:
         image.thumbnail((size, size))
+    return png_bytes(image)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The image encoded as PNG."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
