@@ -169,9 +169,9 @@ def detection_records(analysis) -> list[dict]:
     """One row per detected box of a stored analysis: white cells with the tree's answer and, for those kept
     as cells of the analysis, the type a reviewer gave (``reviewed_code``; the CSV said the model's type
     beside a PDF that counted the reviewed one)."""
-    from .detection.pipeline import white_cell_name
+    from .detection.boxes import reviewed_white_cells, white_cell_name
 
-    reviewed = {p.filename: p.reviewed_code for p in analysis.predictions if p.reviewed}
+    reviewed = reviewed_white_cells(analysis)
     return [{"file": d.filename, "class": d.class_code, "confidence": round(d.score, 4),
              "x1": round(d.x1, 1), "y1": round(d.y1, 1), "x2": round(d.x2, 1), "y2": round(d.y2, 1),
              "code": d.code or "", "path": d.path or "",

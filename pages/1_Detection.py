@@ -4,7 +4,14 @@ import io
 
 import streamlit as st
 
-from bloodcells.detection import CLASS_NAMES, DEFAULT_BOX_CONFIDENCE, DETECTOR_CLASSES, annotate, detect
+from bloodcells.detection import (
+    CLASS_NAMES,
+    DEFAULT_BOX_CONFIDENCE,
+    DETECTOR_CLASSES,
+    annotate,
+    detect,
+    reviewed_white_cells,
+)
 from bloodcells.inputs import InputImage, iter_inputs, open_image
 from ui.common import page, remembered_analysis, require_store, reviewer_name, skipped_files
 from ui.models import get_classifier, get_detector
@@ -85,7 +92,8 @@ if shown["images"]:
     if result.slide is not None:
         st.caption("Each field shows the cells counted on it: a cell that overlapping fields share is boxed on one.")
     boxes = [b for b in result.boxes if b.file == name]
-    annotated = annotate(open_image(shown["images"][name], name), boxes, classes=classes)
+    annotated = annotate(open_image(shown["images"][name], name), boxes, classes=classes,
+                         reviewed=reviewed_white_cells(analysis))
     buffer = io.BytesIO()
     annotated.save(buffer, format="PNG")
     st.image(buffer.getvalue(), width="stretch" if annotated.width < 900 else "content", caption=f"{name}: " + ", ".join(

@@ -102,6 +102,17 @@ def test_detection_boxes_counts_and_saves(models_root, tmp_path, monkeypatch):
     [listed] = review.selectbox(key="review_analysis").options
     assert listed.startswith(f"#{analysis.id} · ") and listed.endswith("(white cells of smear fields)")
     assert {m.label: m.value for m in review.metric}["Reviewed"] == f"0 of {len(white)}"
+    # a type a reviewer gave is the one the field is labelled with (it showed the model's beside a corrected count)
+    def field0_drawn():
+        return next(i.proto.imgs[0].url for i in at.image if i.proto.imgs[0].caption.startswith("field0.png"))
+
+    before = field0_drawn()
+    at.run()
+    assert field0_drawn() == before  # the same drawing is the same image
+    cell = next(c for c in cells if c.filename.startswith("field0.png · "))
+    store.review(cell.id, "BAS" if cell.code != "BAS" else "EOS", "dr.b", seen=None)
+    at.run()
+    assert field0_drawn() != before
 
     at.pills(key="detection_classes").set_value(["RBC"]).run()  # toggle classes off: the image is redrawn
     assert not at.exception

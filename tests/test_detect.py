@@ -396,6 +396,27 @@ def test_a_cell_type_without_the_trees_confidence_is_drawn_with_the_boxs():
     assert typed_by_hand.getpixel((10, 60)) != (255, 255, 255)
 
 
+def test_a_white_cell_a_reviewer_typed_is_labelled_with_the_reviewers_type():
+    """The field was drawn with the model's type beside a differential that counted the reviewer's."""
+    from bloodcells.detection.drawing import CLASS_COLOURS
+
+    image = Image.new("RGB", (200, 100), (255, 255, 255))
+    cell = DetectedBox("f.png", "WBC", 0.9, 10, 30, 60, 80, code="MON", path="ALL/MYE/MYM/MON", sub_confidence=0.8)
+    red = DetectedBox("f.png", "RBC", 0.9, 120, 30, 170, 80)
+    as_typed = np.asarray(annotate(image, [cell, red]))
+    reviewed = np.asarray(annotate(image, [cell, red], reviewed={cell.cell_name: "NGS"}))
+    assert not np.array_equal(as_typed[:30, :100], reviewed[:30, :100])  # the white cell's label changed
+    assert np.array_equal(as_typed[:, 100:], reviewed[:, 100:])  # the red cell's did not
+    # "NGS reviewed" is a longer label than "MON 0.80": its coloured band reaches further right
+    def label_end(drawn):
+        return np.flatnonzero((drawn[20, :100] == CLASS_COLOURS["WBC"]).all(axis=1)).max()
+
+    assert label_end(reviewed) > label_end(as_typed) + 10
+    # a review of a cell elsewhere (another field's) changes nothing here
+    assert np.array_equal(as_typed, np.asarray(annotate(image, [cell, red], reviewed={"other.png · white cell "
+                                                                                       "at (10, 30)": "NGS"})))
+
+
 def test_damaged_detector_weights_are_named(tmp_path):
     weights = tmp_path / "detector.pt"
     weights.write_bytes(b"garbage")

@@ -7,7 +7,7 @@ stored), ``slide`` (fields of one slide registered and counted as one) and ``dra
 functions that need them, so importing this package stays quick.
 """
 
-from .boxes import CLASS_NAMES, DETECTOR_CLASSES, DetectedBox, canonical_class
+from .boxes import CLASS_NAMES, DETECTOR_CLASSES, DetectedBox, canonical_class, reviewed_white_cells, white_cell_name
 from .datasets import DatasetError, PreparedDataset, prepare_dataset
 from .detector import (
     DEFAULT_BOX_CONFIDENCE,
@@ -34,4 +34,4 @@ __all__ = ["CLASS_NAMES", "DEFAULT_BOX_CONFIDENCE", "DEFAULT_WBC_TARGET", "DETEC
            "MIN_TILE_SIZE", "DatasetError", "DetectedBox", "DetectionResult", "Detector", "DetectorFileError",
            "FieldImage", "FieldOverlap", "PreparedDataset", "SlideCount", "TrainedDetector", "annotate",
            "canonical_class", "check_tile_size", "check_wbc_target", "count_slide", "detect", "evaluate_detector",
-           "prepare_dataset", "register_fields", "train_detector"]
+           "prepare_dataset", "register_fields", "reviewed_white_cells", "train_detector", "white_cell_name"]

@@ -42,3 +42,19 @@ class DetectedBox:
     @property
     def xyxy(self) -> tuple[float, float, float, float]:
         return self.x1, self.y1, self.x2, self.y2
+
+    @property
+    def cell_name(self) -> str:
+        """What this box is called as a cell of its analysis, when it is a typed white cell."""
+        return white_cell_name(self.file, self.x1, self.y1)
+
+
+def white_cell_name(file: str, x1: float, y1: float) -> str:
+    """What the typed white cell boxed from (x1, y1) on ``file`` is called as a cell of its analysis (on the
+    Review page); the detection CSV and the drawn field find its reviewed type by it."""
+    return f"{file} · white cell at ({x1:.0f}, {y1:.0f})"
+
+
+def reviewed_white_cells(analysis) -> dict[str, str]:
+    """The type a reviewer gave each white cell of a stored detection analysis, by its name as a cell."""
+    return {p.filename: p.reviewed_code for p in analysis.predictions if p.reviewed}

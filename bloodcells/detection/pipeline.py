@@ -72,12 +72,6 @@ def cell_crop(image, box: DetectedBox, margin: float = 0.35):
     return image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
 
 
-def white_cell_name(file: str, x1: float, y1: float) -> str:
-    """What the typed white cell boxed from (x1, y1) on ``file`` is called as a cell of its analysis (on the
-    Review page; the detection CSV finds its reviewed type by it)."""
-    return f"{file} · white cell at ({x1:.0f}, {y1:.0f})"
-
-
 def _default_classifier() -> tuple[TreeClassifier | None, str | None]:
     """The shipped classifier tree, or the reason there is none."""
     from ..classify import ModelFileError, load_classifier
@@ -185,7 +179,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
             if annotate_to is not None:  # drawn once the boxes kept are known (fewer than found)
                 _annotate_again(source, name, outcome.files, outcome.boxes, Path(annotate_to))
         run.summary = outcome.summary()
-        run.predictions = (PredictionRow(white_cell_name(box.file, box.x1, box.y1), cell.code, cell.path,
+        run.predictions = (PredictionRow(box.cell_name, cell.code, cell.path,
                                          cell.confidence, cell.level_confidences, cell.needs_review, png_bytes(crop))
                            for box in counted if id(box) in cells for cell, crop in [cells[id(box)]])
         run.detections = (DetectionRow(b.file, b.class_code, b.confidence, b.xyxy, b.code, b.path, b.sub_confidence)
