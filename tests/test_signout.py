@@ -393,6 +393,27 @@ def test_a_marrow_has_no_absolute_counts_and_an_unstated_specimen_is_said_so_whe
         ("Specimen", "not stated", "bone marrow")]  # it read "- -> bone marrow"
 
 
+def test_a_reopened_analysiss_draft_without_a_count_has_none_and_may_be_a_marrow(store):
+    """Signed as a blood film with 7.5 x 10^9/L, then reopened: the panel's count set to 0 ("not known")
+    reached the report as "not given", so the draft printed absolute counts from the signed 7.5, and a marrow
+    chosen there was refused ("a bone marrow differential has no absolute counts"): no PDF."""
+    analysis_id = store.start_analysis("cells.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"c{n}.png", code, "ALL", 0.99, {}, False) for n, code in enumerate(["NGS", "LYT"])])
+    store.sign_off(analysis_id, "Dr A", specimen="peripheral blood", white_cell_count=7.5)
+    with pytest.raises(SignedReportError, match="the signed white-cell count"):  # signed: what was signed
+        build_report(store, analysis_id, white_cell_count=0)
+    store.reopen(analysis_id, "Dr B", "count not known")
+    assert build_report(store, analysis_id).white_cell_count == 7.5  # not given: the one signed before
+    draft = build_report(store, analysis_id, white_cell_count=0, specimen="peripheral blood")
+    assert draft.white_cell_count is None and all(row.per_litre is None for row in draft.rows)
+    assert "x 10^9/L" not in pdf_text(to_pdf(draft))
+    marrow = build_report(store, analysis_id, white_cell_count=0, specimen="bone marrow")
+    assert marrow.specimen == "bone marrow" and marrow.white_cell_count is None
+    store.sign_off(analysis_id, "Dr B", specimen="peripheral blood")  # signed without a count: 0 is what was signed
+    assert build_report(store, analysis_id, white_cell_count=0).white_cell_count is None
+
+
 def test_a_detections_report_gives_its_red_cells_platelets_per_field_and_their_ratio(store):
     """A signed blood film from smear fields had only its white cells: no red cells, platelets or ratio."""
     from bloodcells.detection import DetectedBox, DetectionResult

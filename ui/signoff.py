@@ -138,7 +138,7 @@ def signoff_panel(store: Store, analysis) -> None:
                                      on_change=keep_open, disabled=marrow, help="A blood film's: the blood count's white cells (corrected "
                                      "for nucleated red cells). Leave at 0 when not known. A bone marrow has no "
                                      "absolute counts.")
-            wbc = None if marrow else wbc or None
+            wbc = 0.0 if marrow else wbc  # 0: none (None would be the count signed before a reopening)
             slide = slide_differential(analysis.summary)
             counted_to = last.target if last else slide.target if slide else 200
             # a slide counted to a target of its own is reported against it (200 said "197 short" of a 3-cell count)

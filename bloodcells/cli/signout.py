@@ -14,7 +14,7 @@ def _report_args(parser):
                         help="the analysis (its id: `bloodcells analyses`, or History)")
     parser.add_argument("--out", required=True, help="FILE.pdf or FILE.html")
     parser.add_argument("--wbc", type=float, metavar="COUNT",
-                        help="the white-cell count in 10^9/L, for absolute counts (e.g. 7.5)")
+                        help="the white-cell count in 10^9/L, for absolute counts (e.g. 7.5; 0: none)")
     parser.add_argument("--target", type=int, choices=TARGETS,
                         help="cells to count (default: the sign-off's, else 200)")
     parser.add_argument("--specimen", choices=[specimen.replace(" ", "-") for specimen in SPECIMENS],

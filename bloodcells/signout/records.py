@@ -141,7 +141,9 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     """The report of a finished analysis: its cells' final labels (a reviewer's label where given).
 
     The white-cell count, target, specimen, category and comment not given are those of the latest
-    sign-off (the target defaults to 200 cells, the specimen to ``report_specimen``'s). While the analysis is
+    sign-off (the target defaults to 200 cells, the specimen to ``report_specimen``'s); a white-cell count of 0
+    is none (not known, as the page's field says): a reopened analysis's draft without one printed absolute
+    counts from the count signed before. While the analysis is
     signed off, its report says what was signed: other values are refused (SignedReportError), e.g. a
     draft from a page drawn before someone else signed it off.
     """
@@ -165,7 +167,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     comment = None if comment is None else checked_comment
     signed = next((s for s in reversed(analysis.signoffs) if s.action == SIGNED), None)
     if analysis.signed_off is not None:
-        given = {"white-cell count": (white_cell_count, signed.white_cell_count), "target": (target, signed.target),
+        given = {"white-cell count": (white_cell_count, signed.white_cell_count or 0), "target": (target, signed.target),
                  "specimen": (specimen, signed.specimen), "category": (category, signed.category),
                  "comment": (comment, signed.comment)}
         if differing := [name for name, (value, kept) in given.items() if value is not None and value != kept]:
@@ -177,6 +179,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         target = signed.target if target is None else target
         category = signed.category if category is None else category
         comment = signed.comment if comment is None else comment
+    white_cell_count = white_cell_count or None  # 0: none
     slide = slide_differential(analysis.summary)
     target = (slide.target if slide else 200) if target is None else target
     if target not in TARGETS and not (slide and target == slide.target):  # a slide counted to its own target
