@@ -782,3 +782,31 @@ def test_a_database_holding_another_programs_table_of_one_of_its_names_is_refuse
     with store.engine.connect() as connection:
         assert connection.execute(text("SELECT body FROM reviews")).scalar_one() == "theirs"
     store.engine.dispose()
+
+
+def test_a_detected_cells_corners_read_back_as_found_and_its_review_reaches_the_csv(database_url):
+    """MySQL's single-precision FLOAT read a corner of 1235.4971 back as 1235.5: the cell stored as "f.jpg · white
+    cell at (1235, 80)" was looked for as "(1236, 80)", and its reviewed type was missing from the detection CSV.
+    Migration 0008 makes the corners DOUBLE; the corners stored before keep their float32 values exactly."""
+    from bloodcells import report
+    from bloodcells.detection import white_cell_name
+    from bloodcells.store import DetectionRow, PredictionRow
+
+    store = Store(database_url)
+    store.upgrade("0007")
+    corners = (1235.4971, 80.2, 1302.25, 151.75)
+    old = store.start_analysis("before.jpg", "detection")
+    store.finish_analysis(old, detections=[DetectionRow("f.jpg", "WBC", 0.9, corners, "MON", "ALL/MYE/MYM/MON", 0.6)])
+    store.upgrade()
+    assert store.get_analysis(old).detections[0].x1 == pytest.approx(1235.4971, abs=1e-4)  # as float32 kept it
+    store.sync_cell_types(default_tree())
+    new = store.start_analysis("field.jpg", "detection")
+    store.finish_analysis(new, detections=[DetectionRow("f.jpg", "WBC", 0.9, corners, "MON", "ALL/MYE/MYM/MON", 0.6)],
+                          predictions=[PredictionRow(white_cell_name("f.jpg", *corners[:2]), "MON", "ALL/MYE/MYM/MON",
+                                                     0.6, {}, True)])
+    stored = store.get_analysis(new)
+    assert (stored.detections[0].x1, stored.detections[0].y2) == (1235.4971, 151.75)
+    store.review(stored.predictions[0].id, "NGS", "dr.a", seen=None)
+    [row] = report.detection_records(store.get_analysis(new))
+    assert (row["code"], row["reviewed_code"]) == ("MON", "NGS")
+    store.engine.dispose()

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     ColumnElement,
     DateTime,
+    Double,
     Float,
     ForeignKey,
     Integer,
@@ -252,10 +253,10 @@ class Detection(Base):
     filename: Mapped[str] = mapped_column(String(512))
     class_code: Mapped[str] = mapped_column(String(16))
     score: Mapped[float] = mapped_column(Float)
-    x1: Mapped[float] = mapped_column(Float)
-    y1: Mapped[float] = mapped_column(Float)
-    x2: Mapped[float] = mapped_column(Float)
-    y2: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Double)  # MySQL's FLOAT read 1235.4971 back as 1235.5 (migration 0008)
+    y1: Mapped[float] = mapped_column(Double)
+    x2: Mapped[float] = mapped_column(Double)
+    y2: Mapped[float] = mapped_column(Double)
     code: Mapped[str | None] = mapped_column(String(16))
     path: Mapped[str | None] = mapped_column(String(255))
     sub_confidence: Mapped[float | None] = mapped_column(Float)
