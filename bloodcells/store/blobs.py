@@ -102,8 +102,15 @@ class BlobStore:
         rows that refer to them, so one of these may be about to be referred to again (the same zip
         classified twice). What is skipped is collected by the next analysis to finish, fail or be
         deleted once none is running. An analysis left ``running`` by a process that died (silent
-        for ``SILENT_AFTER``) does not count."""
-        if session.scalar(select(func.count()).select_from(Analysis).where(Analysis.being_stored)):
+        for ``SILENT_AFTER``) does not count.
+
+        MySQL: the count is a locking read. A plain one reads the transaction's snapshot, taken at its first
+        read, so an analysis started since (the same zip classified again while its old analysis was being
+        deleted) was not counted, and its images, found stored, were deleted under it (its rows then failed
+        on their foreign key). The locking read sees it, and holds back an analysis started after it until
+        this transaction commits (which then stores its images anew)."""
+        if session.scalar(select(func.count()).select_from(Analysis).where(Analysis.being_stored)
+                          .with_for_update(read=True)):
             return
         referred = select(Prediction.blob_id).where(Prediction.blob_id.is_not(None))
         orphans = list(session.scalars(select(Blob.id).where(Blob.media_type == "image", Blob.id.not_in(referred))))
