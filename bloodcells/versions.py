@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .classify import ModelFileError, TreeClassifier
 from .settings import settings
+from .store import ReviewError, person_name
 
 SHIPPED = "shipped"
 
@@ -114,7 +115,16 @@ def promote(candidate: str | Path, tree_name: str, store=None, *, by: str, actio
     a database failure switches nothing either (registering is idempotent: accepting again works).
     ``by``: who, for the log of switches.
     """
-    by, root, candidate = _who(by), versions_dir(), Path(candidate)
+    by = _who(by)
+    target = _stored_version(candidate, tree_name, store)[0]
+    _switch(tree_name, target.name, action, by)
+    return target
+
+
+def _stored_version(candidate: str | Path, tree_name: str, store=None) -> tuple[Path, bool]:
+    """The trained tree in folder ``candidate`` copied, loaded and registered as a version, not yet in use:
+    its version folder, and whether it is new (the same files promoted before are that version)."""
+    root, candidate = versions_dir(), Path(candidate)
     if not (candidate / "classifier.json").is_file():
         raise ModelFileError(f"{candidate}: not a trained tree's folder (it has no classifier.json)")
     if candidate.resolve() in root.resolve().parents:  # the copy would go inside what it copies, for ever
@@ -128,7 +138,8 @@ def promote(candidate: str | Path, tree_name: str, store=None, *, by: str, actio
         # The same files promoted again (Accept clicked twice, a folder promoted anew): that version is this one.
         target = next((folder for folder in root.glob(f"*-{files_sha256[:8]}")
                        if folder.is_dir() and _files_sha256(folder) == files_sha256), None)
-        if target is not None:
+        new = target is None
+        if not new:
             shutil.rmtree(staging)
         else:
             target = root / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{files_sha256[:8]}"
@@ -143,17 +154,27 @@ def promote(candidate: str | Path, tree_name: str, store=None, *, by: str, actio
         from .train import register_models
 
         register_models(store, target, classifier.tree)
-    _switch(tree_name, target.name, action, by)
-    return target
+    return target, new
 
 
 def accept_candidate(store, model_version_id: int, person: str) -> Path:
     """Accept a candidate recorded in the store's lineage: promote its folder (every page then uses
     it; the tree in use before stays for rollback), record who accepted it and the version id, and
-    remove the candidate folder (its copy is the version)."""
+    remove the candidate folder (its copy is the version).
+
+    The decision is recorded before the switch: switched first, a colleague's Discard in between left the
+    new tree in use under a record saying "discarded". Refused, the copy made for it is removed (never in
+    use, it would only be offered under Versions) and nothing is switched."""
     row = _candidate(store, model_version_id)
-    target = promote(row.folder, row.tree, store, by=person, action="accept")
-    store.decide_model_version(model_version_id, "accepted", person, version=target.name)
+    person = _who(person)
+    target, new = _stored_version(row.folder, row.tree, store)
+    try:
+        store.decide_model_version(model_version_id, "accepted", person, version=target.name)
+    except ReviewError:  # decided meanwhile; a colleague's Accept of the same files switches to this copy
+        if new and store.get_model_version(model_version_id).version != target.name:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    _switch(row.tree, target.name, "accept", person)
     shutil.rmtree(row.folder, ignore_errors=True)  # promoted as a copy: the candidate would only fill the disk
     return target
 
@@ -273,11 +294,15 @@ def _switch(tree_name: str, version: str | None, action: str, by: str) -> None:
 
 
 def _who(by: str | None) -> str:
-    """The name a switch is logged under, checked before any work: a lab must know who changed the models
-    every analysis uses."""
+    """The name a switch is logged under, checked before any work as the store checks a reviewer's: a lab must
+    know who changed the models every analysis uses (a name the store refused switched the models, then
+    failed to record the acceptance)."""
     if not (by or "").strip():
         raise VersionError("say who is switching the version in use (a name)")
-    return by.strip()
+    try:
+        return person_name(by, "switch of the version in use")
+    except ReviewError as error:
+        raise VersionError(str(error)) from None
 
 
 def _logged(version: str | None, action: str, by: str) -> dict:

@@ -411,3 +411,22 @@ def test_a_users_mistake_is_said_without_a_traceback_in_the_log_a_bug_keeps_its_
     assert [e.value for e in at.error] == ["Adapting failed: LYT: 2 cells, at least 5 needed",
                                            "Accepting failed: already accepted", "Drawing failed: a bug of ours"]
     assert [r.getMessage() for r in caplog.records if r.exc_info] == ["Drawing failed"]
+
+
+def test_a_storage_error_that_is_no_outage_is_not_said_as_one():
+    """Every StoreError read "The database is not available ... try again when it is back", also for an
+    analysis marked failed meanwhile or a value the server refused: staff waited for a database that was up."""
+    def page():
+        from bloodcells.store import DatabaseUnavailable, StoreError
+        from ui.work import run_safely
+
+        for what, error in (("Classification", StoreError("analysis #5 was marked failed meanwhile; run it again")),
+                            ("Classification", DatabaseUnavailable("the database at db cannot be reached"))):
+            with run_safely(what):
+                raise error
+
+    at = AppTest.from_function(page, default_timeout=60).run()
+    assert [e.value for e in at.error] == [
+        "Classification failed: analysis #5 was marked failed meanwhile; run it again. Nothing was half-stored.",
+        "The database is not available: the database at db cannot be reached. Nothing was half-stored; try again "
+        "when it is back."]

@@ -20,7 +20,16 @@ import pytest
 from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 
-from bloodcells.store import Blob, BlobChunk, Prediction, PredictionRow, Store, StoreError, open_store
+from bloodcells.store import (
+    Blob,
+    BlobChunk,
+    DatabaseUnavailable,
+    Prediction,
+    PredictionRow,
+    Store,
+    StoreError,
+    open_store,
+)
 
 MYSQL_ONLY = [pytest.param("mysql", marks=pytest.mark.mysql)]
 
@@ -252,6 +261,7 @@ def test_unreachable_server_gives_store_error_naming_it():
             operation()
         message = str(raised.value)
         assert f"127.0.0.1:{port}" in message and "cannot be reached" in message
+        assert isinstance(raised.value, DatabaseUnavailable)  # said as an outage on the pages
         assert "secret" not in message  # the password is never shown
     with pytest.raises(StoreError, match="cannot be reached"):
         open_store(url)

@@ -199,6 +199,48 @@ def test_promotion_registers_the_models_in_the_store(models, trained_models_dir,
     assert all(Path(m.weights_path).parent == folder for m in registered)
 
 
+def _recorded_candidate(store, folder: Path) -> int:
+    return store.record_model_version(tree=TREE, kind="trained", folder=str(folder), base={}, cells=3,
+                                      analyses=[], figures={}, started_by="ana")
+
+
+def test_a_candidate_discarded_while_it_is_accepted_is_not_put_in_use(models, trained_models_dir, tmp_path, store,
+                                                                       monkeypatch):
+    """Accept switched the models first and recorded the decision after: a colleague's Discard in between left
+    the new tree in use under a record saying "discarded" (and Accept said it failed)."""
+    from bloodcells.store import ReviewError
+
+    row_id = _recorded_candidate(store, candidate(trained_models_dir, tmp_path, "run-1"))
+    stored_version = versions._stored_version
+
+    def discarded_meanwhile(*args, **kwargs):  # the copy is made when a colleague clicks Discard
+        found = stored_version(*args, **kwargs)
+        store.decide_model_version(row_id, "discarded", "bo")
+        return found
+
+    monkeypatch.setattr(versions, "_stored_version", discarded_meanwhile)
+    with pytest.raises(ReviewError, match="already discarded by bo"):
+        versions.accept_candidate(store, row_id, "ana")
+    assert versions.current_version(TREE) is None and versions.switch_log(TREE) == []
+    assert versions.list_versions(TREE) == []  # its copy, never in use, is not offered under Versions
+    assert store.get_model_version(row_id).status == "discarded"
+
+
+def test_a_name_the_store_refuses_switches_nothing(models, trained_models_dir, tmp_path, store):
+    """A name without a letter or digit switched the models, then the store refused to record who accepted them
+    (the record stayed "candidate" with the tree in use)."""
+    row_id = _recorded_candidate(store, candidate(trained_models_dir, tmp_path, "run-1"))
+    other = candidate(trained_models_dir, tmp_path, "run-2")
+    for name in ("—", "🙂", "dr\tx"):
+        with pytest.raises(versions.VersionError, match="name of the person making"):
+            versions.accept_candidate(store, row_id, name)
+        with pytest.raises(versions.VersionError, match="name of the person making"):
+            versions.promote(other, TREE, by=name)
+    assert versions.current_version(TREE) is None and versions.list_versions(TREE) == []
+    assert store.get_model_version(row_id).status == "candidate"
+    assert versions.accept_candidate(store, row_id, "ana").name == versions.current_version(TREE)
+
+
 def test_an_unreadable_pointer_is_named(models):
     pointer(models).write_text("not json")
     with pytest.raises(ModelFileError, match=r"default\.current: unreadable"):
@@ -367,7 +409,27 @@ def test_the_versions_section_says_why_its_buttons_wait_for_a_name(models, train
     versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, by="ana")
     at = training_page("versions")
     assert not any("Enter your name in the sidebar" in c.value for c in at.caption)
-    at.session_state["reviewer"] = ""
-    at.run()
+    at.sidebar.text_input[0].input("").run()
     assert not at.exception and at.button(key="rollback").disabled
     assert any("Enter your name in the sidebar to accept, discard, switch or roll back" in c.value for c in at.caption)
+
+
+def test_a_name_the_store_would_refuse_is_said_in_the_sidebar_and_enables_nothing(models, trained_models_dir,
+                                                                                   tmp_path, app_store):
+    """A sidebar name of "—" enabled Train, Adapt and Accept, and was refused only when recorded: after an hour
+    of training (its tree lost), or after the models in use had been switched."""
+    from test_app_adapt import training_page
+
+    row_id = _recorded_candidate(app_store, candidate(trained_models_dir, tmp_path, "run-1"))
+    at = training_page("versions")
+    assert not at.button(key=f"accept_{row_id}").disabled and not at.sidebar.error
+    at.sidebar.text_input[0].input("—").run()
+    assert not at.exception and at.button(key=f"accept_{row_id}").disabled
+    assert [e.value for e in at.sidebar.error] == [
+        "A review or sign-off needs the name of the person making it (with a letter or digit)."]
+    assert any("Enter your name in the sidebar" in c.value for c in at.caption)
+    at.sidebar.text_input[0].input("Dr Ana").run()  # put right at once: it was dropped (the field was a new widget)
+    assert not at.button(key=f"accept_{row_id}").disabled and not at.sidebar.error
+    assert at.session_state["reviewer"] == "Dr Ana"
+    at.switch_page("pages/4_Review.py").run()  # the name goes with the user to every page
+    assert at.sidebar.text_input[0].value == "Dr Ana"

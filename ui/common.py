@@ -12,7 +12,7 @@ import streamlit as st
 from bloodcells.clock import lab_zone, stamp
 from bloodcells.inputs import LATER_PAGES_UNREAD
 from bloodcells.settings import SettingsError, apply_offline_environment, settings
-from bloodcells.store import Store, StoreError, open_store
+from bloodcells.store import ReviewError, Store, StoreError, open_store, person_name
 from bloodcells.taxonomy import default_tree
 
 with contextlib.suppress(SettingsError):  # said by page(), on the page, where the user sees it
@@ -120,11 +120,22 @@ def require_store() -> Store:
 
 
 def reviewer_name() -> str:
-    """Who is reviewing, asked once per session in the sidebar (every review and sign-off records it)."""
-    name = st.sidebar.text_input("Your name (recorded with each review and sign-off)",
-                                 value=st.session_state.get("reviewer", ""), max_chars=128)
+    """Who is reviewing, asked once per session in the sidebar (every review and sign-off records it).
+    A name the store would refuse (no letter or digit, a control character) is said at once and counts as
+    none: refused only when recorded, it threw away an hour of training, or switched the models in use
+    before the acceptance failed to be recorded."""
+    # A keyed field: given value= instead, it was a new widget whenever the name changed, and a second edit made
+    # before anything else reran the page (a typo put right) was dropped. Set again before it is drawn, its
+    # value carries to the field of the next page (each page's is a widget of its own).
+    st.session_state["reviewer_field"] = st.session_state.get("reviewer_field", st.session_state.get("reviewer", ""))
+    name = st.sidebar.text_input("Your name (recorded with each review and sign-off)", key="reviewer_field",
+                                 max_chars=128)
     st.session_state["reviewer"] = name.strip()
-    return st.session_state["reviewer"]
+    try:
+        return person_name(name, "review or sign-off") if name.strip() else ""
+    except ReviewError as error:
+        st.sidebar.error(sentence(str(error)))
+        return ""
 
 
 LISTED = 200  # analyses a list shows, newest first; older ones are found by name or id

@@ -11,7 +11,7 @@ import streamlit as st
 
 from bloodcells.inputs import InputError
 from bloodcells.settings import settings
-from bloodcells.store import StoreError
+from bloodcells.store import DatabaseUnavailable, StoreError
 from bloodcells.taxonomy import UnknownLabelError
 
 log = logging.getLogger("bloodcells.app")
@@ -26,9 +26,12 @@ def run_safely(what: str) -> Iterator[dict]:
     outcome: dict = {}
     try:
         yield outcome
-    except StoreError as error:
+    except DatabaseUnavailable as error:
         outcome.clear()
         st.error(f"The database is not available: {error}. Nothing was half-stored; try again when it is back.")
+    except StoreError as error:  # not an outage ("analysis #5 was marked failed meanwhile"): said as what it is
+        outcome.clear()
+        st.error(f"{what} failed: {error}. Nothing was half-stored.")
     except Exception as error:
         outcome.clear()
         if isinstance(error, InputError | UnknownLabelError):  # the user's files

@@ -1,6 +1,7 @@
 """Storage: SQLAlchemy models and the Store that reads and writes them."""
 
 from .database import Store, StoreError, open_store, record_analysis
+from .errors import DatabaseUnavailable
 from .reviews import (
     COMMENT_LENGTH,
     NAME_LENGTH,
@@ -8,6 +9,7 @@ from .reviews import (
     ChangedSince,
     ReviewError,
     check_specimen,
+    person_name,
     signoff_text,
 )
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_file, sha256_hex
@@ -28,5 +30,6 @@ from .schema import (
 )
 
 __all__ = ["COMMENT_LENGTH", "NAME_LENGTH", "Analysis", "AnalysisLocked", "AnalysisRun", "Blob", "BlobChunk", "CellType",
-           "ChangedSince", "Detection", "DetectionRow", "Explanation", "Model", "ModelCellType", "ModelType", "ModelVersion", "Prediction", "PredictionRow",
-           "ResultCounts", "Review", "ReviewError", "Signoff", "Store", "StoreError", "open_store", "record_analysis", "sha256_file", "sha256_hex", "check_specimen", "signoff_text"]
+           "ChangedSince", "DatabaseUnavailable", "Detection", "DetectionRow", "Explanation", "Model", "ModelCellType", "ModelType", "ModelVersion", "Prediction", "PredictionRow",
+           "ResultCounts", "Review", "ReviewError", "Signoff", "Store", "StoreError", "open_store", "record_analysis", "sha256_file", "sha256_hex", "check_specimen", "person_name",
+           "signoff_text"]

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ..taxonomy import Tree
 from .analyses import AnalysisStore
 from .blobs import BlobStore
-from .errors import MigrationCheckError, StoreError
+from .errors import DatabaseUnavailable, MigrationCheckError, StoreError
 from .lineage import LineageStore
 from .reviews import ReviewStore
 from .rows import AnalysisRun
@@ -159,11 +159,11 @@ class Store(AnalysisStore, BlobStore, ReviewStore, LineageStore):
             yield
         except DBAPIError as error:  # OperationalError among them
             if _disk_full(error.orig):
-                raise StoreError(f"the database at {self.display_url} is full: the disk it is on has no space "
+                raise DatabaseUnavailable(f"the database at {self.display_url} is full: the disk it is on has no space "
                                  f"left ({_first_line(error.orig)}); free space there. Nothing stored before was "
                                  "lost") from error
             if isinstance(error, OperationalError):
-                raise StoreError(f"the database at {self.display_url} cannot be reached or refused "
+                raise DatabaseUnavailable(f"the database at {self.display_url} cannot be reached or refused "
                                  f"the operation: {_first_line(error.orig)}") from error
             if "max_allowed_packet" in str(error.orig):
                 raise StoreError("the database refused a value larger than its max_allowed_packet; "

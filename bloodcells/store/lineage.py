@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import select
 
-from .reviews import ReviewError, _person
+from .reviews import ReviewError, person_name
 from .schema import ACCEPTED, CANDIDATE, DISCARDED, ModelVersion, utcnow
 
 
@@ -17,7 +17,7 @@ class LineageStore:
                              analyses: Sequence[int], figures: dict, started_by: str, started_at=None) -> int:
         """A new candidate tree; returns its id."""
         row = ModelVersion(tree=tree, kind=kind, folder=folder, base=base, cells=cells, analyses=list(analyses),
-                           figures=figures, started_by=_person(started_by, "new model version"),
+                           figures=figures, started_by=person_name(started_by, "new model version"),
                            started_at=started_at or utcnow(), status=CANDIDATE)
         with self.session() as session:
             session.add(row)
@@ -31,7 +31,7 @@ class LineageStore:
             raise ReviewError(f"a model version is accepted or discarded, not {status!r}")
         if status == ACCEPTED and not version:
             raise ReviewError("an accepted model version needs the version id it was given")
-        person = _person(person, "decision on a model version")
+        person = person_name(person, "decision on a model version")
         with self.session() as session:
             row = session.get(ModelVersion, model_version_id, with_for_update=True)
             if row is None:

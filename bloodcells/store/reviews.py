@@ -96,13 +96,13 @@ def check_specimen(specimen: str | None, white_cell_count: float | None) -> None
                           "(it is a blood count's)")
 
 
-def _person(name: str, role: str) -> str:
+def person_name(name: str, role: str) -> str:
     """The name as one form of its characters (NFC: "José" typed with a combining accent is the same
     person as "José"), refused when it holds no letter or digit (a zero-width space is no name) or a
     control character."""
     name = unicodedata.normalize("NFC", name or "").strip()
     if not any(character.isalnum() for character in name):
-        raise ReviewError(f"a {role} needs the name of the person making it")
+        raise ReviewError(f"a {role} needs the name of the person making it (with a letter or digit)")
     if len(name) > NAME_LENGTH:
         raise ReviewError(f"the {role}'s name is longer than {NAME_LENGTH} characters")
     return printable(name, f"name of the person making the {role}")
@@ -161,7 +161,7 @@ class ReviewStore:
 
     def _record_review(self, prediction_id: int, reviewed_code: str | None, reviewer: str,
                        seen: int | None | object, refused: str, agreeing: str | None = None) -> Review:
-        reviewer = _person(reviewer, "review")
+        reviewer = person_name(reviewer, "review")
         with self.session() as session:  # which analysis: it never changes, so read before the lock
             analysis_id = session.scalar(select(Prediction.analysis_id).where(Prediction.id == prediction_id))
         if analysis_id is None:
@@ -197,7 +197,7 @@ class ReviewStore:
         """Sign off a finished analysis's differential: who, when, the count log's category and the
         report's comment, target, white-cell count and specimen (one of SPECIMENS, None when not
         stated). The analysis is locked until reopened."""
-        person = _person(person, "sign-off")
+        person = person_name(person, "sign-off")
         category, comment = signoff_text(category, comment)
         check_specimen(specimen, white_cell_count)
         with self.locked(analysis_id) as (session, last):
@@ -217,7 +217,7 @@ class ReviewStore:
 
     def reopen(self, analysis_id: int, person: str, reason: str) -> Signoff:
         """Reopen a signed-off analysis so that its cells can be changed again (an amendment)."""
-        person = _person(person, "reopening")
+        person = person_name(person, "reopening")
         reason = _comment(reason, "reason for reopening")
         if not any(character.isalnum() for character in reason):  # the audit trail says why (a zero-width space is no reason)
             raise ReviewError("a reopening needs its reason: it is kept with the reopening in the report")
