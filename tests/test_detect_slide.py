@@ -10,7 +10,7 @@ import csv
 import io
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -281,6 +281,31 @@ def test_an_unreadable_file_is_listed_and_the_slide_still_counted(tmp_path):
     assert [f.file for f in result.slide.fields] == ["a.png", "b.png"]
     assert [(o.first, o.second) for o in result.slide.overlaps] == [("a.png", "b.png")]
     assert result.slide.counts == per_class(smear.cells_in_union())
+
+
+def test_a_zip_of_two_slides_folders_is_refused_in_slide_mode_and_counted_apart_without_it(tmp_path, store):
+    """A zip holding slideA/ and slideB/ was counted as one slide, two patients' white cells in one differential,
+    with no word said."""
+    from bloodcells.inputs import InputError
+
+    class SeesInFolders(SeesTheSmear):  # each folder's field "a.png" is the smear's "a.png"
+        def find(self, image, file="", *, confidence):
+            return [replace(box, file=file) for box in self.smear.seen(file.split("/")[-1])]
+
+    smear = one_smear(origins={name: ORIGINS[name] for name in ("a.png", "b.png")})
+    images = {f"slide{side}/{name}": content for side in "AB" for name, content in smear.images.items()}
+    sees = SeesInFolders(smear)
+    source = zipped(tmp_path, images)
+    with pytest.raises(InputError, match=r"more than one folder \(slideA/, slideB/\): detect each slide on its own"):
+        detect(source, detector=sees, type_white_cells=False, slide=True, store=store)
+    [failed] = store.list_analyses()
+    assert failed.status == "failed" and "more than one folder" in failed.error
+    apart = detect(source, detector=sees, type_white_cells=False, store=store)  # fields counted apart: as asked
+    assert apart.slide is None and len(apart.files) == 4
+    one = {f"slideA/{name}": content for name, content in smear.images.items()}  # one slide in a folder: counted
+    (tmp_path / "one").mkdir()
+    assert detect(zipped(tmp_path / "one", one), detector=sees, type_white_cells=False,
+                  slide=True).slide.counts == per_class(smear.cells_in_union())
 
 
 def test_slide_mode_with_the_trained_yolo_detector(trained_detector, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .boxes import DETECTOR_CLASSES, DetectedBox
@@ -138,6 +138,8 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
             if isinstance(item, InputProblem):
                 outcome.problems.append(item)
                 continue
+            if slide:
+                _check_one_slide(fields, item.name)
             try:
                 image = open_image(item.content, item.name)
             except InputError as error:
@@ -185,6 +187,21 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
         run.detections = (DetectionRow(b.file, b.class_code, b.confidence, b.xyxy, b.code, b.path, b.sub_confidence)
                           for b in outcome.boxes)
     return outcome
+
+
+def _check_one_slide(fields: list[FieldImage], name: str) -> None:
+    """Slide mode counts the fields of one slide: a zip of two slides' folders was counted as one slide, two
+    patients' white cells in one differential, with no word said."""
+    from ..inputs import InputError
+
+    def said(folder: PurePosixPath) -> str:
+        return "the top of the upload" if folder == PurePosixPath(".") else f"{folder.as_posix()}/"
+
+    folder = PurePosixPath(name).parent
+    if fields and (first := PurePosixPath(fields[0].file).parent) != folder:
+        raise InputError(f"slide mode counts the fields of one slide, and this upload holds fields in more than one "
+                         f"folder ({said(first)}, {said(folder)}): detect each slide on its own, or turn slide mode "
+                         "off to count the images as fields apart")
 
 
 def _doubtful(name: str, image, boxes: list[DetectedBox], confidence: float) -> list[str]:
