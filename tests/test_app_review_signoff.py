@@ -517,3 +517,26 @@ def test_an_analysis_signed_elsewhere_and_reopened_here_starts_at_the_signed_val
     assert bob.selectbox(key=f"report-specimen-{analysis_id}").value == "peripheral blood"
     assert bob.text_input(key=f"report-category-{analysis_id}").value == "routine"
     assert bob.text_area(key=f"report-comment-{analysis_id}").value == "Normal film."
+
+
+def test_a_tab_whose_analysis_was_signed_and_reopened_elsewhere_shows_the_signed_values(app_store):
+    """Tab A drew the panel of an unsigned analysis; tab B signed it (peripheral blood, 6.2, "routine") and
+    reopened it. Tab A went on showing a blank specimen, 0 and no category, and its sign-off dropped B's count
+    and category from the amended report."""
+    analysis_id = classified(app_store, ["NGS", "LYT"])
+    tab_a = review_page_as("Dr Alice")
+    assert tab_a.selectbox(key=f"report-specimen-{analysis_id}").value is None
+    app_store.sign_off(analysis_id, "Dr Bob", category="routine", specimen="peripheral blood", white_cell_count=6.2)
+    app_store.reopen(analysis_id, "Dr Bob", "one more look")
+    tab_a.run()  # any click
+    assert not tab_a.exception
+    assert tab_a.selectbox(key=f"report-specimen-{analysis_id}").value == "peripheral blood"
+    assert tab_a.number_input(key=f"report-wbc-{analysis_id}").value == 6.2
+    assert tab_a.text_input(key=f"report-category-{analysis_id}").value == "routine"
+    tab_a.text_input(key=f"report-category-{analysis_id}").input("follow-up").run()  # A's own edits then stand
+    tab_a.run()
+    assert tab_a.text_input(key=f"report-category-{analysis_id}").value == "follow-up"
+    tab_a.button(key=f"sign-{analysis_id}").click().run()
+    signed = app_store.signoffs([analysis_id])[analysis_id][-1]
+    assert (signed.person, signed.specimen, signed.white_cell_count, signed.category) == (
+        "Dr Alice", "peripheral blood", 6.2, "follow-up")

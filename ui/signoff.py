@@ -89,8 +89,25 @@ def shown_specimen(analysis) -> str | None:
     """The specimen a page counts an analysis's cells as: the one chosen in its sign-off panel while it is
     not signed off (as the draft report does: the page showed a marrow's count beside a blood film's draft),
     else its report's."""
+    forget_fields_if_signed_elsewhere(analysis)
     chosen = st.session_state.get(f"report-specimen-{analysis.id}") if analysis.signed_off is None else None
     return chosen or report_specimen(analysis.signoffs, analysis.kind)
+
+
+PANEL_FIELDS = ("report-specimen", "report-wbc", "report-target", "report-category", "report-comment",
+                "sign-unreviewed", "reopen-reason")
+
+
+def forget_fields_if_signed_elsewhere(analysis) -> None:
+    """The panel's fields start again from the latest sign-off when one was made or undone since this session
+    drew them: signed and reopened in another tab, this tab went on showing its own blank specimen, count and
+    category, and its sign-off dropped the colleague's count and category from the amended report."""
+    latest = analysis.signoffs[-1].id if analysis.signoffs else None
+    drawn = f"signoffs-drawn-{analysis.id}"
+    if drawn in st.session_state and st.session_state[drawn] != latest:
+        for field in PANEL_FIELDS:
+            st.session_state.pop(f"{field}-{analysis.id}", None)
+    st.session_state[drawn] = latest
 
 
 def signoff_panel(store: Store, analysis) -> None:
@@ -99,6 +116,7 @@ def signoff_panel(store: Store, analysis) -> None:
     signed = analysis.signed_off
     status = signoff_status(analysis.signoffs, amendments(analysis))
     key = analysis.id
+    forget_fields_if_signed_elsewhere(analysis)
     with st.expander(f"Sign-off and report (PDF) · {status}", icon=":material/description:",
                      expanded=st.session_state.get(PANEL_OPEN, False)):
         show_refusal(PANEL_REFUSAL)
