@@ -182,6 +182,14 @@ def test_slide_mode_counts_the_fields_as_one_slide(models_root, app_store, monke
     at.run()
     tables = [list(t.value["cell type"]) for t in at.dataframe if "cell type" in t.value.columns]
     assert len(tables) == 2 and all("Basophils" in table for table in tables)
+    # one reviewed as unidentified leaves the count: the heading said the count as detected over the table's
+    # "Cells counted" one fewer (and a report of one fewer)
+    app_store.review(stored.predictions[1].id, "NIF", "Dr A")
+    at.run()
+    slide_heading = next(w.value for w in at.warning if w.value.startswith("Differential: "))
+    assert slide_heading.startswith(f"Differential: {counts['WBC'] - 1} of 100 white cells: target not reached "
+                                    f"(3 fields). {counts['WBC']} were counted as the fields were detected")
+    assert any(c.value.startswith(f"Cells counted: {counts['WBC'] - 1}. ") for c in at.caption)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
+from dataclasses import replace
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -224,10 +225,16 @@ def show_slide(slide: SlideCount, analysis, key: str) -> None:
         for cls in DETECTOR_CLASSES))
 
     white = slide.white_cells
-    (st.success if white.reached else st.warning)(f"Differential: {white}.")
+    heading = st.empty()  # said with the count the report makes, found below
     codes = differential_codes(analysis)  # the types of the cells counted, as reviewed since
-    if codes:
-        show_differential(codes, key=f"{key}-percent", specimen=shown_specimen(analysis))
+    counted = show_differential(codes, key=f"{key}-percent", specimen=shown_specimen(analysis))[1] if codes \
+        else white.counted
+    now = replace(white, counted=counted)
+    # a cell reviewed as unidentified left the count: "100 of 100, target reached" stood over "Cells counted: 99"
+    # and a report of "99 of a 100-cell target"
+    changed = (f" {white.counted} were counted as the fields were detected; the reviews since (or the specimen) "
+               "changed which the differential holds, as the report counts them.") if counted != white.counted else ""
+    (heading.success if now.reached else heading.warning)(f"Differential: {now}.{changed}")
     if white.untyped:
         st.caption(f"{white.untyped} of the white cells counted have no type (typing off or unavailable).")
 
@@ -242,7 +249,7 @@ def show_slide(slide: SlideCount, analysis, key: str) -> None:
                          yaxis_title="found per field")
     right.plotly_chart(figure, key=f"{key}-chart")
     if slide.overlaps:
-        with st.expander(f"{len(slide.overlaps)} overlaps between fields"):
+        with st.expander(f"{len(slide.overlaps)} overlap{'s' if len(slide.overlaps) != 1 else ''} between fields"):
             st.dataframe([{"field": o.first, "overlaps": o.second, "offset": f"({o.dx:+.0f}, {o.dy:+.0f}) px",
                            "shared": f"{o.overlap:.0%}", "agreement": round(o.agreement, 3)}
                           for o in slide.overlaps], hide_index=True, key=f"{key}-overlaps")
