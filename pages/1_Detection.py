@@ -102,4 +102,4 @@ if shown["images"]:
                        mime="image/png", on_click="ignore", key="download_png", icon=":material/download:")
 
 st.subheader("Cells counted once" if result.slide is not None else "Whole upload")
-show_analysis(store, analysis, with_slide=False)
+show_analysis(store, analysis, with_slide=False, with_notes=False)  # said above

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from bloodcells.classify import classify
-from ui.common import page, remembered_analysis, require_store, reviewer_name, skipped_files
+from ui.common import page, remembered_analysis, require_store, reviewer_name
 from ui.models import get_classifier
 from ui.progress import cancel_button, progress_bar
 from ui.results import show_analysis
@@ -23,7 +23,7 @@ if st.button("Classify", type="primary", disabled=not files, key="classify"):
     with cancel_button("cancel_classify"), run_safely("Classification") as outcome:
         with uploaded_source(files) as source, progress_bar("Classifying cells…") as progress:
             result = classify(source, classifier=classifier, store=store, name=upload_label(files), progress=progress)
-        outcome.update(analysis_id=result.analysis_id, problems=[str(p) for p in result.problems])
+        outcome.update(analysis_id=result.analysis_id)
     if outcome:
         st.session_state["classification"] = outcome
         st.session_state["analysis_id"] = outcome["analysis_id"]
@@ -37,5 +37,4 @@ if shown:
     if analysis is None:
         st.stop()
     st.success(f"Saved as analysis #{analysis.id} ({analysis.name}).")
-    skipped_files(shown["problems"])
     show_analysis(store, analysis)

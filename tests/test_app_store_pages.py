@@ -430,3 +430,23 @@ def test_a_storage_error_that_is_no_outage_is_not_said_as_one():
         "Classification failed: analysis #5 was marked failed meanwhile; run it again. Nothing was half-stored.",
         "The database is not available: the database at db cannot be reached. Nothing was half-stored; try again "
         "when it is back."]
+
+
+def test_history_says_the_files_an_upload_left_out_and_why_its_counts_are_doubtful(app_store):
+    """Said only on the page that ran it: whoever opened the analysis in History to sign it off never learnt
+    that a field was greyscale or that two files were skipped."""
+    from test_app_detection import DrawnCells
+    from test_signout import upload_zip
+
+    from bloodcells.detection import detect
+    from bloodcells.synthetic import encode, smear_field
+
+    image, truth = smear_field(320, 240, n_wbc=1, n_rbc=6, n_platelets=2, seed=4)
+    upload = {"grey.png": encode(image.convert("L").convert("RGB")), "notimage.jpg": b"text",
+              "tiny.png": encode(image.resize((20, 15)))}
+    result = detect(upload_zip(upload), detector=DrawnCells({"grey.png": truth}), type_white_cells=False,
+                    store=app_store, name="fields.zip")
+    at = app("5_History").run()
+    assert not at.exception
+    assert [w.value for w in at.warning if "grey" in w.value] == result.warnings
+    assert any(e.label == "2 files were skipped" for e in at.expander)

@@ -13,6 +13,16 @@ from bloodcells.store import Analysis, DetectionRow, PredictionRow
 from bloodcells.synthetic import cell_image, encode
 
 
+def upload_zip(files: dict[str, bytes]) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
 def pdf_text(content: bytes) -> str:
     from pypdf import PdfReader
 
@@ -93,6 +103,45 @@ def test_detection_reports_count_the_typed_white_cells(store):
         DetectionRow("field.png", "RBC", 0.9, (20, 0, 29, 9))])
     report = build_report(store, analysis_id)
     assert report.counted == 2 and {r.label: r.percent for r in report.rows}["Monocytes"] == 50
+
+
+def test_the_report_says_the_uploads_doubtful_counts_and_files_not_used(store):
+    """A greyscale field's warning and two files skipped were said on the Detection page only: History and the
+    PDF a colleague signed gave the counts with no caveat."""
+    from test_app_detection import DrawnCells
+
+    from bloodcells.detection import detect
+    from bloodcells.synthetic import smear_field
+
+    image, truth = smear_field(320, 240, n_wbc=1, n_rbc=6, n_platelets=2, seed=4)
+    grey = image.convert("L").convert("RGB")
+    upload = {"grey.png": encode(grey), "notimage.jpg": b"text", "tiny.png": encode(image.resize((20, 15)))}
+    result = detect(upload_zip(upload), detector=DrawnCells({"grey.png": truth}), type_white_cells=False, store=store,
+                    name="fields.zip")
+    assert result.warnings and len(result.problems) == 2
+    report = build_report(store, result.analysis_id)
+    assert report.notes == [*result.warnings, "2 files of the upload not used (unreadable, blank, too small or not an "
+                                              "image): History lists them"]
+    text = " ".join(pdf_text(to_pdf(report)).split())
+    assert "Notes on the upload" in text and " ".join(result.warnings[0].split()) in text
+    assert "<h2>Notes on the upload</h2><ul><li>" in to_html(report)
+    clean = store.start_analysis("cells.zip", "classification")
+    store.finish_analysis(clean, predictions=[PredictionRow("c.png", "NGS", "ALL", 0.99, {}, False)])
+    assert build_report(store, clean).notes == [] and "Notes on the upload" not in pdf_text(to_pdf(build_report(store,
+                                                                                                          clean)))
+
+
+def test_a_gallery_of_the_first_flagged_cells_says_so_and_names_their_files(store):
+    """"Flagged, not reviewed 16" over 12 images and no word of the other 4; each image had a code, no file."""
+    from bloodcells.signout.counts import GALLERY_CELLS
+
+    analysis_id = store.start_analysis("cells.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"cell_{n}.png", "MON", "ALL", 0.4, {}, True, encode(cell_image("MON", n, 32)))
+        for n in range(GALLERY_CELLS + 4)])
+    text = " ".join(pdf_text(to_pdf(build_report(store, analysis_id))).split())
+    assert f"Flagged cells not yet reviewed (the first {GALLERY_CELLS} of {GALLERY_CELLS + 4})" in text
+    assert "1. cell_0.png; 2. cell_1.png" in text and f"{GALLERY_CELLS}. cell_{GALLERY_CELLS - 1}.png" in text
 
 
 def test_a_slide_is_reported_and_logged_with_the_cells_its_differential_counted(store):

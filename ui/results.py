@@ -16,7 +16,7 @@ from bloodcells.inputs import InputError, open_image, thumbnail_png
 from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, differential_codes, erythroblasts_per_100
 from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
-from ui.common import link_to
+from ui.common import link_to, skipped_files
 from ui.signoff import flagged_not_reviewed, shown_specimen, signoff_panel
 
 THUMBNAIL_PX = 48
@@ -43,14 +43,17 @@ def data_uri(png: bytes | None) -> str | None:
     return f"data:image/png;base64,{base64.b64encode(png).decode()}" if png else None
 
 
-def show_analysis(store: Store, analysis, with_slide: bool = True) -> None:
-    """Everything about one analysis, by kind; ``with_slide=False`` leaves out a slide's count (shown apart)."""
+def show_analysis(store: Store, analysis, with_slide: bool = True, with_notes: bool = True) -> None:
+    """Everything about one analysis, by kind; ``with_slide=False`` leaves out a slide's count and
+    ``with_notes=False`` the upload's notes (a page that shows them apart)."""
     if analysis.status == "failed":
         st.error(f"This analysis failed and holds no results: {analysis.error}")
         return
     if analysis.status == "running":
         st.info("This analysis is still running (or was interrupted before it finished).")
         return
+    if with_notes:
+        show_upload_notes(analysis)
     if analysis.kind == "detection":
         if with_slide and "slide" in (analysis.summary or {}):
             st.subheader("Slide")
@@ -59,6 +62,16 @@ def show_analysis(store: Store, analysis, with_slide: bool = True) -> None:
         show_detection(store, analysis)
     else:
         show_classification(store, analysis)
+
+
+def show_upload_notes(analysis) -> None:
+    """The files of the upload that were not used, with why, and why its counts may not be trusted (a greyscale
+    field, a box confidence near 0): kept with the analysis, they were said only on the page that ran it, and
+    whoever signed it off from History never learnt of them."""
+    summary = analysis.summary or {}
+    skipped_files(summary.get("problems", []))
+    for warning in summary.get("warnings", []):
+        st.warning(warning)
 
 
 def show_classification(store: Store, analysis) -> None:

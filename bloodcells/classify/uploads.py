@@ -64,6 +64,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
         later_pages,
         none_readable,
         open_image,
+        stored_problems,
     )
     from ..store import PredictionRow, record_analysis
 
@@ -128,7 +129,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
         run.predictions = _unspool(spool)
         run.summary = {"counts": outcome.counts(), "cells": len(outcome.rows),
                        "needs_review": sum(r.result.needs_review for r in outcome.rows),
-                       "problems": [str(p) for p in outcome.problems][:200]}
+                       "problems": stored_problems(outcome.problems)}
     return outcome
 
 

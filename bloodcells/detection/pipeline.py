@@ -42,11 +42,13 @@ class DetectionResult:
 
     def summary(self) -> dict:
         """What the store keeps besides the boxes: counts and differentials per image and per upload."""
+        from ..inputs import STORED_PROBLEMS, stored_problems
+
         summary = {"counts": self.counts(), "differential": self.differential(), "images": len(self.files),
                    "per_image": {f: {"counts": self.counts(f), "differential": self.differential(f)}
                                  for f in self.files},
-                   "typing_skipped": self.typing_skipped, "problems": [str(p) for p in self.problems][:200],
-                   "warnings": self.warnings[:200]}
+                   "typing_skipped": self.typing_skipped, "problems": stored_problems(self.problems),
+                   "warnings": self.warnings[:STORED_PROBLEMS]}
         if self.slide is not None:
             summary["slide"] = self.slide.as_dict()
         return summary

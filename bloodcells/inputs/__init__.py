@@ -23,7 +23,15 @@ from .decoding import (
     thumbnail_png,
     to_rgb,
 )
-from .items import InputError, InputImage, InputLimits, InputProblem, none_readable
+from .items import (
+    STORED_PROBLEMS,
+    InputError,
+    InputImage,
+    InputLimits,
+    InputProblem,
+    none_readable,
+    stored_problems,
+)
 from .names import (
     ACCEPTED,
     DISK_NAME_BYTES,
@@ -37,6 +45,6 @@ from .names import (
 from .sources import check_source, count_images, iter_inputs
 
 __all__ = ["ACCEPTED", "DISK_NAME_BYTES", "IMAGES_ACCEPTED", "IMAGE_SUFFIXES", "LATER_PAGES_UNREAD", "MAX_IMAGE_PIXELS", "MAX_NAME_LENGTH",
-           "MIN_IMAGE_SIDE", "InputError", "InputImage", "InputLimits", "InputProblem", "blank_image", "check_source", "count_images",
+           "MIN_IMAGE_SIDE", "STORED_PROBLEMS", "InputError", "InputImage", "InputLimits", "InputProblem", "blank_image", "check_source", "count_images",
            "disk_path", "is_image_name", "iter_inputs", "later_pages", "none_readable", "open_any", "open_image", "png_bytes",
-           "thumbnail_png", "to_rgb", "unique_names"]
+           "stored_problems", "thumbnail_png", "to_rgb", "unique_names"]

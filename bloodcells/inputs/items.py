@@ -36,6 +36,14 @@ class InputProblem:
         return f"{self.name}: {self.problem}"
 
 
+STORED_PROBLEMS = 200  # the problems an analysis keeps (an upload of 100,000 unreadable files has as many)
+
+
+def stored_problems(problems: list[InputProblem]) -> list[str]:
+    """The problems of an upload as its analysis keeps them: the first STORED_PROBLEMS, in words."""
+    return [str(problem) for problem in problems[:STORED_PROBLEMS]]
+
+
 def none_readable(label: str, problems: list[InputProblem]) -> InputError:
     """The error for an input none of whose images could be used (unreadable, too small...), naming the
     first few and why ("could not be read" was said of a 64x64 image that was read, and too small)."""

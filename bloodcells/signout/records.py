@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 
 from ..clock import stamp
+from ..inputs import LATER_PAGES_UNREAD, STORED_PROBLEMS
 from ..report import model_versions_text, myeloid_erythroid_ratio
 from ..store import check_specimen, signoff_text
 from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
@@ -133,6 +134,7 @@ class ClinicalReport:
     value_changes: list[ValueChange] = field(default_factory=list)  # signed values changed by a later sign-off
     made_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     smear: SmearFields | None = None  # a detection's red cells and platelets
+    notes: list[str] = field(default_factory=list)  # the upload's files not used, why its counts may be doubtful
 
 
 def build_report(store, analysis_id: int, *, white_cell_count: float | None = None, target: int | None = None,
@@ -212,6 +214,22 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         status=signoff_status(analysis.signoffs, len(amendments)),
         signoffs=[Event(s.action, s.person, s.created_at, s.comment) for s in analysis.signoffs],
         amendments=amendments, value_changes=signed_value_changes(analysis.signoffs),
-        smear=smear_fields(analysis.summary) if analysis.kind == "detection" else None)
+        smear=smear_fields(analysis.summary) if analysis.kind == "detection" else None,
+        notes=upload_notes(analysis.summary or {}))
+
+
+def upload_notes(summary: dict) -> list[str]:
+    """What a report says of its upload besides the cells: why its counts may not be trusted (a greyscale field,
+    a box confidence near 0) and how many of its files were not used. Said only on the page that ran it, they
+    never reached whoever signed the report from History."""
+    problems = summary.get("problems", [])
+    pages = sum(LATER_PAGES_UNREAD in problem for problem in problems)
+    files = len(problems) - pages
+    more = "or more " if len(problems) >= STORED_PROBLEMS else ""
+    return [*summary.get("warnings", []),
+            *([f"{files} {more}file{'s' if files != 1 else ''} of the upload not used (unreadable, blank, too small "
+               "or not an image): History lists them"] if files else []),
+            *([f"only the first page of {pages} {more}multi-page file{'s' if pages != 1 else ''} read"]
+              if pages else [])]
 
 

@@ -53,6 +53,13 @@ def _status_text(report: ClinicalReport) -> str:
             REOPENED: f"Reopened to amend by {when}; not signed off again"}[report.status]
 
 
+def _gallery_title(report: ClinicalReport) -> str:
+    """Its title says when it shows only the first of the flagged cells ("16 flagged" over 12 images)."""
+    shown = len(report.gallery)
+    return "Flagged cells not yet reviewed" + (f" (the first {shown} of {report.unreviewed_flagged})"
+                                               if report.unreviewed_flagged > shown else "")
+
+
 def _title(report: ClinicalReport) -> str:
     return "Differential count - AMENDED" if report.status == AMENDED else "Differential count"
 
@@ -99,12 +106,14 @@ def to_html(report: ClinicalReport) -> str:
                       f'width="96"><figcaption>{escape(name)} ({escape(code)})</figcaption></figure>'
                       for name, code, content in report.gallery)
     signoffs = "".join(f"<li>{escape(line)}</li>" for line in signoff_lines(report.signoffs))
+    notes = "".join(f"<li>{escape(note)}</li>" for note in report.notes)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Differential, analysis "
             f"#{report.analysis_id}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
             f"text-align:left}}figure{{display:inline-block;margin:4px}}p.comment{{white-space:pre-wrap}}</style></head><body>"
             f"<h1>{escape(_title(report))}</h1><table>{facts}</table>"
+            + (f"<h2>Notes on the upload</h2><ul>{notes}</ul>" if notes else "") +
             f"<h2>Differential</h2>{_html_table(*_table(report))}<h2>Not in the count</h2><ul>{apart}</ul>"
-            + (f"<h2>Flagged cells not yet reviewed</h2>{gallery}" if gallery else "")
+            + (f"<h2>{escape(_gallery_title(report))}</h2>{gallery}" if gallery else "")
             + (f"<h2>Comment</h2><p class='comment'>{escape(report.comment)}</p>" if report.comment else "")
             + (f"<h2>Sign-off</h2><ul>{signoffs}</ul>" if signoffs else "")
             + (f"<h2>Changes after the first sign-off</h2>{_html_table(*_amendment_table(report))}"
@@ -150,6 +159,10 @@ def to_pdf(report: ClinicalReport) -> bytes:
     for label, value in _facts(report):
         pdf.cell(42, 5, text(label))
         paragraph(value)
+    if report.notes:
+        section("Notes on the upload")
+        for note in report.notes:
+            paragraph(f"- {note}")
     pdf.ln(3)
     header, body = _table(report)
     table(header, body, (60, 25, 20, 30)[:len(header)])
@@ -159,7 +172,7 @@ def to_pdf(report: ClinicalReport) -> bytes:
         size, per_row = 24, 7
         if pdf.will_page_break(8 + size + 7):  # the title with its first row
             pdf.add_page()
-        section("Flagged cells not yet reviewed")
+        section(_gallery_title(report))
         for first in range(0, len(report.gallery), per_row):
             # a row goes whole to the next page: images are placed at a height, and fpdf breaks the page
             # only for text, which put a row's images at the foot of one page and their codes on the next
@@ -171,9 +184,11 @@ def to_pdf(report: ClinicalReport) -> bytes:
                 pdf.image(io.BytesIO(thumbnail_png(content, "cell", 128)), x=x, y=top, w=size, h=size)
                 pdf.set_xy(x, top + size)
                 pdf.set_font(PDF_FONT, size=7)
-                pdf.cell(size, 4, text(code))
+                pdf.cell(size, 4, text(f"{first + n + 1}. {code}"))
             pdf.set_xy(pdf.l_margin, top + size + 7)
         pdf.set_font(PDF_FONT, size=9)
+        # the files, by number: a cell in the report is found again on the Review page by its name
+        paragraph("; ".join(f"{n}. {name}" for n, (name, _code, _content) in enumerate(report.gallery, 1)))
     if report.comment:
         section("Comment")
         paragraph(report.comment)
