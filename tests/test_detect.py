@@ -565,14 +565,31 @@ def test_counts_not_to_be_trusted_are_said_with_why(tmp_path):
     colour.quantize(256).save(tmp_path / "palette.gif")
     colour.convert("L").quantize(256).save(tmp_path / "grey-palette.png")  # said once, as greyscale
     result = detect(tmp_path, detector=Saturated(), type_white_cells=False, confidence=0.0)
-    assert sorted(result.warnings) == [  # the fields in whatever order the folder lists them
+    from bloodcells.detection.pipeline import low_confidence_warning
+
+    assert result.warnings[0] == low_confidence_warning(0.0)  # said once, first: 949 boxes gave no warning
+    assert "0.000 counts boxes the detector doubts" in result.warnings[0]
+    assert sorted(result.warnings[1:]) == [  # the fields in whatever order the folder lists them
         "grey-palette.png: a greyscale image: the detector learnt stained colour fields, and finds fewer red cells "
         "and platelets on it; use the colour original",
         "grey.png: a greyscale image: the detector learnt stained colour fields, and finds fewer red cells and "
         "platelets on it; use the colour original",
         "palette.gif: a palette image (a GIF or an 8-bit PNG) of at most 256 colours: the detector finds fewer red "
         "cells and platelets on it; use the camera's original (JPEG, PNG or TIFF)",
-        "specks.png: 1000 boxes, at least the 1000 the detector gives for one image: with a minimum box confidence "
-        "of 0.000 it boxes specks and parts of cells; raise it (default 0.25)"]
+        "specks.png: 1000 boxes, the most the detector gives for this image: cells beyond them were not counted"]
     assert result.summary()["warnings"] == result.warnings and sorted(result.files) == [
         "fine.png", "grey-palette.png", "grey.png", "palette.gif", "specks.png"]
+    # a tiled scan gives as many boxes per tile: 5,459 real cells on 225 fields were "specks", "raise it"
+    Saturated.box_limit = lambda _self, width, height: 6 * MAX_BOXES
+    scan = detect(tmp_path, detector=Saturated(), type_white_cells=False)
+    assert not any("boxes" in warning for warning in scan.warnings)
+    assert not any("confidence" in warning for warning in scan.warnings)  # at the default
+
+
+def test_a_detectors_box_limit_counts_its_tiles(trained_detector):
+    from bloodcells.detection.detector import MAX_BOXES
+
+    detector = Detector.load(trained_detector)
+    side = detector.tile_size
+    assert detector.box_limit(side, side * 3 // 4) == MAX_BOXES  # one call
+    assert detector.box_limit(10 * side, 8 * side) > 50 * MAX_BOXES  # one a tile

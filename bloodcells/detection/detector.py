@@ -101,6 +101,12 @@ class Detector:
             raise DetectorFileError(f"{path}: a YOLO {yolo.task} model, not a detector")
         return cls(yolo, path, sha256_file(path), trained_input_size(yolo), **options)
 
+    def box_limit(self, width: int, height: int) -> int:
+        """The most boxes ``find`` can give for an image of this size: MAX_BOXES per call, a call per tile."""
+        if not self.needs_tiles(width, height):
+            return MAX_BOXES
+        return MAX_BOXES * len(plan_tiles(width, height, self.tile_size, self.overlap))
+
     def needs_tiles(self, width: int, height: int) -> bool:
         """Larger than a tile and a quarter: shrinking it to the model input would lose small cells."""
         return max(width, height) > 1.25 * self.tile_size
