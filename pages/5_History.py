@@ -10,6 +10,7 @@ from ui.common import (
     LISTED,
     choose_analysis,
     find_analyses,
+    forget_open_analysis,
     link_to,
     listed_note,
     open_analysis,
@@ -85,7 +86,7 @@ else:
             # said in the page drawn again (stopped here, it showed a live "Yes, delete" and no analysis)
             st.session_state["delete_refused"] = f"Not deleted: {error}."
             return
-        st.session_state.pop("analysis_id", None)
+        forget_open_analysis()
         # the newest one left, set rather than forgotten: forgotten, the browser's box kept naming the deleted
         # analysis above the page of another, under its Delete button
         if left := [other for other in labels if other != analysis.id]:

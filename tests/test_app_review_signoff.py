@@ -540,3 +540,26 @@ def test_a_tab_whose_analysis_was_signed_and_reopened_elsewhere_shows_the_signed
     signed = app_store.signoffs([analysis_id])[analysis_id][-1]
     assert (signed.person, signed.specimen, signed.white_cell_count, signed.category) == (
         "Dr Alice", "peripheral blood", 6.2, "follow-up")
+
+
+def test_a_reloaded_tab_keeps_the_analysis_it_had_open(app_store):
+    """A reload starts a new session: Review showed the newest analysis instead of the one being reviewed, and a
+    reviewer could go on reviewing or sign off another patient's cells. The page's address keeps it."""
+    older = classified(app_store, ["NGS", "LYT"], name="patient A.zip")
+    newer = classified(app_store, ["EOS"], name="patient B.zip")
+    at = app("4_Review")
+    at.query_params["analysis"] = str(older)  # the address the tab had
+    at.run()
+    assert not at.exception and at.selectbox(key="review_analysis").value == older
+    at.selectbox(key="review_analysis").set_value(newer).run()
+    assert at.query_params["analysis"] == str(newer)  # the address follows the choice
+    history = app("5_History")
+    history.query_params["analysis"] = str(older)
+    history.run()
+    assert history.selectbox(key="history_open").value == older
+    app_store.delete_analysis(older)
+    gone = app("4_Review")
+    gone.query_params["analysis"] = str(older)
+    gone.run()
+    assert gone.selectbox(key="review_analysis").value == newer
+    assert [i.value for i in gone.info] == [f"Analysis #{older} was deleted meanwhile."]

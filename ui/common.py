@@ -173,11 +173,24 @@ def listed_note(shown: int, search: str) -> None:
         st.info(f"No analysis matches “{search}”.")
 
 
+OPEN_PARAM = "analysis"  # the analysis a page has open, in its address: a reload keeps it
+
+
 def open_analysis() -> int | None:
     """The analysis this session has open (chosen on another page, or by a link such as History's "Review
     this analysis"), for a list to hold even when it is older than the newest LISTED: else the list's select
-    box fell back to its newest, and another analysis was opened without a word."""
-    return st.session_state.get("analysis_id")
+    box fell back to its newest, and another analysis was opened without a word. A reload of the tab starts a
+    new session: the page's address keeps the analysis (reloaded, Review showed the newest one instead, and a
+    reviewer could go on reviewing or sign off another patient's cells)."""
+    if (kept := st.session_state.get("analysis_id")) is not None:
+        return kept
+    value = st.query_params.get(OPEN_PARAM, "")
+    return int(value) if value.isdecimal() else None
+
+
+def forget_open_analysis() -> None:
+    st.session_state.pop("analysis_id", None)
+    st.query_params.pop(OPEN_PARAM, None)
 
 
 def choose_analysis(store: Store, labels: dict[int, str], prompt: str, key: str):
@@ -185,12 +198,14 @@ def choose_analysis(store: Store, labels: dict[int, str], prompt: str, key: str)
     chosen analysis, or stops the page with a warning when it was deleted meanwhile."""
     ids = list(labels)
     previous = st.session_state.get(key)  # what this box showed last time
-    if previous is not None and previous not in ids and not store.count_analyses(search=f"#{previous}"):
-        st.info(f"Analysis #{previous} was deleted meanwhile.")  # rather than another one shown without a word
-    remembered = st.session_state.get("analysis_id")
+    remembered = open_analysis()  # or the page's address, reloaded
+    for gone in sorted({previous, remembered} - {None} - set(ids)):
+        if not store.count_analyses(search=f"#{gone}"):
+            st.info(f"Analysis #{gone} was deleted meanwhile.")  # rather than another one shown without a word
     chosen = st.selectbox(prompt, ids, index=ids.index(remembered) if remembered in ids else 0,
                           format_func=labels.__getitem__, key=key)
     st.session_state["analysis_id"] = chosen
+    st.query_params[OPEN_PARAM] = str(chosen)
     try:
         return store.get_analysis(chosen)
     except KeyError:
