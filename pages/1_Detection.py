@@ -58,8 +58,11 @@ if st.button("Detect", type="primary", disabled=not files, key="detect"):
     if outcome:
         st.session_state["detection"] = outcome
         st.session_state["analysis_id"] = outcome["result"].analysis_id
+    else:  # its error stood over the last run's "Saved as analysis #6" and counts, as if they were its own
+        st.session_state.pop("detection", None)
 
 if st.session_state.pop("cancelled", False):
+    st.session_state.pop("detection", None)
     st.info("Detection cancelled. Nothing half-done was kept: the analysis is marked as failed in History.")
 
 shown = st.session_state.get("detection")

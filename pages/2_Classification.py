@@ -27,8 +27,11 @@ if st.button("Classify", type="primary", disabled=not files, key="classify"):
     if outcome:
         st.session_state["classification"] = outcome
         st.session_state["analysis_id"] = outcome["analysis_id"]
+    else:  # its error stood over the last run's "Saved as analysis #6" and counts, as if they were its own
+        st.session_state.pop("classification", None)
 
 if st.session_state.pop("cancelled", False):
+    st.session_state.pop("classification", None)
     st.info("Classification cancelled. Nothing half-done was kept: the analysis is marked as failed in History.")
 
 shown = st.session_state.get("classification")

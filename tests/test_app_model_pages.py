@@ -141,6 +141,8 @@ def test_classification_of_several_images_and_bad_uploads(models_root, app_store
     assert not at.exception
     assert any("empty.zip" in e.value for e in at.error)  # the reason, naming the file
     assert [a.status for a in app_store.list_analyses()] == ["failed", "done"]  # nothing half-stored
+    # the error stood over the last run's "Saved as analysis #1" and its counts, as if they were its own
+    assert not at.success and not at.metric
 
     at.file_uploader[0].set_value([("cells.zip", empty.read_bytes(), "application/zip"), images[0]]).run()
     at.button(key="classify").click().run()
