@@ -6,7 +6,7 @@ import time
 import streamlit as st
 
 from bloodcells.explain import METHODS, explain
-from ui.common import choose_cells_analysis, page, require_store, sentence
+from ui.common import choose_cells_analysis, one_of, page, require_store, sentence
 from ui.models import get_classifier, predicted_attributes
 from ui.results import open_upload_image
 from ui.uploads import ACCEPTED
@@ -22,8 +22,7 @@ store = require_store()
 classifier = get_classifier()
 tree = classifier.tree
 
-source = st.segmented_control("Cell", ["upload an image", "a cell from an analysis"], default="upload an image",
-                              key="explain_source") or "upload an image"
+source = one_of("Cell", ["upload an image", "a cell from an analysis"], default="upload an image", key="explain_source")
 # the file's bytes go to explain(): decoded as classification decodes them, and cached under the file's
 # sha256 as the command line and the store key them (a stored cell's maps go with its image)
 content, image_name = None, None

@@ -4,7 +4,7 @@ import streamlit as st
 
 from bloodcells import report
 from bloodcells.taxonomy import default_tree
-from ui.common import choose_cells_analysis, page, require_store, reviewer_name
+from ui.common import choose_cells_analysis, one_of, page, require_store, reviewer_name
 from ui.keyboard_review import changed_since, changes, keyboard_review, record_change, undo_button
 from ui.results import cell_image_bytes
 from ui.signoff import attempt, locked_notice, show_refusal, signoff_panel
@@ -81,13 +81,13 @@ filters, modes = st.columns([3, 2])
 # own default: one control's state cleared for the next analysis left the browser showing (and sending back
 # at the next click) the old choice, and the view changed under the pointer.
 view_from = f"review_view_from-{analysis.id}"  # session key: this session's changes before the view was chosen
-show = filters.segmented_control("Cells", ["flagged", "not reviewed yet", "all"],
-                                 on_change=lambda: st.session_state.__setitem__(view_from, changes(analysis.id)),
-                                 default="flagged" if any(p.needs_review for p in predictions) else "all",
-                                 key=f"review_filter-{analysis.id}", help="Flagged: under the confidence threshold, "
-                                 "reviewed or not. Not reviewed yet: every cell nobody reviewed, flagged or not.") or "all"
-mode = modes.segmented_control("Review with", ["mouse", "keyboard"], default="mouse", key="review_mode",
-                               help="Keyboard: one cell at a time, a key per cell type, ← → to move.") or "mouse"
+show = one_of("Cells", ["flagged", "not reviewed yet", "all"], container=filters,
+              on_change=lambda: st.session_state.__setitem__(view_from, changes(analysis.id)),
+              default="flagged" if any(p.needs_review for p in predictions) else "all",
+              key=f"review_filter-{analysis.id}", help="Flagged: under the confidence threshold, "
+              "reviewed or not. Not reviewed yet: every cell nobody reviewed, flagged or not.")
+mode = one_of("Review with", ["mouse", "keyboard"], default="mouse", key="review_mode", container=modes,
+              help="Keyboard: one cell at a time, a key per cell type, ← → to move.")
 tree_order = {node.code: n for n, node in enumerate(tree.root.walk())}
 ordered = sorted(predictions, key=lambda p: (tree_order[p.code], p.id))
 # With the mouse, a cell reviewed in "not reviewed yet" stays in its place until the view is chosen again:

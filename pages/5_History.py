@@ -13,6 +13,7 @@ from ui.common import (
     forget_open_analysis,
     link_to,
     listed_note,
+    one_of,
     open_analysis,
     page,
     require_store,
@@ -28,16 +29,16 @@ reviewer_name()  # who signs off or reopens an analysis shown here
 if deleted := st.session_state.pop("deleted", None):
     st.toast(f"Analysis #{deleted} deleted.")
 
-view = st.segmented_control("View", ["analyses", "count log"], default="analyses", key="history_view",
-                            help="Count log: past differentials by category, date and reviewer, as CSV.") or "analyses"
+view = one_of("View", ["analyses", "count log"], default="analyses", key="history_view",
+              help="Count log: past differentials by category, date and reviewer, as CSV.")
 if view == "count log":
     show_count_log(store)
     st.stop()
 show, find = st.columns(2, vertical_alignment="bottom")
-kind = show.segmented_control("Show", ["all", "classification", "detection"], default="all", key="history_kind")
+kind = one_of("Show", ["all", "classification", "detection"], default="all", key="history_kind", container=show)
 with find:
     search = find_analyses("history_search")
-rows = report.analysis_overview(store, kind=None if kind in (None, "all") else kind, limit=LISTED, search=search,
+rows = report.analysis_overview(store, kind=None if kind == "all" else kind, limit=LISTED, search=search,
                                 also=open_analysis())
 listed_note(len(rows), search)
 if search and not rows:

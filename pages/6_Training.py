@@ -12,7 +12,7 @@ from bloodcells.taxonomy import default_tree
 from bloodcells.train import MODES, SHIPPED_RECIPE, train_tree
 from bloodcells.versions import accept_candidate, candidate_dir, discard_candidate, record_trained
 from ui.adaptation import adapt_section, versions_section
-from ui.common import page, require_store, reviewer_name, sentence, skipped_files
+from ui.common import one_of, page, require_store, reviewer_name, sentence, skipped_files
 from ui.models import reload_models
 from ui.progress import cancel_button, progress_bar
 from ui.training import LiveCurves, confusion_heatmap, curves
@@ -27,7 +27,7 @@ page("Training")
 st.title("Training")
 store = require_store()
 person = reviewer_name()
-task = st.segmented_control("Task", TASKS, default=TASKS[0], key="training_task") or TASKS[0]
+task = one_of("Task", TASKS, default=TASKS[0], key="training_task")
 if task != TASKS[0]:
     if task == TASKS[1]:
         adapt_section(store, person)

@@ -228,6 +228,25 @@ def test_each_analysis_opens_in_its_own_default_view(app_store):
     assert not at.success and len([b for b in at.button if b.key.startswith("open_other_")]) == 2  # its two cells
 
 
+def test_the_chosen_view_clicked_again_stays_chosen(app_store):
+    """Streamlit lets the chosen option of a segmented control be clicked off: "flagged" clicked again showed
+    every cell with no view lit, "keyboard" clicked again went back to the mouse."""
+    analysis_id = classified(app_store, ["NGS", "LYT", "EOS"], needs_review=[0])
+    at = app("4_Review").run()
+    at.sidebar.text_input[0].input("Dr Who").run()
+    cards = len([b for b in at.button if b.key.startswith("open_other_")])
+    assert cards == 1  # the flagged one
+    at.segmented_control(key=f"review_filter-{analysis_id}").set_value(None).run()  # "flagged" clicked again
+    assert not at.exception and at.segmented_control(key=f"review_filter-{analysis_id}").value == "flagged"
+    assert len([b for b in at.button if b.key.startswith("open_other_")]) == cards
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    at.segmented_control(key="review_mode").set_value(None).run()
+    assert at.segmented_control(key="review_mode").value == "keyboard"
+    history = app("5_History").run()
+    history.segmented_control(key="history_view").set_value(None).run()
+    assert history.segmented_control(key="history_view").value == "analyses"
+
+
 def test_needs_review_counts_the_same_cells_on_every_page(app_store):
     """Flagged and not reviewed yet, as on Review and in the report: History said 2 where Review said 0."""
     analysis_id = classified(app_store, ["NGS", "LYT", "LYT"], needs_review=[0, 1])

@@ -246,6 +246,25 @@ def remembered_analysis(store: Store, state_key: str, analysis_id: int, again: s
         return None
 
 
+def one_of(label: str, options: list[str], *, default: str, key: str, container=st, on_change=None,
+           **options_of_the_control) -> str:
+    """A segmented control that always has one option chosen. Streamlit's lets the chosen option be clicked
+    off, and the page fell back to a default with none lit: "flagged" clicked again on Review showed every
+    cell, "keyboard" clicked again went back to the mouse. ``on_change`` runs only when the choice changes."""
+    chosen = f"{key}-chosen"
+
+    def changed() -> None:
+        if st.session_state[key] is None:  # the chosen option clicked again: it stays chosen
+            st.session_state[key] = st.session_state.get(chosen, default)
+        elif on_change is not None:
+            on_change()
+
+    value = container.segmented_control(label, options, default=default, key=key, on_change=changed,
+                                        **options_of_the_control) or default
+    st.session_state[chosen] = value
+    return value
+
+
 def sentence(text: str) -> str:
     """``text`` as a sentence: its first letter upper case and a full stop, the rest as written
     (``str.capitalize`` lowered the rest: the morphology's "N:C ratio" read "n:c ratio")."""
