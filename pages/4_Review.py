@@ -18,6 +18,7 @@ tree = default_tree()
 store = require_store()
 reviewer = reviewer_name()
 
+show_refusal()  # first: a click on a cell of an analysis deleted since leaves nothing else to show
 analysis = choose_cells_analysis(store, "review", "There is nothing to review yet: classify a zip of cells first.")
 if analysis is None:
     st.stop()
@@ -26,7 +27,6 @@ locked = analysis.signed_off is not None
 
 if not reviewer:
     st.warning("Enter your name in the sidebar: each review records who made it.")
-show_refusal()
 locked_notice(analysis)
 
 

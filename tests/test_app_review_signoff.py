@@ -334,6 +334,11 @@ def test_an_analysis_deleted_while_open_is_said_so_not_swapped_for_another_in_si
     assert at.selectbox(key="review_analysis").value == older
     at.run()
     assert f"Analysis #{newer} was deleted meanwhile." not in [i.value for i in at.info]  # said once
+    cell = app_store.get_analysis(older).predictions[0]
+    app_store.delete_analysis(older)
+    at.button(key=f"set_{cell.id}_NGS").click().run()  # drawn before the delete
+    assert "Not saved: the analysis was deleted meanwhile (in History, or in another tab)." in [
+        e.value for e in at.error]  # it said "no prediction 131 any more", a number no page shows
 
 
 def test_an_analysis_older_than_the_list_opens_where_it_is_sent(app_store, monkeypatch):

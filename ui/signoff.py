@@ -37,8 +37,8 @@ def attempt(action: Callable, *args, **kwargs):
     except (ReviewError, StoreError) as error:
         st.session_state[REFUSAL] = str(error)
         return None
-    except KeyError as error:  # deleted meanwhile, e.g. on the History page in another tab
-        st.session_state[REFUSAL] = f"Not saved: {error.args[0]} any more (it was deleted meanwhile)."
+    except KeyError:  # deleted meanwhile, e.g. on the History page in another tab ("no prediction 131 any more")
+        st.session_state[REFUSAL] = "Not saved: the analysis was deleted meanwhile (in History, or in another tab)."
         return None
 
 
