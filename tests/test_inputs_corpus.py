@@ -599,6 +599,13 @@ def test_folder_without_images_is_refused(tmp_path):
     (tmp_path / "nothing" / "readme.txt").write_text("x")
     with pytest.raises(InputError, match="^nothing: the folder holds no images"):
         list(iter_inputs(tmp_path / "nothing"))
+    links = tmp_path / "links"  # only links to images elsewhere: it said "holds no images", of the links nothing
+    links.mkdir()
+    (tmp_path / "cell.png").write_bytes(b"png")
+    for name in ("a.png", "b.png"):
+        (links / name).symlink_to(tmp_path / "cell.png")
+    with pytest.raises(InputError, match=r"^links: the folder holds no images \(.*\); 2 symbolic links not followed$"):
+        list(iter_inputs(links))
 
 
 def test_missing_and_unreadable_paths_are_named(tmp_path, monkeypatch):

@@ -104,12 +104,13 @@ def _read_file(path: Path, name: str, limits: InputLimits) -> InputImage | Input
 def _iter_folder(root: Path, label: str, limits: InputLimits) -> Iterator[InputImage | InputProblem]:
     """Every image under ``root`` (called ``label``); other files and symbolic links are reported, links
     never followed (nothing outside it is read)."""
-    images, unreadable = 0, []
+    images, unreadable, links = 0, [], 0
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).as_posix()
         if is_noise(relative):
             continue
         if path.is_symlink():
+            links += 1
             yield InputProblem(relative, "symbolic link")
         elif not path.is_file():
             continue
@@ -126,4 +127,6 @@ def _iter_folder(root: Path, label: str, limits: InputLimits) -> Iterator[InputI
     if images == 0:
         if unreadable:
             raise none_readable(label, unreadable)
-        raise InputError(f"{label}: the folder holds no images ({ACCEPTED})")
+        # a folder of links only: "holds no images" with no word of the links left out
+        skipped = f"; {links} symbolic link{'s' if links != 1 else ''} not followed" if links else ""
+        raise InputError(f"{label}: the folder holds no images ({ACCEPTED}){skipped}")
