@@ -1,5 +1,6 @@
 """The storage suite: runs on SQLite, and on MySQL/MariaDB when BLOODCELLS_TEST_MYSQL_URL is set."""
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -674,6 +675,48 @@ def test_a_run_started_while_an_analysis_is_deleted_keeps_the_images_it_found(st
     assert [store.read_blob(p.blob_id) for p in store.get_analysis(again).predictions] == [b"image of a"]
     with pytest.raises(KeyError):
         store.get_analysis(old)
+
+
+@pytest.mark.parametrize("other", ["finish", "delete"])
+def test_two_analyses_ending_at_once_both_end(store, monkeypatch, other):
+    """The images' collection inside the transaction that finished (or deleted) an analysis, which holds its
+    row, took a locking read of every analysis: two at once deadlocked (MariaDB 1213), and the run that lost
+    was marked failed with all its cells."""
+    old = store.start_analysis("old.zip", "classification")
+    store.finish_analysis(old, predictions=_cells(["old"]))
+    first, second = (store.start_analysis(f"{name}.zip", "classification") for name in ("first", "second"))
+    both_collecting = threading.Barrier(2)
+    collect = store._delete_unreferenced_images
+
+    def together(session):  # each reaches the collection before either has gone on
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_collecting.wait(5)
+        collect(session)
+
+    monkeypatch.setattr(store, "_delete_unreferenced_images", together)
+    errors = []
+
+    def run(action):
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - said by the assertion below
+            errors.append(error)
+
+    actions = [lambda: store.finish_analysis(first, predictions=_cells(["a"])),
+               (lambda: store.finish_analysis(second, predictions=_cells(["b"]))) if other == "finish"
+               else (lambda: store.delete_analysis(old))]
+    threads = [threading.Thread(target=run, args=(action,)) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert store.get_analysis(first).status == "done"
+    if other == "finish":
+        assert store.get_analysis(second).status == "done"
+    else:
+        with pytest.raises(KeyError):
+            store.get_analysis(old)
 
 
 def test_images_left_while_another_analysis_ran_are_collected_once_it_ends(store):

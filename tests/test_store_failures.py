@@ -525,3 +525,17 @@ def test_a_full_database_is_said_in_words_and_keeps_what_was_stored(tmp_path):
                                                               bytes([n]) * 100_000) for n in range(20)])
     assert [p.filename for p in store.get_analysis(kept).predictions] == ["c.png"]
     store.engine.dispose()
+
+
+@pytest.mark.parametrize(("code", "outage"), [(1213, False), (1205, False), (2003, True), (2013, True)])
+def test_a_deadlock_or_lock_timeout_is_not_said_as_an_outage(tmp_path, code, outage):
+    """MySQL's deadlock (1213) and lock wait timeout (1205) came out as "the database is not available ... try
+    again when it is back", for a server that was up and answering."""
+    import pymysql
+    from sqlalchemy.exc import OperationalError
+
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(StoreError) as raised, store._translate_errors():
+        raise OperationalError("UPDATE analyses ...", {}, pymysql.err.OperationalError(code, "the server's words"))
+    assert isinstance(raised.value, DatabaseUnavailable) == outage
+    assert outage or str(raised.value).startswith("the database was busy with another user's change")

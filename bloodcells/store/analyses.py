@@ -138,8 +138,7 @@ class AnalysisStore:
             analysis.status = "done"
             analysis.summary = summary or {}
             analysis.finished_at = utcnow()
-            session.flush()  # this analysis no longer counts as being stored
-            self._delete_unreferenced_images(session)
+        self.collect_unreferenced_images()
 
     def fail_analysis(self, analysis_id: int, error: str) -> None:
         """Mark a running analysis failed with its error; it keeps no partial results. One that ended
@@ -162,8 +161,7 @@ class AnalysisStore:
                 session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
                 session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
                 analysis.status, analysis.error, analysis.finished_at = "failed", error[:4000], utcnow()
-                session.flush()
-                self._delete_unreferenced_images(session)
+        self.collect_unreferenced_images()
 
     def _record_failures(self) -> None:
         with self._failures_lock:
@@ -236,7 +234,7 @@ class AnalysisStore:
             session.execute(delete(Prediction).where(Prediction.analysis_id == analysis_id))
             session.execute(delete(Detection).where(Detection.analysis_id == analysis_id))
             session.execute(delete(Analysis).where(Analysis.id == analysis_id))
-            self._delete_unreferenced_images(session)
+        self.collect_unreferenced_images()
 
     def result_counts(self, analysis_ids: Iterable[int]) -> dict[int, ResultCounts]:
         """What each of ``analysis_ids`` holds (zeros for one with no results), counted in the database."""

@@ -3,6 +3,7 @@ refers to any more (a deleted or failed analysis's)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from sqlalchemy import delete, func, insert, select
@@ -12,6 +13,7 @@ from .errors import StoreError
 from .rows import sha256_hex
 from .schema import CHUNK_SIZE, Analysis, Blob, BlobChunk, Explanation, Prediction
 
+_log = logging.getLogger(__name__)
 _DEADLOCK_RETRIES = 3
 _MYSQL_DEADLOCK = 1213
 
@@ -93,6 +95,18 @@ class BlobStore:
                 Explanation, model_sha256=model_sha256, image_sha256=image_sha256, method=method,
                 settings_key=settings_key, blob_id=blob.id))
 
+    def collect_unreferenced_images(self) -> None:
+        """``_delete_unreferenced_images`` in a transaction of its own, after the one that left them (a finished,
+        failed or deleted analysis). Inside that one, which holds its analysis's row, the locking count below
+        deadlocked with another such transaction (two runs finishing at once: MariaDB 1213, and one analysis was
+        lost). A collection that fails (a deadlock with another collection, the database gone) is left to the
+        next one: nothing refers to those images."""
+        try:
+            with self.session() as session:
+                self._delete_unreferenced_images(session)
+        except StoreError as error:
+            _log.warning("unreferenced images left for the next collection: %s", error)
+
     def _delete_unreferenced_images(self, session: Session) -> None:
         """Delete the cells' images that no prediction refers to any more, with the explanation maps
         cached for them: a deleted analysis takes its cells' images out of the database, and a failed
@@ -104,11 +118,11 @@ class BlobStore:
         deleted once none is running. An analysis left ``running`` by a process that died (silent
         for ``SILENT_AFTER``) does not count.
 
-        MySQL: the count is a locking read. A plain one reads the transaction's snapshot, taken at its first
-        read, so an analysis started since (the same zip classified again while its old analysis was being
-        deleted) was not counted, and its images, found stored, were deleted under it (its rows then failed
-        on their foreign key). The locking read sees it, and holds back an analysis started after it until
-        this transaction commits (which then stores its images anew)."""
+        MySQL: the count is a locking read, the transaction's first statement. Read in the snapshot of a
+        delete begun earlier, it missed an analysis started since (the same zip classified again while its old
+        analysis was being deleted), whose images, found stored, were deleted under it (its rows then failed on
+        their foreign key). The locking read sees every analysis started before it, and holds back one started
+        after it until this transaction commits (which then stores its images anew)."""
         if session.scalar(select(func.count()).select_from(Analysis).where(Analysis.being_stored)
                           .with_for_update(read=True)):
             return

@@ -162,6 +162,10 @@ class Store(AnalysisStore, BlobStore, ReviewStore, LineageStore):
                 raise DatabaseUnavailable(f"the database at {self.display_url} is full: the disk it is on has no space "
                                  f"left ({_first_line(error.orig)}); free space there. Nothing stored before was "
                                  "lost") from error
+            if isinstance(error, OperationalError) and getattr(error.orig, "args", (None,))[:1] in ((1205,), (1213,)):
+                # MySQL's lock wait timeout and deadlock: another user's change came first, the server is up
+                raise StoreError(f"the database was busy with another user's change: {_first_line(error.orig)}; "
+                                 "try again") from error
             if isinstance(error, OperationalError):
                 raise DatabaseUnavailable(f"the database at {self.display_url} cannot be reached or refused "
                                  f"the operation: {_first_line(error.orig)}") from error
