@@ -16,6 +16,7 @@ from bloodcells.detection import (
     DetectedBox,
     Detector,
     DetectorFileError,
+    FoundBoxes,
     annotate,
     canonical_class,
     detect,
@@ -68,7 +69,7 @@ class DiscDetector(Detector):
                 cls = min(distance, key=distance.get)
                 boxes.append(DetectedBox(file, cls if distance[cls] < 30 else "WBC", 0.9,
                                          xs.start, ys.start, xs.stop, ys.stop))
-            found.append(boxes)
+            found.append(FoundBoxes.of(boxes, capped=False))  # as Detector.predict gives them
         return found
 
 
@@ -556,7 +557,9 @@ def test_counts_not_to_be_trusted_are_said_with_why(tmp_path):
         sha256, min_field_side = "s" * 64, 32
 
         def find(self, image, file="", *, confidence):
-            return [DetectedBox(file, "RBC", 0.01, 0, 0, 5, 5)] * (MAX_BOXES if file == "specks.png" else 3)
+            if file == "specks.png":  # a call of the model gave its most
+                return FoundBoxes.of([DetectedBox(file, "RBC", 0.01, 0, 0, 5, 5)] * MAX_BOXES, capped=True)
+            return [DetectedBox(file, "RBC", 0.01, 0, 0, 5, 5)] * 3
 
     colour, _ = smear_field(320, 240, seed=5)
     colour.save(tmp_path / "specks.png")
@@ -576,20 +579,33 @@ def test_counts_not_to_be_trusted_are_said_with_why(tmp_path):
         "platelets on it; use the colour original",
         "palette.gif: a palette image (a GIF or an 8-bit PNG) of at most 256 colours: the detector finds fewer red "
         "cells and platelets on it; use the camera's original (JPEG, PNG or TIFF)",
-        "specks.png: 1000 boxes, the most the detector gives for this image: cells beyond them were not counted"]
+        "specks.png: the detector gave the most boxes it gives (1000) for the image or one of its tiles: cells "
+        "beyond them were not counted"]
     assert result.summary()["warnings"] == result.warnings and sorted(result.files) == [
         "fine.png", "grey-palette.png", "grey.png", "palette.gif", "specks.png"]
-    # a tiled scan gives as many boxes per tile: 5,459 real cells on 225 fields were "specks", "raise it"
-    Saturated.box_limit = lambda _self, width, height: 6 * MAX_BOXES
+    # a tiled scan's boxes, none of its calls capped: 5,459 real cells on 225 fields were "specks", "raise it"
+    Saturated.find = lambda _self, image, file="", *, confidence: FoundBoxes.of(
+        [DetectedBox(file, "RBC", 0.9, 0, 0, 5, 5)] * 5 * MAX_BOXES, capped=False)
     scan = detect(tmp_path, detector=Saturated(), type_white_cells=False)
     assert not any("boxes" in warning for warning in scan.warnings)
     assert not any("confidence" in warning for warning in scan.warnings)  # at the default
 
 
-def test_a_detectors_box_limit_counts_its_tiles(trained_detector):
-    from bloodcells.detection.detector import MAX_BOXES
-
+def test_a_tile_the_model_gave_its_most_boxes_for_marks_the_images_boxes(trained_detector, monkeypatch):
+    """Merged tiles hold fewer boxes than their calls gave: a capped tile could not be told from the total."""
     detector = Detector.load(trained_detector)
     side = detector.tile_size
-    assert detector.box_limit(side, side * 3 // 4) == MAX_BOXES  # one call
-    assert detector.box_limit(10 * side, 8 * side) > 50 * MAX_BOXES  # one a tile
+    calls = []
+
+    def predict(images, file="", *, confidence):
+        calls.append(len(images))
+        return [FoundBoxes.of([], capped=len(calls) == 1 and n == 0) for n in range(len(images))]
+
+    monkeypatch.setattr(detector, "predict", predict)
+    monkeypatch.setattr(detector, "magnification", lambda image: 1.0)
+    scan = Image.new("RGB", (4 * side, 3 * side), (230, 220, 225))
+    assert detector.find(scan, "scan.png").capped and sum(calls) > 1  # one tile of several
+    calls.clear()
+    monkeypatch.setattr(detector, "predict", lambda images, file="", *, confidence: [
+        FoundBoxes.of([], capped=False) for _ in images])
+    assert not detector.find(scan, "scan.png").capped

@@ -15,6 +15,7 @@ from .detector import (
     MIN_TILE_SIZE,
     Detector,
     DetectorFileError,
+    FoundBoxes,
     check_tile_size,
 )
 from .drawing import annotate
@@ -32,6 +33,6 @@ from .training import TrainedDetector, evaluate_detector, train_detector
 
 __all__ = ["CLASS_NAMES", "DEFAULT_BOX_CONFIDENCE", "DEFAULT_WBC_TARGET", "DETECTOR_CLASSES", "LARGEST_RED_CELL",
            "MIN_TILE_SIZE", "DatasetError", "DetectedBox", "DetectionResult", "Detector", "DetectorFileError",
-           "FieldImage", "FieldOverlap", "PreparedDataset", "SlideCount", "TrainedDetector", "annotate",
+           "FieldImage", "FoundBoxes", "FieldOverlap", "PreparedDataset", "SlideCount", "TrainedDetector", "annotate",
            "canonical_class", "check_tile_size", "check_wbc_target", "count_slide", "detect", "evaluate_detector",
            "prepare_dataset", "register_fields", "reviewed_white_cells", "train_detector", "white_cell_name"]

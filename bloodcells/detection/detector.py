@@ -61,6 +61,19 @@ def default_detector_path() -> Path:
     return found[0]
 
 
+class FoundBoxes(list):
+    """The boxes found on one image, and whether a call of the model on it (the image, or one of its tiles)
+    gave the most it gives (MAX_BOXES): cells beyond them were not counted. Counting the boxes after the
+    tiles are merged cannot tell (a tiled scan of 225 fields holds 5,459 real cells)."""
+    capped: bool = False
+
+    @classmethod
+    def of(cls, boxes, capped: bool) -> FoundBoxes:
+        found = cls(boxes)
+        found.capped = capped
+        return found
+
+
 class Detector:
     """A trained YOLO cell detector; ``find`` tiles large images. Thread-safe: one instance serves
     every caller, each with its own minimum box confidence."""
@@ -101,12 +114,6 @@ class Detector:
             raise DetectorFileError(f"{path}: a YOLO {yolo.task} model, not a detector")
         return cls(yolo, path, sha256_file(path), trained_input_size(yolo), **options)
 
-    def box_limit(self, width: int, height: int) -> int:
-        """The most boxes ``find`` can give for an image of this size: MAX_BOXES per call, a call per tile."""
-        if not self.needs_tiles(width, height):
-            return MAX_BOXES
-        return MAX_BOXES * len(plan_tiles(width, height, self.tile_size, self.overlap))
-
     def needs_tiles(self, width: int, height: int) -> bool:
         """Larger than a tile and a quarter: shrinking it to the model input would lose small cells."""
         return max(width, height) > 1.25 * self.tile_size
@@ -131,9 +138,10 @@ class Detector:
         found = []
         for result in results:
             boxes = result.boxes
-            found.append([DetectedBox(file, self.classes[int(c)], float(s), *map(float, xyxy))
-                          for xyxy, s, c in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist(),
-                                                strict=True)])
+            found.append(FoundBoxes.of([DetectedBox(file, self.classes[int(c)], float(s), *map(float, xyxy))
+                                        for xyxy, s, c in zip(boxes.xyxy.tolist(), boxes.conf.tolist(),
+                                                              boxes.cls.tolist(), strict=True)],
+                                       capped=len(boxes) >= MAX_BOXES))
         return found
 
     def find(self, image, file: str = "", *, confidence: float = DEFAULT_BOX_CONFIDENCE,
@@ -152,8 +160,8 @@ class Detector:
         found = (self._tiled(shrunk, file, confidence, batch) if self.needs_tiles(*shrunk.size)
                  else self.predict([shrunk], file, confidence=confidence)[0])
         x_scale, y_scale = width / shrunk.width, height / shrunk.height
-        return [DetectedBox(b.file, b.class_code, b.confidence, b.x1 * x_scale, b.y1 * y_scale, b.x2 * x_scale,
-                            b.y2 * y_scale) for b in found]
+        return FoundBoxes.of([DetectedBox(b.file, b.class_code, b.confidence, b.x1 * x_scale, b.y1 * y_scale,
+                                          b.x2 * x_scale, b.y2 * y_scale) for b in found], capped=found.capped)
 
     def magnification(self, image) -> float:
         """How much larger than on the training fields the red cells of ``image`` are (their median
@@ -176,12 +184,13 @@ class Detector:
     def _tiled(self, image, file: str, confidence: float, batch: int) -> list[DetectedBox]:
         width, height = image.size
         tiles = plan_tiles(width, height, self.tile_size, self.overlap)
-        per_tile = []
+        per_tile, capped = [], False
         for start in range(0, len(tiles), batch):
             chunk = tiles[start:start + batch]
             crops = [image.crop((t.x, t.y, t.x + t.width, t.y + t.height)) for t in chunk]
             for tile, boxes in zip(chunk, self.predict(crops, file, confidence=confidence), strict=True):
+                capped |= boxes.capped
                 per_tile.append([DetectedBox(b.file, b.class_code, b.confidence, b.x1 + tile.x, b.y1 + tile.y,
                                              b.x2 + tile.x, b.y2 + tile.y) for b in boxes])
-        return merge_tiles(per_tile, tiles, width, height)
+        return FoundBoxes.of(merge_tiles(per_tile, tiles, width, height), capped)
 
