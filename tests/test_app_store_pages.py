@@ -371,6 +371,29 @@ def test_a_long_list_of_skipped_files_is_cut_short():
     assert "broken199.png" in listing and "broken200.png" not in listing and listing.endswith("... and 50 more")
 
 
+def test_an_analysis_with_more_skipped_files_than_it_keeps_says_how_many(app_store, trained_models_dir):
+    """An analysis keeps the first 200 problems: 5,000 unreadable files were said as "200 files were skipped"."""
+    import io
+    import zipfile
+
+    from bloodcells.classify import classify, load_classifier
+    from bloodcells.signout import build_report
+    from bloodcells.synthetic import cell_image, encode
+
+    upload = io.BytesIO()
+    with zipfile.ZipFile(upload, "w") as archive:
+        archive.writestr("cell.png", encode(cell_image("NGS", 1, 32)))
+        for n in range(230):
+            archive.writestr(f"broken{n}.png", b"not an image")
+    analysis_id = classify(upload.getvalue(), classifier=load_classifier(trained_models_dir), store=app_store,
+                           name="cells.zip").analysis_id
+    at = app("5_History").run()
+    assert not at.exception and [e.label for e in at.expander if "skipped" in e.label] == ["230 files were skipped"]
+    assert any(m.value.endswith("... and 30 more") for m in at.markdown)
+    assert build_report(app_store, analysis_id).notes == [
+        "230 files of the upload not used (unreadable, blank, too small or not an image): History lists them"]
+
+
 def test_a_secrets_file_that_cannot_be_read_locks_every_page(app_store, tmp_path, monkeypatch):
     """A secrets.toml with a typo (`password = "abc`, quote unclosed) opened every page to anyone; an
     unquoted `password = 1234` was an AttributeError at the login."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from bloodcells.clock import lab_zone, stamp
-from bloodcells.inputs import LATER_PAGES_UNREAD
+from bloodcells.inputs import LATER_PAGES_UNREAD, STORED_PROBLEMS
 from bloodcells.settings import SettingsError, apply_offline_environment, settings
 from bloodcells.store import ReviewError, Store, StoreError, open_store, person_name
 from bloodcells.taxonomy import default_tree
@@ -141,22 +141,23 @@ def reviewer_name() -> str:
 LISTED = 200  # analyses a list shows, newest first; older ones are found by name or id
 
 
-SKIPPED_LISTED = 200  # an upload of 100,000 unreadable files made one 14 MB block of text
-
-
-def skipped_files(problems: list) -> None:
-    """The files an upload held that were not used, each with why (the first SKIPPED_LISTED), folded
-    away (nothing when none). The later pages of a multi-page file are said apart: the file was used (counted
-    as a file skipped, 6 cells and "4 files were skipped" were shown for 9 files)."""
+def skipped_files(problems: list, total: int | None = None) -> None:
+    """The files an upload held that were not used, each with why (the first STORED_PROBLEMS: an upload of
+    100,000 unreadable files made one 14 MB block of text), folded
+    away (nothing when none); ``total``: how many there were, when ``problems`` are the first of them (a stored
+    analysis keeps STORED_PROBLEMS). The later pages of a multi-page file are said apart: the file was used
+    (counted as a file skipped, 6 cells and "4 files were skipped" were shown for 9 files)."""
     if problems:
+        count = total or len(problems)
         pages = sum(LATER_PAGES_UNREAD in str(problem) for problem in problems)
-        files = len(problems) - pages
+        files = count - pages
         said = ([f"{files} file{'s were' if files > 1 else ' was'} skipped"] if files else []) + (
             [f"{'later pages' if files else 'Later pages'} of {pages} file{'s' if pages > 1 else ''} not read"]
             if pages else [])
         with st.expander("; ".join(said), icon=":material/warning:"):
-            st.write("\n".join(f"- {problem}" for problem in problems[:SKIPPED_LISTED])
-                     + (f"\n\n... and {len(problems) - SKIPPED_LISTED} more" if len(problems) > SKIPPED_LISTED else ""))
+            listed = min(len(problems), STORED_PROBLEMS)
+            st.write("\n".join(f"- {problem}" for problem in problems[:listed])
+                     + (f"\n\n... and {count - listed} more" if count > listed else ""))
 
 
 def find_analyses(key: str) -> str:

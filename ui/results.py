@@ -69,7 +69,7 @@ def show_upload_notes(analysis) -> None:
     field, a box confidence near 0): kept with the analysis, they were said only on the page that ran it, and
     whoever signed it off from History never learnt of them."""
     summary = analysis.summary or {}
-    skipped_files(summary.get("problems", []))
+    skipped_files(summary.get("problems", []), summary.get("problems_total"))
     for warning in summary.get("warnings", []):
         st.warning(warning)
 

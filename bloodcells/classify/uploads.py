@@ -129,7 +129,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
         run.predictions = _unspool(spool)
         run.summary = {"counts": outcome.counts(), "cells": len(outcome.rows),
                        "needs_review": sum(r.result.needs_review for r in outcome.rows),
-                       "problems": stored_problems(outcome.problems)}
+                       **stored_problems(outcome.problems)}
     return outcome
 
 

@@ -47,7 +47,7 @@ class DetectionResult:
         summary = {"counts": self.counts(), "differential": self.differential(), "images": len(self.files),
                    "per_image": {f: {"counts": self.counts(f), "differential": self.differential(f)}
                                  for f in self.files},
-                   "typing_skipped": self.typing_skipped, "problems": stored_problems(self.problems),
+                   "typing_skipped": self.typing_skipped, **stored_problems(self.problems),
                    "warnings": self.warnings[:STORED_PROBLEMS]}
         if self.slide is not None:
             summary["slide"] = self.slide.as_dict()

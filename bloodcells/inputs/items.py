@@ -39,9 +39,10 @@ class InputProblem:
 STORED_PROBLEMS = 200  # the problems an analysis keeps (an upload of 100,000 unreadable files has as many)
 
 
-def stored_problems(problems: list[InputProblem]) -> list[str]:
-    """The problems of an upload as its analysis keeps them: the first STORED_PROBLEMS, in words."""
-    return [str(problem) for problem in problems[:STORED_PROBLEMS]]
+def stored_problems(problems: list[InputProblem]) -> dict:
+    """The problems of an upload as its analysis's summary keeps them: the first STORED_PROBLEMS in words
+    (``problems``) and how many there were (``problems_total``: 5,000 unreadable files were said as 200)."""
+    return {"problems": [str(problem) for problem in problems[:STORED_PROBLEMS]], "problems_total": len(problems)}
 
 
 def none_readable(label: str, problems: list[InputProblem]) -> InputError:

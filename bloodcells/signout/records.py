@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 
 from ..clock import stamp
-from ..inputs import LATER_PAGES_UNREAD, STORED_PROBLEMS
+from ..inputs import LATER_PAGES_UNREAD
 from ..report import model_versions_text, myeloid_erythroid_ratio
 from ..store import check_specimen, signoff_text
 from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
@@ -223,13 +223,12 @@ def upload_notes(summary: dict) -> list[str]:
     a box confidence near 0) and how many of its files were not used. Said only on the page that ran it, they
     never reached whoever signed the report from History."""
     problems = summary.get("problems", [])
-    pages = sum(LATER_PAGES_UNREAD in problem for problem in problems)
-    files = len(problems) - pages
-    more = "or more " if len(problems) >= STORED_PROBLEMS else ""
+    pages = sum(LATER_PAGES_UNREAD in problem for problem in problems)  # of the first STORED_PROBLEMS
+    files = summary.get("problems_total", len(problems)) - pages
     return [*summary.get("warnings", []),
-            *([f"{files} {more}file{'s' if files != 1 else ''} of the upload not used (unreadable, blank, too small "
+            *([f"{files} file{'s' if files != 1 else ''} of the upload not used (unreadable, blank, too small "
                "or not an image): History lists them"] if files else []),
-            *([f"only the first page of {pages} {more}multi-page file{'s' if pages != 1 else ''} read"]
+            *([f"only the first page of {pages} multi-page file{'s' if pages != 1 else ''} read"]
               if pages else [])]
 
 
