@@ -174,7 +174,11 @@ def accept_candidate(store, model_version_id: int, person: str) -> Path:
         if new and store.get_model_version(model_version_id).version != target.name:
             shutil.rmtree(target, ignore_errors=True)
         raise
-    _switch(row.tree, target.name, "accept", person)
+    try:
+        _switch(row.tree, target.name, "accept", person)
+    except (OSError, VersionError) as error:  # recorded as accepted: Accept cannot be clicked again
+        raise VersionError(f"model version #{model_version_id} is recorded as accepted as version {target.name}, "
+                           f"but it could not be put in use ({error}): put it in use under Versions") from error
     shutil.rmtree(row.folder, ignore_errors=True)  # promoted as a copy: the candidate would only fill the disk
     return target
 

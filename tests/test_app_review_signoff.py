@@ -531,10 +531,14 @@ def test_a_tab_whose_analysis_was_signed_and_reopened_elsewhere_shows_the_signed
     analysis_id = classified(app_store, ["NGS", "LYT"])
     tab_a = review_page_as("Dr Alice")
     assert tab_a.selectbox(key=f"report-specimen-{analysis_id}").value is None
+    tab_a.text_area(key=f"report-comment-{analysis_id}").input("Alice's draft").run()
     app_store.sign_off(analysis_id, "Dr Bob", category="routine", specimen="peripheral blood", white_cell_count=6.2)
     app_store.reopen(analysis_id, "Dr Bob", "one more look")
     tab_a.run()  # any click
     assert not tab_a.exception
+    assert [w.value for w in panel_of(tab_a).warning] == [  # what she had typed is not kept: said
+        "Dr Bob reopened this analysis meanwhile: the fields show what was signed, and what was typed here was not "
+        "kept."]
     assert tab_a.selectbox(key=f"report-specimen-{analysis_id}").value == "peripheral blood"
     assert tab_a.number_input(key=f"report-wbc-{analysis_id}").value == 6.2
     assert tab_a.text_input(key=f"report-category-{analysis_id}").value == "routine"
@@ -568,3 +572,8 @@ def test_a_reloaded_tab_keeps_the_analysis_it_had_open(app_store):
     gone.run()
     assert gone.selectbox(key="review_analysis").value == newer
     assert [i.value for i in gone.info] == [f"Analysis #{older} was deleted meanwhile."]
+    for address in ("99999999999999999999", "0", "x1", "-3"):  # typed or cut short: never a traceback
+        odd = app("4_Review")
+        odd.query_params["analysis"] = address
+        odd.run()
+        assert not odd.exception and odd.selectbox(key="review_analysis").value == newer and not odd.info

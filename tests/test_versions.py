@@ -226,6 +226,25 @@ def test_a_candidate_discarded_while_it_is_accepted_is_not_put_in_use(models, tr
     assert store.get_model_version(row_id).status == "discarded"
 
 
+def test_an_accepted_candidate_whose_switch_fails_says_how_to_put_it_in_use(models, trained_models_dir, tmp_path,
+                                                                             store, monkeypatch):
+    """Recorded as accepted before the switch: a switch that failed left a decision Accept could not retry."""
+    row_id = _recorded_candidate(store, candidate(trained_models_dir, tmp_path, "run-1"))
+    switch = versions._switch
+
+    def pointer_not_written(*_args):
+        raise PermissionError("models/classifier/default.current: permission denied")
+
+    monkeypatch.setattr(versions, "_switch", pointer_not_written)
+    with pytest.raises(versions.VersionError, match=r"recorded as accepted as version .*, but it could not be put in "
+                                                    r"use \(.*permission denied\): put it in use under Versions"):
+        versions.accept_candidate(store, row_id, "ana")
+    accepted = store.get_model_version(row_id)
+    assert accepted.status == "accepted" and accepted.version in versions.list_versions(TREE)
+    monkeypatch.setattr(versions, "_switch", switch)
+    assert versions.use_version(TREE, accepted.version, by="ana").name == versions.current_version(TREE)
+
+
 def test_a_name_the_store_refuses_switches_nothing(models, trained_models_dir, tmp_path, store):
     """A name without a letter or digit switched the models, then the store refused to record who accepted them
     (the record stayed "candidate" with the tree in use)."""
@@ -428,6 +447,7 @@ def test_a_name_the_store_would_refuse_is_said_in_the_sidebar_and_enables_nothin
     assert [e.value for e in at.sidebar.error] == [
         "A review or sign-off needs the name of the person making it (with a letter or digit)."]
     assert any("Enter your name in the sidebar" in c.value for c in at.caption)
+    assert at.session_state["reviewer"] == ""  # the sign-off panel goes by it: Sign off stayed enabled
     at.sidebar.text_input[0].input("Dr Ana").run()  # put right at once: it was dropped (the field was a new widget)
     assert not at.button(key=f"accept_{row_id}").disabled and not at.sidebar.error
     assert at.session_state["reviewer"] == "Dr Ana"

@@ -130,12 +130,13 @@ def reviewer_name() -> str:
     st.session_state["reviewer_field"] = st.session_state.get("reviewer_field", st.session_state.get("reviewer", ""))
     name = st.sidebar.text_input("Your name (recorded with each review and sign-off)", key="reviewer_field",
                                  max_chars=128)
-    st.session_state["reviewer"] = name.strip()
     try:
-        return person_name(name, "review or sign-off") if name.strip() else ""
+        checked = person_name(name, "review or sign-off") if name.strip() else ""
     except ReviewError as error:
         st.sidebar.error(sentence(str(error)))
-        return ""
+        checked = ""
+    st.session_state["reviewer"] = checked  # what the sign-off panel and the review buttons go by
+    return checked
 
 
 LISTED = 200  # analyses a list shows, newest first; older ones are found by name or id
@@ -186,7 +187,7 @@ def open_analysis() -> int | None:
     if (kept := st.session_state.get("analysis_id")) is not None:
         return kept
     value = st.query_params.get(OPEN_PARAM, "")
-    return int(value) if value.isdecimal() else None
+    return int(value) if value.isdecimal() and len(value) <= 18 and int(value) > 0 else None  # an id, or none
 
 
 def forget_open_analysis() -> None:

@@ -25,6 +25,7 @@ from bloodcells.store.schema import BONE_MARROW, SIGNED
 
 REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
 PANEL_REFUSAL = "signoff_refusal"  # why the last sign-off or reopening was refused (shown in its open panel)
+PANEL_RESET = "signoff_reset"  # why the panel's fields were refilled (a colleague signed or reopened meanwhile)
 PANEL_OPEN = "signoff_open"  # the panel stays open once it has said why something was refused, or was edited
 
 
@@ -102,12 +103,17 @@ def forget_fields_if_signed_elsewhere(analysis) -> None:
     """The panel's fields start again from the latest sign-off when one was made or undone since this session
     drew them: signed and reopened in another tab, this tab went on showing its own blank specimen, count and
     category, and its sign-off dropped the colleague's count and category from the amended report."""
-    latest = analysis.signoffs[-1].id if analysis.signoffs else None
+    latest = analysis.signoffs[-1] if analysis.signoffs else None
     drawn = f"signoffs-drawn-{analysis.id}"
-    if drawn in st.session_state and st.session_state[drawn] != latest:
-        for field in PANEL_FIELDS:
-            st.session_state.pop(f"{field}-{analysis.id}", None)
-    st.session_state[drawn] = latest
+    if drawn in st.session_state and st.session_state[drawn] != (latest and latest.id):
+        typed = [st.session_state.pop(f"{field}-{analysis.id}", None) for field in PANEL_FIELDS]
+        # what this tab had typed is not kept: said, when someone else's sign-off or reopening replaced it
+        if latest is not None and latest.person != st.session_state.get("reviewer") and any(
+                isinstance(value, str) and value.strip() for value in typed):
+            st.session_state[PANEL_RESET] = (f"{latest.person} {latest.action} this analysis meanwhile: the fields "
+                                             "show what was signed, and what was typed here was not kept.")
+            st.session_state[PANEL_OPEN] = True
+    st.session_state[drawn] = latest and latest.id
 
 
 def signoff_panel(store: Store, analysis) -> None:
@@ -120,6 +126,8 @@ def signoff_panel(store: Store, analysis) -> None:
     with st.expander(f"Sign-off and report (PDF) · {status}", icon=":material/description:",
                      expanded=st.session_state.get(PANEL_OPEN, False)):
         show_refusal(PANEL_REFUSAL)
+        if reset := st.session_state.pop(PANEL_RESET, None):
+            st.warning(reset)
         draft_problem = None  # why the report of the fields as typed cannot be made
         if analysis.signoffs:
             st.caption("  \n".join(signoff_lines(analysis.signoffs)))

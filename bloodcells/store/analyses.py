@@ -187,7 +187,7 @@ class AnalysisStore:
         with self.session() as session:
             analyses = list(session.scalars(select(Analysis).where(*conditions).order_by(Analysis.id.desc())
                                             .limit(limit)))
-            if also is not None and also not in {a.id for a in analyses}:
+            if also is not None and 0 < also <= _LARGEST_ID and also not in {a.id for a in analyses}:
                 analyses += session.scalars(select(Analysis).where(Analysis.id == also, *conditions))
             return analyses
 
@@ -207,6 +207,8 @@ class AnalysisStore:
 
     def get_analysis(self, analysis_id: int) -> Analysis:
         """An analysis with its predictions (and their reviews), detections and sign-offs loaded."""
+        if not 0 < analysis_id <= _LARGEST_ID:  # no such id (one from a page's address: SQLite's OverflowError)
+            raise KeyError(f"no analysis {analysis_id}")
         with self.session() as session:
             analysis = session.scalar(
                 select(Analysis).where(Analysis.id == analysis_id).options(
