@@ -59,7 +59,10 @@ class Scores:
         return scores
 
     def headline(self) -> str:
-        """Accuracy with its 95% interval, and macro-F1: how every report states a score."""
+        """Accuracy with its 95% interval, and macro-F1: how every report states a score (none without a cell:
+        "accuracy 0.000 (95% CI 0.000-0.000)" was printed for no cell at all)."""
+        if not self.truth:
+            return "no cell to score"
         low, high = self.accuracy_interval
         return f"accuracy {self.accuracy:.3f} (95% CI {low:.3f}-{high:.3f}), macro-F1 {self.macro_f1:.3f}"
 
@@ -110,10 +113,10 @@ def evaluate(sources: Sequence[str | Path], models_dir: str | Path | None = None
         keep = np.asarray([i for i in keep if dataset.labels[i] in allowed], dtype=int)
     dataset = dataset.subset(keep)
     if not len(dataset):
-        log("no unseen labelled cells to evaluate")
+        log(f"no {'unseen ' if unseen_only else ''}labelled cells to evaluate")
         return Evaluation(skipped_seen=skipped_seen)
     outcome = replace(score(classifier, dataset, merge, at), skipped_seen=skipped_seen)
-    _print(outcome, log)
+    _print(outcome, log, unseen_only)
     if out_dir:
         outcome.files = _write_outputs(outcome, classifier, Path(out_dir))
         log("written: " + ", ".join(str(f) for f in outcome.files))
@@ -172,9 +175,11 @@ def _seen_digests(models_dir: Path) -> set[str]:
     return set(json.loads(split.read_text()).get("seen", [])) if split.is_file() else set()
 
 
-def _print(outcome: Evaluation, log) -> None:
-    log(f"{outcome.cells} unseen cell{'' if outcome.cells == 1 else 's'}"
-        + (f" ({outcome.skipped_seen} used in training left out)" if outcome.skipped_seen else ""))
+def _print(outcome: Evaluation, log, unseen_only: bool) -> None:
+    # --all scores the cells training used too: they were called "unseen"
+    log(f"{outcome.cells} {'unseen ' if unseen_only else ''}cell{'' if outcome.cells == 1 else 's'}"
+        + (f" ({outcome.skipped_seen} used in training left out)" if outcome.skipped_seen else "")
+        + ("" if unseen_only else ", those training used among them"))
     log("per node (each node's model alone, on the cells below it):")
     for scores in outcome.nodes.values():
         log("  " + scores.summary())

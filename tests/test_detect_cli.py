@@ -163,3 +163,27 @@ def test_the_command_line_prints_the_differential_as_the_report_counts_it():
     # smear fields are a blood film, as their report: its erythroblasts are not white cells
     assert differential_line({"NGS": 3, "EBO": 2}) == (
         "3 counted, Segmented neutrophils 3 (100.0%); not in the count: Erythroblasts 2")
+
+
+@pytest.mark.parametrize("command", ["detect", "train-detector", "evaluate", "adapt", "train", "train-attributes"])
+def test_a_folder_to_write_that_cannot_be_made_is_refused_before_the_work(tmp_path, monkeypatch, capsys, command):
+    """``--annotated out/cells.csv/ann`` (out/cells.csv a file) ran the whole detection, stored it, then failed
+    with "[Errno 20] Not a directory"; --out of evaluate, adapt and the trainings after their work likewise."""
+    from bloodcells.store import open_store
+
+    monkeypatch.setattr(Detector, "load", classmethod(lambda *_args, **_options: pytest.fail("refused before")))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "cells.csv").write_text("a file")
+    field = tmp_path / "field.png"
+    smear_field(64, 48)[0].save(field)
+    folder = str(tmp_path / "out" / "cells.csv" / "ann")
+    data = ["--data", str(tmp_path)]
+    arguments = {"detect": ["detect", str(field), "--out", str(tmp_path / "d.csv"), "--annotated", folder],
+                 "train-detector": ["train-detector", *data, "--out", folder],
+                 "evaluate": ["evaluate", *data, "--out", folder],
+                 "adapt": ["adapt", *data, "--out", folder],
+                 "train": ["train", *data, "--out", folder],
+                 "train-attributes": ["train-attributes", "--csv", str(tmp_path / "a.csv"), "--out", folder]}[command]
+    assert main(arguments) == 2
+    assert f"{folder}: cannot be made, {tmp_path / 'out' / 'cells.csv'} is a file" in capsys.readouterr().err
+    assert open_store().list_analyses() == []

@@ -84,12 +84,18 @@ def test_cells_used_in_training_are_left_out(trained_models_dir):
     import json
 
     cells = trained_models_dir.parent / "cells"
-    result = evaluate([cells], trained_models_dir, log=lambda _text: None)
+    said = []
+    result = evaluate([cells], trained_models_dir, log=said.append)
     split = json.loads((trained_models_dir / "split.json").read_text())
     assert result.skipped_seen == len(split["seen"])
     assert result.cells == len(split["test"])
-    everything = evaluate([cells], trained_models_dir, unseen_only=False, log=lambda _text: None)
+    assert said[0] == f"{result.cells} unseen cells ({result.skipped_seen} used in training left out)"
+    said.clear()
+    everything = evaluate([cells], trained_models_dir, unseen_only=False, log=said.append)
     assert everything.cells == sum(TINY_TREE_CELLS.values())
+    # every cell, those training used too: it said "unseen" of them
+    assert said[0] == f"{everything.cells} cells, those training used among them"
+    assert Scores.of("none", [], [], []).summary().endswith("no cell to score")  # "accuracy 0.000" said of none
 
 
 @pytest.mark.slow

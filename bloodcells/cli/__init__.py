@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import threading
@@ -76,14 +77,21 @@ def output_file(path: str | Path | None, reads: str | Path | None = None) -> Pat
 
 
 def output_folder(path: str | Path | None, reads: str | Path | None = None) -> Path | None:
-    """Check a folder the command will write images into before it works: not a file, and apart from
-    ``reads`` (the input): not the input folder nor inside it (its images would be written over, or
-    read as input by the next run), not the folder of an input file (the same)."""
+    """Check a folder the command will write into before it works: not a file, one that can be made and
+    written (``out/cells.csv/ann`` failed with "[Errno 20] Not a directory" once the whole detection, or the
+    evaluation, had run), and apart from ``reads`` (the input): not the input folder nor inside it (its
+    images would be written over, or read as input by the next run), not the folder of an input file (the
+    same). Nothing is made here: a run that fails leaves no empty folder behind."""
     if path is None:
         return None
     path = Path(path)
     if path.is_file():
         raise CommandError(f"{path}: is a file; give a folder to write into")
+    existing = next(folder for folder in (path.absolute(), *path.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        raise CommandError(f"{path}: cannot be made, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{path}: cannot be written ({existing} is not writable)")
     if reads is not None:
         source, target = Path(reads).resolve(), path.resolve()
         folder = source if source.is_dir() else source.parent

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import TREE_IN_USE, CommandError, command, real, whole
+from . import TREE_IN_USE, CommandError, command, output_folder, real, whole
 
 
 def _adapt_args(parser):
@@ -46,6 +46,7 @@ def _adapt(args) -> int:
     from ..classify import ModelFileError
     from .classification import TqdmProgress
 
+    output_folder(args.out)
     try:
         config = AdaptConfig(hold_out=args.hold_out, epochs=args.epochs, per_label=args.per_label,
                              replay_per_label=args.replay_per_label, learning_rate=args.lr, seed=args.seed,

@@ -119,6 +119,7 @@ def _train(args) -> int:
     from ..train import train_tree
 
     config = _config(args)
+    output_folder(args.out)
     store = None
     if not args.no_register:
         from ..store import open_store

@@ -34,6 +34,7 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 def train_detector_command(args: argparse.Namespace) -> int:
     from ..detection import train_detector
 
+    output_folder(args.out)
     try:
         trained = train_detector(args.data, model=args.model, epochs=args.epochs, hours=args.hours,
                                  imgsz=args.imgsz, batch=args.batch, workers=args.workers,

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import TREE_IN_USE, CommandError, command, output_file, plural, real, whole
+from . import TREE_IN_USE, CommandError, command, output_file, output_folder, plural, real, whole
 
 
 def _configure_explain(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +109,7 @@ def train_attributes_command(args: argparse.Namespace) -> int:
     from ..classify import ModelFileError, load_classifier
     from ..morphology import AttributeDataError, train_attribute_head, train_own_backbone
 
+    output_folder(args.out)
     try:
         if args.own_backbone:
             head = train_own_backbone(args.csv, args.out, images_root=args.images, log=print)
