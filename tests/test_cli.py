@@ -266,3 +266,15 @@ def test_evaluate_help_groups_the_options_that_only_its_experiments_use(capsys):
     own, _, experiments = described.partition("training (only with --compare or --cross-site):")
     assert "--models" in own and "--epochs" not in own
     assert all(option in experiments for option in ("--backbones", "--modes", "--epochs", "--lr", "--shared-trunk"))
+
+
+def test_output_piped_to_a_reader_that_stops_early_is_no_error():
+    """`bloodcells tree show | head -1` said "error: [Errno 32] Broken pipe" and exited 2."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "bloodcells", "tree", "show"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line
+    error = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0 and "Broken pipe" not in error, error

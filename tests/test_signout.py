@@ -120,8 +120,10 @@ def test_the_report_says_the_uploads_doubtful_counts_and_files_not_used(store):
                     name="fields.zip")
     assert result.warnings and len(result.problems) == 2
     report = build_report(store, result.analysis_id)
-    assert report.notes == [*result.warnings, "2 files of the upload not used (unreadable, blank, too small or not an "
-                                              "image): History lists them"]
+    assert report.notes == [*result.warnings, "1 white cell found, not typed (white-cell typing switched off): not in "
+                                              "the differential",
+                            "2 files of the upload not used (unreadable, blank, too small or not an image): History "
+                            "lists them"]
     text = " ".join(pdf_text(to_pdf(report)).split())
     assert "Notes on the upload" in text and " ".join(result.warnings[0].split()) in text
     assert "<h2>Notes on the upload</h2><ul><li>" in to_html(report)
@@ -129,6 +131,22 @@ def test_the_report_says_the_uploads_doubtful_counts_and_files_not_used(store):
     store.finish_analysis(clean, predictions=[PredictionRow("c.png", "NGS", "ALL", 0.99, {}, False)])
     assert build_report(store, clean).notes == [] and "Notes on the upload" not in pdf_text(to_pdf(build_report(store,
                                                                                                           clean)))
+
+
+def test_a_report_of_untyped_white_cells_says_they_were_found(store):
+    """``detect --no-typing``: its report said "0 cells counted" and nothing of the 3 white cells found."""
+    from test_app_detection import DrawnCells
+
+    from bloodcells.detection import detect
+    from bloodcells.synthetic import smear_field
+
+    image, truth = smear_field(320, 240, n_wbc=3, n_rbc=1, n_platelets=1, seed=4)
+    result = detect(upload_zip({"f.png": encode(image)}), detector=DrawnCells({"f.png": truth}),
+                    type_white_cells=False, store=store, name="fields.zip")
+    report = build_report(store, result.analysis_id)
+    assert report.counted == 0 and report.notes == [
+        "3 white cells found, not typed (white-cell typing switched off): not in the differential"]
+    assert "1 field: 1 red cell, 1 platelet</td>" in to_html(report)  # "1 platelets"
 
 
 def test_a_gallery_of_the_first_flagged_cells_says_so_and_names_their_files(store):

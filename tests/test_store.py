@@ -250,15 +250,19 @@ class _Stopped(BaseException):
     """Like Streamlit's stop and rerun exceptions: not an ``Exception``."""
 
 
-@pytest.mark.parametrize("error", [RuntimeError("the model crashed on cell 41"), KeyboardInterrupt("Ctrl-C"),
-                                   _Stopped("the page was stopped")], ids=["exception", "ctrl-c", "base-exception"])
-def test_an_analysis_block_that_raises_is_marked_failed_and_the_error_re_raised(store, error):
+@pytest.mark.parametrize(("error", "said"), [
+    (RuntimeError("the model crashed on cell 41"), "RuntimeError: the model crashed on cell 41"),
+    (KeyboardInterrupt("Ctrl-C"), "KeyboardInterrupt: Ctrl-C"),
+    (KeyboardInterrupt(), "KeyboardInterrupt: stopped before it finished"),  # it read "KeyboardInterrupt: "
+    (_Stopped("the page was stopped"), "_Stopped: the page was stopped")],
+    ids=["exception", "ctrl-c", "ctrl-c-without-words", "base-exception"])
+def test_an_analysis_block_that_raises_is_marked_failed_and_the_error_re_raised(store, error, said):
     with pytest.raises(type(error)) as raised, store.analysis("upload.zip", "classification") as run:
         run.predictions = _rows(3)
         raise error
     assert raised.value is error
     analysis = store.get_analysis(run.id)
-    assert analysis.status == "failed" and analysis.error == f"{type(error).__name__}: {error}"
+    assert analysis.status == "failed" and analysis.error == said
     assert analysis.predictions == [] and analysis.finished_at is not None
     assert store.count_rows(Prediction) == 0
 

@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         return args.run(args) or 0
+    except BrokenPipeError:  # `bloodcells tree show | head -1`: the reader had what it wanted (not an error)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush does not fail
+        return 0
     except (CommandError, InputError, StoreError, UnknownLabelError, TreeFormatError, settings_module.SettingsError,
             OSError) as error:  # OSError: a path that cannot be written or read (a folder, no permission...)
         print(f"bloodcells {args.command}: error: {error}", file=sys.stderr)

@@ -225,7 +225,10 @@ def upload_notes(summary: dict) -> list[str]:
     problems = summary.get("problems", [])
     pages = sum(LATER_PAGES_UNREAD in problem for problem in problems)  # of the first STORED_PROBLEMS
     files = summary.get("problems_total", len(problems)) - pages
-    return [*summary.get("warnings", []),
+    white = summary.get("counts", {}).get("WBC", 0)
+    untyped = ([f"{white} white cell{'s' if white != 1 else ''} found, not typed ({summary['typing_skipped']}): not "
+                "in the differential"] if summary.get("typing_skipped") and white else [])  # "0 cells counted"
+    return [*summary.get("warnings", []), *untyped,
             *([f"{files} file{'s' if files != 1 else ''} of the upload not used (unreadable, blank, too small "
                "or not an image): History lists them"] if files else []),
             *([f"only the first page of {pages} multi-page file{'s' if pages != 1 else ''} read"]

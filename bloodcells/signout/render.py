@@ -19,8 +19,9 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
     reached = "reached" if report.counted >= report.target else f"not reached: {report.target - report.counted} short"
     smear = report.smear
     fields = [] if smear is None else [
-        ("Smear fields", f"{smear.fields} field{'s' if smear.fields != 1 else ''}: {smear.red_cells} red cells, "
-                         f"{smear.platelets} platelets" + (" (each cell once)" if smear.slide else "")),
+        ("Smear fields", f"{smear.fields} field{'s' if smear.fields != 1 else ''}: {smear.red_cells} red "
+                         f"cell{'s' if smear.red_cells != 1 else ''}, {smear.platelets} "
+                         f"platelet{'s' if smear.platelets != 1 else ''}" + (" (each cell once)" if smear.slide else "")),
         ("Per field", f"red cells {smear.red_cells_per_field}; platelets {smear.platelets_per_field}"),
         ("Platelets : red cells", "-" if smear.platelet_rbc_ratio is None else f"{smear.platelet_rbc_ratio:.3f}")]
     return [

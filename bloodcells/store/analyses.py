@@ -62,7 +62,9 @@ class AnalysisStore:
             self.finish_analysis(run.id, predictions=run.predictions, detections=run.detections,
                                  summary=run.summary)
         except BaseException as error:
-            self.fail_analysis(run.id, f"{type(error).__name__}: {error}")
+            # an error without words (Ctrl-C, a SIGTERM) read "failed (KeyboardInterrupt: )"
+            self.fail_analysis(run.id, f"{type(error).__name__}: {error}" if str(error) else
+                               f"{type(error).__name__}: stopped before it finished")
             raise
         finally:
             stop.set()
