@@ -189,6 +189,9 @@ def test_cli_adapts_a_review_export_zip_and_the_result_classifies(base_tree, lab
     assert out.index("[trunk] linear probe") < out.index("[trunk] epoch 1/3")
     assert "lab's held-back cells, before: accuracy" in out and "lab's held-back cells, after: accuracy" in out
     assert "original sources' test split, after" in out
+    adapted = tmp_path / "adapted"  # where it wrote, and how it comes into use: it said nothing of either
+    assert out.rstrip().endswith(f"written {adapted}: `bloodcells versions promote {adapted}` puts it in use "
+                                 f"(`--models {adapted}` tries it first)")
     assert main(["classify", str(lab_cells), "--models", str(tmp_path / "adapted"), "--no-store",
                  "--out", str(tmp_path / "out.csv")]) == 0
     assert len((tmp_path / "out.csv").read_text().splitlines()) == 1 + LAB_CELLS * len(TINY_TREE_CELLS)

@@ -253,12 +253,13 @@ TINY_TRAINING = ["--backbone", "test_efficientnet", "--size", "24", "--epochs", 
                  "--cell-focus", "0"]
 
 
-def test_cli_train_classify_round_trip(tmp_path, monkeypatch):
+def test_cli_train_classify_round_trip(tmp_path, monkeypatch, capsys):
     from bloodcells.cli import main
     from bloodcells.synthetic import write_cell_zip
 
     write_cell_folders(tmp_path / "cells", {"LYT": 10, "MON": 10}, size=24)
     assert main(["train", "--data", str(tmp_path / "cells"), "--out", str(tmp_path / "models"), *TINY_TRAINING]) == 0
+    assert f"written {tmp_path / 'models'}: `bloodcells versions promote" in capsys.readouterr().out
     upload = write_cell_zip(tmp_path / "in.zip", {"LYT": 2, "MON": 2}, size=24)
     assert main(["classify", str(upload), "--models", str(tmp_path / "models"),
                  "--out", str(tmp_path / "out.csv")]) == 0

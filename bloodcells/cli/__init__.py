@@ -101,6 +101,12 @@ def output_folder(path: str | Path | None, reads: str | Path | None = None) -> P
     return path
 
 
+def written_tree(folder: Path) -> str:
+    """The last line of a command that made a tree: where it is, and how it comes into use (adapt said nothing)."""
+    return (f"written {folder}: `bloodcells versions promote {folder}` puts it in use (`--models {folder}` tries it "
+            "first)")
+
+
 def print_problems(problems) -> None:
     """The files of an input not used, each with why: "skipped ..."; the later pages of a multi-page file whose
     first page was used, "not read: ..." (it said "skipped" of a file that was analysed)."""

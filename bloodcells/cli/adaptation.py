@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import TREE_IN_USE, CommandError, command, output_folder, real, whole
+from . import TREE_IN_USE, CommandError, command, output_folder, real, whole, written_tree
 
 
 def _adapt_args(parser):
@@ -52,8 +52,9 @@ def _adapt(args) -> int:
                              replay_per_label=args.replay_per_label, learning_rate=args.lr, seed=args.seed,
                              layer_decay=args.layer_decay, linear_probe=args.linear_probe)
         with TqdmProgress("steps") as progress:
-            adapt(args.data, args.out, models_dir=args.models, replay=args.replay, config=config,
-                  progress=progress, log=progress.write)
+            result = adapt(args.data, args.out, models_dir=args.models, replay=args.replay, config=config,
+                           progress=progress, log=progress.write)
     except (AdaptError, ModelFileError) as error:
         raise CommandError(str(error)) from error
+    print(written_tree(result.out_dir))
     return 0

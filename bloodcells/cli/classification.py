@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from . import TREE_IN_USE, CommandError, command, output_file, output_folder, plural, print_problems, real, whole
+from . import (
+    TREE_IN_USE,
+    CommandError,
+    command,
+    output_file,
+    output_folder,
+    plural,
+    print_problems,
+    real,
+    whole,
+    written_tree,
+)
 
 
 def _tree_option(parser):
@@ -127,10 +138,11 @@ def _train(args) -> int:
         store = open_store()
     with TqdmProgress("epochs") as progress:
         try:
-            train_tree(args.data, args.out, tree=args.tree, config=config, store=store, progress=progress,
-                       log=progress.write)
+            report = train_tree(args.data, args.out, tree=args.tree, config=config, store=store, progress=progress,
+                                log=progress.write)
         except (PretrainedWeightsError, ValueError) as error:
             raise CommandError(str(error)) from error
+    print(written_tree(report.out_dir))
     return 0
 
 
