@@ -175,6 +175,7 @@ def adapt(labelled: str | Path, out_dir: str | Path, *, models_dir: str | Path |
     except BaseException:
         shutil.rmtree(out_dir.with_name(out_dir.name + ".training"), ignore_errors=True)
         raise
+    step(0, None, "scoring the adapted tree")
     adapted = TreeClassifier.load(out_dir)
     result.after = _scores(adapted, parts["held"], parts["original_test"])
     result.seconds = time.perf_counter() - started
@@ -360,10 +361,19 @@ def adapt_from_reviews(store, analysis_ids: Sequence[int], person: str, out_dir:
     content, counts = reviewed_cells_zip(store, analysis_ids)
     if not counts:
         raise AdaptError("the chosen analyses have no reviewed cells: review some cells first")
+    made_here = not Path(out_dir).exists()
     with tempfile.TemporaryDirectory() as scratch:
         labelled = Path(scratch) / "reviewed-cells.zip"
         labelled.write_bytes(content)
-        result = adapt(labelled, out_dir, models_dir=models_dir, config=config, progress=progress, log=log)
+        try:
+            result = adapt(labelled, out_dir, models_dir=models_dir, config=config, progress=progress, log=log)
+            if progress:  # a Cancel clicked while the adapted tree was scored acts here, before it is offered
+                progress(0, None, "recording the candidate")
+        except BaseException:
+            # cancelled once the tree was written: "nothing was kept" was said, and the candidate was offered
+            if made_here:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
     tree = json.loads((result.out_dir / "classifier.json").read_text())["tree"]
     version_id = store.record_model_version(tree=tree, kind="adapted", folder=str(result.out_dir), base=result.base,
                                             cells=sum(result.lab_counts.values()) + result.held_out,

@@ -91,6 +91,14 @@ def version_of(models_dir: Path) -> str:
     return str(models_dir)
 
 
+def folder_of(tree_name: str, version: str) -> Path | None:
+    """The folder of the tree an analysis records as its ``version`` (``version_of``'s name: an id, "shipped",
+    or a folder), or None when it is no longer on this server."""
+    folder = shipped_dir(tree_name) if version == SHIPPED else (
+        versions_dir() / version if version in list_versions(tree_name) else Path(version))
+    return folder if (folder / "classifier.json").is_file() else None
+
+
 def list_versions(tree_name: str) -> list[str]:
     """The ids of the promoted versions of ``tree_name``, oldest first."""
     root = versions_dir()

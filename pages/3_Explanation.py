@@ -5,9 +5,11 @@ import time
 
 import streamlit as st
 
+from bloodcells.classify import TREE_VERSION
 from bloodcells.explain import METHODS, explain
+from bloodcells.versions import folder_of
 from ui.common import choose_cells_analysis, one_of, page, require_store, sentence
-from ui.models import get_classifier, predicted_attributes
+from ui.models import classifier_of, get_classifier, predicted_attributes
 from ui.results import open_upload_image
 from ui.uploads import ACCEPTED
 from ui.work import run_safely
@@ -45,6 +47,18 @@ else:
                         format_func=lambda p: f"{p.filename} · {p.code} ({p.confidence:.2f})"
                                               + (f" · reviewed {p.final_code}" if p.reviewed else ""))
     content, image_name = store.read_blob(cell.blob_id), cell.filename
+    # explained by the tree that gave the cell its answer: the tree in use (another version, accepted since)
+    # said "monocyte, 0.61" under a caption of the model's "blast at 0.51"
+    made_by = analysis.model_versions.get(TREE_VERSION)
+    if made_by and made_by != classifier.tree_version:
+        if (folder := folder_of(tree.name, made_by)) is not None:
+            classifier = classifier_of(folder)
+            tree = classifier.tree
+            st.caption(f"Explained with the models that made this analysis (version {made_by}); the version in use "
+                       "now may answer otherwise.")
+        else:
+            st.warning(f"The models that made this analysis (version {made_by}) are no longer on this server: the "
+                       "maps are of the version in use, which may answer otherwise than the cell's stored answer.")
     if cell.reviewed:  # the maps explain the model's answer, which a reviewer changed
         def named(code: str) -> str:
             return f"{tree[code].title} ({code})" if code in tree else code

@@ -211,3 +211,24 @@ def test_a_detections_reviewed_white_cells_are_offered_to_adapt_from(lab_analysi
     content, counts = reviewed_cells_zip(app_store, [field])  # what adapting reads: three labelled crops
     (tmp_path / "reviewed.zip").write_bytes(content)
     assert counts == {"LYT": 3} and load_dataset([tmp_path / "reviewed.zip"], default_tree(), 32).labels == ["LYT"] * 3
+
+
+@pytest.mark.parametrize("late", ["scoring the adapted tree", "recording the candidate"])
+def test_a_cancel_while_the_adapted_tree_is_scored_offers_no_candidate(lab_analysis, app_store, tmp_path, late):
+    """Cancelled while the adapted tree was scored (no progress call there), the page said "cancelled, the models
+    in use were not touched" and candidate #9 appeared under Versions 40 s later."""
+    from bloodcells.adapt import AdaptConfig, adapt_from_reviews
+    from bloodcells.versions import candidate_dir
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(_done, _total, text=""):
+        if text == late:  # the user's Cancel, acting at this call
+            raise Cancelled("cancelled by the user")
+
+    out = candidate_dir()
+    with pytest.raises(Cancelled):
+        adapt_from_reviews(app_store, [lab_analysis], "dr.lab", out, progress=progress,
+                           config=AdaptConfig(epochs=0), log=lambda _line: None)
+    assert app_store.list_model_versions("default") == [] and not out.exists()

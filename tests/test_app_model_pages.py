@@ -373,3 +373,36 @@ def test_training_trains_shows_metrics_and_accepts(shared_trunk, tmp_path, monke
     assert {m.node_code for m in app_store.list_models(kind="classifier")} == {"ALL"}
     at.switch_page("pages/2_Classification.py").run()  # the other pages use them at once
     assert not at.exception and not at.warning and at.file_uploader
+
+
+def test_a_cell_is_explained_by_the_models_that_made_its_analysis(models_root, app_store, trained_models_dir, tmp_path):
+    """Another version accepted since: the maps and the answer shown were the version in use's ("monocyte,
+    0.61") under a caption of the model's stored answer ("blast at 0.51")."""
+    import json
+    import shutil
+
+    from bloodcells import versions
+
+    made_then = app_store.start_analysis("then.zip", "classification", {"tree version": "shipped"})
+    gone = app_store.start_analysis("gone.zip", "classification", {"tree version": "20260101T000000Z-deadbeef"})
+    for analysis_id in (made_then, gone):
+        app_store.finish_analysis(analysis_id, predictions=[
+            PredictionRow("NGB_0.png", "NGB", "ALL/MYE/MYM/NEU/NGB", 0.9, {}, False, encode(cell_image("NGB", 0, 32)))])
+    newer = tmp_path / "newer"
+    shutil.copytree(trained_models_dir, newer)
+    manifest = json.loads((newer / "classifier.json").read_text())
+    (newer / "classifier.json").write_text(json.dumps({**manifest, "trained_at": "later"}))
+    in_use = versions.promote(newer, "default", by="Dr A").name
+    at = app("3_Explanation").run()
+    at.segmented_control(key="explain_source").set_value("a cell from an analysis").run()
+    at.selectbox(key="explain_analysis").set_value(made_then).run()
+    assert not at.exception
+    assert any(c.value.startswith("Explained with the models that made this analysis (version shipped)")
+               for c in at.caption)
+    at.button(key="explain").click().run()
+    assert not at.exception and not at.error and [i for i in at.image if "→" in (i.proto.imgs[0].caption or "")]
+    at.selectbox(key="explain_analysis").set_value(gone).run()
+    assert [w.value for w in at.warning] == [
+        "The models that made this analysis (version 20260101T000000Z-deadbeef) are no longer on this server: the "
+        "maps are of the version in use, which may answer otherwise than the cell's stored answer."]
+    assert versions.current_version("default") == in_use

@@ -20,8 +20,9 @@ NOT_TRAINED_HINT = {
 # Keyed by the folder of the tree in use, read from its version pointer on every page run: a version put
 # in use from the command line (`bloodcells versions`) while the app runs reaches every page at once
 # (keyed by the models folder alone, the app went on with the tree it had loaded until restarted).
-# Two entries: the tree in use and the one before it, for the sessions still running on it.
-@st.cache_resource(show_spinner="Loading the classifier tree…", max_entries=2)
+# Three entries: the tree in use, the one before it (for the sessions still running on it), and one an older
+# analysis was made by (the Explanation page explains its cells with it).
+@st.cache_resource(show_spinner="Loading the classifier tree…", max_entries=3)
 def _classifier(tree_dir: str):
     from bloodcells.classify import TreeClassifier
 
@@ -67,6 +68,11 @@ def get_classifier(required: bool = True):
         st.info(NOT_TRAINED_HINT["classifier"])
         st.stop()
     return classifier
+
+
+def classifier_of(folder) -> object:
+    """The classifier tree in ``folder`` (a version an analysis was made by), loaded once per server process."""
+    return _classifier(str(folder))
 
 
 def get_detector(required: bool = True):
