@@ -31,6 +31,10 @@ class AttributeHeadError(RuntimeError):
     """No usable attribute head: missing, unreadable, or trained on other classifier weights."""
 
 
+class AttributesForOtherModels(AttributeHeadError):
+    """The attribute head was trained on other classifier models than the ones loaded (another version)."""
+
+
 class AttributeDataError(ValueError):
     """An attribute table (csv) that cannot be trained on; the message names the file and problem."""
 
@@ -64,7 +68,7 @@ class AttributeHead:
             node = classifier.nodes.get(code)
             if node is None or node.sha256 != self.node_sha256[code]:
                 found = "no such node" if node is None else f"sha256 {node.sha256[:12]}"
-                raise AttributeHeadError(
+                raise AttributesForOtherModels(
                     f"{self.path or 'attribute head'}: trained on classifier node {code} with sha256 "
                     f"{self.node_sha256[code][:12]}, the loaded classifier has {found}; "
                     "retrain it with `make models-attributes` (bloodcells train-attributes)")

@@ -101,6 +101,22 @@ def test_head_refuses_other_classifier_weights(head_dir, classifier, tmp_path):
         predict_attributes(cell_image("NGS", 1, 32), classifier, tmp_path / "nothing")
 
 
+def test_the_page_says_in_words_that_the_attributes_belong_to_other_models(head_dir, classifier, monkeypatch):
+    """Explanation showed "No attributes in words: /srv/.../attributes.json: trained on classifier node ALL with
+    sha256 56d8ee5ceecc..." for every version accepted since the shipped one."""
+    from bloodcells import morphology
+    from bloodcells.synthetic import cell_image
+    from ui.models import predicted_attributes
+
+    def other_models(*_args, **_kwargs):
+        raise morphology.AttributesForOtherModels("/srv/models/attributes/default/attributes.json: trained on ...")
+
+    monkeypatch.setattr(morphology, "predict_attributes", other_models)
+    attributes, said = predicted_attributes(cell_image("NGS", 1, 32), classifier)
+    assert attributes == {} and said.startswith("the morphology model was trained with other models than version ")
+    assert "/srv" not in said and "sha256" not in said
+
+
 def models_with_a_damaged_head(root: Path, trained_models_dir: Path, head_dir: Path, damage) -> Path:
     """``root/models``, holding the tiny tree and the head, its ``attributes.npz`` damaged by ``damage``
     (its content -> the damaged content); returns that file."""

@@ -99,11 +99,15 @@ def reload_models() -> None:
 def predicted_attributes(image, classifier) -> tuple[dict[str, str], str]:
     """The cell's morphology attributes and the sentence they make, or ({}, why there are none)."""
     try:
-        from bloodcells.morphology import AttributeHeadError, describe, predict_attributes
+        from bloodcells.morphology import AttributeHeadError, AttributesForOtherModels, describe, predict_attributes
     except ImportError as error:
         return {}, f"the morphology model is not part of this installation yet ({error})"
     try:
         attributes = predict_attributes(image, classifier)
+    except AttributesForOtherModels:  # its file's path and sha256 said nothing to a lab
+        return {}, (f"the morphology model was trained with other models than version {classifier.tree_version} "
+                    "of the classifier; ask whoever runs the server to retrain it for this version "
+                    "(`make models-attributes`)")
     except AttributeHeadError as error:
         return {}, str(error)
     return attributes, describe(attributes)
