@@ -15,6 +15,7 @@ from ui.uploads import ACCEPTED
 from ui.work import run_safely
 
 EVERY_LEVEL = "every level of the predicted path"
+PREDICTED = "the predicted child"
 
 page("Explanation")
 st.title("Explanation")
@@ -75,8 +76,11 @@ node = left.selectbox("Model (tree node)", nodes, key="explain_node",
                       f"{code} · {tree[code].title} → {', '.join(classifier.nodes[code].classes)}")
 target = None
 if node != EVERY_LEVEL:
-    target = middle.selectbox("Explain the choice of", [None, *classifier.nodes[node].classes], key="explain_target",
-                              format_func=lambda c: "the predicted child" if c is None else f"{c} · {tree[c].title}")
+    # a string, not None, for the predicted child: a None option showed as Streamlit's "Choose an option"
+    target = middle.selectbox("Explain the choice of", [PREDICTED, *classifier.nodes[node].classes],
+                              key="explain_target",
+                              format_func=lambda c: c if c == PREDICTED else f"{c} · {tree[c].title}")
+    target = None if target == PREDICTED else target
 method = right.selectbox("Method", list(METHODS), format_func=lambda m: METHODS[m].title, key="explain_method",
                          help="Grad-CAM shows the evidence the network pools: on held-out cells 0.78 (PBC) and 0.90 "
                               "(Matek) of its map lies on the cell. Integrated Gradients and Saliency are maps of "

@@ -169,6 +169,7 @@ def test_explanation_shows_a_heatmap_per_level(models_root, app_store):
     assert len(levels) == len(trained) >= 1  # one heatmap per level with a model on the predicted path
 
     at.selectbox(key="explain_node").select("NEU").run()
+    assert at.selectbox(key="explain_target").value == "the predicted child"  # it showed "Choose an option"
     at.selectbox(key="explain_target").select("NGB").run()
     at.selectbox(key="explain_method").select("occlusion").run()
     at.button(key="explain").click().run()

@@ -115,9 +115,11 @@ def versions_section(store: Store, person: str) -> None:
                           if row.decided_by else ""))
             table = figures_table(row.figures, row.kind)
             if table:
+                # every row's columns: a type only the "after" row has (EBO, MYB...) went unformatted (0.9231)
                 st.dataframe(table, hide_index=True, key=f"figures_{row.id}",
                              column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                            for c in table[0] if c not in ("cells", "models", "n")})
+                                            for c in dict.fromkeys(k for r in table for k in r)
+                                            if c not in ("cells", "models", "n")})
             if row.status == "candidate":
                 # callbacks: a click runs even when someone decided meanwhile (the rerun no longer draws the
                 # button, and a click checked in the page's body did nothing, in silence)
