@@ -478,7 +478,7 @@ def test_history_says_the_files_an_upload_left_out_and_why_its_counts_are_doubtf
     """Said only on the page that ran it: whoever opened the analysis in History to sign it off never learnt
     that a field was greyscale or that two files were skipped."""
     from test_app_detection import DrawnCells
-    from test_signout import upload_zip
+    from test_inputs_paths import zip_of
 
     from bloodcells.detection import detect
     from bloodcells.synthetic import encode, smear_field
@@ -486,7 +486,7 @@ def test_history_says_the_files_an_upload_left_out_and_why_its_counts_are_doubtf
     image, truth = smear_field(320, 240, n_wbc=1, n_rbc=6, n_platelets=2, seed=4)
     upload = {"grey.png": encode(image.convert("L").convert("RGB")), "notimage.jpg": b"text",
               "tiny.png": encode(image.resize((20, 15)))}
-    result = detect(upload_zip(upload), detector=DrawnCells({"grey.png": truth}), type_white_cells=False,
+    result = detect(zip_of(upload), detector=DrawnCells({"grey.png": truth}), type_white_cells=False,
                     store=app_store, name="fields.zip")
     at = app("5_History").run()
     assert not at.exception

@@ -233,12 +233,12 @@ def test_an_upload_whose_name_is_longer_than_a_file_name_may_be_is_read(tmp_path
 
     image = GOOD_CELLS["cells/LYT_0.png"]
     for files, images in (([Upload(LONG_NAME, image), Upload("short.png", image)], 2),
-                          ([Upload(LONG_NAME.replace(".png", ".zip"), _zip_of({"a.png": image}))], 1)):
+                          ([Upload(LONG_NAME.replace(".png", ".zip"), zip_of({"a.png": image}))], 1)):
         with uploaded_source(files) as source:
             assert len([item for item in iter_inputs(source) if isinstance(item, InputImage)]) == images
 
 
-def _zip_of(members: dict[str, bytes]) -> bytes:
+def zip_of(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, content in members.items():
@@ -256,7 +256,7 @@ def test_annotated_images_of_one_stem_or_a_long_name_are_each_written(trained_de
     field = smear_field(160, 120, n_wbc=1, n_rbc=4, n_platelets=1, seed=3)[0]
     jpeg = io.BytesIO()
     field.save(jpeg, "JPEG")
-    upload = _zip_of({"field01.png": encode(field), "field01.jpg": jpeg.getvalue(), f"deep/{LONG_NAME}": encode(field)})
+    upload = zip_of({"field01.png": encode(field), "field01.jpg": jpeg.getvalue(), f"deep/{LONG_NAME}": encode(field)})
     annotated = tmp_path / "annotated"
     outcome = detect(upload, name="fields.zip", detector=Detector.load(trained_detector), type_white_cells=False,
                      annotate_to=annotated)
@@ -274,7 +274,7 @@ def test_images_none_of_which_can_be_read_fail_the_analysis_naming_each(trained_
     from bloodcells.classify import classify, load_classifier
     from bloodcells.cli import main
 
-    upload = _zip_of({"a.png": b"not an image", "b.png": GOOD_CELLS["cells/LYT_0.png"][:60]})
+    upload = zip_of({"a.png": b"not an image", "b.png": GOOD_CELLS["cells/LYT_0.png"][:60]})
     with pytest.raises(InputError, match=r"^bad.zip: none of its 2 images could be used \(a.png: not an image .*; "
                                          r"b.png: damaged or truncated"):
         classify(upload, name="bad.zip", classifier=load_classifier(trained_models_dir), store=store)

@@ -7,20 +7,11 @@ import re
 from datetime import timedelta
 
 import pytest
+from test_inputs_paths import zip_of
 
 from bloodcells.signout import ReportError, SignedReportError, build_report, clinical_rows, to_html, to_pdf
 from bloodcells.store import Analysis, DetectionRow, PredictionRow
 from bloodcells.synthetic import cell_image, encode
-
-
-def upload_zip(files: dict[str, bytes]) -> bytes:
-    import zipfile
-
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
 
 
 def pdf_text(content: bytes) -> str:
@@ -116,7 +107,7 @@ def test_the_report_says_the_uploads_doubtful_counts_and_files_not_used(store):
     image, truth = smear_field(320, 240, n_wbc=1, n_rbc=6, n_platelets=2, seed=4)
     grey = image.convert("L").convert("RGB")
     upload = {"grey.png": encode(grey), "notimage.jpg": b"text", "tiny.png": encode(image.resize((20, 15)))}
-    result = detect(upload_zip(upload), detector=DrawnCells({"grey.png": truth}), type_white_cells=False, store=store,
+    result = detect(zip_of(upload), detector=DrawnCells({"grey.png": truth}), type_white_cells=False, store=store,
                     name="fields.zip")
     assert result.warnings and len(result.problems) == 2
     report = build_report(store, result.analysis_id)
@@ -141,7 +132,7 @@ def test_a_report_of_untyped_white_cells_says_they_were_found(store):
     from bloodcells.synthetic import smear_field
 
     image, truth = smear_field(320, 240, n_wbc=3, n_rbc=1, n_platelets=1, seed=4)
-    result = detect(upload_zip({"f.png": encode(image)}), detector=DrawnCells({"f.png": truth}),
+    result = detect(zip_of({"f.png": encode(image)}), detector=DrawnCells({"f.png": truth}),
                     type_white_cells=False, store=store, name="fields.zip")
     report = build_report(store, result.analysis_id)
     assert report.counted == 0 and report.notes == [
