@@ -186,4 +186,6 @@ def test_a_folder_to_write_that_cannot_be_made_is_refused_before_the_work(tmp_pa
                  "train-attributes": ["train-attributes", "--csv", str(tmp_path / "a.csv"), "--out", folder]}[command]
     assert main(arguments) == 2
     assert f"{folder}: cannot be made, {tmp_path / 'out' / 'cells.csv'} is a file" in capsys.readouterr().err
-    assert open_store().list_analyses() == []
+    store = open_store()
+    assert store.list_analyses() == []
+    store.engine.dispose()  # its SQLite files are not removed later, in another test's watch of the temp folders

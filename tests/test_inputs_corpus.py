@@ -635,11 +635,12 @@ def test_reading_the_whole_corpus_writes_nothing(tmp_path, monkeypatch):
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
-    before = sorted(str(p) for p in tmp_path.parent.rglob("*"))
+    before = {str(p) for p in tmp_path.parent.rglob("*")}
     for case in ZIP_CASES:
         with contextlib.suppress(InputError):
             for item in iter_inputs(_build(case), case.name, case.limits):
                 if isinstance(item, InputImage):
                     with contextlib.suppress(InputError):
                         open_image(item.content, item.name)
-    assert sorted(str(p) for p in tmp_path.parent.rglob("*")) == before
+    # nothing new: earlier tests' SQLite files (-wal, -shm) may go meanwhile, when their stores are collected
+    assert {str(p) for p in tmp_path.parent.rglob("*")} - before == set()
