@@ -227,7 +227,8 @@ def train_shared(dataset, splits: dict, tree, codes: list[str], per_child: dict[
                                                            config, device, log)
     if config.epochs or initial_trunk is None:
         trunk_metrics, trunk_state = fit_network(trunk_view, dataset, splits, per_label, config, device, dist, log,
-                                                 trunk_epoch, initial=initial_trunk)
+                                                 trunk_epoch, initial=initial_trunk,
+                                                 still_wanted=lambda: note(f"{TRUNK}: epoch {done + 1} running"))
     else:
         log(f"[{TRUNK}] kept as it was: only the heads learn")
         trunk_metrics = {"classes": trunk_view.classes, "outputs": trunk_view.outputs, "history": []}

@@ -91,6 +91,32 @@ def test_on_epoch_gets_every_epoch_of_every_network(tmp_path, shared_trunk):
     assert epochs == {network: metrics["history"] for network, metrics in trained.items()}
 
 
+@pytest.mark.parametrize("shared_trunk", [False, True], ids=["network per node", "shared trunk"])
+def test_a_cancel_acts_between_batches_not_only_at_the_end_of_an_epoch(tmp_path, monkeypatch, shared_trunk):
+    """Cancel acted at the next progress call, once an epoch (minutes on a CPU) was over: the cancelled run went
+    on that long, beside the run started next."""
+    from bloodcells.train import network, train_tree
+
+    class Cancelled(Exception):
+        pass
+
+    monkeypatch.setattr(network, "TICK_SECONDS", 0.0)
+    write_cell_folders(tmp_path / "cells", {"LYT": 12, "EOS": 12, "MON": 12}, size=24)
+    epochs, calls = [], []
+
+    def progress(done, total, text):
+        calls.append(text)
+        if text.endswith("running") or text.endswith("training"):  # between two batches of the first epoch
+            raise Cancelled("cancelled by the user")
+
+    with pytest.raises(Cancelled):
+        train_tree([tmp_path / "cells"], tmp_path / "models", log=lambda _text: None, progress=progress,
+                   on_epoch=lambda network, record: epochs.append(record),
+                   config=tiny_train_config(epochs=2, per_class=8, input_size=24, batch_size=4,
+                                            shared_trunk=shared_trunk))
+    assert epochs == [] and len(calls) == 1 and not (tmp_path / "models").exists()
+
+
 def test_plain_background_reaches_the_trunk_and_the_heads(tmp_path, monkeypatch):
     """``--plain-background``: the trunk's augmented images and the heads' augmented views both
     pass through the augmentation, and the tree's configuration records the share."""

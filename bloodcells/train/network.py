@@ -58,19 +58,26 @@ def labels_view(tree: Tree, dataset: CellDataset, train: np.ndarray) -> NodeView
 
 def train_node(dataset: CellDataset, splits: dict, tree: Tree, code: str, per_child: int,
                config: TrainConfig, device, dist: Distributed, log: Callable[[str], None],
-               step: Callable[[dict], None] | None = None) -> tuple[dict, dict]:
+               step: Callable[[dict], None] | None = None,
+               still_wanted: Callable[[], None] | None = None) -> tuple[dict, dict]:
     """Train the classifier of node ``code``; returns its metrics and best state dict."""
     return fit_network(node_view(tree, code, dataset, splits["train"]), dataset, splits, per_child, config,
-                       device, dist, log, step)
+                       device, dist, log, step, still_wanted=still_wanted)
+
+
+TICK_SECONDS = 1.0  # the least time between two calls of ``still_wanted`` within an epoch
 
 
 def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: int, config: TrainConfig,
                 device, dist: Distributed, log: Callable[[str], None],
-                step: Callable[[dict], None] | None = None, initial: dict | None = None) -> tuple[dict, dict]:
+                step: Callable[[dict], None] | None = None, initial: dict | None = None,
+                still_wanted: Callable[[], None] | None = None) -> tuple[dict, dict]:
     """Train a fresh ``config.architecture`` on ``view``; returns its metrics and best state dict.
 
     ``step(record)`` follows each epoch (on the main process) with a copy of its record: epoch,
-    train_loss, train_accuracy, val_loss, val_accuracy, seconds. ``initial``: weights to start
+    train_loss, train_accuracy, val_loss, val_accuracy, seconds. ``still_wanted()`` is called between batches,
+    at most once every TICK_SECONDS, on the main process: a page's Cancel acts there (an epoch of the shipped
+    recipe takes minutes on a CPU, and a cancelled run went on that long, beside the next one). ``initial``: weights to start
     from instead of the mode's (a trained trunk being adapted); every tensor but the new
     classifier's must match. With ``config.ema``, the moving average of the weights is what is
     validated, early-stopped and returned.
@@ -158,7 +165,11 @@ def fit_network(view: NodeView, dataset: CellDataset, splits: dict, per_child: i
             requests = [BatchRequest((epoch, dist.rank, start), order[start:start + config.batch_size],
                                      repeats[start:start + config.batch_size] | augment_all, masks=feature_map is not None)
                         for start in starts]
+            ticked = time.perf_counter()
             for request, (images, cells) in zip(requests, views.map(requests), strict=True):
+                if still_wanted and dist.main and time.perf_counter() - ticked >= TICK_SECONDS:
+                    still_wanted()
+                    ticked = time.perf_counter()
                 indices, x = request.indices, to_network(images)
                 if feature_map is not None:
                     cells = torch.from_numpy(cells[:, None].astype(np.float32)).to(device)

@@ -227,7 +227,11 @@ def _train_separately(dataset, splits, tree, to_train, targets_per_node, config,
                       on_epoch, staging, report) -> None:
     """A network of its own for each node in ``to_train``."""
     total_steps = len(to_train) * config.epochs
-    done_steps = 0
+    done_steps, training = 0, None
+
+    def running() -> None:  # between batches: a page's Cancel acts here
+        progress(done_steps, total_steps, f"{training}: training")
+
     for code in to_train:
         def step(record: dict, _code=code):
             nonlocal done_steps
@@ -237,8 +241,9 @@ def _train_separately(dataset, splits, tree, to_train, targets_per_node, config,
             if on_epoch:
                 on_epoch(_code, record)
 
+        training = code
         metrics, state = train_node(dataset, splits, tree, code, targets_per_node[code], config,
-                                    device, dist, say, step)
+                                    device, dist, say, step, still_wanted=running if progress else None)
         done_steps = to_train.index(code) * config.epochs + config.epochs
         if dist.main:
             save_node(staging, code, state, metrics, config, dataset.fingerprint())
