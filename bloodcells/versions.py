@@ -99,6 +99,16 @@ def folder_of(tree_name: str, version: str) -> Path | None:
     return folder if (folder / "classifier.json").is_file() else None
 
 
+def answers(folder: str | Path) -> set[str]:
+    """The cell types a tree folder can answer, read from its files (its weights are not loaded): what its
+    node models choose between and its single-child descents lead to, less the nodes it descends from."""
+    folder = Path(folder)
+    manifest = json.loads((folder / "classifier.json").read_text())
+    passthrough = manifest.get("passthrough", {})
+    chosen = {code for node in manifest["nodes"] for code in json.loads((folder / f"{node}.json").read_text())["classes"]}
+    return (chosen | set(passthrough.values())) - set(manifest["nodes"]) - set(passthrough)
+
+
 def list_versions(tree_name: str) -> list[str]:
     """The ids of the promoted versions of ``tree_name``, oldest first."""
     root = versions_dir()

@@ -453,3 +453,21 @@ def test_a_name_the_store_would_refuse_is_said_in_the_sidebar_and_enables_nothin
     assert at.session_state["reviewer"] == "Dr Ana"
     at.switch_page("pages/4_Review.py").run()  # the name goes with the user to every page
     assert at.sidebar.text_input[0].value == "Dr Ana"
+
+
+def test_a_candidate_that_cannot_answer_types_the_models_in_use_can_is_said_before_accept(models, trained_models_dir,
+                                                                                          tmp_path, app_store):
+    """A tree trained on PBC's 7 classes was accepted in one click: Classification found no blasts after it."""
+    narrower = candidate(trained_models_dir, tmp_path, "run-1")
+    node = json.loads((narrower / "MYM.json").read_text())
+    (narrower / "MYM.json").write_text(json.dumps({**node, "classes": ["NEU"]}))  # it no longer tells EOS apart
+    assert versions.answers(trained_models_dir) - versions.answers(narrower) == {"EOS"}
+    _recorded_candidate(app_store, narrower)
+    same = _recorded_candidate(app_store, candidate(trained_models_dir, tmp_path, "run-2"))
+    from test_app_adapt import training_page
+
+    at = training_page("versions")
+    assert not at.exception
+    assert [w.value for w in at.warning] == ["These models cannot answer eosinophil (EOS), which the models in use "
+                                             "can: cells of those types would be called something else."]
+    assert versions.answers(app_store.get_model_version(same).folder) == versions.answers(trained_models_dir)

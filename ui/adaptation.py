@@ -13,8 +13,10 @@ from bloodcells.store import Store
 from bloodcells.taxonomy import default_tree
 from bloodcells.versions import (
     accept_candidate,
+    answers,
     can_roll_back,
     candidate_dir,
+    current_dir,
     current_version,
     discard_candidate,
     list_versions,
@@ -121,6 +123,10 @@ def versions_section(store: Store, person: str) -> None:
                                             for c in dict.fromkeys(k for r in table for k in r)
                                             if c not in ("cells", "models", "n")})
             if row.status == "candidate":
+                # a tree trained on PBC's 7 classes was accepted in one click: no page found blasts after it
+                if lost := _answers_lost(row.folder, tree):
+                    st.warning("These models cannot answer " + ", ".join(lost) + ", which the models in use can: "
+                               "cells of those types would be called something else.")
                 # callbacks: a click runs even when someone decided meanwhile (the rerun no longer draws the
                 # button, and a click checked in the page's body did nothing, in silence)
                 accept, discard = st.columns(2)
@@ -152,6 +158,16 @@ def versions_section(store: Store, person: str) -> None:
         with st.expander(f"Switches of the version in use ({len(log)})"):
             st.dataframe([{"when": stamp(s["at"]), "by": s["by"], "how": SWITCHES[s["action"]],
                            "version": s["version"] or SHIPPED_LABEL} for s in log], hide_index=True, key="switch_log")
+
+
+def _answers_lost(folder: str, tree_name: str) -> list[str]:
+    """The cell types the tree in use answers and the candidate in ``folder`` cannot, named."""
+    try:
+        lost = answers(current_dir(tree_name)) - answers(folder)
+    except (OSError, ValueError, KeyError):  # a candidate's folder removed meanwhile: its Accept says so
+        return []
+    names = default_tree()
+    return [f"{names[code].title} ({code})" for code in sorted(lost)]
 
 
 def _decide(store: Store, model_version_id: int, person: str, accept: bool) -> None:
