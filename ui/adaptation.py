@@ -107,6 +107,7 @@ def versions_section(store: Store, person: str) -> None:
                 "(History, “models”).")
     if not person:  # Accept, Discard, Use and Roll back were greyed out with no reason given
         st.caption("Enter your name in the sidebar to accept, discard, switch or roll back: each is logged with it.")
+    in_use_answers = _answers(current_dir(tree))  # once, for every candidate below
     for row in store.list_model_versions(tree):
         title = (f"#{row.id} · {row.kind} by {row.started_by}, {stamp(row.started_at)} · {row.cells} cells"
                  f" · {row.status}" + (f" as {row.version}" if row.version else ""))
@@ -124,9 +125,10 @@ def versions_section(store: Store, person: str) -> None:
                                             if c not in ("cells", "models", "n")})
             if row.status == "candidate":
                 # a tree trained on PBC's 7 classes was accepted in one click: no page found blasts after it
-                if lost := _answers_lost(row.folder, tree):
-                    st.warning("These models cannot answer " + ", ".join(lost) + ", which the models in use can: "
-                               "cells of those types would be called something else.")
+                if (theirs := _answers(row.folder)) and (lost := in_use_answers - theirs):
+                    named = ", ".join(f"{default_tree()[code].title} ({code})" for code in sorted(lost))
+                    st.warning(f"These models cannot answer {named}, which the models in use can: cells of those "
+                               "types would be called something else.")
                 # callbacks: a click runs even when someone decided meanwhile (the rerun no longer draws the
                 # button, and a click checked in the page's body did nothing, in silence)
                 accept, discard = st.columns(2)
@@ -160,14 +162,13 @@ def versions_section(store: Store, person: str) -> None:
                            "version": s["version"] or SHIPPED_LABEL} for s in log], hide_index=True, key="switch_log")
 
 
-def _answers_lost(folder: str, tree_name: str) -> list[str]:
-    """The cell types the tree in use answers and the candidate in ``folder`` cannot, named."""
+def _answers(folder) -> set[str]:
+    """The cell types the tree in ``folder`` answers; none when it cannot be read (a candidate's folder removed
+    meanwhile: its Accept says so)."""
     try:
-        lost = answers(current_dir(tree_name)) - answers(folder)
-    except (OSError, ValueError, KeyError):  # a candidate's folder removed meanwhile: its Accept says so
-        return []
-    names = default_tree()
-    return [f"{names[code].title} ({code})" for code in sorted(lost)]
+        return answers(folder)
+    except (OSError, ValueError, KeyError):
+        return set()
 
 
 def _decide(store: Store, model_version_id: int, person: str, accept: bool) -> None:

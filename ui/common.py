@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from bloodcells.clock import lab_zone, stamp
-from bloodcells.inputs import LATER_PAGES_UNREAD, STORED_PROBLEMS
+from bloodcells.inputs import STORED_PROBLEMS, skipped_counts
 from bloodcells.settings import SettingsError, apply_offline_environment, settings
 from bloodcells.store import ReviewError, Store, StoreError, open_store, person_name
 from bloodcells.taxonomy import default_tree
@@ -150,8 +150,7 @@ def skipped_files(problems: list, total: int | None = None) -> None:
     (counted as a file skipped, 6 cells and "4 files were skipped" were shown for 9 files)."""
     if problems:
         count = total or len(problems)
-        pages = sum(LATER_PAGES_UNREAD in str(problem) for problem in problems)
-        files = count - pages
+        files, pages = skipped_counts(problems, total)
         said = ([f"{files} file{'s were' if files > 1 else ' was'} skipped"] if files else []) + (
             [f"{'later pages' if files else 'Later pages'} of {pages} file{'s' if pages > 1 else ''} not read"]
             if pages else [])

@@ -82,6 +82,13 @@ def blank_image(image: Image.Image, name: str) -> InputProblem | None:
                         "or lamp-off capture?")
 
 
+def skipped_counts(problems, total: int | None = None) -> tuple[int, int]:
+    """(files skipped, files whose later pages were not read) among an upload's ``problems`` (or their words);
+    ``total``: how many there were, when ``problems`` are the first STORED_PROBLEMS of them."""
+    pages = sum(LATER_PAGES_UNREAD in str(problem) for problem in problems)
+    return (total or len(problems)) - pages, pages
+
+
 def later_pages(image: Image.Image, name: str) -> InputProblem | None:
     """The pages of a multi-page TIFF or animated GIF after the first (``open_image`` reads only the
     first), as a problem to report: they are not analysed."""

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 
 from ..clock import stamp
-from ..inputs import LATER_PAGES_UNREAD
+from ..inputs import skipped_counts
 from ..report import model_versions_text, myeloid_erythroid_ratio
 from ..store import check_specimen, signoff_text
 from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
@@ -222,9 +222,7 @@ def upload_notes(summary: dict) -> list[str]:
     """What a report says of its upload besides the cells: why its counts may not be trusted (a greyscale field,
     a box confidence near 0) and how many of its files were not used. Said only on the page that ran it, they
     never reached whoever signed the report from History."""
-    problems = summary.get("problems", [])
-    pages = sum(LATER_PAGES_UNREAD in problem for problem in problems)  # of the first STORED_PROBLEMS
-    files = summary.get("problems_total", len(problems)) - pages
+    files, pages = skipped_counts(summary.get("problems", []), summary.get("problems_total"))
     white = summary.get("counts", {}).get("WBC", 0)
     untyped = ([f"{white} white cell{'s' if white != 1 else ''} found, not typed ({summary['typing_skipped']}): not "
                 "in the differential"] if summary.get("typing_skipped") and white else [])  # "0 cells counted"
