@@ -191,10 +191,11 @@ def analysis_csv(store, analysis_id: int, tree: Tree | None = None) -> bytes:
     """The CSV of a stored analysis as it is when asked (its cells with their reviews, or its boxes): made
     from the records a page drew, it missed a colleague's review made since, which the PDF beside it had."""
     from .signout import ReportError
+    from .store import NotFound
 
     try:
         analysis = store.get_analysis(analysis_id)
-    except KeyError:
+    except NotFound:
         raise ReportError(f"analysis #{analysis_id} does not exist (deleted meanwhile?)") from None
     return records_csv(detection_records(analysis) if analysis.kind == "detection"
                        else prediction_records(analysis, tree))

@@ -341,6 +341,24 @@ def test_an_analysis_deleted_while_open_is_said_so_not_swapped_for_another_in_si
         e.value for e in at.error]  # it said "no prediction 131 any more", a number no page shows
 
 
+def test_a_slip_in_the_code_is_not_worded_as_a_colleagues_delete(app_store, monkeypatch):
+    """Any KeyError from a review was said as "the analysis was deleted meanwhile": a bug looked like a
+    colleague's delete, and the reviewer went looking for who deleted it. Only the store's NotFound is."""
+    from bloodcells.store import Store
+
+    analysis_id = classified(app_store, ["NGS"])
+    cell = app_store.get_analysis(analysis_id).predictions[0]
+    at = review_page_as("Dr A")
+
+    def slip(*args, **kwargs):
+        return {}["train_loss"]
+
+    monkeypatch.setattr(Store, "review", slip)
+    at.button(key=f"set_{cell.id}_NGS").click().run()
+    assert not [e.value for e in at.error if "deleted meanwhile" in e.value]
+    assert "train_loss" in str(at.exception[0].value)  # shown as the error it is
+
+
 def test_an_analysis_older_than_the_list_opens_where_it_is_sent(app_store, monkeypatch):
     """History found #1 by its number, "Review this analysis" went to Review, and Review opened the
     newest analysis instead (#1 was not among the newest listed): a 5,000-cell count reviewed by mistake."""

@@ -22,6 +22,7 @@ from bloodcells.store import (
     Detection,
     DetectionRow,
     Explanation,
+    NotFound,
     Prediction,
     PredictionRow,
     Store,
@@ -619,8 +620,10 @@ def test_deleting_an_analysis_deletes_its_images_that_nothing_else_uses(store):
     assert store.count_rows(Blob) == 5
     store.delete_analysis(deleted)
     assert store.count_rows(Blob) == 3 and store.count_rows(BlobChunk) == 3  # shared, kept, map of kept
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFound, match=f"^no stored content {only_here}$"):  # its own words, not KeyError's quotes
         store.read_blob(sha256=only_here)
+    with pytest.raises(NotFound, match=f"^no analysis {deleted}$"):
+        store.get_analysis(deleted)
     assert store.get_explanation(**{**EXPLANATION_KEY, "image_sha256": only_here}) is None
     assert [store.read_blob(p.blob_id) for p in store.get_analysis(kept).predictions] == [
         b"image of shared", b"image of kept"]

@@ -12,7 +12,7 @@ import streamlit as st
 from bloodcells.clock import lab_zone, stamp
 from bloodcells.inputs import STORED_PROBLEMS, skipped_counts
 from bloodcells.settings import SettingsError, apply_offline_environment, settings
-from bloodcells.store import ReviewError, Store, StoreError, open_store, person_name
+from bloodcells.store import NotFound, ReviewError, Store, StoreError, open_store, person_name
 from bloodcells.taxonomy import default_tree
 
 with contextlib.suppress(SettingsError):  # said by page(), on the page, where the user sees it
@@ -209,7 +209,7 @@ def choose_analysis(store: Store, labels: dict[int, str], prompt: str, key: str)
     st.query_params[OPEN_PARAM] = str(chosen)
     try:
         return store.get_analysis(chosen)
-    except KeyError:
+    except NotFound:
         st.warning(f"Analysis #{chosen} was deleted meanwhile.")
         st.stop()
 
@@ -241,7 +241,7 @@ def remembered_analysis(store: Store, state_key: str, analysis_id: int, again: s
     do). Ids are never reused (store migration 0005), so a deleted one names no other analysis."""
     try:
         return store.get_analysis(analysis_id)
-    except KeyError:
+    except NotFound:
         st.session_state.pop(state_key)
         st.info(f"Analysis #{analysis_id} was deleted in History: {again}.")
         return None

@@ -14,7 +14,7 @@ from bloodcells import report
 from bloodcells.detection import CLASS_NAMES, DETECTOR_CLASSES, SlideCount
 from bloodcells.inputs import InputError, open_image, thumbnail_png
 from bloodcells.signout import PERIPHERAL_BLOOD, clinical_rows, differential_codes, erythroblasts_per_100
-from bloodcells.store import Store
+from bloodcells.store import NotFound, Store
 from bloodcells.taxonomy import default_tree
 from ui.common import link_to, skipped_files
 from ui.signoff import flagged_not_reviewed, shown_specimen, signoff_panel
@@ -30,7 +30,7 @@ def _cell_png(_store: Store, url: str, sha256: str, size: int | None) -> bytes |
     blob's id to the next image stored); the unhashed ``_store`` reads the content."""
     try:
         return thumbnail_png(_store.read_blob(sha256=sha256), f"stored image {sha256[:12]}", size)
-    except (InputError, KeyError):
+    except (InputError, NotFound):
         return None
 
 

@@ -20,7 +20,7 @@ from bloodcells.signout import (
     slide_differential,
     to_pdf,
 )
-from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, ReviewError, Store, StoreError, signoff_text
+from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, NotFound, ReviewError, Store, StoreError, signoff_text
 from bloodcells.store.schema import BONE_MARROW, SIGNED
 
 REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
@@ -38,7 +38,7 @@ def attempt(action: Callable, *args, **kwargs):
     except (ReviewError, StoreError) as error:
         st.session_state[REFUSAL] = str(error)
         return None
-    except KeyError:  # deleted meanwhile, e.g. on the History page in another tab ("no prediction 131 any more")
+    except NotFound:  # deleted meanwhile, e.g. on the History page in another tab ("no prediction 131 any more")
         st.session_state[REFUSAL] = "Not saved: the analysis was deleted meanwhile (in History, or in another tab)."
         return None
 

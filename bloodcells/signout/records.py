@@ -10,7 +10,7 @@ from itertools import pairwise
 from ..clock import stamp
 from ..inputs import skipped_counts
 from ..report import model_versions_text, myeloid_erythroid_ratio
-from ..store import check_specimen, signoff_text
+from ..store import NotFound, check_specimen, signoff_text
 from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
 from ..taxonomy import Tree, default_tree
 from .counts import (
@@ -152,7 +152,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     tree = tree or default_tree()
     try:
         analysis = store.get_analysis(analysis_id)
-    except KeyError:
+    except NotFound:
         raise ReportError(f"analysis #{analysis_id} does not exist") from None
     if analysis.status == "running" and not analysis.being_stored:
         raise ReportError(f"analysis #{analysis_id} was interrupted (the process storing it stopped): it has no "

@@ -16,7 +16,7 @@ from sqlalchemy.orm import selectinload
 
 from ..clock import stamp
 from . import schema
-from .errors import StoreError
+from .errors import NotFound, StoreError
 from .reviews import DIRECTION_CONTROLS, LINE_BREAKS, AnalysisLocked, signed_by
 from .rows import AnalysisRun, DetectionRow, PredictionRow, ResultCounts, sha256_hex
 from .schema import SIGNED, Analysis, Detection, Prediction, Review, Signoff, utcnow
@@ -210,14 +210,14 @@ class AnalysisStore:
     def get_analysis(self, analysis_id: int) -> Analysis:
         """An analysis with its predictions (and their reviews), detections and sign-offs loaded."""
         if not 0 < analysis_id <= _LARGEST_ID:  # no such id (one from a page's address: SQLite's OverflowError)
-            raise KeyError(f"no analysis {analysis_id}")
+            raise NotFound(f"no analysis {analysis_id}")
         with self.session() as session:
             analysis = session.scalar(
                 select(Analysis).where(Analysis.id == analysis_id).options(
                     selectinload(Analysis.predictions).selectinload(Prediction.reviews),
                     selectinload(Analysis.detections), selectinload(Analysis.signoffs)))
             if analysis is None:
-                raise KeyError(f"no analysis {analysis_id}")
+                raise NotFound(f"no analysis {analysis_id}")
             return analysis
 
     def delete_analysis(self, analysis_id: int) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from .errors import StoreError
+from .errors import NotFound, StoreError
 from .rows import sha256_hex
 from .schema import CHUNK_SIZE, Analysis, Blob, BlobChunk, Explanation, Prediction
 
@@ -64,7 +64,7 @@ class BlobStore:
             query = query.where(Blob.id == blob_id) if blob_id is not None else query.where(Blob.sha256 == sha256)
             found = session.execute(query).first()
             if found is None:
-                raise KeyError(f"no stored content {blob_id or sha256}")
+                raise NotFound(f"no stored content {blob_id or sha256}")
             parts = session.scalars(select(BlobChunk.data).where(BlobChunk.blob_id == found.id)
                                     .order_by(BlobChunk.seq))
             content = b"".join(parts)

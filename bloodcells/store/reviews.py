@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from ..clock import stamp
+from .errors import NotFound
 from .schema import BONE_MARROW, REOPENED, SIGNED, SPECIMENS, Analysis, Detection, Prediction, Review, Signoff
 
 NAME_LENGTH = 128  # Review.reviewer, Signoff.person and Signoff.category are String(128)
@@ -165,11 +166,11 @@ class ReviewStore:
         with self.session() as session:  # which analysis: it never changes, so read before the lock
             analysis_id = session.scalar(select(Prediction.analysis_id).where(Prediction.id == prediction_id))
         if analysis_id is None:
-            raise KeyError(f"no prediction {prediction_id}")
+            raise NotFound(f"no prediction {prediction_id}")
         with self.locked(analysis_id) as (session, last):
             prediction = session.get(Prediction, prediction_id, options=[selectinload(Prediction.reviews)])
             if prediction is None:  # its analysis was deleted meanwhile
-                raise KeyError(f"no prediction {prediction_id}")
+                raise NotFound(f"no prediction {prediction_id}")
             if last is not None and last.action == SIGNED:
                 raise AnalysisLocked(f"analysis #{analysis_id} was signed off by {signed_by(last)}: "
                                      "reopen it to amend it")
