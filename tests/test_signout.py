@@ -309,11 +309,29 @@ def test_an_amended_report_lists_the_signed_values_changed(store):
     assert [(c.person, c.value, c.old, c.new) for c in report.value_changes] == [
         ("Dr B", "White-cell count", "7.5", "8"), ("Dr B", "Target", "100", "200")]
     text = pdf_text(to_pdf(report))
-    for expected in ("Differential count - AMENDED", "Changes after the first sign-off", "White-cell count 7.5 -> 8",
-                     "Target 100 -> 200", "Dr B"):
+    for expected in ("Differential count - AMENDED", "Changes after the first sign-off", "White-cell count: 7.5 -> 8",
+                     "Target: 100 -> 200", "Dr B"):
         assert expected in text, (expected, text)
     assert "Category peripheral blood ->" not in text  # what did not change is not listed
     assert "<td>White-cell count</td><td>7.5 -&gt; 8</td>" in to_html(report)
+
+
+def test_a_long_comment_changed_after_sign_off_still_gives_a_pdf(store):
+    """The changes were a table whose rows fpdf cannot break across pages: a comment of 450 characters,
+    edited and signed again, gave "The row with index 1 is too high", for every later PDF of the analysis."""
+    from bloodcells.store import COMMENT_LENGTH
+
+    analysis_id = store.start_analysis("blood.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow("c0.png", "NGS", "ALL", 0.99, {}, False)])
+    first = ("Normal morphology. " * COMMENT_LENGTH)[:COMMENT_LENGTH - 10] + " first end"
+    second = ("Toxic granulation. " * COMMENT_LENGTH)[:COMMENT_LENGTH - 11] + " second end"
+    store.sign_off(analysis_id, "Dr A", category="peripheral blood", comment=first)
+    store.reopen(analysis_id, "Dr B", reason="wording")
+    store.sign_off(analysis_id, "Dr B", category="peripheral blood", comment=second)
+    text = pdf_text(to_pdf(build_report(store, analysis_id)))
+    changes = text[text.index("Changes after the first sign-off"):]
+    assert "Dr B · Comment: Normal morphology." in " ".join(changes.split())
+    assert "first end -> Toxic granulation." in " ".join(changes.split()) and changes.rstrip().endswith("second end")
 
 
 def test_the_gallery_of_flagged_cells_breaks_between_rows_with_each_code_under_its_image(store):

@@ -199,7 +199,11 @@ def to_pdf(report: ClinicalReport) -> bytes:
             paragraph(line)
     if report.amendments or report.value_changes:
         section("Changes after the first sign-off")
-        table(*_amendment_table(report), (32, 35, 70, 40))
+        # a paragraph a change, not a table row: fpdf cannot break a row across pages, and a changed comment
+        # (up to 10,000 characters, twice) made every later PDF of the analysis fail
+        _header, changes = _amendment_table(report)
+        for when, person, what, change in changes:
+            paragraph(f"{when} · {person} · {what}: {change}")
     return bytes(pdf.output())
 
 
