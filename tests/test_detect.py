@@ -609,3 +609,26 @@ def test_a_tile_the_model_gave_its_most_boxes_for_marks_the_images_boxes(trained
     monkeypatch.setattr(detector, "predict", lambda images, file="", *, confidence: [
         FoundBoxes.of([], capped=False) for _ in images])
     assert not detector.find(scan, "scan.png").capped
+
+
+@pytest.mark.parametrize("box, field, crop", [
+    ((100, 100, 140, 140), (640, 480), (86, 86, 154, 154)),  # a cell: its box and a margin of 0.35 a side
+    ((0, 0, 10, 10), (640, 480), (0, 0, 16, 16)),  # a speck in a corner: 14 px cut by the edges, widened
+    ((300, 200, 304, 204), (640, 480), (294, 194, 310, 210)),  # a speck inside: widened about its centre
+    ((630, 470, 640, 480), (640, 480), (624, 464, 640, 480)),  # the far corner
+    ((0, 100, 60, 160), (640, 480), (0, 79, 81, 181)),  # cut by the left edge: the part inside, as before
+])
+def test_a_white_cells_crop_is_framed_and_never_under_the_smallest_image(box, field, crop):
+    """The crop is stored as the cell's image and read back like an upload, which must be 16 px a side: a
+    14 px crop of a box in a corner made every report of the analysis fail."""
+    from PIL import Image
+
+    from bloodcells.inputs import MIN_IMAGE_SIDE
+
+    image = Image.new("RGB", field)
+    cut = cell_crop(image, DetectedBox("f.png", "WBC", 0.9, *box))
+    assert min(cut.size) >= MIN_IMAGE_SIDE and cut.size == (crop[2] - crop[0], crop[3] - crop[1])
+    marked = image.copy()
+    marked.paste((255, 0, 0), crop)
+    assert cell_crop(marked, DetectedBox("f.png", "WBC", 0.9, *box)).getcolors() == [
+        ((crop[2] - crop[0]) * (crop[3] - crop[1]), (255, 0, 0))]  # exactly those pixels

@@ -153,6 +153,20 @@ def test_a_gallery_of_the_first_flagged_cells_says_so_and_names_their_files(stor
     assert "1. cell_0.png; 2. cell_1.png" in text and f"{GALLERY_CELLS}. cell_{GALLERY_CELLS - 1}.png" in text
 
 
+def test_a_flagged_cell_too_small_to_draw_leaves_the_gallery_not_the_report(store):
+    """A white cell's crop of 14 px (a tiny box in a field's corner, stored before crops were at least 16 px)
+    made the PDF and the HTML report fail: "cell: 14x14 pixels is too small to show a cell"."""
+    analysis_id = store.start_analysis("fields.zip", "detection")
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow("tiny.png", "LYT", "ALL", 0.4, {}, True, encode(cell_image("LYT", 0, 64).resize((14, 14)))),
+        PredictionRow("whole.png", "MON", "ALL", 0.4, {}, True, encode(cell_image("MON", 1, 32)))])
+    report = build_report(store, analysis_id)
+    assert report.unreviewed_flagged == 2 and [name for name, _, _ in report.gallery] == ["whole.png"]
+    text = " ".join(pdf_text(to_pdf(report)).split())
+    assert "(the first 1 of 2)" in text and "1. whole.png" in text and "tiny.png" not in text
+    assert "whole.png" in to_html(report)
+
+
 def test_a_slide_is_reported_and_logged_with_the_cells_its_differential_counted(store):
     """Slide mode counts white cells field by field up to its target: the report and the count log
     count those cells, with the slide's target, not every white cell found on the fields."""

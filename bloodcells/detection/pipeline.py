@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from ..inputs import MIN_IMAGE_SIDE
 from .boxes import DETECTOR_CLASSES, DetectedBox
 from .detector import DEFAULT_BOX_CONFIDENCE, MAX_BOXES, Detector
 from .drawing import annotate
@@ -66,12 +67,26 @@ class DetectionResult:
 
 def cell_crop(image, box: DetectedBox, margin: float = 0.35):
     """A square crop centred on the box, framed like single-cell images (PBC's cells span ~60% of
-    the image): the classifier tree was trained on those, and tighter crops lose its accuracy."""
+    the image): the classifier tree was trained on those, and tighter crops lose its accuracy. Cut by
+    the field's edge, it keeps the part inside; it is never under MIN_IMAGE_SIDE a side (a field is not),
+    since the crop is stored as the cell's image and read back like any image: a box of 10 px in a
+    corner gave a 14 px crop that no report could show."""
     side = max(box.x2 - box.x1, box.y2 - box.y1) * (1 + 2 * margin)
-    cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
-    left, top = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
-    right, bottom = min(image.width, round(cx + side / 2)), min(image.height, round(cy + side / 2))
-    return image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
+    left, right = _crop_span((box.x1 + box.x2) / 2, side, image.width)
+    top, bottom = _crop_span((box.y1 + box.y2) / 2, side, image.height)
+    return image.crop((left, top, right, bottom))
+
+
+def _crop_span(centre: float, side: float, limit: int) -> tuple[int, int]:
+    """The pixels ``side`` long around ``centre`` within ``0..limit``, widened to MIN_IMAGE_SIDE (or the
+    whole ``limit``, if shorter) on whichever side has room."""
+    low, high = max(0, round(centre - side / 2)), min(limit, round(centre + side / 2))
+    shortfall = min(MIN_IMAGE_SIDE, limit) - (high - low)
+    if shortfall > 0:
+        low = max(0, low - (shortfall + 1) // 2)
+        high = min(limit, low + min(MIN_IMAGE_SIDE, limit))
+        low = high - min(MIN_IMAGE_SIDE, limit)
+    return low, high
 
 
 def _default_classifier() -> tuple[TreeClassifier | None, str | None]:

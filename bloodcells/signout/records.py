@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 
 from ..clock import stamp
-from ..inputs import skipped_counts
+from ..inputs import InputError, skipped_counts, thumbnail_png
 from ..report import model_versions_text, myeloid_erythroid_ratio
 from ..store import NotFound, check_specimen, signoff_text
 from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
@@ -70,6 +70,16 @@ def signed_value_changes(signoffs) -> list[ValueChange]:
             if (old := _value_text(name, getattr(earlier, name))) != (new := _value_text(name, getattr(later, name)))]
 
 
+def _gallery_image(content: bytes) -> bytes | None:
+    """A stored cell as the gallery's PNG (128 px at most); None when it cannot be drawn: a white cell's crop
+    of a few pixels, stored before detection framed every cell at least 16 px a side, made the whole
+    report fail ("too small to show a cell")."""
+    try:
+        return thumbnail_png(content, "cell", 128)
+    except InputError:
+        return None
+
+
 def report_specimen(signoffs, kind: str) -> str | None:
     """The specimen an analysis's report is of unless told otherwise: its latest sign-off's (None, not
     stated, for one signed before the specimen was asked); never signed, smear fields (a detection) are
@@ -127,7 +137,7 @@ class ClinicalReport:
     erythroblasts_per_100: float | None = None  # a blood film's erythroblasts per 100 white cells counted
     category: str = ""
     comment: str = ""
-    gallery: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file, code, image) of flagged cells
+    gallery: list[tuple[str, str, bytes]] = field(default_factory=list)  # (file, code, PNG) of flagged cells
     status: str = NOT_SIGNED
     signoffs: list[Event] = field(default_factory=list)
     amendments: list[Amendment] = field(default_factory=list)
@@ -201,7 +211,8 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
                          for p, r in reviews if r.reopening_id is not None), key=lambda a: a.at)
     rows, apart, counted = clinical_rows(codes, tree, white_cell_count, specimen)
     blood_film = specimen == PERIPHERAL_BLOOD
-    gallery = [(p.filename, p.code, store.read_blob(p.blob_id)) for p in gallery_source if p.blob_id is not None]
+    gallery = [(p.filename, p.code, png) for p in gallery_source
+               if p.blob_id is not None and (png := _gallery_image(store.read_blob(p.blob_id))) is not None]
     return ClinicalReport(
         analysis_id=analysis.id, name=analysis.name, kind=analysis.kind, created_at=analysis.created_at, rows=rows,
         apart=apart, counted=counted, target=target,

@@ -8,7 +8,6 @@ from functools import cache
 from pathlib import Path
 
 from ..clock import stamp
-from ..inputs import thumbnail_png
 from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
 from .counts import ERYTHROBLASTS, NOT_STATED
 from .records import AMENDED, ClinicalReport
@@ -103,9 +102,9 @@ def to_html(report: ClinicalReport) -> str:
     escape = html.escape
     facts = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _facts(report))
     apart = "".join(f"<li>{escape(row.label)}: {row.count}</li>" for row in report.apart) or "<li>none</li>"
-    gallery = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(thumbnail_png(content, "cell", 128)).decode()}" '
+    gallery = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
                       f'width="96"><figcaption>{escape(name)} ({escape(code)})</figcaption></figure>'
-                      for name, code, content in report.gallery)
+                      for name, code, png in report.gallery)
     signoffs = "".join(f"<li>{escape(line)}</li>" for line in signoff_lines(report.signoffs))
     notes = "".join(f"<li>{escape(note)}</li>" for note in report.notes)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Differential, analysis "
@@ -180,16 +179,16 @@ def to_pdf(report: ClinicalReport) -> bytes:
             if pdf.will_page_break(size + 7):
                 pdf.add_page()
             top = pdf.get_y()
-            for n, (_name, code, content) in enumerate(report.gallery[first:first + per_row]):
+            for n, (_name, code, png) in enumerate(report.gallery[first:first + per_row]):
                 x = pdf.l_margin + n * (size + 3)
-                pdf.image(io.BytesIO(thumbnail_png(content, "cell", 128)), x=x, y=top, w=size, h=size)
+                pdf.image(io.BytesIO(png), x=x, y=top, w=size, h=size)
                 pdf.set_xy(x, top + size)
                 pdf.set_font(PDF_FONT, size=7)
                 pdf.cell(size, 4, text(f"{first + n + 1}. {code}"))
             pdf.set_xy(pdf.l_margin, top + size + 7)
         pdf.set_font(PDF_FONT, size=9)
         # the files, by number: a cell in the report is found again on the Review page by its name
-        paragraph("; ".join(f"{n}. {name}" for n, (name, _code, _content) in enumerate(report.gallery, 1)))
+        paragraph("; ".join(f"{n}. {name}" for n, (name, _code, _png) in enumerate(report.gallery, 1)))
     if report.comment:
         section("Comment")
         paragraph(report.comment)
