@@ -60,3 +60,19 @@ def test_detection_csv_writes_a_formula_file_name_as_text(tmp_path):
     rows = _read(result.write_csv(tmp_path / "boxes.csv").read_text(encoding="utf-8-sig"))
     assert [(r["file"], r["class"], r["x2"], r["code"]) for r in rows] == [("'=1+1.jpg", "WBC", "30.0", "LYT"),
                                                                          ("field.jpg", "RBC", "9.0", "")]
+
+
+def test_tables_on_the_pages_offer_no_export_that_would_run_a_formula(monkeypatch):
+    """Every table on the pages had Streamlit's own "Download as CSV", which writes a zip member named
+    =HYPERLINK(...) as typed: beside the pages' guarded CSV buttons, a second way for it to reach Excel."""
+    from pathlib import Path
+
+    from streamlit import config
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # where `make run` starts streamlit
+    config.get_config_options(force_reparse=True)
+    try:
+        assert config.get_option("client.disableDataExport") is True
+    finally:
+        monkeypatch.undo()
+        config.get_config_options(force_reparse=True)
