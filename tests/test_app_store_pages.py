@@ -308,6 +308,20 @@ def test_a_deleted_cells_thumbnail_is_never_shown_for_the_next_cell_stored(app_s
     assert cell_image_bytes(app_store, new, 48) != old_thumbnail
 
 
+def test_a_cell_deleted_while_shown_has_its_image_again_once_stored_again(app_store):
+    """A thumbnail asked for while its analysis was being deleted (another tab) was cached as "no image": the
+    same zip classified again showed its cells without images until the server restarted."""
+    from ui.results import cell_image_bytes
+
+    first = classified(app_store, ["NGS"], name="cells.zip")
+    [cell] = app_store.get_analysis(first).predictions
+    app_store.delete_analysis(first)
+    assert cell_image_bytes(app_store, cell, 48) is None  # drawn from the page as it was before the delete
+    [again] = app_store.get_analysis(classified(app_store, ["NGS"], name="cells.zip")).predictions
+    assert again.image_sha256 == cell.image_sha256
+    assert cell_image_bytes(app_store, again, 48) is not None
+
+
 def test_a_database_url_that_cannot_be_used_is_a_message_on_every_page(monkeypatch):
     monkeypatch.setenv("BLOODCELLS_DATABASE_URL", "postgresql://lab@db/bloodcells")
     for page in ("5_History", "4_Review"):

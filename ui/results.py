@@ -27,16 +27,22 @@ GALLERY_CELLS = 60  # flagged cells shown on the Classification and History page
 @st.cache_data(show_spinner=False, max_entries=20_000)
 def _cell_png(_store: Store, url: str, sha256: str, size: int | None) -> bytes | None:
     """``url`` and the content's ``sha256`` key the cache (never the blob id: SQLite gives a deleted
-    blob's id to the next image stored); the unhashed ``_store`` reads the content."""
+    blob's id to the next image stored); the unhashed ``_store`` reads the content. Content that is not
+    there raises NotFound, which is not cached: the same image stored again is shown."""
     try:
         return thumbnail_png(_store.read_blob(sha256=sha256), f"stored image {sha256[:12]}", size)
-    except (InputError, NotFound):
+    except InputError:  # the content itself: the same for every read
         return None
 
 
 def cell_image_bytes(store: Store, prediction, size: int | None = None) -> bytes | None:
     """A stored cell's image as PNG, scaled to fit ``size`` pixels when given; None if unreadable."""
-    return None if prediction.image_sha256 is None else _cell_png(store, store.url, prediction.image_sha256, size)
+    if prediction.image_sha256 is None:
+        return None
+    try:
+        return _cell_png(store, store.url, prediction.image_sha256, size)
+    except NotFound:  # deleted meanwhile (History, another tab)
+        return None
 
 
 def data_uri(png: bytes | None) -> str | None:
