@@ -29,7 +29,8 @@ def iter_zip(handle, label: str, limits: InputLimits) -> Iterator[InputImage | I
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error, NotImplementedError) as error:
         raise InputError(f"{label}: not a readable zip file ({error})") from error
     with archive:
-        members = [info for info in archive.infolist() if not info.filename.endswith("/")]  # not is_dir(): a name may be empty
+        # not is_dir(), which knows only "/": Compress-Archive's folder entries end in a backslash
+        members = [info for info in archive.infolist() if not _member_name(info).endswith("/")]
         if len(members) > limits.max_members:
             raise InputError(f"{label}: {len(members)} files is more than the limit of {limits.max_members}")
         if not members:
@@ -72,8 +73,8 @@ def count_zip_images(handle, limits: InputLimits) -> int:
     entries (none is read); raises what opening the zip raises."""
     _check_zip_index(handle, "upload", limits)
     with zipfile.ZipFile(handle) as archive:
-        return sum(1 for info in archive.infolist() if is_image_name(info.filename)
-                   and not is_noise(info.filename) and _member_problem(info, limits) is None)
+        return sum(1 for info in archive.infolist() if is_image_name(name := _member_name(info))
+                   and not is_noise(name) and _member_problem(info, limits) is None)
 
 
 def _member_name(info: zipfile.ZipInfo) -> str:
