@@ -35,6 +35,9 @@ class SettingsError(ValueError):
 class Settings:
     data_dir: Path
     models_dir: Path
+    # the trees accepted here and the pointer to the one in use: the server's state, kept apart from what
+    # ships in models_dir when that is replaced on an upgrade (a container's image)
+    versions_dir: Path
     cache_dir: Path
     database_url: str
     allow_downloads: bool
@@ -43,9 +46,11 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         data_dir = Path(_variable("BLOODCELLS_DATA_DIR", PROJECT_DIR / "data")).resolve()
+        models_dir = Path(_variable("BLOODCELLS_MODELS_DIR", PROJECT_DIR / "models")).resolve()
         return cls(
             data_dir=data_dir,
-            models_dir=Path(_variable("BLOODCELLS_MODELS_DIR", PROJECT_DIR / "models")).resolve(),
+            models_dir=models_dir,
+            versions_dir=Path(_variable("BLOODCELLS_VERSIONS_DIR", models_dir / "classifier")).resolve(),
             cache_dir=Path(_variable("BLOODCELLS_CACHE_DIR", PROJECT_DIR / ".cache")).resolve(),
             database_url=_variable("BLOODCELLS_DATABASE_URL", f"sqlite:///{data_dir / 'bloodcells.db'}"),
             allow_downloads=_switch("BLOODCELLS_ALLOW_DOWNLOADS", default=False),

@@ -1,8 +1,10 @@
 """Versions of a classifier tree: promoting a newly trained one, switching back, and which is in use.
 
-Layout under ``<models_dir>/classifier/``::
+Layout: the shipped tree is ``<models_dir>/classifier/default/`` (in git: in use while nothing was
+promoted); what the server accepts lives in ``settings().versions_dir`` (BLOODCELLS_VERSIONS_DIR, by
+default ``<models_dir>/classifier/``; the container's is in its data volume, so that an upgrade of the
+image, which replaces models_dir, keeps it)::
 
-    default/                         the shipped tree (in git): in use while nothing was promoted
     versions/20261123T101500Z-1a2b3c4d/   one folder per promoted tree, never changed afterwards
     default.current                  {"version": "20261123T101500Z-1a2b3c4d", "history": [null],
                                       "log": [{"version": ..., "action": "promote", "by": "ana", "at": ...}]}
@@ -55,7 +57,7 @@ def shipped_dir(tree_name: str) -> Path:
 
 
 def versions_dir() -> Path:
-    return settings().models_dir / "classifier" / "versions"
+    return settings().versions_dir / "versions"
 
 
 def current_version(tree_name: str) -> str | None:
@@ -280,7 +282,7 @@ def _files_sha256(folder: Path) -> str:
 
 
 def _pointer_file(tree_name: str) -> Path:
-    return settings().models_dir / "classifier" / f"{tree_name}.current"
+    return settings().versions_dir / f"{tree_name}.current"
 
 
 def _read_pointer(tree_name: str) -> dict:

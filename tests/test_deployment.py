@@ -189,6 +189,9 @@ def test_offline_environment_and_the_data_volume():
     assert env["BLOODCELLS_DATA_DIR"] == "/data" and json.loads(_all("VOLUME")[0]) == ["/data"]
     (workdir,) = _all("WORKDIR")
     assert env["BLOODCELLS_MODELS_DIR"] == f"{workdir}/models"  # the shipped models, copied with the source
+    # the trees accepted on the server and the pointer to the one in use: in the volume, or an upgrade of the
+    # image (a new /app/models) quietly went back to the shipped tree while the database said "accepted"
+    assert env["BLOODCELLS_VERSIONS_DIR"].startswith("/data/")
 
 
 def test_allow_downloads_reaches_the_hub_under_make_and_in_the_image(monkeypatch):

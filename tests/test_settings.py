@@ -44,7 +44,7 @@ def test_a_folder_of_zones_is_not_a_time_zone(zone, monkeypatch):
         lab_zone()
 
 
-@pytest.mark.parametrize("name", ["BLOODCELLS_DATA_DIR", "BLOODCELLS_MODELS_DIR", "BLOODCELLS_CACHE_DIR",
+@pytest.mark.parametrize("name", ["BLOODCELLS_DATA_DIR", "BLOODCELLS_MODELS_DIR", "BLOODCELLS_VERSIONS_DIR", "BLOODCELLS_CACHE_DIR",
                                   "BLOODCELLS_DATABASE_URL", "BLOODCELLS_ALLOW_DOWNLOADS", "BLOODCELLS_TIMEZONE"])
 @pytest.mark.parametrize("empty", ["", "  "])
 def test_an_empty_variable_counts_as_unset(name, empty, monkeypatch, tmp_path):

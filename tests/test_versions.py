@@ -49,6 +49,24 @@ def test_the_shipped_folder_is_used_without_a_pointer(models):
     assert TreeClassifier.load().models_dir == models / "classifier" / TREE
 
 
+def test_accepted_trees_live_apart_from_the_shipped_models_and_outlive_their_replacement(
+        models, trained_models_dir, tmp_path, monkeypatch):
+    """In the container the shipped models are the image's: an upgrade replaced them, with the versions
+    accepted since and the pointer to the one in use, and every page went back to the shipped tree while
+    the database said "accepted". BLOODCELLS_VERSIONS_DIR (the image's is in its data volume) keeps them."""
+    state = tmp_path / "data" / "classifier"
+    monkeypatch.setenv("BLOODCELLS_VERSIONS_DIR", str(state))
+    folder = versions.promote(candidate(trained_models_dir, tmp_path, "run-1"), TREE, by="ana")
+    assert folder.parent == state / "versions" and (state / f"{TREE}.current").is_file()
+    assert not (models / "classifier" / "versions").exists() and not pointer(models).exists()
+    shutil.rmtree(models)  # the upgrade: a new image, its own shipped models
+    shutil.copytree(trained_models_dir, models / "classifier" / TREE)
+    assert versions.current_version(TREE) == folder.name and default_models_dir() == folder
+    assert TreeClassifier.load().manifest["trained_at"] == "run-1"
+    assert versions.version_of(folder) == folder.name and versions.folder_of(TREE, folder.name) == folder
+    assert versions.rollback(TREE, by="ana") == models / "classifier" / TREE
+
+
 def test_promotion_puts_a_verified_copy_in_use(models, trained_models_dir, tmp_path):
     new = candidate(trained_models_dir, tmp_path, "run-1")
     folder = versions.promote(new, TREE, by="ana")
