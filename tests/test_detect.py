@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import xml.etree.ElementTree as ElementTree
 
@@ -425,6 +426,22 @@ def test_damaged_detector_weights_are_named(tmp_path):
         Detector.load(weights)
     with pytest.raises(DetectorFileError, match="missing"):
         Detector.load(tmp_path / "absent.pt")
+
+
+def test_detector_weights_unlike_their_training_record_are_refused(trained_detector, tmp_path):
+    """4 KB overwritten inside the shipped detector.pt: it loaded, found no cell on any field ("0 cells"),
+    and the Home page listed it as usual. Training records the weights' sha256 in metrics.json beside them."""
+    folder = shutil.copytree(trained_detector.parent, tmp_path / "detector")
+    weights = folder / trained_detector.name
+    assert Detector.load(weights).sha256 == json.loads((folder / "metrics.json").read_text())["sha256"]
+    intact = weights.read_bytes()
+    damaged = bytearray(intact)
+    damaged[len(damaged) // 2:len(damaged) // 2 + 4096] = bytes(4096)
+    weights.write_bytes(bytes(damaged))
+    with pytest.raises(DetectorFileError, match=r"detector.pt: damaged or replaced \(its sha256 is .*metrics.json"):
+        Detector.load(weights)
+    own = shutil.copytree(trained_detector.parent, tmp_path / "own", ignore=shutil.ignore_patterns("metrics.json"))
+    assert Detector.load(own / trained_detector.name).sha256 == Detector.load(trained_detector).sha256  # no record
 
 
 # -- the real YOLO path -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 from pathlib import Path
@@ -74,6 +75,21 @@ class FoundBoxes(list):
         return found
 
 
+def _check_recorded_sha256(path: Path, sha256: str) -> None:
+    """Refuse weights whose sha256 is not the one training recorded beside them (``metrics.json``): 4 KB
+    overwritten inside the shipped detector loaded, found no cell on any field, and said nothing. Weights
+    with no record beside them (a detector of the lab's own) are not checked."""
+    record = path.with_name("metrics.json")
+    try:
+        recorded = json.loads(record.read_text()).get("sha256") if record.is_file() else None
+    except (OSError, ValueError, AttributeError) as error:
+        raise DetectorFileError(f"{record}: unreadable ({error}); it records the sha256 of {path.name}") from error
+    if recorded is not None and recorded != sha256:
+        raise DetectorFileError(f"{path}: damaged or replaced (its sha256 is {sha256[:12]}..., {record.name} beside it "
+                                f"records {str(recorded)[:12]}...): restore it (`git checkout {path.name}` in its "
+                                "folder for the shipped one) or train it again")
+
+
 class Detector:
     """A trained YOLO cell detector; ``find`` tiles large images. Thread-safe: one instance serves
     every caller, each with its own minimum box confidence."""
@@ -106,13 +122,15 @@ class Detector:
         path = Path(path) if path else default_detector_path()
         if not path.is_file():
             raise DetectorFileError(f"{path}: detector weights missing")
+        sha256 = sha256_file(path)
+        _check_recorded_sha256(path, sha256)  # first: ultralytics' own words for a damaged file say to download one
         try:
             yolo = load_yolo(path)
         except Exception as error:  # ultralytics raises many kinds for a damaged or foreign file
             raise DetectorFileError(f"{path}: cannot be loaded as a YOLO detector ({error})") from error
         if yolo.task != "detect":
             raise DetectorFileError(f"{path}: a YOLO {yolo.task} model, not a detector")
-        return cls(yolo, path, sha256_file(path), trained_input_size(yolo), **options)
+        return cls(yolo, path, sha256, trained_input_size(yolo), **options)
 
     def needs_tiles(self, width: int, height: int) -> bool:
         """Larger than a tile and a quarter: shrinking it to the model input would lose small cells."""
