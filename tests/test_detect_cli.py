@@ -6,6 +6,7 @@ import csv
 import ipaddress
 import json
 import socket
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from bloodcells.cli import main
 from bloodcells.detection import DETECTOR_CLASSES, LARGEST_RED_CELL, MIN_TILE_SIZE, Detector, train_detector
-from bloodcells.synthetic import smear_field, write_voc_dataset, write_yolo_dataset
+from bloodcells.synthetic import encode, smear_field, write_voc_dataset, write_yolo_dataset
 
 
 def _outbound(address) -> bool:
@@ -86,6 +87,27 @@ def test_detect_command_writes_rows_counts_and_annotated_images(trained_detector
     for n in range(2):
         drawn = Image.open(tmp_path / "drawn" / f"field_{n}.png")
         assert drawn.size == (160, 120)
+
+
+@pytest.mark.parametrize("slide", [False, True])
+def test_annotated_images_whose_names_would_be_one_file_are_each_drawn(trained_detector, tmp_path, monkeypatch,
+                                                                       capsys, slide):
+    """``x.jpg`` beside ``x.jpg.png``, and two 280-character names differing in their middle (shortened
+    there to fit a file system), were drawn onto one file each: 5 images gave 4 drawings, said as written."""
+    monkeypatch.setenv("BLOODCELLS_MODELS_DIR", str(tmp_path / "no-models"))
+    long = "slide-" + "a" * 130 + "{}" + "b" * 130 + ".png"
+    names = ["x.jpg", "x.jpg.png", long.format("field001"), long.format("field002")]
+    with zipfile.ZipFile(tmp_path / "fields.zip", "w") as archive:  # names a file system refuses come in zips
+        for n, file in enumerate(names):  # each its own size, to tell the drawings apart
+            archive.writestr(file, encode(smear_field(160 + 8 * n, 120, seed=n)[0]))
+    code = main(["detect", str(tmp_path / "fields.zip"), "--out", str(tmp_path / "d.csv"), "--annotated",
+                 str(tmp_path / "drawn"), "--model", str(trained_detector), "--conf", "0.001", "--no-store",
+                 *(["--slide"] if slide else [])])
+    printed = capsys.readouterr().out
+    assert code == 0
+    drawings = sorted(tmp_path.joinpath("drawn").iterdir())
+    assert sorted(Image.open(d).size[0] for d in drawings) == [160, 168, 176, 184]
+    assert "x.jpg.png: drawn as x.jpg.png (2).png" in printed or "x.jpg: drawn as x.jpg (2).png" in printed
 
 
 @pytest.mark.slow

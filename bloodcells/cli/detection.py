@@ -110,6 +110,7 @@ def _configure_detect(parser: argparse.ArgumentParser) -> None:
 def detect_command(args: argparse.Namespace) -> int:
     from ..classify import ModelFileError, TreeClassifier
     from ..detection import DEFAULT_WBC_TARGET, Detector, DetectorFileError, check_tile_size, check_wbc_target, detect
+    from ..inputs import disk_path
 
     output_file(args.out, reads=args.input)
     output_folder(args.annotated, reads=args.input)
@@ -148,6 +149,9 @@ def detect_command(args: argparse.Namespace) -> int:
         for file in result.files:
             print(f"{file}: {_counts_line(result.counts(file), result.differential(file))}")
         print(f"all {plural(len(result.files), 'image')}: {_counts_line(result.counts(), result.differential())}{stored}")
+    for file, drawing in result.annotated.items():
+        if drawing != str(disk_path(file, ".png")):  # where it is not where one would look for it
+            print(f"{file}: drawn as {drawing} (the name it would have is another image's)")
     print(f"written {args.out}" + (f" and annotated images in {args.annotated}" if args.annotated else ""))
     return 0
 

@@ -28,6 +28,7 @@ class DetectionResult:
     typing_skipped: str | None = None  # why white cells were not typed, if they were not
     slide: SlideCount | None = None  # slide mode: the fields as one slide (``boxes`` then hold each cell once)
     warnings: list[str] = field(default_factory=list)  # images counted, whose counts are not to be trusted: why
+    annotated: dict[str, str] = field(default_factory=dict)  # image -> its drawing's path in ``annotate_to``
 
     def counts(self, file: str | None = None) -> dict[str, int]:
         """Boxes per detector class, for one image or (``file=None``) the whole upload."""
@@ -186,7 +187,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
             if slide:
                 fields.append(FieldImage.of(item.name, image))
             elif annotate_to is not None:
-                _save_annotated(Path(annotate_to), item.name, image, boxes)
+                _save_annotated(Path(annotate_to), item.name, image, boxes, outcome.annotated)
             if progress:
                 progress(len(outcome.files), None)
         if not outcome.files:  # images, none decodable: an error, not a finished analysis of 0 cells
@@ -198,7 +199,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
             outcome.slide, outcome.boxes = count_slide(fields, outcome.boxes, wbc_target)
             counted = taken_white_cells(outcome.files, outcome.boxes, wbc_target)[0]
             if annotate_to is not None:  # drawn once the boxes kept are known (fewer than found)
-                _annotate_again(source, name, outcome.files, outcome.boxes, Path(annotate_to))
+                _annotate_again(source, name, outcome.files, outcome.boxes, Path(annotate_to), outcome.annotated)
         run.summary = outcome.summary()
         run.predictions = (PredictionRow(box.cell_name, cell.code, cell.path,
                                          cell.confidence, cell.level_confidences, cell.needs_review, png_bytes(crop))
@@ -257,16 +258,23 @@ def _doubtful(name: str, image, boxes: list[DetectedBox]) -> list[str]:
     return said
 
 
-def _save_annotated(folder: Path, file: str, image, boxes: list[DetectedBox]) -> None:
-    """``folder/<image>.png`` (see ``inputs.disk_path``): the image drawn with its boxes."""
+def _save_annotated(folder: Path, file: str, image, boxes: list[DetectedBox], written: dict[str, str]) -> None:
+    """``folder/<image>.png`` (see ``inputs.disk_path``): the image drawn with its boxes. Two images whose
+    paths there would be one (``x.jpg`` beside ``x.jpg.png``; two long names shortened alike) are drawn
+    under ``x.jpg (2).png``...: the second overwrote the first. ``written``: image -> path, of this run."""
     from ..inputs import disk_path
 
-    target = folder / disk_path(file, ".png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    annotate(image, boxes).save(target)
+    taken = set(written.values())
+    target, copy = str(disk_path(file, ".png")), 2
+    while target in taken:
+        target, copy = str(disk_path(f"{file} ({copy})", ".png")), copy + 1
+    written[file] = target
+    (folder / target).parent.mkdir(parents=True, exist_ok=True)
+    annotate(image, boxes).save(folder / target)
 
 
-def _annotate_again(source, name: str | None, files: list[str], boxes: list[DetectedBox], folder: Path) -> None:
+def _annotate_again(source, name: str | None, files: list[str], boxes: list[DetectedBox], folder: Path,
+                    written: dict[str, str]) -> None:
     """Each of ``files`` (the images of ``source`` analysed), read a second time, drawn with its ``boxes``
     (slide mode: the boxes kept are known only once every field is read, and holding every field's image
     would grow with the slide)."""
@@ -277,4 +285,4 @@ def _annotate_again(source, name: str | None, files: list[str], boxes: list[Dete
         by_file[box.file].append(box)
     for item in iter_inputs(source, name=name):
         if isinstance(item, InputImage) and item.name in by_file:
-            _save_annotated(folder, item.name, open_image(item.content, item.name), by_file[item.name])
+            _save_annotated(folder, item.name, open_image(item.content, item.name), by_file[item.name], written)
