@@ -129,11 +129,15 @@ def test_classification_of_a_zip_is_counted_and_saved(models_root, app_store, tm
 def test_classification_of_several_images_and_bad_uploads(models_root, app_store, tmp_path):
     images = [(f"cell{n}.png", encode(cell_image("NGS", n, 32)), "image/png") for n in range(3)]
     at = app("2_Classification").run()
-    at.file_uploader[0].set_value([*images, ("broken.png", b"not an image", "image/png")]).run()
+    at.file_uploader[0].set_value([*images, ("broken.png", b"not an image", "image/png"),
+                                   ("Thumbs.db", b"\xd0\xcf", "application/octet-stream"),
+                                   ("notes.txt", b"slide 7", "text/plain")]).run()
     at.button(key="classify").click().run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Cells"] == "3"
-    assert any("broken.png" in e.value for e in at.get("expander")[0].markdown)  # skipped, and said so
+    skipped = " ".join(e.value for e in at.get("expander")[0].markdown)
+    assert "broken.png" in skipped and "notes.txt" in skipped and "Thumbs.db" not in skipped  # said, or noise
+    assert app_store.list_analyses()[0].name.startswith("6 files (cell0.png, cell1.png, cell2.png")
 
     empty = write_cell_zip(tmp_path / "empty.zip", {})
     at.file_uploader[0].set_value(("empty.zip", empty.read_bytes(), "application/zip")).run()

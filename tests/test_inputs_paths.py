@@ -223,6 +223,26 @@ def test_uploads_of_one_name_each_keep_a_name_no_other_upload_has():
     assert read == {"field.jpg": a, "field (3).jpg": b, "field-1.jpg": c, "field (2).jpg": d}
 
 
+def test_uploaded_images_with_odd_files_beside_them_are_read_as_the_command_line_reads_a_folder():
+    """Cells dropped with a Thumbs.db or a notes.txt: the page refused them all ("Thumbs.db: not an image or
+    a .zip"), where the command line reads the same folder, ignores Thumbs.db and names notes.txt as not used.
+    A zip renamed .jpg, which the command line opens as a zip, was "not an image"."""
+    from bloodcells.inputs import InputImage, InputProblem, iter_inputs
+    from ui.uploads import uploaded_source
+
+    a, b = (GOOD_CELLS[name] for name in sorted(GOOD_CELLS)[:2])
+    files = [Upload("neu.jpg", a), Upload("Thumbs.db", b"\xd0\xcf"), Upload("notes.txt", b"slide 7"), Upload("lym.jpg", b)]
+    with uploaded_source(files) as source:
+        items = list(iter_inputs(source))
+    assert {i.name: i.content for i in items if isinstance(i, InputImage)} == {"neu.jpg": a, "lym.jpg": b}
+    assert [(i.name, "not an image" in i.problem) for i in items if isinstance(i, InputProblem)] == [("notes.txt", True)]
+    with uploaded_source([Upload("cells.jpg", zip_of({"NGS/a.png": a, "b.png": b}))]) as source:
+        assert sorted(i.name for i in iter_inputs(source) if isinstance(i, InputImage)) == ["NGS/a.png", "b.png"]
+    with pytest.raises(InputError, match=r"^Thumbs.db, notes.txt: not an image or a .zip"), \
+            uploaded_source([Upload("Thumbs.db", b"x"), Upload("notes.txt", b"x")]):
+        pass
+
+
 LONG_NAME = "Ausstrich_Zählkammer_" + "ä" * 120 + ".png"  # 142 characters, 265 bytes: over a file name's 255
 
 

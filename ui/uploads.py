@@ -54,7 +54,13 @@ def upload_label(files: Sequence) -> str:
     if len(files) == 1:
         return files[0].name
     shown = ", ".join(f.name for f in files[:3])
-    return f"{len(files)} images ({shown}{', …' if len(files) > 3 else ''})"
+    kind = "images" if all(Path(f.name).suffix.lower() in IMAGE_SUFFIXES for f in files) else "files"
+    return f"{len(files)} {kind} ({shown}{', …' if len(files) > 3 else ''})"
+
+
+def _is_zip(upload) -> bool:
+    """A zip by its name or its content (a zip renamed ``cells.jpg``, which the command line opens as one)."""
+    return upload.name.lower().endswith(".zip") or upload.getvalue()[:4] == b"PK\x03\x04"
 
 
 @contextmanager
@@ -62,13 +68,11 @@ def uploaded_source(files: Sequence, zip_only: bool = False) -> Iterator[Path]:
     """One zip as a file, or several images as a folder; raises InputError on a mix or an odd type."""
     if not files:
         raise InputError("nothing was uploaded")
-    if zip_only and not (len(files) == 1 and files[0].name.lower().endswith(".zip")):
+    zips = [f for f in files if _is_zip(f)]
+    if zip_only and not (len(files) == 1 and zips):
         raise InputError(f"{', '.join(f.name for f in files)}: upload one .zip of class folders")
-    zips = [f for f in files if f.name.lower().endswith(".zip")]
-    others = [f.name for f in files if not f.name.lower().endswith(".zip")
-              and Path(f.name).suffix.lower() not in IMAGE_SUFFIXES]
-    if others:
-        raise InputError(f"{', '.join(others)}: not an image or a .zip "
+    if not zips and all(Path(f.name).suffix.lower() not in IMAGE_SUFFIXES for f in files):
+        raise InputError(f"{', '.join(f.name for f in files)}: not an image or a .zip "
                          f"(accepted: {', '.join(IMAGE_TYPES)}, zip)")
     if zips and len(files) > 1:
         raise InputError(f"{', '.join(f.name for f in zips)}: drop one .zip on its own, or several images")
@@ -86,6 +90,9 @@ def uploaded_source(files: Sequence, zip_only: bool = False) -> Iterator[Path]:
             return
         images = Path(folder) / "images"  # named by the caller (``upload_label``) in what it reports
         images.mkdir()
+        # Files beside the images that are not images go in too: read as a folder, as the command line
+        # reads one, they are named among the files not used, or left out as noise (Thumbs.db); a
+        # Thumbs.db dropped with a selection of cells refused them all.
         # two uploads of one name are both kept, the second renamed as a zip's second member is
         for upload, name in zip(files, unique_names(_safe_name(f.name) for f in files), strict=True):
             (images / name).write_bytes(upload.getvalue())
