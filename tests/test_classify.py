@@ -138,6 +138,29 @@ def test_bad_members_are_reported_and_the_rest_classified(trained_models_dir, tm
     assert outcome.analysis_id is None
 
 
+def test_copies_of_one_image_are_said_with_the_counts(trained_models_dir, store, tmp_path, capsys):
+    """cell.jpg, "cell - Copy.jpg" and "cell - Copy (2).jpg" (the same bytes) beside l.jpg gave "4 cells: NGB 3"
+    and no word: one cell counted three times in the differential."""
+    from bloodcells.cli import main
+    from bloodcells.signout import build_report
+
+    (tmp_path / "cells").mkdir()
+    one, other = _png(cell_image("NGS", 1, 32)), _png(cell_image("LYT", 2, 32))
+    for name, content in [("cell.png", one), ("cell - Copy.png", one), ("cell - Copy (2).png", one), ("l.png", other)]:
+        (tmp_path / "cells" / name).write_bytes(content)
+    outcome = classify(tmp_path / "cells", classifier=TreeClassifier.load(trained_models_dir), store=store)
+    assert len(outcome.rows) == 4  # each analysed, as before
+    [warning] = outcome.warnings
+    assert warning.startswith("2 images of the upload are copies of another (") and "cell - Copy.png = " in warning
+    assert store.get_analysis(outcome.analysis_id).summary["warnings"] == [warning]  # History says it
+    assert warning in build_report(store, outcome.analysis_id).notes  # and the report
+    assert main(["classify", str(tmp_path / "cells"), "--models", str(trained_models_dir), "--no-store"]) == 0
+    assert f"warning: {warning}" in capsys.readouterr().out
+    (tmp_path / "cells" / "cell - Copy (2).png").unlink()
+    (tmp_path / "cells" / "cell - Copy.png").unlink()
+    assert classify(tmp_path / "cells", classifier=TreeClassifier.load(trained_models_dir)).warnings == []
+
+
 def test_a_blank_frame_is_refused_not_typed_and_counted(trained_models_dir, tmp_path):
     """A black frame (a lamp-off or failed capture) was typed "blast" and counted in the differential."""
     import zipfile

@@ -581,7 +581,7 @@ def test_counts_not_to_be_trusted_are_said_with_why(tmp_path):
     colour, _ = smear_field(320, 240, seed=5)
     colour.save(tmp_path / "specks.png")
     colour.convert("L").save(tmp_path / "grey.png")
-    colour.save(tmp_path / "fine.png")
+    smear_field(320, 240, seed=6)[0].save(tmp_path / "fine.png")  # not a copy of specks.png: that is said too
     colour.quantize(256).save(tmp_path / "palette.gif")
     colour.convert("L").quantize(256).save(tmp_path / "grey-palette.png")  # said once, as greyscale
     result = detect(tmp_path, detector=Saturated(), type_white_cells=False, confidence=0.0)
@@ -606,6 +606,10 @@ def test_counts_not_to_be_trusted_are_said_with_why(tmp_path):
     scan = detect(tmp_path, detector=Saturated(), type_white_cells=False)
     assert not any("boxes" in warning for warning in scan.warnings)
     assert not any("confidence" in warning for warning in scan.warnings)  # at the default
+    colour.save(tmp_path / "copy of specks.png")  # the same field twice: its cells counted twice, said
+    assert [w for w in detect(tmp_path, detector=Saturated(), type_white_cells=False).warnings if "cop" in w] == [
+        "1 image of the upload is a copy of another (specks.png = copy of specks.png): each copy was analysed and "
+        "counted as an image of its own"]
 
 
 def test_a_tile_the_model_gave_its_most_boxes_for_marks_the_images_boxes(trained_detector, monkeypatch):

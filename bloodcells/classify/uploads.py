@@ -29,6 +29,7 @@ class ClassificationResult:
     rows: list[ClassifiedCell] = field(default_factory=list)
     problems: list = field(default_factory=list)  # bloodcells.inputs.InputProblem
     analysis_id: int | None = None
+    warnings: list[str] = field(default_factory=list)  # why the counts may not be trusted (copies of one image)
 
     def counts(self) -> dict[str, int]:
         """Cells per predicted cell type (code), most frequent first."""
@@ -56,6 +57,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
         InputError,
         InputImage,
         InputProblem,
+        RepeatedImages,
         blank_image,
         check_source,
         count_images,
@@ -80,6 +82,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
         outcome.analysis_id = run.id
         batch: list[tuple[InputImage, object]] = []
         skipped_images = 0  # counted in ``total`` but not classified: the bar still reaches the end
+        repeated = RepeatedImages()
 
         def report():
             if progress:  # ``total`` leaves out some files that are then skipped: the bar never passes its end
@@ -117,6 +120,7 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
                 continue
             if pages := later_pages(image, item.name):
                 outcome.problems.append(pages)
+            repeated.add(item)
             batch.append((item, classifier.compact(image)))
             if len(batch) >= batch_size:
                 flush()
@@ -125,11 +129,12 @@ def classify(source, *, classifier: TreeClassifier | None = None, store=None, na
         if not outcome.rows:  # images, none decodable: an error, not a finished analysis of 0 cells
             raise none_readable(label, [p for p in outcome.problems if is_image_name(p.name)])
         report()
+        outcome.warnings += filter(None, [repeated.warning()])
         spool.seek(0)
         run.predictions = _unspool(spool)
         run.summary = {"counts": outcome.counts(), "cells": len(outcome.rows),
                        "needs_review": sum(r.result.needs_review for r in outcome.rows),
-                       **stored_problems(outcome.problems)}
+                       **stored_problems(outcome.problems), "warnings": outcome.warnings}
     return outcome
 
 

@@ -243,6 +243,8 @@ def _classify(args) -> int:
         outcome = classify(args.input, classifier=classifier, store=store, progress=progress,
                            batch_size=args.batch_size, flips=args.flips)
     print_problems(outcome.problems)
+    for warning in outcome.warnings:
+        print(f"warning: {warning}")
     counts = ", ".join(f"{code} {n}" for code, n in outcome.counts().items())
     review = sum(row.result.needs_review for row in outcome.rows)
     print(f"{plural(len(outcome.rows), 'cell')}: {counts}; {review} to review"

@@ -122,6 +122,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
     from ..inputs import (
         InputError,
         InputProblem,
+        RepeatedImages,
         blank_image,
         check_source,
         is_image_name,
@@ -139,6 +140,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
     detector = detector or Detector.load()
     outcome = DetectionResult()
     fields: list[FieldImage] = []  # slide mode: what registering the fields needs of each
+    repeated = RepeatedImages()
     # each typed white cell (by its box): the tree's answer and its crop, to store those the differential counts
     # as cells of the analysis, flagged for review like classified cells (encoded only when stored)
     cells: dict[int, tuple] = {}
@@ -172,6 +174,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
             if blank := blank_image(image, item.name):  # counted as a field of 0 cells, it lowered a slide's means
                 outcome.problems.append(blank)
                 continue
+            repeated.add(item)
             if pages := later_pages(image, item.name):
                 outcome.problems.append(pages)
             boxes = detector.find(image, item.name, confidence=confidence)
@@ -192,6 +195,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
                 progress(len(outcome.files), None)
         if not outcome.files:  # images, none decodable: an error, not a finished analysis of 0 cells
             raise none_readable(label, [p for p in outcome.problems if is_image_name(p.name)])
+        outcome.warnings += filter(None, [repeated.warning()])
         if confidence < DOUBTFUL_CONFIDENCE:
             outcome.warnings.insert(0, low_confidence_warning(confidence))
         counted = outcome.boxes

@@ -3,6 +3,7 @@ of the batch goes on), an error for the whole input, and the limits that bound t
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -51,3 +52,27 @@ def none_readable(label: str, problems: list[InputProblem]) -> InputError:
     shown = "; ".join(map(str, problems[:3])) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
     images = "its one image" if len(problems) == 1 else f"none of its {len(problems)} images"
     return InputError(f"{label}: {images} could {'not ' if len(problems) == 1 else ''}be used ({shown})")
+
+
+class RepeatedImages:
+    """The images of an upload whose bytes are those of an earlier one (a file dropped twice, ``cell - Copy.jpg``
+    beside ``cell.jpg``). Each is analysed as an image of its own, so its cells count twice: said, not
+    silently counted ("4 cells: NGB 3" from one cell and two copies)."""
+
+    def __init__(self) -> None:
+        self._first: dict[bytes, str] = {}  # sha256 -> the first image of those bytes
+        self.copies: list[tuple[str, str]] = []  # (copy, the image it repeats), in upload order
+
+    def add(self, image: InputImage) -> None:
+        first = self._first.setdefault(hashlib.sha256(image.content).digest(), image.name)
+        if first != image.name:
+            self.copies.append((image.name, first))
+
+    def warning(self) -> str | None:
+        if not self.copies:
+            return None
+        shown = "; ".join(f"{copy} = {first}" for copy, first in self.copies[:3])
+        many = len(self.copies) > 1
+        return (f"{len(self.copies)} image{'s' if many else ''} of the upload {'are' if many else 'is a'} "
+                f"cop{'ies' if many else 'y'} of another ({shown}{'; ...' if len(self.copies) > 3 else ''}): each "
+                "copy was analysed and counted as an image of its own")
