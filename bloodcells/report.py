@@ -207,7 +207,9 @@ def records_csv(records: list[dict]) -> bytes:
     if not records:
         return b""
     header = list(records[0])
-    return csv_bytes(header, ([record.get(column, "") for column in header] for record in records))
+    # true/false as the command line's CSVs write them (the pages' wrote Python's True/False)
+    return csv_bytes(header, ([str(value).lower() if isinstance(value, bool) else value
+                               for value in (record.get(column, "") for column in header)] for record in records))
 
 
 def labelled_zip(cells: Iterable[tuple[str, str, bytes]]) -> bytes:

@@ -232,7 +232,7 @@ def test_classify_says_a_multi_page_files_later_pages_apart_from_the_files_skipp
     assert main(["classify", str(folder), "--models", str(trained_models_dir), "--no-store"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in printed if line.startswith(("note", "skipped"))] == [
-        "skipped broken.png", "note cells.tif (pages 2-2)"]
+        "skipped broken.png", "note cells.tif (page 2)"]
     assert "\n1 cell: " in "\n" + "\n".join(printed)
 
 

@@ -243,8 +243,10 @@ def test_values_of_no_known_scale_are_stretched():
 def test_a_multi_page_files_later_pages_are_reported_not_silently_dropped():
     image = open_image(_multipage_tiff(), "cells.tif")
     assert str(later_pages(image, "cells.tif")) == (
-        "cells.tif (pages 2-2): not read: only the first page of a multi-page file is analysed; save each page as "
-        "an image of its own")
+        "cells.tif (page 2): not read: only the first page of a multi-page file is analysed; save each page as "
+        "an image of its own")  # it said "pages 2-2"
+    three = open_image(_save(_cell(), "TIFF", save_all=True, append_images=[_cell("L"), _cell()]), "three.tif")
+    assert str(later_pages(three, "three.tif")).startswith("three.tif (pages 2-3): not read")
     assert later_pages(open_image(GOOD, "one.png"), "one.png") is None
 
 

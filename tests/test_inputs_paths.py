@@ -313,7 +313,7 @@ def test_the_pages_after_a_multi_page_files_first_are_reported(trained_models_di
     first.save(tiff, "TIFF", save_all=True, append_images=[second])
     outcome = classify(tiff.getvalue(), name="cells.tif", classifier=load_classifier(trained_models_dir))
     assert len(outcome.rows) == 1
-    assert [str(p) for p in outcome.problems] == ["cells.tif (pages 2-2): not read: only the first page of a "
+    assert [str(p) for p in outcome.problems] == ["cells.tif (page 2): not read: only the first page of a "
                                                   "multi-page file is analysed; save each page as an image of its own"]
     assert Image.open(io.BytesIO(tiff.getvalue())).n_frames == 2
 

@@ -65,6 +65,8 @@ def test_analysis_records_and_csv_follow_reviews(store, tree):
     parsed = list(csv.DictReader(io.StringIO(report.records_csv(records).decode("utf-8-sig"))))
     assert parsed[0]["reviewed_code"] == "NGB" and parsed[0]["code"] == "NGS"
     assert len(parsed) == 3
+    # as the command line's CSV writes it: the page's said "False" where `classify --out` says "false"
+    assert {row["needs_review"] for row in parsed} <= {"true", "false"}
 
 
 def test_the_csv_is_read_when_asked_not_from_the_page_drawn_before_a_colleagues_review(store, tree):

@@ -119,7 +119,8 @@ def show_classification(store: Store, analysis) -> None:
                        icon=":material/download:")
     signoff_panel(store, analysis)
     if unreviewed:
-        with st.expander(f"Needs review: {len(unreviewed)} cells under the confidence threshold, not reviewed yet",
+        with st.expander(f"Needs review: {len(unreviewed)} cell{'s' if len(unreviewed) != 1 else ''} under the "
+                         "confidence threshold, not reviewed yet",
                          expanded=True):
             link_to("pages/4_Review.py", "Review them")
             gallery(store, unreviewed[:GALLERY_CELLS])
@@ -197,7 +198,9 @@ def show_detection(store: Store, analysis) -> None:
     if analysis.predictions:  # its typed white cells, flagged like classified cells, are reviewed on Review
         flagged = sum(1 for p in analysis.predictions if p.needs_review)
         waiting = flagged_not_reviewed(analysis)
-        st.caption(f"{len(analysis.predictions)} white cells typed (the differential below counts them as reviewed) · "
+        typed = len(analysis.predictions)
+        st.caption(f"{typed} white cell{'s' if typed != 1 else ''} typed (the differential below counts a reviewed "
+                   "one as its reviewer typed it) · "
                    + (f"**{waiting} flagged for review, not reviewed yet**" if waiting else
                       f"all {flagged} flagged for review reviewed" if flagged else "none flagged for review"))
         link_to("pages/4_Review.py", "Review its white cells")

@@ -95,7 +95,8 @@ def later_pages(image: Image.Image, name: str) -> InputProblem | None:
     pages = image.info.get("pages", 1)
     if pages < 2:
         return None
-    return InputProblem(f"{name} (pages 2-{pages})", f"{LATER_PAGES_UNREAD}; save each page as an image of its own")
+    later = "page 2" if pages == 2 else f"pages 2-{pages}"
+    return InputProblem(f"{name} ({later})", f"{LATER_PAGES_UNREAD}; save each page as an image of its own")
 
 
 def _sixteen_bit_colour(content: bytes, image: Image.Image) -> Image.Image | None:
