@@ -55,6 +55,31 @@ def test_db_current_of_a_mistyped_path_says_so_and_creates_nothing(tmp_path, cap
     assert not missing.parent.exists()
 
 
+def test_db_backup_copies_the_embedded_database_whole_while_it_is_in_use(tmp_path, capsys):
+    """Copying bloodcells.db while the app ran gave a 4 KB file and "(empty database)": the newest changes
+    were in its -wal file. The backup holds them, in one file; it never overwrites one; MySQL names mysqldump."""
+    from bloodcells.store import PredictionRow, Store, StoreError, open_store
+
+    store = open_store()  # the embedded default, held open as the app holds it
+    analysis_id = store.start_analysis("cells.zip", "classification")
+    store.finish_analysis(analysis_id, predictions=[PredictionRow("c.png", "NGS", "ALL", 0.9, {}, False, b"image")])
+    copy = tmp_path / "backup" / "lab.db"
+    copy.parent.mkdir()
+    assert main(["db", "backup", str(copy)]) == 0
+    assert f"to {copy}" in capsys.readouterr().out
+    assert {p.name for p in copy.parent.iterdir()} == {"lab.db"}  # one file, no -wal beside it
+    restored = open_store(f"sqlite:///{copy}", upgrade=False)
+    [cell] = restored.get_analysis(analysis_id).predictions
+    assert restored.read_blob(cell.blob_id) == b"image"
+    restored.engine.dispose()
+    assert main(["db", "backup", str(copy)]) == 2 and "already there" in capsys.readouterr().err
+    assert main(["db", "backup"]) == 2 and "give a FILE" in capsys.readouterr().err
+    assert main(["db", "current", str(copy)]) == 2
+    with pytest.raises(StoreError, match="mysqldump"):
+        Store("mysql+pymysql://lab@127.0.0.1:1/none").backup(tmp_path / "x.db")
+    store.engine.dispose()
+
+
 def test_progress_bar_rate_counts_from_its_first_report():
     """Training reports its first epoch when that epoch is done: the bar's rate must not count
     it as done in no time (it showed tens of thousands of epochs a second and no time left)."""

@@ -1,12 +1,14 @@
 """Commands for the database and the cell-type tree."""
 
-from . import command
+from . import CommandError, command
 
 
 # -- db ---------------------------------------------------------------------------------------
 def _db_args(parser):
-    parser.add_argument("action", choices=["init", "upgrade", "current"],
-                        help="init/upgrade: create or migrate the schema; current: print its revision")
+    parser.add_argument("action", choices=["init", "upgrade", "current", "backup"],
+                        help="init/upgrade: create or migrate the schema; current: print its revision; backup FILE: "
+                             "copy an SQLite database to a new file, safely while the app runs")
+    parser.add_argument("file", nargs="?", metavar="FILE", help="backup: the new file to write")
     parser.add_argument("--url", help="database URL (default: BLOODCELLS_DATABASE_URL, else the SQLite file "
                                       "bloodcells.db in BLOODCELLS_DATA_DIR, by default the project's data/)")
 
@@ -16,7 +18,12 @@ def _db(args) -> int:
     from ..store import open_store
     from ..taxonomy import default_tree
 
-    store = open_store(args.url, upgrade=args.action != "current")
+    if (args.action == "backup") != (args.file is not None):
+        raise CommandError("give a FILE to `db backup` (the new file to write), and only to it")
+    store = open_store(args.url, upgrade=args.action not in ("current", "backup"))
+    if args.action == "backup":
+        print(f"backed up {store.display_url} to {store.backup(args.file)}")
+        return 0
     if args.action == "current":
         print(store.current_revision() or "(empty database)")
         return 0
