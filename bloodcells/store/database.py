@@ -43,6 +43,9 @@ class Store(AnalysisStore, BlobStore, ReviewStore, LineageStore):
         except (ArgumentError, ValueError):  # the text itself is not echoed: it may hold a password
             raise StoreError("the database URL (BLOODCELLS_DATABASE_URL) is not a URL (a password with @, /, : "
                              f"or % in it must be URL-encoded): give one such as {EXAMPLE_URLS}") from None
+        if "@" in (parsed.host or ""):  # the password's @ taken for the host's: the rest of it shown as a host
+            raise StoreError("the database URL (BLOODCELLS_DATABASE_URL) holds more than one @: a password with @, "
+                             f"/, : or % in it must be URL-encoded (@ as %40): give one such as {EXAMPLE_URLS}")
         if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
             raise StoreError(f"the database URL names {parsed.get_backend_name()!r}: bloodcells stores in SQLite "
                              f"or MySQL/MariaDB ({EXAMPLE_URLS})")
