@@ -16,7 +16,6 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false NO_ALBUMENTATIONS_UPDATE=1 \
     BLOODCELLS_DATA_DIR=/data BLOODCELLS_MODELS_DIR=/app/models BLOODCELLS_VERSIONS_DIR=/data/classifier \
     BLOODCELLS_CACHE_DIR=/app/.cache \
-    YOLO_CONFIG_DIR=/app/.cache/ultralytics MPLCONFIGDIR=/app/.cache/matplotlib \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
 
 # python:*-slim has Python; a CUDA (Ubuntu) base gets its python3 from apt. curl: the health check.

@@ -15,8 +15,9 @@ DATASETS ?= ../shared/datasets
 export YOLO_OFFLINE ?= 1
 export YOLO_AUTOINSTALL ?= false
 export NO_ALBUMENTATIONS_UPDATE ?= 1
-export YOLO_CONFIG_DIR ?= $(CURDIR)/.cache/ultralytics
-export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
+# in BLOODCELLS_CACHE_DIR when it is given, as bloodcells itself places them (the README's promise)
+export YOLO_CONFIG_DIR ?= $(or $(BLOODCELLS_CACHE_DIR),$(CURDIR)/.cache)/ultralytics
+export MPLCONFIGDIR ?= $(or $(BLOODCELLS_CACHE_DIR),$(CURDIR)/.cache)/matplotlib
 export OMP_NUM_THREADS ?= $(shell nproc)
 export STREAMLIT_BROWSER_GATHER_USAGE_STATS ?= false
 

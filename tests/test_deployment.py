@@ -214,6 +214,22 @@ def test_allow_downloads_reaches_the_hub_under_make_and_in_the_image(monkeypatch
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # offline unless allowed
 
 
+def test_the_library_caches_go_where_bloodcells_cache_dir_says_under_make_and_in_the_image(tmp_path):
+    """The Makefile and the image fixed YOLO_CONFIG_DIR and MPLCONFIGDIR to the project's .cache: with
+    BLOODCELLS_CACHE_DIR given, only torch's cache moved, where the README says all of them do."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("YOLO_CONFIG_DIR", "MPLCONFIGDIR", "BLOODCELLS_CACHE_DIR")}
+
+    def shown(**extra) -> str:
+        return subprocess.run(["make", "--no-print-directory", "-s", "-f", "Makefile", "-f", "-", "show"], cwd=ROOT,
+                              input='show:\n\t@echo "$$YOLO_CONFIG_DIR $$MPLCONFIGDIR"\n', capture_output=True,
+                              text=True, check=True, env={**environment, **extra}).stdout.split()
+
+    assert shown(BLOODCELLS_CACHE_DIR=str(tmp_path)) == [f"{tmp_path}/ultralytics", f"{tmp_path}/matplotlib"]
+    assert shown() == [f"{ROOT}/.cache/ultralytics", f"{ROOT}/.cache/matplotlib"]
+    assert not {"YOLO_CONFIG_DIR", "MPLCONFIGDIR"} & set(_variables("ENV"))  # bloodcells places them on start
+
+
 def _docker_engine_problem() -> str | None:
     """Why no Docker engine can build here, or None when one answers."""
     if shutil.which("docker") is None:
