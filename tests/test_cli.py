@@ -1,6 +1,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,30 @@ def test_db_current_of_a_mistyped_path_says_so_and_creates_nothing(tmp_path, cap
     assert main(["db", "current", "--url", f"sqlite:///{missing}"]) == 2
     assert f"no database at {missing}" in capsys.readouterr().err
     assert not missing.parent.exists()
+
+
+def test_reading_commands_given_a_mistyped_database_say_so_and_create_nothing(tmp_path, monkeypatch, capsys):
+    """`analyses` and `report` made a new, empty database (and its folders) at a mistyped path, then said "no
+    analyses yet" and "analysis #1 does not exist", as if the lab's were lost."""
+    missing = tmp_path / "lab-data-typo" / "bloodcells.db"
+    monkeypatch.setenv("BLOODCELLS_DATABASE_URL", f"sqlite:///{missing}")
+    assert main(["analyses"]) == 0
+    assert f"no analyses yet (no database at {missing}: nothing was ever stored there" in capsys.readouterr().out
+    assert main(["report", "1", "--out", str(tmp_path / "r.pdf")]) == 2
+    assert f"no database at {missing}: nothing was ever stored there" in capsys.readouterr().err
+    assert not missing.parent.exists()
+
+
+def test_a_database_folder_this_user_may_not_write_is_said_so(tmp_path, monkeypatch, capsys):
+    """A read-only data folder: every command said "cannot be reached or refused the operation: unable to open
+    database file". (Tests run as root, whom permissions do not stop: the check itself is what is asked.)"""
+    import bloodcells.store.database as database
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    monkeypatch.setattr(database.os, "access", lambda path, mode: Path(path) != folder)
+    assert main(["db", "init", "--url", f"sqlite:///{folder / 'b.db'}"]) == 2
+    assert f"the database folder {folder} is not writable by this user" in capsys.readouterr().err
 
 
 def test_db_backup_copies_the_embedded_database_whole_while_it_is_in_use(tmp_path, capsys):

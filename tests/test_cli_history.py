@@ -10,8 +10,11 @@ from bloodcells.store import Analysis, PredictionRow, open_store
 
 def test_analyses_lists_the_newest_first_and_finds_by_name(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BLOODCELLS_DATA_DIR", str(tmp_path / "data"))
-    assert main(["analyses"]) == 0 and capsys.readouterr().out == "no analyses yet\n"
+    assert main(["analyses"]) == 0 and capsys.readouterr().out.startswith(
+        f"no analyses yet (no database at {tmp_path / 'data' / 'bloodcells.db'}: nothing was ever stored there")
+    assert not (tmp_path / "data").exists()  # nothing made by a command that reads
     store = open_store()
+    assert main(["analyses"]) == 0 and capsys.readouterr().out == "no analyses yet\n"
     marrow = store.start_analysis("MÜLLER Probe.zip", "classification")
     store.finish_analysis(marrow, predictions=[PredictionRow(f"c{n}.png", "LYT", "ALL/LYM/LYT", 0.5, {}, n == 0)
                                                for n in range(3)])

@@ -16,9 +16,14 @@ def _analyses_args(parser):
 @command("analyses", "list the stored analyses, newest first (id, date, kind, status, cells, name)", _analyses_args)
 def _analyses(args) -> int:
     from ..report import analysis_overview
-    from ..store import open_store
+    from ..store import NoDatabase, open_store
 
-    rows = analysis_overview(open_store(), kind=args.kind, limit=args.limit, search=args.search)
+    try:
+        store = open_store(create=False)
+    except NoDatabase as error:  # made empty here, a mistyped path read as "the lab's analyses are gone"
+        print(f"no analyses yet ({error})")
+        return 0
+    rows = analysis_overview(store, kind=args.kind, limit=args.limit, search=args.search)
     if not rows:
         kind = f"{args.kind} " if args.kind else ""
         print(f"no {kind}analyses" + (f" match {args.search!r}" if args.search else " yet"))

@@ -35,7 +35,7 @@ def _report(args) -> int:
         raise CommandError(f"{out}: the report is written as .pdf or .html")
     output_file(out)
     try:
-        report = build_report(open_store(), args.analysis, white_cell_count=args.wbc, target=args.target,
+        report = build_report(open_store(create=False), args.analysis, white_cell_count=args.wbc, target=args.target,
                               specimen=args.specimen and args.specimen.replace("-", " "), category=args.category, comment=args.comment)
     except ReportError as error:
         raise CommandError(str(error)) from error

@@ -1,7 +1,7 @@
 """Storage: SQLAlchemy models and the Store that reads and writes them."""
 
 from .database import Store, StoreError, open_store, record_analysis
-from .errors import DatabaseUnavailable, NotFound
+from .errors import DatabaseUnavailable, NoDatabase, NotFound
 from .reviews import (
     COMMENT_LENGTH,
     NAME_LENGTH,
@@ -30,6 +30,6 @@ from .schema import (
 )
 
 __all__ = ["COMMENT_LENGTH", "NAME_LENGTH", "Analysis", "AnalysisLocked", "AnalysisRun", "Blob", "BlobChunk", "CellType",
-           "ChangedSince", "DatabaseUnavailable", "Detection", "DetectionRow", "Explanation", "Model", "ModelCellType", "ModelType", "ModelVersion", "NotFound", "Prediction", "PredictionRow",
+           "ChangedSince", "DatabaseUnavailable", "Detection", "DetectionRow", "Explanation", "Model", "ModelCellType", "ModelType", "ModelVersion", "NoDatabase", "NotFound", "Prediction", "PredictionRow",
            "ResultCounts", "Review", "ReviewError", "Signoff", "Store", "StoreError", "open_store", "record_analysis", "sha256_file", "sha256_hex", "check_specimen", "person_name",
            "signoff_text"]

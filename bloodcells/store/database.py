@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from ..taxonomy import Tree
 from .analyses import AnalysisStore
 from .blobs import BlobStore
-from .errors import DatabaseUnavailable, MigrationCheckError, StoreError
+from .errors import DatabaseUnavailable, MigrationCheckError, NoDatabase, StoreError
 from .lineage import LineageStore
 from .reviews import ReviewStore
 from .rows import AnalysisRun
@@ -54,13 +55,18 @@ class Store(AnalysisStore, BlobStore, ReviewStore, LineageStore):
                              f": give one such as {EXAMPLE_URLS}")
         if parsed.get_backend_name() == "sqlite":
             if not create and not Path(parsed.database).is_file():
-                raise StoreError(f"no database at {parsed.database}")
+                raise NoDatabase(f"no database at {parsed.database}: nothing was ever stored there (is it the file "
+                                 "the app uses? BLOODCELLS_DATABASE_URL, else BLOODCELLS_DATA_DIR, names it)")
             folder = Path(parsed.database).parent
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as error:
                 raise StoreError(f"the database folder {folder} cannot be created "
                                  f"({error.strerror or error})") from error
+            if not os.access(folder, os.W_OK):  # it said "cannot be reached ...: unable to open database file"
+                raise StoreError(f"the database folder {folder} is not writable by this user: SQLite writes the "
+                                 "database and its -wal and -shm files there (a read-only mount? give "
+                                 "BLOODCELLS_DATA_DIR a folder it may write in)")
         options = {"pool_pre_ping": True, **engine_options}
         if parsed.get_backend_name() == "sqlite":
             options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
@@ -310,12 +316,14 @@ def record_analysis(store: Store | None, name: str, kind: str,
     return store.analysis(name, kind, model_versions) if store is not None else nullcontext(AnalysisRun(None))
 
 
-def open_store(url: str | None = None, upgrade: bool = True) -> Store:
-    """The store at ``url`` (default: BLOODCELLS_DATABASE_URL or the embedded SQLite file); without
-    ``upgrade`` (to inspect it), a database file that is not there is an error rather than created."""
+def open_store(url: str | None = None, upgrade: bool = True, create: bool | None = None) -> Store:
+    """The store at ``url`` (default: BLOODCELLS_DATABASE_URL or the embedded SQLite file), its schema upgraded
+    unless ``upgrade`` is False (to inspect it). An SQLite file that is not there is created only when
+    ``create`` (by default, when upgrading): a command that only reads (the list of analyses, a report) given a
+    mistyped path made a new, empty database there and said "no analyses yet", as if the lab's were lost."""
     from ..settings import settings
 
-    store = Store(url or settings().database_url, create=upgrade)
+    store = Store(url or settings().database_url, create=upgrade if create is None else create)
     if upgrade:
         store.upgrade()
     return store

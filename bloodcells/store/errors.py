@@ -11,6 +11,10 @@ class DatabaseUnavailable(StoreError):
     (an analysis deleted or marked failed meanwhile, a value too large) are not an outage."""
 
 
+class NoDatabase(StoreError):
+    """An SQLite file that is not there, opened to be read, not created (``open_store(create=False)``)."""
+
+
 class NotFound(KeyError):
     """No such analysis, cell or stored content: deleted meanwhile (in History, in another tab), or never
     stored. A KeyError of its own so that a page says "deleted meanwhile" for this and for no other
