@@ -58,6 +58,9 @@ def test_password_gate_on_every_page(app_store, monkeypatch):
     at.text_input[0].input("s3cret")
     at.button[0].click().run()
     assert not at.exception and at.dataframe  # History's table is shown once let in
+    monkeypatch.setenv("BLOODCELLS_PASSWORD", "   ")  # blanks are unset, as the README says of every variable
+    at = app("5_History").run()
+    assert not at.exception and at.dataframe  # it asked for a password of three spaces
 
 
 def test_history_lists_opens_and_deletes_with_confirmation(app_store):

@@ -60,7 +60,7 @@ class PasswordSettingsError(RuntimeError):
 
 def _expected_password() -> str | None:
     """BLOODCELLS_PASSWORD, else ``password`` in Streamlit's secrets.toml, else None (no password)."""
-    if os.environ.get("BLOODCELLS_PASSWORD"):
+    if os.environ.get("BLOODCELLS_PASSWORD", "").strip():  # blanks are unset, as for every variable
         return os.environ["BLOODCELLS_PASSWORD"]
     try:
         password = st.secrets.get("password")

@@ -51,7 +51,7 @@ class Store(AnalysisStore, BlobStore, ReviewStore, LineageStore):
             raise StoreError(f"the database URL names {parsed.get_backend_name()!r}: bloodcells stores in SQLite "
                              f"or MySQL/MariaDB ({EXAMPLE_URLS})")
         if parsed.database in (None, "", ":memory:"):  # SQLite's in-memory one is gone with its connection
-            raise StoreError(f"the database URL names no database {'file' if parsed.get_backend_name() == 'sqlite' else ''}"
+            raise StoreError(f"the database URL names no database{' file' if parsed.get_backend_name() == 'sqlite' else ''}"
                              f": give one such as {EXAMPLE_URLS}")
         if parsed.get_backend_name() == "sqlite":
             if not create and not Path(parsed.database).is_file():
