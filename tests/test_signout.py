@@ -60,6 +60,30 @@ def test_report_of_a_reviewed_classification_reads_back_from_the_pdf(store):
     assert "Myelocytes" in page and "data:image/png;base64," in page and "Hypercellular." in page
 
 
+
+def test_a_report_says_what_a_count_can_tell_and_what_no_person_saw(store):
+    """From a haematologist's audit: 5 blasts of 100 printed "5.0%" with no limits (1.6-11.3 by the count);
+    195 of 200 cells never seen by a person were signed as "flagged, not reviewed 0"; 30 smudge cells beside 180
+    counted were not put against the white cells seen; a PDF made before the sign-off read as the signed one."""
+    analysis_id = store.start_analysis("marrow.zip", "classification")
+    codes = ["BLA"] * 5 + ["NGS"] * 95 + ["KSC"] * 25 + ["PLT"] * 3
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"c{n}.png", code, "ALL", 0.99, {}, False) for n, code in enumerate(codes)])
+    store.review(store.get_analysis(analysis_id).predictions[0].id, "BLA", "Dr Who")
+    report = build_report(store, analysis_id, specimen="bone marrow")
+    blasts = next(row for row in report.rows if row.label == "Blasts")
+    assert (blasts.percent, blasts.limits) == (5.0, (1.6, 11.3))
+    assert next(row for row in report.rows if row.label == "Monocytes").limits == (0.0, 3.6)  # none seen: at most
+    text = " ".join(pdf_text(to_pdf(report)).split())
+    for expected in ("Differential count - DRAFT, not signed off", "95% limits", "Blasts 5 5.0 1.6-11.3",
+                     "Reviewed by a person 1 of 128 cells (the others as the models typed them)",
+                     "Platelets: 3; Smudge cells: 25 (20.0% of the 125 white cells seen)"):
+        assert expected in text, (expected, text)
+    store.sign_off(analysis_id, "Dr Who", specimen="bone marrow")
+    signed = " ".join(pdf_text(to_pdf(build_report(store, analysis_id))).split())
+    assert "Differential count Analysis" in signed and "DRAFT" not in signed
+
+
 def test_names_comments_and_units_reach_the_pdf_as_typed(store):
     """The signed report is the lab's record: "≥", "μL", "Łukasz" were written as "?"."""
     analysis_id = store.start_analysis("Probe Müller.zip", "classification")

@@ -145,6 +145,8 @@ class ClinicalReport:
     made_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     smear: SmearFields | None = None  # a detection's red cells and platelets
     notes: list[str] = field(default_factory=list)  # the upload's files not used, why its counts may be doubtful
+    cells: int = 0  # the analysis's cells (a detection's: its typed white cells kept as cells)
+    reviewed_cells: int = 0  # of them, those a person reviewed: the rest are as the models typed them
 
 
 def build_report(store, analysis_id: int, *, white_cell_count: float | None = None, target: int | None = None,
@@ -226,7 +228,8 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         signoffs=[Event(s.action, s.person, s.created_at, s.comment) for s in analysis.signoffs],
         amendments=amendments, value_changes=signed_value_changes(analysis.signoffs),
         smear=smear_fields(analysis.summary) if analysis.kind == "detection" else None,
-        notes=upload_notes(analysis.summary or {}))
+        notes=upload_notes(analysis.summary or {}), cells=len(analysis.predictions),
+        reviewed_cells=sum(1 for p in analysis.predictions if p.reviewed))
 
 
 def upload_notes(summary: dict) -> list[str]:

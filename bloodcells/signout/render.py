@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..clock import stamp
 from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
-from .counts import ERYTHROBLASTS, NOT_STATED
+from .counts import ERYTHROBLASTS, NOT_STATED, UNNAMED_WHITE_CELLS
 from .records import AMENDED, ClinicalReport
 
 
@@ -37,11 +37,25 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
          ("Myeloid : erythroid", "-" if report.me_ratio is None else f"{report.me_ratio:.2f} : 1")),
         ("White-cell count", "-" if report.white_cell_count is None else f"{report.white_cell_count:g} x 10^9/L"),
         ("Flagged, not reviewed", str(report.unreviewed_flagged)),
+        # a signed count of 200 cells, 5 of them reviewed, read as a count a person had verified
+        ("Reviewed by a person", f"{report.reviewed_cells} of {report.cells} cells"
+                                 + ("" if report.reviewed_cells == report.cells else
+                                    " (the others as the models typed them)")),
         ("Reviewed by", ", ".join(report.reviewers) or "nobody yet"),
         ("Last review", "-" if report.reviewed_at is None else stamp(report.reviewed_at)),
         ("Models", report.model_versions or "not recorded"),
         ("Report made", stamp(report.made_at)),
     ]
+
+
+def _apart_lines(report: ClinicalReport) -> list[str]:
+    """The cells kept out of the differential, each with its count; the white cells no type was given (smudge,
+    not identifiable) also as a share of all the white cells seen: 30 smudge cells beside 180 counted said
+    nothing of the lymphocytes a smudged count leaves out."""
+    unnamed = [row for row in report.apart if row.label in UNNAMED_WHITE_CELLS]
+    seen = report.counted + sum(row.count for row in unnamed)
+    return [f"{row.label}: {row.count}" + (f" ({100 * row.count / seen:.1f}% of the {seen} white cells seen)"
+                                           if row in unnamed else "") for row in report.apart]
 
 
 def _status_text(report: ClinicalReport) -> str:
@@ -61,7 +75,9 @@ def _gallery_title(report: ClinicalReport) -> str:
 
 
 def _title(report: ClinicalReport) -> str:
-    return "Differential count - AMENDED" if report.status == AMENDED else "Differential count"
+    """Signed, amended, or a draft: a PDF made before the sign-off (or while reopened) read as the signed one."""
+    return {AMENDED: "Differential count - AMENDED", SIGNED: "Differential count"}.get(
+        report.status, "Differential count - DRAFT, not signed off")
 
 
 def signoff_lines(signoffs) -> list[str]:
@@ -80,11 +96,12 @@ def _amendment_table(report: ClinicalReport) -> tuple[list[str], list[list[str]]
 
 
 def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
-    header = ["Cell type", "Count", "%"] + (["x 10^9/L"] if report.white_cell_count is not None else [])
-    body = [[row.label, str(row.count), "-" if row.percent is None else f"{row.percent:.1f}"]
+    header = ["Cell type", "Count", "%", "95% limits"] + (["x 10^9/L"] if report.white_cell_count is not None else [])
+    body = [[row.label, str(row.count), "-" if row.percent is None else f"{row.percent:.1f}",
+             "-" if row.limits is None else f"{row.limits[0]:.1f}-{row.limits[1]:.1f}"]
             + (["-" if row.per_litre is None else f"{row.per_litre:.2f}"] if report.white_cell_count is not None else [])
             for row in report.rows]  # no per-litre figure where no white cell was counted
-    body.append(["Total counted", str(report.counted), "100.0" if report.counted else "-"]
+    body.append(["Total counted", str(report.counted), "100.0" if report.counted else "-", ""]
                 + ([f"{report.white_cell_count:g}"] if report.white_cell_count is not None else []))
     return header, body
 
@@ -101,7 +118,7 @@ def to_html(report: ClinicalReport) -> str:
 
     escape = html.escape
     facts = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _facts(report))
-    apart = "".join(f"<li>{escape(row.label)}: {row.count}</li>" for row in report.apart) or "<li>none</li>"
+    apart = "".join(f"<li>{escape(line)}</li>" for line in _apart_lines(report)) or "<li>none</li>"
     gallery = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
                       f'width="96"><figcaption>{escape(name)} ({escape(code)})</figcaption></figure>'
                       for name, code, png in report.gallery)
@@ -165,9 +182,9 @@ def to_pdf(report: ClinicalReport) -> bytes:
             paragraph(f"- {note}")
     pdf.ln(3)
     header, body = _table(report)
-    table(header, body, (60, 25, 20, 30)[:len(header)])
+    table(header, body, (60, 20, 18, 27, 25)[:len(header)])
     section("Not in the count")
-    paragraph(", ".join(f"{row.label}: {row.count}" for row in report.apart) or "none")
+    paragraph("; ".join(_apart_lines(report)) or "none")
     if report.gallery:
         size, per_row = 24, 7
         if pdf.will_page_break(8 + size + 7):  # the title with its first row
