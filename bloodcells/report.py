@@ -54,18 +54,24 @@ def subtree_count(codes: Iterable[str], tree: Tree, ancestor: str, exclude: Iter
                if tree.is_ancestor(top, tree[code]) and not any(tree.is_ancestor(e, tree[code]) for e in excluded))
 
 
+ABNORMAL_GRANULOCYTIC = ("ABE", "FGC")  # abnormal eosinophils, faggot cells: filed under "abnormal" in the tree
+
+
 def myeloid_erythroid_ratio(codes: Iterable[str], tree: Tree | None = None) -> float | None:
     """Granulocytes and their precursors over erythroid precursors (the marrow M:E ratio).
 
     Monocytes sit under the myeloid lineage in the tree but, as in the usual definition of the
-    ratio, are not counted. None when there is no erythroid cell to divide by.
+    ratio, are not counted; abnormal eosinophils and faggot cells sit under "abnormal" but are
+    granulocytic cells, and are (the ratio left them out while the eosinophils' row counted them).
+    None when there is no erythroid cell to divide by.
     """
     tree = tree or default_tree()
     codes = list(codes)
     erythroid = subtree_count(codes, tree, "ERY")
     if erythroid == 0:
         return None
-    return subtree_count(codes, tree, "MYE", exclude=["MON"]) / erythroid
+    abnormal_granulocytic = sum(subtree_count(codes, tree, code) for code in ABNORMAL_GRANULOCYTIC if code in tree)
+    return (subtree_count(codes, tree, "MYE", exclude=["MON"]) + abnormal_granulocytic) / erythroid
 
 
 def sunburst_data(codes: Iterable[str], tree: Tree | None = None) -> dict[str, list]:

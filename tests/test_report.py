@@ -30,6 +30,19 @@ def test_myeloid_erythroid_ratio_leaves_out_monocytes(tree):
     assert report.myeloid_erythroid_ratio(["NGS"], tree) is None
 
 
+
+def test_a_marrows_faggot_cells_and_abnormal_eosinophils_are_myeloid_and_faggot_cells_have_a_row(tree):
+    """60 faggot cells of 400 went under "Others" and, with 20 abnormal eosinophils (which the eosinophils'
+    row counts), out of the M:E ratio: 2.25 where the marrow's granulocytic cells give 3.25."""
+    from bloodcells.signout import clinical_rows
+
+    codes = ["FGC"] * 60 + ["BLA"] * 10 + ["ABE"] * 20 + ["EBO"] * 80 + ["NGS"] * 170 + ["LYT"] * 50 + ["HAC"] * 10
+    assert report.myeloid_erythroid_ratio(codes, tree) == pytest.approx(260 / 80)
+    rows = {row.label: row for row in clinical_rows(codes, tree, specimen="bone marrow")[0]}
+    assert (rows["Faggot cells (abnormal promyelocytes)"].count, rows["Faggot cells (abnormal promyelocytes)"].percent,
+            rows["Eosinophils"].count, rows["Hairy cells"].count, rows["Others"].count) == (60, 15.0, 20, 10, 0)
+
+
 def test_sunburst_values_are_subtree_totals(tree):
     data = report.sunburst_data(["NGS", "NGB", "NEU", "EBO"], tree)
     values = dict(zip(data["ids"], data["values"], strict=True))

@@ -24,13 +24,13 @@ def test_rows_follow_the_clinical_order_and_leave_non_white_cells_out_of_the_den
     codes = ["NGS"] * 6 + ["NGB"] * 2 + ["BLA"] + ["LYI"] + ["EBO"] * 2 + ["LYT"] * 3 + ["HAC"] \
         + ["PLT"] * 5 + ["NIF"] * 4 + ["KSC"]
     rows, apart, counted = clinical_rows(codes, tree, white_cell_count=8.0)
-    assert [row.label for row in rows][:7] == ["Blasts", "Promyelocytes", "Myelocytes", "Metamyelocytes",
-                                               "Immature granulocytes, stage unclear", "Band neutrophils",
-                                               "Segmented neutrophils"]
-    assert [row.label for row in rows][-3:] == ["Plasma cells", "Erythroblasts", "Others"]
+    assert [row.label for row in rows][:8] == ["Blasts", "Promyelocytes", "Faggot cells (abnormal promyelocytes)",
+                                               "Myelocytes", "Metamyelocytes", "Immature granulocytes, stage unclear",
+                                               "Band neutrophils", "Segmented neutrophils"]
+    assert [row.label for row in rows][-4:] == ["Plasma cells", "Hairy cells", "Erythroblasts", "Others"]
     by_label = {row.label: row for row in rows}
     assert counted == 16  # 6 + 2 + 2 blasts + 2 + 3 + 1 hairy cell; platelets, NIF, smudge apart
-    assert by_label["Blasts"].count == 2 and by_label["Others"].count == 1
+    assert by_label["Blasts"].count == 2 and by_label["Hairy cells"].count == 1 and by_label["Others"].count == 0
     assert by_label["Segmented neutrophils"].percent == 37.5  # 6/16, to a tenth
     assert by_label["Segmented neutrophils"].per_litre == pytest.approx(3.0)  # 8.0 x 6/16
     assert {row.label: row.count for row in apart} == {"Platelets": 5, "Smudge cells": 1, "Not identifiable": 4}
@@ -326,8 +326,8 @@ def test_a_cell_typed_only_to_an_inner_node_is_counted_in_the_row_a_lab_counts_i
     rows, apart, counted = clinical_rows(codes, tree)
     counts = {row.label: row.count for row in rows if row.count}
     assert counts == {"Blasts": 1, "Metamyelocytes": 1, "Immature granulocytes, stage unclear": 1,
-                      "Band neutrophils": 1, "Segmented neutrophils": 2,
-                      "Erythroblasts": 1, "Others": 3}  # others: "mature myeloid", "lymphoid", a hairy cell
+                      "Band neutrophils": 1, "Segmented neutrophils": 2, "Hairy cells": 1,
+                      "Erythroblasts": 1, "Others": 2}  # others: "mature myeloid", "lymphoid"
     assert {row.label: row.count for row in apart} == {"Platelets": 1} and counted == 10
 
 

@@ -21,6 +21,9 @@ from ..taxonomy import Tree, default_tree
 CLINICAL_ORDER = (
     ("Blasts", ("BLA", "LYI")),
     ("Promyelocytes", ("PMO",)),
+    # the abnormal promyelocytes of acute promyelocytic leukaemia, which WHO counts with the blasts: a row of
+    # their own beside the promyelocytes (under "Others", 60 of 400 read as nothing in particular)
+    ("Faggot cells (abnormal promyelocytes)", ("FGC",)),
     ("Myelocytes", ("MYB",)),
     ("Metamyelocytes", ("MMZ",)),
     ("Immature granulocytes, stage unclear", ("MYI",)),
@@ -31,6 +34,7 @@ CLINICAL_ORDER = (
     ("Monocytes", ("MON",)),
     ("Lymphocytes", ("LYT",)),
     ("Plasma cells", ("PLM",)),
+    ("Hairy cells", ("HAC",)),
     ("Erythroblasts", ("EBO", "PEB", "ERY")),
 )
 # A blood film's erythroblasts (nucleated red cells) are not white cells: its differential is of the
@@ -42,7 +46,7 @@ APART = (("Platelets", ("PLT", "THR")), ("Smudge cells", ("KSC",)), ("Not identi
          ("Artefacts", ("ART",)))
 # of them, the white cells that were seen but given no type: a share of all the white cells seen is reported
 UNNAMED_WHITE_CELLS = ("Smudge cells", "Not identifiable")
-# every other code: hairy cells, faggot cells, cells known only to a node above several cell types
+# every other code: other cells, cells known only to a node above several cell types
 # (a lineage, "mature myeloid")
 OTHERS = "Others"
 TARGETS = (100, 200, 400)  # the usual manual differential counts (CLSI H20)
