@@ -49,7 +49,7 @@ UNNAMED_WHITE_CELLS = ("Smudge cells", "Not identifiable")
 # every other code: other cells, cells known only to a node above several cell types
 # (a lineage, "mature myeloid")
 OTHERS = "Others"
-TARGETS = (100, 200, 400)  # the usual manual differential counts (CLSI H20)
+TARGETS = (100, 200, 400, 500)  # the usual manual differential counts (CLSI H20; a marrow 500, ICSH 2008 and WHO)
 GALLERY_CELLS = 12
 
 
