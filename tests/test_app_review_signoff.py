@@ -474,7 +474,7 @@ def test_a_slide_counted_to_its_own_target_is_reported_against_it_as_a_blood_fil
     at = app("5_History").run()
     assert not at.exception, at.exception
     target = at.selectbox(key=f"report-target-{analysis_id}")
-    assert target.value == 3 and list(target.options) == ["3", "100", "200", "400"]
+    assert target.value == 3 and list(target.options) == ["3", "100", "200", "400", "500"]
     assert at.selectbox(key=f"report-specimen-{analysis_id}").value == "peripheral blood"
     report = build_report(app_store, analysis_id)  # as the CLI makes it
     assert (report.counted, report.target, report.specimen) == (3, 3, "peripheral blood")
@@ -498,6 +498,9 @@ def test_the_page_counts_as_the_specimen_chosen_in_the_panel_and_a_marrow_takes_
     at.selectbox(key=f"report-specimen-{analysis_id}").select("bone marrow").run()
     assert at.number_input(key=f"report-wbc-{analysis_id}").disabled and "Myeloid : erythroid" in [m.label for m in at.metric]
     review = review_page_as("Dr Marrow")
+    # greyed out until the specimen is chosen: a draft of "not stated" gave its erythroblasts absolute counts
+    assert review.number_input(key=f"report-wbc-{analysis_id}").disabled
+    review.selectbox(key=f"report-specimen-{analysis_id}").select("peripheral blood").run()
     review.number_input(key=f"report-wbc-{analysis_id}").set_value(7.5)
     review.selectbox(key=f"report-specimen-{analysis_id}").select("bone marrow").run()
     review.button(key=f"sign-{analysis_id}").click().run()

@@ -46,8 +46,7 @@ def test_report_of_a_reviewed_classification_reads_back_from_the_pdf(store):
         for n, code in enumerate(codes)])
     first = store.get_analysis(analysis_id).predictions[0]
     store.review(first.id, "MYB", "Dr Who")  # NGS -> myelocyte: the report counts the reviewed label
-    report = build_report(store, analysis_id, white_cell_count=5.0, target=100, category="marrow",
-                          comment="Hypercellular.")
+    report = build_report(store, analysis_id, target=100, category="marrow", comment="Hypercellular.")
     assert report.counted == 5 and report.unreviewed_flagged == 2 and len(report.gallery) == 2
     assert report.reviewers == ["Dr Who"] and report.me_ratio == pytest.approx(3.0)  # MYB, NGS, BLA : EBO
     text = pdf_text(to_pdf(report))
@@ -249,7 +248,10 @@ def test_cli_writes_pdf_and_html(app_store, tmp_path, capsys):
     analysis_id = app_store.start_analysis("cells.zip", "classification", {})
     app_store.finish_analysis(analysis_id, predictions=[
         PredictionRow("a.png", "EOS", "ALL", 0.99, {}, False, encode(cell_image("EOS", 1, 32)))])
-    assert main(["report", str(analysis_id), "--out", str(tmp_path / "r.pdf"), "--wbc", "6"]) == 0
+    assert main(["report", str(analysis_id), "--out", str(tmp_path / "r.pdf"), "--wbc", "6"]) == 2
+    assert "state the specimen (peripheral blood)" in capsys.readouterr().err  # "not stated" reads as a marrow's
+    assert main(["report", str(analysis_id), "--out", str(tmp_path / "r.pdf"), "--wbc", "6",
+                 "--specimen", "peripheral-blood"]) == 0
     assert "Eosinophils" in pdf_text((tmp_path / "r.pdf").read_bytes())
     assert main(["report", str(analysis_id), "--out", str(tmp_path / "r.html")]) == 0
     assert "Eosinophils" in (tmp_path / "r.html").read_text()

@@ -21,7 +21,7 @@ from bloodcells.signout import (
     to_pdf,
 )
 from bloodcells.store import COMMENT_LENGTH, NAME_LENGTH, NotFound, ReviewError, Store, StoreError, signoff_text
-from bloodcells.store.schema import BONE_MARROW, SIGNED
+from bloodcells.store.schema import PERIPHERAL_BLOOD, SIGNED
 
 REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
 PANEL_REFUSAL = "signoff_refusal"  # why the last sign-off or reopening was refused (shown in its open panel)
@@ -158,13 +158,15 @@ def signoff_panel(store: Store, analysis) -> None:
                                       index=SPECIMENS.index(stated) if stated else None, placeholder="Choose one",
                                       help="A marrow's erythroblasts are in its differential, with the M:E ratio; "
                                            "a blood film's are counted apart, per 100 white cells.")
-            marrow = specimen == BONE_MARROW
+            blood_film = specimen == PERIPHERAL_BLOOD
             wbc = right.number_input("White-cell count (10^9/L), for absolute counts", 0.0, 999.0,
                                      (last.white_cell_count or 0.0) if last else 0.0, step=0.1, key=f"report-wbc-{key}",
-                                     on_change=keep_open, disabled=marrow, help="A blood film's: the blood count's white cells (corrected "
+                                     on_change=keep_open, disabled=not blood_film, help="A blood film's: the blood count's white cells (corrected "
                                      "for nucleated red cells). Leave at 0 when not known. A bone marrow has no "
-                                     "absolute counts.")
-            wbc = 0.0 if marrow else wbc  # 0: none (None would be the count signed before a reopening)
+                                     "absolute counts; choose the specimen first.")
+            # 0: none (None would be the count signed before a reopening); a specimen not chosen yet counts as a
+            # marrow's, whose erythroblasts got absolute counts in the draft PDF
+            wbc = wbc if blood_film else 0.0
             slide = slide_differential(analysis.summary)
             counted_to = last.target if last else slide.target if slide else 200
             # a slide counted to a target of its own is reported against it (200 said "197 short" of a 3-cell count)
@@ -206,8 +208,8 @@ def signoff_panel(store: Store, analysis) -> None:
                 attempt_in_panel(store.sign_off, analysis.id, person, category=state[f"report-category-{key}"],
                                  comment=state[f"report-comment-{key}"], target=state[f"report-target-{key}"],
                                  specimen=state[f"report-specimen-{key}"],
-                                 white_cell_count=None if state[f"report-specimen-{key}"] == BONE_MARROW
-                                 else state[f"report-wbc-{key}"] or None)
+                                 white_cell_count=state[f"report-wbc-{key}"] or None
+                                 if state[f"report-specimen-{key}"] == PERIPHERAL_BLOOD else None)
 
             st.button("Sign off the amended differential" if status == REOPENED else "Sign off", type="primary",
                       key=f"sign-{key}", icon=":material/verified:",

@@ -188,6 +188,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
             raise SignedReportError(f"analysis #{analysis_id} is signed off by {signed.person} on "
                                     f"{stamp(signed.created_at)}: its report says the signed {', '.join(differing)}; "
                                     "reopen it to change them")
+    asked_absolute = bool(white_cell_count)  # given now, not taken from a sign-off made before the specimen was asked
     if signed is not None:
         white_cell_count = signed.white_cell_count if white_cell_count is None else white_cell_count
         target = signed.target if target is None else target
@@ -201,6 +202,9 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     specimen = report_specimen(analysis.signoffs, analysis.kind) if specimen is None else specimen
     if white_cell_count is not None and not 0 < white_cell_count < 1000:
         raise ReportError(f"white-cell count {white_cell_count}: give it in 10^9/L (e.g. 7.5)")
+    if asked_absolute and specimen is None:  # "not stated" counts as a marrow's: its erythroblasts got 10^9/L
+        raise ReportError("a white-cell count gives a blood film's absolute counts: state the specimen (peripheral "
+                          "blood)")
     try:  # as a sign-off takes them
         check_specimen(specimen, white_cell_count)
     except ValueError as error:
