@@ -60,6 +60,24 @@ def test_report_of_a_reviewed_classification_reads_back_from_the_pdf(store):
 
 
 
+def test_a_blood_films_report_gives_the_neutrophils_together_and_says_how_its_count_was_used(store):
+    """From the audit: 100 white cells and 25 erythroblasts with a count of 20: the report printed absolute
+    counts from 20 and nothing of the 16.0 an uncorrected count corrects to; bands and segmented neutrophils
+    were apart, with no absolute neutrophil count."""
+    analysis_id = store.start_analysis("film.zip", "classification")
+    codes = ["NGS"] * 55 + ["NGB"] * 5 + ["LYT"] * 40 + ["EBO"] * 25
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"c{n}.png", code, "ALL", 0.99, {}, False) for n, code in enumerate(codes)])
+    text = " ".join(pdf_text(to_pdf(build_report(store, analysis_id, specimen="peripheral blood",
+                                                 white_cell_count=20.0))).split())
+    for expected in ("White-cell count 20 x 10^9/L, used as entered for the absolute counts; with 25.0 erythroblasts "
+                     "per 100 white cells a count not corrected for them corrects to 16.00 (x 100 / 125.0)",
+                     "Neutrophils, total 60 (60.0%); 12.00 x 10^9/L (absolute neutrophil count)"):
+        assert expected in text, (expected, text)
+    marrow = " ".join(pdf_text(to_pdf(build_report(store, analysis_id, specimen="bone marrow"))).split())
+    assert "White-cell count -" in marrow and "Neutrophils, total 60 (48.0%) Flagged" in marrow
+
+
 def test_a_report_says_what_a_count_can_tell_and_what_no_person_saw(store):
     """From a haematologist's audit: 5 blasts of 100 printed "5.0%" with no limits (1.6-11.3 by the count);
     195 of 200 cells never seen by a person were signed as "flagged, not reviewed 0"; 30 smudge cells beside 180

@@ -37,6 +37,7 @@ CLINICAL_ORDER = (
     ("Hairy cells", ("HAC",)),
     ("Erythroblasts", ("EBO", "PEB", "ERY")),
 )
+NEUTROPHIL_ROWS = ("Band neutrophils", "Segmented neutrophils")  # the absolute neutrophil count's
 # A blood film's erythroblasts (nucleated red cells) are not white cells: its differential is of the
 # white cells, and the erythroblasts are reported apart, per 100 of them (as analysers give NRBC/100 WBC).
 ERYTHROBLASTS = next(row for row in CLINICAL_ORDER if row[0] == "Erythroblasts")

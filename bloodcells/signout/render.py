@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..clock import stamp
 from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
-from .counts import ERYTHROBLASTS, NOT_STATED, UNNAMED_WHITE_CELLS
+from .counts import ERYTHROBLASTS, NEUTROPHIL_ROWS, NOT_STATED, UNNAMED_WHITE_CELLS
 from .records import AMENDED, ClinicalReport
 
 
@@ -35,7 +35,8 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
           else f"{report.erythroblasts_per_100:.1f} per 100 white cells (not in the differential)")
          if report.specimen == PERIPHERAL_BLOOD else
          ("Myeloid : erythroid", "-" if report.me_ratio is None else f"{report.me_ratio:.2f} : 1")),
-        ("White-cell count", "-" if report.white_cell_count is None else f"{report.white_cell_count:g} x 10^9/L"),
+        ("White-cell count", _white_cell_count_text(report)),
+        *_neutrophils(report),
         ("Flagged, not reviewed", str(report.unreviewed_flagged)),
         # a signed count of 200 cells, 5 of them reviewed, read as a count a person had verified
         ("Reviewed by a person", f"{report.reviewed_cells} of {report.cells} cells"
@@ -46,6 +47,31 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
         ("Models", report.model_versions or "not recorded"),
         ("Report made", stamp(report.made_at)),
     ]
+
+
+def _white_cell_count_text(report: ClinicalReport) -> str:
+    """The count as entered; with a blood film's erythroblasts, also what it corrects to if the analyser did not
+    correct it: the absolute counts use the count as entered, and the report said nothing of which it was."""
+    count, nrbc = report.white_cell_count, report.erythroblasts_per_100
+    if count is None:
+        return "-"
+    text = f"{count:g} x 10^9/L"
+    if report.specimen == PERIPHERAL_BLOOD and nrbc:
+        text += (f", used as entered for the absolute counts; with {nrbc:.1f} erythroblasts per 100 white cells a "
+                 f"count not corrected for them corrects to {count * 100 / (100 + nrbc):.2f} (x 100 / {100 + nrbc:.1f})")
+    return text
+
+
+def _neutrophils(report: ClinicalReport) -> list[tuple[str, str]]:
+    """Band and segmented neutrophils together, and the absolute neutrophil count (ANC) the clinician acts on:
+    the table gives them apart (ICSH advises against telling them apart at all)."""
+    rows = [row for row in report.rows if row.label in NEUTROPHIL_ROWS]
+    if not report.counted or not rows:
+        return []
+    percent = sum(row.percent for row in rows)
+    absolute = ("" if report.white_cell_count is None
+                else f"; {sum(row.per_litre for row in rows):.2f} x 10^9/L (absolute neutrophil count)")
+    return [("Neutrophils, total", f"{sum(row.count for row in rows)} ({percent:.1f}%){absolute}")]
 
 
 def _apart_lines(report: ClinicalReport) -> list[str]:
