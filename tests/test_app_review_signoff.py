@@ -3,7 +3,15 @@
 import csv
 import io
 
+import pytest
 from test_app_store_pages import app, classified
+
+
+@pytest.fixture(autouse=True)
+def keys_seen_at_once(monkeypatch):
+    """AppTest clicks a key the moment the page has run; a person cannot see a cell that soon, and the page
+    refuses such keys (SEEN_SECONDS, tested on its own below)."""
+    monkeypatch.setattr("ui.keyboard_review.SEEN_SECONDS", 0.0)
 
 
 def reviews_of(store, analysis_id):
@@ -212,6 +220,25 @@ def test_a_key_not_applied_is_said_until_the_burst_of_keys_is_over(app_store):
     at.session_state["keyboard_ignored"] = (1, time.monotonic() - 11)  # the burst long over
     at.button(key="keyboard_next").click().run()
     assert not any(said in w.value for w in at.warning)
+
+
+def test_a_key_that_comes_before_its_cell_can_have_been_seen_is_not_applied(app_store, monkeypatch):
+    """A second key 30-400 ms after the first reached the buttons already drawn for the next cell, before the
+    browser showed it: "9" then "0" reviewed a cell nobody had seen, with no warning."""
+    import time
+
+    monkeypatch.setattr("ui.keyboard_review.SEEN_SECONDS", 0.4)
+    analysis_id = classified(app_store, ["NGS", "NGS", "NGS"], needs_review=[0, 1, 2])
+    at = review_page_as("Dr Fast")
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    time.sleep(0.45)  # the first cell, seen
+    at.button(key="keyboard_key_5").click().run()  # taken: cell 1 is a band neutrophil, cell 2 drawn
+    at.button(key="keyboard_key_9").click().run()  # at once: cell 2 was not on the screen yet
+    assert [p.final_code for p in app_store.get_analysis(analysis_id).predictions] == ["NGB", "NGS", "NGS"]
+    assert any("1 key pressed before this cell was shown was not applied" in w.value for w in at.warning)
+    time.sleep(0.45)
+    at.button(key="keyboard_key_9").click().run()  # pressed again, the cell seen
+    assert [p.final_code for p in app_store.get_analysis(analysis_id).predictions] == ["NGB", "MON", "NGS"]
 
 
 def test_keyboard_layout_can_be_changed_and_a_wrong_one_is_refused(app_store):

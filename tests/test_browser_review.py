@@ -64,9 +64,11 @@ def keyboard_mode(page) -> None:
 
 
 def press(page, key: str, then: str) -> None:
-    """Press ``key`` as a user does and wait until ``then`` shows and the page has run to its end."""
+    """Press ``key`` as a user does, having seen the cell (a key sooner than the page's SEEN_SECONDS after
+    the cell was drawn is refused), and wait until ``then`` shows and the page has run to its end."""
     from playwright.sync_api import expect
 
+    page.wait_for_timeout(600)
     page.keyboard.press(key)
     expect(page.get_by_text(then)).to_be_visible()
     settled(page)

@@ -53,6 +53,12 @@ IGNORED = "keyboard_ignored"  # and (count, monotonic time of the last) keys tha
 # The warning stays this long after the last key not applied: said once, it was drawn away by the next
 # key of the same burst (or never reached the browser when that key interrupted the page's run).
 IGNORED_SHOWN_SECONDS = 10.0
+# A drawing takes no key until this long after the server finished it: the browser shows a cell 0.1-0.3 s
+# after that, and a person answers what they see no sooner than 0.2 s later. A second key 30-400 ms after
+# the first reached the buttons already drawn for the next cell, before it was on the screen, and
+# reviewed it unseen.
+SEEN_SECONDS = 0.4
+DRAWN = "keyboard_drawn"  # session key: (the latest drawing, the monotonic time the server finished it)
 
 
 def record_change(analysis_id: int, prediction_id: int, review) -> None:
@@ -127,7 +133,9 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
         return tree[code].title
 
     def classify(code: str) -> None:
-        if st.session_state.get(DRAWING) != drawing or st.session_state.get(KEYED) == drawing:
+        drawn, drawn_at = st.session_state.get(DRAWN, (None, 0.0))
+        if (st.session_state.get(DRAWING) != drawing or st.session_state.get(KEYED) == drawing
+                or drawn != drawing or time.monotonic() - drawn_at < SEEN_SECONDS):
             st.session_state[IGNORED] = (st.session_state.get(IGNORED, (0, 0.0))[0] + 1, time.monotonic())
             return
         st.session_state[KEYED] = drawing
@@ -167,6 +175,7 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
             column.button(f"{code} · {name(code)}", key=f"keyboard_key_{key}", shortcut=key, disabled=disabled,
                           type="primary" if cell.reviewed and cell.final_code == code else "secondary",
                           on_click=classify, args=(code,), width="stretch")
+    st.session_state[DRAWN] = (drawing, time.monotonic())  # every key drawn: from now (and SEEN_SECONDS) on
 
 
 def layout_settings(tree: Tree) -> None:
