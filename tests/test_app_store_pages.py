@@ -259,7 +259,7 @@ def test_needs_review_counts_the_same_cells_on_every_page(app_store):
     assert {m.label: m.value for m in review.metric}["Needs review"] == "1"
     assert list(history.dataframe[0].value["needs review"]) == [1]
     assert {m.label: m.value for m in history.metric}["Needs review"] == "1"
-    assert any(e.label.startswith("Needs review: 1 cells") for e in history.expander)
+    assert any(e.label.startswith("Needs review: 1 cell under") for e in history.expander)
 
 
 def test_review_without_analyses_points_to_classification(app_store):
