@@ -70,7 +70,8 @@ def default_layout() -> dict[str, str]:
 def current_position(order: Sequence[int], shown: Sequence[int], remembered: int | None) -> int:
     """Where the cursor is in ``shown`` (cell ids, a subsequence of ``order``): on the remembered
     cell while it is shown, else on the first shown cell after it (a filter such as "not reviewed
-    yet" drops the cell just reviewed), else on the last one."""
+    yet" drops the cell just reviewed), else, the end reached, on the first one: on the last, each key
+    moved the cursor one cell back ("47 of 47", "46 of 46"...), the cells left walked backwards."""
     if not shown:
         raise ValueError("no cell is shown")
     if remembered in shown:
@@ -79,4 +80,4 @@ def current_position(order: Sequence[int], shown: Sequence[int], remembered: int
         return 0
     rank = {cell: n for n, cell in enumerate(order)}
     after = [n for n, cell in enumerate(shown) if rank[cell] > rank[remembered]]
-    return after[0] if after else len(shown) - 1
+    return after[0] if after else 0

@@ -5,7 +5,7 @@ import streamlit as st
 from bloodcells import report
 from bloodcells.taxonomy import default_tree
 from ui.common import choose_cells_analysis, one_of, page, require_store, reviewer_name
-from ui.keyboard_review import changed_since, changes, keyboard_review, record_change, undo_button
+from ui.keyboard_review import changed_since, changes, cursor_key, keyboard_review, record_change, undo_button
 from ui.results import cell_image_bytes
 from ui.signoff import attempt, locked_notice, show_refusal, signoff_panel
 
@@ -82,7 +82,8 @@ filters, modes = st.columns([3, 2])
 # at the next click) the old choice, and the view changed under the pointer.
 view_from = f"review_view_from-{analysis.id}"  # session key: this session's changes before the view was chosen
 show = one_of("Cells", ["flagged", "not reviewed yet", "all"], container=filters,
-              on_change=lambda: st.session_state.__setitem__(view_from, changes(analysis.id)),
+              on_change=lambda: (st.session_state.__setitem__(view_from, changes(analysis.id)),
+                                 st.session_state.pop(cursor_key(analysis.id), None)),  # a new view starts at its first cell
               default="flagged" if any(p.needs_review for p in predictions) else "all",
               key=f"review_filter-{analysis.id}", help="Flagged: under the confidence threshold, "
               "reviewed or not. Not reviewed yet: every cell nobody reviewed, flagged or not.")

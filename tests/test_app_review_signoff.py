@@ -118,6 +118,23 @@ def test_keyboard_review_reclassifies_moves_and_undoes(app_store):
     assert {r[2] for r in reviews_of(app_store, analysis_id)} == {"Dr Key"}
 
 
+def test_a_view_chosen_starts_at_its_first_cell_and_the_last_cell_reviewed_goes_back_to_the_first(app_store):
+    """Switched to "not reviewed yet" after the flagged cells, the view opened at "Cell 48 of 50"; the last
+    cell of that view reviewed, each key moved one cell back ("47 of 47", "46 of 46"...)."""
+    analysis_id = classified(app_store, ["NGS"] * 5, needs_review=[3, 4])
+    at = review_page_as("Dr View")
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    at.button(key="keyboard_next").click().run()
+    assert any("Cell **2 of 2**" in m.value for m in at.markdown)  # the flagged ones: the last
+    at.segmented_control(key=f"review_filter-{analysis_id}").set_value("not reviewed yet").run()
+    assert any("Cell **1 of 5**" in m.value for m in at.markdown)
+    for _ in range(4):
+        at.button(key="keyboard_next").click().run()
+    at.button(key="keyboard_key_6").click().run()  # the last cell of the view, reviewed
+    assert any("Cell **1 of 4**" in m.value for m in at.markdown)  # back to the first cell left
+    assert [p.reviewed for p in app_store.get_analysis(analysis_id).predictions] == [False] * 4 + [True]
+
+
 def test_undo_takes_back_the_last_change_whichever_mode_made_it(app_store):
     analysis_id = classified(app_store, ["NGS", "NGS", "NGS"], needs_review=[0, 1, 2])
     third = app_store.get_analysis(analysis_id).predictions[2]

@@ -138,6 +138,7 @@ def test_keys_pressed_faster_than_the_page_runs_never_review_a_cell_twice(page, 
     analysis_id = stored_analysis(server, "NGS", "ALL/MYE/MYM/NEU/NGS", 4)
     open_review(page, server, analysis_id, "Dr Quick")
     keyboard_mode(page)
+    page.wait_for_timeout(600)  # the first cell seen; then three keys with no pause
     for key in "679":
         page.keyboard.press(key)
     settled(page)
@@ -242,3 +243,24 @@ def test_the_cells_filter_shown_is_the_one_applied_after_choosing_another_analys
     settled(page)
     expect(others).to_have_count(2)  # still the flagged view
     assert [len(reviews) for _, reviews in cells_of(server, mixed)] == [1, 0, 0, 0, 0, 0]
+
+
+def test_a_clicked_button_does_not_keep_the_keys_meant_for_the_cells(page, server):
+    """After a click on "all" (the view) the arrows moved the buttons' choice, not the cells; after a click on a
+    type, Enter pressed that button again for the next cell."""
+    from playwright.sync_api import expect
+
+    analysis_id = stored_analysis(server, "NGS", "ALL/MYE/MYM/NEU/NGS", 4)
+    open_review(page, server, analysis_id, "Dr Focus")
+    keyboard_mode(page)
+    page.get_by_test_id("stButtonGroup").get_by_text("all", exact=True).click()
+    settled(page)
+    press(page, "ArrowRight", then="Cell 2 of 4")
+    page.get_by_role("button", name="NGB · band neutrophil").click()  # a type by mouse: cell 2, on to cell 3
+    expect(page.get_by_text("Cell 3 of 4")).to_be_visible()
+    settled(page)
+    page.wait_for_timeout(600)
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(1000)
+    settled(page)
+    assert [code for code, _ in cells_of(server, analysis_id)] == ["NGS", "NGB", "NGS", "NGS"]  # cell 3 untouched

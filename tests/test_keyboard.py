@@ -50,7 +50,7 @@ def test_the_cursor_stays_on_its_cell_or_moves_to_the_next_shown_one():
     order = [10, 11, 12, 13, 14]
     assert current_position(order, [11, 12, 14], 12) == 1  # still shown
     assert current_position(order, [11, 14], 12) == 1  # reviewed and filtered out: the next one (14)
-    assert current_position(order, [10, 11], 13) == 1  # none after it: the last one
+    assert current_position(order, [10, 11], 13) == 0  # none after it: back to the first (it walked backwards)
     assert current_position(order, [11, 12], None) == 0  # first visit
     assert current_position(order, [11, 12], 99) == 0  # a cell of another analysis
     with pytest.raises(ValueError, match="no cell"):

@@ -36,7 +36,7 @@ def key_layout() -> dict[str, str]:
     return st.session_state.get(LAYOUT) or default_layout()
 
 
-def _cursor_key(analysis_id: int) -> str:
+def cursor_key(analysis_id: int) -> str:
     return f"keyboard_cell_{analysis_id}"
 
 
@@ -99,7 +99,7 @@ def undo_button(store: Store, analysis_id: int, reviewer: str, disabled: bool, k
             # the cell is as this session's change before left it: that change can be undone in turn
             st.session_state[stack] = [(p, b, undoing.id if (p, r) == (prediction_id, previous) else r, f)
                                        for p, b, r, f in st.session_state[stack]]
-        st.session_state[_cursor_key(analysis_id)] = prediction_id  # the keyboard view shows that cell
+        st.session_state[cursor_key(analysis_id)] = prediction_id  # the keyboard view shows that cell
 
     st.button("Undo my last change", key=key, icon=":material/undo:", shortcut=shortcut,
               disabled=disabled or not st.session_state.get(stack), on_click=undo_last,
@@ -115,7 +115,7 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
     if not shown:  # the last cell of the view was just changed: a mis-key must still be undoable
         undo_button(store, analysis.id, reviewer, disabled, "keyboard_undo", UNDO)
         return
-    cursor = _cursor_key(analysis.id)
+    cursor = cursor_key(analysis.id)
     index = current_position([p.id for p in order], [p.id for p in shown], st.session_state.get(cursor))
     cell = shown[index]
     seen = cell.last_review_id  # a key applies to the cell as drawn: a colleague's review since is not overwritten
@@ -176,6 +176,11 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
                           type="primary" if cell.reviewed and cell.final_code == code else "secondary",
                           on_click=classify, args=(code,), width="stretch")
     st.session_state[DRAWN] = (drawing, time.monotonic())  # every key drawn: from now (and SEEN_SECONDS) on
+    # A button keeps the focus once clicked: a view or mode button took ← and → for itself (the cells no longer
+    # moved), and after a click on a type, Enter typed the next cell too. Given back to the page at each drawing
+    # (the drawing's number makes it new, so that it runs again); a text box keeps it.
+    st.html(f"<script>/* {drawing} */ if (document.activeElement?.tagName === 'BUTTON') "
+            "document.activeElement.blur();</script>", unsafe_allow_javascript=True)
 
 
 def layout_settings(tree: Tree) -> None:
