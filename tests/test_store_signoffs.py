@@ -46,6 +46,25 @@ def test_undoing_a_review_restores_the_cells_label_and_its_reviewed_state(store)
         store.undo_review(first.id, None, "dr.a", first.last_review_id)
 
 
+def test_undo_after_a_reopening_takes_back_only_changes_made_since(store):
+    """Backspace after a reopening undid a confirmation the signed record held: the cell went back to
+    unreviewed, and the amended report listed "EOS -> EOS"."""
+    from bloodcells.store import ChangedSince
+
+    analysis_id = classified(store, ["EOS", "NGS"])
+    first, second = store.get_analysis(analysis_id).predictions
+    confirmed = store.review(first.id, "EOS", "dr.a")
+    store.sign_off(analysis_id, "dr.a", specimen="peripheral blood")
+    store.reopen(analysis_id, "dr.a", reason="a second look")
+    amended = store.review(second.id, "NGB", "dr.a")
+    store.undo_review(second.id, amended.replaced, "dr.a", amended.id)  # made since the reopening: undone
+    with pytest.raises(ChangedSince, match=r"signed off before the analysis was reopened .*give it its type"):
+        store.undo_review(first.id, confirmed.replaced, "dr.a", confirmed.id)
+    cells = store.get_analysis(analysis_id).predictions
+    assert (cells[0].reviewed, cells[0].final_code, len(cells[0].reviews)) == (True, "EOS", 1)
+    assert (cells[1].reviewed, cells[1].final_code) == (False, "NGS")
+
+
 def test_a_signed_analysis_is_locked_until_reopened_and_later_reviews_are_amendments(store):
     analysis_id = classified(store, ["NGS", "NGS", "LYT"])
     first, second, _ = store.get_analysis(analysis_id).predictions

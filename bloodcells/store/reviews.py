@@ -33,7 +33,8 @@ class AnalysisLocked(ReviewError):
 
 
 class ChangedSince(ReviewError):
-    """Undo refused: someone else changed the cell after the change being undone."""
+    """Undo refused: the change being undone no longer stands as it was made: someone changed the cell
+    since, or it was signed off since (it is part of a signed record: a change now is an amendment)."""
 
 
 # Direction overrides, embeddings and isolates: in a name, U+202E turns what follows around (the date
@@ -158,10 +159,12 @@ class ReviewStore:
         take back that change, so it is refused (ChangedSince), even when it gave the same label (a
         colleague's later confirmation was taken back when only labels were compared). The undoing is
         kept in the audit trail like any review."""
-        return self._record_review(prediction_id, restore, reviewer, review_id, "undoing would take back their change")
+        return self._record_review(prediction_id, restore, reviewer, review_id, "undoing would take back their change",
+                                   undoing=True)
 
     def _record_review(self, prediction_id: int, reviewed_code: str | None, reviewer: str,
-                       seen: int | None | object, refused: str, agreeing: str | None = None) -> Review:
+                       seen: int | None | object, refused: str, agreeing: str | None = None,
+                       undoing: bool = False) -> Review:
         reviewer = person_name(reviewer, "review")
         with self.session() as session:  # which analysis: it never changes, so read before the lock
             analysis_id = session.scalar(select(Prediction.analysis_id).where(Prediction.id == prediction_id))
@@ -182,6 +185,12 @@ class ReviewStore:
                         f"changed to {prediction.final_code}")
                 raise ChangedSince(f"{prediction.filename} was {done} by {latest.reviewer} on "
                                   f"{stamp(latest.created_at)} since: {refused}")
+            if undoing and latest is not None and last is not None and latest.reopening_id != last.id:
+                # Backspace after a reopening took back a confirmation the signed record holds, and the amended
+                # report listed "EOS -> EOS"
+                raise ChangedSince(f"{prediction.filename}: that change was signed off before the analysis was "
+                                   f"reopened (by {signed_by(last)}): Undo takes back only changes made since; "
+                                   "to amend the cell, give it its type")
             review = Review(prediction_id=prediction_id, old_code=prediction.final_code,
                             new_code=reviewed_code or prediction.code, reviewer=reviewer,
                             reopening_id=last.id if last is not None else None)
