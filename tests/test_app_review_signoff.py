@@ -135,6 +135,21 @@ def test_a_view_chosen_starts_at_its_first_cell_and_the_last_cell_reviewed_goes_
     assert [p.reviewed for p in app_store.get_analysis(analysis_id).predictions] == [False] * 4 + [True]
 
 
+def test_a_panel_opened_by_an_edit_stays_open_for_its_analysis_only(app_store):
+    """Opened on one analysis, the sign-off panel opened on the next one too, its fields pushing the cell under
+    review below the fold."""
+    first = classified(app_store, ["NGS"], name="first.zip")
+    second = classified(app_store, ["LYT"], name="second.zip")
+    at = review_page_as("Dr Panel")
+    assert at.selectbox(key="review_analysis").value == second and not panel_of(at).proto.expanded
+    at.text_input(key=f"report-category-{second}").input("routine").run()
+    assert panel_of(at).proto.expanded
+    at.selectbox(key="review_analysis").set_value(first).run()
+    assert not panel_of(at).proto.expanded
+    at.selectbox(key="review_analysis").set_value(second).run()
+    assert panel_of(at).proto.expanded
+
+
 def test_undo_takes_back_the_last_change_whichever_mode_made_it(app_store):
     analysis_id = classified(app_store, ["NGS", "NGS", "NGS"], needs_review=[0, 1, 2])
     third = app_store.get_analysis(analysis_id).predictions[2]

@@ -26,7 +26,10 @@ from bloodcells.store.schema import PERIPHERAL_BLOOD, SIGNED
 REFUSAL = "review_refusal"  # session key: why the last review was refused (shown at the top of the page)
 PANEL_REFUSAL = "signoff_refusal"  # why the last sign-off or reopening was refused (shown in its open panel)
 PANEL_RESET = "signoff_reset"  # why the panel's fields were refilled (a colleague signed or reopened meanwhile)
-PANEL_OPEN = "signoff_open"  # the panel stays open once it has said why something was refused, or was edited
+# the analyses whose panel stays open once it has said why something was refused, or was edited: per analysis (one
+# open panel opened the next analysis's too, whose fields then pushed the cell under review below the fold)
+PANEL_OPEN = "signoff_open"
+PANEL_DRAWN = "signoff_drawn"  # the analysis whose panel the page drew last: the one its widgets' callbacks are of
 
 
 def attempt(action: Callable, *args, **kwargs):
@@ -53,13 +56,14 @@ def refuse_in_panel(message: str) -> None:
     with the panel closed, it was far from the fields to correct; closed at the next keystroke, the field
     being corrected went with it)."""
     st.session_state[PANEL_REFUSAL] = message
-    st.session_state[PANEL_OPEN] = True
+    keep_open()
 
 
-def keep_open() -> None:
+def keep_open(analysis_id: int | None = None) -> None:
     """An edit keeps the panel open: its first rerun after an analysis ran redrew it closed, the value
-    being typed with it."""
-    st.session_state[PANEL_OPEN] = True
+    being typed with it. A callback's: of the panel drawn last."""
+    st.session_state.setdefault(PANEL_OPEN, set()).add(
+        st.session_state.get(PANEL_DRAWN) if analysis_id is None else analysis_id)
 
 
 def attempt_in_panel(action: Callable, *args, **kwargs) -> None:
@@ -112,7 +116,7 @@ def forget_fields_if_signed_elsewhere(analysis) -> None:
                 isinstance(value, str) and value.strip() for value in typed):
             st.session_state[PANEL_RESET] = (f"{latest.person} {latest.action} this analysis meanwhile: the fields "
                                              "show what was signed, and what was typed here was not kept.")
-            st.session_state[PANEL_OPEN] = True
+            keep_open(analysis.id)
     st.session_state[drawn] = latest and latest.id
 
 
@@ -123,8 +127,9 @@ def signoff_panel(store: Store, analysis) -> None:
     status = signoff_status(analysis.signoffs, amendments(analysis))
     key = analysis.id
     forget_fields_if_signed_elsewhere(analysis)
+    st.session_state[PANEL_DRAWN] = analysis.id
     with st.expander(f"Sign-off and report (PDF) · {status}", icon=":material/description:",
-                     expanded=st.session_state.get(PANEL_OPEN, False)):
+                     expanded=analysis.id in st.session_state.get(PANEL_OPEN, set())):
         show_refusal(PANEL_REFUSAL)
         if reset := st.session_state.pop(PANEL_RESET, None):
             st.warning(reset)
