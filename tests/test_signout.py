@@ -78,6 +78,31 @@ def test_a_blood_films_report_gives_the_neutrophils_together_and_says_how_its_co
     assert "White-cell count -" in marrow and "Neutrophils, total 60 (48.0%) Flagged" in marrow
 
 
+def test_an_amended_report_gives_the_differential_signed_before_beside_the_new_one(store):
+    """A marrow signed with 2 blasts of 100, reopened, 3 segmented neutrophils retyped as blasts, signed again:
+    the report listed "c2.png: NGS -> BLA" three times and nowhere the 2.0% first reported."""
+    analysis_id = store.start_analysis("marrow.zip", "classification")
+    codes = ["BLA"] * 2 + ["NGS"] * 88 + ["EBO"] * 10
+    store.finish_analysis(analysis_id, predictions=[
+        PredictionRow(f"c{n}.png", code, "ALL", 0.99, {}, False) for n, code in enumerate(codes)])
+    store.sign_off(analysis_id, "Dr A", specimen="bone marrow")
+    assert build_report(store, analysis_id).signed_before is None  # never reopened
+    store.reopen(analysis_id, "Dr B", reason="blasts missed")
+    for cell in store.get_analysis(analysis_id).predictions[2:5]:
+        store.review(cell.id, "BLA", "Dr B")
+    reopened = build_report(store, analysis_id)
+    assert (reopened.signed_before["Blasts"].count, reopened.signed_before["Blasts"].percent) == (2, 2.0)
+    store.sign_off(analysis_id, "Dr B", specimen="peripheral blood", white_cell_count=4.0)
+    amended = build_report(store, analysis_id)
+    before = amended.signed_before
+    assert (before["Blasts"].count, before["Segmented neutrophils"].count, before["Erythroblasts"].count) == (2, 88, 10)
+    text = " ".join(pdf_text(to_pdf(amended)).split())
+    assert "signed before: count (%)" in text
+    assert "Blasts 5 5.6 1.8-12.5 0.22 2 (2.0)" in text, text  # now over the 90 white cells of a blood film
+    assert "Total counted 90 100.0 4 100" in text
+    assert "<td>2 (2.0)</td>" in to_html(amended)
+
+
 def test_a_report_says_what_a_count_can_tell_and_what_no_person_saw(store):
     """From a haematologist's audit: 5 blasts of 100 printed "5.0%" with no limits (1.6-11.3 by the count);
     195 of 200 cells never seen by a person were signed as "flagged, not reviewed 0"; 30 smudge cells beside 180

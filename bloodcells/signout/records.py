@@ -70,6 +70,24 @@ def signed_value_changes(signoffs) -> list[ValueChange]:
             if (old := _value_text(name, getattr(earlier, name))) != (new := _value_text(name, getattr(later, name)))]
 
 
+def differential_signed_before(analysis, tree: Tree) -> dict[str, Row] | None:
+    """The differential as the sign-off before the latest reopening signed it (its cells' types with the changes
+    made since that reopening taken back, its specimen and white-cell count), by row label; None for an
+    analysis never reopened. An amended report listed "c2.png: NGS -> BLA" and never the blasts first reported."""
+    reopenings = [s for s in analysis.signoffs if s.action == REOPENED]
+    if not reopenings:
+        return None
+    reopening = reopenings[-1]
+    signed = next(s for s in reversed(analysis.signoffs) if s.action == SIGNED and s.id < reopening.id)
+    types = {p.id: p.final_code for p in analysis.predictions}
+    since = sorted(((r.id, p.id, r.old_code) for p in analysis.predictions for r in p.reviews
+                    if r.reopening_id == reopening.id), reverse=True)
+    for _review, cell, before in since:  # the latest first, each giving back the type it replaced
+        types[cell] = before
+    rows, _apart, _counted = clinical_rows(types.values(), tree, signed.white_cell_count, signed.specimen)
+    return {row.label: row for row in rows}
+
+
 def _gallery_image(content: bytes) -> bytes | None:
     """A stored cell as the gallery's PNG (128 px at most); None when it cannot be drawn: a white cell's crop
     of a few pixels, stored before detection framed every cell at least 16 px a side, made the whole
@@ -146,6 +164,8 @@ class ClinicalReport:
     smear: SmearFields | None = None  # a detection's red cells and platelets
     notes: list[str] = field(default_factory=list)  # the upload's files not used, why its counts may be doubtful
     cells: int = 0  # the analysis's cells (a detection's: its typed white cells kept as cells)
+    # an amended or reopened analysis's differential as signed before the latest reopening: row label -> row
+    signed_before: dict[str, Row] | None = None
     reviewed_cells: int = 0  # of them, those a person reviewed: the rest are as the models typed them
 
 
@@ -233,6 +253,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         amendments=amendments, value_changes=signed_value_changes(analysis.signoffs),
         smear=smear_fields(analysis.summary) if analysis.kind == "detection" else None,
         notes=upload_notes(analysis.summary or {}), cells=len(analysis.predictions),
+        signed_before=differential_signed_before(analysis, tree),
         reviewed_cells=sum(1 for p in analysis.predictions if p.reviewed))
 
 

@@ -122,14 +122,30 @@ def _amendment_table(report: ClinicalReport) -> tuple[list[str], list[list[str]]
 
 
 def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
-    header = ["Cell type", "Count", "%", "95% limits"] + (["x 10^9/L"] if report.white_cell_count is not None else [])
+    before = report.signed_before
+    header = (["Cell type", "Count", "%", "95% limits"] + (["x 10^9/L"] if report.white_cell_count is not None else [])
+              + (["signed before: count (%)"] if before is not None else []))
     body = [[row.label, str(row.count), "-" if row.percent is None else f"{row.percent:.1f}",
              "-" if row.limits is None else f"{row.limits[0]:.1f}-{row.limits[1]:.1f}"]
             + (["-" if row.per_litre is None else f"{row.per_litre:.2f}"] if report.white_cell_count is not None else [])
+            + ([_signed_before(before.get(row.label))] if before is not None else [])
             for row in report.rows]  # no per-litre figure where no white cell was counted
     body.append(["Total counted", str(report.counted), "100.0" if report.counted else "-", ""]
-                + ([f"{report.white_cell_count:g}"] if report.white_cell_count is not None else []))
+                + ([f"{report.white_cell_count:g}"] if report.white_cell_count is not None else [])
+                + ([str(sum(row.count for row in before.values()))] if before is not None else []))
     return header, body
+
+
+# the differential's columns in the PDF, in mm (A4 less its margins is 190)
+COLUMN_MM = {"Cell type": 55, "Count": 17, "%": 16, "95% limits": 26, "x 10^9/L": 22, "signed before: count (%)": 34}
+
+
+def _signed_before(row) -> str:
+    """A row of the differential signed before the reopening; "-" where that one had no such row (a blood
+    film's erythroblasts, signed as marrow before)."""
+    if row is None:
+        return "-"
+    return f"{row.count} ({row.percent:.1f})" if row.percent is not None else str(row.count)
 
 
 def _html_table(header: list[str], body: list[list[str]]) -> str:
@@ -208,7 +224,7 @@ def to_pdf(report: ClinicalReport) -> bytes:
             paragraph(f"- {note}")
     pdf.ln(3)
     header, body = _table(report)
-    table(header, body, (60, 20, 18, 27, 25)[:len(header)])
+    table(header, body, tuple(COLUMN_MM[name] for name in header))
     section("Not in the count")
     paragraph("; ".join(_apart_lines(report)) or "none")
     if report.gallery:
