@@ -107,6 +107,9 @@ def _check_zip_index(handle, label: str, limits: InputLimits) -> None:
     handle.seek(0)
 
 
+READABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
 def _member_problem(info: zipfile.ZipInfo, limits: InputLimits) -> str | None:
     name = info.filename
     parts = PurePosixPath(name.replace("\\", "/")).parts
@@ -124,6 +127,10 @@ def _member_problem(info: zipfile.ZipInfo, limits: InputLimits) -> str | None:
         return f"name longer than {MAX_NAME_LENGTH} characters"
     if info.flag_bits & 0x1:
         return "encrypted (password-protected), cannot be read"
+    if info.compress_type not in READABLE_METHODS:  # it said "That compression method is not supported"
+        method = zipfile.compressor_names.get(info.compress_type, f"method {info.compress_type}")
+        return (f"compressed with {method}, which cannot be read here (Windows makes large zips with deflate64): "
+                "zip the images again with the standard method (deflate)")
     if info.file_size > limits.max_file_bytes:
         return f"{info.file_size} bytes uncompressed is over the limit of {limits.max_file_bytes} bytes"
     if info.file_size > limits.ratio_floor_bytes and info.file_size > limits.max_ratio * max(info.compress_size, 1):
