@@ -312,13 +312,18 @@ def test_explain_command_writes_the_overlays_and_prints_the_time(trained_models_
     (["{image}", "--out", "x.png", "--node", "LYT"], "node 'LYT' has no model"),
     (["{image}", "--out", "x.png", "--target", "nonsense-cell"], "nonsense-cell"),
     (["{image}", "--out", "x.png", "--target", "ALL"], "'ALL' is not a choice of any model of the tree"),  # a traceback
+    (["{zip}", "--out", "x.png"], "cells.zip: a zip; explain takes one image"),  # "not an image (... Pillow ...)"
 ])
 def test_explain_command_names_bad_input(trained_models_dir, tmp_path, capsys, arguments, message):
     from bloodcells.cli import main
 
+    import zipfile
+
     image = tmp_path / "cell.png"
     neutrophil().save(image)
-    arguments = [a.format(image=image) for a in arguments]
+    with zipfile.ZipFile(tmp_path / "cells.zip", "w") as archive:
+        archive.write(image, "cell.png")
+    arguments = [a.format(image=image, zip=tmp_path / "cells.zip") for a in arguments]
     assert main(["explain", *arguments, "--models", str(trained_models_dir)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("bloodcells explain: error:") and message in error

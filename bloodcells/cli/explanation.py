@@ -29,6 +29,8 @@ def _configure_explain(parser: argparse.ArgumentParser) -> None:
 
 @command("explain", "show which pixels made each level of the tree choose its answer", _configure_explain)
 def explain_command(args: argparse.Namespace) -> int:
+    import zipfile
+
     from PIL import Image
 
     from ..classify import ModelFileError, load_classifier
@@ -36,6 +38,9 @@ def explain_command(args: argparse.Namespace) -> int:
 
     if not args.image.is_file():
         raise CommandError(f"{args.image}: no such image")
+    if zipfile.is_zipfile(args.image):  # it said "not an image (the content is not in a format Pillow reads...)"
+        raise CommandError(f"{args.image}: a zip; explain takes one image (take one out of it, or classify the zip "
+                           "and explain its cells on the Explanation page)")
     if args.out.suffix.lower() != ".png":
         raise CommandError(f"{args.out}: the output must be a .png file")
     output_file(args.out, reads=args.image)
