@@ -442,6 +442,9 @@ def test_detector_weights_unlike_their_training_record_are_refused(trained_detec
         Detector.load(weights)
     own = shutil.copytree(trained_detector.parent, tmp_path / "own", ignore=shutil.ignore_patterns("metrics.json"))
     assert Detector.load(own / trained_detector.name).sha256 == Detector.load(trained_detector).sha256  # no record
+    assert json.loads((folder / "metrics.json").read_text())["weights"] == "detector.pt"  # the file it describes
+    shutil.copyfile(trained_detector, folder / "other.pt")  # weights the record does not describe: not checked
+    assert Detector.load(folder / "other.pt").sha256 == Detector.load(trained_detector).sha256
 
 
 # -- the real YOLO path -----------------------------------------------------------------------------
@@ -608,8 +611,12 @@ def test_counts_not_to_be_trusted_are_said_with_why(tmp_path):
     assert not any("confidence" in warning for warning in scan.warnings)  # at the default
     colour.save(tmp_path / "copy of specks.png")  # the same field twice: its cells counted twice, said
     assert [w for w in detect(tmp_path, detector=Saturated(), type_white_cells=False).warnings if "cop" in w] == [
-        "1 image of the upload is a copy of another (specks.png = copy of specks.png): each copy was analysed and "
-        "counted as an image of its own"]
+        "1 image of the upload is a copy of another (specks.png is the same image as copy of specks.png): each copy "
+        "was analysed and counted as an image of its own"]
+    on_slide = detect(tmp_path, detector=Saturated(), type_white_cells=False, slide=True)  # the copy: over it
+    assert [w for w in on_slide.warnings if "cop" in w] == [
+        "1 image of the upload is a copy of another (specks.png is the same image as copy of specks.png): each copy "
+        "lies over its original, so its cells are counted once, but it counts as a field in the means per field"]
 
 
 def test_a_tile_the_model_gave_its_most_boxes_for_marks_the_images_boxes(trained_detector, monkeypatch):

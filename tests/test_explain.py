@@ -315,9 +315,9 @@ def test_explain_command_writes_the_overlays_and_prints_the_time(trained_models_
     (["{zip}", "--out", "x.png"], "cells.zip: a zip; explain takes one image"),  # "not an image (... Pillow ...)"
 ])
 def test_explain_command_names_bad_input(trained_models_dir, tmp_path, capsys, arguments, message):
-    from bloodcells.cli import main
-
     import zipfile
+
+    from bloodcells.cli import main
 
     image = tmp_path / "cell.png"
     neutrophil().save(image)

@@ -231,11 +231,13 @@ def test_uploaded_images_with_odd_files_beside_them_are_read_as_the_command_line
     from ui.uploads import uploaded_source
 
     a, b = (GOOD_CELLS[name] for name in sorted(GOOD_CELLS)[:2])
-    files = [Upload("neu.jpg", a), Upload("Thumbs.db", b"\xd0\xcf"), Upload("notes.txt", b"slide 7"), Upload("lym.jpg", b)]
+    files = [Upload("neu.jpg", a), Upload("Thumbs.db", b"\xd0\xcf"), Upload("notes.txt", b"slide 7"), Upload("lym.jpg", b),
+             Upload("results.xlsx", zip_of({"xl/workbook.xml": b"<x/>"}))]  # a zip inside, named as what it is
     with uploaded_source(files) as source:
         items = list(iter_inputs(source))
     assert {i.name: i.content for i in items if isinstance(i, InputImage)} == {"neu.jpg": a, "lym.jpg": b}
-    assert [(i.name, "not an image" in i.problem) for i in items if isinstance(i, InputProblem)] == [("notes.txt", True)]
+    assert [(i.name, "not an image" in i.problem) for i in items if isinstance(i, InputProblem)] == [
+        ("notes.txt", True), ("results.xlsx", True)]
     with uploaded_source([Upload("cells.jpg", zip_of({"NGS/a.png": a, "b.png": b}))]) as source:
         assert sorted(i.name for i in iter_inputs(source) if isinstance(i, InputImage)) == ["NGS/a.png", "b.png"]
     with pytest.raises(InputError, match=r"^Thumbs.db, notes.txt: not an image or a .zip"), \

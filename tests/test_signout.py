@@ -100,6 +100,7 @@ def test_an_amended_report_gives_the_differential_signed_before_beside_the_new_o
     assert "signed before: count (%)" in text
     assert "Blasts 5 5.6 1.8-12.5 0.22 2 (2.0)" in text, text  # now over the 90 white cells of a blood film
     assert "Total counted 90 100.0 4 100" in text
+    assert "Erythroblasts - - - - 10 (10.0) Total counted" in text  # signed in the marrow's, not in the film's
     assert "<td>2 (2.0)</td>" in to_html(amended)
 
 
@@ -160,6 +161,12 @@ def test_detection_reports_count_the_typed_white_cells(store):
         DetectionRow("field.png", "RBC", 0.9, (20, 0, 29, 9))])
     report = build_report(store, analysis_id)
     assert report.counted == 2 and {r.label: r.percent for r in report.rows}["Monocytes"] == 50
+    store.sign_off(analysis_id, "Dr A", specimen="peripheral blood")
+    store.reopen(analysis_id, "Dr A", reason="a second look")  # stored before its white cells were cells
+    reopened = build_report(store, analysis_id)
+    assert {label: row.count for label, row in reopened.signed_before.items() if row.count} == {
+        "Monocytes": 1, "Lymphocytes": 1}  # it was 0 in every row beside the real counts
+    assert "Reviewed by a person" not in pdf_text(to_pdf(reopened))  # it said "0 of 0 cells"
 
 
 def test_the_report_says_the_uploads_doubtful_counts_and_files_not_used(store):
@@ -310,7 +317,7 @@ def test_an_amended_report_says_so_with_the_changes_after_the_first_sign_off(sto
     first, second, _ = store.get_analysis(analysis_id).predictions
     store.review(first.id, "NGB", "Dr Who")  # before the sign-off: a review, not an amendment
     store.sign_off(analysis_id, "Dr Who", category="peripheral blood", comment="Left shift.", target=100,
-                   white_cell_count=4.0)
+                   white_cell_count=4.0, specimen="peripheral blood")
     signed = build_report(store, analysis_id)
     assert (signed.status, signed.category, signed.comment, signed.target, signed.white_cell_count) == \
         ("signed", "peripheral blood", "Left shift.", 100, 4.0)  # what was signed, unless given
@@ -384,10 +391,10 @@ def test_an_amended_report_lists_the_signed_values_changed(store):
     store.finish_analysis(analysis_id, predictions=[
         PredictionRow(f"c{n}.png", code, "ALL", 0.99, {}, False) for n, code in enumerate(["NGS", "LYT"])])
     store.sign_off(analysis_id, "Dr A", category="peripheral blood", comment="Normal.", target=100,
-                   white_cell_count=7.5)
+                   white_cell_count=7.5, specimen="peripheral blood")
     store.reopen(analysis_id, "Dr B", reason="count entered wrong")
     store.sign_off(analysis_id, "Dr B", category="peripheral blood", comment="Normal.", target=200,
-                   white_cell_count=8.0)
+                   white_cell_count=8.0, specimen="peripheral blood")
     report = build_report(store, analysis_id)
     assert report.status == "amended" and report.amendments == []  # no cell changed: its values did
     assert [(c.person, c.value, c.old, c.new) for c in report.value_changes] == [

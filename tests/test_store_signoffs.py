@@ -69,8 +69,10 @@ def test_a_signed_analysis_is_locked_until_reopened_and_later_reviews_are_amendm
     analysis_id = classified(store, ["NGS", "NGS", "LYT"])
     first, second, _ = store.get_analysis(analysis_id).predictions
     before = store.review(first.id, "NGB", "dr.a")
+    with pytest.raises(ReviewError, match="state the specimen"):  # "not stated" reads as a marrow's
+        store.sign_off(analysis_id, "dr.a", white_cell_count=6.5)
     signed = store.sign_off(analysis_id, " dr.a ", category="peripheral blood", comment="Normal.", target=100,
-                            white_cell_count=6.5)
+                            white_cell_count=6.5, specimen="peripheral blood")
     assert (signed.action, signed.person, signed.category, signed.target, signed.white_cell_count) == \
         ("signed", "dr.a", "peripheral blood", 100, 6.5)
     assert store.get_analysis(analysis_id).signed_off.id == signed.id

@@ -59,8 +59,10 @@ def upload_label(files: Sequence) -> str:
 
 
 def _is_zip(upload) -> bool:
-    """A zip by its name or its content (a zip renamed ``cells.jpg``, which the command line opens as one)."""
-    return upload.name.lower().endswith(".zip") or upload.getvalue()[:4] == b"PK\x03\x04"
+    """A zip by its name or, named as an image, by its content (a zip renamed ``cells.jpg``, which the command line
+    opens as one); an Office file (.xlsx, .docx: zips too) beside the images is one of the files not used."""
+    name = upload.name.lower()
+    return name.endswith(".zip") or (Path(name).suffix in IMAGE_SUFFIXES and upload.getvalue()[:4] == b"PK\x03\x04")
 
 
 @contextmanager

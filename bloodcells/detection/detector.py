@@ -76,14 +76,17 @@ class FoundBoxes(list):
 
 
 def _check_recorded_sha256(path: Path, sha256: str) -> None:
-    """Refuse weights whose sha256 is not the one training recorded beside them (``metrics.json``): 4 KB
-    overwritten inside the shipped detector loaded, found no cell on any field, and said nothing. Weights
-    with no record beside them (a detector of the lab's own) are not checked."""
+    """Refuse weights whose sha256 is not the one training recorded beside them (``metrics.json``, which names
+    the file it describes): 4 KB overwritten inside the shipped detector loaded, found no cell on any field, and
+    said nothing. Weights no record describes (a detector of the lab's own) are not checked."""
     record = path.with_name("metrics.json")
     try:
-        recorded = json.loads(record.read_text()).get("sha256") if record.is_file() else None
+        described = json.loads(record.read_text()) if record.is_file() else {}
+        # the file it describes (those written before it named one describe detector.pt)
+        recorded = described.get("sha256") if described.get("weights", "detector.pt") == path.name else None
     except (OSError, ValueError, AttributeError) as error:
-        raise DetectorFileError(f"{record}: unreadable ({error}); it records the sha256 of {path.name}") from error
+        raise DetectorFileError(f"{record}: unreadable ({error}); it records the sha256 of the weights beside "
+                                "it") from error
     if recorded is not None and recorded != sha256:
         raise DetectorFileError(f"{path}: damaged or replaced (its sha256 is {sha256[:12]}..., {record.name} beside it "
                                 f"records {str(recorded)[:12]}...): restore it (`git checkout {path.name}` in its "

@@ -195,7 +195,7 @@ def detect(source, *, detector: Detector | None = None, classifier: TreeClassifi
                 progress(len(outcome.files), None)
         if not outcome.files:  # images, none decodable: an error, not a finished analysis of 0 cells
             raise none_readable(label, [p for p in outcome.problems if is_image_name(p.name)])
-        outcome.warnings += filter(None, [repeated.warning()])
+        outcome.warnings += filter(None, [repeated.warning(slide=slide)])
         if confidence < DOUBTFUL_CONFIDENCE:
             outcome.warnings.insert(0, low_confidence_warning(confidence))
         counted = outcome.boxes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,19 +51,25 @@ def train_detector(data: list[Path] | Path, *, model: str | Path = DEFAULT_ARCHI
                multi_scale=multi_scale, seed=seed, device=torch_device(), amp=False, plots=False,
                project=str(work_dir / "runs"), name="train", exist_ok=True, verbose=verbose)
     best = Path(yolo.trainer.best)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "detector.pt"
-    shutil.copyfile(best if best.is_file() else yolo.trainer.last, target)
+    trained = best if best.is_file() else Path(yolo.trainer.last)
     sources = [Path(s) for s in (data if isinstance(data, list | tuple) else [data])]
-    metrics = {tag: evaluate_detector(source, model=target, imgsz=imgsz, work_dir=work_dir / f"eval-{tag}")
+    metrics = {tag: evaluate_detector(source, model=trained, imgsz=imgsz, work_dir=work_dir / f"eval-{tag}")
                for tag, source in zip(source_tags(sources), sources, strict=True) if read_samples(source, "val")}
     start = Path(str(model))
     # fine-tuned from earlier weights: which ones (the architecture is then the one they were built from)
     initial = {"file": str(start), "sha256": sha256_file(start)} if start.suffix == ".pt" else None
-    (out / "metrics.json").write_text(json.dumps(
-        {"architecture": yolo.model.yaml.get("yaml_file", str(model)), "initial_weights": initial,
-         "imgsz": imgsz, "multi_scale": multi_scale, "epochs_run": yolo.trainer.epoch + 1,
-         "dataset": prepared.counts, "val": metrics, "sha256": sha256_file(target)}, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "detector.pt"
+    record = {"architecture": yolo.model.yaml.get("yaml_file", str(model)), "initial_weights": initial,
+              "imgsz": imgsz, "multi_scale": multi_scale, "epochs_run": yolo.trainer.epoch + 1,
+              "dataset": prepared.counts, "val": metrics, "weights": target.name, "sha256": sha256_file(trained)}
+    # Both files replace the old ones only once the new weights are scored, each whole (written beside it, then
+    # renamed over it), one right after the other: the weights used to be copied in first, and for the minutes
+    # of validation (for good, when it failed) the detector in use was refused as "damaged or replaced".
+    shutil.copyfile(trained, staged := out / f".{target.name}.new")
+    (staged_record := out / ".metrics.json.new").write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(staged, target)
+    os.replace(staged_record, out / "metrics.json")
     return TrainedDetector(target, metrics, prepared.counts)
 
 

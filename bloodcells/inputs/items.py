@@ -68,11 +68,14 @@ class RepeatedImages:
         if first != image.name:
             self.copies.append((image.name, first))
 
-    def warning(self) -> str | None:
+    def warning(self, slide: bool = False) -> str | None:
+        """What the copies did to the counts; ``slide``: fields of one slide, where a copy lies over its original
+        and its cells are counted once (it said "counted as an image of its own" there too)."""
         if not self.copies:
             return None
-        shown = "; ".join(f"{copy} = {first}" for copy, first in self.copies[:3])
+        shown = "; ".join(f"{copy} is the same image as {first}" for copy, first in self.copies[:3])
         many = len(self.copies) > 1
-        return (f"{len(self.copies)} image{'s' if many else ''} of the upload {'are' if many else 'is a'} "
-                f"cop{'ies' if many else 'y'} of another ({shown}{'; ...' if len(self.copies) > 3 else ''}): each "
-                "copy was analysed and counted as an image of its own")
+        effect = ("each copy lies over its original, so its cells are counted once, but it counts as a field in the "
+                  "means per field" if slide else "each copy was analysed and counted as an image of its own")
+        return (f"{len(self.copies)} image{'s' if many else ''} of the upload {'are copies' if many else 'is a copy'} "
+                f"of another ({shown}{'; ...' if len(self.copies) > 3 else ''}): {effect}")

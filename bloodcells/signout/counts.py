@@ -104,12 +104,14 @@ def smear_fields(summary: dict | None) -> SmearFields | None:
 
 
 def clinical_rows(codes: Iterable[str], tree: Tree | None = None, white_cell_count: float | None = None,
-                  specimen: str | None = None) -> tuple[list[Row], list[Row], int]:
+                  specimen: str | None = None, limits: bool = False) -> tuple[list[Row], list[Row], int]:
     """The differential rows in clinical order, the rows kept apart, and the cells counted.
 
     Percentages, to a tenth, are over the counted cells and add up to 100 (``percentages``);
     ``white_cell_count`` (x 10^9/L) gives each row's absolute count. A code is counted in the first row
     whose codes lie at or above it. Of a ``specimen`` of peripheral blood, erythroblasts are kept apart.
+    ``limits``: each row's 95% limits too (the report's; 14 ms a call, which the count log's thousands of
+    analyses and a slide's every white cell do not need).
     """
     tree = tree or default_tree()
     counts = Counter(codes)
@@ -132,15 +134,21 @@ def clinical_rows(codes: Iterable[str], tree: Tree | None = None, white_cell_cou
     rows.append(Row(OTHERS, sum(n for code, n in counts.items() if code not in in_rows | kept_apart)))
     counted = sum(row.count for row in rows)
     if counted:
-        from scipy.stats import binomtest
-
         for row, percent in zip(rows, percentages([row.count for row in rows]), strict=True):
             row.percent = percent
-            interval = binomtest(row.count, counted).proportion_ci(0.95, method="exact")
-            row.limits = (round(100 * interval.low, 1), round(100 * interval.high, 1))
+            if limits:
+                row.limits = exact_limits(row.count, counted)
             if white_cell_count is not None:
                 row.per_litre = white_cell_count * row.count / counted
     return rows, [row for row in apart if row.count], counted
+
+
+def exact_limits(count: int, total: int) -> tuple[float, float]:
+    """The 95% limits, in percent to a tenth, of a share of ``count`` in ``total`` (exact binomial)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(count, total).proportion_ci(0.95, method="exact")
+    return round(100 * interval.low, 1), round(100 * interval.high, 1)
 
 
 def in_differential(code: str, tree: Tree | None = None, specimen: str | None = None) -> bool:

@@ -79,7 +79,10 @@ def differential_signed_before(analysis, tree: Tree) -> dict[str, Row] | None:
         return None
     reopening = reopenings[-1]
     signed = next(s for s in reversed(analysis.signoffs) if s.action == SIGNED and s.id < reopening.id)
-    types = {p.id: p.final_code for p in analysis.predictions}
+    if not analysis.predictions:  # a detection stored before its white cells were kept as cells: none to review
+        types = dict(enumerate(differential_codes(analysis)))
+    else:
+        types = {p.id: p.final_code for p in analysis.predictions}
     since = sorted(((r.id, p.id, r.old_code) for p in analysis.predictions for r in p.reviews
                     if r.reopening_id == reopening.id), reverse=True)
     for _review, cell, before in since:  # the latest first, each giving back the type it replaced
@@ -235,7 +238,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     reviews = [(p, r) for p in analysis.predictions for r in p.reviews]
     amendments = sorted((Amendment(r.created_at, r.reviewer, p.filename, r.old_code, r.new_code)
                          for p, r in reviews if r.reopening_id is not None), key=lambda a: a.at)
-    rows, apart, counted = clinical_rows(codes, tree, white_cell_count, specimen)
+    rows, apart, counted = clinical_rows(codes, tree, white_cell_count, specimen, limits=True)
     blood_film = specimen == PERIPHERAL_BLOOD
     gallery = [(p.filename, p.code, png) for p in gallery_source
                if p.blob_id is not None and (png := _gallery_image(store.read_blob(p.blob_id))) is not None]

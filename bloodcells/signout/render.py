@@ -39,9 +39,9 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
         *_neutrophils(report),
         ("Flagged, not reviewed", str(report.unreviewed_flagged)),
         # a signed count of 200 cells, 5 of them reviewed, read as a count a person had verified
-        ("Reviewed by a person", f"{report.reviewed_cells} of {report.cells} cells"
-                                 + ("" if report.reviewed_cells == report.cells else
-                                    " (the others as the models typed them)")),
+        *([("Reviewed by a person", f"{report.reviewed_cells} of {report.cells} cells"
+                                    + ("" if report.reviewed_cells == report.cells else
+                                       " (the others as the models typed them)"))] if report.cells else []),
         ("Reviewed by", ", ".join(report.reviewers) or "nobody yet"),
         ("Last review", "-" if report.reviewed_at is None else stamp(report.reviewed_at)),
         ("Models", report.model_versions or "not recorded"),
@@ -130,6 +130,10 @@ def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
             + (["-" if row.per_litre is None else f"{row.per_litre:.2f}"] if report.white_cell_count is not None else [])
             + ([_signed_before(before.get(row.label))] if before is not None else [])
             for row in report.rows]  # no per-litre figure where no white cell was counted
+    if before is not None:  # rows signed before that the differential now has not (a marrow's erythroblasts)
+        shown = {row.label for row in report.rows}
+        body += [[label, "-", "-", "-"] + (["-"] if report.white_cell_count is not None else []) + [_signed_before(row)]
+                 for label, row in before.items() if label not in shown]
     body.append(["Total counted", str(report.counted), "100.0" if report.counted else "-", ""]
                 + ([f"{report.white_cell_count:g}"] if report.white_cell_count is not None else [])
                 + ([str(sum(row.count for row in before.values()))] if before is not None else []))

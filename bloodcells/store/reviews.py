@@ -210,6 +210,9 @@ class ReviewStore:
         person = person_name(person, "sign-off")
         category, comment = signoff_text(category, comment)
         check_specimen(specimen, white_cell_count)
+        if specimen is None and white_cell_count is not None:  # "not stated" reads as a marrow's: no absolute counts
+            raise ReviewError("a white-cell count gives a blood film's absolute counts: state the specimen "
+                              "(peripheral blood)")
         with self.locked(analysis_id) as (session, last):
             analysis = session.get(Analysis, analysis_id)
             if analysis is None:
