@@ -13,6 +13,8 @@ import time
 import streamlit as st
 
 from bloodcells.keyboard import (
+    FIRST,
+    LAST,
     NEXT,
     PREVIOUS,
     UNDO,
@@ -163,10 +165,14 @@ def keyboard_review(store: Store, analysis, order: list, shown: list, reviewer: 
                 st.caption(f"{neighbour.final_code} · {neighbour.filename}")
 
     with st.container(horizontal=True, key="keyboard_navigation"):
+        st.button("First", key="keyboard_first", icon=":material/first_page:", shortcut=FIRST,
+                  disabled=index == 0, on_click=move, args=(shown[0].id,))
         st.button("Previous", key="keyboard_previous", icon=":material/arrow_back:", shortcut=PREVIOUS,
                   disabled=index == 0, on_click=move, args=(shown[max(index - 1, 0)].id,))
         st.button("Next", key="keyboard_next", icon=":material/arrow_forward:", shortcut=NEXT,
                   disabled=index + 1 == len(shown), on_click=move, args=(following,))
+        st.button("Last", key="keyboard_last", icon=":material/last_page:", shortcut=LAST,
+                  disabled=index + 1 == len(shown), on_click=move, args=(shown[-1].id,))
         undo_button(store, analysis.id, reviewer, disabled, "keyboard_undo", UNDO)
     entries = list(layout.items())
     for start in range(0, len(entries), KEYS_PER_ROW):
@@ -187,7 +193,8 @@ def layout_settings(tree: Tree) -> None:
     """Change the key layout for this session: lines of KEY: CODE, checked before use."""
     with st.expander("Key layout", icon=":material/keyboard:"):
         st.caption(f"One line per key: `KEY: CODE` (a letter or digit, not C or R, which Streamlit keeps). "
-                   f"{PREVIOUS} and {NEXT} arrows move, {UNDO} undoes your last change.")
+                   f"{PREVIOUS} and {NEXT} arrows move, {FIRST} and {LAST} go to the first and last cell, {UNDO} "
+                   "undoes your last change.")
         text = st.text_area("Keys", layout_text(key_layout(), tree), height=240, key="review_keys_text")
         apply, reset = st.columns(2)
         if apply.button("Use this layout", key="review_keys_apply"):
