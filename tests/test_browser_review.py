@@ -193,7 +193,7 @@ def test_sign_off_locks_keys_reopen_amend_and_the_report_says_amended(page, serv
     report = downloaded(page, panel(page).get_by_role("button", name="Download report (PDF)"))
     text = "\n".join(p.extract_text() for p in PdfReader(report).pages)
     for expected in ("Differential count - AMENDED", "Amended: signed off again by Dr Sign", "Specimen peripheral blood",
-                     "reopened by Dr Sign: a band was missed", "Changes after the first sign-off", "NGS -> NGB"):
+                     "reopened by Dr Sign: a band was missed", "Changes after the first sign-off", "(NGS) -> band neutrophil (NGB)"):
         assert expected in text, expected
     page.screenshot(path=str(ARTIFACTS / "review_signed_amended.png"), full_page=True)
 

@@ -71,7 +71,7 @@ def test_a_blood_films_report_gives_the_neutrophils_together_and_says_how_its_co
     text = " ".join(pdf_text(to_pdf(build_report(store, analysis_id, specimen="peripheral blood",
                                                  white_cell_count=20.0))).split())
     for expected in ("White-cell count 20 x 10^9/L, used as entered for the absolute counts; with 25.0 erythroblasts "
-                     "per 100 white cells a count not corrected for them corrects to 16.00 (x 100 / 125.0)",
+                     "per 100 white cells a count not corrected for them corrects to 16.00 x 10^9/L (x 100 / 125.0)",
                      "Neutrophils, total 60 (60.0%); 12.00 x 10^9/L (absolute neutrophil count)"):
         assert expected in text, (expected, text)
     marrow = " ".join(pdf_text(to_pdf(build_report(store, analysis_id, specimen="bone marrow"))).split())
@@ -97,7 +97,7 @@ def test_an_amended_report_gives_the_differential_signed_before_beside_the_new_o
     before = amended.signed_before
     assert (before["Blasts"].count, before["Segmented neutrophils"].count, before["Erythroblasts"].count) == (2, 88, 10)
     text = " ".join(pdf_text(to_pdf(amended)).split())
-    assert "signed before: count (%)" in text
+    assert "signed before (bone marrow, 100): count (%)" in text
     assert "Blasts 5 5.6 1.8-12.5 0.22 2 (2.0)" in text, text  # now over the 90 white cells of a blood film
     assert "Total counted 90 100.0 4 100" in text
     assert "Erythroblasts - - - - 10 (10.0) Total counted" in text  # signed in the marrow's, not in the film's
@@ -118,9 +118,11 @@ def test_a_report_says_what_a_count_can_tell_and_what_no_person_saw(store):
     assert (blasts.percent, blasts.limits) == (5.0, (1.6, 11.3))
     assert next(row for row in report.rows if row.label == "Monocytes").limits == (0.0, 3.6)  # none seen: at most
     text = " ".join(pdf_text(to_pdf(report)).split())
-    for expected in ("Differential count - DRAFT, not signed off", "95% limits", "Blasts 5 5.0 1.6-11.3",
-                     "Reviewed by a person 1 of 128 cells (the others as the models typed them)",
-                     "Platelets: 3; Smudge cells: 25 (20.0% of the 125 white cells seen)"):
+    for expected in ("Differential count - DRAFT, not signed off", "95% CI of %", "Blasts 5 5.0 1.6-11.3",
+                     "Reviewed by a person 1 of the 128 cells of the analysis (100 in the differential); the others "
+                     "as the models typed them", "not a reference range",
+                     "Platelets: 3; Smudge cells: 25 (20.0% of the 125 nucleated cells seen)",
+                     "Analysis #1 · Differential count - DRAFT, not signed off · page 1 of 1"):
         assert expected in text, (expected, text)
     store.sign_off(analysis_id, "Dr Who", specimen="bone marrow")
     signed = " ".join(pdf_text(to_pdf(build_report(store, analysis_id))).split())
@@ -336,12 +338,13 @@ def test_an_amended_report_says_so_with_the_changes_after_the_first_sign_off(sto
     assert [(a.reviewer, a.cell, a.old_code, a.new_code) for a in amended.amendments] == [("Dr No", "c1.png", "NGS", "MON")]
     text = pdf_text(to_pdf(amended))
     for expected in ("Differential count - AMENDED", "Amended: signed off again by Dr No on",
-                     "signed by Dr Who: Left shift.", "reopened by Dr No: second look", "signed by Dr No",
-                     "Changes after the first sign-off", "c1.png", "NGS -> MON", "Monocytes"):
+                     "signed by Dr Who", "reopened by Dr No: second look", "signed by Dr No",
+                     "Changes after the first sign-off", "c1.png", "Monocytes"):
         assert expected in text, expected
+    assert "segmented neutrophil (NGS) -> monocyte (MON)" in " ".join(text.split())  # named: it said "NGS -> MON"
     assert text.index("signed by Dr Who") < text.index("reopened by Dr No") < text.rindex("signed by Dr No")
     page = to_html(amended)
-    assert "Differential count - AMENDED" in page and "NGS -&gt; MON" in page and "second look" in page
+    assert "Differential count - AMENDED" in page and "(NGS) -&gt; monocyte (MON)" in page and "second look" in page
 
 
 def test_percentages_add_up_to_the_100_the_total_says(store, tree):
@@ -422,7 +425,8 @@ def test_a_long_comment_changed_after_sign_off_still_gives_a_pdf(store):
     text = pdf_text(to_pdf(build_report(store, analysis_id)))
     changes = text[text.index("Changes after the first sign-off"):]
     assert "Dr B · Comment: Normal morphology." in " ".join(changes.split())
-    assert "first end -> Toxic granulation." in " ".join(changes.split()) and changes.rstrip().endswith("second end")
+    assert "first end -> Toxic granulation." in " ".join(changes.split())
+    assert " ".join(changes.split()).endswith("second end Analysis #1 · Differential count - AMENDED · page 7 of 7")
 
 
 def test_the_gallery_of_flagged_cells_breaks_between_rows_with_each_code_under_its_image(store):

@@ -70,9 +70,9 @@ def signed_value_changes(signoffs) -> list[ValueChange]:
             if (old := _value_text(name, getattr(earlier, name))) != (new := _value_text(name, getattr(later, name)))]
 
 
-def differential_signed_before(analysis, tree: Tree) -> dict[str, Row] | None:
-    """The differential as the sign-off before the latest reopening signed it (its cells' types with the changes
-    made since that reopening taken back, its specimen and white-cell count), by row label; None for an
+def differential_signed_before(analysis, tree: Tree) -> tuple[str | None, dict[str, Row]] | None:
+    """The specimen and the differential (by row label) as the sign-off before the latest reopening signed them
+    (its cells' types with the changes made since that reopening taken back, its white-cell count); None for an
     analysis never reopened. An amended report listed "c2.png: NGS -> BLA" and never the blasts first reported."""
     reopenings = [s for s in analysis.signoffs if s.action == REOPENED]
     if not reopenings:
@@ -88,7 +88,7 @@ def differential_signed_before(analysis, tree: Tree) -> dict[str, Row] | None:
     for _review, cell, before in since:  # the latest first, each giving back the type it replaced
         types[cell] = before
     rows, _apart, _counted = clinical_rows(types.values(), tree, signed.white_cell_count, signed.specimen)
-    return {row.label: row for row in rows}
+    return signed.specimen, {row.label: row for row in rows}
 
 
 def _gallery_image(content: bytes) -> bytes | None:
@@ -169,6 +169,7 @@ class ClinicalReport:
     cells: int = 0  # the analysis's cells (a detection's: its typed white cells kept as cells)
     # an amended or reopened analysis's differential as signed before the latest reopening: row label -> row
     signed_before: dict[str, Row] | None = None
+    signed_before_specimen: str | None = None  # that sign-off's (None: not stated)
     reviewed_cells: int = 0  # of them, those a person reviewed: the rest are as the models typed them
 
 
@@ -256,7 +257,8 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         amendments=amendments, value_changes=signed_value_changes(analysis.signoffs),
         smear=smear_fields(analysis.summary) if analysis.kind == "detection" else None,
         notes=upload_notes(analysis.summary or {}), cells=len(analysis.predictions),
-        signed_before=differential_signed_before(analysis, tree),
+        **dict(zip(("signed_before_specimen", "signed_before"), differential_signed_before(analysis, tree) or (),
+                   strict=False)),
         reviewed_cells=sum(1 for p in analysis.predictions if p.reviewed))
 
 

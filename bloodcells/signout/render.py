@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..clock import stamp
 from ..store.schema import PERIPHERAL_BLOOD, REOPENED, SIGNED
+from ..taxonomy import default_tree
 from .counts import ERYTHROBLASTS, NEUTROPHIL_ROWS, NOT_STATED, UNNAMED_WHITE_CELLS
 from .records import AMENDED, ClinicalReport
 
@@ -39,9 +40,10 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
         *_neutrophils(report),
         ("Flagged, not reviewed", str(report.unreviewed_flagged)),
         # a signed count of 200 cells, 5 of them reviewed, read as a count a person had verified
-        *([("Reviewed by a person", f"{report.reviewed_cells} of {report.cells} cells"
+        *([("Reviewed by a person", f"{report.reviewed_cells or 'none'} of the {report.cells} cells of the analysis"
+                                    + (f" ({report.counted} in the differential)" if report.counted != report.cells else "")
                                     + ("" if report.reviewed_cells == report.cells else
-                                       " (the others as the models typed them)"))] if report.cells else []),
+                                       "; the others as the models typed them"))] if report.cells else []),
         ("Reviewed by", ", ".join(report.reviewers) or "nobody yet"),
         ("Last review", "-" if report.reviewed_at is None else stamp(report.reviewed_at)),
         ("Models", report.model_versions or "not recorded"),
@@ -58,7 +60,8 @@ def _white_cell_count_text(report: ClinicalReport) -> str:
     text = f"{count:g} x 10^9/L"
     if report.specimen == PERIPHERAL_BLOOD and nrbc:
         text += (f", used as entered for the absolute counts; with {nrbc:.1f} erythroblasts per 100 white cells a "
-                 f"count not corrected for them corrects to {count * 100 / (100 + nrbc):.2f} (x 100 / {100 + nrbc:.1f})")
+                 f"count not corrected for them corrects to {count * 100 / (100 + nrbc):.2f} x 10^9/L "
+                 f"(x 100 / {100 + nrbc:.1f})")
     return text
 
 
@@ -80,7 +83,8 @@ def _apart_lines(report: ClinicalReport) -> list[str]:
     nothing of the lymphocytes a smudged count leaves out."""
     unnamed = [row for row in report.apart if row.label in UNNAMED_WHITE_CELLS]
     seen = report.counted + sum(row.count for row in unnamed)
-    return [f"{row.label}: {row.count}" + (f" ({100 * row.count / seen:.1f}% of the {seen} white cells seen)"
+    cells = "white cells" if report.specimen == PERIPHERAL_BLOOD else "nucleated cells"  # a marrow's: erythroblasts too
+    return [f"{row.label}: {row.count}" + (f" ({100 * row.count / seen:.1f}% of the {seen} {cells} seen)"
                                            if row in unnamed else "") for row in report.apart]
 
 
@@ -107,24 +111,34 @@ def _title(report: ClinicalReport) -> str:
 
 
 def signoff_lines(signoffs) -> list[str]:
-    """Stored sign-offs and reopenings (oldest first), one line each: when, what, who, the note."""
-    return [f"{stamp(s.created_at)}  {s.action} by {s.person}" + (f": {s.comment}" if s.comment else "")
-            for s in signoffs]
+    """Stored sign-offs and reopenings (oldest first), one line each: when, what, who, and a reopening's reason (a
+    sign-off's comment is the report's Comment, and its changes are listed: a comment of 3,000 characters was
+    printed again in every sign-off line, three pages of it)."""
+    return [f"{stamp(s.created_at)}  {s.action} by {s.person}" + (f": {s.comment}" if s.comment and s.action != SIGNED
+                                                                    else "") for s in signoffs]
 
 
 def _amendment_table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
-    """The audit trail of the changes made after the first sign-off: cells' types and signed values, by time."""
-    changes = [(a.at, a.reviewer, a.cell, a.old_code, a.new_code) for a in report.amendments] \
-        + [(c.at, c.person, c.value, c.old, c.new) for c in report.value_changes]
+    """The audit trail of the changes made after the first sign-off: cells' types (named as the table names them;
+    a confirmation said so, not "BLA -> BLA") and signed values, by time."""
+    changes = [(a.at, a.reviewer, a.cell, f"confirmed as {_cell_type(a.new_code)}" if a.old_code == a.new_code
+                else f"{_cell_type(a.old_code)} -> {_cell_type(a.new_code)}") for a in report.amendments] \
+        + [(c.at, c.person, c.value, f"{c.old} -> {c.new}") for c in report.value_changes]
     return (["When", "By", "What", "Change"],
-            [[stamp(at), person, what, f"{old} -> {new}"]
-             for at, person, what, old, new in sorted(changes, key=lambda change: change[0])])
+            [[stamp(at), person, what, change] for at, person, what, change in sorted(changes, key=lambda c: c[0])])
+
+
+def _cell_type(code: str) -> str:
+    """A cell type as a reader knows it: its name, with the code the pages and keys use."""
+    tree = default_tree()
+    return f"{tree[code].title} ({code})" if code in tree else code
 
 
 def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
     before = report.signed_before
-    header = (["Cell type", "Count", "%", "95% limits"] + (["x 10^9/L"] if report.white_cell_count is not None else [])
-              + (["signed before: count (%)"] if before is not None else []))
+    header = (["Cell type", "Count", "%", "95% CI of %"] + (["x 10^9/L"] if report.white_cell_count is not None else [])
+              + ([f"signed before ({report.signed_before_specimen or NOT_STATED}, "
+                  f"{sum(row.count for row in before.values())}): count (%)"] if before is not None else []))
     body = [[row.label, str(row.count), "-" if row.percent is None else f"{row.percent:.1f}",
              "-" if row.limits is None else f"{row.limits[0]:.1f}-{row.limits[1]:.1f}"]
             + (["-" if row.per_litre is None else f"{row.per_litre:.2f}"] if report.white_cell_count is not None else [])
@@ -140,8 +154,14 @@ def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-# the differential's columns in the PDF, in mm (A4 less its margins is 190)
-COLUMN_MM = {"Cell type": 55, "Count": 17, "%": 16, "95% limits": 26, "x 10^9/L": 22, "signed before: count (%)": 34}
+# the differential's columns in the PDF, in mm (A4 less its margins is 190; "Faggot cells (abnormal
+# promyelocytes)" wrapped at 55)
+COLUMN_MM = {"Cell type": 70, "Count": 15, "%": 14, "95% CI of %": 26, "x 10^9/L": 20}
+SIGNED_BEFORE_MM = 45
+# "95% limits" read as a normal range, and 2 of 120 cells as 1.7% in one row and 1.6% in another as a slip
+TABLE_NOTE = ("%: of the cells counted, to a tenth, rounded so that the rows add up to 100.0 (equal counts may differ "
+              "by 0.1). 95% CI of %: where the share of that cell type lies, given a count of this size (exact "
+              "binomial); not a reference range.")
 
 
 def _signed_before(row) -> str:
@@ -170,7 +190,7 @@ def to_html(report: ClinicalReport) -> str:
                       for name, code, png in report.gallery)
     signoffs = "".join(f"<li>{escape(line)}</li>" for line in signoff_lines(report.signoffs))
     notes = "".join(f"<li>{escape(note)}</li>" for note in report.notes)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Differential, analysis "
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(_title(report))}, analysis "
             f"#{report.analysis_id}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
             f"text-align:left}}figure{{display:inline-block;margin:4px}}p.comment{{white-space:pre-wrap}}</style></head><body>"
             f"<h1>{escape(_title(report))}</h1><table>{facts}</table>"
@@ -196,13 +216,15 @@ def to_pdf(report: ClinicalReport) -> bytes:
         return "".join(c if ord(c) in covered or c == "\n" else "?" for c in value)
 
     def section(title: str) -> None:
+        if pdf.will_page_break(2 + 6 + 10):  # with its first line: a heading was left alone at a page's foot
+            pdf.add_page()
         pdf.ln(2)
         pdf.set_font(PDF_FONT, "B", 10)
         pdf.cell(0, 6, text(title), new_x="LMARGIN", new_y="NEXT")
         pdf.set_font(PDF_FONT, size=9)
 
-    def paragraph(value: str) -> None:
-        pdf.multi_cell(0, 5, text(value), new_x="LMARGIN", new_y="NEXT")
+    def paragraph(value: str) -> None:  # ragged right: justified, names stood apart in wide gaps
+        pdf.multi_cell(0, 5, text(value), new_x="LMARGIN", new_y="NEXT", align="L")
 
     def table(header: list[str], body: list[list[str]], widths: tuple[int, ...]) -> None:
         with pdf.table(col_widths=widths, text_align="LEFT", width=sum(widths)) as grid:
@@ -211,7 +233,16 @@ def to_pdf(report: ClinicalReport) -> bytes:
                 for value in values:
                     line.cell(text(value))
 
-    pdf = FPDF(format="A4")
+    class Pages(FPDF):
+        def footer(self) -> None:
+            """Every page says whose it is and which of how many: a loose page 2 (the gallery of a draft, a
+            table's last row) could not be filed with its report, nor told to be a draft."""
+            self.set_y(-12)
+            self.set_font(PDF_FONT, size=7)
+            self.cell(0, 5, text(f"Analysis #{report.analysis_id} · {_title(report)} · page {self.page_no()} of "
+                                 "{nb}"), align="C")
+
+    pdf = Pages(format="A4")
     pdf.add_font(PDF_FONT, "", regular)
     pdf.add_font(PDF_FONT, "B", bold)
     pdf.set_auto_page_break(True, margin=15)
@@ -228,7 +259,10 @@ def to_pdf(report: ClinicalReport) -> bytes:
             paragraph(f"- {note}")
     pdf.ln(3)
     header, body = _table(report)
-    table(header, body, tuple(COLUMN_MM[name] for name in header))
+    table(header, body, tuple(COLUMN_MM.get(name, SIGNED_BEFORE_MM) for name in header))
+    pdf.set_font(PDF_FONT, size=7)
+    paragraph(TABLE_NOTE)
+    pdf.set_font(PDF_FONT, size=9)
     section("Not in the count")
     paragraph("; ".join(_apart_lines(report)) or "none")
     if report.gallery:
@@ -251,7 +285,7 @@ def to_pdf(report: ClinicalReport) -> bytes:
             pdf.set_xy(pdf.l_margin, top + size + 7)
         pdf.set_font(PDF_FONT, size=9)
         # the files, by number: a cell in the report is found again on the Review page by its name
-        paragraph("; ".join(f"{n}. {name}" for n, (name, _code, _png) in enumerate(report.gallery, 1)))
+        paragraph("; ".join(f"{n}.\u00a0{name}" for n, (name, _code, _png) in enumerate(report.gallery, 1)))
     if report.comment:
         section("Comment")
         paragraph(report.comment)
