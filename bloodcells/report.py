@@ -141,16 +141,14 @@ def detector_overview(detector) -> dict:
     """The loaded detector: file, input size, when it was trained (the date ultralytics writes into its
     checkpoint; the file's time said when it was copied, e.g. checked out) and its validation mAP50
     (from the ``metrics.json`` training writes beside the weights, when there is one)."""
-    import json
+
+    from .detection.detector import weights_record
 
     path = Path(detector.path)
-    metrics_file = path.with_name("metrics.json")
-    validation = {}
-    if metrics_file.is_file():
-        try:
-            validation = json.loads(metrics_file.read_text()).get("val", {})
-        except ValueError:
-            validation = {}
+    try:  # the record of these weights: another file's scores were shown for them
+        validation = weights_record(path).get("val", {})
+    except (OSError, ValueError):
+        validation = {}
     map50 = {source: figures.get("overall", {}).get("mAP50") for source, figures in validation.items()}
     return {"file": path.name, "classes": ", ".join(detector.classes.values()), "input px": detector.imgsz,
             "trained": _lab_time((getattr(detector.yolo, "ckpt", None) or {}).get("date")),

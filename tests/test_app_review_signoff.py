@@ -156,6 +156,15 @@ def test_a_panel_opened_by_an_edit_stays_open_for_its_analysis_only(app_store):
     assert panel_of(at).proto.expanded
 
 
+def test_the_panel_of_a_signed_analysis_shows_its_comment(app_store):
+    """The report's sign-off lines left the comment out (its Comment section holds it), and the panel, which
+    uses the same lines and has no comment field once signed, then showed it nowhere."""
+    analysis_id = classified(app_store, ["NGS"])
+    app_store.sign_off(analysis_id, "Dr A", specimen="peripheral blood", comment="Left shift.")
+    at = review_page_as("Dr A")
+    assert any("signed by Dr A: Left shift." in c.value for c in panel_of(at).caption)
+
+
 def test_undo_takes_back_the_last_change_whichever_mode_made_it(app_store):
     analysis_id = classified(app_store, ["NGS", "NGS", "NGS"], needs_review=[0, 1, 2])
     third = app_store.get_analysis(analysis_id).predictions[2]

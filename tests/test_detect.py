@@ -443,8 +443,16 @@ def test_detector_weights_unlike_their_training_record_are_refused(trained_detec
     own = shutil.copytree(trained_detector.parent, tmp_path / "own", ignore=shutil.ignore_patterns("metrics.json"))
     assert Detector.load(own / trained_detector.name).sha256 == Detector.load(trained_detector).sha256  # no record
     assert json.loads((folder / "metrics.json").read_text())["weights"] == "detector.pt"  # the file it describes
+    weights.write_bytes(intact)
+    record = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**record, "sha256": "0" * 64}))  # another detector.pt's
     shutil.copyfile(trained_detector, folder / "other.pt")  # weights the record does not describe: not checked
     assert Detector.load(folder / "other.pt").sha256 == Detector.load(trained_detector).sha256
+    from bloodcells.report import detector_overview
+
+    assert detector_overview(Detector.load(folder / "other.pt"))["val mAP50"] == ""  # not detector.pt's scores
+    with pytest.raises(DetectorFileError, match="damaged or replaced"):
+        Detector.load(weights)
 
 
 # -- the real YOLO path -----------------------------------------------------------------------------

@@ -75,15 +75,23 @@ class FoundBoxes(list):
         return found
 
 
+def weights_record(path: Path) -> dict:
+    """What training recorded of the weights in ``path``: the ``metrics.json`` beside them when it names them
+    (those written before it named one describe detector.pt), else {}. OSError, ValueError when unreadable."""
+    record = path.with_name("metrics.json")
+    if not record.is_file():
+        return {}
+    described = json.loads(record.read_text())
+    return described if described.get("weights", "detector.pt") == path.name else {}
+
+
 def _check_recorded_sha256(path: Path, sha256: str) -> None:
     """Refuse weights whose sha256 is not the one training recorded beside them (``metrics.json``, which names
     the file it describes): 4 KB overwritten inside the shipped detector loaded, found no cell on any field, and
     said nothing. Weights no record describes (a detector of the lab's own) are not checked."""
     record = path.with_name("metrics.json")
     try:
-        described = json.loads(record.read_text()) if record.is_file() else {}
-        # the file it describes (those written before it named one describe detector.pt)
-        recorded = described.get("sha256") if described.get("weights", "detector.pt") == path.name else None
+        recorded = weights_record(path).get("sha256")
     except (OSError, ValueError, AttributeError) as error:
         raise DetectorFileError(f"{record}: unreadable ({error}); it records the sha256 of the weights beside "
                                 "it") from error

@@ -43,7 +43,8 @@ def _facts(report: ClinicalReport) -> list[tuple[str, str]]:
         *([("Reviewed by a person", f"{report.reviewed_cells or 'none'} of the {report.cells} cells of the analysis"
                                     + (f" ({report.counted} in the differential)" if report.counted != report.cells else "")
                                     + ("" if report.reviewed_cells == report.cells else
-                                       "; the others as the models typed them"))] if report.cells else []),
+                                       "; the others as the models typed them" if report.reviewed_cells else
+                                       "; all as the models typed them"))] if report.cells else []),
         ("Reviewed by", ", ".join(report.reviewers) or "nobody yet"),
         ("Last review", "-" if report.reviewed_at is None else stamp(report.reviewed_at)),
         ("Models", report.model_versions or "not recorded"),
@@ -110,12 +111,13 @@ def _title(report: ClinicalReport) -> str:
         report.status, "Differential count - DRAFT, not signed off")
 
 
-def signoff_lines(signoffs) -> list[str]:
-    """Stored sign-offs and reopenings (oldest first), one line each: when, what, who, and a reopening's reason (a
-    sign-off's comment is the report's Comment, and its changes are listed: a comment of 3,000 characters was
-    printed again in every sign-off line, three pages of it)."""
-    return [f"{stamp(s.created_at)}  {s.action} by {s.person}" + (f": {s.comment}" if s.comment and s.action != SIGNED
-                                                                    else "") for s in signoffs]
+def signoff_lines(signoffs, comments: bool = True) -> list[str]:
+    """Stored sign-offs and reopenings (oldest first), one line each: when, what, who, the note. Without
+    ``comments`` (the report, whose Comment section holds the sign-off's and whose changes list the ones
+    before: a comment of 3,000 characters was printed again in every line, three pages of it), a sign-off's
+    comment is left out; a reopening's reason never is."""
+    return [f"{stamp(s.created_at)}  {s.action} by {s.person}"
+            + (f": {s.comment}" if s.comment and (comments or s.action != SIGNED) else "") for s in signoffs]
 
 
 def _amendment_table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
@@ -188,14 +190,15 @@ def to_html(report: ClinicalReport) -> str:
     gallery = "".join(f'<figure><img src="data:image/png;base64,{base64.b64encode(png).decode()}" '
                       f'width="96"><figcaption>{escape(name)} ({escape(code)})</figcaption></figure>'
                       for name, code, png in report.gallery)
-    signoffs = "".join(f"<li>{escape(line)}</li>" for line in signoff_lines(report.signoffs))
+    signoffs = "".join(f"<li>{escape(line)}</li>" for line in signoff_lines(report.signoffs, comments=False))
     notes = "".join(f"<li>{escape(note)}</li>" for note in report.notes)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(_title(report))}, analysis "
             f"#{report.analysis_id}</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;"
             f"text-align:left}}figure{{display:inline-block;margin:4px}}p.comment{{white-space:pre-wrap}}</style></head><body>"
             f"<h1>{escape(_title(report))}</h1><table>{facts}</table>"
             + (f"<h2>Notes on the upload</h2><ul>{notes}</ul>" if notes else "") +
-            f"<h2>Differential</h2>{_html_table(*_table(report))}<h2>Not in the count</h2><ul>{apart}</ul>"
+            f"<h2>Differential</h2>{_html_table(*_table(report))}<p><small>{escape(TABLE_NOTE)}</small></p>"
+            f"<h2>Not in the count</h2><ul>{apart}</ul>"
             + (f"<h2>{escape(_gallery_title(report))}</h2>{gallery}" if gallery else "")
             + (f"<h2>Comment</h2><p class='comment'>{escape(report.comment)}</p>" if report.comment else "")
             + (f"<h2>Sign-off</h2><ul>{signoffs}</ul>" if signoffs else "")
@@ -291,7 +294,7 @@ def to_pdf(report: ClinicalReport) -> bytes:
         paragraph(report.comment)
     if report.signoffs:
         section("Sign-off")
-        for line in signoff_lines(report.signoffs):
+        for line in signoff_lines(report.signoffs, comments=False):
             paragraph(line)
     if report.amendments or report.value_changes:
         section("Changes after the first sign-off")
