@@ -12,7 +12,7 @@ from bloodcells.detection import (
     detect,
     reviewed_white_cells,
 )
-from bloodcells.inputs import InputImage, iter_inputs, open_image
+from bloodcells.inputs import InputImage, count_images, iter_inputs, open_image
 from ui.common import page, remembered_analysis, require_store, reviewer_name, skipped_files
 from ui.models import get_classifier, get_detector
 from ui.progress import cancel_button, progress_bar
@@ -45,9 +45,9 @@ slide_mode = slide_column.toggle(
          "target. Red cells and platelets per field, platelets to red cells.")
 wbc_target = target_column.selectbox("White cells to count", [100, 200], key="wbc_target", disabled=not slide_mode)
 if st.button("Detect", type="primary", disabled=not files, key="detect"):
-    total = None if any(f.name.lower().endswith(".zip") for f in files) else len(files)
     with cancel_button("cancel_detect"), run_safely("Detection") as outcome:
         with uploaded_source(files) as source, progress_bar("Finding cells…") as progress:
+            total = count_images(source)  # the images in it ("3 of 1" for a zip named .jpg; notes.txt counted)
             result = detect(source, detector=detector, classifier=classifier,
                             type_white_cells=classifier is not None, confidence=confidence, store=store,
                             name=upload_label(files), progress=lambda done, _total: progress(done, total),

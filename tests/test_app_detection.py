@@ -168,7 +168,7 @@ def test_slide_mode_counts_the_fields_as_one_slide(models_root, app_store, monke
     statement = f"Differential: {counts['WBC']} of 100 white cells: target not reached (3 fields)."
     flagged = sum(p.needs_review for p in stored.predictions)  # its typed white cells, to review on Review
     assert len(stored.predictions) == counts["WBC"]  # every white cell the differential took, short of the target
-    said = [statement] + ([f"{flagged} flagged cells are not reviewed yet."] if flagged else [])
+    said = [statement] + ([f"{flagged} flagged cell{'s are' if flagged != 1 else ' is'} not reviewed yet."] if flagged else [])
     assert [w.value for w in at.warning] == said
     [per_field] = [table.value for table in at.dataframe if "RBC found" in table.value.columns]
     assert per_field["RBC found"].tolist() == red and per_field["field"].tolist() == list(fields)

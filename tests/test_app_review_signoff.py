@@ -35,7 +35,7 @@ def test_sign_off_locks_the_cells_until_reopened_and_changes_after_are_amendment
     analysis_id = classified(app_store, ["NGS", "NGS", "LYT"], needs_review=[0])
     first = app_store.get_analysis(analysis_id).predictions[0]
     at = review_page_as("Dr Who")
-    assert any("1 flagged cells are not reviewed yet" in w.value for w in at.warning)
+    assert any("1 flagged cell is not reviewed yet" in w.value for w in at.warning)
     at.text_input(key=f"report-category-{analysis_id}").input("routine")
     at.text_area(key=f"report-comment-{analysis_id}").input("Normal film.").run()
     assert at.button(key=f"sign-{analysis_id}").disabled and any("Choose the specimen" in c.value for c in at.caption)

@@ -151,8 +151,8 @@ def test_copies_of_one_image_are_said_with_the_counts(trained_models_dir, store,
     outcome = classify(tmp_path / "cells", classifier=TreeClassifier.load(trained_models_dir), store=store)
     assert len(outcome.rows) == 4  # each analysed, as before
     [warning] = outcome.warnings
-    assert warning.startswith("2 images of the upload are copies of another (")
-    assert "cell.png is the same image as cell - Copy (2).png" in warning and "counted as an image of its own" in warning
+    assert warning.startswith("2 images of the upload repeat another (")  # which is "the copy" is not claimed
+    assert "cell - Copy (2).png and cell.png are the same image" in warning and "counted as an image" in warning
     assert store.get_analysis(outcome.analysis_id).summary["warnings"] == [warning]  # History says it
     assert warning in build_report(store, outcome.analysis_id).notes  # and the report
     assert main(["classify", str(tmp_path / "cells"), "--models", str(trained_models_dir), "--no-store"]) == 0

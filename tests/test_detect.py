@@ -618,13 +618,13 @@ def test_counts_not_to_be_trusted_are_said_with_why(tmp_path):
     assert not any("boxes" in warning for warning in scan.warnings)
     assert not any("confidence" in warning for warning in scan.warnings)  # at the default
     colour.save(tmp_path / "copy of specks.png")  # the same field twice: its cells counted twice, said
-    assert [w for w in detect(tmp_path, detector=Saturated(), type_white_cells=False).warnings if "cop" in w] == [
-        "1 image of the upload is a copy of another (specks.png is the same image as copy of specks.png): each copy "
-        "was analysed and counted as an image of its own"]
+    assert [w for w in detect(tmp_path, detector=Saturated(), type_white_cells=False).warnings if "same" in w] == [
+        "1 image of the upload repeats another (copy of specks.png and specks.png are the same image): each was "
+        "analysed and counted as an image of its own"]
     on_slide = detect(tmp_path, detector=Saturated(), type_white_cells=False, slide=True)  # the copy: over it
-    assert [w for w in on_slide.warnings if "cop" in w] == [
-        "1 image of the upload is a copy of another (specks.png is the same image as copy of specks.png): each copy "
-        "lies over its original, so its cells are counted once, but it counts as a field in the means per field"]
+    assert [w for w in on_slide.warnings if "same" in w] == [
+        "1 image of the upload repeats another (copy of specks.png and specks.png are the same image): each lies "
+        "over the other, so its cells are counted once, but each counts as a field in the means per field"]
 
 
 def test_a_tile_the_model_gave_its_most_boxes_for_marks_the_images_boxes(trained_detector, monkeypatch):

@@ -243,6 +243,12 @@ def test_uploaded_images_with_odd_files_beside_them_are_read_as_the_command_line
     with pytest.raises(InputError, match=r"^Thumbs.db, notes.txt: not an image or a .zip"), \
             uploaded_source([Upload("Thumbs.db", b"x"), Upload("notes.txt", b"x")]):
         pass
+    from ui.uploads import upload_label
+
+    # the analysis's name: "4 files (Thumbs.db, neu.jpg, ...)" for 2 cells named the noise reading leaves out
+    assert upload_label([Upload("Thumbs.db", b"x"), Upload("neu.jpg", a), Upload("lym.jpg", b)]) == \
+        "2 images (neu.jpg, lym.jpg)"
+    assert upload_label([Upload("neu.jpg", a), Upload("notes.txt", b"x")]) == "2 files (neu.jpg, notes.txt)"
 
 
 LONG_NAME = "Ausstrich_Zählkammer_" + "ä" * 120 + ".png"  # 142 characters, 265 bytes: over a file name's 255

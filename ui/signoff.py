@@ -191,7 +191,7 @@ def signoff_panel(store: Store, analysis) -> None:
                 st.error(draft_problem)
             unconfirmed = False
             if flagged := flagged_not_reviewed(analysis):
-                st.warning(f"{flagged} flagged cells are not reviewed yet.")
+                st.warning(f"{flagged} flagged cell{'s are' if flagged != 1 else ' is'} not reviewed yet.")
                 # a sign-off with cells nobody looked at is a choice made on purpose, not a slip
                 unconfirmed = not st.checkbox(f"Sign off with the {flagged} flagged cells not reviewed",
                                               key=f"sign-unreviewed-{key}", on_change=keep_open)

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from bloodcells.inputs import IMAGE_SUFFIXES, InputError, disk_path, unique_names
+from bloodcells.inputs import IMAGE_SUFFIXES, InputError, disk_path, is_noise, unique_names
 from bloodcells.settings import settings
 
 IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
@@ -50,7 +50,9 @@ def _safe_name(name: str) -> str:
 
 
 def upload_label(files: Sequence) -> str:
-    """A name for the analysis: the zip's name, or the images' names."""
+    """A name for the analysis: the zip's name, or the images' names (noise such as Thumbs.db, which reading
+    leaves out in silence, left out of it too: it was named first among "4 files" of 3 cells)."""
+    files = [f for f in files if not is_noise(f.name)] or list(files)
     if len(files) == 1:
         return files[0].name
     shown = ", ".join(f.name for f in files[:3])

@@ -42,11 +42,12 @@ from .names import (
     MAX_NAME_LENGTH,
     disk_path,
     is_image_name,
+    is_noise,
     unique_names,
 )
 from .sources import check_source, count_images, iter_inputs
 
 __all__ = ["ACCEPTED", "DISK_NAME_BYTES", "IMAGES_ACCEPTED", "IMAGE_SUFFIXES", "LATER_PAGES_UNREAD", "MAX_IMAGE_PIXELS", "MAX_NAME_LENGTH",
            "MIN_IMAGE_SIDE", "STORED_PROBLEMS", "InputError", "InputImage", "InputLimits", "InputProblem", "RepeatedImages", "blank_image", "check_source", "count_images",
-           "disk_path", "is_image_name", "iter_inputs", "later_pages", "none_readable", "open_any", "open_image", "png_bytes",
+           "disk_path", "is_image_name", "is_noise", "iter_inputs", "later_pages", "none_readable", "open_any", "open_image", "png_bytes",
            "skipped_counts", "stored_problems", "thumbnail_png", "to_rgb", "unique_names"]

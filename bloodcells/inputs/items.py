@@ -73,9 +73,10 @@ class RepeatedImages:
         and its cells are counted once (it said "counted as an image of its own" there too)."""
         if not self.copies:
             return None
-        shown = "; ".join(f"{copy} is the same image as {first}" for copy, first in self.copies[:3])
+        # "X and Y", not "X is a copy of Y": a folder is read by name, and "cell - Copy.jpg" sorts first
+        shown = "; ".join(f"{first} and {copy} are the same image" for copy, first in self.copies[:3])
         many = len(self.copies) > 1
-        effect = ("each copy lies over its original, so its cells are counted once, but it counts as a field in the "
-                  "means per field" if slide else "each copy was analysed and counted as an image of its own")
-        return (f"{len(self.copies)} image{'s' if many else ''} of the upload {'are copies' if many else 'is a copy'} "
-                f"of another ({shown}{'; ...' if len(self.copies) > 3 else ''}): {effect}")
+        effect = ("each lies over the other, so its cells are counted once, but each counts as a field in the "
+                  "means per field" if slide else "each was analysed and counted as an image of its own")
+        return (f"{len(self.copies)} image{'s' if many else ''} of the upload repeat{'' if many else 's'} another "
+                f"({shown}{'; ...' if len(self.copies) > 3 else ''}): {effect}")
