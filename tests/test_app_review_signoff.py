@@ -165,6 +165,17 @@ def test_the_panel_of_a_signed_analysis_shows_its_comment(app_store):
     assert any("signed by Dr A: Left shift." in c.value for c in panel_of(at).caption)
 
 
+def test_keyboard_mode_outlives_a_visit_to_another_page(app_store):
+    """Back from History, Review was in mouse mode again, at its first cell."""
+    classified(app_store, ["NGS", "NGS"], needs_review=[0, 1])
+    at = review_page_as("Dr Away")
+    at.segmented_control(key="review_mode").set_value("keyboard").run()
+    at.switch_page("pages/5_History.py").run()
+    at.switch_page("pages/4_Review.py").run()
+    assert not at.exception
+    assert at.segmented_control(key="review_mode").value == "keyboard" and at.button(key="keyboard_key_5")
+
+
 def test_undo_takes_back_the_last_change_whichever_mode_made_it(app_store):
     analysis_id = classified(app_store, ["NGS", "NGS", "NGS"], needs_review=[0, 1, 2])
     third = app_store.get_analysis(analysis_id).predictions[2]

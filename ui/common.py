@@ -251,8 +251,11 @@ def one_of(label: str, options: list[str], *, default: str, key: str, container=
            **options_of_the_control) -> str:
     """A segmented control that always has one option chosen. Streamlit's lets the chosen option be clicked
     off, and the page fell back to a default with none lit: "flagged" clicked again on Review showed every
-    cell, "keyboard" clicked again went back to the mouse. ``on_change`` runs only when the choice changes."""
+    cell, "keyboard" clicked again went back to the mouse. ``on_change`` runs only when the choice changes.
+    The choice outlives a visit to another page (Streamlit forgets the state of a widget a page run does not
+    draw: back from History, Review was in mouse mode again)."""
     chosen = f"{key}-chosen"
+    default = st.session_state.get(chosen, default)
 
     def changed() -> None:
         if st.session_state[key] is None:  # the chosen option clicked again: it stays chosen
