@@ -53,8 +53,9 @@ if store is not None:
 try:
     import torch
 
+    threads = torch.get_num_threads()
     device = f"GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads != 1 else ''})"
 except ImportError:
     device = "CPU"
 st.markdown(f"Compute: {device}")

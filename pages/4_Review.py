@@ -59,7 +59,10 @@ with counts.expander("Cells per type: predicted, now, change",
                   for code in (n.code for n in tree.root.walk()) if code in before or code in now],
                  hide_index=True, key="review_counts")
 
-only_reviewed = st.toggle("Export only cells a person reviewed", value=True, key="export_reviewed_only")
+signoff_panel(store, analysis)
+# Beside the download it is for: above the sign-off panel it read as a setting of the report
+export, only = st.columns([3, 2], vertical_alignment="center")
+only_reviewed = only.toggle("Only cells a person reviewed", value=True, key="export_reviewed_only")
 
 
 def corrected_labels() -> bytes:
@@ -69,10 +72,10 @@ def corrected_labels() -> bytes:
     return report.labelled_zip(report.reviewed_cells(store, fresh))
 
 
-signoff_panel(store, analysis)
-st.download_button("Download corrected labels (class-folder zip for `bloodcells train`)", corrected_labels,
-                   file_name=f"labels-analysis-{analysis.id}.zip", mime="application/zip",
-                   icon=":material/download:", key="export_labels", disabled=only_reviewed and done == 0)
+export.download_button("Download the cells with their types (a zip of folders by type, to train on)",
+                       corrected_labels, file_name=f"labels-analysis-{analysis.id}.zip", mime="application/zip",
+                       icon=":material/download:", key="export_labels", disabled=only_reviewed and done == 0,
+                       help="For `bloodcells train` or the Training page: one folder per cell type.")
 
 # -- the cells, grouped by predicted class: a gallery (mouse) or one at a time (keyboard) ----------
 filters, modes = st.columns([3, 2])
@@ -118,10 +121,11 @@ for code in (node.code for node in tree.root.walk()):
         continue
     cells = groups[code]
     alternatives = [c for c in report.review_choices(code, tree) if c != report.UNIDENTIFIED][:QUICK_ALTERNATIVES]
-    # one button per distinct code (the widget keys hold it): a cell predicted "unidentified" gets
-    # its "✓" and no second "unidentified" button
-    choices = {code: f"✓ {code}"} | {c: c for c in alternatives if c != code}
-    choices.setdefault(report.UNIDENTIFIED, "unidentified")
+    # one button per distinct code (the widget keys hold it): a cell predicted "not identifiable" gets
+    # its "✓" and no second such button. Named, not only coded: a newcomer read "MYB", "MMZ" on the buttons
+    # (the names were on hover only), where keyboard mode says "MYB · myelocyte"
+    choices = {code: f"✓ {code}"} | {c: f"{c} · {tree[c].title}" for c in alternatives if c != code}
+    choices.setdefault(report.UNIDENTIFIED, f"{report.UNIDENTIFIED} · {tree[report.UNIDENTIFIED].title}")
     st.subheader(f"Predicted {label(code)} ({len(cells)})")
     shown_key = f"shown_{analysis.id}_{code}"  # per analysis: another one opens at its first page
     shown = st.session_state.get(shown_key, PAGE_SIZE)

@@ -176,6 +176,16 @@ def test_keyboard_mode_outlives_a_visit_to_another_page(app_store):
     assert at.segmented_control(key="review_mode").value == "keyboard" and at.button(key="keyboard_key_5")
 
 
+def test_the_panel_says_a_short_count_before_the_sign_off(app_store):
+    """Signed with 18 of 200 cells counted: only the PDF said the target was not reached."""
+    classified(app_store, ["NGS"] * 18)
+    at = review_page_as("Dr Short")
+    assert any("18 of 200 counted: the report will say the target was not reached (182 short)" in c.value
+               for c in panel_of(at).caption)
+    buttons = [b.label for b in at.button if b.key and b.key.startswith("set_")]
+    assert "NGB · band neutrophil" in buttons and "NIF · not identifiable" in buttons  # named, not only coded
+
+
 def test_undo_takes_back_the_last_change_whichever_mode_made_it(app_store):
     analysis_id = classified(app_store, ["NGS", "NGS", "NGS"], needs_review=[0, 1, 2])
     third = app_store.get_analysis(analysis_id).predictions[2]

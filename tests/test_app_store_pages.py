@@ -283,7 +283,7 @@ def test_review_of_not_identifiable_cells_renders_and_stores_a_reclassification(
     alternative.click().run()
     assert not at.exception
     [stored] = app_store.get_analysis(analysis_id).predictions[0].reviews
-    assert (stored.old_code, stored.new_code, stored.reviewer) == ("NIF", alternative.label, "Dr Who")
+    assert (stored.old_code, stored.new_code, stored.reviewer) == ("NIF", alternative.label.split(" · ")[0], "Dr Who")
     assert at.dataframe[0].value.set_index("code").loc["NIF", "now"] == 1
 
 

@@ -227,7 +227,7 @@ def test_review_one_click_changes_the_count(page, server):
     from playwright.sync_api import expect
 
     analysis_id = stored_analysis(server, "NGS", "ALL/MYE/MYM/NEU/NGS", 3)
-    reviews = review_one_cell(page, server, analysis_id, "NGB")
+    reviews = review_one_cell(page, server, analysis_id, "NGB · band neutrophil")
     expect(page.get_by_test_id("stDataFrame").first).to_contain_text("band neutrophil")
     assert reviews == [("NGS", "NGB", "Dr Browser")]
 
@@ -270,7 +270,7 @@ def test_review_of_not_identifiable_cells(page, server):
     from playwright.sync_api import expect
 
     analysis_id = stored_analysis(server, "NIF", "ALL/ABN/NIF", 3)
-    reviews = review_one_cell(page, server, analysis_id, "OTH")  # the nearest other type, one click
+    reviews = review_one_cell(page, server, analysis_id, "OTH · other cell")  # the nearest other type, one click
     expect(page.get_by_text("StreamlitDuplicateElementKey")).to_have_count(0)
     assert reviews == [("NIF", "OTH", "Dr Browser")]
 

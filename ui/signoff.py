@@ -14,6 +14,8 @@ from bloodcells.signout import (
     TARGETS,
     SignedReportError,
     build_report,
+    clinical_rows,
+    differential_codes,
     report_specimen,
     signoff_lines,
     signoff_status,
@@ -177,7 +179,13 @@ def signoff_panel(store: Store, analysis) -> None:
             # a slide counted to a target of its own is reported against it (200 said "197 short" of a 3-cell count)
             targets = sorted({*TARGETS, counted_to}) if slide and counted_to == slide.target else TARGETS
             target = middle.selectbox("Cells to count", targets, key=f"report-target-{key}", on_change=keep_open,
-                                      index=targets.index(counted_to if counted_to in targets else 200))
+                                      index=targets.index(counted_to if counted_to in targets else 200),
+                                      help="The differential's target: the report says how many cells were counted "
+                                           "against it, and by how many it fell short.")
+            counted = clinical_rows(differential_codes(analysis), specimen=specimen)[2]
+            if counted < target:  # signed with 18 of 200: only the PDF said so
+                middle.caption(f"{counted} of {target} counted: the report will say the target was not reached "
+                               f"({target - counted} short).")
             category = st.text_input("Category", last.category if last else "", key=f"report-category-{key}",
                                      on_change=keep_open, max_chars=NAME_LENGTH,
                                      help="How the count log groups it, e.g. routine, follow-up, a study. "
