@@ -236,11 +236,16 @@ def labelled_zip(cells: Iterable[tuple[str, str, bytes]]) -> bytes:
 def analysis_overview(store, kind: str | None = None, limit: int = 200, search: str = "",
                       reviewed: bool = False, also: int | None = None) -> list[dict]:
     """The newest analyses (``search``, ``reviewed``, ``also``: see ``Store.list_analyses``), one row
-    each: when, what, how many cells or boxes, which models."""
+    each: when, what, whether signed off (the list said "done" alone: which were signed was only in the count
+    log), how many cells or boxes, which models."""
+    from .signout import signoff_status
+
     analyses = store.list_analyses(kind=kind, limit=limit, search=search, reviewed=reviewed, also=also)
     counts = store.result_counts(a.id for a in analyses)
+    signoffs = store.signoffs(a.id for a in analyses)
     return [{"id": a.id, "date": stamp(a.created_at), "kind": a.kind, "name": a.name,
-             "status": a.status, "count": counts[a.id].boxes if a.kind == "detection" else counts[a.id].cells,
+             "status": a.status, "sign-off": signoff_status(signoffs[a.id], counts[a.id].amendments),
+             "count": counts[a.id].boxes if a.kind == "detection" else counts[a.id].cells,
              "needs review": counts[a.id].needs_review, "reviewed": counts[a.id].reviewed,
              "models": model_versions_text(a.model_versions), "error": a.error or ""}
             for a in analyses]

@@ -125,6 +125,12 @@ def test_analysis_overview_counts_cells_flags_reviews_and_boxes(store):
         "kind": "classification", "count": 3, "needs review": 1, "reviewed": 1, "models": "ALL abc"}
     assert (rows[field]["kind"], rows[field]["count"], rows[field]["reviewed"]) == ("detection", 2, 0)
     assert [row["id"] for row in report.analysis_overview(store, kind="detection")] == [field]
+    # whether signed off: History said "done" alone, and which were signed was in the count log only
+    assert (rows[cells.id]["sign-off"], rows[field]["sign-off"]) == ("not signed", "not signed")
+    store.sign_off(cells.id, "Dr A", specimen="peripheral blood")
+    assert report.analysis_overview(store, kind="classification")[0]["sign-off"] == "signed"
+    store.reopen(cells.id, "Dr A", reason="a second look")
+    assert report.analysis_overview(store, kind="classification")[0]["sign-off"] == "reopened"
 
 
 def test_detection_records_convert_to_a_table_and_csv_keeps_accented_names(store):
