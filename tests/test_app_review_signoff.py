@@ -582,7 +582,10 @@ def test_the_page_counts_as_the_specimen_chosen_in_the_panel_and_a_marrow_takes_
     at = app("5_History").run()
     [panel] = [e for e in at.expander if e.label.startswith("Sign-off and report")]
     assert not panel.proto.expanded
+    not_stated = "Specimen not stated yet: counted as a bone marrow's"  # a marrow's M:E ratio read as a film's
+    assert any(c.value.startswith(not_stated) for c in at.caption)
     at.selectbox(key=f"report-specimen-{analysis_id}").select("peripheral blood").run()
+    assert not any(c.value.startswith(not_stated) for c in at.caption)
     assert not at.exception, at.exception
     [panel] = [e for e in at.expander if e.label.startswith("Sign-off and report")]
     assert panel.proto.expanded  # an edit keeps it open (the first rerun after classifying drew it closed)

@@ -111,6 +111,10 @@ def show_classification(store: Store, analysis) -> None:
         columns[3].metric("Myeloid : erythroid", "–" if ratio is None else f"{ratio:.2f} : 1",
                           help="Granulocytes and their precursors over erythroid precursors (monocytes not counted)."
                           + (" No erythroid cell was found, so there is no ratio." if ratio is None else ""))
+        if specimen is None:  # a newcomer read the marrow's M:E ratio of a blood film as the film's
+            st.caption("Specimen not stated yet: counted as a bone marrow's (erythroblasts in the differential, the "
+                       "M:E ratio). Choose the specimen in the sign-off panel; a blood film's erythroblasts are "
+                       "counted apart, per 100 white cells.")
 
     # read at the click (a colleague's review since the page was drawn is in it, as in the PDF); the rerun says
     # when the analysis was deleted meanwhile (the download then fails, and said nothing)
