@@ -141,7 +141,6 @@ def detector_overview(detector) -> dict:
     """The loaded detector: file, input size, when it was trained (the date ultralytics writes into its
     checkpoint; the file's time said when it was copied, e.g. checked out) and its validation mAP50
     (from the ``metrics.json`` training writes beside the weights, when there is one)."""
-
     from .detection.detector import weights_record
 
     path = Path(detector.path)

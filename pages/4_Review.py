@@ -84,9 +84,15 @@ filters, modes = st.columns([3, 2])
 # own default: one control's state cleared for the next analysis left the browser showing (and sending back
 # at the next click) the old choice, and the view changed under the pointer.
 view_from = f"review_view_from-{analysis.id}"  # session key: this session's changes before the view was chosen
+
+
+def view_chosen() -> None:
+    st.session_state[view_from] = changes(analysis.id)
+    st.session_state.pop(cursor_key(analysis.id), None)  # a new view starts at its first cell
+
+
 show = one_of("Cells", ["flagged", "not reviewed yet", "all"], container=filters,
-              on_change=lambda: (st.session_state.__setitem__(view_from, changes(analysis.id)),
-                                 st.session_state.pop(cursor_key(analysis.id), None)),  # a new view starts at its first cell
+              on_change=view_chosen,
               default="flagged" if any(p.needs_review for p in predictions) else "all",
               key=f"review_filter-{analysis.id}", help="Flagged: under the confidence threshold, "
               "reviewed or not. Not reviewed yet: every cell nobody reviewed, flagged or not.")

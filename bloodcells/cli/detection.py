@@ -149,7 +149,7 @@ def detect_command(args: argparse.Namespace) -> int:
         for file in result.files:
             print(f"{file}: {_counts_line(result.counts(file), result.differential(file))}")
         print(f"all {plural(len(result.files), 'image')}: {_counts_line(result.counts(), result.differential())}{stored}")
-    for file, drawing in result.annotated.items():
+    for drawing, file in result.annotated.items():
         if drawing != str(disk_path(file, ".png")):  # where it is not where one would look for it
             print(f"{file}: drawn as {drawing} (the name it would have is another image's)")
     print(f"written {args.out}" + (f" and annotated images in {args.annotated}" if args.annotated else ""))

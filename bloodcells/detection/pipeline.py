@@ -28,7 +28,7 @@ class DetectionResult:
     typing_skipped: str | None = None  # why white cells were not typed, if they were not
     slide: SlideCount | None = None  # slide mode: the fields as one slide (``boxes`` then hold each cell once)
     warnings: list[str] = field(default_factory=list)  # images counted, whose counts are not to be trusted: why
-    annotated: dict[str, str] = field(default_factory=dict)  # image -> its drawing's path in ``annotate_to``
+    annotated: dict[str, str] = field(default_factory=dict)  # a drawing's path in ``annotate_to`` -> its image
 
     def counts(self, file: str | None = None) -> dict[str, int]:
         """Boxes per detector class, for one image or (``file=None``) the whole upload."""
@@ -82,11 +82,11 @@ def _crop_span(centre: float, side: float, limit: int) -> tuple[int, int]:
     """The pixels ``side`` long around ``centre`` within ``0..limit``, widened to MIN_IMAGE_SIDE (or the
     whole ``limit``, if shorter) on whichever side has room."""
     low, high = max(0, round(centre - side / 2)), min(limit, round(centre + side / 2))
-    shortfall = min(MIN_IMAGE_SIDE, limit) - (high - low)
-    if shortfall > 0:
+    least = min(MIN_IMAGE_SIDE, limit)
+    if (shortfall := least - (high - low)) > 0:
         low = max(0, low - (shortfall + 1) // 2)
-        high = min(limit, low + min(MIN_IMAGE_SIDE, limit))
-        low = high - min(MIN_IMAGE_SIDE, limit)
+        high = min(limit, low + least)
+        low = high - least
     return low, high
 
 
@@ -265,14 +265,13 @@ def _doubtful(name: str, image, boxes: list[DetectedBox]) -> list[str]:
 def _save_annotated(folder: Path, file: str, image, boxes: list[DetectedBox], written: dict[str, str]) -> None:
     """``folder/<image>.png`` (see ``inputs.disk_path``): the image drawn with its boxes. Two images whose
     paths there would be one (``x.jpg`` beside ``x.jpg.png``; two long names shortened alike) are drawn
-    under ``x.jpg (2).png``...: the second overwrote the first. ``written``: image -> path, of this run."""
+    under ``x.jpg (2).png``...: the second overwrote the first. ``written``: path -> image, of this run."""
     from ..inputs import disk_path
 
-    taken = set(written.values())
     target, copy = str(disk_path(file, ".png")), 2
-    while target in taken:
+    while target in written:
         target, copy = str(disk_path(f"{file} ({copy})", ".png")), copy + 1
-    written[file] = target
+    written[target] = file
     (folder / target).parent.mkdir(parents=True, exist_ok=True)
     annotate(image, boxes).save(folder / target)
 

@@ -70,19 +70,18 @@ def signed_value_changes(signoffs) -> list[ValueChange]:
             if (old := _value_text(name, getattr(earlier, name))) != (new := _value_text(name, getattr(later, name)))]
 
 
-def differential_signed_before(analysis, tree: Tree) -> tuple[str | None, dict[str, Row]] | None:
+def differential_signed_before(analysis, tree: Tree, codes: list[str]) -> tuple[str | None, dict[str, Row]] | None:
     """The specimen and the differential (by row label) as the sign-off before the latest reopening signed them
     (its cells' types with the changes made since that reopening taken back, its white-cell count); None for an
-    analysis never reopened. An amended report listed "c2.png: NGS -> BLA" and never the blasts first reported."""
+    analysis never reopened. An amended report listed "c2.png: NGS -> BLA" and never the blasts first reported.
+    ``codes``: the analysis's differential now (``differential_codes``)."""
     reopenings = [s for s in analysis.signoffs if s.action == REOPENED]
     if not reopenings:
         return None
     reopening = reopenings[-1]
     signed = next(s for s in reversed(analysis.signoffs) if s.action == SIGNED and s.id < reopening.id)
-    if not analysis.predictions:  # a detection stored before its white cells were kept as cells: none to review
-        types = dict(enumerate(differential_codes(analysis)))
-    else:
-        types = {p.id: p.final_code for p in analysis.predictions}
+    # by cell; a detection stored before its white cells were kept as cells has none to review
+    types = dict(zip([p.id for p in analysis.predictions] or range(len(codes)), codes, strict=True))
     since = sorted(((r.id, p.id, r.old_code) for p in analysis.predictions for r in p.reviews
                     if r.reopening_id == reopening.id), reverse=True)
     for _review, cell, before in since:  # the latest first, each giving back the type it replaced
@@ -243,6 +242,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
     blood_film = specimen == PERIPHERAL_BLOOD
     gallery = [(p.filename, p.code, png) for p in gallery_source
                if p.blob_id is not None and (png := _gallery_image(store.read_blob(p.blob_id))) is not None]
+    specimen_before, rows_before = differential_signed_before(analysis, tree, codes) or (None, None)
     return ClinicalReport(
         analysis_id=analysis.id, name=analysis.name, kind=analysis.kind, created_at=analysis.created_at, rows=rows,
         apart=apart, counted=counted, target=target,
@@ -257,8 +257,7 @@ def build_report(store, analysis_id: int, *, white_cell_count: float | None = No
         amendments=amendments, value_changes=signed_value_changes(analysis.signoffs),
         smear=smear_fields(analysis.summary) if analysis.kind == "detection" else None,
         notes=upload_notes(analysis.summary or {}), cells=len(analysis.predictions),
-        **dict(zip(("signed_before_specimen", "signed_before"), differential_signed_before(analysis, tree) or (),
-                   strict=False)),
+        signed_before_specimen=specimen_before, signed_before=rows_before,
         reviewed_cells=sum(1 for p in analysis.predictions if p.reviewed))
 
 

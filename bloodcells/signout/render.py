@@ -138,9 +138,10 @@ def _cell_type(code: str) -> str:
 
 def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
     before = report.signed_before
+    counted_before = None if before is None else sum(row.count for row in before.values())
     header = (["Cell type", "Count", "%", "95% CI of %"] + (["x 10^9/L"] if report.white_cell_count is not None else [])
-              + ([f"signed before ({report.signed_before_specimen or NOT_STATED}, "
-                  f"{sum(row.count for row in before.values())}): count (%)"] if before is not None else []))
+              + ([f"signed before ({report.signed_before_specimen or NOT_STATED}, {counted_before}): count (%)"]
+                 if before is not None else []))
     body = [[row.label, str(row.count), "-" if row.percent is None else f"{row.percent:.1f}",
              "-" if row.limits is None else f"{row.limits[0]:.1f}-{row.limits[1]:.1f}"]
             + (["-" if row.per_litre is None else f"{row.per_litre:.2f}"] if report.white_cell_count is not None else [])
@@ -152,7 +153,7 @@ def _table(report: ClinicalReport) -> tuple[list[str], list[list[str]]]:
                  for label, row in before.items() if label not in shown]
     body.append(["Total counted", str(report.counted), "100.0" if report.counted else "-", ""]
                 + ([f"{report.white_cell_count:g}"] if report.white_cell_count is not None else [])
-                + ([str(sum(row.count for row in before.values()))] if before is not None else []))
+                + ([str(counted_before)] if before is not None else []))
     return header, body
 
 
